@@ -1,0 +1,176 @@
+"""The ``sandbox-agent`` command line: parse options, call the library, print results.
+
+Errors a user can cause are printed as one line naming the place and the fix, with
+the exit codes of ``sandbox_agent.exitcodes``; they never end in a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from sandbox_agent import __version__, exitcodes
+from sandbox_agent.home import default_home
+from sandbox_agent.jdl import JDLError, JobSpec, Slot, evaluate, load_job, render_jdl
+
+app = typer.Typer(
+    name="sandbox-agent",
+    help="A grid pilot whose payloads run in a sandbox that cannot reach its credentials.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+jdl_app = typer.Typer(
+    help="Read job descriptions (JDL) and evaluate their Requirements.", no_args_is_help=True
+)
+app.add_typer(jdl_app, name="jdl")
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+ArgOption = Annotated[
+    list[str] | None,
+    typer.Option("--arg", help="A submit argument for $1..$N; repeat for each, in order."),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sandbox-agent {__version__}")
+        raise typer.Exit(exitcodes.OK)
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            "--home",
+            help="State of the embedded default [default: $SANDBOX_AGENT_HOME, "
+            "else ~/.local/share/sandbox-agent].",
+            show_default=False,
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    ctx.obj = {"home": home or default_home()}
+
+
+def fail(message: str, code: int = exitcodes.USAGE) -> NoReturn:
+    """Print one error line to stderr and exit with ``code``."""
+    typer.echo(f"sandbox-agent: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _read_jdl(path: Path, args: list[str] | None) -> JobSpec:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise JDLError(f"cannot read the file: {exc.strerror}", 0, 0, source=str(path)) from None
+    return load_job(data, source=str(path), args=args)
+
+
+def _error_json(path: Path, err: JDLError) -> dict[str, Any]:
+    return {
+        "file": str(path),
+        "ok": False,
+        "error": {"line": err.line, "col": err.col, "message": err.message, "text": str(err)},
+    }
+
+
+@jdl_app.command("check")
+def jdl_check(
+    files: Annotated[list[Path], typer.Argument(help="JDL files to check.", show_default=False)],
+    arg: ArgOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Check JDL files and print each one's normalized form (or the error).
+
+    Exit 0 when all are valid, 2 when any is not."""
+    results: list[dict[str, Any]] = []
+    bad = 0
+    for path in files:
+        try:
+            spec = _read_jdl(path, arg)
+        except JDLError as err:
+            bad += 1
+            if as_json:
+                results.append(_error_json(path, err))
+            else:
+                typer.echo(str(err), err=True)
+            continue
+        if as_json:
+            results.append(
+                {
+                    "file": str(path),
+                    "ok": True,
+                    "spec": spec.to_json(),
+                    "warnings": list(spec.warnings),
+                }
+            )
+            continue
+        for warning in spec.warnings:
+            typer.echo(warning, err=True)
+        typer.echo(f"# {path}: valid; normalized form:")
+        typer.echo(render_jdl(spec))
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+    if bad:
+        raise typer.Exit(exitcodes.USAGE)
+
+
+@jdl_app.command("match")
+def jdl_match(
+    file: Annotated[Path, typer.Argument(help="The JDL whose Requirements to evaluate.")],
+    slot: Annotated[
+        Path, typer.Option("--slot", help="The slot description, a TOML file of attributes.")
+    ],
+    arg: ArgOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Evaluate a job's Requirements against a slot: TRUE, FALSE, UNDEFINED or ERROR,
+    and the clause that decided it.  Exit 0 only when it is TRUE."""
+    try:
+        spec = _read_jdl(file, arg)
+    except JDLError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(exitcodes.USAGE) from None
+    try:
+        slot_attrs = Slot.from_toml(slot)
+    except ValueError as exc:
+        fail(str(exc))
+    if spec.requirements is None:
+        result: dict[str, Any] = {"outcome": "TRUE", "clause": None, "reason": "no Requirements"}
+        text = "TRUE  (the job has no Requirements: every slot matches)"
+    else:
+        decision = evaluate(spec.requirements, slot_attrs, spec.job_attributes())
+        result = {
+            "outcome": decision.outcome,
+            "clause": decision.clause,
+            "clause_value": decision.clause_value,
+            "inputs": dict(decision.inputs),
+            "reason": decision.reason,
+        }
+        lines = [f"{decision.outcome}  decided by: {decision.clause}  ->  {decision.clause_value}"]
+        lines += [f"    {name} = {value}" for name, value in decision.inputs]
+        text = "\n".join(lines)
+    if as_json:
+        typer.echo(json.dumps({"file": str(file), "slot": str(slot), **result}, indent=2))
+    else:
+        typer.echo(text)
+    raise typer.Exit(exitcodes.OK if result["outcome"] == "TRUE" else exitcodes.FAILED)
+
+
+def main() -> None:
+    """The console script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("sandbox-agent: interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,330 @@
+"""Evaluate a Requirements expression against a slot, with ClassAd's three-valued logic.
+
+Values are TRUE, FALSE, UNDEFINED (an attribute that is not there) and ERROR (a type
+mismatch such as comparing a string with a number).  A job matches a slot only when
+its Requirements is TRUE.  Besides the value, evaluation reports the clause that
+decided it, so ``jdl match`` can say *why* a job does not fit.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sandbox_agent.jdl.expr import (
+    UNDEFINED,
+    AttrRef,
+    BinOp,
+    Call,
+    Expr,
+    ListExpr,
+    Literal,
+    Not,
+    Undefined,
+    render,
+    render_scalar,
+)
+
+
+@dataclass(frozen=True)
+class Error:
+    """ClassAd's ERROR value, with the reason a person needs."""
+
+    reason: str
+
+
+Value = str | int | float | bool | Undefined | Error | tuple["Value", ...]
+SlotValue = str | int | float | bool | tuple[str | int | float | bool, ...]
+
+
+class Slot(Mapping[str, SlotValue]):
+    """What a worker slot offers (``other.*`` in Requirements), keyed case-insensitively."""
+
+    def __init__(self, attributes: Mapping[str, SlotValue]) -> None:
+        self._attrs = {name.casefold(): (name, value) for name, value in attributes.items()}
+
+    def __getitem__(self, name: str) -> SlotValue:
+        return self._attrs[name.casefold()][1]
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self._attrs.values())
+
+    def __len__(self) -> int:
+        return len(self._attrs)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.casefold() in self._attrs
+
+    @classmethod
+    def from_toml(cls, path: Path) -> Slot:
+        """Read a slot description: top-level ``Name = value`` pairs (strings, numbers,
+        booleans, or lists of those).  Raises ValueError with the file and the fix."""
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read the slot description: {exc.strerror}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path}: not valid TOML: {exc}") from None
+        attrs: dict[str, SlotValue] = {}
+        for name, value in data.items():
+            attrs[name] = _slot_value(path, name, value)
+        return cls(attrs)
+
+
+def _slot_value(path: Path, name: str, value: object) -> SlotValue:
+    scalar = (str, int, float, bool)
+    if isinstance(value, scalar):
+        return value
+    if isinstance(value, list) and all(isinstance(v, scalar) for v in value):
+        return tuple(value)
+    raise ValueError(
+        f"{path}: slot attribute '{name}' must be a string, number, boolean or a list of "
+        "those (tables and dates are not slot attributes)"
+    )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of a Requirements, and the innermost clause that decided it."""
+
+    outcome: str  # TRUE, FALSE, UNDEFINED or ERROR
+    clause: str  # the deciding clause, rendered as JDL
+    clause_value: str  # what that clause evaluated to
+    inputs: tuple[tuple[str, str], ...]  # the attributes the clause read, and their values
+    reason: str = ""  # for ERROR: what went wrong
+
+    @property
+    def matches(self) -> bool:
+        return self.outcome == "TRUE"
+
+
+def evaluate(
+    requirements: Expr, slot: Mapping[str, SlotValue], job: Mapping[str, Expr] | None = None
+) -> Decision:
+    """Evaluate ``requirements`` with ``other.*`` read from ``slot`` and ``my.*`` (or bare
+    names) from the job's own attributes ``job``."""
+    ctx = _Context(slot, {k.casefold(): v for k, v in (job or {}).items()})
+    value, clause = ctx.explain(requirements)
+    clause_value = ctx.value(clause)
+    return Decision(
+        outcome=outcome_name(value),
+        clause=render(clause),
+        clause_value=outcome_name(clause_value)
+        if isinstance(clause_value, bool | Undefined | Error)
+        else show(clause_value),
+        inputs=tuple((render(ref), show(ctx.value(ref))) for ref in _refs(clause)),
+        reason=value.reason if isinstance(value, Error) else "",
+    )
+
+
+def outcome_name(value: Value) -> str:
+    if value is True:
+        return "TRUE"
+    if value is False:
+        return "FALSE"
+    if isinstance(value, Undefined):
+        return "UNDEFINED"
+    if isinstance(value, Error):
+        return "ERROR"
+    return "ERROR"  # a Requirements that is not boolean is an error
+
+
+def show(value: Value) -> str:
+    """A value as a person reads it in a match report."""
+    if isinstance(value, Error):
+        return f"ERROR ({value.reason})"
+    if isinstance(value, tuple):
+        return "{ " + ", ".join(show(v) for v in value) + " }" if value else "{}"
+    return render_scalar(value)
+
+
+def _refs(node: Expr) -> list[AttrRef]:
+    seen: dict[str, AttrRef] = {}
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, AttrRef):
+            seen.setdefault(render(current).casefold(), current)
+        elif isinstance(current, ListExpr):
+            stack.extend(current.items)
+        elif isinstance(current, Call):
+            stack.extend(current.args)
+        elif isinstance(current, Not):
+            stack.append(current.operand)
+        elif isinstance(current, BinOp):
+            stack.extend((current.left, current.right))
+    return list(seen.values())
+
+
+def _is_number(value: Value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _kind(value: Value) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if _is_number(value):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, tuple):
+        return "a list"
+    return "a value"
+
+
+def _order(op: str, a: Any, b: Any) -> bool:
+    """a OP b for two numbers or two case-folded strings."""
+    if op == "<":
+        return bool(a < b)
+    if op == "<=":
+        return bool(a <= b)
+    if op == ">":
+        return bool(a > b)
+    return bool(a >= b)
+
+
+def _equal(left: Value, right: Value) -> bool | Error:
+    """ClassAd == on two defined scalars: numbers numerically, strings without case."""
+    if _is_number(left) and _is_number(right):
+        return left == right
+    if isinstance(left, str) and isinstance(right, str):
+        return left.casefold() == right.casefold()
+    if isinstance(left, bool) and isinstance(right, bool):
+        return left == right
+    return Error(f"cannot compare {_kind(left)} with {_kind(right)}")
+
+
+class _Context:
+    def __init__(self, slot: Mapping[str, SlotValue], job: dict[str, Expr]) -> None:
+        self.slot = slot if isinstance(slot, Slot) else Slot(slot)
+        self.job = job
+        self.resolving: set[str] = set()
+        self.cache: dict[int, Value] = {}
+
+    def value(self, node: Expr) -> Value:
+        key = id(node)
+        if key not in self.cache:
+            self.cache[key] = self._value(node)
+        return self.cache[key]
+
+    def _value(self, node: Expr) -> Value:
+        if isinstance(node, Literal):
+            return node.value
+        if isinstance(node, ListExpr):
+            return tuple(self.value(item) for item in node.items)
+        if isinstance(node, AttrRef):
+            return self.attribute(node)
+        if isinstance(node, Not):
+            inner = self.value(node.operand)
+            if isinstance(inner, bool):
+                return not inner
+            if isinstance(inner, Undefined | Error):
+                return inner
+            return Error(f"! needs a boolean, got {_kind(inner)}")
+        if isinstance(node, Call):
+            return self.call(node)
+        return self.explain(node)[0]
+
+    def attribute(self, ref: AttrRef) -> Value:
+        if ref.scope == "other":
+            if ref.name not in self.slot:
+                return UNDEFINED
+            return self.slot[ref.name]
+        folded = ref.name.casefold()
+        target = self.job.get(folded)
+        if target is None:
+            return UNDEFINED
+        if folded in self.resolving:
+            return Error(f"'{ref.name}' refers to itself")
+        self.resolving.add(folded)
+        try:
+            return self.value(target)
+        finally:
+            self.resolving.discard(folded)
+
+    def call(self, node: Call) -> Value:
+        args = [self.value(arg) for arg in node.args]
+        if node.name == "isdefined":
+            return not isinstance(args[0], Undefined)
+        if node.name == "isundefined":
+            return isinstance(args[0], Undefined)
+        # member(): JAliEn writes member(list, value), ClassAds member(value, list).
+        first, second = args
+        for value in (first, second):
+            if isinstance(value, Error):
+                return value
+        lists = [v for v in (first, second) if isinstance(v, tuple)]
+        if isinstance(first, Undefined) or isinstance(second, Undefined):
+            return UNDEFINED
+        if len(lists) != 1:
+            return Error("member() needs one list and one value")
+        items, needle = (first, second) if isinstance(first, tuple) else (second, first)
+        assert isinstance(items, tuple)
+        if isinstance(needle, tuple):
+            return Error("member() needs one list and one value")
+        for item in items:
+            if isinstance(item, Undefined | Error | tuple):
+                continue
+            if _equal(item, needle) is True:
+                return True
+        return False
+
+    def compare(self, node: BinOp) -> Value:
+        left, right = self.value(node.left), self.value(node.right)
+        for value in (left, right):
+            if isinstance(value, Error):
+                return value
+        if isinstance(left, Undefined) or isinstance(right, Undefined):
+            return UNDEFINED
+        if isinstance(left, tuple) or isinstance(right, tuple):
+            return Error(f"'{node.op}' cannot compare lists; use member()")
+        if node.op in ("==", "!="):
+            equal = _equal(left, right)
+            if isinstance(equal, Error):
+                return equal
+            return equal if node.op == "==" else not equal
+        if _is_number(left) and _is_number(right):
+            return _order(node.op, left, right)
+        if isinstance(left, str) and isinstance(right, str):
+            return _order(node.op, left.casefold(), right.casefold())
+        return Error(f"'{node.op}' cannot order {_kind(left)} and {_kind(right)}")
+
+    def explain(self, node: Expr) -> tuple[Value, Expr]:
+        """The value of ``node`` and the innermost clause that decided it."""
+        if not isinstance(node, BinOp) or node.op not in ("&&", "||"):
+            if (
+                isinstance(node, Not)
+                and isinstance(node.operand, BinOp)
+                and node.operand.op
+                in (
+                    "&&",
+                    "||",
+                )
+            ):
+                return self.value(node), self.explain(node.operand)[1]
+            if isinstance(node, BinOp):
+                return self.compare(node), node
+            return self.value(node), node
+        left, left_clause = self.explain(node.left)
+        if not isinstance(left, bool | Undefined | Error):
+            return Error(f"'{node.op}' needs booleans, got {_kind(left)}"), left_clause
+        if isinstance(left, Error):
+            return left, left_clause
+        short_circuit = node.op == "||"  # the left value that decides alone
+        if left is short_circuit:
+            return left, left_clause
+        right, right_clause = self.explain(node.right)
+        if not isinstance(right, bool | Undefined | Error):
+            return Error(f"'{node.op}' needs booleans, got {_kind(right)}"), right_clause
+        if isinstance(right, Error):
+            return right, right_clause
+        if left is not short_circuit and isinstance(left, bool):
+            # TRUE && x or FALSE || x: x decides
+            return right, right_clause
+        # left is UNDEFINED: only a deciding right value can settle it
+        if right is short_circuit:
+            return right, right_clause
+        return UNDEFINED, left_clause

@@ -1,0 +1,547 @@
+"""The job spec: a JDL's statements turned into typed, normalized fields.
+
+Defaults when a field is absent (documented in the README):
+  Arguments none; TTL 3600 s; CPUCores 1; Price 1.0; MemorySize and WorkDirectorySize
+  unset (the site policy's default applies); no inputs, outputs or Requirements.
+
+Keys the spec does not model are kept in ``extra`` with their values, and keys named in
+``JDLVariables`` become ``jdl_variables`` (exported as ``ALIEN_JDL_<NAME>``).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandbox_agent.jdl.errors import JDLError
+from sandbox_agent.jdl.expr import (
+    AttrRef,
+    Expr,
+    ListExpr,
+    Literal,
+    Undefined,
+    render,
+)
+from sandbox_agent.jdl.parser import Entry, ParsedJDL, parse_jdl
+from sandbox_agent.jdl.units import format_size, parse_size
+
+DEFAULT_TTL = 3600
+DEFAULT_CPU_CORES = 1
+DEFAULT_PRICE = 1.0
+
+_STORAGE_ELEMENT = re.compile(r"!?[A-Za-z0-9_.-]+::[A-Za-z0-9_.-]+::[A-Za-z0-9_.-]+")
+_QOS_KINDS = ("disk", "tape")
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """An InputFile entry: a catalogue name (``LF:``) or a local path at submit time."""
+
+    name: str
+    catalogue: bool
+
+    def jdl(self) -> str:
+        return f"LF:{self.name}" if self.catalogue else self.name
+
+
+@dataclass(frozen=True)
+class InputData:
+    """An InputData / InputDataCollection entry; ``nodownload`` leaves it remote."""
+
+    name: str
+    catalogue: bool
+    nodownload: bool = False
+
+    def jdl(self) -> str:
+        text = f"LF:{self.name}" if self.catalogue else self.name
+        return f"{text},nodownload" if self.nodownload else text
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One output entry: files matching ``patterns``, zipped into ``archive`` when it is
+    set, stored with ``qos`` replicas (``disk=2``) or on named storage elements."""
+
+    patterns: tuple[str, ...]
+    archive: str | None = None
+    qos: tuple[tuple[str, int], ...] = ()
+    storage_elements: tuple[str, ...] = ()
+
+    def jdl(self) -> str:
+        text = ",".join(self.patterns)
+        if self.archive is not None:
+            text = f"{self.archive}:{text}"
+        options = [f"{kind}={count}" for kind, count in self.qos] + list(self.storage_elements)
+        return f"{text}@{','.join(options)}" if options else text
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    executable: str
+    arguments: tuple[str, ...] = ()
+    input_files: tuple[InputFile, ...] = ()
+    input_data: tuple[InputData, ...] = ()
+    input_data_collection: tuple[InputData, ...] = ()
+    outputs: tuple[OutputSpec, ...] = ()
+    output_errors: tuple[OutputSpec, ...] = ()
+    output_dir: str | None = None
+    validation_command: str | None = None
+    ttl: int = DEFAULT_TTL
+    cpu_cores: int = DEFAULT_CPU_CORES
+    memory_bytes: int | None = None
+    workdir_bytes: int | None = None
+    packages: tuple[str, ...] = ()
+    price: float = DEFAULT_PRICE
+    requirements: Expr | None = None
+    jdl_variables: tuple[tuple[str, str], ...] = ()
+    job_tags: tuple[str, ...] = ()
+    split: str | None = None
+    split_arguments: tuple[str, ...] = ()
+    user: str | None = None
+    type: str | None = None
+    extra: tuple[tuple[str, Expr], ...] = ()
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    def environment(self) -> dict[str, str]:
+        """The ``ALIEN_JDL_*`` variables the payload sees for the JDLVariables."""
+        return {f"ALIEN_JDL_{name.upper()}": value for name, value in self.jdl_variables}
+
+    def job_attributes(self) -> dict[str, Expr]:
+        """The job's own attributes, for ``my.*`` references in Requirements."""
+        return dict(self.to_entries())
+
+    def to_entries(self) -> list[tuple[str, Expr]]:
+        """The spec as JDL statements in a fixed order; see ``render_jdl``."""
+        out: list[tuple[str, Expr]] = []
+
+        def put(name: str, value: Expr | None) -> None:
+            if value is not None:
+                out.append((name, value))
+
+        def text(value: str | None) -> Literal | None:
+            return None if value is None else Literal(value)
+
+        def texts(values: tuple[str, ...]) -> ListExpr | None:
+            return ListExpr(tuple(Literal(v) for v in values)) if values else None
+
+        put("Type", text(self.type))
+        put("User", text(self.user))
+        put("Executable", Literal(self.executable))
+        put("Arguments", text(shlex.join(self.arguments)) if self.arguments else None)
+        put("Packages", texts(self.packages))
+        put("InputFile", texts(tuple(f.jdl() for f in self.input_files)))
+        put("InputData", texts(tuple(d.jdl() for d in self.input_data)))
+        put("InputDataCollection", texts(tuple(d.jdl() for d in self.input_data_collection)))
+        put("Split", text(self.split))
+        put("SplitArguments", texts(self.split_arguments))
+        put("OutputDir", text(self.output_dir))
+        put("Output", texts(tuple(o.jdl() for o in self.outputs)))
+        put("OutputErrorE", texts(tuple(o.jdl() for o in self.output_errors)))
+        put("ValidationCommand", text(self.validation_command))
+        put("TTL", Literal(self.ttl))
+        put("CPUCores", Literal(self.cpu_cores))
+        put("MemorySize", text(format_size(self.memory_bytes)) if self.memory_bytes else None)
+        put(
+            "WorkDirectorySize",
+            text(format_size(self.workdir_bytes)) if self.workdir_bytes else None,
+        )
+        put("Price", Literal(self.price))
+        put("JobTag", texts(self.job_tags))
+        put("Requirements", self.requirements)
+        put("JDLVariables", texts(tuple(name for name, _ in self.jdl_variables)))
+        for name, value in self.jdl_variables:
+            if not _CONSUMED.get(name.casefold()):
+                out.append((name, Literal(value)))
+        out.extend(self.extra)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready view, the form ``jdl check --json`` prints."""
+        return {
+            "executable": self.executable,
+            "arguments": list(self.arguments),
+            "input_files": [{"name": f.name, "catalogue": f.catalogue} for f in self.input_files],
+            "input_data": [_data_json(d) for d in self.input_data],
+            "input_data_collection": [_data_json(d) for d in self.input_data_collection],
+            "outputs": [_output_json(o) for o in self.outputs],
+            "output_errors": [_output_json(o) for o in self.output_errors],
+            "output_dir": self.output_dir,
+            "validation_command": self.validation_command,
+            "ttl_seconds": self.ttl,
+            "cpu_cores": self.cpu_cores,
+            "memory_bytes": self.memory_bytes,
+            "workdir_bytes": self.workdir_bytes,
+            "packages": list(self.packages),
+            "price": self.price,
+            "requirements": render(self.requirements) if self.requirements is not None else None,
+            "jdl_variables": dict(self.jdl_variables),
+            "environment": self.environment(),
+            "job_tags": list(self.job_tags),
+            "split": self.split,
+            "split_arguments": list(self.split_arguments),
+            "user": self.user,
+            "type": self.type,
+            "extra": {name: render(value) for name, value in self.extra},
+        }
+
+
+def _data_json(d: InputData) -> dict[str, Any]:
+    return {"name": d.name, "catalogue": d.catalogue, "nodownload": d.nodownload}
+
+
+def _output_json(o: OutputSpec) -> dict[str, Any]:
+    return {
+        "archive": o.archive,
+        "patterns": list(o.patterns),
+        "qos": dict(o.qos),
+        "storage_elements": list(o.storage_elements),
+    }
+
+
+def render_jdl(spec: JobSpec) -> str:
+    """Canonical JDL text for ``spec``: parsing it again gives an equal spec."""
+    lines = []
+    for name, value in spec.to_entries():
+        if isinstance(value, ListExpr) and len(value.items) > 1:
+            items = ",\n".join(f"    {render(item)}" for item in value.items)
+            lines.append(f"{name} = {{\n{items}\n}};")
+        else:
+            lines.append(f"{name} = {render(value)};")
+    return "\n".join(lines) + "\n"
+
+
+def load_job(text: str | bytes, *, source: str = "<jdl>", args: list[str] | None = None) -> JobSpec:
+    """Parse a JDL and build its spec; every problem is a ``JDLError``."""
+    return job_spec(parse_jdl(text, source=source, args=args))
+
+
+# -- building the spec -------------------------------------------------------------------
+
+
+class _Reader:
+    """Typed access to the entries of one parsed JDL, with located errors."""
+
+    def __init__(self, parsed: ParsedJDL) -> None:
+        self.parsed = parsed
+
+    def fail(self, node: Expr | Entry, message: str) -> JDLError:
+        return self.parsed.error(message, max(node.offset, 0))
+
+    def scalar(self, entry: Entry) -> Expr:
+        """The value, with a one-item list such as {"6000MB"} unwrapped."""
+        value = entry.value
+        if isinstance(value, ListExpr) and len(value.items) == 1:
+            return value.items[0]
+        return value
+
+    def string_of(self, node: Expr, what: str) -> str:
+        if isinstance(node, Literal) and isinstance(node.value, str):
+            return node.value
+        if isinstance(node, AttrRef) and node.scope is None:
+            return node.name  # an unquoted word, as in {testflag, t2}
+        if isinstance(node, Literal) and not isinstance(node.value, bool | Undefined):
+            return render(node)
+        raise self.fail(node, f'{what} must be a string, like {what} = "...";')
+
+    def string(self, entry: Entry) -> str:
+        return self.string_of(self.scalar(entry), entry.name)
+
+    def strings(self, entry: Entry) -> tuple[str, ...]:
+        """A string or a list of strings, as a tuple."""
+        if isinstance(entry.value, ListExpr):
+            return tuple(
+                self.string_of(item, f"each item of {entry.name}") for item in entry.value.items
+            )
+        return (self.string(entry),)
+
+    def whole(self, entry: Entry, minimum: int, unit: str) -> int:
+        node = self.scalar(entry)
+        number: int | None = None
+        if (
+            isinstance(node, Literal)
+            and isinstance(node.value, int)
+            and not isinstance(node.value, bool)
+        ):
+            number = node.value
+        elif (
+            isinstance(node, Literal)
+            and isinstance(node.value, str)
+            and node.value.strip().isdigit()
+        ):
+            number = int(node.value.strip())
+        if number is None:
+            raise self.fail(
+                node, f"{entry.name} must be a whole number of {unit}, like {entry.name} = 72000;"
+            )
+        if number < minimum:
+            raise self.fail(node, f"{entry.name} must be at least {minimum}, not {number}")
+        return number
+
+    def size(self, entry: Entry) -> int:
+        node = self.scalar(entry)
+        if (
+            isinstance(node, Literal)
+            and isinstance(node.value, int)
+            and not isinstance(node.value, bool)
+        ):
+            text = str(node.value)
+        elif isinstance(node, Literal) and isinstance(node.value, str):
+            text = node.value
+        else:
+            raise self.fail(node, f'{entry.name} must be a size, like {entry.name} = "8GB";')
+        try:
+            return parse_size(text)
+        except ValueError as exc:
+            raise self.fail(node, f"{entry.name}: {exc}") from None
+
+    def number(self, entry: Entry) -> float:
+        node = self.scalar(entry)
+        value: float | None = None
+        if (
+            isinstance(node, Literal)
+            and isinstance(node.value, int | float)
+            and not isinstance(node.value, bool)
+        ):
+            value = float(node.value)
+        elif isinstance(node, Literal) and isinstance(node.value, str):
+            try:
+                value = float(node.value)
+            except ValueError:
+                value = None
+        if value is None or value != value or value < 0 or value == float("inf"):
+            raise self.fail(
+                node, f"{entry.name} must be a number of zero or more, like {entry.name} = 1;"
+            )
+        return value
+
+
+def _items(reader: _Reader, entry: Entry) -> list[tuple[str, Expr]]:
+    """The string items of a string-or-list entry, each with its node for error places."""
+    nodes = entry.value.items if isinstance(entry.value, ListExpr) else (entry.value,)
+    return [(reader.string_of(node, f"each item of {entry.name}"), node) for node in nodes]
+
+
+def _input_file(reader: _Reader, text: str, node: Expr) -> InputFile:
+    name, catalogue = _strip_lf(text)
+    if not name or "\x00" in name:
+        raise reader.fail(node, 'an InputFile entry must name a file, like "LF:/alice/.../file"')
+    return InputFile(name, catalogue)
+
+
+def _input_data(reader: _Reader, text: str, node: Expr, key: str) -> InputData:
+    name, *options = text.split(",")
+    name, catalogue = _strip_lf(name.strip())
+    nodownload = False
+    for option in options:
+        if option.strip().casefold() != "nodownload":
+            raise reader.fail(
+                node, f"unknown {key} option '{option.strip()}'; only 'nodownload' exists"
+            )
+        nodownload = True
+    if not name or "\x00" in name:
+        raise reader.fail(node, f'a {key} entry must name a file, like "LF:/alice/.../AO2D.root"')
+    return InputData(name, catalogue, nodownload)
+
+
+def _strip_lf(text: str) -> tuple[str, bool]:
+    if text[:3].casefold() == "lf:":
+        return text[3:], True
+    return text, False
+
+
+def _output(reader: _Reader, text: str, node: Expr, key: str) -> OutputSpec:
+    """Parse ``archive.zip:pat,pat@disk=2,SE::NAME::X`` or ``file@disk=1``."""
+    files, _, options = text.strip().partition("@")
+    archive: str | None = None
+    if ":" in files:
+        archive, _, files = files.partition(":")
+        archive = archive.strip()
+        if not archive.casefold().endswith(".zip") or "/" in archive or len(archive) <= 4:
+            raise reader.fail(
+                node, f"{key}: archive '{archive}' must be a zip file name, like \"logs.zip:*.log\""
+            )
+    patterns = tuple(p.strip() for p in files.split(","))
+    for pattern in patterns:
+        problem = _bad_output_name(pattern)
+        if problem:
+            raise reader.fail(node, f"{key}: output '{pattern}' {problem}")
+    qos: list[tuple[str, int]] = []
+    elements: list[str] = []
+    for option in (o.strip() for o in options.split(",")) if options else ():
+        kind, eq, count = option.partition("=")
+        if eq:
+            if (
+                kind.strip().casefold() not in _QOS_KINDS
+                or not count.strip().isdigit()
+                or int(count) < 1
+            ):
+                raise reader.fail(
+                    node, f"{key}: storage option '{option}' must be disk=N or tape=N with N >= 1"
+                )
+            qos.append((kind.strip().casefold(), int(count)))
+        elif _STORAGE_ELEMENT.fullmatch(option):
+            elements.append(option)
+        else:
+            raise reader.fail(
+                node,
+                f"{key}: storage option '{option}' is neither disk=N nor a storage element "
+                "such as ALICE::CERN::EOS",
+            )
+    return OutputSpec(patterns, archive, tuple(qos), tuple(elements))
+
+
+def _bad_output_name(pattern: str) -> str | None:
+    """Why an output pattern is unsafe or empty, or None.  Outputs are read from the
+    job's work directory, so no pattern may leave it."""
+    if not pattern:
+        return "is empty"
+    if pattern.startswith("/"):
+        return "must be relative to the work directory"
+    if any(part == ".." for part in pattern.split("/")):
+        return "must not climb out of the work directory with '..'"
+    if "\x00" in pattern or any(not c.isprintable() for c in pattern):
+        return "contains a control character"
+    return None
+
+
+# Keys the spec models, and whether a JDL variable of that name is rendered by its field.
+_CONSUMED = {
+    name.casefold(): True
+    for name in (
+        "Executable", "Arguments", "InputFile", "InputData", "InputDataCollection", "Output",
+        "OutputArchive", "OutputFile", "OutputErrorE", "OutputDir", "ValidationCommand",
+        "TTL", "CPUCores", "MemorySize", "WorkDirectorySize", "Packages", "Price",
+        "Requirements", "JDLVariables", "JobTag", "Split", "SplitArguments", "User", "Type",
+    )
+}  # fmt: skip
+
+
+def job_spec(parsed: ParsedJDL) -> JobSpec:
+    """Build the typed spec of a parsed JDL; every problem is a located ``JDLError``."""
+    r = _Reader(parsed)
+    get = parsed.get
+    fields: dict[str, Any] = {}
+
+    executable = get("Executable")
+    if executable is None:
+        raise parsed.error('no Executable: every job needs one, like Executable = "/bin/echo";', 0)
+    fields["executable"] = r.string(executable)
+    if not fields["executable"].strip():
+        raise r.fail(executable, "Executable must not be empty")
+
+    if (entry := get("Arguments")) is not None:
+        if isinstance(entry.value, ListExpr):
+            fields["arguments"] = r.strings(entry)
+        else:
+            try:
+                fields["arguments"] = tuple(shlex.split(r.string(entry)))
+            except ValueError as exc:
+                raise r.fail(entry, f"Arguments cannot be split into words: {exc}") from None
+
+    if (entry := get("InputFile")) is not None:
+        fields["input_files"] = tuple(_input_file(r, t, n) for t, n in _items(r, entry))
+    for key, attr in (
+        ("InputData", "input_data"),
+        ("InputDataCollection", "input_data_collection"),
+    ):
+        if (entry := get(key)) is not None:
+            fields[attr] = tuple(_input_data(r, t, n, key) for t, n in _items(r, entry))
+
+    outputs: list[OutputSpec] = []
+    for key in ("Output", "OutputArchive", "OutputFile"):
+        if (entry := get(key)) is not None:
+            outputs.extend(_output(r, t, n, key) for t, n in _items(r, entry))
+    fields["outputs"] = tuple(outputs)
+    if (entry := get("OutputErrorE")) is not None:
+        fields["output_errors"] = tuple(
+            _output(r, t, n, "OutputErrorE") for t, n in _items(r, entry)
+        )
+
+    for key, attr in (
+        ("OutputDir", "output_dir"),
+        ("ValidationCommand", "validation_command"),
+        ("Split", "split"),
+        ("User", "user"),
+        ("Type", "type"),
+    ):
+        if (entry := get(key)) is not None:
+            fields[attr] = r.string(entry)
+    for key, attr in (
+        ("Packages", "packages"),
+        ("JobTag", "job_tags"),
+        ("SplitArguments", "split_arguments"),
+    ):
+        if (entry := get(key)) is not None:
+            fields[attr] = r.strings(entry)
+
+    if (entry := get("TTL")) is not None:
+        fields["ttl"] = r.whole(entry, 1, "seconds")
+    if (entry := get("CPUCores")) is not None:
+        fields["cpu_cores"] = r.whole(entry, 1, "cores")
+    if (entry := get("MemorySize")) is not None:
+        fields["memory_bytes"] = r.size(entry)
+    if (entry := get("WorkDirectorySize")) is not None:
+        fields["workdir_bytes"] = r.size(entry)
+    if (entry := get("Price")) is not None:
+        fields["price"] = r.number(entry)
+    if (entry := get("Requirements")) is not None:
+        if isinstance(entry.value, Literal) and isinstance(entry.value.value, str):
+            raise r.fail(
+                entry, "Requirements must be an expression, not a string: remove the quotes"
+            )
+        fields["requirements"] = entry.value
+
+    warnings = [w.format(parsed.source.name) for w in parsed.warnings]
+    variable_keys: set[str] = set()
+    if (entry := get("JDLVariables")) is not None:
+        variables: list[tuple[str, str]] = []
+        for name, node in _items(r, entry):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise r.fail(
+                    node, f"JDL variable '{name}' is not a valid name (letters, digits, '_')"
+                )
+            target = get(name)
+            if target is None:
+                line, col = parsed.source.position(max(node.offset, 0))
+                warnings.append(
+                    f"{parsed.source.name}:{line}:{col}: warning: JDL variable '{name}' "
+                    "is listed in JDLVariables but never defined; it is not exported"
+                )
+                continue
+            if name.casefold() in variable_keys:
+                continue
+            variable_keys.add(name.casefold())
+            variables.append((target.name, _variable_value(r, target)))
+        fields["jdl_variables"] = tuple(variables)
+
+    fields["extra"] = tuple(
+        (entry.name, entry.value)
+        for folded, entry in parsed.entries.items()
+        if folded not in _CONSUMED and folded not in variable_keys
+    )
+    return JobSpec(**fields, warnings=tuple(warnings))
+
+
+def _variable_value(reader: _Reader, entry: Entry) -> str:
+    """A JDL variable's value as the payload's environment holds it; lists join with ','."""
+    if isinstance(entry.value, ListExpr):
+        return ",".join(reader.string_of(item, entry.name) for item in entry.value.items)
+    node = entry.value
+    if isinstance(node, Literal) and isinstance(node.value, bool):
+        return "true" if node.value else "false"
+    if isinstance(node, Literal | AttrRef):
+        return reader.string_of(node, entry.name)
+    return render(node)
+
+
+__all__ = [
+    "InputData",
+    "InputFile",
+    "JobSpec",
+    "OutputSpec",
+    "job_spec",
+    "load_job",
+    "render_jdl",
+]
