@@ -145,7 +145,11 @@ def _string(src: Source, start: int) -> tuple[str, int]:
         stop = pos
         while stop < len(text) and text[stop] not in '"\\\n':
             stop += 1
-        out.append(text[pos:stop])
+        chunk = text[pos:stop]
+        if "\x00" in chunk:
+            # No NUL can reach an argv, a path or an environment variable.
+            raise src.error("a NUL character cannot be part of a string", pos + chunk.index("\x00"))
+        out.append(chunk)
         pos = stop
         if pos >= len(text) or text[pos] == "\n":
             raise src.error(

@@ -1,0 +1,149 @@
+"""Realistic JDLs (tests/jdl/corpus/valid, samples/) and broken ones with exact errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandbox_agent.jdl import JDLError, OutputSpec, load_job, render_jdl
+from sandbox_agent.jdl.units import GIB, MIB
+
+ROOT = Path(__file__).resolve().parents[2]
+VALID = ROOT / "tests" / "jdl" / "corpus" / "valid"
+BROKEN = ROOT / "tests" / "jdl" / "corpus" / "broken"
+SAMPLES = ROOT / "samples"
+
+ALL_VALID = sorted(VALID.glob("*.jdl")) + sorted(SAMPLES.glob("*.jdl"))
+
+
+def load(path: Path, args: list[str] | None = None):  # type: ignore[no-untyped-def]
+    return load_job(path.read_bytes(), source=path.name, args=args)
+
+
+def test_corpus_is_present() -> None:
+    names = {p.name for p in ALL_VALID}
+    assert {"production_mc.jdl", "user_analysis.jdl", "calibration.jdl"} <= names
+    assert {"hello.jdl", "sleep.jdl", "fail.jdl"} <= names
+    assert len(list(BROKEN.glob("*.jdl"))) >= 12
+
+
+@pytest.mark.parametrize("path", ALL_VALID, ids=lambda p: p.name)
+def test_valid_files_round_trip(path: Path) -> None:
+    spec = load(path, args=["544121", "cpass0"])
+    assert load_job(render_jdl(spec)) == spec
+
+
+def test_production_mc() -> None:
+    spec = load(VALID / "production_mc.jdl")
+    assert spec.executable.endswith("/anchorMC_wrapper.sh")
+    assert spec.ttl == 80000  # duplicate key: the later "80000" wins over 72000
+    assert spec.warnings == (
+        "production_mc.jdl:104:1: warning: 'TTL' is defined again (first on line 53); "
+        "the later value wins",
+    )
+    assert (spec.cpu_cores, spec.memory_bytes, spec.workdir_bytes) == (8, 8 * GIB, 11000 * MIB)
+    assert [o.archive for o in spec.outputs] == [
+        "log_archive.zip",
+        "root_archive.zip",
+        "QC_archive.zip",
+        "debug_archive.zip",
+    ]
+    assert spec.outputs[1] == OutputSpec(
+        ("AO2D.root", "*.root"), "root_archive.zip", (("disk", 2),)
+    )
+    assert spec.output_errors[1] == OutputSpec(("debug_full_archive.tgz",), None, (("disk", 1),))
+    assert spec.output_dir == "/alice/sim/2024/LHC24f3/0/526641/#alien_counter_03i#"
+    assert spec.split == "production:1-100"
+    assert "#alien_counter#" in spec.split_arguments[0]
+    assert all(f.catalogue for f in spec.input_files) and len(spec.input_files) == 3
+    env = spec.environment()
+    assert len(env) == 17
+    assert env["ALIEN_JDL_LPMRUNNUMBER"] == "526641"
+    assert env["ALIEN_JDL_LPMPASSNAME"] == "apass7"  # listed as LPMPassName, defined LPMPASSNAME
+    assert env["ALIEN_JDL_ANCHOR_SIM_OPTIONS"] == (
+        "-gen pythia8 -proc inel -confKey Diamond.width[2]=6.0"
+    )
+    assert env["ALIEN_JDL_PACKAGES"] == ",".join(spec.packages)
+    assert spec.validation_command == "/alice/validation/validation.sh"
+    assert dict(spec.extra).keys() == {"JDLPath", "JDLArguments", "JDLProcessor", "LPMChainID",
+                                       "LPMJobTypeID"}  # fmt: skip
+
+
+def test_user_analysis() -> None:
+    spec = load(VALID / "user_analysis.jdl")
+    assert spec.ttl == 30000
+    assert [d.nodownload for d in spec.input_data] == [True, True, False]
+    assert spec.input_data_collection[0].name.endswith("/collection.xml")
+    assert spec.input_data_collection[0].nodownload
+    assert spec.split == "se"
+    assert spec.arguments[0] == "--configuration"
+    assert spec.memory_bytes == 4 * GIB and spec.cpu_cores == 1
+
+
+def test_calibration_with_arguments() -> None:
+    spec = load(VALID / "calibration.jdl", args=["544121", "cpass0"])
+    assert spec.arguments[:4] == ("--run", "544121", "--pass", "cpass0")
+    assert spec.input_data[0].name == (
+        "/alice/data/2023/LHC23zzh/544121/cpass0/calib/o2tpc_residuals_001.root"
+    )
+    assert spec.output_dir == (
+        "/alice/data/2023/LHC23zzh/544121/calib/cpass0/tpc_vdrift/#alien_counter_03i#"
+    )
+    assert spec.environment()["ALIEN_JDL_LPMRUNNUMBER"] == "544121"
+    assert spec.job_tags == ("comment:TPC vdrift calibration, run 544121, cpass0",)
+    assert spec.split == "file" and spec.cpu_cores == 1 and spec.ttl == 36000
+
+
+def test_calibration_needs_its_arguments() -> None:
+    with pytest.raises(JDLError) as info:
+        load(VALID / "calibration.jdl", args=["544121"])
+    assert "'$2' needs at least 2 submit argument(s), 1 given" in info.value.message
+
+
+def test_samples_are_runnable_shapes() -> None:
+    hello = load(SAMPLES / "hello.jdl")
+    assert hello.executable == "hello.sh" and (SAMPLES / "hello.sh").is_file()
+    assert [o.patterns for o in hello.outputs] == [("stdout",), ("stderr",), ("hello.txt",)]
+    sleep = load(SAMPLES / "sleep.jdl")
+    assert (sleep.executable, sleep.arguments) == ("/bin/sleep", ("5",))
+    fail = load(SAMPLES / "fail.jdl")
+    assert fail.output_errors[0].patterns == ("stdout", "stderr", "fail.log")
+
+
+# Each broken file: where the error is, and what it says.
+BROKEN_CASES = {
+    "unterminated_string.jdl": (3, 13, "unterminated string"),
+    "missing_equals.jdl": (3, 11, "expected '=' after the key 'Arguments', found a string"),
+    "missing_value.jdl": (3, 13, "missing value for 'Arguments' before ';'"),
+    "unclosed_list.jdl": (3, 44, "expected ',' or '}' in the list opened at 3:10, found ';'"),
+    "bad_list_separator.jdl": (3, 55, "expected ',' or '}' in the list opened at 3:12"),
+    "bad_key.jdl": (3, 1, "key '2ndArguments' must start with a letter or '_'"),
+    "unbalanced_paren_requirements.jdl": (4, 87, "expected ')' to close the '(' at 4:16"),
+    "unknown_function_requirements.jdl": (3, 16, "unsupported function 'regexp'"),
+    "dangling_operator_requirements.jdl": (3, 75, "expected a value, found ';'"),
+    "unterminated_block_comment.jdl": (3, 1, "unterminated /* comment"),
+    "bad_escape.jdl": (3, 24, "unknown escape '\\q' in a string"),
+    "garbage_after_value.jdl": (3, 11, "expected ';' before '200'"),
+    "missing_semicolon_between.jdl": (4, 1, "expected ';' before 'TTL'"),
+    "stray_close_bracket.jdl": (3, 26, "expected ';' before '}'"),
+}
+
+
+def test_every_broken_file_has_a_case() -> None:
+    assert {p.name for p in BROKEN.glob("*.jdl")} == set(BROKEN_CASES)
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN_CASES))
+def test_broken_file_error(name: str) -> None:
+    line, col, fragment = BROKEN_CASES[name]
+    with pytest.raises(JDLError) as info:
+        load(BROKEN / name)
+    err = info.value
+    assert (err.line, err.col) == (line, col), str(err)
+    assert fragment in err.message
+    headline, excerpt, caret = str(err).splitlines()
+    assert headline.startswith(f"{name}:{line}:{col}: ")
+    source_line = (BROKEN / name).read_text().splitlines()[line - 1]
+    assert excerpt.strip() and excerpt.strip() in source_line
+    assert caret.strip() == "^"

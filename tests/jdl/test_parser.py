@@ -1,0 +1,335 @@
+"""The JDL syntax: statements, comments, values, keys, errors and input caps."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandbox_agent.jdl import JDLError, load_job, parse_jdl
+from sandbox_agent.jdl.expr import UNDEFINED, AttrRef, BinOp, ListExpr, Literal, Not
+from sandbox_agent.jdl.parser import MAX_BYTES, MAX_DEPTH, MAX_HEIGHT, MAX_LIST_ITEMS
+
+
+def value(text: str, key: str = "X") -> object:
+    entry = parse_jdl(text).get(key)
+    assert entry is not None
+    return entry.value
+
+
+def error(text: str | bytes, **kwargs: object) -> JDLError:
+    with pytest.raises(JDLError) as info:
+        load_job(text, **kwargs)  # type: ignore[arg-type]
+    return info.value
+
+
+# -- statements -----------------------------------------------------------------------
+
+
+def test_final_semicolon_is_optional() -> None:
+    parsed = parse_jdl('Executable = "a";\nTTL = 5')
+    assert parsed.get("TTL") is not None
+    assert value('Executable = "a";\nTTL = 5', "TTL") == Literal(5)
+
+
+def test_enclosing_brackets_are_accepted() -> None:
+    spec = load_job('[\n  Executable = "/bin/true";\n  TTL = 10;\n]\n')
+    assert (spec.executable, spec.ttl) == ("/bin/true", 10)
+
+
+def test_unclosed_enclosing_bracket_is_an_error() -> None:
+    err = error('[ Executable = "a";')
+    assert "expected ']'" in err.message
+
+
+def test_empty_statements_are_skipped() -> None:
+    assert load_job(';;Executable = "a";;;TTL = 7;;').ttl == 7
+
+
+def test_separator_is_semicolon_outside_quotes() -> None:
+    spec = load_job('Executable = "a;b"; Arguments = "x;y z"')
+    assert spec.executable == "a;b"
+    assert spec.arguments == ("x;y", "z")
+
+
+# -- comments -------------------------------------------------------------------------
+
+
+def test_hash_line_comments() -> None:
+    spec = load_job('# a comment with "quotes" and ; and =\nExecutable = "a";\n  # indented\n')
+    assert spec.executable == "a"
+
+
+def test_hash_inside_a_string_is_data() -> None:
+    spec = load_job('Executable = "a"; OutputDir = "/alice/sim/#alien_counter_03i#";')
+    assert spec.output_dir == "/alice/sim/#alien_counter_03i#"
+
+
+def test_trailing_hash_comment_after_statement() -> None:
+    assert load_job('Executable = "a"; TTL = 60; # one minute\n').ttl == 60
+
+
+def test_classad_comments() -> None:
+    text = 'Executable = "a"; // trailing\n/* block\n spanning lines; TTL = 1; */\nTTL = 9;'
+    assert load_job(text).ttl == 9
+
+
+def test_comment_markers_inside_strings_are_data() -> None:
+    spec = load_job('Executable = "a"; Arguments = "http://x/*y*/ //z";')
+    assert spec.arguments == ("http://x/*y*/", "//z")
+
+
+# -- keys -----------------------------------------------------------------------------
+
+
+def test_keys_are_case_insensitive_with_canonical_casing() -> None:
+    parsed = parse_jdl('VALIDATIONCOMMAND = "/a"; validationcommand = "/b"; executable = "x";')
+    entry = parsed.get("ValidationCommand")
+    assert entry is not None
+    assert entry.name == "ValidationCommand"
+    assert entry.value == Literal("/b")
+    assert parsed.get("Executable") is not None
+    assert parsed.get("EXECUTABLE") is parsed.get("executable")
+
+
+def test_unknown_key_keeps_its_spelling() -> None:
+    parsed = parse_jdl('Executable = "a"; LPMAnchorRun = 5;')
+    entry = parsed.get("lpmanchorrun")
+    assert entry is not None and entry.name == "LPMAnchorRun"
+
+
+def test_duplicate_key_later_wins_with_warning() -> None:
+    spec = load_job('Executable = "a";\nTTL = 100;\nttl = 200;\n', source="job.jdl")
+    assert spec.ttl == 200
+    assert len(spec.warnings) == 1
+    assert spec.warnings[0].startswith("job.jdl:3:1: warning: 'ttl' is defined again")
+    assert "line 2" in spec.warnings[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "col", "fragment"),
+    [
+        ('Out-put = "a";', 4, "only letters, digits and '_'"),
+        ('Out.put = "a";', 4, "only letters, digits and '_'"),
+        ('9lives = "a";', 1, "must start with a letter"),
+        ('"Executable" = "a";', 1, "expected a key"),
+    ],
+)
+def test_bad_keys(text: str, col: int, fragment: str) -> None:
+    err = error(text)
+    assert (err.line, err.col) == (1, col)
+    assert fragment in err.message
+
+
+# -- values ---------------------------------------------------------------------------
+
+
+def test_string_escapes() -> None:
+    assert value(r'X = "a\"b\\c\nd\te";') == Literal('a"b\\c\nd\te')
+
+
+def test_unknown_escape_points_at_backslash() -> None:
+    err = error('Executable = "a\\qb";')
+    assert (err.line, err.col) == (1, 16)
+    assert "unknown escape '\\q'" in err.message
+
+
+def test_single_quotes_are_refused_with_the_fix() -> None:
+    err = error("Executable = 'a';")
+    assert err.col == 14 and "double quotes" in err.message
+
+
+def test_numbers_and_booleans() -> None:
+    assert value("X = 42;") == Literal(42)
+    assert value("X = -7;") == Literal(-7)
+    assert value("X = 2.5;") == Literal(2.5)
+    assert value("X = 1e3;") == Literal(1000.0)
+    assert value("X = TRUE;") == Literal(True)
+    assert value("X = false;") == Literal(False)
+    assert value("X = undefined;") == Literal(UNDEFINED)
+
+
+def test_number_glued_to_unit_is_a_sized_word() -> None:
+    spec = load_job('Executable = "a"; MemorySize = 8GB; WorkDirectorySize = 500MB;')
+    assert spec.memory_bytes == 8 * 1024**3
+    assert spec.workdir_bytes == 500 * 1024**2
+
+
+def test_out_of_range_float_is_refused() -> None:
+    assert "out of range" in error('Executable = "a"; X = 1e999;').message
+
+
+def test_lists_keep_order_and_duplicates() -> None:
+    assert value('X = { "b", "a", "b" };') == ListExpr((Literal("b"), Literal("a"), Literal("b")))
+
+
+def test_unquoted_list_items_are_separate_items() -> None:
+    node = value("X = {testflag,t2};")
+    assert node == ListExpr((AttrRef(None, "testflag"), AttrRef(None, "t2")))
+    spec = load_job('Executable = "a"; JobTag = {testflag,t2};')
+    assert spec.job_tags == ("testflag", "t2")
+
+
+def test_trailing_comma_in_list_is_accepted() -> None:
+    assert value('X = { "a", "b", };') == ListExpr((Literal("a"), Literal("b")))
+
+
+def test_empty_list() -> None:
+    assert value("X = {};") == ListExpr(())
+
+
+def test_lists_may_span_lines_with_comments() -> None:
+    node = value('X = {\n  "a", # first\n  // second\n  "b"\n};')
+    assert node == ListExpr((Literal("a"), Literal("b")))
+
+
+def test_requirements_are_parsed_to_a_tree() -> None:
+    node = value('Requirements = other.TTL > 3600 && !other.CE == "X";', "Requirements")
+    assert node == BinOp(
+        "&&",
+        BinOp(">", AttrRef("other", "TTL"), Literal(3600)),
+        Not(BinOp("==", AttrRef("other", "CE"), Literal("X"))),
+    )
+
+
+def test_scopes_are_normalized() -> None:
+    assert value("X = TARGET.ce;") == AttrRef("other", "ce")
+    assert value("X = self.ce;") == AttrRef("my", "ce")
+
+
+def test_unknown_scope_is_refused() -> None:
+    err = error('Executable = "a"; Requirements = machine.CE == "x";')
+    assert "unknown scope 'machine'" in err.message and err.col == 34
+
+
+def test_chained_comparison_is_refused() -> None:
+    err = error('Executable = "a"; Requirements = 1 < other.X < 3;')
+    assert "do not chain" in err.message
+
+
+@pytest.mark.parametrize("op", ["&", "|"])
+def test_single_ampersand_or_bar(op: str) -> None:
+    err = error(f'Executable = "a"; Requirements = other.A {op} other.B;')
+    assert f"'{op}{op}'" in str(err)
+
+
+# -- errors ---------------------------------------------------------------------------
+
+
+def test_error_has_excerpt_and_caret() -> None:
+    err = error('Executable = "a";\nTTL = 100 200;\n', source="j.jdl")
+    lines = str(err).splitlines()
+    assert lines[0] == "j.jdl:2:11: expected ';' before '200': each statement ends with ';'"
+    assert lines[1].strip() == "TTL = 100 200;"
+    assert lines[2].index("^") == lines[1].index("200")
+
+
+def test_error_excerpt_of_a_very_long_line_is_windowed() -> None:
+    err = error('Executable = "a"; X = "' + "y" * 5000 + '" z;')
+    excerpt_line, caret_line = str(err).splitlines()[1:3]
+    assert len(excerpt_line) < 100
+    assert excerpt_line[caret_line.index("^")] == "z"
+
+
+def test_columns_count_characters_not_bytes() -> None:
+    err = error('Executable = "é€"; TTL = 1 2;')
+    assert err.col == len('Executable = "é€"; TTL = 1 ') + 1
+
+
+def test_missing_executable() -> None:
+    err = error("TTL = 5;")
+    assert "no Executable" in err.message
+
+
+def test_not_utf8() -> None:
+    err = error(b'Executable = "a";\nX = "\xff";')
+    assert (err.line, err.col) == (2, 6)
+    assert "UTF-8" in err.message
+
+
+def test_control_character_outside_strings() -> None:
+    err = error('Executable = "a";\x01')
+    assert "U+0001" in err.message
+
+
+def test_byte_order_mark_is_ignored() -> None:
+    assert load_job('\ufeffExecutable = "a";').executable == "a"
+
+
+# -- caps -----------------------------------------------------------------------------
+
+
+def test_size_cap() -> None:
+    err = error('Executable = "a"; X = "' + "x" * MAX_BYTES + '";')
+    assert "limit" in err.message
+
+
+def test_nesting_cap_gives_jdl_error_not_recursion_error() -> None:
+    deep = "(" * (MAX_DEPTH + 5) + "true" + ")" * (MAX_DEPTH + 5)
+    err = error(f'Executable = "a"; Requirements = {deep};')
+    assert "nesting deeper" in err.message
+
+
+def test_deep_list_nesting_is_capped() -> None:
+    deep = "{" * 5000 + "}" * 5000
+    assert "nesting deeper" in error(f'Executable = "a"; X = {deep};').message
+
+
+def test_negation_chain_is_capped() -> None:
+    assert "nesting deeper" in error('Executable = "a"; X = ' + "!" * 10000 + "true;").message
+
+
+def test_long_operator_chain_is_capped() -> None:
+    chain = " && ".join(["other.A == 1"] * (MAX_HEIGHT + 10))
+    err = error(f'Executable = "a"; Requirements = {chain};')
+    assert "levels deep" in err.message
+
+
+def test_list_length_cap() -> None:
+    items = ",".join(["1"] * (MAX_LIST_ITEMS + 1))
+    assert "list longer" in error(f'Executable = "a"; X = {{{items}}};').message
+
+
+def test_moderate_chain_within_caps_is_accepted() -> None:
+    chain = " || ".join(f'other.CE == "CE{i}"' for i in range(100))
+    spec = load_job(f'Executable = "a"; Requirements = {chain};')
+    assert spec.requirements is not None
+
+
+# -- submit arguments -------------------------------------------------------------------
+
+
+def test_placeholders_replaced_in_strings_and_lists() -> None:
+    text = 'Executable = "a"; Arguments = "run $1 --pass $2"; OutputDir = "/out/$1/$2";\n'
+    text += 'InputData = { "LF:/data/$1/AO2D.root" };'
+    spec = load_job(text, args=["526641", "apass7"])
+    assert spec.arguments == ("run", "526641", "--pass", "apass7")
+    assert spec.output_dir == "/out/526641/apass7"
+    assert spec.input_data[0].name == "/data/526641/AO2D.root"
+
+
+def test_placeholders_kept_without_arguments() -> None:
+    spec = load_job('Executable = "a"; OutputDir = "/out/$1";')
+    assert spec.output_dir == "/out/$1"
+
+
+def test_two_digit_placeholder() -> None:
+    args = [str(i) for i in range(1, 12)]
+    assert load_job('Executable = "a"; OutputDir = "$11-$1";', args=args).output_dir == "11-1"
+
+
+def test_missing_argument_is_located() -> None:
+    err = error('Executable = "a";\nOutputDir = "/out/$3";', args=["x", "y"])
+    assert (err.line, err.col) == (2, 13)
+    assert "'$3' needs at least 3 submit argument(s), 2 given" in err.message
+
+
+def test_argument_cannot_change_the_structure() -> None:
+    hostile = '"; Executable = "/bin/evil'
+    spec = load_job('Executable = "/bin/echo"; Arguments = "$1";', args=[hostile])
+    assert spec.executable == "/bin/echo"
+    assert spec.arguments == ("; Executable = /bin/evil",)
+
+
+def test_nul_in_a_string_is_refused() -> None:
+    err = error('Executable = "/bin/a\x00b";')
+    assert (err.line, err.col) == (1, 21)
+    assert "NUL" in err.message

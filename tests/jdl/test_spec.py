@@ -1,0 +1,263 @@
+"""The typed job spec: defaults, units, inputs, outputs, variables and value errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandbox_agent.jdl import InputData, InputFile, JDLError, OutputSpec, load_job
+from sandbox_agent.jdl.spec import DEFAULT_CPU_CORES, DEFAULT_PRICE, DEFAULT_TTL
+from sandbox_agent.jdl.units import GIB, MIB, format_size, parse_size
+
+
+def job(body: str, **kwargs: object) -> object:
+    return load_job('Executable = "/bin/true";\n' + body, **kwargs)  # type: ignore[arg-type]
+
+
+def spec_error(body: str) -> JDLError:
+    with pytest.raises(JDLError) as info:
+        load_job('Executable = "/bin/true";\n' + body)
+    return info.value
+
+
+def test_defaults() -> None:
+    spec = load_job('Executable = "/bin/true";')
+    assert spec.arguments == ()
+    assert spec.ttl == DEFAULT_TTL == 3600
+    assert spec.cpu_cores == DEFAULT_CPU_CORES == 1
+    assert spec.price == DEFAULT_PRICE == 1.0
+    assert spec.memory_bytes is None and spec.workdir_bytes is None
+    assert spec.outputs == () and spec.input_files == () and spec.requirements is None
+    assert spec.environment() == {}
+
+
+# -- arguments ------------------------------------------------------------------------
+
+
+def test_arguments_are_split_like_a_posix_shell_but_never_run() -> None:
+    spec = job('Arguments = "--name \'a b\' \\"c d\\" $(rm -rf /) ; x";')
+    assert spec.arguments == ("--name", "a b", "c d", "$(rm", "-rf", "/)", ";", "x")
+
+
+def test_arguments_as_a_list_are_taken_as_words() -> None:
+    assert job('Arguments = { "a b", "c" };').arguments == ("a b", "c")
+
+
+def test_unbalanced_quote_in_arguments() -> None:
+    err = spec_error('Arguments = "a \'b";')
+    assert (err.line, err.col) == (2, 13)
+    assert "cannot be split into words" in err.message
+
+
+# -- numbers and sizes --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("TTL = 72000;", 72000),
+        ('TTL = "72000";', 72000),
+        ('TTL = { "500" };', 500),
+    ],
+)
+def test_ttl_forms(text: str, expected: int) -> None:
+    assert job(text).ttl == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('TTL = "2h";', "whole number of seconds"),
+        ("TTL = 1.5;", "whole number of seconds"),
+        ("TTL = 0;", "at least 1"),
+        ("CPUCores = 0;", "at least 1"),
+        ("CPUCores = true;", "whole number of cores"),
+        ("Price = -1;", "zero or more"),
+        ('Price = "cheap";', "zero or more"),
+    ],
+)
+def test_bad_numbers(text: str, fragment: str) -> None:
+    err = spec_error(text)
+    assert err.line == 2 and fragment in err.message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('MemorySize = "8GB";', 8 * GIB),
+        ('MemorySize = "11000MB";', 11000 * MIB),
+        ('MemorySize = { "6000MB" };', 6000 * MIB),
+        ("MemorySize = 2048;", 2048 * MIB),
+        ('MemorySize = "1.5 GB";', int(1.5 * GIB)),
+        ('MemorySize = "4gib";', 4 * GIB),
+    ],
+)
+def test_memory_sizes(text: str, expected: int) -> None:
+    assert job(text).memory_bytes == expected
+
+
+def test_cpu_cores_as_string() -> None:
+    assert job('CPUCores = "8";').cpu_cores == 8
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('WorkDirectorySize = "8 parsecs";', "unknown size unit 'parsecs'"),
+        ('WorkDirectorySize = "lots";', "is not a size"),
+        ('WorkDirectorySize = "0MB";', "more than zero"),
+        ('WorkDirectorySize = { "1GB", "2GB" };', "must be a size"),
+    ],
+)
+def test_bad_sizes(text: str, fragment: str) -> None:
+    assert fragment in spec_error(text).message
+
+
+@pytest.mark.parametrize("size", [1, 1023, 1024, 5 * MIB, 8 * GIB, 3 * 1024**4, 8 * GIB + 1])
+def test_format_size_round_trips(size: int) -> None:
+    assert parse_size(format_size(size)) == size
+
+
+# -- inputs ---------------------------------------------------------------------------
+
+
+def test_input_files_catalogue_and_local() -> None:
+    spec = job('InputFile = { "LF:/alice/cern.ch/user/j/jdoe/macro.C", "local.sh" };')
+    assert spec.input_files == (
+        InputFile("/alice/cern.ch/user/j/jdoe/macro.C", catalogue=True),
+        InputFile("local.sh", catalogue=False),
+    )
+
+
+def test_input_data_nodownload() -> None:
+    spec = job(
+        'InputData = { "LF:/alice/data/AO2D.root,nodownload", "LF:/alice/data/b.root" };\n'
+        'InputDataCollection = "LF:/alice/coll.xml,nodownload";'
+    )
+    assert spec.input_data == (
+        InputData("/alice/data/AO2D.root", True, nodownload=True),
+        InputData("/alice/data/b.root", True, nodownload=False),
+    )
+    assert spec.input_data_collection == (InputData("/alice/coll.xml", True, True),)
+
+
+def test_unknown_input_data_option() -> None:
+    err = spec_error('InputData = { "LF:/a,download" };')
+    assert "unknown InputData option 'download'" in err.message
+    assert err.col == 15
+
+
+# -- outputs --------------------------------------------------------------------------
+
+
+def test_output_forms() -> None:
+    spec = job(
+        "Output = {\n"
+        '  "log_archive.zip:stdout,stderr,*.log@disk=1",\n'
+        '  "root_archive.zip:AO2D.root,*.root@disk=2,ALICE::CERN::EOS,!ALICE::FZK::SE",\n'
+        '  "histos.root@tape=1",\n'
+        '  "stdout"\n'
+        "};\n"
+        'OutputArchive = { "qa.zip:QC/*.json" };\n'
+        'OutputFile = { "extra.txt" };\n'
+        'OutputErrorE = { "error.zip:*.log@disk=1" };'
+    )
+    assert spec.outputs == (
+        OutputSpec(("stdout", "stderr", "*.log"), "log_archive.zip", (("disk", 1),)),
+        OutputSpec(
+            ("AO2D.root", "*.root"),
+            "root_archive.zip",
+            (("disk", 2),),
+            ("ALICE::CERN::EOS", "!ALICE::FZK::SE"),
+        ),
+        OutputSpec(("histos.root",), None, (("tape", 1),)),
+        OutputSpec(("stdout",)),
+        OutputSpec(("QC/*.json",), "qa.zip"),
+        OutputSpec(("extra.txt",)),
+    )
+    assert spec.output_errors == (OutputSpec(("*.log",), "error.zip", (("disk", 1),)),)
+
+
+@pytest.mark.parametrize(
+    ("entry", "fragment"),
+    [
+        ("/etc/passwd", "relative to the work directory"),
+        ("../agent/key.pem", "must not climb out"),
+        ("logs.zip:a/../../b", "must not climb out"),
+        ("logs.tar:*.log", "must be a zip file name"),
+        ("a.zip:x,,y", "is empty"),
+        ("x@disk=0", "disk=N or tape=N with N >= 1"),
+        ("x@speed=2", "disk=N or tape=N"),
+        ("x@somewhere", "neither disk=N nor a storage element"),
+    ],
+)
+def test_bad_outputs(entry: str, fragment: str) -> None:
+    err = spec_error(f'Output = {{ "ok", "{entry}" }};')
+    assert fragment in err.message
+    assert (err.line, err.col) == (2, 18)  # the offending item, not the list
+
+
+# -- requirements, variables, extras -----------------------------------------------------
+
+
+def test_quoted_requirements_are_refused() -> None:
+    assert "not a string" in spec_error('Requirements = "other.TTL > 5";').message
+
+
+def test_jdl_variables_become_environment() -> None:
+    spec = job(
+        'JDLVariables = { "LPMRunNumber", "CollisionSystem", "Tags", "Flag" };\n'
+        "LPMRunNumber = 526641;\n"
+        'collisionsystem = "pp";\n'
+        'Tags = { "a", "b" };\n'
+        "Flag = true;\n"
+    )
+    assert spec.environment() == {
+        "ALIEN_JDL_LPMRUNNUMBER": "526641",
+        "ALIEN_JDL_COLLISIONSYSTEM": "pp",
+        "ALIEN_JDL_TAGS": "a,b",
+        "ALIEN_JDL_FLAG": "true",
+    }
+    assert spec.extra == ()  # the variables are not kept twice
+
+
+def test_undefined_jdl_variable_is_a_warning() -> None:
+    spec = job('JDLVariables = { "Nowhere" };', source="v.jdl")
+    assert spec.environment() == {}
+    assert spec.warnings == (
+        "v.jdl:2:18: warning: JDL variable 'Nowhere' is listed in JDLVariables but never "
+        "defined; it is not exported",
+    )
+
+
+def test_bad_jdl_variable_name() -> None:
+    assert "not a valid name" in spec_error('JDLVariables = { "A-B" };').message
+
+
+def test_unknown_keys_are_kept() -> None:
+    spec = job('LPMActivity = "SIM"; MyFlag = 3;')
+    assert dict(spec.extra) == {"LPMActivity": _lit("SIM"), "MyFlag": _lit(3)}
+
+
+def _lit(v: object) -> object:
+    from sandbox_agent.jdl.expr import Literal
+
+    return Literal(v)  # type: ignore[arg-type]
+
+
+def test_strings_fields() -> None:
+    spec = job(
+        'Packages = "VO_ALICE@jq::v1.6-3"; JobTag = { "comment:MC", "test" };\n'
+        'Split = "production:1-10"; SplitArguments = "--seed #alien_counter#";\n'
+        'User = "jdoe"; Type = "Job"; ValidationCommand = "/alice/validation/validation.sh";'
+    )
+    assert spec.packages == ("VO_ALICE@jq::v1.6-3",)
+    assert spec.job_tags == ("comment:MC", "test")
+    assert spec.split == "production:1-10"
+    assert spec.split_arguments == ("--seed #alien_counter#",)
+    assert (spec.user, spec.type) == ("jdoe", "Job")
+    assert spec.validation_command == "/alice/validation/validation.sh"
+
+
+def test_string_field_given_an_expression() -> None:
+    err = spec_error("OutputDir = other.X == 1;")
+    assert "OutputDir must be a string" in err.message
