@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import bisect
 import re
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple, NoReturn
 
 from sandbox_agent.jdl.errors import JDLError
 
@@ -24,8 +24,7 @@ class Kind(Enum):
     EOF = "end of input"
 
 
-@dataclass(frozen=True)
-class Token:
+class Token(NamedTuple):
     kind: Kind
     text: str  # the operator or identifier as written; the decoded value of a string
     offset: int  # character offset of the token's first character
@@ -41,13 +40,24 @@ class Token:
 
 _ESCAPES = {'"': '"', "\\": "\\", "'": "'", "n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_FLOAT_EXP = re.compile(r"\d+(?:\.\d+)?[eE][+-]?\d+(?![A-Za-z0-9_])")
-_SIZED = re.compile(r"\d+(?:\.\d+)?[A-Za-z_][A-Za-z0-9_]*")
-_NUMBER = re.compile(r"\d+(\.\d+)?")
-_SPACE = re.compile(r"[ \t\r\n\f\v]+")
-_TWO_CHAR_OPS = ("==", "!=", "<=", ">=", "&&", "||")
-_ONE_CHAR_OPS = "=;,{}[]()<>!.-"
+# One pass of one regex finds every well-formed token; anything it cannot take (an
+# unterminated string, a bad escape, a stray character) goes to the slow path below,
+# which exists to say exactly what is wrong.
+_TOKEN = re.compile(
+    r"""
+    (?P<space>[ \t\r\n\f\v]+)
+  | (?P<comment>(?:\#|//)[^\n]*)
+  | (?P<block>/\*.*?\*/)
+  | (?P<string>"(?:[^"\\\n\x00]|\\["\\'ntrbf])*")
+  | (?P<float>[0-9]+(?:\.[0-9]+)?[eE][+-]?[0-9]+(?![A-Za-z0-9_]))
+  | (?P<sized>[0-9]+(?:\.[0-9]+)?[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<number>[0-9]+(?:\.[0-9]+)?)
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<op>==|!=|<=|>=|&&|\|\||[=;,{}\[\]()<>!.\-])
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+_UNESCAPE = re.compile(r"\\(.)")
 
 
 class Source:
@@ -71,93 +81,73 @@ def tokenize(src: Source) -> list[Token]:
     """Split the whole text into tokens, ending with one EOF token."""
     text = src.text
     tokens: list[Token] = []
+    append = tokens.append
     pos = 0
     end = len(text)
+    match = _TOKEN.match
     while pos < end:
-        ch = text[pos]
-        space = _SPACE.match(text, pos)
-        if space:
-            pos = space.end()
-            continue
-        if ch == "#" or text.startswith("//", pos):
-            newline = text.find("\n", pos)
-            pos = end if newline < 0 else newline
-            continue
-        if text.startswith("/*", pos):
-            close = text.find("*/", pos + 2)
-            if close < 0:
-                raise src.error("unterminated /* comment", pos, expected="'*/' to close it")
-            pos = close + 2
-            continue
-        if ch == '"':
-            value, pos_after = _string(src, pos)
-            tokens.append(Token(Kind.STRING, value, pos))
-            pos = pos_after
-            continue
-        if ch.isascii() and ch.isdigit():
-            for pattern, kind in (
-                (_FLOAT_EXP, Kind.FLOAT),
-                (_SIZED, Kind.WORD),
-                (_NUMBER, Kind.INT),
-            ):
-                m = pattern.match(text, pos)
-                if m:
-                    if kind is Kind.INT and m.group(1):
-                        kind = Kind.FLOAT
-                    tokens.append(Token(kind, m.group(0), pos))
-                    pos = m.end()
-                    break
-            continue
-        m = _IDENT.match(text, pos)
-        if m:
-            tokens.append(Token(Kind.IDENT, m.group(0), pos))
-            pos = m.end()
-            continue
-        two = text[pos : pos + 2]
-        if two in _TWO_CHAR_OPS:
-            tokens.append(Token(Kind.OP, two, pos))
-            pos += 2
-            continue
-        if ch in _ONE_CHAR_OPS:
-            tokens.append(Token(Kind.OP, ch, pos))
-            pos += 1
-            continue
-        if ch in "&|":
-            raise src.error(f"single '{ch}' is not an operator", pos, expected=f"'{ch}{ch}'")
-        if ch == "'":
-            raise src.error("single quotes do not make a string in a JDL; use double quotes", pos)
-        shown = ch if ch.isprintable() else f"U+{ord(ch):04X}"
-        raise src.error(
-            f"unexpected character '{shown}'; a value with such characters must be quoted",
-            pos,
-        )
-    tokens.append(Token(Kind.EOF, "", end))
+        m = match(text, pos)
+        if m is None:
+            _refuse(src, pos)  # raises
+        group = m.lastgroup
+        if group == "space" or group == "comment" or group == "block":
+            pass
+        elif group == "string":
+            body = m.group()[1:-1]
+            if "\\" in body:
+                body = _UNESCAPE.sub(lambda e: _ESCAPES[e.group(1)], body)
+            append(Token(Kind.STRING, body, pos))
+        elif group == "op":
+            append(Token(Kind.OP, m.group(), pos))
+        elif group == "ident":
+            append(Token(Kind.IDENT, m.group(), pos))
+        elif group == "number":
+            append(Token(Kind.FLOAT if "." in m.group() else Kind.INT, m.group(), pos))
+        elif group == "float":
+            append(Token(Kind.FLOAT, m.group(), pos))
+        else:
+            append(Token(Kind.WORD, m.group(), pos))
+        pos = m.end()
+    append(Token(Kind.EOF, "", end))
     return tokens
 
 
-def _string(src: Source, start: int) -> tuple[str, int]:
-    """Decode the string literal opening at ``start``; return it and the offset after it."""
+def _refuse(src: Source, pos: int) -> NoReturn:
+    """Explain why no token starts at ``pos``."""
     text = src.text
-    out: list[str] = []
+    ch = text[pos]
+    if ch == '"':
+        _string(src, pos)  # raises with the exact problem
+    if text.startswith("/*", pos):
+        raise src.error("unterminated /* comment", pos, expected="'*/' to close it")
+    if ch in "&|":
+        raise src.error(f"single '{ch}' is not an operator", pos, expected=f"'{ch}{ch}'")
+    if ch == "'":
+        raise src.error("single quotes do not make a string in a JDL; use double quotes", pos)
+    shown = ch if ch.isprintable() else f"U+{ord(ch):04X}"
+    raise src.error(
+        f"unexpected character '{shown}'; a value with such characters must be quoted", pos
+    )
+
+
+def _string(src: Source, start: int) -> NoReturn:
+    """Find what is wrong with the string literal opening at ``start``, and raise it."""
+    text = src.text
     pos = start + 1
     while True:
-        # Copy runs of plain characters at once; long strings are common (InputData).
         stop = pos
-        while stop < len(text) and text[stop] not in '"\\\n':
+        while stop < len(text) and text[stop] not in '"\\\n\x00':
             stop += 1
-        chunk = text[pos:stop]
-        if "\x00" in chunk:
-            # No NUL can reach an argv, a path or an environment variable.
-            raise src.error("a NUL character cannot be part of a string", pos + chunk.index("\x00"))
-        out.append(chunk)
         pos = stop
         if pos >= len(text) or text[pos] == "\n":
             raise src.error(
                 "unterminated string", start, expected="a closing '\"' on the same line"
             )
+        if text[pos] == "\x00":
+            # No NUL can reach an argv, a path or an environment variable.
+            raise src.error("a NUL character cannot be part of a string", pos)
         if text[pos] == '"':
-            return "".join(out), pos + 1
-        # a backslash
+            raise AssertionError("the token regex accepts every well-formed string")
         if pos + 1 >= len(text) or text[pos + 1] not in _ESCAPES:
             shown = text[pos + 1 : pos + 2].replace("\n", "\\n")
             raise src.error(
@@ -165,5 +155,4 @@ def _string(src: Source, start: int) -> tuple[str, int]:
                 pos,
                 expected="one of \\\" \\\\ \\' \\n \\t \\r \\b \\f",
             )
-        out.append(_ESCAPES[text[pos + 1]])
         pos += 2

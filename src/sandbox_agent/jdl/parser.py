@@ -109,7 +109,7 @@ def parse_expression(text: str, *, source: str = "<expression>") -> Expr:
 
 
 def _decode(text: str | bytes, source: str) -> str:
-    size = len(text)
+    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_BYTES:
         raise JDLError(
             f"JDL is {size} bytes; the limit is {MAX_BYTES} "
@@ -149,7 +149,8 @@ class _Parser:
         return self.tokens[self.i]
 
     def at(self, op: str) -> bool:
-        return self.tok.kind is Kind.OP and self.tok.text == op
+        token = self.tokens[self.i]
+        return token.text == op and token.kind is Kind.OP
 
     def at_end(self) -> bool:
         return self.tok.kind is Kind.EOF
