@@ -24,9 +24,12 @@ from sandbox_agent.jdl.expr import (
     Literal,
     Not,
     Undefined,
+    attribute_refs,
     render,
     render_scalar,
 )
+
+MAX_REFERENCE_DEPTH = 16  # my.A -> my.B -> ... chains of job attributes
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,10 @@ class Slot(Mapping[str, SlotValue]):
     """What a worker slot offers (``other.*`` in Requirements), keyed case-insensitively."""
 
     def __init__(self, attributes: Mapping[str, SlotValue]) -> None:
-        self._attrs = {name.casefold(): (name, value) for name, value in attributes.items()}
+        self._attrs = {
+            name.casefold(): (name, tuple(value) if isinstance(value, list) else value)
+            for name, value in attributes.items()
+        }
 
     def __getitem__(self, name: str) -> SlotValue:
         return self._attrs[name.casefold()][1]
@@ -142,20 +148,10 @@ def show(value: Value) -> str:
 
 
 def _refs(node: Expr) -> list[AttrRef]:
+    """The distinct attributes ``node`` reads, in source order."""
     seen: dict[str, AttrRef] = {}
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, AttrRef):
-            seen.setdefault(render(current).casefold(), current)
-        elif isinstance(current, ListExpr):
-            stack.extend(current.items)
-        elif isinstance(current, Call):
-            stack.extend(current.args)
-        elif isinstance(current, Not):
-            stack.append(current.operand)
-        elif isinstance(current, BinOp):
-            stack.extend((current.left, current.right))
+    for ref in attribute_refs(node):
+        seen.setdefault(render(ref).casefold(), ref)
     return list(seen.values())
 
 
@@ -197,11 +193,57 @@ def _equal(left: Value, right: Value) -> bool | Error:
     return Error(f"cannot compare {_kind(left)} with {_kind(right)}")
 
 
+def _unsafe_attributes(job: dict[str, Expr]) -> dict[str, str]:
+    """Job attributes whose value must be ERROR: those on a cycle of references and
+    those at the head of a chain deeper than MAX_REFERENCE_DEPTH.
+
+    Decided from the reference graph before evaluating anything, so an attribute's
+    value never depends on the order in which clauses happen to reach it, and the
+    evaluation that follows recurses at most MAX_REFERENCE_DEPTH attributes deep."""
+    edges = {
+        name: [
+            r.name.casefold()
+            for r in attribute_refs(expr)
+            if r.scope != "other" and r.name.casefold() in job
+        ]
+        for name, expr in job.items()
+    }
+    height: dict[str, int] = {}
+    on_cycle: set[str] = set()
+    visiting: set[str] = set()
+    for root in edges:
+        if root in height:
+            continue
+        stack = [(root, iter(edges[root]))]
+        visiting.add(root)
+        while stack:  # an explicit stack: the graph comes from the JDL, unbounded
+            node, children = stack[-1]
+            for child in children:
+                if child in visiting:
+                    names = [n for n, _ in stack]
+                    on_cycle.update(names[names.index(child) :])
+                elif child not in height:
+                    visiting.add(child)
+                    stack.append((child, iter(edges[child])))
+                    break
+            else:
+                stack.pop()
+                visiting.discard(node)
+                height[node] = 1 + max((height.get(c, 0) for c in edges[node]), default=0)
+    unsafe = {
+        name: f"refers to attributes more than {MAX_REFERENCE_DEPTH} deep"
+        for name, h in height.items()
+        if h > MAX_REFERENCE_DEPTH
+    }
+    unsafe.update({name: "refers to itself through a cycle of references" for name in on_cycle})
+    return unsafe
+
+
 class _Context:
     def __init__(self, slot: Mapping[str, SlotValue], job: dict[str, Expr]) -> None:
         self.slot = slot if isinstance(slot, Slot) else Slot(slot)
         self.job = job
-        self.resolving: set[str] = set()
+        self.unsafe = _unsafe_attributes(job)
         self.cache: dict[int, Value] = {}
 
     def value(self, node: Expr) -> Value:
@@ -237,13 +279,10 @@ class _Context:
         target = self.job.get(folded)
         if target is None:
             return UNDEFINED
-        if folded in self.resolving:
-            return Error(f"'{ref.name}' refers to itself")
-        self.resolving.add(folded)
-        try:
-            return self.value(target)
-        finally:
-            self.resolving.discard(folded)
+        problem = self.unsafe.get(folded)
+        if problem is not None:
+            return Error(f"'{ref.name}' {problem}")
+        return self.value(target)
 
     def call(self, node: Call) -> Value:
         args = [self.value(arg) for arg in node.args]
