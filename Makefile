@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml | host
 	@touch $@
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks certs-test
 
 typecheck: setup
 	$(BIN)/mypy

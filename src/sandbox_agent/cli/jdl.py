@@ -1,71 +1,24 @@
-"""The ``sandbox-agent`` command line: parse options, call the library, print results.
-
-Errors a user can cause are printed as one line naming the place and the fix, with
-the exit codes of ``sandbox_agent.exitcodes``; they never end in a traceback.
-"""
+"""``sandbox-agent jdl``: read job descriptions and evaluate their Requirements."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
-from sandbox_agent import __version__, exitcodes
-from sandbox_agent.home import default_home
+from sandbox_agent import exitcodes
+from sandbox_agent.cli.app import JsonOption, fail
 from sandbox_agent.jdl import JDLError, JobSpec, Slot, evaluate, load_job, render_jdl
 
-app = typer.Typer(
-    name="sandbox-agent",
-    help="A grid pilot whose payloads run in a sandbox that cannot reach its credentials.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
 jdl_app = typer.Typer(
     help="Read job descriptions (JDL) and evaluate their Requirements.", no_args_is_help=True
 )
-app.add_typer(jdl_app, name="jdl")
-
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 ArgOption = Annotated[
     list[str] | None,
     typer.Option("--arg", help="A submit argument for $1..$N; repeat for each, in order."),
 ]
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"sandbox-agent {__version__}")
-        raise typer.Exit(exitcodes.OK)
-
-
-@app.callback()
-def main_options(
-    ctx: typer.Context,
-    home: Annotated[
-        Path | None,
-        typer.Option(
-            "--home",
-            help="State of the embedded default [default: $SANDBOX_AGENT_HOME, "
-            "else ~/.local/share/sandbox-agent].",
-            show_default=False,
-        ),
-    ] = None,
-    version: Annotated[
-        bool,
-        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
-    ] = False,
-) -> None:
-    ctx.obj = {"home": home or default_home()}
-
-
-def fail(message: str, code: int = exitcodes.USAGE) -> NoReturn:
-    """Print one error line to stderr and exit with ``code``."""
-    typer.echo(f"sandbox-agent: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _read_jdl(path: Path, args: list[str] | None) -> JobSpec:
@@ -165,12 +118,3 @@ def jdl_match(
     else:
         typer.echo(text)
     raise typer.Exit(exitcodes.OK if result["outcome"] == "TRUE" else exitcodes.FAILED)
-
-
-def main() -> None:
-    """The console script."""
-    try:
-        app()
-    except KeyboardInterrupt:
-        typer.echo("sandbox-agent: interrupted", err=True)
-        sys.exit(130)

@@ -1,0 +1,55 @@
+"""Tokens: X.509 certificates that carry a role (jobagent, job, broker) and, for jobs, a scope.
+
+The agent holds a jobagent token; each job gets a token for its own job id, signed from
+a CSR the agent makes with a fresh key; only the job token enters the sandbox.
+"""
+
+from sandbox_agent.tokens.authority import Issued, TokenAuthority
+from sandbox_agent.tokens.errors import (
+    InsecureKeyFile,
+    IssuanceRefused,
+    KeyMismatch,
+    MalformedToken,
+    TokenError,
+    TokenExpired,
+    TokenNotYetValid,
+    TokenRevoked,
+    UnknownIssuer,
+    WrongJob,
+    WrongRole,
+)
+from sandbox_agent.tokens.files import Token, load_token, write_token
+from sandbox_agent.tokens.keys import KeyType, fingerprint, new_key
+from sandbox_agent.tokens.request import job_request, new_job_request
+from sandbox_agent.tokens.roles import Identity, JobScope, Role, identity_of
+from sandbox_agent.tokens.verify import TokenVerifier, VerifiedToken
+
+__all__ = [
+    "Identity",
+    "InsecureKeyFile",
+    "IssuanceRefused",
+    "Issued",
+    "JobScope",
+    "KeyMismatch",
+    "KeyType",
+    "MalformedToken",
+    "Role",
+    "Token",
+    "TokenAuthority",
+    "TokenError",
+    "TokenExpired",
+    "TokenNotYetValid",
+    "TokenRevoked",
+    "TokenVerifier",
+    "UnknownIssuer",
+    "VerifiedToken",
+    "WrongJob",
+    "WrongRole",
+    "fingerprint",
+    "identity_of",
+    "job_request",
+    "load_token",
+    "new_job_request",
+    "new_key",
+    "write_token",
+]
