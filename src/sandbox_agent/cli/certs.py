@@ -356,13 +356,16 @@ def _verdict(as_json: bool, file: Path, ok: bool, code: str, message: str) -> No
 @certs_app.command("revoke")
 def certs_revoke(
     ctx: typer.Context,
-    tokens: Annotated[list[Path], typer.Argument(help="Token certificates to revoke.")],
+    tokens: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Token certificates to revoke (none: re-sign the list as it is)."),
+    ] = None,
     directory: DirOption = None,
 ) -> None:
     """Add tokens to the authority's revocation list (crl.pem), which verifiers honour."""
     target = _authority_dir(ctx, directory)
     authority = _load_authority(target)
-    serials = {_read_token(path)[0].serial_number for path in tokens}
+    serials = {_read_token(path)[0].serial_number for path in tokens or ()}
     try:
         previous = files.load_crl(target / files.CRL) if (target / files.CRL).exists() else None
         crl = authority.revocation_list(serials, previous=previous)
