@@ -84,6 +84,7 @@ def certs_init(
     except ValueError as exc:
         fail(str(exc))
     made: list[str] = []
+    replaced: list[str] = []
     try:
         if (target / files.CA_CERT).exists():
             authority = TokenAuthority.load(target)
@@ -92,8 +93,11 @@ def certs_init(
             made.append("authority")
         hosts = tuple(broker_host or ["localhost"])
         for role in (Role.JOBAGENT, Role.BROKER):
-            if _usable_token(authority, target, role.value):
+            problem = _token_problem(authority, target, role.value)
+            if problem is None:
                 continue
+            if problem != "missing":
+                replaced.append(f"{role.value} ({problem})")
             for path in (files.cert_path(target, role.value), files.key_path(target, role.value)):
                 path.unlink(missing_ok=True)
             key = new_key(kind)
@@ -105,11 +109,14 @@ def certs_init(
             )
             write_token(target, role.value, Token(issued.certificate, issued.chain, key))
             made.append(role.value)
-    except (TokenError, ValueError, OSError) as exc:
-        fail(f"{target}: {exc}")
+    except (TokenError, ValueError) as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{target}: {exc.strerror}")
     report = {
         "dir": str(target),
         "made": made,
+        "replaced": replaced,
         "ca": fingerprint(authority.root),
         "files": sorted(p.name for p in target.iterdir() if not p.name.startswith(".")),
     }
@@ -118,17 +125,25 @@ def certs_init(
         return
     typer.echo(f"token authority in {target} (CA {report['ca']})")
     typer.echo(f"  made: {', '.join(made) if made else 'nothing; all present and valid'}")
+    for reason in replaced:
+        typer.echo(f"  replaced: {reason}")
     typer.echo(f"  files: {' '.join(report['files'])}")
 
 
-def _usable_token(authority: TokenAuthority, directory: Path, name: str) -> bool:
-    """Whether NAME.pem/NAME.key exist, belong together and verify now."""
+def _token_problem(authority: TokenAuthority, directory: Path, name: str) -> str | None:
+    """Why NAME.pem/NAME.key cannot be used as they are (missing, mismatched, expired,
+    revoked by the authority's CRL, key open to others), or None when they can."""
+    cert_file, key_file = files.cert_path(directory, name), files.key_path(directory, name)
+    if not cert_file.exists() and not key_file.exists():
+        return "missing"
     try:
-        token = files.load_token(files.cert_path(directory, name), files.key_path(directory, name))
-        authority.verifier().verify(token.certificate, token.chain, role=Role(name))
-    except TokenError:
-        return False
-    return True
+        token = files.load_token(cert_file, key_file)
+        crl_file = directory / files.CRL
+        crl = files.load_crl(crl_file) if crl_file.exists() else None
+        authority.verifier(crl).verify(token.certificate, token.chain, role=Role(name))
+    except TokenError as exc:
+        return str(exc)
+    return None
 
 
 @certs_app.command("issue")
@@ -173,6 +188,8 @@ def certs_issue(
         fail(str(exc))
     authority = _load_authority(_authority_dir(ctx, directory))
     key = new_key(kind)
+    if ttl is not None and not 1 <= ttl <= 10**9:
+        fail(f"--ttl {ttl} is out of range: give seconds, from 1 to the role's maximum")
     try:
         issued = authority.issue(
             Identity(parsed_role, scope),
@@ -188,11 +205,15 @@ def certs_issue(
         )
     except (TokenError, ValueError, OSError) as exc:
         fail(str(exc))
-    report = {"certificate": str(cert_file), "key": str(key_file), **_describe(issued.certificate)}
+    report = {
+        **_describe(issued.certificate),
+        "certificate": str(cert_file),
+        "key_file": str(key_file),
+    }
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
-        typer.echo(f"issued {report['role']} token: {cert_file} (key {key_file})")
+        typer.echo(f"issued {report['role']} token: {cert_file} (key file {key_file})")
         typer.echo(f"  fingerprint {report['fingerprint']}, valid until {report['not_after']}")
 
 
@@ -267,13 +288,16 @@ def certs_show(
     """Show a token: role, scope, validity, fingerprint and whether its chain verifies."""
     cert, chain = _read_token(file)
     report = _describe(cert)
-    try:
-        verified = _verifier(ctx, directory, ca, crl).verify(cert, chain)
-        report["chain"] = "valid: " + " <- ".join(
-            c.subject.rfc4514_string() for c in reversed(verified.chain)
-        )
-    except TokenError as exc:
-        report["chain"] = f"NOT VALID ({exc.code}): {exc}"
+    if ca is None and not (_authority_dir(ctx, directory) / files.CA_CERT).exists():
+        report["chain"] = "not checked: no CA certificate (give --ca, or --dir with a ca.pem)"
+    else:
+        try:
+            verified = _verifier(ctx, directory, ca, crl).verify(cert, chain)
+            report["chain"] = "valid: " + " <- ".join(
+                c.subject.rfc4514_string() for c in reversed(verified.chain)
+            )
+        except TokenError as exc:
+            report["chain"] = f"NOT VALID ({exc.code}): {exc}"
     if as_json:
         typer.echo(json.dumps({"file": str(file), **report}, indent=2))
         return
@@ -321,17 +345,19 @@ def certs_verify(
         fail(str(exc))
     cert, chain = _read_token(file)
     verifier = _verifier(ctx, directory, ca, crl)
+    if key is not None and not key.is_file():
+        fail(f"{key}: key file not found")
     try:
         if key is not None:
-            private = load_private_key(key)
+            try:
+                private = load_private_key(key)
+            except MalformedToken as exc:
+                fail(str(exc))  # unreadable input, not a verdict on the token
             if not same_key(private, cert):
                 raise KeyMismatch(f"{key} is not the key of {file}")
         verified = verifier.verify(
             cert, chain, role=wanted, job_id=job_id, resubmission=resubmission
         )
-    except MalformedToken as exc:
-        _verdict(as_json, file, False, exc.code, str(exc))
-        raise typer.Exit(exitcodes.FAILED) from None
     except TokenError as exc:
         _verdict(as_json, file, False, exc.code, str(exc))
         raise typer.Exit(exitcodes.FAILED) from None
