@@ -51,9 +51,11 @@ def test_production_mc() -> None:
         "debug_archive.zip",
     ]
     assert spec.outputs[1] == OutputSpec(
-        ("AO2D.root", "*.root"), "root_archive.zip", (("disk", 2),)
+        ("AO2D.root", "*.root"), "root_archive.zip", (("disk", 2),), source="OutputArchive"
     )
-    assert spec.output_errors[1] == OutputSpec(("debug_full_archive.tgz",), None, (("disk", 1),))
+    assert spec.output_errors[1] == OutputSpec(
+        ("debug_full_archive.tgz",), None, (("disk", 1),), source="OutputErrorE"
+    )
     assert spec.output_dir == "/alice/sim/2024/LHC24f3/0/526641/#alien_counter_03i#"
     assert spec.split == "production:1-100"
     assert "#alien_counter#" in spec.split_arguments[0]
@@ -67,8 +69,11 @@ def test_production_mc() -> None:
     )
     assert env["ALIEN_JDL_PACKAGES"] == ",".join(spec.packages)
     assert spec.validation_command == "/alice/validation/validation.sh"
-    assert dict(spec.extra).keys() == {"JDLPath", "JDLArguments", "JDLProcessor", "LPMChainID",
-                                       "LPMJobTypeID"}  # fmt: skip
+    # unmodelled keys are kept, JDL variables among them (their values stay typed)
+    extra = dict(spec.extra)
+    assert {"JDLPath", "JDLArguments", "JDLProcessor", "LPMChainID", "LPMJobTypeID"} <= extra.keys()
+    assert {"LPMRunNumber", "LPMPASSNAME", "ANCHOR_SIM_OPTIONS"} <= extra.keys()
+    assert "LPMPASSNAME" in spec.jdl_variables  # listed as LPMPassName: the key's spelling
 
 
 def test_user_analysis() -> None:

@@ -333,3 +333,51 @@ def test_nul_in_a_string_is_refused() -> None:
     err = error('Executable = "/bin/a\x00b";')
     assert (err.line, err.col) == (1, 21)
     assert "NUL" in err.message
+
+
+# -- hostile input found in review -------------------------------------------------------
+
+
+@pytest.mark.parametrize("char", ["\x1b", "\x07", "\x9b", "\u202e", "\u2066"])
+def test_terminal_and_bidi_controls_in_strings_are_refused(char: str) -> None:
+    err = error(f'Executable = "a{char}b";')
+    assert (err.line, err.col) == (1, 16)
+    assert f"U+{ord(char):04X}" in err.message
+
+
+def test_tab_in_a_string_is_fine() -> None:
+    assert load_job('Executable = "a\tb";').executable == "a\tb"
+
+
+@pytest.mark.parametrize("arg", ["/bin/a\x00b", "x\x1b[2J", "\u202egnp.exe"])
+def test_control_characters_in_submit_arguments_are_refused(arg: str) -> None:
+    err = error('Executable = "$1";', args=[arg])
+    assert err.message.startswith("submit argument 1 holds the control character U+")
+
+
+@pytest.mark.parametrize("digits", ["1" * 41, "9" * 5000])
+def test_very_long_numbers_are_refused(digits: str) -> None:
+    err = error(f'Executable = "a"; X = {digits};')
+    assert err.message == "number longer than 40 characters"
+
+
+def test_duplicate_tall_key_does_not_poison_later_heights() -> None:
+    # The dropped tree's node ids must not be reused with stale heights.
+    chain = " && ".join(["true"] * 199)
+    text = f'Executable = "a";\nRequirements = {chain};\nRequirements = true;\n'
+    text += "".join(f"Y{i} = {{a, b, c}} == x;\n" for i in range(50))
+    assert load_job(text).requirements is not None
+
+
+def test_cr_only_line_endings() -> None:
+    spec = load_job('# comment\rExecutable = "a";\rTTL = 5;\r')
+    assert (spec.executable, spec.ttl) == ("a", 5)
+    err = error('# c\rExecutable = "a";\rTTL = 5 6;')
+    assert (err.line, err.col) == (3, 9)
+
+
+def test_too_many_tokens() -> None:
+    from sandbox_agent.jdl.lexer import MAX_TOKENS
+
+    err = error('Executable = "a"; X = {' + "a," * MAX_TOKENS + "};")
+    assert "tokens" in err.message

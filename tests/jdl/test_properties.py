@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import string
+from dataclasses import replace
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -34,8 +35,15 @@ from sandbox_agent.jdl.spec import _CONSUMED
 SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Text that may appear in a JDL string: anything printable or not, but no NUL.
+# Text a JDL string can hold: no surrogates, no control characters but those that have
+# an escape, no bidirectional overrides.
 text = st.text(
-    st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=30
+    st.characters(
+        exclude_categories=("Cs", "Cc"),
+        include_characters="\t\n\r\b\f",
+        exclude_characters="\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069",
+    ),
+    max_size=30,
 )
 nonblank = text.filter(lambda s: s.strip() != "")
 # Names used unquoted, in file lists split on ',' or '@', or stripped by the parser.
@@ -61,7 +69,9 @@ outputs = st.builds(
         tuple
     ),
     storage_elements=st.lists(storage_element, max_size=2).map(tuple),
+    source=st.sampled_from(["Output", "OutputArchive", "OutputFile"]),
 )
+OUTPUT_ORDER = {"Output": 0, "OutputArchive": 1, "OutputFile": 2}
 local_name = word.filter(lambda n: not n.casefold().startswith("lf:"))
 input_files = st.builds(InputFile, name=word, catalogue=st.just(True)) | st.builds(
     InputFile, name=local_name, catalogue=st.just(False)
@@ -97,10 +107,8 @@ expressions = st.recursive(scalars, _compound, max_leaves=12)
 
 
 @st.composite
-def named_values(
-    draw: st.DrawFn,
-) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, Expr], ...]]:
-    """JDL variables and extra keys with names unique among themselves and the known keys."""
+def extra_entries(draw: st.DrawFn) -> tuple[tuple[str, Expr], ...]:
+    """Unmodelled keys, unique without case and apart from the keys the spec models."""
     names = draw(
         st.lists(
             attr_name.filter(lambda n: n.casefold() not in _CONSUMED),
@@ -108,10 +116,7 @@ def named_values(
             max_size=6,
         )
     )
-    split = draw(st.integers(0, len(names)))
-    variables = tuple((n, draw(text)) for n in names[:split])
-    extra = tuple((n, draw(expressions)) for n in names[split:])
-    return variables, extra
+    return tuple((n, draw(expressions)) for n in names)
 
 
 def _not_a_string(node: Expr) -> bool:
@@ -121,17 +126,22 @@ def _not_a_string(node: Expr) -> bool:
 
 @st.composite
 def job_specs(draw: st.DrawFn) -> JobSpec:
-    variables, extra = draw(named_values())
+    extra = draw(extra_entries())
     optional = st.none() | text
     many = st.lists(text, max_size=3).map(tuple)
-    return JobSpec(
+    spec = JobSpec(
         executable=draw(nonblank),
         arguments=draw(many),
         input_files=tuple(draw(st.lists(input_files, max_size=3))),
         input_data=tuple(draw(st.lists(input_data, max_size=3))),
         input_data_collection=tuple(draw(st.lists(input_data, max_size=1))),
-        outputs=tuple(draw(st.lists(outputs, max_size=3))),
-        output_errors=tuple(draw(st.lists(outputs, max_size=2))),
+        # grouped by key, as a parsed JDL has them
+        outputs=tuple(
+            sorted(draw(st.lists(outputs, max_size=4)), key=lambda o: OUTPUT_ORDER[o.source])
+        ),
+        output_errors=tuple(
+            replace(o, source="OutputErrorE") for o in draw(st.lists(outputs, max_size=2))
+        ),
         output_dir=draw(optional),
         validation_command=draw(optional),
         ttl=draw(st.integers(1, 10**7)),
@@ -141,7 +151,6 @@ def job_specs(draw: st.DrawFn) -> JobSpec:
         packages=draw(many),
         price=draw(st.floats(0, 1e6, allow_nan=False)),
         requirements=draw(st.none() | expressions.filter(_not_a_string)),
-        jdl_variables=variables,
         job_tags=draw(many),
         split=draw(optional),
         split_arguments=draw(many),
@@ -149,6 +158,10 @@ def job_specs(draw: st.DrawFn) -> JobSpec:
         type=draw(optional),
         extra=extra,
     )
+    # JDL variables name keys that have a value: unmodelled ones or modelled ones.
+    present = [name for name, _ in spec.to_entries() if name != "JDLVariables"]
+    names = draw(st.lists(st.sampled_from(present), unique=True, max_size=5)) if present else []
+    return replace(spec, jdl_variables=tuple(names))
 
 
 @SETTINGS
@@ -173,8 +186,9 @@ def test_arbitrary_bytes_give_a_spec_or_a_jdl_error(data: bytes) -> None:
     try:
         load_job(data, args=["a", "b"])
     except JDLError as err:
-        assert err.line >= 1 and err.col >= 1
-        assert str(err).startswith(f"<jdl>:{err.line}:{err.col}: ")
+        # located at a line and column, or (whole-file problems) at the file
+        where = f"<jdl>:{err.line}:{err.col}: " if err.line else "<jdl>: "
+        assert str(err).startswith(where)
 
 
 SOUP = [
@@ -182,7 +196,8 @@ SOUP = [
     "{", "}", "(", ")", "[", "]", ",", "&&", "||", "!", "==", "!=", "<", ">=", "-", ".", "other",
     "my", "member", "isDefined", "regexp", "true", "undefined", '"a"', '"8GB"', '"$1"', '"$9"',
     '"x.zip:*.log@disk=2"', '"../x"', "1", "2.5", "1e999", "8GB", "#", "//", "/*", "*/", "\n",
-    '"', "\\", "'", "&", "|", "\x00", "é",
+    '"', "\\", "'", "&", "|", "\x00", "é", "1" * 45, "\u00b2", '"\u00b3"', '" 8 GB "',
+    '"1' + " " * 70 + '!"', "\x1b", "\u202e", "\r", "TTL = 1; TTL", "Requirements",
 ]  # fmt: skip
 
 
@@ -192,6 +207,6 @@ def test_token_soup_gives_a_spec_or_a_jdl_error(tokens: list[str], sep: str) -> 
     try:
         spec = load_job(sep.join(tokens), args=["x"])
     except JDLError as err:
-        assert re.match(r"<jdl>:\d+:\d+: \S", str(err))
+        assert re.match(r"<jdl>(:\d+:\d+)?: \S", str(err))
     else:
         assert spec.executable

@@ -658,3 +658,20 @@ def test_slot_from_toml_rejects_bad_files(tmp_path: Path, make_path, fragment: s
     assert message.startswith(f"{path}: ")
     assert fragment in message
     assert "\n" not in message.strip()
+
+
+def test_chain_of_tall_attributes_is_error_not_recursion_error() -> None:
+    # Each attribute is a 199-level chain; five of them together are too deep to walk.
+    tall = " && ".join(["true"] * 198)
+    sources = {f"A{i}": f"my.A{i + 1} && {tall}" for i in range(5)}
+    sources["A5"] = "true"
+    decision = decide("my.A0", SLOT, job_attributes(sources))
+    assert decision.outcome == "ERROR"
+    assert "levels through its references" in decision.reason
+
+
+def test_slot_names_differing_only_in_case_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "slot.toml"
+    path.write_text('CE = "a"\nce = "b"\n')
+    with pytest.raises(ValueError, match="are one attribute"):
+        Slot.from_toml(path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sandbox_agent.jdl import InputData, InputFile, JDLError, OutputSpec, load_job
+from sandbox_agent.jdl import InputData, InputFile, JDLError, OutputSpec, load_job, render_jdl
 from sandbox_agent.jdl.spec import DEFAULT_CPU_CORES, DEFAULT_PRICE, DEFAULT_TTL
 from sandbox_agent.jdl.units import GIB, MIB, format_size, parse_size
 
@@ -68,11 +68,15 @@ def test_ttl_forms(text: str, expected: int) -> None:
     [
         ('TTL = "2h";', "whole number of seconds"),
         ("TTL = 1.5;", "whole number of seconds"),
-        ("TTL = 0;", "at least 1"),
-        ("CPUCores = 0;", "at least 1"),
+        ("TTL = 0;", "TTL must be from 1 to 31622400 seconds, not 0"),
+        ("TTL = 31622401;", "TTL must be from 1 to 31622400 seconds"),
+        ('TTL = "\u00b2";', "whole number of seconds"),
+        ("CPUCores = 0;", "CPUCores must be from 1 to 4096 cores, not 0"),
+        ('CPUCores = { "\u00b3" };', "whole number of cores"),
         ("CPUCores = true;", "whole number of cores"),
-        ("Price = -1;", "zero or more"),
-        ('Price = "cheap";', "zero or more"),
+        ("Price = -1;", "a number from 0 to 1e+09"),
+        ('Price = "cheap";', "a number from 0 to 1e+09"),
+        ("Price = 1" + "0" * 30 + ";", "a number from 0 to 1e+09"),
     ],
 )
 def test_bad_numbers(text: str, fragment: str) -> None:
@@ -171,10 +175,12 @@ def test_output_forms() -> None:
         ),
         OutputSpec(("histos.root",), None, (("tape", 1),)),
         OutputSpec(("stdout",)),
-        OutputSpec(("QC/*.json",), "qa.zip"),
-        OutputSpec(("extra.txt",)),
+        OutputSpec(("QC/*.json",), "qa.zip", source="OutputArchive"),
+        OutputSpec(("extra.txt",), source="OutputFile"),
     )
-    assert spec.output_errors == (OutputSpec(("*.log",), "error.zip", (("disk", 1),)),)
+    assert spec.output_errors == (
+        OutputSpec(("*.log",), "error.zip", (("disk", 1),), source="OutputErrorE"),
+    )
 
 
 @pytest.mark.parametrize(
@@ -185,7 +191,9 @@ def test_output_forms() -> None:
         ("logs.zip:a/../../b", "must not climb out"),
         ("logs.tar:*.log", "must be a zip file name"),
         ("a.zip:x,,y", "is empty"),
-        ("x@disk=0", "disk=N or tape=N with N >= 1"),
+        ("x@disk=0", "disk=N or tape=N, N from 1 to 99"),
+        ("x@disk=\u00b2", "disk=N or tape=N, N from 1 to 99"),
+        ("x@disk=" + "9" * 50, "disk=N or tape=N, N from 1 to 99"),
         ("x@speed=2", "disk=N or tape=N"),
         ("x@somewhere", "neither disk=N nor a storage element"),
     ],
@@ -217,15 +225,16 @@ def test_jdl_variables_become_environment() -> None:
         "ALIEN_JDL_TAGS": "a,b",
         "ALIEN_JDL_FLAG": "true",
     }
-    assert spec.extra == ()  # the variables are not kept twice
+    # the keys stay typed for Requirements (my.LPMRunNumber is the number 526641)
+    assert dict(spec.extra)["LPMRunNumber"] == _lit(526641)
 
 
 def test_undefined_jdl_variable_is_a_warning() -> None:
     spec = job('JDLVariables = { "Nowhere" };', source="v.jdl")
     assert spec.environment() == {}
     assert spec.warnings == (
-        "v.jdl:2:18: warning: JDL variable 'Nowhere' is listed in JDLVariables but never "
-        "defined; it is not exported",
+        "v.jdl:2:18: warning: JDL variable 'Nowhere' is listed in JDLVariables but "
+        "has no value; it is not exported",
     )
 
 
@@ -261,3 +270,54 @@ def test_strings_fields() -> None:
 def test_string_field_given_an_expression() -> None:
     err = spec_error("OutputDir = other.X == 1;")
     assert "OutputDir must be a string" in err.message
+
+
+def test_jdl_variable_keeps_its_type_for_requirements() -> None:
+    # Listing a key in JDLVariables must not change how Requirements read it.
+    from sandbox_agent.jdl import Slot, evaluate
+
+    body = "MinTTL = 3600;\nRequirements = other.TTL > my.MinTTL;\n"
+    for extra in ("", 'JDLVariables = { "MinTTL" };\n'):
+        spec = job(body + extra)
+        decision = evaluate(spec.requirements, Slot({"TTL": 7200}), spec.job_attributes())
+        assert decision.outcome == "TRUE", extra
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "exported"),
+    [
+        ("Price", "1", "1.0"),
+        ("MemorySize", '"8192"', "8GB"),
+        ("Arguments", '"a   b"', "a b"),
+        ("TTL", '" 72000"', "72000"),
+        ("OutputArchive", '{ "logs.zip:*.log" }', "logs.zip:*.log"),
+        ("OutputFile", '{ "a.root" }', "a.root"),
+    ],
+)
+def test_jdl_variables_of_modelled_keys_export_the_normal_form(
+    key: str, raw: str, exported: str
+) -> None:
+    spec = job(f'{key} = {raw};\nJDLVariables = {{ "{key}" }};')
+    assert spec.environment() == {f"ALIEN_JDL_{key.upper()}": exported}
+    again = load_job(render_jdl(spec))
+    assert again == spec and again.environment() == spec.environment()
+
+
+def test_long_values_are_clipped_in_messages() -> None:
+    err = spec_error('MemorySize = "' + "x" * 100_000 + '";')
+    assert len(err.headline()) < 200
+    err = spec_error('Output = { "a@' + "y" * 10_000 + '" };')
+    assert len(err.headline()) < 200 and "..." in err.message
+
+
+def test_padded_size_is_refused_without_backtracking() -> None:
+    err = spec_error('MemorySize = "1' + " " * 40_000 + '!";')
+    assert "is not a size" in err.message
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [('"1' + "0" * 30 + 'TB"', "is not a size"), ('"99999999999999TB"', "at most 1024TB")],
+)
+def test_absurd_sizes_are_refused(text: str, fragment: str) -> None:
+    assert fragment in spec_error(f"MemorySize = {text};").message

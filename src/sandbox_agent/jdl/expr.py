@@ -155,12 +155,28 @@ def attribute_refs(node: Expr) -> list[AttrRef]:
         current = stack.pop()
         if isinstance(current, AttrRef):
             found.append(current)
-        elif isinstance(current, ListExpr):
-            stack.extend(reversed(current.items))
-        elif isinstance(current, Call):
-            stack.extend(reversed(current.args))
-        elif isinstance(current, Not):
-            stack.append(current.operand)
-        elif isinstance(current, BinOp):
-            stack.extend((current.right, current.left))
+        stack.extend(reversed(children(current)))
     return found
+
+
+def children(node: Expr) -> tuple[Expr, ...]:
+    if isinstance(node, ListExpr):
+        return node.items
+    if isinstance(node, Call):
+        return node.args
+    if isinstance(node, Not):
+        return (node.operand,)
+    if isinstance(node, BinOp):
+        return (node.left, node.right)
+    return ()
+
+
+def height(node: Expr) -> int:
+    """Levels of the tree under ``node`` (a leaf is 1), computed without recursion."""
+    best = 0
+    stack = [(node, 1)]
+    while stack:
+        current, level = stack.pop()
+        best = max(best, level)
+        stack.extend((child, level + 1) for child in children(current))
+    return best

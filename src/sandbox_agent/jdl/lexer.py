@@ -48,7 +48,7 @@ _TOKEN = re.compile(
     (?P<space>[ \t\r\n\f\v]+)
   | (?P<comment>(?:\#|//)[^\n]*)
   | (?P<block>/\*.*?\*/)
-  | (?P<string>"(?:[^"\\\n\x00]|\\["\\'ntrbf])*")
+  | (?P<string>"(?:[^"\\\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]|\\["\\'ntrbf])*")
   | (?P<float>[0-9]+(?:\.[0-9]+)?[eE][+-]?[0-9]+(?![A-Za-z0-9_]))
   | (?P<sized>[0-9]+(?:\.[0-9]+)?[A-Za-z_][A-Za-z0-9_]*)
   | (?P<number>[0-9]+(?:\.[0-9]+)?)
@@ -58,6 +58,12 @@ _TOKEN = re.compile(
     re.VERBOSE | re.DOTALL,
 )
 _UNESCAPE = re.compile(r"\\(.)")
+# Characters a string may not hold raw: control characters (tab aside), which could
+# drive a terminal that shows a normalized JDL, and bidirectional overrides, which make
+# text read differently from what it is ("Trojan Source").
+FORBIDDEN_CHARACTERS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+MAX_NUMBER_LENGTH = 40  # digits and unit together; anything longer is not a real value
+MAX_TOKENS = 250_000  # far above any real JDL; caps the work hostile input can cause
 
 
 class Source:
@@ -101,12 +107,18 @@ def tokenize(src: Source) -> list[Token]:
             append(Token(Kind.OP, m.group(), pos))
         elif group == "ident":
             append(Token(Kind.IDENT, m.group(), pos))
-        elif group == "number":
-            append(Token(Kind.FLOAT if "." in m.group() else Kind.INT, m.group(), pos))
-        elif group == "float":
-            append(Token(Kind.FLOAT, m.group(), pos))
         else:
-            append(Token(Kind.WORD, m.group(), pos))
+            text_ = m.group()
+            if len(text_) > MAX_NUMBER_LENGTH:
+                raise src.error(f"number longer than {MAX_NUMBER_LENGTH} characters", pos)
+            if group == "number":
+                append(Token(Kind.FLOAT if "." in text_ else Kind.INT, text_, pos))
+            elif group == "float":
+                append(Token(Kind.FLOAT, text_, pos))
+            else:
+                append(Token(Kind.WORD, text_, pos))
+        if len(tokens) > MAX_TOKENS:
+            raise src.error(f"more than {MAX_TOKENS} tokens; the JDL is too large to be real", pos)
         pos = m.end()
     append(Token(Kind.EOF, "", end))
     return tokens
@@ -134,25 +146,31 @@ def _string(src: Source, start: int) -> NoReturn:
     """Find what is wrong with the string literal opening at ``start``, and raise it."""
     text = src.text
     pos = start + 1
-    while True:
-        stop = pos
-        while stop < len(text) and text[stop] not in '"\\\n\x00':
-            stop += 1
-        pos = stop
-        if pos >= len(text) or text[pos] == "\n":
-            raise src.error(
-                "unterminated string", start, expected="a closing '\"' on the same line"
-            )
-        if text[pos] == "\x00":
+    while pos < len(text):
+        ch = text[pos]
+        if ch == "\n":
+            break
+        if ch == '"':
+            raise AssertionError("the token regex accepts every well-formed string")
+        if ch == "\\":
+            if pos + 1 >= len(text) or text[pos + 1] not in _ESCAPES:
+                shown = text[pos + 1 : pos + 2]
+                shown = shown if shown.isprintable() else f"U+{ord(shown):04X}" if shown else ""
+                raise src.error(
+                    f"unknown escape '\\{shown}' in a string; write '\\\\' for a backslash",
+                    pos,
+                    expected="one of \\\" \\\\ \\' \\n \\t \\r \\b \\f",
+                )
+            pos += 2
+            continue
+        if ch == "\x00":
             # No NUL can reach an argv, a path or an environment variable.
             raise src.error("a NUL character cannot be part of a string", pos)
-        if text[pos] == '"':
-            raise AssertionError("the token regex accepts every well-formed string")
-        if pos + 1 >= len(text) or text[pos + 1] not in _ESCAPES:
-            shown = text[pos + 1 : pos + 2].replace("\n", "\\n")
+        if FORBIDDEN_CHARACTERS.match(ch):
             raise src.error(
-                f"unknown escape '\\{shown}' in a string; write '\\\\' for a backslash",
+                f"control or bidirectional character U+{ord(ch):04X} in a string; "
+                "remove it (write \\t, \\n and the like as escapes)",
                 pos,
-                expected="one of \\\" \\\\ \\' \\n \\t \\r \\b \\f",
             )
-        pos += 2
+        pos += 1
+    raise src.error("unterminated string", start, expected="a closing '\"' on the same line")

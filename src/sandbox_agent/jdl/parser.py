@@ -36,13 +36,13 @@ from sandbox_agent.jdl.expr import (
     Not,
     Scalar,
 )
-from sandbox_agent.jdl.lexer import Kind, Source, Token, tokenize
+from sandbox_agent.jdl.lexer import FORBIDDEN_CHARACTERS, Kind, Source, Token, tokenize
 from sandbox_agent.jdl.tags import canonical_name
 
 MAX_BYTES = 2 * 1024 * 1024  # production JDLs with long InputData lists stay far below
 MAX_DEPTH = 48  # nested (), {}, ! and calls
 MAX_HEIGHT = 200  # operator chains too: every later walk of the tree recurses this deep
-MAX_LIST_ITEMS = 100_000
+MAX_LIST_ITEMS = 50_000
 MAX_STATEMENTS = 10_000
 
 # Supported ClassAd functions and how many arguments each takes.
@@ -73,7 +73,8 @@ class Warning_:
 
 @dataclass
 class ParsedJDL:
-    """The statements of one JDL, keyed case-insensitively, in order of first appearance."""
+    """The statements of one JDL, keyed case-insensitively, in the order of their last
+    definition (a key defined again moves to where it was defined last)."""
 
     source: Source
     entries: dict[str, Entry] = field(default_factory=dict)
@@ -95,6 +96,16 @@ def parse_jdl(
     src = Source(decoded, source)
     parsed = _Parser(src, tokenize(src)).jdl()
     if args is not None:
+        for number, arg in enumerate(args, 1):
+            bad = FORBIDDEN_CHARACTERS.search(arg)
+            if bad:
+                raise JDLError(
+                    f"submit argument {number} holds the control character "
+                    f"U+{ord(bad.group()):04X}; remove it",
+                    0,
+                    0,
+                    source=source,
+                )
         _substitute(parsed, args)
     return parsed
 
@@ -131,6 +142,10 @@ def _decode(text: str | bytes, source: str) -> str:
             ) from None
     if text.startswith("\ufeff"):
         text = text[1:]
+    # One line ending everywhere, so that a CR-only file does not become one long line
+    # (and one long comment).
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     return text
 
 
@@ -140,7 +155,9 @@ class _Parser:
         self.tokens = tokens
         self.i = 0
         self.depth = 0
-        self.heights: dict[int, int] = {}  # id(node) -> height, for nodes above the leaves
+        # id(node) -> (height, node); holding the node keeps its id from being reused by
+        # a new node after a duplicate key dropped the old tree.
+        self.heights: dict[int, tuple[int, Expr]] = {}
 
     # -- token helpers -------------------------------------------------------------
 
@@ -182,13 +199,13 @@ class _Parser:
 
     def built(self, node: Expr, *children: Expr) -> Expr:
         """Record the height of a new inner node; refuse trees too tall to walk."""
-        height = 1 + max((self.heights.get(id(c), 1) for c in children), default=1)
+        height = 1 + max((self.heights.get(id(c), (1, c))[0] for c in children), default=1)
         if height > MAX_HEIGHT:
             raise self.src.error(
                 f"expression more than {MAX_HEIGHT} levels deep; split it into simpler clauses",
                 node.offset,
             )
-        self.heights[id(node)] = height
+        self.heights[id(node)] = (height, node)
         return node
 
     # -- statements ----------------------------------------------------------------

@@ -25,11 +25,16 @@ from sandbox_agent.jdl.expr import (
     Not,
     Undefined,
     attribute_refs,
+    height,
     render,
     render_scalar,
 )
 
 MAX_REFERENCE_DEPTH = 16  # my.A -> my.B -> ... chains of job attributes
+# Tree levels along such a chain, all expressions together. With a Requirements of at
+# most 200 levels (the parser's cap) evaluation stays within about 400 levels of
+# recursion, well inside Python's stack.
+MAX_CHAIN_HEIGHT = 200
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,14 @@ class Slot(Mapping[str, SlotValue]):
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{path}: not valid TOML: {exc}") from None
         attrs: dict[str, SlotValue] = {}
+        seen: dict[str, str] = {}
         for name, value in data.items():
+            if name.casefold() in seen:
+                raise ValueError(
+                    f"{path}: slot attributes '{seen[name.casefold()]}' and '{name}' are one "
+                    "attribute (names ignore case); keep one"
+                )
+            seen[name.casefold()] = name
             attrs[name] = _slot_value(path, name, value)
         return cls(attrs)
 
@@ -194,49 +206,79 @@ def _equal(left: Value, right: Value) -> bool | Error:
 
 
 def _unsafe_attributes(job: dict[str, Expr]) -> dict[str, str]:
-    """Job attributes whose value must be ERROR: those on a cycle of references and
-    those at the head of a chain deeper than MAX_REFERENCE_DEPTH.
+    """Job attributes whose value must be ERROR, decided from the reference graph before
+    anything is evaluated: those on a cycle of references, and those whose chain of
+    references is longer than MAX_REFERENCE_DEPTH or nests deeper, all expressions along
+    it together, than MAX_CHAIN_HEIGHT.
 
-    Decided from the reference graph before evaluating anything, so an attribute's
-    value never depends on the order in which clauses happen to reach it, and the
-    evaluation that follows recurses at most MAX_REFERENCE_DEPTH attributes deep."""
+    Deciding it statically keeps an attribute's value independent of the order in which
+    clauses reach it (values are cached), and bounds how deep evaluation recurses."""
     edges = {
-        name: [
-            r.name.casefold()
-            for r in attribute_refs(expr)
-            if r.scope != "other" and r.name.casefold() in job
-        ]
+        name: sorted(
+            {r.name.casefold() for r in attribute_refs(expr) if r.scope != "other"} & job.keys()
+        )
         for name, expr in job.items()
     }
-    height: dict[str, int] = {}
-    on_cycle: set[str] = set()
-    visiting: set[str] = set()
-    for root in edges:
-        if root in height:
+    unsafe: dict[str, str] = {}
+    links: dict[str, int] = {}  # attributes along the longest chain from here
+    cost: dict[str, int] = {}  # tree levels along the deepest chain from here
+    for component in _components(edges):
+        if len(component) > 1 or component[0] in edges[component[0]]:
+            for name in component:
+                unsafe[name] = "refers to itself through a cycle of references"
             continue
-        stack = [(root, iter(edges[root]))]
-        visiting.add(root)
-        while stack:  # an explicit stack: the graph comes from the JDL, unbounded
-            node, children = stack[-1]
-            for child in children:
-                if child in visiting:
-                    names = [n for n, _ in stack]
-                    on_cycle.update(names[names.index(child) :])
-                elif child not in height:
-                    visiting.add(child)
-                    stack.append((child, iter(edges[child])))
-                    break
-            else:
-                stack.pop()
-                visiting.discard(node)
-                height[node] = 1 + max((height.get(c, 0) for c in edges[node]), default=0)
-    unsafe = {
-        name: f"refers to attributes more than {MAX_REFERENCE_DEPTH} deep"
-        for name, h in height.items()
-        if h > MAX_REFERENCE_DEPTH
-    }
-    unsafe.update({name: "refers to itself through a cycle of references" for name in on_cycle})
+        name = component[0]
+        # Components come out dependencies first, so every child is decided already;
+        # an unsafe child answers ERROR at once and adds nothing to the depth.
+        safe = [c for c in edges[name] if c not in unsafe]
+        links[name] = 1 + max((links[c] for c in safe), default=0)
+        cost[name] = height(job[name]) + max((cost[c] for c in safe), default=0)
+        if links[name] > MAX_REFERENCE_DEPTH:
+            unsafe[name] = f"refers to attributes more than {MAX_REFERENCE_DEPTH} deep"
+        elif cost[name] > MAX_CHAIN_HEIGHT:
+            unsafe[name] = f"nests more than {MAX_CHAIN_HEIGHT} levels through its references"
     return unsafe
+
+
+def _components(edges: dict[str, list[str]]) -> list[list[str]]:
+    """Strongly connected components (Tarjan), dependencies first, without recursion."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    found: list[list[str]] = []
+    for root in edges:
+        if root in index:
+            continue
+        work = [(root, 0)]
+        while work:
+            node, position = work.pop()
+            if position == 0:
+                index[node] = low[node] = len(index)
+                stack.append(node)
+                on_stack.add(node)
+            children = edges[node]
+            if position < len(children):
+                work.append((node, position + 1))
+                child = children[position]
+                if child not in index:
+                    work.append((child, 0))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                found.append(component)
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return found
 
 
 class _Context:

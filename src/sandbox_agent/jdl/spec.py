@@ -30,6 +30,12 @@ from sandbox_agent.jdl.units import format_size, parse_size
 DEFAULT_TTL = 3600
 DEFAULT_CPU_CORES = 1
 DEFAULT_PRICE = 1.0
+MAX_TTL = 366 * 86400  # a year: far beyond any grid job, short of absurd
+MAX_CPU_CORES = 4096
+MAX_PRICE = 1e9
+
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_DECIMAL = re.compile(r"[0-9]{1,18}(?:\.[0-9]{1,18})?")
 
 _STORAGE_ELEMENT = re.compile(r"!?[A-Za-z0-9_.-]+::[A-Za-z0-9_.-]+::[A-Za-z0-9_.-]+")
 _QOS_KINDS = ("disk", "tape")
@@ -68,6 +74,7 @@ class OutputSpec:
     archive: str | None = None
     qos: tuple[tuple[str, int], ...] = ()
     storage_elements: tuple[str, ...] = ()
+    source: str = "Output"  # the key it was written under: Output, OutputArchive, OutputFile
 
     def jdl(self) -> str:
         text = ",".join(self.patterns)
@@ -95,7 +102,7 @@ class JobSpec:
     packages: tuple[str, ...] = ()
     price: float = DEFAULT_PRICE
     requirements: Expr | None = None
-    jdl_variables: tuple[tuple[str, str], ...] = ()
+    jdl_variables: tuple[str, ...] = ()  # names of the keys exported as ALIEN_JDL_<NAME>
     job_tags: tuple[str, ...] = ()
     split: str | None = None
     split_arguments: tuple[str, ...] = ()
@@ -106,7 +113,14 @@ class JobSpec:
 
     def environment(self) -> dict[str, str]:
         """The ``ALIEN_JDL_*`` variables the payload sees for the JDLVariables."""
-        return {f"ALIEN_JDL_{name.upper()}": value for name, value in self.jdl_variables}
+        entries = {name.casefold(): value for name, value in self.to_entries()}
+        # Values come from the normalized entries, so the environment of a job is the
+        # same whether its JDL was read from the user's text or from its normal form.
+        return {
+            f"ALIEN_JDL_{name.upper()}": variable_value(entries[name.casefold()])
+            for name in self.jdl_variables
+            if name.casefold() in entries
+        }
 
     def job_attributes(self) -> dict[str, Expr]:
         """The job's own attributes, for ``my.*`` references in Requirements."""
@@ -137,7 +151,8 @@ class JobSpec:
         put("Split", text(self.split))
         put("SplitArguments", texts(self.split_arguments))
         put("OutputDir", text(self.output_dir))
-        put("Output", texts(tuple(o.jdl() for o in self.outputs)))
+        for key in _OUTPUT_KEYS:
+            put(key, texts(tuple(o.jdl() for o in self.outputs if o.source == key)))
         put("OutputErrorE", texts(tuple(o.jdl() for o in self.output_errors)))
         put("ValidationCommand", text(self.validation_command))
         put("TTL", Literal(self.ttl))
@@ -150,10 +165,7 @@ class JobSpec:
         put("Price", Literal(self.price))
         put("JobTag", texts(self.job_tags))
         put("Requirements", self.requirements)
-        put("JDLVariables", texts(tuple(name for name, _ in self.jdl_variables)))
-        for name, value in self.jdl_variables:
-            if not _CONSUMED.get(name.casefold()):
-                out.append((name, Literal(value)))
+        put("JDLVariables", texts(self.jdl_variables))
         out.extend(self.extra)
         return out
 
@@ -176,7 +188,7 @@ class JobSpec:
             "packages": list(self.packages),
             "price": self.price,
             "requirements": render(self.requirements) if self.requirements is not None else None,
-            "jdl_variables": dict(self.jdl_variables),
+            "jdl_variables": list(self.jdl_variables),
             "environment": self.environment(),
             "job_tags": list(self.job_tags),
             "split": self.split,
@@ -197,6 +209,7 @@ def _output_json(o: OutputSpec) -> dict[str, Any]:
         "patterns": list(o.patterns),
         "qos": dict(o.qos),
         "storage_elements": list(o.storage_elements),
+        "source": o.source,
     }
 
 
@@ -256,36 +269,31 @@ class _Reader:
             )
         return (self.string(entry),)
 
-    def whole(self, entry: Entry, minimum: int, unit: str) -> int:
+    def whole(self, entry: Entry, minimum: int, maximum: int, unit: str) -> int:
         node = self.scalar(entry)
         number: int | None = None
-        if (
-            isinstance(node, Literal)
-            and isinstance(node.value, int)
-            and not isinstance(node.value, bool)
-        ):
+        if isinstance(node, Literal) and type(node.value) is int:
             number = node.value
         elif (
             isinstance(node, Literal)
             and isinstance(node.value, str)
-            and node.value.strip().isdigit()
+            # ASCII digits only: str.isdigit() would let '²' through to int().
+            and _DIGITS.fullmatch(node.value.strip())
         ):
             number = int(node.value.strip())
         if number is None:
             raise self.fail(
                 node, f"{entry.name} must be a whole number of {unit}, like {entry.name} = 72000;"
             )
-        if number < minimum:
-            raise self.fail(node, f"{entry.name} must be at least {minimum}, not {number}")
+        if not minimum <= number <= maximum:
+            raise self.fail(
+                node, f"{entry.name} must be from {minimum} to {maximum} {unit}, not {number}"
+            )
         return number
 
     def size(self, entry: Entry) -> int:
         node = self.scalar(entry)
-        if (
-            isinstance(node, Literal)
-            and isinstance(node.value, int)
-            and not isinstance(node.value, bool)
-        ):
+        if isinstance(node, Literal) and type(node.value) is int:
             text = str(node.value)
         elif isinstance(node, Literal) and isinstance(node.value, str):
             text = node.value
@@ -299,20 +307,19 @@ class _Reader:
     def number(self, entry: Entry) -> float:
         node = self.scalar(entry)
         value: float | None = None
-        if (
+        if isinstance(node, Literal) and isinstance(node.value, int | float):
+            if not isinstance(node.value, bool):
+                value = float(node.value)  # ints are at most 40 digits: no overflow
+        elif (
             isinstance(node, Literal)
-            and isinstance(node.value, int | float)
-            and not isinstance(node.value, bool)
+            and isinstance(node.value, str)
+            and _DECIMAL.fullmatch(node.value.strip())
         ):
             value = float(node.value)
-        elif isinstance(node, Literal) and isinstance(node.value, str):
-            try:
-                value = float(node.value)
-            except ValueError:
-                value = None
-        if value is None or value != value or value < 0 or value == float("inf"):
+        if value is None or not 0 <= value <= MAX_PRICE:
             raise self.fail(
-                node, f"{entry.name} must be a number of zero or more, like {entry.name} = 1;"
+                node,
+                f"{entry.name} must be a number from 0 to {MAX_PRICE:g}, like {entry.name} = 1;",
             )
         return value
 
@@ -337,7 +344,7 @@ def _input_data(reader: _Reader, text: str, node: Expr, key: str) -> InputData:
     for option in options:
         if option.strip().casefold() != "nodownload":
             raise reader.fail(
-                node, f"unknown {key} option '{option.strip()}'; only 'nodownload' exists"
+                node, f"unknown {key} option '{_clip(option.strip())}'; only 'nodownload' exists"
             )
         nodownload = True
     if not name or "\x00" in name:
@@ -360,13 +367,15 @@ def _output(reader: _Reader, text: str, node: Expr, key: str) -> OutputSpec:
         archive = archive.strip()
         if not archive.casefold().endswith(".zip") or "/" in archive or len(archive) <= 4:
             raise reader.fail(
-                node, f"{key}: archive '{archive}' must be a zip file name, like \"logs.zip:*.log\""
+                node,
+                f"{key}: archive '{_clip(archive)}' must be a zip file name, "
+                'like "logs.zip:*.log"',
             )
     patterns = tuple(p.strip() for p in files.split(","))
     for pattern in patterns:
         problem = _bad_output_name(pattern)
         if problem:
-            raise reader.fail(node, f"{key}: output '{pattern}' {problem}")
+            raise reader.fail(node, f"{key}: output '{_clip(pattern)}' {problem}")
     qos: list[tuple[str, int]] = []
     elements: list[str] = []
     for option in (o.strip() for o in options.split(",")) if options else ():
@@ -374,11 +383,13 @@ def _output(reader: _Reader, text: str, node: Expr, key: str) -> OutputSpec:
         if eq:
             if (
                 kind.strip().casefold() not in _QOS_KINDS
-                or not count.strip().isdigit()
+                or not re.fullmatch("[0-9]{1,2}", count.strip())
                 or int(count) < 1
             ):
                 raise reader.fail(
-                    node, f"{key}: storage option '{option}' must be disk=N or tape=N with N >= 1"
+                    node,
+                    f"{key}: storage option '{_clip(option)}' must be disk=N or tape=N, "
+                    "N from 1 to 99",
                 )
             qos.append((kind.strip().casefold(), int(count)))
         elif _STORAGE_ELEMENT.fullmatch(option):
@@ -386,10 +397,10 @@ def _output(reader: _Reader, text: str, node: Expr, key: str) -> OutputSpec:
         else:
             raise reader.fail(
                 node,
-                f"{key}: storage option '{option}' is neither disk=N nor a storage element "
+                f"{key}: storage option '{_clip(option)}' is neither disk=N nor a storage element "
                 "such as ALICE::CERN::EOS",
             )
-    return OutputSpec(patterns, archive, tuple(qos), tuple(elements))
+    return OutputSpec(patterns, archive, tuple(qos), tuple(elements), source=key)
 
 
 def _bad_output_name(pattern: str) -> str | None:
@@ -406,16 +417,18 @@ def _bad_output_name(pattern: str) -> str | None:
     return None
 
 
-# Keys the spec models, and whether a JDL variable of that name is rendered by its field.
-_CONSUMED = {
-    name.casefold(): True
+_OUTPUT_KEYS = ("Output", "OutputArchive", "OutputFile")
+
+# Keys the spec models with typed fields; every other key is kept in ``extra``.
+_CONSUMED = frozenset(
+    name.casefold()
     for name in (
         "Executable", "Arguments", "InputFile", "InputData", "InputDataCollection", "Output",
         "OutputArchive", "OutputFile", "OutputErrorE", "OutputDir", "ValidationCommand",
         "TTL", "CPUCores", "MemorySize", "WorkDirectorySize", "Packages", "Price",
         "Requirements", "JDLVariables", "JobTag", "Split", "SplitArguments", "User", "Type",
     )
-}  # fmt: skip
+)  # fmt: skip
 
 
 def job_spec(parsed: ParsedJDL) -> JobSpec:
@@ -426,7 +439,12 @@ def job_spec(parsed: ParsedJDL) -> JobSpec:
 
     executable = get("Executable")
     if executable is None:
-        raise parsed.error('no Executable: every job needs one, like Executable = "/bin/echo";', 0)
+        raise JDLError(
+            'no Executable: every job needs one, like Executable = "/bin/echo";',
+            0,
+            0,
+            source=parsed.source.name,
+        )
     fields["executable"] = r.string(executable)
     if not fields["executable"].strip():
         raise r.fail(executable, "Executable must not be empty")
@@ -450,7 +468,7 @@ def job_spec(parsed: ParsedJDL) -> JobSpec:
             fields[attr] = tuple(_input_data(r, t, n, key) for t, n in _items(r, entry))
 
     outputs: list[OutputSpec] = []
-    for key in ("Output", "OutputArchive", "OutputFile"):
+    for key in _OUTPUT_KEYS:
         if (entry := get(key)) is not None:
             outputs.extend(_output(r, t, n, key) for t, n in _items(r, entry))
     fields["outputs"] = tuple(outputs)
@@ -477,9 +495,9 @@ def job_spec(parsed: ParsedJDL) -> JobSpec:
             fields[attr] = r.strings(entry)
 
     if (entry := get("TTL")) is not None:
-        fields["ttl"] = r.whole(entry, 1, "seconds")
+        fields["ttl"] = r.whole(entry, 1, MAX_TTL, "seconds")
     if (entry := get("CPUCores")) is not None:
-        fields["cpu_cores"] = r.whole(entry, 1, "cores")
+        fields["cpu_cores"] = r.whole(entry, 1, MAX_CPU_CORES, "cores")
     if (entry := get("MemorySize")) is not None:
         fields["memory_bytes"] = r.size(entry)
     if (entry := get("WorkDirectorySize")) is not None:
@@ -494,46 +512,48 @@ def job_spec(parsed: ParsedJDL) -> JobSpec:
         fields["requirements"] = entry.value
 
     warnings = [w.format(parsed.source.name) for w in parsed.warnings]
-    variable_keys: set[str] = set()
+    fields["extra"] = tuple(
+        (entry.name, entry.value)
+        for folded, entry in parsed.entries.items()
+        if folded not in _CONSUMED
+    )
     if (entry := get("JDLVariables")) is not None:
-        variables: list[tuple[str, str]] = []
+        names: list[str] = []
+        present = {name.casefold(): name for name, _ in JobSpec(**fields).to_entries()}
         for name, node in _items(r, entry):
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
                 raise r.fail(
                     node, f"JDL variable '{name}' is not a valid name (letters, digits, '_')"
                 )
-            target = get(name)
-            if target is None:
+            if name.casefold() not in present:
                 line, col = parsed.source.position(max(node.offset, 0))
                 warnings.append(
-                    f"{parsed.source.name}:{line}:{col}: warning: JDL variable '{name}' "
-                    "is listed in JDLVariables but never defined; it is not exported"
+                    f"{parsed.source.name}:{line}:{col}: warning: JDL variable '{_clip(name)}' "
+                    "is listed in JDLVariables but has no value; it is not exported"
                 )
-                continue
-            if name.casefold() in variable_keys:
-                continue
-            variable_keys.add(name.casefold())
-            variables.append((target.name, _variable_value(r, target)))
-        fields["jdl_variables"] = tuple(variables)
-
-    fields["extra"] = tuple(
-        (entry.name, entry.value)
-        for folded, entry in parsed.entries.items()
-        if folded not in _CONSUMED and folded not in variable_keys
-    )
+            elif present[name.casefold()] not in names:
+                names.append(present[name.casefold()])
+        fields["jdl_variables"] = tuple(names)
     return JobSpec(**fields, warnings=tuple(warnings))
 
 
-def _variable_value(reader: _Reader, entry: Entry) -> str:
+def variable_value(node: Expr) -> str:
     """A JDL variable's value as the payload's environment holds it; lists join with ','."""
-    if isinstance(entry.value, ListExpr):
-        return ",".join(reader.string_of(item, entry.name) for item in entry.value.items)
-    node = entry.value
+    if isinstance(node, ListExpr):
+        return ",".join(variable_value(item) for item in node.items)
+    if isinstance(node, Literal) and isinstance(node.value, str):
+        return node.value
     if isinstance(node, Literal) and isinstance(node.value, bool):
         return "true" if node.value else "false"
-    if isinstance(node, Literal | AttrRef):
-        return reader.string_of(node, entry.name)
+    if isinstance(node, AttrRef) and node.scope is None:
+        return node.name
     return render(node)
+
+
+def _clip(text: str, width: int = 40) -> str:
+    """A user's value as an error message quotes it: short, and printable."""
+    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[: width + 1])
+    return shown if len(text) <= width else shown[:width] + "..."
 
 
 __all__ = [

@@ -18,23 +18,25 @@ _UNITS = {
     "g": GIB, "gb": GIB, "gib": GIB,
     "t": TIB, "tb": TIB, "tib": TIB,
 }  # fmt: skip
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
+_SIZE = re.compile(r"([0-9]{1,15}(?:\.[0-9]{1,6})?) ?([A-Za-z]{0,8})")
+MAX_SIZE = 1024 * TIB  # a petabyte: beyond any worker node
 
 
 def parse_size(text: str) -> int:
     """Bytes for a size such as ``8GB``, ``11000 MB`` or ``512`` (megabytes).
 
     Raises ValueError with a message that shows an accepted form."""
-    m = _SIZE.fullmatch(text)
+    # Strip, then match a bounded, anchored pattern: no backtracking on hostile input.
+    m = _SIZE.fullmatch(text.strip()) if len(text) <= 64 else None
     if not m:
-        raise ValueError(f'\'{text}\' is not a size; write it like "8GB" or "11000MB"')
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise ValueError(f'\'{shown}\' is not a size; write it like "8GB" or "11000MB"')
     number, unit = m.group(1), m.group(2).casefold() or "mb"
     if unit not in _UNITS:
-        raise ValueError(f"unknown size unit '{m.group(2)}' in '{text}'; use B, KB, MB, GB or TB")
-    value = float(number) * _UNITS[unit] if "." in number else int(number) * _UNITS[unit]
-    size = int(value)
-    if size <= 0:
-        raise ValueError(f"size '{text}' must be more than zero")
+        raise ValueError(f"unknown size unit '{m.group(2)}'; use B, KB, MB, GB or TB")
+    size = int(float(number) * _UNITS[unit]) if "." in number else int(number) * _UNITS[unit]
+    if not 0 < size <= MAX_SIZE:
+        raise ValueError(f"size '{text.strip()}' must be more than zero and at most 1024TB")
     return size
 
 
