@@ -256,7 +256,7 @@ def test_check_json_valid(cli) -> None:
     assert spec["split"] == "production:1-100"
     assert spec["type"] == "Job" and spec["user"] == "aliprod"
     assert 'member(other.GridPartitions, "multicore_8")' in spec["requirements"]
-    assert spec["jdl_variables"]["LPMRunNumber"] == "526641"
+    assert "LPMRunNumber" in spec["jdl_variables"]
     assert spec["environment"]["ALIEN_JDL_LPMRUNNUMBER"] == "526641"
     assert [o["archive"] for o in spec["outputs"]][:2] == ["log_archive.zip", "root_archive.zip"]
     assert any("'TTL' is defined again" in w for w in entry["warnings"])
@@ -294,8 +294,8 @@ def test_arg_substitution(cli) -> None:
         "/alice/data/2023/LHC23zzh/544121/cpass0/calib/o2tpc_residuals_001.root"
     )
     assert spec["output_dir"].startswith("/alice/data/2023/LHC23zzh/544121/calib/cpass0/")
-    assert spec["jdl_variables"]["LPMRunNumber"] == "544121"
-    assert spec["jdl_variables"]["LPMPassName"] == "cpass0"
+    assert spec["environment"]["ALIEN_JDL_LPMRUNNUMBER"] == "544121"
+    assert spec["environment"]["ALIEN_JDL_LPMPASSNAME"] == "cpass0"
     assert "$1" not in result.stdout and "$2" not in result.stdout
 
 
@@ -314,7 +314,7 @@ def test_arg_cannot_change_the_structure(cli) -> None:
     [entry] = json.loads(result.stdout)
     assert entry["ok"] is True
     assert entry["spec"]["ttl_seconds"] == 36000
-    assert entry["spec"]["jdl_variables"]["LPMRunNumber"] == hostile
+    assert entry["spec"]["environment"]["ALIEN_JDL_LPMRUNNUMBER"] == hostile
     assert "X" not in entry["spec"]["extra"]
 
 
@@ -324,7 +324,7 @@ def test_arg_with_separators_stays_a_string(cli) -> None:
     assert result.returncode == 0, result.stderr
     [entry] = json.loads(result.stdout)
     assert entry["spec"]["ttl_seconds"] == 36000
-    assert entry["spec"]["jdl_variables"]["LPMRunNumber"] == value
+    assert entry["spec"]["environment"]["ALIEN_JDL_LPMRUNNUMBER"] == value
 
 
 def test_too_few_args(cli) -> None:
@@ -481,7 +481,7 @@ def test_match_bad_slot(cli, name: str) -> None:
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"sandbox-agent: {slot}: ")
+    assert lines[0].startswith(f"{slot}: ")
 
 
 def test_match_non_utf8_slot(cli, tmp_path: Path) -> None:
@@ -548,3 +548,47 @@ def test_home_before_subcommand(cli, tmp_path: Path, home_args: list[str]) -> No
     result = cli(*args, "jdl", "check", rel(SAMPLES[0]))
     assert result.returncode == 0, result.stderr
     assert rel(SAMPLES[0]) in normalized_blocks(result.stdout)
+
+
+# -- review findings -------------------------------------------------------------------
+
+
+def test_check_refuses_a_device_without_reading_it(cli) -> None:
+    result = cli("jdl", "check", "/dev/zero")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "/dev/zero: not a regular file; give a JDL file"
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["jdl", "check"], "Missing argument"),
+        (["jdl", "check", "--bogus", "x.jdl"], "No such option: --bogus"),
+        (["jdl", "match", "samples/hello.jdl"], "Missing option '--slot'"),
+    ],
+)
+def test_usage_errors_are_one_line(cli, args: list[str], fragment: str) -> None:
+    result = cli(*args)
+    assert result.returncode == 2
+    assert_no_traceback(result)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("sandbox-agent: ") and fragment in lines[0]
+    assert "--help" in lines[0]
+
+
+def test_help_shows_the_home_default(cli) -> None:
+    result = cli("--help")
+    assert result.returncode == 0
+    assert "$SANDBOX_AGENT_HOME" in result.stdout
+
+
+def test_match_json_reports_errors_as_json(cli, tmp_path: Path) -> None:
+    bad_jdl = BROKEN / "missing_value.jdl"
+    result = cli("jdl", "match", rel(bad_jdl), "--slot", SLOTS / "scalars.toml", "--json")
+    assert result.returncode == 2
+    report = json.loads(result.stdout)
+    assert (report["error"]["line"], report["error"]["col"]) == (3, 13)
+    bad_slot = cli("jdl", "match", rel(PRODUCTION), "--slot", tmp_path / "none.toml", "--json")
+    assert bad_slot.returncode == 2
+    assert json.loads(bad_slot.stdout)["error"]["message"].startswith(str(tmp_path / "none.toml"))

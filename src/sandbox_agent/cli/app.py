@@ -17,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,
 )
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
@@ -61,9 +62,23 @@ def home_of(ctx: typer.Context) -> Path:
 
 
 def main() -> None:
-    """The console script."""
+    """The console script: usage errors become one line, never a box or a traceback."""
     try:
-        app()
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        typer.echo("sandbox-agent: interrupted", err=True)
+        code = 130
+    except typer.TyperException as exc:
+        # Usage errors (unknown option, missing argument): one line and where to look.
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            typer.echo(message, err=True)  # a bare group: its help is the answer
+            sys.exit(exitcodes.USAGE)
+        context = getattr(exc, "ctx", None)
+        where = context.command_path if context is not None else "sandbox-agent"
+        typer.echo(f"sandbox-agent: {message} (see '{where} --help')", err=True)
+        code = getattr(exc, "exit_code", exitcodes.USAGE)
     except KeyboardInterrupt:
         typer.echo("sandbox-agent: interrupted", err=True)
-        sys.exit(130)
+        code = 130
+    sys.exit(code if isinstance(code, int) else exitcodes.OK)

@@ -34,7 +34,9 @@ from sandbox_agent.tokens import (
 from sandbox_agent.tokens.keys import load_private_key, same_key, write_public_file
 
 certs_app = typer.Typer(
-    help="Make the token authority, issue tokens, show and verify them.", no_args_is_help=True
+    help="Make the token authority, issue tokens, show and verify them.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 DirOption = Annotated[

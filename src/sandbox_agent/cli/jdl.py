@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from sandbox_agent import exitcodes
-from sandbox_agent.cli.app import JsonOption, fail
+from sandbox_agent.cli.app import JsonOption
 from sandbox_agent.jdl import JDLError, JobSpec, Slot, evaluate, load_job, render_jdl
+from sandbox_agent.jdl.parser import MAX_BYTES
 
 jdl_app = typer.Typer(
-    help="Read job descriptions (JDL) and evaluate their Requirements.", no_args_is_help=True
+    help="Read job descriptions (JDL) and evaluate their Requirements.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 ArgOption = Annotated[
     list[str] | None,
@@ -23,7 +28,11 @@ ArgOption = Annotated[
 
 def _read_jdl(path: Path, args: list[str] | None) -> JobSpec:
     try:
-        data = path.read_bytes()
+        with path.open("rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise JDLError("not a regular file; give a JDL file", 0, 0, source=str(path))
+            # One byte past the cap is enough for the parser to refuse it by size.
+            data = handle.read(MAX_BYTES + 1)
     except OSError as exc:
         raise JDLError(f"cannot read the file: {exc.strerror}", 0, 0, source=str(path)) from None
     return load_job(data, source=str(path), args=args)
@@ -91,15 +100,24 @@ def jdl_match(
     and the clause that decided it.  Exit 0 only when it is TRUE."""
     try:
         spec = _read_jdl(file, arg)
-    except JDLError as err:
+        slot_attrs = Slot.from_toml(slot)
+    except (JDLError, ValueError) as err:
+        if as_json:
+            detail: dict[str, Any] = {"message": str(err).splitlines()[0]}
+            if isinstance(err, JDLError):
+                detail.update(line=err.line, col=err.col, message=err.message, text=str(err))
+            typer.echo(json.dumps({"file": str(file), "slot": str(slot), "error": detail}))
+            raise typer.Exit(exitcodes.USAGE) from None
         typer.echo(str(err), err=True)
         raise typer.Exit(exitcodes.USAGE) from None
-    try:
-        slot_attrs = Slot.from_toml(slot)
-    except ValueError as exc:
-        fail(str(exc))
     if spec.requirements is None:
-        result: dict[str, Any] = {"outcome": "TRUE", "clause": None, "reason": "no Requirements"}
+        result: dict[str, Any] = {
+            "outcome": "TRUE",
+            "clause": None,
+            "clause_value": None,
+            "inputs": {},
+            "reason": "no Requirements",
+        }
         text = "TRUE  (the job has no Requirements: every slot matches)"
     else:
         decision = evaluate(spec.requirements, slot_attrs, spec.job_attributes())
