@@ -15,7 +15,7 @@ host:
 
 # Reinstall when the dependencies change; the package itself is editable.
 $(STAMP): pyproject.toml | host
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || "$$(PYTHON=$(PYTHON) bash scripts/setup-host.sh --python)" -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $@
 
