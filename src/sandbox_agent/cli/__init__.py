@@ -2,14 +2,16 @@
 
 Errors a user can cause are printed as one line naming the place and the fix, with
 the exit codes of ``sandbox_agent.exitcodes``; they never end in a traceback.
-One module per command group: jdl, certs.
+One module per command group: jdl, certs, policy.
 """
 
 from sandbox_agent.cli.app import app, main
 from sandbox_agent.cli.certs import certs_app
 from sandbox_agent.cli.jdl import jdl_app
+from sandbox_agent.cli.policy import policy_app
 
 app.add_typer(jdl_app, name="jdl")
 app.add_typer(certs_app, name="certs")
+app.add_typer(policy_app, name="policy")
 
 __all__ = ["app", "main"]

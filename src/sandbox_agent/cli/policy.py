@@ -1,0 +1,162 @@
+"""``sandbox-agent policy``: explain, lint and diff site policies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sandbox_agent import exitcodes
+from sandbox_agent.cli.app import JsonOption, fail, home_of
+from sandbox_agent.jdl import JDLError, JobSpec, Slot, load_job
+from sandbox_agent.jdl.parser import MAX_BYTES
+from sandbox_agent.policy import (
+    EffectivePolicy,
+    Policy,
+    PolicyError,
+    PolicyRejection,
+    compose,
+    load_policy,
+    policy_dirs,
+)
+from sandbox_agent.policy.diff import diff
+from sandbox_agent.policy.explain import explain_json, explain_text
+from sandbox_agent.policy.lint import lint
+
+policy_app = typer.Typer(
+    help="Explain, lint and diff site policies (policies/*.toml).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+PolicyOption = Annotated[
+    str, typer.Option("--policy", help="A policy name from the policy directories, or a path.")
+]
+SlotOption = Annotated[
+    Path | None, typer.Option("--slot", help="A slot description (TOML) to clamp limits to.")
+]
+
+
+def _policy(ctx: typer.Context, ref: str) -> Policy:
+    try:
+        return load_policy(ref, policy_dirs(home_of(ctx)))
+    except PolicyError as exc:
+        fail(str(exc))
+
+
+def _job(path: Path | None, args: list[str] | None) -> JobSpec | None:
+    if path is None:
+        return None
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_BYTES + 1)
+    except OSError as exc:
+        fail(f"{path}: cannot read the file ({exc.strerror})")
+    try:
+        return load_job(data, source=str(path), args=args)
+    except JDLError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(exitcodes.USAGE) from None
+
+
+def _effective(
+    ctx: typer.Context, policy: Policy, spec: JobSpec | None, slot: Path | None
+) -> EffectivePolicy:
+    attributes = None
+    if slot is not None:
+        try:
+            attributes = Slot.from_toml(slot)
+        except ValueError as exc:
+            fail(str(exc))
+    try:
+        return compose(policy, spec, attributes, credentials=[str(home_of(ctx) / "certs")])
+    except PolicyRejection as exc:
+        typer.echo(f"rejected: {exc}", err=True)
+        raise typer.Exit(exitcodes.FAILED) from None
+
+
+@policy_app.command("explain")
+def policy_explain(
+    ctx: typer.Context,
+    job: Annotated[
+        Path | None, typer.Argument(help="A JDL; without one, a job asking nothing.")
+    ] = None,
+    policy: PolicyOption = "default",
+    slot: SlotOption = None,
+    arg: Annotated[list[str] | None, typer.Option("--arg", help="A submit argument.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The effective policy of a job: what is isolated, how, and where each value came from.
+
+    Exit 1 when the policy rejects the job (the reason in one line)."""
+    effective = _effective(ctx, _policy(ctx, policy), _job(job, arg), slot)
+    name = str(job) if job else None
+    if as_json:
+        typer.echo(json.dumps(explain_json(effective, name), indent=2))
+    else:
+        typer.echo(explain_text(effective, name))
+
+
+@policy_app.command("lint")
+def policy_lint(
+    ctx: typer.Context,
+    paths: Annotated[
+        list[str] | None, typer.Argument(help="Policy files or names [default: all shipped].")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Findings a reviewer should see, at file:line. Exit 1 when any is an error."""
+    refs = paths or sorted(
+        {p.stem for d in policy_dirs(home_of(ctx)) if d.is_dir() for p in d.glob("*.toml")}
+    )
+    if not refs:
+        fail("no policies to lint: give files or names")
+    report: dict[str, list[dict[str, str]]] = {}
+    errors = 0
+    for ref in refs:
+        findings = lint(_policy(ctx, ref))
+        errors += sum(f.severity == "error" for f in findings)
+        report[ref] = [f.__dict__ for f in findings]
+        if not as_json:
+            for finding in findings:
+                typer.echo(finding.format())
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        count = sum(len(v) for v in report.values())
+        typer.echo(f"{len(refs)} polic{'y' if len(refs) == 1 else 'ies'}: {errors} error(s), "
+                   f"{count - errors} warning(s)")  # fmt: skip
+    raise typer.Exit(exitcodes.FAILED if errors else exitcodes.OK)
+
+
+@policy_app.command("diff")
+def policy_diff(
+    ctx: typer.Context,
+    a: Annotated[str, typer.Argument(help="The policy before (name or path).")],
+    b: Annotated[str, typer.Argument(help="The policy after (name or path).")],
+    jdl: Annotated[Path | None, typer.Option("--jdl", help="Compare for this job.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """What B allows that A does not, and the reverse, by capability."""
+    spec = _job(jdl, None)
+    before = _effective(ctx, _policy(ctx, a), spec, None)
+    after = _effective(ctx, _policy(ctx, b), spec, None)
+    wider, narrower = diff(before, after)
+    if as_json:
+        typer.echo(json.dumps({
+            "a": a, "b": b,
+            "b_allows": [w.__dict__ for w in wider],
+            "a_allows": [w.__dict__ for w in narrower],
+        }, indent=2))  # fmt: skip
+        return
+    for title, found in (
+        (f"{b} allows, {a} does not:", wider),
+        (f"{a} allows, {b} does not:", narrower),
+    ):
+        typer.echo(title)
+        for widening in found or []:
+            typer.echo(f"  + {widening.format()}")
+        if not found:
+            typer.echo("  (nothing)")

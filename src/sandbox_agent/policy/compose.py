@@ -1,0 +1,175 @@
+"""Composing a site policy with one job's requests and one slot into the effective policy.
+
+What a JDL may change is short and fixed: the CPU cores, memory, wall time and work
+directory size it asks for (clamped by nothing: a request above the site's maximum, or
+above what the slot has, rejects the job with the reason), and extra read-only binds
+under the roots the site allows (``ReadOnlyBinds``). Nothing else in a JDL reaches the
+sandbox's shape: no writable bind, capability, namespace, variable or seccomp change.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from sandbox_agent.jdl.expr import ListExpr, Literal
+from sandbox_agent.jdl.spec import JobSpec
+from sandbox_agent.jdl.units import MIB, format_size
+from sandbox_agent.policy.model import Item, Policy, PolicyRejection, Setting
+from sandbox_agent.policy.schema import LIMITS, Kind
+
+# The JDL key a job uses to ask for extra read-only binds (under filesystem.jdl_read_only_roots).
+BINDS_KEY = "ReadOnlyBinds"
+
+# Slot attributes that cap a job's request: name -> (limit, factor to the limit's unit).
+SLOT_CAPS = {
+    "CPUCores": ("cpu_cores", 1),
+    "Memory": ("memory", MIB),  # megabytes
+    "Disk": ("workdir_size", MIB),  # megabytes free for the work directory
+    "TTL": ("wall_time", 1),  # seconds the slot has left
+}
+
+
+@dataclass
+class EffectivePolicy:
+    """The policy one job gets: the site's settings, each limit resolved to one value
+    (``limits.<name>``), the job's extra binds and the agent's own paths denied."""
+
+    policy: Policy
+    settings: dict[str, Setting]
+
+    def __getitem__(self, path: str) -> Setting:
+        return self.settings[path]
+
+    def value(self, path: str) -> object:
+        plain = self.settings[path].plain()
+        return dict(plain) if path == "process.environment.set" else plain
+
+    def limit(self, name: str) -> int:
+        value = self.settings[f"limits.{name}"].value
+        assert isinstance(value, int)
+        return value
+
+
+def compose(
+    policy: Policy,
+    spec: JobSpec | None = None,
+    slot: Mapping[str, object] | None = None,
+    *,
+    credentials: Iterable[str] = (),
+) -> EffectivePolicy:
+    """The effective policy of ``spec`` on ``slot`` under ``policy``.
+
+    ``credentials`` are the agent's own paths (its token and key directory): they join
+    the deny list, so no bind can ever reach them. Raises ``PolicyRejection``."""
+    settings = dict(policy.settings)
+    for name in LIMITS:
+        settings[f"limits.{name}"] = _limit(policy, name, spec, slot or {})
+    deny = list(settings["filesystem.deny"].value)
+    for path in credentials:
+        deny.append(Item(posixpath.normpath(path), "agent:credentials"))
+    settings["filesystem.deny"] = Setting(tuple(deny), settings["filesystem.deny"].origin)
+    if spec is not None:
+        extra = _requested_binds(policy, spec, [i.value for i in deny])
+        if extra:
+            binds = list(settings["filesystem.read_only"].value) + extra
+            settings["filesystem.read_only"] = Setting(tuple(binds), f"jdl:{BINDS_KEY}")
+    return EffectivePolicy(policy, settings)
+
+
+def _limit(policy: Policy, name: str, spec: JobSpec | None, slot: Mapping[str, object]) -> Setting:
+    kind, _default, _maximum, jdl_key = LIMITS[name]
+    default, maximum = policy["limits." + name + ".default"], policy["limits." + name + ".max"]
+    asked = _requested(name, spec)
+    slot_cap = _slot_cap(name, slot)
+    show = _shower(kind)
+    if asked is not None:
+        if asked > maximum.value:
+            raise PolicyRejection(
+                f"{jdl_key} {show(asked)} is above the site maximum {show(maximum.value)} "
+                f"(limits.{name}.max, {maximum.origin}); ask for at most that"
+            )
+        if slot_cap is not None and asked > slot_cap[0]:
+            raise PolicyRejection(
+                f"{jdl_key} {show(asked)} is more than this slot has ({slot_cap[1]} = "
+                f"{show(slot_cap[0])})"
+            )
+        return Setting(asked, f"jdl:{jdl_key}")
+    value = min(default.value, maximum.value)
+    origin = default.origin if default.value <= maximum.value else maximum.origin
+    if slot_cap is not None and slot_cap[0] < value:
+        return Setting(slot_cap[0], f"slot:{slot_cap[1]}")
+    return Setting(value, origin)
+
+
+def _requested(name: str, spec: JobSpec | None) -> int | None:
+    if spec is None:
+        return None
+    if name == "cpu_cores":
+        # CPUCores has a default of 1 in the spec; only an explicit request counts, and
+        # the spec cannot tell, so 1 is treated as "the default": never above a maximum.
+        return spec.cpu_cores if spec.cpu_cores != 1 else None
+    if name == "memory":
+        return spec.memory_bytes
+    if name == "workdir_size":
+        return spec.workdir_bytes
+    if name == "wall_time":
+        return spec.ttl
+    return None
+
+
+def _slot_cap(name: str, slot: Mapping[str, object]) -> tuple[int, str] | None:
+    for attribute, (limit, factor) in SLOT_CAPS.items():
+        if limit != name:
+            continue
+        for key, value in slot.items():
+            numeric = isinstance(value, int | float) and not isinstance(value, bool)
+            if key.casefold() == attribute.casefold() and numeric:
+                return int(value * factor), attribute  # type: ignore[operator]
+    return None
+
+
+def _shower(kind: Kind):  # type: ignore[no-untyped-def]
+    if kind is Kind.SIZE:
+        return format_size
+    if kind is Kind.SECONDS:
+        return lambda v: f"{v} s"
+    return str
+
+
+def _requested_binds(policy: Policy, spec: JobSpec, deny: list[str]) -> list[Item]:
+    """The job's ReadOnlyBinds, each checked: absolute, no '..', under an allowed root,
+    reaching nothing denied."""
+    value = next((v for k, v in spec.extra if k.casefold() == BINDS_KEY.casefold()), None)
+    if value is None:
+        return []
+    nodes = value.items if isinstance(value, ListExpr) else (value,)
+    roots = [i.value for i in policy["filesystem.jdl_read_only_roots"].value]
+    out: list[Item] = []
+    for node in nodes:
+        if not (isinstance(node, Literal) and isinstance(node.value, str)):
+            raise PolicyRejection(f"{BINDS_KEY} must list paths as strings")
+        path = node.value
+        if not path.startswith("/") or ".." in path.split("/") or "\x00" in path:
+            raise PolicyRejection(
+                f"{BINDS_KEY}: '{path:.60}' must be an absolute path without '..'"
+            )
+        path = posixpath.normpath(path)
+        if not any(within(path, root) for root in roots):
+            allowed = ", ".join(roots) if roots else "none (this policy allows no extra binds)"
+            raise PolicyRejection(
+                f"{BINDS_KEY}: '{path:.60}' is not under a root the site allows ({allowed})"
+            )
+        blocked = next((d for d in deny if within(path, d) or within(d, path)), None)
+        if blocked is not None:
+            raise PolicyRejection(f"{BINDS_KEY}: '{path:.60}' reaches the denied path {blocked}")
+        out.append(Item(path, f"jdl:{BINDS_KEY}"))
+    return out
+
+
+def within(path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` or lies under it (by path components, not text)."""
+    if root == "/":
+        return True
+    return path == root or path.startswith(root.rstrip("/") + "/")

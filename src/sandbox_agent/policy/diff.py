@@ -1,0 +1,186 @@
+"""What one policy allows that another does not, by capability rather than by text.
+
+``diff(a, b)`` answers two questions: what does B let a payload do that A does not
+(a new readable or writable path, a namespace dropped, a higher memory cap, a system
+call no longer denied...), and the reverse. Each answer is one line a reviewer can act
+on, with the origin of B's (or A's) value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sandbox_agent.policy.compose import EffectivePolicy, within
+from sandbox_agent.policy.explain import show_value
+from sandbox_agent.policy.schema import FIELDS, LIMITS, NAMESPACES
+from sandbox_agent.seccomp.profile import ProfileError, SeccompProfile
+
+# How much each word allows, least first.
+_STRENGTH = {"required": 0, "optional": 1, "off": 2}
+_ENFORCEMENT = {"kernel": 0, "monitored": 1}
+
+
+@dataclass(frozen=True)
+class Widening:
+    key: str
+    message: str
+    origin: str
+
+    def format(self) -> str:
+        return f"{self.message}  [{self.key}, {self.origin}]"
+
+
+def diff(a: EffectivePolicy, b: EffectivePolicy) -> tuple[list[Widening], list[Widening]]:
+    """(what B allows that A does not, what A allows that B does not)."""
+    return _wider(a, b), _wider(b, a)
+
+
+def _wider(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
+    """Everything ``other`` allows beyond ``base``."""
+    out: list[Widening] = []
+    for check in _CHECKS:
+        out.extend(check(base, other))
+    return out
+
+
+def _items(policy: EffectivePolicy, key: str) -> list[tuple[Any, str]]:
+    return [(i.value, i.origin) for i in policy[key].value]
+
+
+def _paths(verb: str, key: str) -> Callable[[EffectivePolicy, EffectivePolicy], list[Widening]]:
+    def check(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
+        known = [p for p, _ in _items(base, key)]
+        return [
+            Widening(key, f"{verb} {path}", origin)
+            for path, origin in _items(other, key)
+            if not any(within(path, k) for k in known)
+        ]
+
+    return check
+
+
+def _deny(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
+    kept = [p for p, _ in _items(other, "filesystem.deny")]
+    return [
+        Widening("filesystem.deny", f"no longer keeps binds away from {path}",
+                 other["filesystem.deny"].origin)
+        for path, _ in _items(base, "filesystem.deny")
+        if not any(within(path, k) for k in kept)
+    ]  # fmt: skip
+
+
+def _names(key: str, what: str) -> Callable[[EffectivePolicy, EffectivePolicy], list[Widening]]:
+    def check(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
+        known = {v for v, _ in _items(base, key)}
+        return [
+            Widening(key, f"{what} {value}", origin)
+            for value, origin in _items(other, key)
+            if value not in known
+        ]
+
+    return check
+
+
+def _words(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
+    out = []
+    for ns in NAMESPACES:
+        key = f"namespaces.{ns}"
+        was, now = base[key].value, other[key].value
+        if _STRENGTH[now] > _STRENGTH[was]:
+            what = "shares the host's" if now == "off" else "may run without its own"
+            out.append(Widening(key, f"{what} {ns} namespace ({was} -> {now})", other[key].origin))
+    landlock = "process.landlock"
+    if _STRENGTH[other[landlock].value] > _STRENGTH[base[landlock].value]:
+        out.append(Widening(landlock, f"landlock {base[landlock].value} -> "
+                            f"{other[landlock].value}", other[landlock].origin))  # fmt: skip
+    for key, allowed in (("filesystem.proc", "private"), ("filesystem.dev", "minimal")):
+        if other[key].value == allowed and base[key].value != allowed:
+            out.append(Widening(key, f"mounts {key.split('.')[1]} ({allowed})", other[key].origin))
+    if other["network.mode"].value == "host" and base["network.mode"].value != "host":
+        out.append(Widening("network.mode", "reaches the host's network",
+                            other["network.mode"].origin))  # fmt: skip
+    if (
+        other["devices.gpu"].value != base["devices.gpu"].value
+        and other["devices.gpu"].value != "none"
+    ):
+        out.append(Widening("devices.gpu", f"gets {other['devices.gpu'].value} GPUs",
+                            other["devices.gpu"].origin))  # fmt: skip
+    for key, what in (
+        ("process.no_new_privs", "lets setuid binaries and file capabilities work"),
+        ("process.new_session", "keeps a controlling terminal"),
+        ("process.die_with_parent", "outlives the agent"),
+    ):
+        if base[key].value and not other[key].value:
+            out.append(Widening(key, what, other[key].origin))
+    return out
+
+
+def _numbers(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
+    out = []
+    keys = [k for k in FIELDS if k.startswith("process.rlimits.")]
+    for name in LIMITS:
+        keys += [f"limits.{name}.max", f"limits.{name}.default"]
+    for key in keys:
+        was, now = base[key].value, other[key].value
+        if now > was:
+            out.append(Widening(key, f"{key} {show_value(key, was)} -> {show_value(key, now)}",
+                                other[key].origin))  # fmt: skip
+    for name in LIMITS:
+        key = f"limits.{name}.enforcement"
+        if _ENFORCEMENT[other[key].value] > _ENFORCEMENT[base[key].value]:
+            out.append(Widening(key, f"{name} only monitored, no longer kernel-enforced",
+                                other[key].origin))  # fmt: skip
+    for path, size in (i.value for i in other["filesystem.tmpfs"].value):
+        before = [s for p, s in (i.value for i in base["filesystem.tmpfs"].value) if p == path]
+        if not before or size > max(before):
+            was = show_value("limits.memory", max(before)) if before else "none"
+            out.append(Widening("filesystem.tmpfs", f"tmpfs {path} {was} -> "
+                                f"{show_value('limits.memory', size)}",
+                                other["filesystem.tmpfs"].origin))  # fmt: skip
+    return out
+
+
+def _environment(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
+    was = dict(i.value for i in base["process.environment.set"].value)
+    out = []
+    for item in other["process.environment.set"].value:
+        name, value = item.value
+        if was.get(name) != value:
+            out.append(Widening("process.environment.set", f"sets {name}={value}", item.origin))
+    return out
+
+
+def _seccomp(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
+    before_path = base.policy.directory / base["process.seccomp"].value
+    after_path = other.policy.directory / other["process.seccomp"].value
+    if before_path.resolve() == after_path.resolve():
+        return []  # one profile: nothing to compare
+    try:
+        before = SeccompProfile.load(before_path)
+        after = SeccompProfile.load(after_path)
+    except ProfileError as exc:
+        return [Widening("process.seccomp", f"cannot compare profiles: {exc}",
+                         other["process.seccomp"].origin)]  # fmt: skip
+    return [
+        Widening("process.seccomp", f"system call no longer denied: {what}",
+                 other["process.seccomp"].origin)
+        for what in after.allows_beyond(before)
+    ]  # fmt: skip
+
+
+_CHECKS: list[Callable[[EffectivePolicy, EffectivePolicy], list[Widening]]] = [
+    _words,
+    _paths("reads the host path", "filesystem.read_only"),
+    _paths("writes the host path", "filesystem.writable"),
+    _paths("lets a JDL bind paths under", "filesystem.jdl_read_only_roots"),
+    _paths("binds the device", "devices.paths"),
+    _deny,
+    _names("process.capabilities", "keeps the capability"),
+    _names("process.environment.allow", "passes the agent's variable"),
+    _names("optional.requirements", "tolerates unenforced"),
+    _environment,
+    _numbers,
+    _seccomp,
+]

@@ -1,0 +1,182 @@
+"""Lint: what in a policy a security reviewer should look at, each finding at file:line.
+
+Errors are things the engine would let through but no site should ship (a bind onto
+the deny list, a capability, no_new_privs off); warnings are widenings a reviewer must
+have seen (a writable bind, a device, the host network).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sandbox_agent.policy.compose import within
+from sandbox_agent.policy.model import BUILTIN, Policy
+from sandbox_agent.policy.schema import LIMITS, NAMESPACES
+from sandbox_agent.seccomp.profile import ProfileError, SeccompProfile, required_denials
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str  # "error" or "warning"
+    rule: str  # a stable name, for suppressing and for tests
+    where: str  # file:line, or "builtin"
+    message: str
+
+    def format(self) -> str:
+        return f"{self.where}: {self.severity}: {self.message} [{self.rule}]"
+
+
+Rule = Callable[[Policy], list[Finding]]
+_RULES: list[Rule] = []
+
+
+def rule(func: Rule) -> Rule:
+    _RULES.append(func)
+    return func
+
+
+def lint(policy: Policy) -> list[Finding]:
+    """Every finding of every rule, errors first, in file order."""
+    found = [f for check in _RULES for f in check(policy)]
+    return sorted(found, key=lambda f: (f.severity != "error", f.where, f.rule))
+
+
+@rule
+def bind_reaches_deny(policy: Policy) -> list[Finding]:
+    deny = [i for i in policy["filesystem.deny"].value]
+    out = []
+    for key in (
+        "filesystem.read_only",
+        "filesystem.writable",
+        "filesystem.jdl_read_only_roots",
+        "devices.paths",
+    ):
+        for item in policy[key].value:
+            for denied in deny:
+                if within(item.value, denied.value) or within(denied.value, item.value):
+                    out.append(
+                        Finding(
+                            "error",
+                            "bind-reaches-deny",
+                            item.origin,
+                            f"{key} '{item.value}' reaches the denied path '{denied.value}' "
+                            f"({denied.origin}); remove it or bind a narrower path",
+                        )
+                    )
+    workdir = policy["filesystem.workdir"]
+    for denied in deny:
+        if within(workdir.value, denied.value):
+            out.append(Finding("error", "bind-reaches-deny", workdir.origin,
+                               f"filesystem.workdir '{workdir.value}' is under the denied "
+                               f"path '{denied.value}'"))  # fmt: skip
+    return out
+
+
+@rule
+def writable_outside_workdir(policy: Policy) -> list[Finding]:
+    return [
+        Finding("warning", "writable-bind", item.origin,
+                f"filesystem.writable '{item.value}' is writable outside the work directory: "
+                "the payload can change it for everyone who shares it")
+        for item in policy["filesystem.writable"].value
+    ]  # fmt: skip
+
+
+@rule
+def capabilities(policy: Policy) -> list[Finding]:
+    return [
+        Finding("error", "capability", item.origin,
+                f"process.capabilities grants {item.value}; payloads should keep none")
+        for item in policy["process.capabilities"].value
+    ]  # fmt: skip
+
+
+@rule
+def namespaces_off(policy: Policy) -> list[Finding]:
+    out = []
+    for ns in NAMESPACES:
+        setting = policy[f"namespaces.{ns}"]
+        if setting.value == "off":
+            severity = "warning" if ns in ("cgroup", "uts") else "error"
+            out.append(Finding(severity, "namespace-off", setting.origin,
+                               f"namespaces.{ns} is off: the payload shares the host's {ns} "
+                               "namespace"))  # fmt: skip
+    return out
+
+
+@rule
+def process_flags(policy: Policy) -> list[Finding]:
+    out = []
+    checks = (
+        ("process.no_new_privs", "error", "setuid binaries and file capabilities work again"),
+        ("process.new_session", "warning", "the payload keeps a controlling terminal (TIOCSTI)"),
+        ("process.die_with_parent", "warning", "the sandbox outlives a killed agent"),
+    )
+    for key, severity, why in checks:
+        setting = policy[key]
+        if setting.value is False:
+            out.append(Finding(severity, "process-flag-off", setting.origin,
+                               f"{key} is false: {why}"))  # fmt: skip
+    return out
+
+
+@rule
+def host_network(policy: Policy) -> list[Finding]:
+    setting = policy["network.mode"]
+    if setting.value == "host":
+        return [Finding("warning", "host-network", setting.origin,
+                        "network.mode is host: the payload reaches the node's network, "
+                        "the agent's loopback services included")]  # fmt: skip
+    return []
+
+
+@rule
+def devices(policy: Policy) -> list[Finding]:
+    out = [
+        Finding("warning", "device", item.origin, f"devices.paths binds the device {item.value}")
+        for item in policy["devices.paths"].value
+    ]
+    gpu = policy["devices.gpu"]
+    if gpu.value != "none":
+        out.append(Finding("warning", "device", gpu.origin,
+                           f"devices.gpu is {gpu.value}: GPU devices and driver libraries "
+                           "enter the sandbox"))  # fmt: skip
+    return out
+
+
+@rule
+def limits(policy: Policy) -> list[Finding]:
+    out = []
+    for name in LIMITS:
+        default, maximum = policy[f"limits.{name}.default"], policy[f"limits.{name}.max"]
+        if maximum.origin == BUILTIN and default.origin != BUILTIN:
+            out.append(Finding("warning", "limit-without-max", default.origin,
+                               f"limits.{name} sets a default but no max: the builtin "
+                               f"maximum ({maximum.value}) applies"))  # fmt: skip
+        if default.value > maximum.value:
+            out.append(Finding("error", "default-above-max", default.origin,
+                               f"limits.{name}.default ({default.value}) is above "
+                               f"limits.{name}.max ({maximum.value})"))  # fmt: skip
+    return out
+
+
+@rule
+def seccomp(policy: Policy) -> list[Finding]:
+    setting = policy["process.seccomp"]
+    path = policy.directory / setting.value
+    try:
+        profile = SeccompProfile.load(path)
+    except ProfileError as exc:
+        return [Finding("error", "seccomp-profile", setting.origin, str(exc))]
+    out = []
+    for denial in required_denials():
+        if not profile.enforces(denial):
+            out.append(Finding("error", "seccomp-allows", setting.origin,
+                               f"{path.name} does not deny {denial.describe()}, which every "
+                               "sandbox must deny"))  # fmt: skip
+    for missing in profile.missing_architectures():
+        out.append(Finding("error", "seccomp-architecture", setting.origin,
+                           f"{path.name} leaves out {missing}: its system calls would not be "
+                           "filtered"))  # fmt: skip
+    return out

@@ -1,0 +1,267 @@
+"""Reading site policies: TOML validated against the schema, ``extends`` followed.
+
+A file may say ``extends = "base"`` (a policy name from its own directory). Later files
+override earlier ones key by key; a list written as a plain array replaces, a list
+written as ``{ append = [...] }`` adds to what it extends. Every refusal names the file
+and line: unknown keys, wrong types, relative or ``..`` paths, cycles in ``extends``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import posixpath
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from sandbox_agent.jdl.units import parse_size
+from sandbox_agent.policy.lines import key_lines
+from sandbox_agent.policy.model import BUILTIN, Item, Policy, PolicyError, Setting
+from sandbox_agent.policy.schema import FIELDS, LIST_KINDS, TOP_LEVEL, Field, Kind
+
+MAX_CHAIN = 16  # policies extending policies: deeper than this is a mistake
+MAX_FILE_BYTES = 1024 * 1024
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_CAPABILITY = re.compile(r"CAP_[A-Z_]{2,32}")
+
+
+def policy_dirs(home: Path | None = None) -> list[Path]:
+    """Where named policies are looked up: ``$SANDBOX_AGENT_POLICIES``, ``HOME/policies``,
+    then the ``policies/`` directory that ships with the source tree."""
+    dirs: list[Path] = []
+    if os.environ.get("SANDBOX_AGENT_POLICIES"):
+        dirs.append(Path(os.environ["SANDBOX_AGENT_POLICIES"]))
+    if home is not None:
+        dirs.append(home / "policies")
+    dirs.append(Path(__file__).resolve().parents[3] / "policies")
+    return dirs
+
+
+def find_policy(ref: str, dirs: list[Path]) -> Path:
+    """A policy file from a name (``default``) or a path (``./site.toml``)."""
+    if "/" in ref or ref.endswith(".toml"):
+        path = Path(ref)
+        if not path.is_file():
+            raise PolicyError(f"{ref}: policy file not found")
+        return path
+    if not _NAME.fullmatch(ref):
+        raise PolicyError(f"policy name '{ref}' must be letters, digits, '_' or '-'")
+    for directory in dirs:
+        candidate = directory / f"{ref}.toml"
+        if candidate.is_file():
+            return candidate
+    where = ", ".join(str(d) for d in dirs)
+    raise PolicyError(f"no policy named '{ref}' in {where}; give a path or one of those names")
+
+
+def load_policy(ref: str, dirs: list[Path] | None = None) -> Policy:
+    """The policy ``ref`` with everything it extends, every schema key set."""
+    path = find_policy(ref, dirs if dirs is not None else policy_dirs())
+    chain: list[tuple[Path, dict[str, Any], dict[str, int]]] = []
+    seen: list[Path] = []
+    current: Path | None = path
+    while current is not None:
+        resolved = current.resolve()
+        if resolved in seen:
+            names = " -> ".join(p.stem for p in [*seen, resolved])
+            raise PolicyError(f"{_show(current)}: extends makes a cycle ({names})")
+        if len(seen) >= MAX_CHAIN:
+            raise PolicyError(f"{_show(current)}: extends goes more than {MAX_CHAIN} deep")
+        seen.append(resolved)
+        data, lines = _read(current)
+        chain.append((current, data, lines))
+        current = _parent(current, data, lines)
+    chain.reverse()
+    settings = {name: _builtin(spec) for name, spec in FIELDS.items()}
+    for file, data, lines in chain:
+        for name, raw in _flatten(file, data, lines):
+            spec = FIELDS[name]
+            origin = f"{_show(file)}:{_line(lines, name)}"
+            settings[name] = _merge(settings[name], spec, raw, file, origin)
+    return Policy(path.stem, tuple(f for f, _, _ in chain), path.parent, settings)
+
+
+def _line(lines: dict[str, int], name: str) -> int:
+    """The line of ``name``, or of the nearest enclosing table or inline table."""
+    parts = name.split(".")
+    while parts:
+        found = lines.get(".".join(parts))
+        if found:
+            return found
+        parts.pop()
+    return 1
+
+
+def _show(path: Path) -> str:
+    """A file as provenance shows it: its directory's name and its own."""
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PolicyError(f"{path}: cannot read ({exc.strerror})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise PolicyError(f"{path}: larger than {MAX_FILE_BYTES} bytes; not a policy")
+    try:
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
+    except UnicodeDecodeError:
+        raise PolicyError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{path}: not valid TOML: {exc}") from None
+    return data, key_lines(text)
+
+
+def _parent(path: Path, data: dict[str, Any], lines: dict[str, int]) -> Path | None:
+    if "extends" not in data:
+        return None
+    name = data["extends"]
+    where = f"{path}:{lines.get('extends', 1)}"
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise PolicyError(
+            f'{where}: extends takes a policy name from the same directory, like "base" '
+            "(no paths, no '..')"
+        )
+    parent = path.parent / f"{name}.toml"
+    if not parent.is_file():
+        raise PolicyError(f"{where}: extends '{name}', but {parent} does not exist")
+    return parent
+
+
+def _flatten(file: Path, data: dict[str, Any], lines: dict[str, int]) -> list[tuple[str, Any]]:
+    """(schema key, raw value) pairs of one file; refuses keys the schema lacks."""
+    out: list[tuple[str, Any]] = []
+
+    def walk(prefix: str, table: dict[str, Any]) -> None:
+        for key, value in table.items():
+            name = f"{prefix}{key}"
+            if not prefix and name in TOP_LEVEL:
+                continue
+            if name in FIELDS:
+                out.append((name, value))
+            elif isinstance(value, dict) and any(f.startswith(name + ".") for f in FIELDS):
+                walk(name + ".", value)
+            else:
+                line = _line(lines, name)
+                hint = difflib.get_close_matches(name, FIELDS, n=1)
+                suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+                raise PolicyError(f"{file}:{line}: unknown key '{name}'{suggestion}")
+
+    walk("", data)
+    return out
+
+
+def _builtin(spec: Field) -> Setting:
+    if spec.kind in LIST_KINDS or spec.kind is Kind.MAPPING:
+        return Setting(tuple(Item(v, BUILTIN) for v in spec.default), BUILTIN)
+    return Setting(spec.default, BUILTIN)
+
+
+def _merge(old: Setting, spec: Field, raw: Any, file: Path, origin: str) -> Setting:
+    where = f"{file}:{origin.rsplit(':', 1)[1]}"
+    if spec.kind is Kind.MAPPING:
+        if not isinstance(raw, dict):
+            raise PolicyError(f"{where}: {spec.path} must be {spec.kind.value}")
+        merged = {i.value[0]: i for i in old.value}
+        for key, value in raw.items():
+            if not _ENV_NAME.fullmatch(key) or not isinstance(value, str) or "\x00" in value:
+                raise PolicyError(f"{where}: {spec.path}.{key} must be a string variable")
+            merged[key] = Item((key, value), origin)
+        return Setting(tuple(merged.values()), origin)
+    if spec.kind in LIST_KINDS:
+        append = isinstance(raw, dict)
+        if append:
+            if set(raw) != {"append"}:
+                raise PolicyError(
+                    f"{where}: {spec.path} is a list, or {{ append = [...] }} to add to the one "
+                    "it extends"
+                )
+            raw = raw["append"]
+        if not isinstance(raw, list):
+            raise PolicyError(f"{where}: {spec.path} must be {spec.kind.value}")
+        items = [Item(_list_item(spec, item, where), origin) for item in raw]
+        kept = list(old.value) if append else []
+        for item in items:
+            if all(item.value != k.value for k in kept):
+                kept.append(item)
+        return Setting(tuple(kept), origin)
+    return Setting(_scalar(spec, raw, where), origin)
+
+
+def _scalar(spec: Field, raw: Any, where: str) -> Any:
+    wrong = PolicyError(f"{where}: {spec.path} must be {spec.describe_type()}, not {raw!r:.40}")
+    if spec.kind is Kind.CHOICE:
+        if raw not in spec.choices:
+            raise wrong
+        return raw
+    if spec.kind is Kind.BOOL:
+        if not isinstance(raw, bool):
+            raise wrong
+        return raw
+    if spec.kind is Kind.PATH:
+        return _path(spec, raw, where)
+    if spec.kind is Kind.STRING:
+        if not isinstance(raw, str) or "\x00" in raw:
+            raise wrong
+        if spec.path == "filesystem.image" and raw != "host":
+            return _path(spec, raw, where)
+        if spec.path == "process.seccomp" and (raw.startswith("/") or ".." in raw.split("/")):
+            raise PolicyError(
+                f"{where}: process.seccomp names a profile inside the policy directory, "
+                "like \"seccomp/default.json\" (no absolute path, no '..')"
+            )
+        return raw
+    number = _number(spec, raw, where)
+    if spec.minimum is not None and number < spec.minimum:
+        raise PolicyError(f"{where}: {spec.path} must be at least {spec.minimum}, not {number}")
+    if spec.maximum is not None and number > spec.maximum:
+        raise PolicyError(f"{where}: {spec.path} must be at most {spec.maximum}, not {number}")
+    return number
+
+
+def _number(spec: Field, raw: Any, where: str) -> int:
+    if isinstance(raw, bool):
+        raise PolicyError(f"{where}: {spec.path} must be {spec.describe_type()}, not {raw}")
+    if spec.kind is Kind.SIZE and isinstance(raw, str):
+        if raw.strip() in ("0", "0B"):
+            return 0
+        try:
+            return parse_size(raw)
+        except ValueError as exc:
+            raise PolicyError(f"{where}: {spec.path}: {exc}") from None
+    if isinstance(raw, int) and 0 <= raw <= 2**62:
+        return raw
+    raise PolicyError(f"{where}: {spec.path} must be {spec.describe_type()}, not {raw!r:.40}")
+
+
+def _path(spec: Field, raw: Any, where: str) -> str:
+    if not isinstance(raw, str) or not raw.startswith("/") or "\x00" in raw:
+        raise PolicyError(f"{where}: {spec.path}: '{raw!s:.60}' must be an absolute path")
+    if ".." in raw.split("/"):
+        raise PolicyError(f"{where}: {spec.path}: '{raw:.60}' must not contain '..'")
+    normal = posixpath.normpath(raw)
+    return "/" if normal == "//" else normal
+
+
+def _list_item(spec: Field, item: Any, where: str) -> Any:
+    if spec.kind is Kind.PATHS:
+        return _path(spec, item, where)
+    if spec.kind is Kind.TMPFS:
+        if not isinstance(item, dict) or set(item) != {"path", "size"}:
+            raise PolicyError(f'{where}: {spec.path} items are {{ path = "/abs", size = "256MB" }}')
+        size = _number(Field(spec.path, Kind.SIZE, 0, ""), item["size"], where)
+        return (_path(spec, item["path"], where), size)
+    if not isinstance(item, str):
+        raise PolicyError(f"{where}: {spec.path} items must be strings, not {item!r:.40}")
+    if spec.path == "process.capabilities" and not _CAPABILITY.fullmatch(item):
+        raise PolicyError(f"{where}: '{item:.40}' is not a capability name like CAP_NET_RAW")
+    if spec.path == "process.environment.allow" and not _ENV_NAME.fullmatch(item):
+        raise PolicyError(f"{where}: '{item:.40}' is not an environment variable name")
+    if spec.path == "optional.requirements" and item not in FIELDS:
+        raise PolicyError(f"{where}: optional.requirements: '{item:.60}' is not a policy key")
+    return item

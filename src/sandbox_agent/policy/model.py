@@ -1,0 +1,62 @@
+"""Policies as data: every value with its origin.
+
+A ``Setting`` is one value and where it came from: ``policies/default.toml:14``,
+``jdl:MemorySize``, ``slot:cpu_cores`` or ``builtin``.  List values carry an origin per
+item, so a reviewer sees which file added which path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+BUILTIN = "builtin"
+
+
+class PolicyError(ValueError):
+    """A policy file the engine refuses: the message names the file, the line and the fix."""
+
+
+class PolicyRejection(ValueError):
+    """A job the policy will not run (a request above a maximum, a bind it may not ask for)."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One element of a list setting, with the place that put it there."""
+
+    value: Any
+    origin: str
+
+
+@dataclass(frozen=True)
+class Setting:
+    value: Any  # scalars as they are; lists and mappings as tuples of Item
+    origin: str
+
+    def plain(self) -> Any:
+        """The value without origins (a list's items as a tuple)."""
+        if isinstance(self.value, tuple) and all(isinstance(i, Item) for i in self.value):
+            return tuple(i.value for i in self.value)
+        return self.value
+
+
+@dataclass
+class Policy:
+    """A site policy after ``extends`` was followed: one setting per schema key."""
+
+    name: str
+    files: tuple[Path, ...]  # the chain, the root ancestor first
+    directory: Path  # where the named files (and the seccomp profile) live
+    settings: dict[str, Setting] = field(default_factory=dict)
+
+    def __getitem__(self, path: str) -> Setting:
+        return self.settings[path]
+
+    def value(self, path: str) -> Any:
+        """The plain value of ``path``; a mapping (environment.set) as a dict."""
+        plain = self.settings[path].plain()
+        if path == "process.environment.set":
+            return dict(plain)
+        return plain

@@ -1,0 +1,252 @@
+"""Every key a site policy may set: its type, its builtin default, and what it means.
+
+The table is the schema: loading validates against it, ``docs/policy-reference.md`` is
+checked against it, and a key missing from every file of a policy takes the builtin
+default, which is always the restrictive choice (fail closed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+
+class Kind(Enum):
+    CHOICE = "one of the listed words"
+    BOOL = "true or false"
+    INT = "a whole number"
+    SIZE = 'a size such as "2GB" (or a number of bytes)'
+    SECONDS = "a number of seconds"
+    PATH = "an absolute path"
+    PATHS = "a list of absolute paths"
+    NAMES = "a list of names"
+    MAPPING = 'a table of NAME = "value"'
+    TMPFS = 'a list of { path = "/abs", size = "256MB" }'
+    STRING = "a string"
+
+
+# Lists that a child policy may extend with `key = { append = [...] }` instead of
+# replacing them with a plain array.
+LIST_KINDS = (Kind.PATHS, Kind.NAMES, Kind.TMPFS)
+
+NAMESPACES = ("user", "pid", "ipc", "uts", "net", "mount", "cgroup")
+REQUIREMENT = ("required", "optional", "off")
+LIMITS = {
+    # name: (kind, builtin default, builtin maximum, JDL key that requests it)
+    "cpu_cores": (Kind.INT, 1, 1, "CPUCores"),
+    "memory": (Kind.SIZE, 2 * 1024**3, 2 * 1024**3, "MemorySize"),
+    "swap": (Kind.SIZE, 0, 0, None),
+    "pids": (Kind.INT, 256, 256, None),
+    "wall_time": (Kind.SECONDS, 3600, 3600, "TTL"),
+    "workdir_size": (Kind.SIZE, 1024**3, 1024**3, "WorkDirectorySize"),
+}
+ENFORCEMENT = ("kernel", "monitored")
+
+
+@dataclass(frozen=True)
+class Field:
+    path: str
+    kind: Kind
+    default: Any
+    doc: str
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+    maximum: int | None = None
+
+    def describe_type(self) -> str:
+        if self.kind is Kind.CHOICE:
+            return "one of " + ", ".join(f'"{c}"' for c in self.choices)
+        return str(self.kind.value)
+
+
+def _fields() -> dict[str, Field]:
+    out: list[Field] = [
+        Field("description", Kind.STRING, "", "What this policy is for, in a sentence."),
+    ]
+    for ns in NAMESPACES:
+        out.append(
+            Field(
+                f"namespaces.{ns}",
+                Kind.CHOICE,
+                "required",
+                f"The {ns} namespace: required (fail closed when the host cannot make it), "
+                "optional (used when possible; the audit record says when not), or off.",
+                REQUIREMENT,
+            )
+        )
+    out += [
+        Field(
+            "filesystem.image",
+            Kind.STRING,
+            "host",
+            '"host": the host\'s /usr and libraries, read-only; or the absolute path of a '
+            "directory image (other image kinds come with image support).",
+        ),
+        Field(
+            "filesystem.workdir",
+            Kind.PATH,
+            "/workdir",
+            "Where the job's work directory appears inside; the only writable bind.",
+        ),
+        Field(
+            "filesystem.read_only",
+            Kind.PATHS,
+            (),
+            "Host paths bound read-only at the same place inside.",
+        ),
+        Field(
+            "filesystem.writable",
+            Kind.PATHS,
+            (),
+            "Host paths bound writable besides the work directory (lint warns on each).",
+        ),
+        Field(
+            "filesystem.jdl_read_only_roots",
+            Kind.PATHS,
+            (),
+            "Roots under which a JDL may ask for extra read-only binds (ReadOnlyBinds).",
+        ),
+        Field(
+            "filesystem.deny",
+            Kind.PATHS,
+            (),
+            "Paths no bind may reach: none may be at, under or above one of these.",
+        ),
+        Field("filesystem.tmpfs", Kind.TMPFS, (), "Private tmpfs mounts with their sizes."),
+        Field(
+            "filesystem.proc",
+            Kind.CHOICE,
+            "private",
+            "private: a new /proc for the sandbox's PID namespace; off: no /proc.",
+            ("private", "off"),
+        ),
+        Field(
+            "filesystem.dev",
+            Kind.CHOICE,
+            "minimal",
+            "minimal: null, zero, full, random, urandom, tty, a private pts and shm; off.",
+            ("minimal", "off"),
+        ),
+        Field(
+            "devices.gpu",
+            Kind.CHOICE,
+            "none",
+            "none, or nvidia: the NVIDIA device nodes and driver libraries (Apptainer --nv).",
+            ("none", "nvidia"),
+        ),
+        Field(
+            "devices.paths",
+            Kind.PATHS,
+            (),
+            "Host device nodes bound into the sandbox (lint warns on each).",
+        ),
+        Field(
+            "process.uid",
+            Kind.INT,
+            1000,
+            "The user id the payload runs as, inside.",
+            minimum=1,
+            maximum=2**31 - 2,
+        ),
+        Field(
+            "process.gid",
+            Kind.INT,
+            1000,
+            "The group id the payload runs as, inside.",
+            minimum=1,
+            maximum=2**31 - 2,
+        ),
+        Field(
+            "process.capabilities",
+            Kind.NAMES,
+            (),
+            "Capabilities the payload keeps (none by default; lint errs on each).",
+        ),
+        Field(
+            "process.no_new_privs",
+            Kind.BOOL,
+            True,
+            "PR_SET_NO_NEW_PRIVS: setuid and file capabilities grant nothing.",
+        ),
+        Field(
+            "process.seccomp",
+            Kind.STRING,
+            "seccomp/default.json",
+            "The system-call profile (OCI JSON), relative to the policy directory.",
+        ),
+        Field(
+            "process.new_session",
+            Kind.BOOL,
+            True,
+            "A new session: no controlling terminal, so no TIOCSTI into it.",
+        ),
+        Field(
+            "process.die_with_parent", Kind.BOOL, True, "The sandbox is killed when the agent dies."
+        ),
+        Field(
+            "process.landlock",
+            Kind.CHOICE,
+            "optional",
+            "Landlock: restrict writes to the work directory and tmpfs, under the mount "
+            "namespace as a second layer.",
+            REQUIREMENT,
+        ),
+        Field(
+            "process.environment.allow",
+            Kind.NAMES,
+            (),
+            "Variables of the agent's environment passed through (names only).",
+        ),
+        Field("process.environment.set", Kind.MAPPING, (), "Variables set to fixed values."),
+    ]
+    rlimits = {"core": 0, "nofile": 1024, "stack": 8 * 1024**2, "fsize": 1024**3}
+    for name, value in rlimits.items():
+        kind = Kind.INT if name in ("core", "nofile") else Kind.SIZE
+        out.append(
+            Field(
+                f"process.rlimits.{name}",
+                kind,
+                value,
+                f"RLIMIT_{name.upper()} of the payload.",
+                minimum=0,
+            )
+        )
+    for name, (kind, default, maximum, jdl) in LIMITS.items():
+        asked = f" A JDL asks with {jdl}." if jdl else ""
+        out += [
+            Field(
+                f"limits.{name}.default",
+                kind,
+                default,
+                f"The {name.replace('_', ' ')} a job gets when it asks for none.{asked}",
+                minimum=0,
+            ),
+            Field(
+                f"limits.{name}.max",
+                kind,
+                maximum,
+                f"The most {name.replace('_', ' ')} any job may have; more is refused.",
+                minimum=0,
+            ),
+            Field(
+                f"limits.{name}.enforcement",
+                Kind.CHOICE,
+                "kernel",
+                "kernel: a cgroup or rlimit enforces it; monitored: the agent measures and kills.",
+                ENFORCEMENT,
+            ),
+        ]
+    out += [
+        Field("network.mode", Kind.CHOICE, "none",
+              "none: a network namespace with loopback only; host: the host's network.",
+              ("none", "host")),
+        Field("optional.requirements", Kind.NAMES, (),
+              "Requirements allowed to be unenforceable on a host (by key, such as "
+              '"process.landlock" or "limits.swap"); anything else fails closed.'),
+    ]  # fmt: skip
+    return {f.path: f for f in out}
+
+
+FIELDS = _fields()
+TOP_LEVEL = ("extends",)  # keys about the file itself, not the sandbox

@@ -1,0 +1,1 @@
+"""System-call filtering: OCI/Docker JSON profiles, read, checked and compiled."""
