@@ -1,0 +1,140 @@
+"""Composition: policy x JDL x slot -> effective values with their provenance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sandbox_agent.jdl import load_job
+from sandbox_agent.jdl.units import GIB, MIB
+from sandbox_agent.policy import PolicyRejection, compose, load_policy
+from sandbox_agent.policy.schema import FIELDS
+
+SHIPPED = Path(__file__).resolve().parents[2] / "policies"
+DEFAULT = load_policy("default", [SHIPPED])
+STRICT = load_policy("strict", [SHIPPED])
+
+
+def job(body: str):  # type: ignore[no-untyped-def]
+    return load_job('Executable = "/bin/true";\n' + body)
+
+
+def origin_of(key: str) -> str:
+    return DEFAULT[key].origin
+
+
+# policy x JDL x slot -> (limit, value, origin)
+TABLE = [
+    ("no request: site default", DEFAULT, "", None,
+     "memory", 2 * GIB, origin_of("limits.memory.default")),
+    ("JDL request within the max", DEFAULT, 'MemorySize = "8GB";', None,
+     "memory", 8 * GIB, "jdl:MemorySize"),
+    ("JDL request at the max", DEFAULT, 'MemorySize = "16GB";', None,
+     "memory", 16 * GIB, "jdl:MemorySize"),
+    ("cores requested", DEFAULT, "CPUCores = 4;", None,
+     "cpu_cores", 4, "jdl:CPUCores"),
+    ("TTL becomes the wall time", DEFAULT, "TTL = 7200;", None,
+     "wall_time", 7200, "jdl:TTL"),
+    ("disk request", DEFAULT, 'WorkDirectorySize = {"6000MB"};', None,
+     "workdir_size", 6000 * MIB, "jdl:WorkDirectorySize"),
+    ("slot smaller than the site default", DEFAULT, "", {"Memory": 1024},
+     "memory", 1024 * MIB, "slot:Memory"),
+    ("slot larger than the default: default stays", DEFAULT, "", {"Memory": 65536},
+     "memory", 2 * GIB, origin_of("limits.memory.default")),
+    ("pids never from a JDL", DEFAULT, "CPUCores = 2;", None,
+     "pids", 1024, origin_of("limits.pids.default")),
+    ("strict default", STRICT, "", None,
+     "memory", GIB, STRICT["limits.memory.default"].origin),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("policy", "body", "slot", "limit", "value", "origin"),
+    [row[1:] for row in TABLE],
+    ids=[row[0] for row in TABLE],
+)
+def test_composition_table(policy, body, slot, limit, value, origin) -> None:  # type: ignore[no-untyped-def]
+    effective = compose(policy, job(body), slot)
+    assert effective.limit(limit) == value
+    assert effective[f"limits.{limit}"].origin == origin
+
+
+def test_without_a_job_every_limit_is_the_default() -> None:
+    effective = compose(DEFAULT)
+    for name in ("cpu_cores", "memory", "swap", "pids", "wall_time", "workdir_size"):
+        assert effective.limit(name) == DEFAULT.value(f"limits.{name}.default")
+
+
+@pytest.mark.parametrize(
+    ("policy", "body", "message"),
+    [
+        (DEFAULT, 'MemorySize = "32GB";',
+         "MemorySize 32GB is above the site maximum 16GB (limits.memory.max, "
+         f"{DEFAULT['limits.memory.max'].origin}); ask for at most that"),
+        (STRICT, "CPUCores = 8;", "CPUCores 8 is above the site maximum 1"),
+        (DEFAULT, "TTL = 200000;", "TTL 200000 s is above the site maximum 172800 s"),
+        (DEFAULT, 'WorkDirectorySize = "200GB";', "WorkDirectorySize 200GB is above"),
+    ],
+)  # fmt: skip
+def test_requests_above_a_maximum_reject_the_job(policy, body, message) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(PolicyRejection) as info:
+        compose(policy, job(body))
+    assert str(info.value).startswith(message)
+
+
+def test_request_above_the_slot_is_rejected_naming_the_slot() -> None:
+    with pytest.raises(PolicyRejection) as info:
+        compose(DEFAULT, job("CPUCores = 8;"), {"CPUCores": 4})
+    assert str(info.value) == "CPUCores 8 is more than this slot has (CPUCores = 4)"
+
+
+def test_jdl_read_only_binds_under_allowed_roots() -> None:
+    effective = compose(DEFAULT, job('ReadOnlyBinds = { "/cvmfs/alice.cern.ch" };'))
+    items = effective["filesystem.read_only"].value
+    assert items[-1].value == "/cvmfs/alice.cern.ch"
+    assert items[-1].origin == "jdl:ReadOnlyBinds"
+    assert items[0].origin.startswith("policies/base.toml:")
+
+
+@pytest.mark.parametrize(
+    ("binds", "fragment"),
+    [
+        ('"/home/user"', "is not under a root the site allows (/cvmfs)"),
+        ('"/cvmfsX/a"', "is not under a root the site allows"),
+        ('"/cvmfs/../etc"', "must be an absolute path without '..'"),
+        ('"cvmfs/a"', "must be an absolute path"),
+        ("42", "must list paths as strings"),
+    ],
+)
+def test_jdl_binds_that_are_refused(binds: str, fragment: str) -> None:
+    with pytest.raises(PolicyRejection) as info:
+        compose(DEFAULT, job(f"ReadOnlyBinds = {{ {binds} }};"))
+    assert fragment in str(info.value)
+
+
+def test_strict_allows_no_jdl_binds() -> None:
+    with pytest.raises(PolicyRejection, match="none \\(this policy allows no extra binds\\)"):
+        compose(STRICT, job('ReadOnlyBinds = "/cvmfs/alice.cern.ch";'))
+
+
+def test_agent_credentials_join_the_deny_list_and_cannot_be_bound() -> None:
+    effective = compose(DEFAULT, credentials=["/cvmfs/agent/certs"])
+    denied = effective["filesystem.deny"].value
+    assert denied[-1].value == "/cvmfs/agent/certs" and denied[-1].origin == "agent:credentials"
+    with pytest.raises(PolicyRejection, match="reaches the denied path /cvmfs/agent/certs"):
+        compose(DEFAULT, job('ReadOnlyBinds = "/cvmfs/agent";'), credentials=["/cvmfs/agent/certs"])
+
+
+def test_a_jdl_cannot_widen_anything_else() -> None:
+    hostile = job(
+        'Capabilities = { "CAP_SYS_ADMIN" }; Writable = "/"; Network = "host";\n'
+        'JDLVariables = { "LD_PRELOAD" }; LD_PRELOAD = "/tmp/x.so"; Seccomp = "none";\n'
+        'namespaces = "off"; MemorySize = "4GB";'
+    )
+    plain = compose(DEFAULT)
+    effective = compose(DEFAULT, hostile)
+    for key in FIELDS:
+        if key.startswith("limits."):
+            continue
+        assert effective[key] == plain[key], key
