@@ -160,3 +160,47 @@ def policy_diff(
             typer.echo(f"  + {widening.format()}")
         if not found:
             typer.echo("  (nothing)")
+
+
+@policy_app.command("render")
+def policy_render(
+    ctx: typer.Context,
+    job: Annotated[Path, typer.Argument(help="The JDL of the job to render.")],
+    runtime: Annotated[str, typer.Option("--runtime", help="bwrap (others come next).")] = "bwrap",
+    policy: PolicyOption = "default",
+    workdir: Annotated[
+        str, typer.Option("--workdir", help="The job's work directory on the host.")
+    ] = "/var/lib/sandbox-agent/work/JOB",
+    as_json: JsonOption = False,
+) -> None:
+    """The exact argv and files a runtime would get for a job; values from the agent's
+    environment are shown as placeholders, never copied."""
+    from sandbox_agent.runtime import bwrap
+    from sandbox_agent.runtime.plan import Unenforceable
+
+    if runtime != "bwrap":
+        fail(f"--runtime {runtime}: only bwrap renders yet; apptainer and docker come next")
+    spec = _job(job, None)
+    assert spec is not None
+    effective = _effective(ctx, _policy(ctx, policy), spec, None)
+    payload = [spec.executable, *spec.arguments]
+    try:
+        plan = bwrap.render(effective, payload, workdir=workdir)
+    except Unenforceable as exc:
+        typer.echo(f"cannot enforce: {exc}", err=True)
+        raise typer.Exit(exitcodes.ENVIRONMENT) from None
+    if as_json:
+        typer.echo(json.dumps({
+            "runtime": plan.runtime, "argv": list(plan.argv), "files": plan.files,
+            "fds": {str(k): v for k, v in plan.fds.items()},
+            "requirements": [r.__dict__ for r in plan.requirements],
+        }, indent=2))  # fmt: skip
+        return
+    typer.echo("argv (one word a line; nothing is run through a shell):")
+    for word in plan.argv:
+        typer.echo(f"  {word}")
+    for fd, what in plan.fds.items():
+        typer.echo(f"fd {fd}: {what}")
+    typer.echo("requirements:")
+    for req in plan.requirements:
+        typer.echo(f"  {req.key:<28} {req.how}{'' if req.met else '  (NOT MET, optional)'}")

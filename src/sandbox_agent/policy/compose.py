@@ -46,6 +46,29 @@ class EffectivePolicy:
         plain = self.settings[path].plain()
         return dict(plain) if path == "process.environment.set" else plain
 
+    # Typed views of one setting, for the renderers.
+    def word(self, path: str) -> str:
+        return str(self.settings[path].value)
+
+    def flag(self, path: str) -> bool:
+        return bool(self.settings[path].value)
+
+    def number(self, path: str) -> int:
+        value = self.settings[path].value
+        assert isinstance(value, int)
+        return value
+
+    def strings(self, path: str) -> tuple[str, ...]:
+        return tuple(str(i.value) for i in self.settings[path].value)
+
+    def mapping(self, path: str) -> dict[str, str]:
+        return {str(i.value[0]): str(i.value[1]) for i in self.settings[path].value}
+
+    def tmpfs(self) -> tuple[tuple[str, int], ...]:
+        return tuple(
+            (str(i.value[0]), int(i.value[1])) for i in self.settings["filesystem.tmpfs"].value
+        )
+
     def limit(self, name: str) -> int:
         value = self.settings[f"limits.{name}"].value
         assert isinstance(value, int)

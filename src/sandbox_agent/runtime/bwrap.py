@@ -1,0 +1,153 @@
+"""bubblewrap: the native runtime. It holds no policy; this module turns one into its argv.
+
+Every namespace bwrap can make, a fresh root of read-only binds, the job's work
+directory as the only writable bind, sized tmpfs, its own /proc and a minimal /dev,
+all capabilities dropped, a new session, death with the agent, a cleared environment
+with only the allowed variables, nested user namespaces disabled, and the seccomp
+program on a file descriptor. Limits are the agent's (cgroup), rlimits and landlock
+the wrapper's: the plan says so per requirement.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Mapping, Sequence
+
+from sandbox_agent.policy.compose import EffectivePolicy
+from sandbox_agent.policy.schema import LIMITS
+from sandbox_agent.runtime.plan import (
+    FROM_AGENT,
+    HostView,
+    LaunchPlan,
+    RealHost,
+    Requirement,
+    Unenforceable,
+)
+
+SECCOMP_FD = 10  # the descriptor the seccomp program is passed on
+_UNSHARE = {"user": "user", "pid": "pid", "ipc": "ipc", "uts": "uts", "net": "net",
+            "cgroup": "cgroup"}  # fmt: skip
+
+
+def render(
+    effective: EffectivePolicy,
+    argv: Sequence[str],
+    *,
+    workdir: str,
+    host: HostView | None = None,
+    environ: Mapping[str, str] | None = None,
+    binary: str = "bwrap",
+) -> LaunchPlan:
+    """The bwrap command that runs ``argv`` under ``effective`` with ``workdir`` writable.
+
+    ``environ`` is the agent's environment, for the allowed variables; without it the
+    plan shows a placeholder instead of their values (``policy render``)."""
+    host = host or RealHost()
+    optional = {i.value for i in effective["optional.requirements"].value}
+    requirements: list[Requirement] = []
+    out: list[str] = [binary]
+
+    def need(key: str, how: str, possible: bool) -> None:
+        if possible:
+            requirements.append(Requirement(key, how))
+        elif key in optional:
+            requirements.append(Requirement(key, how, met=False))
+        else:
+            raise Unenforceable(f"{key}: {how}")
+
+    # -- namespaces ------------------------------------------------------------------
+    network = effective.word("network.mode")
+    for ns, flag in _UNSHARE.items():
+        level = effective.word(f"namespaces.{ns}")
+        if ns == "net" and network == "none" and level == "off":
+            raise Unenforceable("network.mode none needs namespaces.net; set it required")
+        if level == "off" or (ns == "net" and network == "host"):
+            requirements.append(Requirement(f"namespaces.{ns}", "off: shares the host's"))
+            continue
+        if level == "optional" and ns in ("user", "cgroup"):
+            out.append(f"--unshare-{flag}-try")
+            requirements.append(Requirement(f"namespaces.{ns}", f"--unshare-{flag}-try"))
+        else:
+            out.append(f"--unshare-{flag}")
+            requirements.append(Requirement(f"namespaces.{ns}", f"--unshare-{flag}"))
+    requirements.append(Requirement("namespaces.mount", "bwrap always makes one"))
+    if effective.word("namespaces.user") != "off":
+        # No nested user namespace: closes the kernel's user-namespace attack surface.
+        out.append("--disable-userns")
+        out += ["--uid", str(effective.number("process.uid"))]
+        out += ["--gid", str(effective.number("process.gid"))]
+
+    # -- process -----------------------------------------------------------------------
+    if effective.flag("process.die_with_parent"):
+        out.append("--die-with-parent")
+    if effective.flag("process.new_session"):
+        out.append("--new-session")
+    out += ["--cap-drop", "ALL"]
+    for capability in effective.strings("process.capabilities"):
+        out += ["--cap-add", capability]
+    requirements.append(Requirement("process.no_new_privs", "bwrap sets PR_SET_NO_NEW_PRIVS"))
+    out.append("--clearenv")
+    fixed = effective.mapping("process.environment.set")
+    for name in sorted(fixed):
+        out += ["--setenv", name, fixed[name]]
+    for name in effective.strings("process.environment.allow"):
+        if name in fixed:
+            continue
+        if environ is None:
+            out += ["--setenv", name, FROM_AGENT]
+        elif name in environ:
+            out += ["--setenv", name, environ[name]]
+
+    # -- filesystem --------------------------------------------------------------------
+    if effective.word("filesystem.image") != "host":
+        raise Unenforceable(
+            "filesystem.image: bwrap runs on the host's userland here; directory images "
+            "come with image support"
+        )
+    for path in sorted(effective.strings("filesystem.read_only"), key=_depth):
+        kind = host.kind(path)
+        if kind.startswith("symlink:"):
+            out += ["--symlink", kind.split(":", 1)[1], path]
+        elif kind != "missing":
+            out += ["--ro-bind", path, path]
+    for path in effective.strings("filesystem.writable"):
+        out += ["--bind", path, path]
+    if effective.word("filesystem.dev") == "minimal":
+        out += ["--dev", "/dev"]
+    for path in effective.strings("devices.paths"):
+        if host.kind(path) != "missing":
+            out += ["--dev-bind", path, path]
+    if effective.word("filesystem.proc") == "private":
+        out += ["--proc", "/proc"]
+    for path, size in effective.tmpfs():
+        out += ["--perms", "1777", "--size", str(size), "--tmpfs", path]
+    inside = effective.word("filesystem.workdir")
+    out += ["--bind", workdir, inside, "--chdir", inside]
+    out += ["--setenv", "HOME", inside, "--setenv", "TMPDIR", inside]
+
+    # -- seccomp and the rest ------------------------------------------------------------
+    out += ["--seccomp", str(SECCOMP_FD)]
+    profile = effective.word("process.seccomp")
+    requirements.append(Requirement("process.seccomp", f"--seccomp {SECCOMP_FD}: {profile}"))
+    landlock = effective.word("process.landlock")
+    if landlock != "off":
+        requirements.append(Requirement("process.landlock", "applied by the wrapper, inside"))
+    requirements.append(Requirement("process.rlimits", "set by the launcher before exec"))
+    for name in LIMITS:
+        how = effective.word(f"limits.{name}.enforcement")
+        where = "the job's cgroup" if how == "kernel" else "the agent's monitor"
+        requirements.append(Requirement(f"limits.{name}", f"{how}: {where}"))
+    out.append("--")
+    out += list(argv)
+    return LaunchPlan(
+        runtime="bwrap",
+        argv=tuple(out),
+        files={"seccomp.json": profile},
+        fds={SECCOMP_FD: "the seccomp program compiled from " + profile},
+        requirements=tuple(requirements),
+    )
+
+
+def _depth(path: str) -> tuple[int, str]:
+    """Parents before children, so a bind inside a bind lands on top of it."""
+    return (posixpath.normpath(path).count("/"), path)

@@ -1,0 +1,71 @@
+"""What a runtime is given to run a job: the argv, the files beside it, and why.
+
+A launch plan is data: rendering it needs no root and touches nothing, so reviewers
+can read it (``policy render``) and tests can compare it exactly. Each requirement of
+the policy is listed with how this runtime meets it, or why it cannot (then the job
+fails closed unless the site marked the requirement optional).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class HostView(Protocol):
+    """The few facts about the host's filesystem a renderer needs."""
+
+    def kind(self, path: str) -> str:
+        """'dir', 'file', 'missing', or 'symlink:<target>' (the link's own text)."""
+        ...
+
+
+class RealHost:
+    def kind(self, path: str) -> str:
+        try:
+            if os.path.islink(path):
+                return "symlink:" + os.readlink(path)
+            if os.path.isdir(path):
+                return "dir"
+            return "file" if os.path.exists(path) else "missing"
+        except OSError:
+            return "missing"
+
+
+@dataclass(frozen=True)
+class FixedHost:
+    """A host described by a table, for exact rendering tests."""
+
+    entries: dict[str, str]
+
+    def kind(self, path: str) -> str:
+        return self.entries.get(path, "missing")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    key: str  # the policy key
+    how: str  # how this runtime meets it, or why it cannot
+    met: bool = True
+
+
+class Unenforceable(ValueError):
+    """A required setting this runtime cannot express: the job must not run."""
+
+
+# Placeholder shown for a value taken from the agent's environment at launch, so a
+# rendered plan never carries one of the agent's values.
+FROM_AGENT = "<from the agent's environment>"
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    runtime: str
+    argv: tuple[str, ...]
+    files: dict[str, str] = field(default_factory=dict)  # name -> text (seccomp.json, ...)
+    fds: dict[int, str] = field(default_factory=dict)  # fd inside argv -> file it carries
+    requirements: tuple[Requirement, ...] = ()
+
+    def unmet(self) -> list[Requirement]:
+        return [r for r in self.requirements if not r.met]

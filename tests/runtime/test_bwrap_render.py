@@ -1,0 +1,85 @@
+"""The exact bwrap argv for a job, against a fixed host; and the real bwrap accepts it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sandbox_agent.jdl import load_job
+from sandbox_agent.policy import PolicyRejection, compose, load_policy
+from sandbox_agent.runtime import bwrap
+from sandbox_agent.runtime.plan import FROM_AGENT, FixedHost, Unenforceable
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "golden"
+# A merged-/usr Debian host: /bin, /lib, /lib64 and /sbin are links into /usr.
+HOST = FixedHost({
+    "/usr": "dir", "/bin": "symlink:usr/bin", "/sbin": "symlink:usr/sbin",
+    "/lib": "symlink:usr/lib", "/lib64": "symlink:usr/lib64", "/etc/alternatives": "dir",
+    "/etc/ld.so.cache": "file", "/etc/ld.so.conf": "file", "/etc/ld.so.conf.d": "dir",
+    "/etc/localtime": "symlink:/usr/share/zoneinfo/Etc/UTC", "/etc/nsswitch.conf": "file",
+    "/etc/ssl/certs": "dir", "/etc/ca-certificates": "dir", "/cvmfs/alice.cern.ch": "dir",
+    "/dev/nvidiactl": "file", "/dev/nvidia0": "file",
+})  # fmt: skip
+JOB = load_job(
+    'Executable = "/bin/sh"; Arguments = "-c \'echo $ALIEN_PROC_ID\'"; MemorySize = "4GB";\n'
+    'ReadOnlyBinds = { "/cvmfs/alice.cern.ch" };'
+)
+
+
+def plan_for(name: str, **kwargs: object):  # type: ignore[no-untyped-def]
+    effective = compose(load_policy(name, [ROOT / "policies"]), JOB)
+    return bwrap.render(
+        effective, [JOB.executable, *JOB.arguments], workdir="/srv/work/7", host=HOST, **kwargs
+    )
+
+
+@pytest.mark.parametrize("name", ["default", "strict", "gpu"])
+def test_golden_argv(name: str) -> None:
+    if name == "strict":
+        # the job asks for more memory than strict allows: no plan at all
+        with pytest.raises(PolicyRejection, match="MemorySize 4GB is above the site maximum"):
+            plan_for(name)
+        return
+    plan = plan_for(name)
+    expected = (GOLDEN / f"bwrap-{name}.argv").read_text().splitlines()
+    assert list(plan.argv) == expected
+
+
+def test_agent_environment_never_copied_into_a_rendered_plan() -> None:
+    plan = plan_for("default")
+    assert FROM_AGENT in plan.argv
+    with_env = plan_for("default", environ={"LANG": "C.UTF-8", "SECRET": "x"})
+    assert "C.UTF-8" in with_env.argv and "SECRET" not in with_env.argv
+    assert FROM_AGENT not in with_env.argv
+
+
+def test_fail_closed_when_the_network_has_no_namespace(tmp_path: Path) -> None:
+    (tmp_path / "site.toml").write_text('extends = "base"\n[namespaces]\nnet = "off"\n')
+    for name in ("base.toml",):
+        shutil.copy(ROOT / "policies" / name, tmp_path / name)
+    effective = compose(load_policy("site", [tmp_path]))
+    with pytest.raises(Unenforceable, match=r"network\.mode none needs namespaces\.net"):
+        bwrap.render(effective, ["/bin/true"], workdir="/w", host=HOST)
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+def test_real_bwrap_runs_the_rendered_argv(tmp_path: Path) -> None:
+    # Without the seccomp descriptor (compiled with the runtime), the rest is real.
+    effective = compose(load_policy("default", [ROOT / "policies"]))
+    probe = "id -u; id -g; echo $PWD; ls /; test -e /root && echo ROOT-VISIBLE; echo $HOME"
+    plan = bwrap.render(effective, ["/bin/sh", "-c", probe], workdir=str(tmp_path),
+                        environ=dict(os.environ))  # fmt: skip
+    argv = list(plan.argv)
+    at = argv.index("--seccomp")
+    del argv[at : at + 2]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split()
+    assert lines[:3] == ["1000", "1000", "/workdir"]
+    assert "ROOT-VISIBLE" not in lines and "home" not in lines and "root" not in lines
+    assert lines[-1] == "/workdir"
