@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -162,37 +163,56 @@ def policy_diff(
             typer.echo("  (nothing)")
 
 
+RUNTIMES = ("bwrap", "apptainer", "singularity", "docker", "podman")
+
+
 @policy_app.command("render")
 def policy_render(
     ctx: typer.Context,
     job: Annotated[Path, typer.Argument(help="The JDL of the job to render.")],
-    runtime: Annotated[str, typer.Option("--runtime", help="bwrap (others come next).")] = "bwrap",
+    runtime: Annotated[
+        str, typer.Option("--runtime", help="bwrap, apptainer, singularity, docker or podman.")
+    ] = "bwrap",
     policy: PolicyOption = "default",
     workdir: Annotated[
         str, typer.Option("--workdir", help="The job's work directory on the host.")
     ] = "/var/lib/sandbox-agent/work/JOB",
+    root: Annotated[
+        bool | None,
+        typer.Option("--root/--no-root", help="Render as a root agent [default: as this user]."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """The exact argv and files a runtime would get for a job; values from the agent's
-    environment are shown as placeholders, never copied."""
-    from sandbox_agent.runtime import bwrap
+    environment are shown as placeholders, never copied. Exit 3 when the runtime cannot
+    enforce a required setting (it is named)."""
+    from sandbox_agent.runtime import apptainer, bwrap, docker
     from sandbox_agent.runtime.plan import Unenforceable
 
-    if runtime != "bwrap":
-        fail(f"--runtime {runtime}: only bwrap renders yet; apptainer and docker come next")
+    if runtime not in RUNTIMES:
+        fail(f"--runtime {runtime}: use one of {', '.join(RUNTIMES)}")
     spec = _job(job, None)
     assert spec is not None
     effective = _effective(ctx, _policy(ctx, policy), spec, None)
     payload = [spec.executable, *spec.arguments]
+    privileged = os.geteuid() == 0 if root is None else root
     try:
-        plan = bwrap.render(effective, payload, workdir=workdir)
+        if runtime == "bwrap":
+            plan = bwrap.render(effective, payload, workdir=workdir)
+        elif runtime in ("apptainer", "singularity"):
+            plan = apptainer.render(
+                effective, payload, workdir=workdir, privileged=privileged, binary=runtime
+            )
+        else:
+            plan = docker.render(effective, payload, workdir=workdir, engine=runtime)
     except Unenforceable as exc:
-        typer.echo(f"cannot enforce: {exc}", err=True)
+        typer.echo(f"cannot enforce with {runtime}: {exc}", err=True)
         raise typer.Exit(exitcodes.ENVIRONMENT) from None
     if as_json:
         typer.echo(json.dumps({
             "runtime": plan.runtime, "argv": list(plan.argv), "files": plan.files,
             "fds": {str(k): v for k, v in plan.fds.items()},
+            "seccomp_profile": plan.seccomp_profile,
             "requirements": [r.__dict__ for r in plan.requirements],
         }, indent=2))  # fmt: skip
         return
@@ -201,6 +221,11 @@ def policy_render(
         typer.echo(f"  {word}")
     for fd, what in plan.fds.items():
         typer.echo(f"fd {fd}: {what}")
+    typer.echo(f"seccomp profile: {plan.seccomp_profile}")
+    for name, text in plan.files.items():
+        typer.echo(f"file {name}:")
+        for line in text.splitlines():
+            typer.echo(f"  {line}")
     typer.echo("requirements:")
     for req in plan.requirements:
         typer.echo(f"  {req.key:<28} {req.how}{'' if req.met else '  (NOT MET, optional)'}")

@@ -172,6 +172,7 @@ def _seccomp(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
 
 _CHECKS: list[Callable[[EffectivePolicy, EffectivePolicy], list[Widening]]] = [
     _words,
+    _paths("reads the host path", "filesystem.host_userland"),
     _paths("reads the host path", "filesystem.read_only"),
     _paths("writes the host path", "filesystem.writable"),
     _paths("lets a JDL bind paths under", "filesystem.jdl_read_only_roots"),

@@ -47,6 +47,7 @@ def bind_reaches_deny(policy: Policy) -> list[Finding]:
     deny = [i for i in policy["filesystem.deny"].value]
     out = []
     for key in (
+        "filesystem.host_userland",
         "filesystem.read_only",
         "filesystem.writable",
         "filesystem.jdl_read_only_roots",

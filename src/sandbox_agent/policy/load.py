@@ -26,6 +26,9 @@ MAX_FILE_BYTES = 1024 * 1024
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _CAPABILITY = re.compile(r"CAP_[A-Z_]{2,32}")
+_IMAGE_REF = re.compile(
+    r"[a-z0-9][a-z0-9._/-]{0,200}(?::[A-Za-z0-9._-]{1,128})?(?:@sha256:[0-9a-f]{64})?"
+)
 
 
 def policy_dirs(home: Path | None = None) -> list[Path]:
@@ -209,6 +212,12 @@ def _scalar(spec: Field, raw: Any, where: str) -> Any:
         if not isinstance(raw, str) or "\x00" in raw:
             raise wrong
         if spec.path == "filesystem.image" and raw != "host":
+            if raw.startswith("docker://"):
+                if not _IMAGE_REF.fullmatch(raw[len("docker://") :]):
+                    raise PolicyError(
+                        f"{where}: filesystem.image: '{raw:.60}' is not an image reference"
+                    )
+                return raw
             return _path(spec, raw, where)
         if spec.path == "process.seccomp" and (raw.startswith("/") or ".." in raw.split("/")):
             raise PolicyError(

@@ -80,8 +80,16 @@ def _fields() -> dict[str, Field]:
             "filesystem.image",
             Kind.STRING,
             "host",
-            '"host": the host\'s /usr and libraries, read-only; or the absolute path of a '
-            "directory image (other image kinds come with image support).",
+            '"host": the host\'s userland (filesystem.host_userland), read-only; the absolute '
+            'path of a directory image; or "docker://REFERENCE", an OCI image (Apptainer, '
+            "Docker, Podman).",
+        ),
+        Field(
+            "filesystem.host_userland",
+            Kind.PATHS,
+            (),
+            'Host paths bound read-only when filesystem.image is "host": the userland the '
+            "payload runs on. With an image they are left out: the image brings its own.",
         ),
         Field(
             "filesystem.workdir",
@@ -93,7 +101,7 @@ def _fields() -> dict[str, Field]:
             "filesystem.read_only",
             Kind.PATHS,
             (),
-            "Host paths bound read-only at the same place inside.",
+            "Host paths bound read-only at the same place inside, whatever the image.",
         ),
         Field(
             "filesystem.writable",

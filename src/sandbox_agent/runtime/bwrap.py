@@ -16,12 +16,12 @@ from collections.abc import Mapping, Sequence
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.policy.schema import LIMITS
 from sandbox_agent.runtime.plan import (
-    FROM_AGENT,
     HostView,
     LaunchPlan,
     RealHost,
     Requirement,
     Unenforceable,
+    environment,
 )
 
 SECCOMP_FD = 10  # the descriptor the seccomp program is passed on
@@ -87,24 +87,22 @@ def render(
         out += ["--cap-add", capability]
     requirements.append(Requirement("process.no_new_privs", "bwrap sets PR_SET_NO_NEW_PRIVS"))
     out.append("--clearenv")
-    fixed = effective.mapping("process.environment.set")
-    for name in sorted(fixed):
-        out += ["--setenv", name, fixed[name]]
-    for name in effective.strings("process.environment.allow"):
-        if name in fixed:
-            continue
-        if environ is None:
-            out += ["--setenv", name, FROM_AGENT]
-        elif name in environ:
-            out += ["--setenv", name, environ[name]]
+    variables = environment(
+        effective.mapping("process.environment.set"),
+        effective.strings("process.environment.allow"),
+        dict(environ) if environ is not None else None,
+    )
+    for name, value in variables:
+        out += ["--setenv", name, value]
 
     # -- filesystem --------------------------------------------------------------------
     if effective.word("filesystem.image") != "host":
         raise Unenforceable(
             "filesystem.image: bwrap runs on the host's userland here; directory images "
-            "come with image support"
+            "come with image support, and OCI images need Apptainer, Docker or Podman"
         )
-    for path in sorted(effective.strings("filesystem.read_only"), key=_depth):
+    userland = effective.strings("filesystem.host_userland")
+    for path in sorted(userland + effective.strings("filesystem.read_only"), key=_depth):
         kind = host.kind(path)
         if kind.startswith("symlink:"):
             out += ["--symlink", kind.split(":", 1)[1], path]
@@ -142,9 +140,9 @@ def render(
     return LaunchPlan(
         runtime="bwrap",
         argv=tuple(out),
-        files={"seccomp.json": profile},
         fds={SECCOMP_FD: "the seccomp program compiled from " + profile},
         requirements=tuple(requirements),
+        seccomp_profile=str(effective.policy.directory / profile),
     )
 
 

@@ -63,9 +63,43 @@ FROM_AGENT = "<from the agent's environment>"
 class LaunchPlan:
     runtime: str
     argv: tuple[str, ...]
-    files: dict[str, str] = field(default_factory=dict)  # name -> text (seccomp.json, ...)
-    fds: dict[int, str] = field(default_factory=dict)  # fd inside argv -> file it carries
+    files: dict[str, str] = field(default_factory=dict)  # generated files: name -> text
+    fds: dict[int, str] = field(default_factory=dict)  # fd inside argv -> what it carries
     requirements: tuple[Requirement, ...] = ()
+    seccomp_profile: str = ""  # the OCI JSON profile the plan enforces
 
     def unmet(self) -> list[Requirement]:
         return [r for r in self.requirements if not r.met]
+
+
+class Requirements:
+    """Collects how each requirement is met; refuses the unmet ones unless optional."""
+
+    def __init__(self, optional: set[str]) -> None:
+        self.optional = optional
+        self.items: list[Requirement] = []
+
+    def met(self, key: str, how: str) -> None:
+        self.items.append(Requirement(key, how))
+
+    def unmet(self, key: str, why: str) -> None:
+        """``key`` cannot be enforced here: noted if optional, else the job must not run."""
+        if key not in self.optional:
+            raise Unenforceable(f"{key}: {why}")
+        self.items.append(Requirement(key, why, met=False))
+
+
+def environment(
+    fixed: dict[str, str], allowed: tuple[str, ...], environ: dict[str, str] | None
+) -> list[tuple[str, str]]:
+    """The payload's variables: the fixed ones, then the allowed ones the agent has (or a
+    placeholder for each when rendering without the agent's environment)."""
+    out = sorted(fixed.items())
+    for name in allowed:
+        if name in fixed:
+            continue
+        if environ is None:
+            out.append((name, FROM_AGENT))
+        elif name in environ:
+            out.append((name, environ[name]))
+    return out

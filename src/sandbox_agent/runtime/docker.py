@@ -1,0 +1,121 @@
+"""Docker and Podman: the effective policy as ``run`` flags (the two share them).
+
+The engine brings the image, the PID, IPC, UTS, mount and network namespaces, the
+capability set, no_new_privs, the seccomp profile (the same OCI JSON file), the
+cgroup limits and the rlimits. Docker gives a container no user namespace of its own
+(that is the daemon's userns-remap), so a policy that requires one fails closed there;
+Podman makes one per container with ``--userns auto``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from sandbox_agent.policy.compose import EffectivePolicy
+from sandbox_agent.policy.schema import LIMITS
+from sandbox_agent.runtime.plan import LaunchPlan, Requirements, Unenforceable, environment
+
+ENGINES = ("docker", "podman")
+_RLIMITS = ("core", "nofile", "stack", "fsize")
+
+
+def render(
+    effective: EffectivePolicy,
+    argv: Sequence[str],
+    *,
+    workdir: str,
+    environ: Mapping[str, str] | None = None,
+    engine: str = "docker",
+) -> LaunchPlan:
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
+    need = Requirements({i.value for i in effective["optional.requirements"].value})
+    image_words = _image(effective.word("filesystem.image"), engine)
+    out = [engine, "run", "--rm", "-i", "--init"]
+    for ns in ("pid", "ipc", "uts", "mount"):
+        need.met(f"namespaces.{ns}", f"{engine} makes one per container")
+    out += ["--ipc", "private", "--cgroupns", "private"]
+    need.met("namespaces.cgroup", "--cgroupns private")
+    if effective.word("namespaces.user") != "off":
+        if engine == "podman":
+            out += ["--userns", "auto"]
+            need.met("namespaces.user", "--userns auto")
+        else:
+            need.unmet(
+                "namespaces.user",
+                "Docker gives no container its own user namespace (only the daemon's "
+                "userns-remap); use Podman or Apptainer, or mark it optional",
+            )
+    network = effective.word("network.mode")
+    out += ["--network", "none" if network == "none" else "host"]
+    need.met("namespaces.net", f"--network {'none' if network == 'none' else 'host'}")
+    out += ["--cap-drop", "ALL"]
+    for capability in effective.strings("process.capabilities"):
+        out += ["--cap-add", capability.removeprefix("CAP_")]
+    need.met("process.capabilities", "--cap-drop ALL")
+    if effective.flag("process.no_new_privs"):
+        out += ["--security-opt", "no-new-privileges"]
+        need.met("process.no_new_privs", "--security-opt no-new-privileges")
+    profile = str(effective.policy.directory / effective.word("process.seccomp"))
+    out += ["--security-opt", f"seccomp={profile}"]
+    need.met("process.seccomp", f"--security-opt seccomp={profile}")
+    need.met("process.new_session", "the wrapper starts the payload in a new session")
+    need.met("process.die_with_parent", "the agent kills the job through its cgroup")
+    out += ["--user", f"{effective.number('process.uid')}:{effective.number('process.gid')}"]
+    variables = environment(
+        effective.mapping("process.environment.set"),
+        effective.strings("process.environment.allow"),
+        dict(environ) if environ is not None else None,
+    )
+    for name, value in variables:
+        out += ["--env", f"{name}={value}"]
+
+    # -- filesystem ----------------------------------------------------------------------
+    out.append("--read-only")
+    for path, size in effective.tmpfs():
+        out += ["--tmpfs", f"{path}:rw,nosuid,nodev,size={size},mode=1777"]
+    for path in effective.strings("filesystem.read_only"):
+        out += ["--volume", f"{path}:{path}:ro"]
+    for path in effective.strings("filesystem.writable"):
+        out += ["--volume", f"{path}:{path}:rw"]
+    for path in effective.strings("devices.paths"):
+        out += ["--device", path]
+    if effective.word("devices.gpu") == "nvidia":
+        out += ["--gpus", "all"] if engine == "docker" else ["--device", "nvidia.com/gpu=all"]
+    inside = effective.word("filesystem.workdir")
+    out += ["--volume", f"{workdir}:{inside}:rw", "--workdir", inside]
+    out += ["--env", f"HOME={inside}", "--env", f"TMPDIR={inside}"]
+
+    # -- limits ----------------------------------------------------------------------------
+    memory = effective.limit("memory")
+    out += ["--memory", str(memory), "--memory-swap", str(memory + effective.limit("swap"))]
+    out += ["--cpus", str(effective.limit("cpu_cores")), "--pids-limit",
+            str(effective.limit("pids"))]  # fmt: skip
+    for name in _RLIMITS:
+        limit = effective.number(f"process.rlimits.{name}")
+        out += ["--ulimit", f"{name}={limit}:{limit}"]
+    need.met("process.rlimits", "--ulimit")
+    for name in LIMITS:
+        if name in ("memory", "swap", "cpu_cores", "pids"):
+            need.met(f"limits.{name}", f"the container's cgroup (--{name.replace('_', '-')})")
+        else:
+            need.met(f"limits.{name}", "monitored by the agent")
+    if effective.word("process.landlock") != "off":
+        need.met("process.landlock", "applied by the wrapper, inside")
+
+    out += image_words
+    out += list(argv)
+    return LaunchPlan(engine, tuple(out), {}, {}, tuple(need.items), profile)
+
+
+def _image(image: str, engine: str) -> list[str]:
+    """The words that name the image: a reference, or Podman's --rootfs for a directory."""
+    if image.startswith("docker://"):
+        return [image.removeprefix("docker://")]
+    if image.startswith("/") and engine == "podman":
+        return ["--rootfs", image]
+    where = "the host's userland" if image == "host" else "a directory image"
+    hint = " (Podman also runs directories)" if engine == "docker" else ""
+    raise Unenforceable(
+        f"filesystem.image: {engine} cannot run {where}; give a docker:// reference{hint}"
+    )

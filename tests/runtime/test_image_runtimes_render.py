@@ -1,0 +1,117 @@
+"""Exact Apptainer, Docker and Podman command lines; the real tools are not on this host.
+
+Each golden file is the argv one word a line, the policy directory shown as
+<policies>. Where the tool exists, the rendered argv is also run (skipped otherwise,
+with the reason)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from sandbox_agent.jdl import load_job
+from sandbox_agent.policy import compose, load_policy
+from sandbox_agent.runtime import apptainer, docker
+from sandbox_agent.runtime.plan import Unenforceable
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "golden"
+HERE = Path(__file__).parent / "policies"
+JOB = load_job(
+    'Executable = "/bin/sh"; Arguments = "-c \'echo $ALIEN_PROC_ID\'"; MemorySize = "4GB";\n'
+    'ReadOnlyBinds = { "/cvmfs/alice.cern.ch" };'
+)
+
+
+@pytest.fixture
+def policies(tmp_path: Path) -> Path:
+    for name in ("base.toml", "default.toml", "gpu.toml"):
+        shutil.copy(ROOT / "policies" / name, tmp_path / name)
+    for test_policy in HERE.glob("*.toml"):
+        shutil.copy(test_policy, tmp_path / test_policy.name)
+    return tmp_path
+
+
+def words(plan_argv: tuple[str, ...], directory: Path) -> list[str]:
+    return [w.replace(str(directory), "<policies>") for w in plan_argv]
+
+
+def effective(policies: Path, name: str):  # type: ignore[no-untyped-def]
+    return compose(load_policy(name, [policies]), JOB)
+
+
+@pytest.mark.parametrize("privileged", [False, True], ids=["user", "root"])
+def test_apptainer_golden(policies: Path, privileged: bool) -> None:
+    plan = apptainer.render(effective(policies, "images"), [JOB.executable, *JOB.arguments],
+                            workdir="/srv/work/7", privileged=privileged)  # fmt: skip
+    name = "root" if privileged else "user"
+    expected = (GOLDEN / f"apptainer-{name}.argv").read_text().splitlines()
+    assert words(plan.argv, policies) == expected
+    if privileged:
+        assert plan.files["cgroup.toml"] == (
+            "[memory]\n  limit = 4294967296\n  swap = 4294967296\n"
+            "[cpu]\n  quota = 100000\n  period = 100000\n[pids]\n  limit = 1024\n"
+        )
+    else:
+        assert plan.files == {}
+        seccomp = next(r for r in plan.requirements if r.key == "process.seccomp")
+        assert "the wrapper applies the same profile" in seccomp.how
+
+
+@pytest.mark.parametrize("engine", ["docker", "podman"])
+def test_engine_golden(policies: Path, engine: str) -> None:
+    plan = docker.render(effective(policies, "docker"), [JOB.executable, *JOB.arguments],
+                         workdir="/srv/work/7", engine=engine)  # fmt: skip
+    expected = (GOLDEN / f"{engine}.argv").read_text().splitlines()
+    assert words(plan.argv, policies) == expected
+    user = next(r for r in plan.requirements if r.key == "namespaces.user")
+    assert user.met is (engine == "podman")
+
+
+def test_docker_fails_closed_when_a_user_namespace_is_required(policies: Path) -> None:
+    with pytest.raises(Unenforceable, match="Docker gives no container its own user namespace"):
+        docker.render(effective(policies, "images"), ["/bin/true"], workdir="/w")
+    plan = docker.render(effective(policies, "images"), ["/bin/true"], workdir="/w",
+                         engine="podman")  # fmt: skip
+    assert "--userns" in plan.argv
+
+
+@pytest.mark.parametrize("runtime", ["apptainer", "docker"])
+def test_the_host_userland_needs_bwrap(policies: Path, runtime: str) -> None:
+    plain = compose(load_policy("default", [policies]))
+    render = apptainer.render if runtime == "apptainer" else docker.render
+    with pytest.raises(Unenforceable, match=r"filesystem\.image"):
+        render(plain, ["/bin/true"], workdir="/w")
+
+
+def test_gpu_policy_adds_nv(policies: Path) -> None:
+    (policies / "gpu-image.toml").write_text(
+        'extends = "gpu"\n[filesystem]\nimage = "docker://registry.example.org/cuda:12"\n'
+    )
+    plan = apptainer.render(compose(load_policy("gpu-image", [policies])), ["/bin/true"],
+                            workdir="/w")  # fmt: skip
+    assert "--nv" in plan.argv
+    assert "/dev/nvidia0:/dev/nvidia0" in plan.argv
+
+
+@pytest.mark.skipif(shutil.which("apptainer") is None, reason="Apptainer is not installed here")
+def test_real_apptainer_accepts_the_flags() -> None:  # pragma: no cover - no Apptainer in CI
+    import subprocess
+
+    out = subprocess.run(["apptainer", "exec", "--help"], capture_output=True, text=True)
+    for flag in ("--containall", "--no-privs", "--userns", "--scratch", "--apply-cgroups"):
+        assert flag in out.stdout
+
+
+@pytest.mark.skipif(shutil.which("podman") is None and shutil.which("docker") is None,
+                    reason="no container engine runs on this host")  # fmt: skip
+def test_real_engine_accepts_the_flags() -> None:  # pragma: no cover - no engine in CI
+    import subprocess
+
+    engine = shutil.which("podman") or shutil.which("docker")
+    assert engine is not None
+    out = subprocess.run([engine, "run", "--help"], capture_output=True, text=True)
+    for flag in ("--cap-drop", "--security-opt", "--pids-limit", "--read-only", "--ulimit"):
+        assert flag in out.stdout
