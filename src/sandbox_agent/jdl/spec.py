@@ -110,6 +110,8 @@ class JobSpec:
     type: str | None = None
     extra: tuple[tuple[str, Expr], ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    # The keys the JDL wrote, so a default (TTL 3600, 1 core) is not taken for a request.
+    explicit: frozenset[str] = field(default=frozenset(), compare=False)
 
     def environment(self) -> dict[str, str]:
         """The ``ALIEN_JDL_*`` variables the payload sees for the JDLVariables."""
@@ -534,7 +536,8 @@ def job_spec(parsed: ParsedJDL) -> JobSpec:
             elif present[name.casefold()] not in names:
                 names.append(present[name.casefold()])
         fields["jdl_variables"] = tuple(names)
-    return JobSpec(**fields, warnings=tuple(warnings))
+    explicit = frozenset(entry.name for entry in parsed.entries.values())
+    return JobSpec(**fields, warnings=tuple(warnings), explicit=explicit)
 
 
 def variable_value(node: Expr) -> str:

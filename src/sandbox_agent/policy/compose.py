@@ -129,16 +129,15 @@ def _limit(policy: Policy, name: str, spec: JobSpec | None, slot: Mapping[str, o
 def _requested(name: str, spec: JobSpec | None) -> int | None:
     if spec is None:
         return None
+    # TTL and CPUCores have defaults in the spec: only what the JDL wrote is a request.
     if name == "cpu_cores":
-        # CPUCores has a default of 1 in the spec; only an explicit request counts, and
-        # the spec cannot tell, so 1 is treated as "the default": never above a maximum.
-        return spec.cpu_cores if spec.cpu_cores != 1 else None
+        return spec.cpu_cores if "CPUCores" in spec.explicit else None
     if name == "memory":
         return spec.memory_bytes
     if name == "workdir_size":
         return spec.workdir_bytes
     if name == "wall_time":
-        return spec.ttl
+        return spec.ttl if "TTL" in spec.explicit else None
     return None
 
 

@@ -61,6 +61,27 @@ def _paths(verb: str, key: str) -> Callable[[EffectivePolicy, EffectivePolicy], 
     return check
 
 
+def _readable(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
+    """New host paths readable inside: the userland and the read-only binds together, so
+    /usr/share/doc is nothing new where /usr was already bound."""
+    keys = ("filesystem.host_userland", "filesystem.read_only")
+    known = [p for key in keys for p, _ in _items(base, key)]
+    return [
+        Widening(key, f"reads the host path {path}", origin)
+        for key in keys
+        for path, origin in _items(other, key)
+        if not any(within(path, k) for k in known)
+    ]
+
+
+def _image(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
+    was, now = base["filesystem.image"].value, other["filesystem.image"].value
+    if was == now:
+        return []
+    return [Widening("filesystem.image", f"runs on the image {now} instead of {was}",
+                     other["filesystem.image"].origin)]  # fmt: skip
+
+
 def _deny(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
     kept = [p for p, _ in _items(other, "filesystem.deny")]
     return [
@@ -172,8 +193,8 @@ def _seccomp(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
 
 _CHECKS: list[Callable[[EffectivePolicy, EffectivePolicy], list[Widening]]] = [
     _words,
-    _paths("reads the host path", "filesystem.host_userland"),
-    _paths("reads the host path", "filesystem.read_only"),
+    _image,
+    _readable,
     _paths("writes the host path", "filesystem.writable"),
     _paths("lets a JDL bind paths under", "filesystem.jdl_read_only_roots"),
     _paths("binds the device", "devices.paths"),

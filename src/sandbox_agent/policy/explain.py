@@ -12,7 +12,7 @@ from typing import Any
 from sandbox_agent.jdl.units import format_size
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.policy.model import Item
-from sandbox_agent.policy.schema import FIELDS, LIMITS, Kind
+from sandbox_agent.policy.schema import FIELDS, LIMITS, LIST_KINDS, Kind
 
 SCHEMA_VERSION = 1
 
@@ -64,7 +64,7 @@ def rows(effective: EffectivePolicy) -> list[dict[str, Any]]:
                 "origin": setting.origin,
                 "optional": key in optional,
             }
-            if isinstance(setting.value, tuple) and any(isinstance(i, Item) for i in setting.value):
+            if _is_list(key):
                 row["items"] = [
                     {"value": _json_value(i.value), "origin": i.origin} for i in setting.value
                 ]
@@ -74,6 +74,11 @@ def rows(effective: EffectivePolicy) -> list[dict[str, Any]]:
                 row["optional"] = key in optional
             out.append(row)
     return out
+
+
+def _is_list(key: str) -> bool:
+    spec = FIELDS.get(key)
+    return spec is not None and (spec.kind in LIST_KINDS or spec.kind is Kind.MAPPING)
 
 
 def _json_value(value: Any) -> Any:
@@ -109,7 +114,9 @@ def explain_text(effective: EffectivePolicy, job: str | None) -> str:
             if row["optional"]:
                 flags.append("optional")
             suffix = f"  ({', '.join(flags)})" if flags else ""
-            if "items" in row and len(row["items"]) > 1:
+            items = row.get("items", [])
+            # Items each on their own line when they do not all come from the key's line.
+            if len(items) > 1 or any(i["origin"] != row["origin"] for i in items):
                 lines.append(f"  {key:<24} {row['origin']}{suffix}")
                 for item in row["items"]:
                     shown = show_value(row["key"], _tuple(item["value"]))

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from sandbox_agent.policy.compose import within
 from sandbox_agent.policy.model import BUILTIN, Policy
 from sandbox_agent.policy.schema import LIMITS, NAMESPACES
-from sandbox_agent.seccomp.profile import ProfileError, SeccompProfile, required_denials
+from sandbox_agent.seccomp.profile import (
+    REQUIRED_ALLOWED,
+    ProfileError,
+    SeccompProfile,
+    required_denials,
+)
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,13 @@ def rule(func: Rule) -> Rule:
 def lint(policy: Policy) -> list[Finding]:
     """Every finding of every rule, errors first, in file order."""
     found = [f for check in _RULES for f in check(policy)]
-    return sorted(found, key=lambda f: (f.severity != "error", f.where, f.rule))
+    return sorted(found, key=lambda f: (f.severity != "error", *_place(f.where), f.rule))
+
+
+def _place(where: str) -> tuple[str, int]:
+    """file:line as (file, line number), so line 4 sorts before line 12."""
+    file, _, line = where.rpartition(":")
+    return (file, int(line)) if line.isdigit() else (where, 0)
 
 
 @rule
@@ -65,6 +76,14 @@ def bind_reaches_deny(policy: Policy) -> list[Finding]:
                             f"({denied.origin}); remove it or bind a narrower path",
                         )
                     )
+    image = policy["filesystem.image"]
+    if image.value.startswith("/"):
+        for denied in deny:
+            if within(image.value, denied.value) or within(denied.value, image.value):
+                out.append(Finding("error", "bind-reaches-deny", image.origin,
+                                   f"filesystem.image '{image.value}' reaches the denied path "
+                                   f"'{denied.value}' ({denied.origin}): it becomes the "
+                                   "sandbox's root"))  # fmt: skip
     workdir = policy["filesystem.workdir"]
     for denied in deny:
         if within(workdir.value, denied.value):
@@ -123,6 +142,16 @@ def process_flags(policy: Policy) -> list[Finding]:
 
 
 @rule
+def landlock_off(policy: Policy) -> list[Finding]:
+    setting = policy["process.landlock"]
+    if setting.value == "off":
+        return [Finding("warning", "landlock-off", setting.origin,
+                        "process.landlock is off: the mount namespace is the only bound on "
+                        "where the payload can write")]  # fmt: skip
+    return []
+
+
+@rule
 def host_network(policy: Policy) -> list[Finding]:
     setting = policy["network.mode"]
     if setting.value == "host":
@@ -178,6 +207,11 @@ def seccomp(policy: Policy) -> list[Finding]:
                                "sandbox must deny"))  # fmt: skip
     for missing in profile.missing_architectures():
         out.append(Finding("error", "seccomp-architecture", setting.origin,
-                           f"{path.name} leaves out {missing}: its system calls would not be "
-                           "filtered"))  # fmt: skip
+                           f"{path.name} leaves out {missing}: every call through that ABI "
+                           "is killed instead of filtered by the same rules"))  # fmt: skip
+    for name, args in REQUIRED_ALLOWED:
+        if not profile.outcome(name, args).allowed:
+            out.append(Finding("error", "seccomp-denies-basics", setting.origin,
+                               f"{path.name} denies {name}, which every program needs: "
+                               "nothing would run"))  # fmt: skip
     return out

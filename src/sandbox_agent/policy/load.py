@@ -19,8 +19,17 @@ from typing import Any
 from sandbox_agent.jdl.units import parse_size
 from sandbox_agent.policy.lines import key_lines
 from sandbox_agent.policy.model import BUILTIN, Item, Policy, PolicyError, Setting
-from sandbox_agent.policy.schema import FIELDS, LIST_KINDS, TOP_LEVEL, Field, Kind
+from sandbox_agent.policy.schema import (
+    FIELDS,
+    LIMITS,
+    LIST_KINDS,
+    TOP_LEVEL,
+    Field,
+    Kind,
+)
 
+# What optional.requirements may name: any key, a whole limit, or the rlimits together.
+REQUIREMENT_KEYS = {*FIELDS, *(f"limits.{name}" for name in LIMITS), "process.rlimits"}
 MAX_CHAIN = 16  # policies extending policies: deeper than this is a mistake
 MAX_FILE_BYTES = 1024 * 1024
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -70,7 +79,9 @@ def load_policy(ref: str, dirs: list[Path] | None = None) -> Policy:
         resolved = current.resolve()
         if resolved in seen:
             names = " -> ".join(p.stem for p in [*seen, resolved])
-            raise PolicyError(f"{_show(current)}: extends makes a cycle ({names})")
+            closing = chain[-1]  # the file whose extends closes the cycle
+            line = closing[2].get("extends", 1)
+            raise PolicyError(f"{closing[0]}:{line}: extends makes a cycle ({names})")
         if len(seen) >= MAX_CHAIN:
             raise PolicyError(f"{_show(current)}: extends goes more than {MAX_CHAIN} deep")
         seen.append(resolved)
@@ -271,6 +282,6 @@ def _list_item(spec: Field, item: Any, where: str) -> Any:
         raise PolicyError(f"{where}: '{item:.40}' is not a capability name like CAP_NET_RAW")
     if spec.path == "process.environment.allow" and not _ENV_NAME.fullmatch(item):
         raise PolicyError(f"{where}: '{item:.40}' is not an environment variable name")
-    if spec.path == "optional.requirements" and item not in FIELDS:
+    if spec.path == "optional.requirements" and item not in REQUIREMENT_KEYS:
         raise PolicyError(f"{where}: optional.requirements: '{item:.60}' is not a policy key")
     return item

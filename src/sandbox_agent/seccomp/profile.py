@@ -5,10 +5,12 @@ action a given call (with given arguments) gets, whether a required denial holds
 which architectures are covered, what one profile allows that another does not. The
 compiler to BPF (through libseccomp) is a separate module; both read the same file.
 
-Rule semantics follow libseccomp: the rules naming a system call are looked at first;
-a rule with argument conditions applies when all of them hold; when rules with
-conditions match, they decide before a rule without conditions for the same call; when
-none names the call, the default action applies.
+Rule semantics follow libseccomp 2.5 as observed by loading real filters: when a rule
+without argument conditions names a call, the first such rule decides and every
+conditional rule for that call is dropped; otherwise a conditional rule whose
+conditions all hold decides (where several hold, this module assumes the one that lets
+the call through, the conservative reading for a reviewer); when no rule names the
+call, the default action applies. SCMP_ACT_LOG lets the call run.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 ALLOW = "SCMP_ACT_ALLOW"
+RUNS = ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG")  # actions under which the call goes through
 ACTIONS = (
     "SCMP_ACT_ALLOW",
     "SCMP_ACT_ERRNO",
@@ -90,7 +93,7 @@ class Outcome:
 
     @property
     def allowed(self) -> bool:
-        return self.action == ALLOW
+        return self.action in RUNS
 
 
 @dataclass(frozen=True)
@@ -189,58 +192,42 @@ class SeccompProfile:
 
         if not isinstance(data, dict):
             raise fail("a profile is a JSON object")
-        unknown = set(data) - {"comment", "defaultAction", "defaultErrnoRet", "architectures",
-                               "archMap", "syscalls", "flags", "listenerPath"}  # fmt: skip
+        unknown = set(data) - _TOP_FIELDS
         if unknown:
             raise fail(f"unknown field(s) {', '.join(sorted(unknown))}")
         default = Outcome(
             _action(data.get("defaultAction"), fail), _errno(data, "defaultErrnoRet", fail)
         )
         architectures: list[str] = []
-        for arch in data.get("architectures", []):
+        for arch in _list(data, "architectures", fail):
             if not isinstance(arch, str) or not arch.startswith("SCMP_ARCH_"):
                 raise fail(f"architecture {arch!r} is not an SCMP_ARCH_ name")
             architectures.append(arch)
-        for entry in data.get("archMap", []) or []:
-            for arch in [entry.get("architecture"), *entry.get("subArchitectures", [])]:
-                if isinstance(arch, str) and arch not in architectures:
+        for entry in _list(data, "archMap", fail):
+            if not isinstance(entry, dict):
+                raise fail("archMap entries must be objects")
+            subs = entry.get("subArchitectures", [])
+            if not isinstance(subs, list):
+                raise fail("archMap subArchitectures must be a list")
+            for arch in [entry.get("architecture"), *subs]:
+                if not isinstance(arch, str) or not arch.startswith("SCMP_ARCH_"):
+                    raise fail(f"architecture {arch!r} is not an SCMP_ARCH_ name")
+                if arch not in architectures:
                     architectures.append(arch)
         rules: list[Rule] = []
-        for number, entry in enumerate(data.get("syscalls", []) or []):
-            where = f"syscalls[{number}]"
-            if not isinstance(entry, dict):
-                raise fail(f"{where} must be an object")
-            names = entry.get("names") or ([entry["name"]] if "name" in entry else [])
-            if not names or not all(isinstance(n, str) and n for n in names):
-                raise fail(f"{where}.names must list system call names")
-            args = []
-            for arg in entry.get("args", []) or []:
-                try:
-                    condition = ArgCondition(
-                        int(arg["index"]), arg["op"], int(arg["value"]), int(arg.get("valueTwo", 0))
-                    )
-                except (KeyError, TypeError, ValueError):
-                    raise fail(f"{where}.args: each needs index, value and op") from None
-                if condition.op not in OPS or not 0 <= condition.index <= 5:
-                    raise fail(
-                        f"{where}.args: op {condition.op!r} or index {condition.index} invalid"
-                    )
-                args.append(condition)
-            action = _action(entry.get("action"), fail)
-            rules.append(Rule(tuple(names), action, _errno(entry, "errnoRet", fail), tuple(args)))
+        for number, entry in enumerate(_list(data, "syscalls", fail)):
+            rules.append(_rule(entry, f"syscalls[{number}]", fail))
         return cls(default, tuple(architectures), tuple(rules), source)
 
     def outcome(self, syscall: str, args: tuple[int, ...] = ()) -> Outcome:
         """What the filter does with ``syscall(args...)``."""
         rules = self._by_name.get(syscall, [])
-        conditional = [r for r in rules if r.args and all(c.holds(args) for c in r.args)]
-        if conditional:
-            # the most restrictive of the matching rules
-            chosen = min(conditional, key=lambda r: r.action == ALLOW)
-            return Outcome(chosen.action, chosen.errno)
         plain = [r for r in rules if not r.args]
         if plain:
-            chosen = min(plain, key=lambda r: r.action == ALLOW)
+            return Outcome(plain[0].action, plain[0].errno)
+        matching = [r for r in rules if all(c.holds(args) for c in r.args)]
+        if matching:
+            chosen = next((r for r in matching if r.action in RUNS), matching[0])
             return Outcome(chosen.action, chosen.errno)
         return self.default
 
@@ -266,14 +253,16 @@ class SeccompProfile:
 
     def allows_beyond(self, other: SeccompProfile) -> Iterator[str]:
         """Calls this profile lets through that ``other`` refuses, from the required denials
-        and every system call either profile names."""
+        and every system call either profile names; each once."""
+        seen: set[str] = set()
         for denial in required_denials():
-            if (
-                self.outcome(denial.syscall, denial.args).allowed
-                and not other.outcome(denial.syscall, denial.args).allowed
-            ):
+            call = (denial.syscall, denial.args)
+            if self.outcome(*call).allowed and not other.outcome(*call).allowed:
+                seen.add(denial.syscall if not denial.args else denial.describe())
                 yield denial.describe()
         for name in sorted(self.names() | other.names()):
+            if name in seen:
+                continue
             if self.outcome(name).allowed and not other.outcome(name).allowed:
                 yield name
 
@@ -291,3 +280,47 @@ def _errno(entry: dict[str, Any], key: str, fail: Any) -> int | None:
     if not isinstance(value, int) or not 0 < value < 4096:
         raise fail(f"{key} must be an errno number")
     return value
+
+
+_TOP_FIELDS = {"comment", "defaultAction", "defaultErrnoRet", "architectures", "archMap",
+               "syscalls", "flags", "listenerPath"}  # fmt: skip
+_RULE_FIELDS = {"names", "name", "action", "errnoRet", "args", "comment"}
+
+
+def _list(data: dict[str, Any], key: str, fail: Any) -> list[Any]:
+    if key not in data:
+        return []
+    value = data[key]
+    if not isinstance(value, list):
+        raise fail(f"{key} must be a list")
+    return value
+
+
+def _rule(entry: Any, where: str, fail: Any) -> Rule:
+    if not isinstance(entry, dict):
+        raise fail(f"{where} must be an object")
+    unknown = set(entry) - _RULE_FIELDS
+    if unknown:
+        # A misspelt "args" would make a conditional rule unconditional: refuse it.
+        raise fail(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    names = entry.get("names") if "names" in entry else [entry.get("name")]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise fail(f"{where}.names must list system call names")
+    args: list[ArgCondition] = []
+    for arg in entry.get("args") or []:
+        try:
+            condition = ArgCondition(
+                int(arg["index"]), arg["op"], int(arg["value"]), int(arg.get("valueTwo", 0))
+            )
+        except (KeyError, TypeError, ValueError):
+            raise fail(f"{where}.args: each needs index, value and op") from None
+        if condition.op not in OPS or not 0 <= condition.index <= 5:
+            raise fail(f"{where}.args: op {condition.op!r} or index {condition.index} invalid")
+        if any(c.index == condition.index for c in args):
+            # libseccomp refuses two comparisons of one argument in one rule
+            raise fail(f"{where}.args: argument {condition.index} is compared twice")
+        args.append(condition)
+    if entry.get("args") is not None and not isinstance(entry.get("args"), list):
+        raise fail(f"{where}.args must be a list")
+    return Rule(tuple(names), _action(entry.get("action"), fail),
+                _errno(entry, "errnoRet", fail), tuple(args))  # fmt: skip
