@@ -419,3 +419,20 @@ def test_unknown_policy_name(cli) -> None:
     assert_no_traceback(result)
     (line,) = result.stderr.splitlines()
     assert "no policy named 'nosuch'" in line
+
+
+def test_explain_with_a_runtime_says_how_each_requirement_is_met(cli, policies: Path) -> None:
+    result = cli("policy", "explain", "--runtime", "bwrap")
+    assert result.returncode == 0, result.stderr
+    section = result.stdout.split("[enforced by bwrap]", 1)[1]
+    assert "namespaces.user              --unshare-user" in section
+    assert "process.seccomp              --seccomp 10" in section
+
+
+def test_explain_with_a_runtime_that_cannot_enforce_exits_3(cli, policies: Path) -> None:
+    result = cli("policy", "explain", "--runtime", "docker", "--json")
+    assert result.returncode == 3
+    report = json.loads(result.stdout)
+    assert report["runtime"]["name"] == "docker"
+    assert report["runtime"]["refused"].startswith("cannot enforce with docker: filesystem.image")
+    assert result.stderr.strip() == report["runtime"]["refused"]

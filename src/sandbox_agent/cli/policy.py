@@ -25,6 +25,8 @@ from sandbox_agent.policy import (
 from sandbox_agent.policy.diff import diff
 from sandbox_agent.policy.explain import explain_json, explain_text
 from sandbox_agent.policy.lint import lint
+from sandbox_agent.runtime import apptainer, bwrap, docker
+from sandbox_agent.runtime.plan import LaunchPlan, Unenforceable
 
 policy_app = typer.Typer(
     help="Explain, lint and diff site policies (policies/*.toml).",
@@ -87,17 +89,45 @@ def policy_explain(
     policy: PolicyOption = "default",
     slot: SlotOption = None,
     arg: Annotated[list[str] | None, typer.Option("--arg", help="A submit argument.")] = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option("--runtime", help="Also say how this runtime enforces each requirement."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """The effective policy of a job: what is isolated, how, and where each value came from.
 
-    Exit 1 when the policy rejects the job (the reason in one line)."""
-    effective = _effective(ctx, _policy(ctx, policy), _job(job, arg), slot)
+    Exit 1 when the policy rejects the job, 3 when --runtime cannot enforce a required
+    setting (each in one line)."""
+    spec = _job(job, arg)
+    effective = _effective(ctx, _policy(ctx, policy), spec, slot)
     name = str(job) if job else None
+    plan, refusal = None, None
+    if runtime is not None:
+        try:
+            plan = _plan(effective, spec, runtime, "/var/lib/sandbox-agent/work/JOB", None)
+        except Unenforceable as exc:
+            refusal = f"cannot enforce with {runtime}: {exc}"
     if as_json:
-        typer.echo(json.dumps(explain_json(effective, name), indent=2))
+        report = explain_json(effective, name)
+        if runtime is not None:
+            report["runtime"] = {
+                "name": runtime,
+                "refused": refusal,
+                "requirements": [r.__dict__ for r in plan.requirements] if plan else [],
+            }
+        typer.echo(json.dumps(report, indent=2))
     else:
         typer.echo(explain_text(effective, name))
+        if plan is not None:
+            typer.echo("")
+            typer.echo(f"[enforced by {runtime}]")
+            for req in plan.requirements:
+                state = "" if req.met else "  (NOT MET: optional on this site)"
+                typer.echo(f"  {req.key:<28} {req.how}{state}")
+    if refusal is not None:
+        typer.echo(refusal, err=True)
+        raise typer.Exit(exitcodes.ENVIRONMENT)
 
 
 @policy_app.command("lint")
@@ -166,6 +196,27 @@ def policy_diff(
 RUNTIMES = ("bwrap", "apptainer", "singularity", "docker", "podman")
 
 
+def _plan(
+    effective: EffectivePolicy,
+    spec: JobSpec | None,
+    runtime: str,
+    workdir: str,
+    root: bool | None,
+) -> LaunchPlan:
+    """The launch plan of ``runtime``; raises Unenforceable. ``root`` None: as this user."""
+    if runtime not in RUNTIMES:
+        fail(f"--runtime {runtime}: use one of {', '.join(RUNTIMES)}")
+    payload = [spec.executable, *spec.arguments] if spec else ["/bin/true"]
+    privileged = os.geteuid() == 0 if root is None else root
+    if runtime == "bwrap":
+        return bwrap.render(effective, payload, workdir=workdir)
+    if runtime in ("apptainer", "singularity"):
+        return apptainer.render(
+            effective, payload, workdir=workdir, privileged=privileged, binary=runtime
+        )
+    return docker.render(effective, payload, workdir=workdir, engine=runtime)
+
+
 @policy_app.command("render")
 def policy_render(
     ctx: typer.Context,
@@ -186,25 +237,10 @@ def policy_render(
     """The exact argv and files a runtime would get for a job; values from the agent's
     environment are shown as placeholders, never copied. Exit 3 when the runtime cannot
     enforce a required setting (it is named)."""
-    from sandbox_agent.runtime import apptainer, bwrap, docker
-    from sandbox_agent.runtime.plan import Unenforceable
-
-    if runtime not in RUNTIMES:
-        fail(f"--runtime {runtime}: use one of {', '.join(RUNTIMES)}")
     spec = _job(job, None)
-    assert spec is not None
     effective = _effective(ctx, _policy(ctx, policy), spec, None)
-    payload = [spec.executable, *spec.arguments]
-    privileged = os.geteuid() == 0 if root is None else root
     try:
-        if runtime == "bwrap":
-            plan = bwrap.render(effective, payload, workdir=workdir)
-        elif runtime in ("apptainer", "singularity"):
-            plan = apptainer.render(
-                effective, payload, workdir=workdir, privileged=privileged, binary=runtime
-            )
-        else:
-            plan = docker.render(effective, payload, workdir=workdir, engine=runtime)
+        plan = _plan(effective, spec, runtime, workdir, root)
     except Unenforceable as exc:
         typer.echo(f"cannot enforce with {runtime}: {exc}", err=True)
         raise typer.Exit(exitcodes.ENVIRONMENT) from None
