@@ -16,12 +16,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from cli_support import ROOT, SCRIPT, assert_no_traceback, cli_env, run_cli
 
 from sandbox_agent import __version__
 from sandbox_agent.jdl import load_job, render_jdl
 
-SCRIPT = Path(sys.executable).parent / "sandbox-agent"
-ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted((ROOT / "samples").glob("*.jdl"))
 VALID = ROOT / "tests" / "jdl" / "corpus" / "valid"
 BROKEN = ROOT / "tests" / "jdl" / "corpus" / "broken"
@@ -36,27 +35,12 @@ HEADER = re.compile(r"^# (.+): valid; normalized form:$", re.MULTILINE)
 @pytest.fixture
 def cli(tmp_path: Path):
     """Run the console script with a private state directory; return the result."""
-    env = {**os.environ, "SANDBOX_AGENT_HOME": str(tmp_path / "home"), "NO_COLOR": "1"}
+    env = cli_env(tmp_path / "home")
 
     def run(*args: object, program: list[str] | None = None) -> subprocess.CompletedProcess[str]:
-        command = (program or [str(SCRIPT)]) + [str(a) for a in args]
-        return subprocess.run(
-            command,
-            capture_output=True,
-            encoding="utf-8",
-            errors="replace",
-            cwd=ROOT,
-            env=env,
-            check=False,
-            timeout=120,
-        )
+        return run_cli(env, *args, program=program)
 
     return run
-
-
-def assert_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
-    assert "Traceback" not in result.stdout
-    assert "Traceback" not in result.stderr
 
 
 def normalized_blocks(stdout: str) -> dict[str, str]:

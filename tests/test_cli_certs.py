@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_support import ROOT, assert_no_traceback, cli_env, run_cli
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-SCRIPT = Path(sys.executable).parent / "sandbox-agent"
-ROOT = Path(__file__).resolve().parents[1]
 CERTS = ROOT / "certs-test"
 CA = CERTS / "ca.pem"
 
@@ -43,22 +40,10 @@ INIT_FILES = {
 @pytest.fixture
 def cli(tmp_path: Path):
     """Run the console script with a private state directory; return the result."""
-    env = {**os.environ, "SANDBOX_AGENT_HOME": str(tmp_path / "home"), "NO_COLOR": "1"}
+    env = cli_env(tmp_path / "home")
 
     def run(*args: object) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(SCRIPT), *(str(a) for a in args)],
-            capture_output=True,
-            encoding="utf-8",
-            errors="replace",
-            cwd=ROOT,
-            env=env,
-            check=False,
-            timeout=120,
-        )
-        # No command ever answers with a traceback, whatever it was given.
-        assert_no_traceback(result)
-        return result
+        return run_cli(env, *args)
 
     return run
 
@@ -82,11 +67,6 @@ def job7(cli, authority: Path, tmp_path: Path) -> Path:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return out
-
-
-def assert_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
-    assert "Traceback" not in result.stdout
-    assert "Traceback" not in result.stderr
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int = 2) -> str:

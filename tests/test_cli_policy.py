@@ -14,14 +14,12 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from cli_support import ROOT, SCRIPT, assert_no_traceback, cli_env, run_cli
 
-SCRIPT = Path(sys.executable).parent / "sandbox-agent"
-ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "policies"
 PROFILE = ROOT / "tests" / "policy" / "fixtures" / "seccomp_good.json"
 PRODUCTION = ROOT / "tests" / "jdl" / "corpus" / "valid" / "production_mc.jdl"
@@ -46,31 +44,12 @@ def home(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def cli(policies: Path, home: Path):  # type: ignore[no-untyped-def]
-    env = {
-        **os.environ,
-        "SANDBOX_AGENT_HOME": str(home),
-        "SANDBOX_AGENT_POLICIES": str(policies),
-        "NO_COLOR": "1",
-    }
+    env = cli_env(home, SANDBOX_AGENT_POLICIES=str(policies))
 
     def run(*args: object) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(SCRIPT), *(str(a) for a in args)],
-            capture_output=True,
-            encoding="utf-8",
-            errors="replace",
-            cwd=ROOT,
-            env=env,
-            check=False,
-            timeout=120,
-        )
+        return run_cli(env, *args)
 
     return run
-
-
-def assert_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
-    assert "Traceback" not in result.stdout
-    assert "Traceback" not in result.stderr
 
 
 def write(directory: Path, name: str, body: str) -> str:
