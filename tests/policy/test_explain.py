@@ -69,7 +69,7 @@ def by_key(explained: EffectivePolicy) -> dict[str, dict[str, Any]]:
 
 def test_json_envelope(pdir: Path) -> None:
     document = explain_json(effective(pdir, "gpu"), "job.jdl")
-    assert set(document) == {"schema", "version", "policy", "files", "job", "rows"}
+    assert set(document) == {"schema", "version", "policy", "files", "job", "rows", "host"}
     assert document["schema"] == "sandbox-agent/policy-explain"
     assert document["version"] == 1
     assert document["policy"] == "gpu"
@@ -260,13 +260,14 @@ def test_text_header_and_sections(pdir: Path) -> None:
     text = explain_text(effective(pdir, "gpu"), None).splitlines()
     assert text[0] == "policy gpu (base.toml <- default.toml <- gpu.toml)"
     headers = [line for line in text if line.startswith("[")]
-    assert headers == [f"[{section}]" for section, _ in SECTIONS]
+    assert headers == [f"[{section}]" for section, _ in SECTIONS] + ["[this host]"]
     with_job = explain_text(effective(pdir, "default"), "jobs/x.jdl").splitlines()
     assert with_job[0] == "policy default (base.toml <- default.toml), job jobs/x.jdl"
 
 
 def test_text_has_a_line_for_every_key(pdir: Path) -> None:
-    lines = explain_text(effective(pdir), None).splitlines()
+    text = explain_text(effective(pdir), None).split("\n[this host]")[0]
+    lines = text.splitlines()
     named = {line.split()[0] for line in lines if line.startswith("  ") and line[2] != " "}
     assert named == {key.split(".", 1)[1] for key in ROW_KEYS}
 

@@ -7,8 +7,11 @@ The JSON form follows ``docs/policy-explain.schema.json``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from sandbox_agent import hostfacts
+from sandbox_agent.hostfacts import Fact
 from sandbox_agent.jdl.units import format_size
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.policy.model import Item
@@ -87,7 +90,37 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def explain_json(effective: EffectivePolicy, job: str | None) -> dict[str, Any]:
+def host_rows(
+    effective: EffectivePolicy, found: Mapping[str, Fact] | None = None
+) -> list[dict[str, Any]]:
+    """For each requirement that depends on the kernel: does this host provide it, and
+    what happens if not (the job fails closed, or runs without it when optional)."""
+    found = hostfacts.facts() if found is None else found
+    optional = {i.value for i in effective["optional.requirements"].value}
+    out = []
+    for key, fact in found.items():
+        if key.startswith("limits."):
+            level = "required" if effective.word(f"{key}.enforcement") == "kernel" else "off"
+        elif key == "process.seccomp":
+            level = "required"
+        else:
+            level = effective.word(key)
+        if level != "off" and key in optional:
+            level = "optional"
+        if level == "off":
+            verdict = "not used"
+        elif fact.available:
+            verdict = "enforced"
+        else:
+            verdict = "runs without it" if level == "optional" else "fails closed"
+        out.append({"key": key, "needed": level, "available": fact.available,
+                    "detail": fact.detail, "verdict": verdict})  # fmt: skip
+    return out
+
+
+def explain_json(
+    effective: EffectivePolicy, job: str | None, found: Mapping[str, Fact] | None = None
+) -> dict[str, Any]:
     return {
         "schema": "sandbox-agent/policy-explain",
         "version": SCHEMA_VERSION,
@@ -95,10 +128,13 @@ def explain_json(effective: EffectivePolicy, job: str | None) -> dict[str, Any]:
         "files": [str(f) for f in effective.policy.files],
         "job": job,
         "rows": rows(effective),
+        "host": host_rows(effective, found),
     }
 
 
-def explain_text(effective: EffectivePolicy, job: str | None) -> str:
+def explain_text(
+    effective: EffectivePolicy, job: str | None, found: Mapping[str, Fact] | None = None
+) -> str:
     """The table: one line per key, list items each on their own line with their origin."""
     chain = " <- ".join(f.name for f in effective.policy.files)
     lines = [f"policy {effective.policy.name} ({chain})" + (f", job {job}" if job else "")]
@@ -123,6 +159,9 @@ def explain_text(effective: EffectivePolicy, job: str | None) -> str:
                     lines.append(f"      {shown:<40} {item['origin']}")
             else:
                 lines.append(f"  {key:<24} {row['shown']:<30} {row['origin']}{suffix}")
+    lines += ["", "[this host]"]
+    for row in host_rows(effective, found):
+        lines.append(f"  {row['key']:<24} {row['verdict']:<16} {row['detail']}")
     return "\n".join(lines)
 
 
