@@ -32,6 +32,7 @@ test: lint typecheck unit
 
 demo: setup
 	$(BIN)/sandbox-agent jdl check samples/*.jdl
+	$(BIN)/sandbox-agent policy explain samples/hello.jdl --runtime bwrap
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis src/*.egg-info
