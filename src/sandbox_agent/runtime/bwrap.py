@@ -120,7 +120,10 @@ def render(
     for path, size in effective.tmpfs():
         out += ["--perms", "1777", "--size", str(size), "--tmpfs", path]
     inside = effective.word("filesystem.workdir")
-    out += ["--bind", workdir, inside, "--chdir", inside]
+    out += ["--bind", workdir, inside]
+    # bwrap builds the root on a tmpfs; without this, / and /etc would be writable
+    # (in memory) around the binds: only the work directory and the tmpfs mounts may be.
+    out += ["--remount-ro", "/", "--chdir", inside]
     out += ["--setenv", "HOME", inside, "--setenv", "TMPDIR", inside]
 
     # -- seccomp and the rest ------------------------------------------------------------
