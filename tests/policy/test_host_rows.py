@@ -21,7 +21,7 @@ def verdicts(name: str, found: dict[str, Fact]) -> dict[str, str]:
 
 
 def test_everything_present_is_enforced() -> None:
-    assert set(verdicts("default", PRESENT).values()) == {"enforced"}
+    assert set(verdicts("default", PRESENT).values()) == {"available"}
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +13,7 @@ from sandbox_agent import exitcodes
 from sandbox_agent.cli.app import fail, home_of
 from sandbox_agent.policy import PolicyError, PolicyRejection, compose, load_policy, policy_dirs
 from sandbox_agent.runtime import bwrap
-from sandbox_agent.runtime.launch import RuntimeMissing, start
+from sandbox_agent.runtime.launch import RuntimeMissing, WorkdirRefused, check_workdir, start
 from sandbox_agent.runtime.plan import Unenforceable
 from sandbox_agent.seccomp.compile import CompileError
 
@@ -28,12 +29,13 @@ sandbox_app = typer.Typer(
 def sandbox_exec(
     ctx: typer.Context,
     command: Annotated[list[str], typer.Argument(help="The command and its arguments.")],
+    workdir: Annotated[
+        Path,
+        typer.Option("--workdir", help="The writable work directory (and the cwd); required."),
+    ],
     policy: Annotated[str, typer.Option("--policy", help="A policy name or path.")] = "default",
     jdl: Annotated[Path | None, typer.Option("--jdl", help="Compose with this job.")] = None,
     runtime: Annotated[str, typer.Option("--runtime", help="bwrap (others come next).")] = "bwrap",
-    workdir: Annotated[
-        Path, typer.Option("--workdir", help="The writable work directory (and the cwd).")
-    ] = Path(),
 ) -> None:
     """Run COMMAND in the sandbox (DIR writable, mounted as the work directory and the
     current directory); stdin, stdout and stderr pass through; its exit code is ours.
@@ -50,13 +52,23 @@ def sandbox_exec(
             credentials=[str(home_of(ctx) / "certs")],
         )
         plan = bwrap.render(
-            effective, command, workdir=str(workdir.resolve()), environ=dict(os.environ)
+            effective, command, workdir=check_workdir(workdir, effective), environ=dict(os.environ)
         )
         started = start(plan, effective)
     except PolicyError as exc:
         fail(str(exc))
     except PolicyRejection as exc:
         fail(f"rejected: {exc}", exitcodes.FAILED)
+    except WorkdirRefused as exc:
+        fail(str(exc))
     except (Unenforceable, RuntimeMissing, CompileError) as exc:
         fail(f"cannot enforce: {exc}", exitcodes.ENVIRONMENT)
+    except subprocess.SubprocessError as exc:
+        fail(f"cannot start the sandbox: {exc}", exitcodes.ENVIRONMENT)
+    if started.unenforced:
+        typer.echo(
+            "sandbox-agent: not enforced here (optional in the policy): "
+            + ", ".join(started.unenforced),
+            err=True,
+        )
     raise typer.Exit(started.process.wait())

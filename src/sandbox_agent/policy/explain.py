@@ -110,7 +110,7 @@ def host_rows(
         if level == "off":
             verdict = "not used"
         elif fact.available:
-            verdict = "enforced"
+            verdict = "available"
         else:
             verdict = "runs without it" if level == "optional" else "fails closed"
         out.append({"key": key, "needed": level, "available": fact.available,
@@ -159,7 +159,7 @@ def explain_text(
                     lines.append(f"      {shown:<40} {item['origin']}")
             else:
                 lines.append(f"  {key:<24} {row['shown']:<30} {row['origin']}{suffix}")
-    lines += ["", "[this host]"]
+    lines += ["", "[this host]  (what the kernel provides; see --runtime for who enforces it)"]
     for row in host_rows(effective, found):
         lines.append(f"  {row['key']:<24} {row['verdict']:<16} {row['detail']}")
     return "\n".join(lines)

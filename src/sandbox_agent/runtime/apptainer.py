@@ -63,10 +63,10 @@ def render(
         out += ["--security", f"seccomp:{profile}"]
         need.met("process.seccomp", f"--security seccomp:{profile}")
     else:
-        need.met("process.seccomp", "Apptainer applies seccomp only as root: the wrapper "
-                 "applies the same profile before the payload starts")  # fmt: skip
-    need.met("process.new_session", "the wrapper starts the payload in a new session")
-    need.met("process.die_with_parent", "the agent kills the job through its cgroup")
+        need.met("process.seccomp", "Apptainer applies seccomp only as root: the wrapper applies "
+                 "the same profile before the payload starts", by="wrapper")  # fmt: skip
+    need.met("process.new_session", "a new session for the payload", by="wrapper")
+    need.met("process.die_with_parent", "the agent kills the job through its cgroup", by="agent")
     variables = environment(
         effective.mapping("process.environment.set"),
         effective.strings("process.environment.allow"),
@@ -110,10 +110,10 @@ def render(
         ):  # fmt: skip
             need.met(f"limits.{name}", how)
         else:
-            need.met(f"limits.{name}", "monitored by the agent")
-    need.met("process.rlimits", "set by the launcher before exec, inherited")
+            need.met(f"limits.{name}", "monitored", by="agent")
+    need.met("process.rlimits", "set before exec, inherited", by="launcher")
     if effective.word("process.landlock") != "off":
-        need.met("process.landlock", "applied by the wrapper, inside")
+        need.met("process.landlock", "landlock, inside", by="wrapper")
     out.append(image)  # Apptainer takes directories, files and docker:// references as they are
     out += list(argv)
     return LaunchPlan("apptainer", tuple(out), files, {}, tuple(need.items), profile)

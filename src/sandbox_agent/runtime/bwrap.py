@@ -25,6 +25,7 @@ from sandbox_agent.runtime.plan import (
 )
 
 SECCOMP_FD = 10  # the descriptor the seccomp program is passed on
+DEV_SHM_BYTES = 64 * 1024 * 1024
 _UNSHARE = {"user": "user", "pid": "pid", "ipc": "ipc", "uts": "uts", "net": "net",
             "cgroup": "cgroup"}  # fmt: skip
 
@@ -61,12 +62,17 @@ def render(
         level = effective.word(f"namespaces.{ns}")
         if ns == "net" and network == "none" and level == "off":
             raise Unenforceable("network.mode none needs namespaces.net; set it required")
+        if ns == "net" and network == "host" and level == "required":
+            raise Unenforceable("network.mode host contradicts namespaces.net required")
         if level == "off" or (ns == "net" and network == "host"):
             requirements.append(Requirement(f"namespaces.{ns}", "off: shares the host's"))
             continue
         if level == "optional" and ns in ("user", "cgroup"):
+            # bwrap does not report whether -try made it: recorded as not guaranteed
             out.append(f"--unshare-{flag}-try")
-            requirements.append(Requirement(f"namespaces.{ns}", f"--unshare-{flag}-try"))
+            requirements.append(
+                Requirement(f"namespaces.{ns}", f"--unshare-{flag}-try (if possible)", met=False)
+            )
         else:
             out.append(f"--unshare-{flag}")
             requirements.append(Requirement(f"namespaces.{ns}", f"--unshare-{flag}"))
@@ -111,10 +117,15 @@ def render(
     for path in effective.strings("filesystem.writable"):
         out += ["--bind", path, path]
     if effective.word("filesystem.dev") == "minimal":
-        out += ["--dev", "/dev"]
+        # a private /dev, then read-only: no files planted in it, and /dev/shm a sized
+        # tmpfs of its own rather than the unbounded one in /dev
+        out += ["--dev", "/dev", "--perms", "1777", "--size", str(DEV_SHM_BYTES),
+                "--tmpfs", "/dev/shm"]  # fmt: skip  # noqa: S108 (inside the sandbox)
     for path in effective.strings("devices.paths"):
         if host.kind(path) != "missing":
             out += ["--dev-bind", path, path]
+    if effective.word("filesystem.dev") == "minimal":
+        out += ["--remount-ro", "/dev"]
     if effective.word("filesystem.proc") == "private":
         out += ["--proc", "/proc"]
     for path, size in effective.tmpfs():
@@ -130,14 +141,13 @@ def render(
     out += ["--seccomp", str(SECCOMP_FD)]
     profile = effective.word("process.seccomp")
     requirements.append(Requirement("process.seccomp", f"--seccomp {SECCOMP_FD}: {profile}"))
-    landlock = effective.word("process.landlock")
-    if landlock != "off":
-        requirements.append(Requirement("process.landlock", "applied by the wrapper, inside"))
-    requirements.append(Requirement("process.rlimits", "set by the launcher before exec"))
+    if effective.word("process.landlock") != "off":
+        requirements.append(Requirement("process.landlock", "landlock, inside", by="wrapper"))
+    requirements.append(Requirement("process.rlimits", "set before exec", by="launcher"))
     for name in LIMITS:
         how = effective.word(f"limits.{name}.enforcement")
         where = "the job's cgroup" if how == "kernel" else "the agent's monitor"
-        requirements.append(Requirement(f"limits.{name}", f"{how}: {where}"))
+        requirements.append(Requirement(f"limits.{name}", f"{how}: {where}", by="agent"))
     out.append("--")
     out += list(argv)
     return LaunchPlan(

@@ -59,8 +59,8 @@ def render(
     profile = str(effective.policy.directory / effective.word("process.seccomp"))
     out += ["--security-opt", f"seccomp={profile}"]
     need.met("process.seccomp", f"--security-opt seccomp={profile}")
-    need.met("process.new_session", "the wrapper starts the payload in a new session")
-    need.met("process.die_with_parent", "the agent kills the job through its cgroup")
+    need.met("process.new_session", "a new session for the payload", by="wrapper")
+    need.met("process.die_with_parent", "the agent kills the job through its cgroup", by="agent")
     out += ["--user", f"{effective.number('process.uid')}:{effective.number('process.gid')}"]
     variables = environment(
         effective.mapping("process.environment.set"),
@@ -99,9 +99,9 @@ def render(
         if name in ("memory", "swap", "cpu_cores", "pids"):
             need.met(f"limits.{name}", f"the container's cgroup (--{name.replace('_', '-')})")
         else:
-            need.met(f"limits.{name}", "monitored by the agent")
+            need.met(f"limits.{name}", "monitored", by="agent")
     if effective.word("process.landlock") != "off":
-        need.met("process.landlock", "applied by the wrapper, inside")
+        need.met("process.landlock", "landlock, inside", by="wrapper")
 
     out += image_words
     out += list(argv)

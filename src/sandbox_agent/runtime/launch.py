@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from sandbox_agent.policy.compose import EffectivePolicy
-from sandbox_agent.runtime.plan import LaunchPlan
+from sandbox_agent.policy.compose import EffectivePolicy, within
+from sandbox_agent.runtime.plan import LaunchPlan, Unenforceable
 from sandbox_agent.seccomp.compile import bpf_fd, compile_profile
 
 _RLIMITS = {
@@ -31,14 +31,69 @@ _RLIMITS = {
 }
 
 
+# Who enforces what: the launcher starts the runtime with its flags, rlimits and
+# descriptors. The wrapper (landlock, the payload's session) and the agent (cgroups,
+# monitors) are not written yet: what they would enforce fails closed unless optional.
+IMPLEMENTED_BY = ("runtime", "launcher")
+# When the agent is root, the sandbox is started as this host user, never as root: a
+# user namespace maps the payload onto the uid that starts it, and host uid 0 may write
+# sysctls and device nodes whatever the capabilities.
+SANDBOX_HOST_UID = 65534
+
+
 class RuntimeMissing(RuntimeError):
     """The runtime's binary is not there: one line saying which and how to get it."""
+
+
+class WorkdirRefused(ValueError):
+    """A work directory the sandbox must not get: one line saying why."""
 
 
 @dataclass(frozen=True)
 class Started:
     process: subprocess.Popen[bytes]
     seccomp_sha256: str
+    unenforced: tuple[str, ...]  # optional requirements nothing enforces here
+
+
+def unenforced(plan: LaunchPlan, effective: EffectivePolicy) -> tuple[str, ...]:
+    """The optional requirements this launch does not enforce; raises Unenforceable for
+    a required one."""
+    optional = {i.value for i in effective["optional.requirements"].value}
+    skipped = []
+    for req in plan.requirements:
+        if req.met and req.by in IMPLEMENTED_BY:
+            continue
+        if req.key in optional or req.key.rsplit(".", 1)[0] in optional:
+            skipped.append(req.key)
+            continue
+        who = "its runtime" if req.by == "runtime" else f"the {req.by}"
+        raise Unenforceable(f"{req.key}: {req.how}: enforced by {who}, not implemented yet")
+    return tuple(skipped)
+
+
+def check_workdir(path: Path, effective: EffectivePolicy) -> str:
+    """The work directory as the sandbox gets it: an existing directory reached without
+    any symlink, away from every denied path (the agent's credentials among them)."""
+    absolute = os.path.abspath(path)
+    if os.path.realpath(absolute) != absolute:
+        raise WorkdirRefused(f"{path}: the work directory's path goes through a symlink")
+    if not os.path.isdir(absolute):
+        raise WorkdirRefused(f"{path}: the work directory must be an existing directory")
+    for item in effective["filesystem.deny"].value:
+        denied = os.path.abspath(item.value)
+        if within(absolute, denied) or within(denied, absolute):
+            raise WorkdirRefused(
+                f"{path}: the work directory reaches the denied path {denied} ({item.origin})"
+            )
+    if os.geteuid() == 0:
+        info = os.stat(absolute)
+        if info.st_uid != SANDBOX_HOST_UID and not info.st_mode & 0o002:
+            raise WorkdirRefused(
+                f"{path}: as root the sandbox runs as uid {SANDBOX_HOST_UID}, which cannot "
+                f"write here; run: chown {SANDBOX_HOST_UID} {path}"
+            )
+    return absolute
 
 
 def rlimits(effective: EffectivePolicy) -> dict[int, int]:
@@ -56,6 +111,7 @@ def start(
     stderr: int | IO[bytes] | None = None,
 ) -> Started:
     """Start the plan's argv. The caller waits for the process."""
+    skipped = unenforced(plan, effective)
     argv = list(plan.argv)
     binary = shutil.which(argv[0])
     if binary is None:
@@ -74,9 +130,15 @@ def start(
             argv[position] = str(fd)
         limits = rlimits(effective)
 
+        drop = os.geteuid() == 0
+
         def before_exec() -> None:  # runs in the child, between fork and exec
             for which, value in limits.items():
                 resource.setrlimit(which, (value, value))
+            if drop:
+                os.setgroups([])
+                os.setresgid(SANDBOX_HOST_UID, SANDBOX_HOST_UID, SANDBOX_HOST_UID)
+                os.setresuid(SANDBOX_HOST_UID, SANDBOX_HOST_UID, SANDBOX_HOST_UID)
 
         process = subprocess.Popen(
             argv,
@@ -92,7 +154,7 @@ def start(
     finally:
         for fd in fds:
             os.close(fd)
-    return Started(process, compiled.sha256)
+    return Started(process, compiled.sha256, skipped)
 
 
 def _fd_argument(argv: Sequence[str], number: int) -> int:

@@ -46,8 +46,11 @@ class FixedHost:
 @dataclass(frozen=True)
 class Requirement:
     key: str  # the policy key
-    how: str  # how this runtime meets it, or why it cannot
+    how: str  # how it is met, or why it cannot be
     met: bool = True
+    # who enforces it: the runtime's own flags, the launcher (rlimits, descriptors), the
+    # wrapper inside (landlock, session) or the agent (cgroups, monitors)
+    by: str = "runtime"
 
 
 class Unenforceable(ValueError):
@@ -79,8 +82,8 @@ class Requirements:
         self.optional = optional
         self.items: list[Requirement] = []
 
-    def met(self, key: str, how: str) -> None:
-        self.items.append(Requirement(key, how))
+    def met(self, key: str, how: str, by: str = "runtime") -> None:
+        self.items.append(Requirement(key, how, by=by))
 
     def unmet(self, key: str, why: str) -> None:
         """``key`` cannot be enforced here: noted if optional, else the job must not run."""
