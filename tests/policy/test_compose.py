@@ -138,3 +138,40 @@ def test_a_jdl_cannot_widen_anything_else() -> None:
         if key.startswith("limits."):
             continue
         assert effective[key] == plain[key], key
+
+
+def test_jdl_bind_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    # A repository under an allowed root may hold links anywhere (CVMFS does): the
+    # runtime would follow them, so only real paths may be asked for.
+    root = tmp_path / "cvmfs"
+    (root / "vo").mkdir(parents=True)
+    (root / "vo" / "sw").symlink_to("/")
+    (root / "vo" / "real").mkdir()
+    for name in ("base.toml", "default.toml"):
+        (tmp_path / name).write_text((SHIPPED / name).read_text())
+    (tmp_path / "site.toml").write_text(
+        f'extends = "default"\n[filesystem]\njdl_read_only_roots = ["{root}"]\n'
+    )
+    site = load_policy("site", [tmp_path])
+    with pytest.raises(PolicyRejection, match="goes through a symlink"):
+        compose(site, job(f'ReadOnlyBinds = {{ "{root}/vo/sw/etc/ssh" }};'))
+    ok = compose(site, job(f'ReadOnlyBinds = {{ "{root}/vo/real" }};'))
+    assert ok["filesystem.read_only"].value[-1].value == f"{root}/vo/real"
+
+
+@pytest.mark.parametrize("path", ["/cvmfs/x,/etc/grid-security:/g:rw", "/cvmfs/a:b"])
+def test_jdl_bind_with_a_separator_is_refused(path: str) -> None:
+    # Apptainer splits --bind on ',' and ':': a path holding them would add binds
+    with pytest.raises(PolicyRejection, match="may not hold"):
+        compose(DEFAULT, job(f'ReadOnlyBinds = {{ "{path}" }};'))
+
+
+def test_relative_credentials_are_made_absolute() -> None:
+    effective = compose(DEFAULT, credentials=["home/certs"])
+    assert effective["filesystem.deny"].value[-1].value.startswith("/")
+
+
+@pytest.mark.parametrize("value", [-5, 1e300])
+def test_absurd_slot_values_reject_instead_of_crashing(value: float) -> None:
+    with pytest.raises(PolicyRejection, match="is not a usable amount"):
+        compose(DEFAULT, job(""), {"Memory": value})

@@ -202,3 +202,16 @@ def test_key_lines_scanner() -> None:
     assert lines["filesystem.tmpfs[1].path"] == 11
     assert lines["limits.memory"] == 13
     assert "/a" not in "".join(lines)
+
+
+def test_bind_paths_may_not_hold_separators(tmp_path: Path) -> None:
+    message = refused(tmp_path, '[filesystem]\nread_only = ["/a,/etc:/e:rw"]\n')
+    assert "may not hold ',' ':' or controls" in message
+
+
+def test_huge_rlimit_and_deep_nesting_are_refused(tmp_path: Path) -> None:
+    assert "must be at most 1048576" in refused(
+        tmp_path, "[process.rlimits]\nnofile = 4611686018427387904\n"
+    )
+    deep = "a = " + "[" * 100_000 + "]" * 100_000 + "\n"
+    assert "nested too deeply" in refused(tmp_path, deep)

@@ -90,7 +90,7 @@ MALFORMED = [
      {"defaultAction": ERRNO, "syscalls": [
          {"names": ["read"], "action": ALLOW,
           "args": [{"index": 0, "value": "lots", "op": "SCMP_CMP_EQ"}]}]},
-     "each needs index, value and op"),
+     "must be integers in 0..2^64-1"),
     ("missing names",
      {"defaultAction": ERRNO, "syscalls": [{"action": ALLOW}]},
      "syscalls[0].names must list system call names"),
@@ -518,3 +518,34 @@ def test_allows_beyond_ignores_errno_changes() -> None:
 
 def test_allows_beyond_names_each_call_once() -> None:
     assert list(good(allow("mount")).allows_beyond(good())) == ["mount"]
+
+
+def test_an_allow_on_a_plain_denial_is_caught_whatever_its_conditions() -> None:
+    # found in review: "allow keyctl when arg0 != 0" passed the one-vector check
+    sneaky = profile(
+        {"names": ["keyctl"], "action": ALLOW,
+         "args": [{"index": 0, "op": "SCMP_CMP_NE", "value": 0}]},
+        default=ERRNO,
+    )  # fmt: skip
+    assert not sneaky.enforces(Denial("keyctl"))
+
+
+@pytest.mark.parametrize("value", [1 << 64, -1, 1.5, "1", True])
+def test_argument_values_are_64_bit_integers(value: object) -> None:
+    # libseccomp truncates to 64 bits: the reader must not judge another value
+    with pytest.raises(ProfileError, match=r"integers in 0\.\.2"):
+        SeccompProfile.parse(
+            {"defaultAction": ERRNO, "syscalls": [
+                {"names": ["keyctl"], "action": ALLOW,
+                 "args": [{"index": 0, "op": "SCMP_CMP_EQ", "value": value}]}]},
+            "x.json",
+        )  # fmt: skip
+
+
+def test_a_device_or_deep_nesting_is_refused_not_read(tmp_path: Path) -> None:
+    with pytest.raises(ProfileError, match="not a regular file"):
+        SeccompProfile.load(Path("/dev/zero"))
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(ProfileError):
+        SeccompProfile.load(deep)

@@ -91,3 +91,19 @@ def test_host_abi_must_be_listed(tmp_path: Path) -> None:
     path.write_text(json.dumps(dict(BASE, architectures=["SCMP_ARCH_AARCH64"])))
     with pytest.raises(CompileError, match="host's ABI SCMP_ARCH_X86_64 is not listed"):
         compile_profile(path)
+
+
+def test_a_deny_rule_that_cannot_be_exact_under_an_allowing_default_is_refused(
+    tmp_path: Path,
+) -> None:
+    # found in review: under defaultAction ALLOW, dropping i386's socket(AF_VSOCK) deny
+    # (socketcall hides the domain) would have let AF_VSOCK through on i386
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [{"names": ["socket"], "action": "SCMP_ACT_ERRNO",
+                      "args": [{"index": 0, "op": "SCMP_CMP_EQ", "value": 40}]}],
+    }))  # fmt: skip
+    with pytest.raises(CompileError, match="would let it through"):
+        compile_profile(path)

@@ -8,6 +8,7 @@ decided it, so ``jdl match`` can say *why* a job does not fit.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -79,6 +80,8 @@ class Slot(Mapping[str, SlotValue]):
             raise ValueError(f"{path}: cannot read the slot description: {exc.strerror}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{path}: not valid TOML: {exc}") from None
+        except RecursionError:
+            raise ValueError(f"{path}: nested too deeply to be a slot description") from None
         attrs: dict[str, SlotValue] = {}
         seen: dict[str, str] = {}
         for name, value in data.items():
@@ -94,6 +97,8 @@ class Slot(Mapping[str, SlotValue]):
 
 def _slot_value(path: Path, name: str, value: object) -> SlotValue:
     scalar = (str, int, float, bool)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{path}: slot attribute '{name}' must be a finite number")
     if isinstance(value, scalar):
         return value
     if isinstance(value, list) and all(isinstance(v, scalar) for v in value):

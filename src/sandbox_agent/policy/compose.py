@@ -9,6 +9,7 @@ sandbox's shape: no writable bind, capability, namespace, variable or seccomp ch
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -91,7 +92,7 @@ def compose(
         settings[f"limits.{name}"] = _limit(policy, name, spec, slot or {})
     deny = list(settings["filesystem.deny"].value)
     for path in credentials:
-        deny.append(Item(posixpath.normpath(path), "agent:credentials"))
+        deny.append(Item(os.path.abspath(path), "agent:credentials"))
     settings["filesystem.deny"] = Setting(tuple(deny), settings["filesystem.deny"].origin)
     if spec is not None:
         extra = _requested_binds(policy, spec, [i.value for i in deny])
@@ -148,6 +149,8 @@ def _slot_cap(name: str, slot: Mapping[str, object]) -> tuple[int, str] | None:
         for key, value in slot.items():
             numeric = isinstance(value, int | float) and not isinstance(value, bool)
             if key.casefold() == attribute.casefold() and numeric:
+                if not 0 <= value < 2**53:  # type: ignore[operator]
+                    raise PolicyRejection(f"slot {attribute} = {value} is not a usable amount")
                 return int(value * factor), attribute  # type: ignore[operator]
     return None
 
@@ -177,7 +180,17 @@ def _requested_binds(policy: Policy, spec: JobSpec, deny: list[str]) -> list[Ite
             raise PolicyRejection(
                 f"{BINDS_KEY}: '{path:.60}' must be an absolute path without '..'"
             )
+        if any(c in path for c in ",:") or not path.isprintable():
+            # runtimes split bind specs on ',' and ':' (Apptainer, Docker)
+            raise PolicyRejection(f"{BINDS_KEY}: '{path:.60}' may not hold ',' ':' or controls")
         path = posixpath.normpath(path)
+        real = os.path.realpath(path)
+        if real != path:
+            # the runtime would follow the link: judge, and bind, only the real path
+            raise PolicyRejection(
+                f"{BINDS_KEY}: '{path:.60}' goes through a symlink (to {real:.60}); "
+                "ask for the real path"
+            )
         if not any(within(path, root) for root in roots):
             allowed = ", ".join(roots) if roots else "none (this policy allows no extra binds)"
             raise PolicyRejection(

@@ -27,6 +27,7 @@ from sandbox_agent.policy.schema import (
     Field,
     Kind,
 )
+from sandbox_agent.readfile import read_capped
 
 # What optional.requirements may name: any key, a whole limit, or the rlimits together.
 REQUIREMENT_KEYS = {*FIELDS, *(f"limits.{name}" for name in LIMITS), "process.rlimits"}
@@ -116,7 +117,7 @@ def _show(path: Path) -> str:
 
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     try:
-        raw = path.read_bytes()
+        raw = read_capped(path, MAX_FILE_BYTES)
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read ({exc.strerror})") from None
     if len(raw) > MAX_FILE_BYTES:
@@ -128,6 +129,8 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
         raise PolicyError(f"{path}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise PolicyError(f"{path}: nested too deeply to be a policy") from None
     return data, key_lines(text)
 
 
@@ -264,6 +267,9 @@ def _path(spec: Field, raw: Any, where: str) -> str:
         raise PolicyError(f"{where}: {spec.path}: '{raw!s:.60}' must be an absolute path")
     if ".." in raw.split("/"):
         raise PolicyError(f"{where}: {spec.path}: '{raw:.60}' must not contain '..'")
+    if any(c in raw for c in ",:") or not raw.isprintable():
+        # runtimes split bind specs on ',' and ':' (Apptainer, Docker)
+        raise PolicyError(f"{where}: {spec.path}: '{raw:.60}' may not hold ',' ':' or controls")
     normal = posixpath.normpath(raw)
     return "/" if normal == "//" else normal
 

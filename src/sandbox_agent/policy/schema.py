@@ -195,7 +195,7 @@ def _fields() -> dict[str, Field]:
         Field(
             "process.landlock",
             Kind.CHOICE,
-            "optional",
+            "required",
             "Landlock: restrict writes to the work directory and tmpfs, under the mount "
             "namespace as a second layer.",
             REQUIREMENT,
@@ -218,6 +218,7 @@ def _fields() -> dict[str, Field]:
                 value,
                 f"RLIMIT_{name.upper()} of the payload.",
                 minimum=0,
+                maximum=1 << 20 if name == "nofile" else 1 << 50,  # nofile: the kernel's nr_open
             )
         )
     for name, (kind, default, maximum, jdl) in LIMITS.items():

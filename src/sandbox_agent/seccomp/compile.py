@@ -32,6 +32,7 @@ from typing import Any
 import pyseccomp as sc  # type: ignore[import-untyped]
 
 from sandbox_agent.seccomp.profile import (
+    RUNS,
     ArgCondition,
     ProfileError,
     Rule,
@@ -225,7 +226,15 @@ def _build(profile: SeccompProfile, default: Any, arch: int, result: Compiled) -
                     built.add_rule(action, name)
             except OSError as exc:
                 if args and number < 0 and exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-                    # multiplexed (socketcall on i386): the conditions cannot be kept
+                    # multiplexed (socketcall on i386): the conditions cannot be kept.
+                    # Leaving an ALLOW out is fail-closed only under a denying default;
+                    # leaving a deny out under an allowing default would open the call.
+                    if rule.action not in RUNS or profile.default.action in RUNS:
+                        raise CompileError(
+                            f"{profile.source}: {name} on {name_of} cannot be filtered by its "
+                            "arguments (multiplexed call); with this default action leaving the "
+                            "rule out would let it through"
+                        ) from None
                     result.fail_closed.setdefault(name_of, []).append(name)
                     continue
                 raise CompileError(

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sandbox_agent.readfile import read_capped
+
 ALLOW = "SCMP_ACT_ALLOW"
 RUNS = ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG")  # actions under which the call goes through
 ACTIONS = (
@@ -172,7 +174,7 @@ class SeccompProfile:
     @classmethod
     def load(cls, path: Path) -> SeccompProfile:
         try:
-            raw = path.read_bytes()
+            raw = read_capped(path, MAX_PROFILE_BYTES)
         except OSError as exc:
             raise ProfileError(
                 f"{path}: cannot read the seccomp profile ({exc.strerror})"
@@ -183,6 +185,8 @@ class SeccompProfile:
             data = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ProfileError(f"{path}: not valid JSON ({exc})") from None
+        except RecursionError:
+            raise ProfileError(f"{path}: nested too deeply to be a profile") from None
         return cls.parse(data, str(path))
 
     @classmethod
@@ -232,9 +236,17 @@ class SeccompProfile:
         return self.default
 
     def enforces(self, denial: Denial) -> bool:
-        got = self.outcome(denial.syscall, denial.args)
-        if got.allowed:
+        """Whether the call is refused. A call denied whatever its arguments (no args in
+        the denial) must have no rule letting it run under any condition; a call denied
+        for some arguments is judged on them, with the other arguments varied."""
+        rules = self._by_name.get(denial.syscall, [])
+        if not denial.args and any(r.action in RUNS for r in rules):
             return False
+        for variant in _variants(denial.args):
+            got = self.outcome(denial.syscall, variant)
+            if got.allowed:
+                return False
+        got = self.outcome(denial.syscall, denial.args)
         if denial.errno is not None:
             return got.action == "SCMP_ACT_ERRNO" and got.errno == denial.errno
         return True
@@ -265,6 +277,16 @@ class SeccompProfile:
                 continue
             if self.outcome(name).allowed and not other.outcome(name).allowed:
                 yield name
+
+
+def _variants(args: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The denial's arguments, with the ones it leaves open set to a few telling values."""
+    fillers = (0, 1, 0xFFFFFFFF, (1 << 64) - 1)
+    width = 6
+    out = []
+    for filler in fillers:
+        out.append(tuple(args) + (filler,) * (width - len(args)))
+    return out
 
 
 def _action(value: Any, fail: Any) -> str:
@@ -308,12 +330,14 @@ def _rule(entry: Any, where: str, fail: Any) -> Rule:
         raise fail(f"{where}.names must list system call names")
     args: list[ArgCondition] = []
     for arg in entry.get("args") or []:
-        try:
-            condition = ArgCondition(
-                int(arg["index"]), arg["op"], int(arg["value"]), int(arg.get("valueTwo", 0))
-            )
-        except (KeyError, TypeError, ValueError):
-            raise fail(f"{where}.args: each needs index, value and op") from None
+        if not isinstance(arg, dict) or not {"index", "value", "op"} <= set(arg):
+            raise fail(f"{where}.args: each needs index, value and op")
+        numbers = (arg["index"], arg["value"], arg.get("valueTwo", 0))
+        # JSON integers only, within 64 bits: libseccomp truncates anything wider, and
+        # the reader must judge the same value the kernel will compare.
+        if not all(type(n) is int and 0 <= n < 1 << 64 for n in numbers):
+            raise fail(f"{where}.args: index, value and valueTwo must be integers in 0..2^64-1")
+        condition = ArgCondition(numbers[0], arg["op"], numbers[1], numbers[2])
         if condition.op not in OPS or not 0 <= condition.index <= 5:
             raise fail(f"{where}.args: op {condition.op!r} or index {condition.index} invalid")
         if any(c.index == condition.index for c in args):
