@@ -13,6 +13,7 @@ from sandbox_agent import exitcodes
 from sandbox_agent.cli.app import fail, home_of
 from sandbox_agent.policy import PolicyError, PolicyRejection, compose, load_policy, policy_dirs
 from sandbox_agent.runtime import bwrap
+from sandbox_agent.runtime.agentproc import harden
 from sandbox_agent.runtime.launch import RuntimeMissing, WorkdirRefused, check_workdir, start
 from sandbox_agent.runtime.plan import Unenforceable
 from sandbox_agent.seccomp.compile import CompileError
@@ -54,6 +55,7 @@ def sandbox_exec(
         plan = bwrap.render(
             effective, command, workdir=check_workdir(workdir, effective), environ=dict(os.environ)
         )
+        harden()  # this process is the agent for the job: undumpable, a subreaper
         started = start(plan, effective)
     except PolicyError as exc:
         fail(str(exc))
