@@ -56,7 +56,3 @@ _CANONICAL = {tag.casefold(): tag for tag in KNOWN_TAGS}
 def canonical_name(name: str) -> str:
     """The canonical spelling of a known tag, else ``name`` unchanged."""
     return _CANONICAL.get(name.casefold(), name)
-
-
-def is_known(name: str) -> bool:
-    return name.casefold() in _CANONICAL

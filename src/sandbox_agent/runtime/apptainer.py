@@ -67,11 +67,7 @@ def render(
                  "the same profile before the payload starts", by="wrapper")  # fmt: skip
     need.met("process.new_session", "a new session for the payload", by="wrapper")
     need.met("process.die_with_parent", "the agent kills the job through its cgroup", by="agent")
-    variables = environment(
-        effective.mapping("process.environment.set"),
-        effective.strings("process.environment.allow"),
-        dict(environ) if environ is not None else None,
-    )
+    variables = environment(effective, environ)
     for name, value in variables:
         out += ["--env", f"{name}={value}"]
 

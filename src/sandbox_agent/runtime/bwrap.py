@@ -44,17 +44,8 @@ def render(
     ``environ`` is the agent's environment, for the allowed variables; without it the
     plan shows a placeholder instead of their values (``policy render``)."""
     host = host or RealHost()
-    optional = {i.value for i in effective["optional.requirements"].value}
     requirements: list[Requirement] = []
     out: list[str] = [binary]
-
-    def need(key: str, how: str, possible: bool) -> None:
-        if possible:
-            requirements.append(Requirement(key, how))
-        elif key in optional:
-            requirements.append(Requirement(key, how, met=False))
-        else:
-            raise Unenforceable(f"{key}: {how}")
 
     # -- namespaces ------------------------------------------------------------------
     network = effective.word("network.mode")
@@ -93,11 +84,7 @@ def render(
         out += ["--cap-add", capability]
     requirements.append(Requirement("process.no_new_privs", "bwrap sets PR_SET_NO_NEW_PRIVS"))
     out.append("--clearenv")
-    variables = environment(
-        effective.mapping("process.environment.set"),
-        effective.strings("process.environment.allow"),
-        dict(environ) if environ is not None else None,
-    )
+    variables = environment(effective, environ)
     for name, value in variables:
         out += ["--setenv", name, value]
 

@@ -9,8 +9,12 @@ fails closed unless the site marked the requirement optional).
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from sandbox_agent.policy.compose import EffectivePolicy
 
 
 class HostView(Protocol):
@@ -71,9 +75,6 @@ class LaunchPlan:
     requirements: tuple[Requirement, ...] = ()
     seccomp_profile: str = ""  # the OCI JSON profile the plan enforces
 
-    def unmet(self) -> list[Requirement]:
-        return [r for r in self.requirements if not r.met]
-
 
 class Requirements:
     """Collects how each requirement is met; refuses the unmet ones unless optional."""
@@ -93,12 +94,13 @@ class Requirements:
 
 
 def environment(
-    fixed: dict[str, str], allowed: tuple[str, ...], environ: dict[str, str] | None
+    effective: EffectivePolicy, environ: Mapping[str, str] | None
 ) -> list[tuple[str, str]]:
     """The payload's variables: the fixed ones, then the allowed ones the agent has (or a
     placeholder for each when rendering without the agent's environment)."""
+    fixed = effective.mapping("process.environment.set")
     out = sorted(fixed.items())
-    for name in allowed:
+    for name in effective.strings("process.environment.allow"):
         if name in fixed:
             continue
         if environ is None:

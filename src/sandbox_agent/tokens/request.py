@@ -7,7 +7,7 @@ the CSR goes to the authority.
 from __future__ import annotations
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 
 from sandbox_agent.tokens.keys import KeyType, PrivateKey, new_key
 from sandbox_agent.tokens.roles import Identity, JobScope, Role, identity_urns, subject_for
@@ -32,7 +32,3 @@ def new_job_request(
 ) -> tuple[PrivateKey, x509.CertificateSigningRequest]:
     key = new_key(kind)
     return key, job_request(scope, key)
-
-
-def csr_pem(csr: x509.CertificateSigningRequest) -> bytes:
-    return csr.public_bytes(serialization.Encoding.PEM)
