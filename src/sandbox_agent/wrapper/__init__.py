@@ -1,0 +1,1 @@
+"""Code that runs inside the sandbox: it imports as little as possible."""

@@ -1,0 +1,207 @@
+"""Confine the payload with landlock, inside the sandbox, just before it runs.
+
+A second layer under the mount namespace: whatever the mounts allow, the payload may
+change the filesystem only beneath the ``--writable`` paths (the work directory, the
+tmpfs mounts); reading and executing stay allowed everywhere. From landlock ABI 6 it
+also cannot connect to abstract unix sockets or signal processes outside its own
+domain, and with ``--no-tcp`` (ABI 4) it can neither bind nor connect a TCP socket.
+
+The launcher runs this file's source with the sandbox's own interpreter::
+
+    python3 -I -S -c <this source> --writable /workdir --writable /tmp -- CMD ARGS...
+
+so it uses the standard library only (and syntax an older image's Python 3.7 reads).
+It fails closed: when a restriction cannot be applied it prints one line and exits 125
+without running the command; 127 or 126 when the command cannot be executed, as a
+shell does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import stat
+import struct
+import sys
+
+# The generic system call table, which x86_64, aarch64 and every other architecture but
+# alpha share for calls added since Linux 5.1.
+_SYS_LANDLOCK_CREATE_RULESET = 444
+_SYS_LANDLOCK_ADD_RULE = 445
+_SYS_LANDLOCK_RESTRICT_SELF = 446
+_CREATE_RULESET_VERSION = 1 << 0
+_RULE_PATH_BENEATH = 1
+_PR_SET_NO_NEW_PRIVS = 38
+
+# Filesystem rights (linux/landlock.h), by the ABI version that introduced them.
+_FS_EXECUTE = 1 << 0
+_FS_WRITE_FILE = 1 << 1
+_FS_READ_FILE = 1 << 2
+_FS_READ_DIR = 1 << 3
+_FS_ABI1 = (1 << 13) - 1  # bits 0-12: EXECUTE .. MAKE_SYM
+_FS_REFER = 1 << 13  # ABI 2: link or rename into another directory
+_FS_TRUNCATE = 1 << 14  # ABI 3
+_FS_IOCTL_DEV = 1 << 15  # ABI 5
+_FS_READ = _FS_EXECUTE | _FS_READ_FILE | _FS_READ_DIR
+# A rule on a non-directory may hold only these (the kernel says EINVAL otherwise).
+_FS_FILE = _FS_EXECUTE | _FS_WRITE_FILE | _FS_READ_FILE | _FS_TRUNCATE | _FS_IOCTL_DEV
+
+_NET_BIND_TCP = 1 << 0  # ABI 4
+_NET_CONNECT_TCP = 1 << 1  # ABI 4
+_SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
+_SCOPE_SIGNAL = 1 << 1  # ABI 6
+
+EXIT_CONFINE = 125
+EXIT_CANNOT_EXECUTE = 126
+EXIT_NOT_FOUND = 127
+
+_USAGE = "usage: confine [--writable PATH]... [--no-tcp] -- COMMAND [ARG]..."
+
+
+class ConfineError(Exception):
+    """A restriction that could not be applied: the command must not run."""
+
+
+def _call(what: str, function: str, *args: int | bytes | None) -> int:
+    """Call a libc function; a negative result raises ConfineError with the errno text."""
+    try:
+        entry = getattr(ctypes.CDLL(None, use_errno=True), function)
+    except (OSError, AttributeError):
+        raise ConfineError(f"{what}: no {function}() in the C library") from None
+    entry.restype = ctypes.c_long
+    # Both are variadic: pass integers as full longs, not as ctypes' default int.
+    result = int(entry(*(ctypes.c_long(a) if isinstance(a, int) else a for a in args)))
+    if result < 0:
+        raise ConfineError(f"{what}: {os.strerror(ctypes.get_errno())}")
+    return result
+
+
+def _version() -> int:
+    return _call(
+        "landlock is unavailable: landlock_create_ruleset",
+        "syscall",
+        _SYS_LANDLOCK_CREATE_RULESET,
+        None,
+        0,
+        _CREATE_RULESET_VERSION,
+    )
+
+
+def abi() -> int:
+    """The kernel's landlock ABI version, 0 when it has none or it is disabled."""
+    try:
+        return _version()
+    except ConfineError:
+        return 0
+
+
+def _allow(ruleset: int, path: str, access: int) -> None:
+    """Allow ``access`` beneath ``path`` (the file itself, if it is not a directory)."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError as error:
+        raise ConfineError(f"cannot open {path}: {error.strerror}") from None
+    try:
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            access &= _FS_FILE
+        rule = struct.pack("=Qi", access, fd)  # landlock_path_beneath_attr is packed
+        _call(
+            f"landlock_add_rule({path})",
+            "syscall",
+            _SYS_LANDLOCK_ADD_RULE,
+            ruleset,
+            _RULE_PATH_BENEATH,
+            rule,
+            0,
+        )
+    finally:
+        os.close(fd)
+
+
+def confine(writable: list[str], *, no_tcp: bool = False) -> int:
+    """Restrict this process (and what it executes); return the ABI version used."""
+    version = _version()
+    # Handle every right this ABI knows: a right left unhandled is a right allowed.
+    fs = _FS_ABI1
+    if version >= 2:
+        fs |= _FS_REFER
+    if version >= 3:
+        fs |= _FS_TRUNCATE
+    if version >= 5:
+        fs |= _FS_IOCTL_DEV
+    net = 0
+    if no_tcp:
+        if version < 4:
+            raise ConfineError(f"--no-tcp needs landlock ABI 4 (Linux 6.7); this is {version}")
+        net = _NET_BIND_TCP | _NET_CONNECT_TCP  # handled with no port rule: all denied
+    # landlock_ruleset_attr grew a u64 per feature; pass exactly the fields this ABI has.
+    if version >= 6:
+        attr = struct.pack("=QQQ", fs, net, _SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL)
+    elif version >= 4:
+        attr = struct.pack("=QQ", fs, net)
+    else:
+        attr = struct.pack("=Q", fs)
+    ruleset = _call(
+        "landlock_create_ruleset", "syscall", _SYS_LANDLOCK_CREATE_RULESET, attr, len(attr), 0
+    )
+    try:
+        _allow(ruleset, "/", _FS_READ)
+        for path in writable:
+            _allow(ruleset, path, fs)
+        # Required before restrict_self without CAP_SYS_ADMIN; harmless if already set.
+        _call("prctl(PR_SET_NO_NEW_PRIVS)", "prctl", _PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        # Applies to this thread only; this interpreter runs no other, and exec follows.
+        _call("landlock_restrict_self", "syscall", _SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0)
+    finally:
+        os.close(ruleset)
+    return version
+
+
+def _parse(argv: list[str]) -> tuple[list[str], bool, list[str]]:
+    """(writable paths, no_tcp, command) from the arguments after the program name."""
+    writable: list[str] = []
+    no_tcp = False
+    rest = iter(argv)
+    for arg in rest:
+        if arg == "--":
+            command = list(rest)
+            if not command:
+                raise ConfineError(f"no command after --; {_USAGE}")
+            return writable, no_tcp, command
+        if arg == "--no-tcp":
+            no_tcp = True
+        elif arg == "--writable":
+            path = next(rest, None)
+            if path is None:
+                raise ConfineError(f"--writable needs a path; {_USAGE}")
+            writable.append(path)
+        else:
+            raise ConfineError(f"unexpected argument {arg!r}; {_USAGE}")
+    raise ConfineError(f"no -- before the command; {_USAGE}")
+
+
+def _fail(code: int, message: str) -> int:
+    # One line, whatever a path holds: the launcher relays it as the job's reason.
+    print("sandbox-agent confine: " + message.replace("\n", "\\n"), file=sys.stderr)
+    return code
+
+
+def main(argv: list[str]) -> int:
+    """Confine, then exec the command; an exit code only when that cannot happen."""
+    try:
+        writable, no_tcp, command = _parse(argv)
+        confine(writable, no_tcp=no_tcp)
+    except ConfineError as error:
+        return _fail(EXIT_CONFINE, str(error))
+    except OSError as error:  # unforeseen: still no command and no traceback
+        return _fail(EXIT_CONFINE, f"{error.strerror or error}")
+    try:
+        os.execvp(command[0], command)  # noqa: S606 (an argv list, never a shell string)
+    except FileNotFoundError as error:
+        return _fail(EXIT_NOT_FOUND, f"cannot run {command[0]}: {error.strerror}")
+    except OSError as error:
+        return _fail(EXIT_CANNOT_EXECUTE, f"cannot run {command[0]}: {error.strerror}")
+
+
+if __name__ == "__main__":  # also under `python3 -c <source>`, where argv[0] is "-c"
+    sys.exit(main(sys.argv[1:]))
