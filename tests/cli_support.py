@@ -41,3 +41,73 @@ def run_cli(
     )
     assert_no_traceback(result)
     return result
+
+
+def shared_workdir() -> Path:
+    """A fresh work directory the sandbox's host uid can reach and write: as root the
+    sandbox runs as 65534, and pytest's tmp_path sits under a directory private to root.
+    The caller removes ``result.parent``."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(dir="/tmp"))
+    base.chmod(0o711)
+    workdir = base / "work"
+    workdir.mkdir()
+    workdir.chmod(0o777)
+    return workdir
+
+
+def nobody_program() -> tuple[list[str], dict[str, str]] | str:
+    """How to run the CLI as an unprivileged agent (uid 65534): the argv prefix and the
+    extra environment, or why it cannot be done here. The venv's interpreter may live
+    where 65534 cannot read it (pyenv under /root), so the system Python runs the
+    package from the source tree with the venv's installed dependencies."""
+    import shutil
+    import site
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return "switching to uid 65534 needs root and setpriv"
+    python = "/usr/bin/python3"
+    if not Path(python).exists():
+        return "no system python3 to run the agent as uid 65534"
+    packages = [p for p in site.getsitepackages() if "site-packages" in p]
+    paths = [str(ROOT / "src"), *packages]
+    probe = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c",
+         "import sandbox_agent.cli, psutil, pyseccomp, prctl"],
+        env={"PYTHONPATH": ":".join(paths), "PATH": os.environ.get("PATH", "")},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        return f"uid 65534 cannot import the agent from {paths[0]}: {last}"
+    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-m",
+              "sandbox_agent"]  # fmt: skip
+    return prefix, {"PYTHONPATH": ":".join(paths)}
+
+
+def delegated_cgroup(name: str) -> tuple[list[str], list[Path]] | str:
+    """A cgroup delegated to uid 65534, as a site gives its unprivileged pilot one: the
+    argv prefix that starts a command inside it, and the directories to remove after.
+    Or why it cannot be made here (not root, no writable cgroup)."""
+    from sandbox_agent.limits.cgroups import CgroupError, discover
+
+    if os.geteuid() != 0:
+        return "delegating a cgroup needs root"
+    try:
+        hierarchy = discover()
+    except CgroupError as exc:
+        return f"no cgroup to delegate: {exc}"
+    parents = getattr(hierarchy, "directories", None)
+    own = list(parents.values()) if isinstance(parents, dict) else [hierarchy.directory]  # type: ignore[attr-defined]
+    made = []
+    for parent in dict.fromkeys(own):
+        directory = parent / f"sandbox-agent-test-{name}"
+        directory.mkdir(exist_ok=True)
+        for entry in [directory, *directory.iterdir()]:
+            if entry.name in (directory.name, "cgroup.procs", "tasks", "cgroup.subtree_control",
+                              "cgroup.threads"):  # fmt: skip
+                os.chown(entry, 65534, 65534)
+        made.append(directory)
+    script = "".join(f"echo $$ > {d}/cgroup.procs; " for d in made) + 'exec "$@"'
+    return ["sh", "-c", script, "sh"], made

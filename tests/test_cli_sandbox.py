@@ -10,19 +10,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from cli_support import ROOT, cli_env, run_cli
+from cli_support import ROOT, cli_env, nobody_program, run_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is missing")
-
-
-# Cgroups, landlock and the monitors are not implemented yet, so the shipped policies
-# fail closed in `sandbox exec` (tested below); these tests use a policy that marks
-# them optional, as a site trying the sandbox today would.
-TRIAL = """extends = "default"
-[optional]
-requirements = { append = ["process.landlock", "limits.cpu_cores", "limits.memory",
-  "limits.swap", "limits.pids", "limits.wall_time", "limits.workdir_size"] }
-"""
 
 
 @pytest.fixture
@@ -32,7 +22,9 @@ def sandbox(tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-
     (home / "certs" / "jobagent.key").write_text("CANARY-AGENT-KEY\n")
     policies = tmp_path / "policies"
     shutil.copytree(ROOT / "policies", policies)
-    (policies / "trial.toml").write_text(TRIAL)
+    (policies / "kernelwall.toml").write_text(
+        'extends = "default"\n[limits]\nwall_time = { enforcement = "kernel" }\n'
+    )
     # As root the sandbox runs as uid 65534, which must reach the work directory: it
     # lives under a directory others may traverse (pytest's tmp_path is private).
     base = Path(tempfile.mkdtemp(dir="/tmp"))
@@ -46,7 +38,7 @@ def sandbox(tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-
                   SANDBOX_AGENT_POLICIES=str(policies))  # fmt: skip
 
     def run(script: str, *options: str, **kwargs: object):  # type: ignore[no-untyped-def]
-        return run_cli(env, "sandbox", "exec", "--policy", "trial", "--workdir", workdir,
+        return run_cli(env, "sandbox", "exec", "--policy", "default", "--workdir", workdir,
                        *options, "--", "/bin/sh", "-c", script, **kwargs)  # fmt: skip
 
     run.home = home  # type: ignore[attr-defined]
@@ -105,7 +97,7 @@ def test_descriptors_of_the_agent_are_not_inherited(tmp_path: Path, sandbox) -> 
 
 def test_missing_runtime_is_one_line_and_exit_3(sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     env = dict(sandbox.env, PATH=str(tmp_path))
-    result = run_cli(env, "sandbox", "exec", "--policy", "trial", "--workdir",
+    result = run_cli(env, "sandbox", "exec", "--policy", "default", "--workdir",
                      sandbox.workdir, "--", "/bin/true",
                      program=[sys.executable, "-m", "sandbox_agent"])  # fmt: skip
     assert result.returncode == 3
@@ -129,17 +121,25 @@ def test_dev_shm_is_small(sandbox) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_unenforced_optional_requirements_are_said(sandbox) -> None:  # type: ignore[no-untyped-def]
+    # bwrap cannot say whether --unshare-cgroup-try made a namespace; the default policy
+    # allows that, and the run says so
     result = sandbox("true")
     assert result.returncode == 0
-    assert result.stderr.startswith("sandbox-agent: not enforced here (optional in the policy): ")
-    assert "limits.memory" in result.stderr
+    assert result.stderr == (
+        "sandbox-agent: not enforced here (optional in the policy): namespaces.cgroup\n"
+    )
 
 
-def test_shipped_policy_fails_closed_until_cgroups_exist(sandbox) -> None:  # type: ignore[no-untyped-def]
-    result = run_cli(sandbox.env, "sandbox", "exec", "--policy", "default", "--workdir",
-                     sandbox.workdir, "--", "/bin/true")  # fmt: skip
+def test_a_limit_nothing_can_hold_fails_closed(sandbox) -> None:  # type: ignore[no-untyped-def]
+    marker = sandbox.workdir / "ran"
+    result = run_cli(sandbox.env, "sandbox", "exec", "--policy", "kernelwall", "--workdir",
+                     sandbox.workdir, "--", "/bin/touch", "/workdir/ran")  # fmt: skip
     assert result.returncode == 3
-    assert "not implemented yet" in result.stderr and "limits." in result.stderr
+    assert result.stderr == (
+        "sandbox-agent: cannot enforce: limits.wall_time: no kernel mechanism holds "
+        "wall_time; set its enforcement to monitored\n"
+    )
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("where", ["symlink", "home", "root"])
@@ -154,7 +154,22 @@ def test_work_directory_is_checked(sandbox, tmp_path: Path, where: str) -> None:
     else:
         target = Path("/")
         expected = "reaches the denied path"
-    result = run_cli(sandbox.env, "sandbox", "exec", "--policy", "trial", "--workdir", target,
+    result = run_cli(sandbox.env, "sandbox", "exec", "--policy", "default", "--workdir", target,
                      "--", "/bin/true")  # fmt: skip
     assert result.returncode == 2
     assert expected in result.stderr
+
+
+def test_a_policy_directory_the_agent_cannot_search_is_one_line(tmp_path: Path) -> None:
+    how = nobody_program()
+    if isinstance(how, str):
+        pytest.skip(how)
+    program, extra = how
+    env = cli_env(tmp_path / "home", SANDBOX_AGENT_POLICIES=str(tmp_path / "policies"), **extra)
+    result = run_cli(env, "sandbox", "exec", "--workdir", "/tmp", "--", "/bin/true",
+                     program=program)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"sandbox-agent: {tmp_path}/policies/default.toml: cannot look for the policy here "
+        "(Permission denied)\n"
+    )

@@ -72,41 +72,32 @@ def seccomp() -> Fact:
     return Fact(False, "no seccomp in this kernel (CONFIG_SECCOMP_FILTER)")
 
 
-def cgroups() -> Fact:
-    """Whether the agent can make a child cgroup for the job where it stands."""
-    own = _read("/proc/self/cgroup") or ""
-    if Path("/sys/fs/cgroup/cgroup.controllers").exists():
-        path = next(
-            (line.split("::", 1)[1] for line in own.splitlines() if line.startswith("0::")), "/"
-        )
-        directory = Path("/sys/fs/cgroup") / path.lstrip("/")
-        if os.access(directory, os.W_OK):
-            return Fact(True, f"cgroup v2, {directory} is writable")
-        return Fact(False, f"cgroup v2, but {directory} is not writable; delegate it to the agent")
-    writable = []
-    for controller in ("memory", "pids", "cpu"):
-        line = next((entry for entry in own.splitlines()
-                     if controller in entry.split(":")[1].split(",")), None)  # fmt: skip
-        if line is None:
-            continue
-        directory = Path("/sys/fs/cgroup") / controller / line.split(":", 2)[2].lstrip("/")
-        if os.access(directory, os.W_OK):
-            writable.append(controller)
-    if {"memory", "pids", "cpu"} <= set(writable):
-        return Fact(True, "cgroup v1, memory, pids and cpu writable")
-    return Fact(False, f"cgroup v1, writable controllers: {', '.join(writable) or 'none'}")
+def cgroup_limits() -> dict[str, Fact]:
+    """For each limit a cgroup can hold: whether the agent can make a job cgroup here
+    that holds it (the launcher's own discovery, so explain and launch agree)."""
+    from sandbox_agent.limits.cgroups import CGROUP_LIMITS, CgroupError, discover
+
+    try:
+        hierarchy = discover()
+    except CgroupError as exc:
+        return {name: Fact(False, f"no job cgroup: {exc}") for name in CGROUP_LIMITS}
+    return {
+        name: Fact(True, hierarchy.holder(name))
+        if name in hierarchy.enforceable
+        else Fact(False, f"{hierarchy.describe()}: cannot hold {name}")
+        for name in CGROUP_LIMITS
+    }
 
 
 @functools.cache
 def facts() -> dict[str, Fact]:
     """The host's answer for each policy requirement that depends on the kernel."""
-    cgroup = cgroups()
     out = {
         "namespaces.user": user_namespaces(),
         "namespaces.cgroup": cgroup_namespace(),
         "process.landlock": landlock(),
         "process.seccomp": seccomp(),
     }
-    for name in ("cpu_cores", "memory", "swap", "pids"):
-        out[f"limits.{name}"] = cgroup
+    for name, fact in cgroup_limits().items():
+        out[f"limits.{name}"] = fact
     return out

@@ -12,7 +12,7 @@ import pytest
 from sandbox_agent.jdl import load_job
 from sandbox_agent.policy import PolicyRejection, compose, load_policy
 from sandbox_agent.runtime import bwrap
-from sandbox_agent.runtime.plan import FROM_AGENT, FixedHost, Unenforceable
+from sandbox_agent.runtime.plan import FROM_AGENT, FixedHost, RealHost, Unenforceable
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
@@ -23,7 +23,7 @@ HOST = FixedHost({
     "/etc/ld.so.cache": "file", "/etc/ld.so.conf": "file", "/etc/ld.so.conf.d": "dir",
     "/etc/localtime": "symlink:/usr/share/zoneinfo/Etc/UTC", "/etc/nsswitch.conf": "file",
     "/etc/ssl/certs": "dir", "/etc/ca-certificates": "dir", "/cvmfs/alice.cern.ch": "dir",
-    "/dev/nvidiactl": "file", "/dev/nvidia0": "file",
+    "/dev/nvidiactl": "file", "/dev/nvidia0": "file", "/usr/bin/python3": "symlink:python3.11",
 })  # fmt: skip
 JOB = load_job(
     'Executable = "/bin/sh"; Arguments = "-c \'echo $ALIEN_PROC_ID\'"; MemorySize = "4GB";\n'
@@ -68,12 +68,19 @@ def test_fail_closed_when_the_network_has_no_namespace(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+class NoLandlock(RealHost):
+    def landlock_abi(self) -> int:
+        return 0
+
+
 def test_real_bwrap_runs_the_rendered_argv(tmp_path: Path) -> None:
-    # Without the seccomp descriptor (compiled with the runtime), the rest is real.
+    # Without the descriptors the launcher fills (the seccomp program, the landlock
+    # step: landlock is optional in the default policy), the rest is real.
     effective = compose(load_policy("default", [ROOT / "policies"]))
     probe = "id -u; id -g; echo $PWD; ls /; test -e /root && echo ROOT-VISIBLE; echo $HOME"
     plan = bwrap.render(effective, ["/bin/sh", "-c", probe], workdir=str(tmp_path),
-                        environ=dict(os.environ))  # fmt: skip
+                        environ=dict(os.environ), host=NoLandlock())  # fmt: skip
+    assert "--ro-bind-data" not in plan.argv
     argv = list(plan.argv)
     at = argv.index("--seccomp")
     del argv[at : at + 2]
@@ -83,3 +90,49 @@ def test_real_bwrap_runs_the_rendered_argv(tmp_path: Path) -> None:
     assert lines[:3] == ["1000", "1000", "/workdir"]
     assert "ROOT-VISIBLE" not in lines and "home" not in lines and "root" not in lines
     assert lines[-1] == "/workdir"
+
+
+def landlock_plan(policy_text: str, host: FixedHost, tmp_path: Path):  # type: ignore[no-untyped-def]
+    shutil.copytree(ROOT / "policies", tmp_path, dirs_exist_ok=True)
+    (tmp_path / "p.toml").write_text(policy_text)
+    effective = compose(load_policy("p", [tmp_path]))
+    return bwrap.render(effective, ["/bin/true"], workdir="/srv/w", host=host)
+
+
+def test_landlock_step_comes_before_the_payload(tmp_path: Path) -> None:
+    plan = landlock_plan('extends = "default"\n[process]\nlandlock = "required"\n', HOST,
+                         tmp_path)  # fmt: skip
+    tail = list(plan.argv[plan.argv.index("--") + 1 :])
+    assert tail == ["/usr/bin/python3", "-I", "-S", bwrap.CONFINE_PATH, "--writable", "/workdir",
+                    "--writable", "/tmp", "--writable", "/dev", "--no-tcp", "--",
+                    "/bin/true"]  # fmt: skip
+    assert plan.fd_contents == {bwrap.SECCOMP_FD: "seccomp", bwrap.CONFINE_FD: "confine"}
+    landlock = next(r for r in plan.requirements if r.key == "process.landlock")
+    assert landlock.met and landlock.by == "wrapper" and "no TCP" in landlock.how
+
+
+def test_landlock_without_tcp_rules_on_an_older_kernel(tmp_path: Path) -> None:
+    old = FixedHost(HOST.entries, landlock=3)
+    plan = landlock_plan('extends = "default"\n', old, tmp_path)
+    assert "--no-tcp" not in plan.argv and bwrap.CONFINE_PATH in plan.argv
+
+
+def test_network_host_keeps_tcp(tmp_path: Path) -> None:
+    text = 'extends = "default"\n[network]\nmode = "host"\n[namespaces]\nnet = "off"\n'
+    plan = landlock_plan(text, HOST, tmp_path)
+    assert "--no-tcp" not in plan.argv and bwrap.CONFINE_PATH in plan.argv
+
+
+@pytest.mark.parametrize(
+    ("host", "why"),
+    [(FixedHost(HOST.entries, landlock=0), "this kernel has no landlock"),
+     (FixedHost({k: v for k, v in HOST.entries.items() if k != "/usr/bin/python3"}),
+      "the sandbox has no /usr/bin/python3 to apply landlock with")],
+)  # fmt: skip
+def test_landlock_fails_closed_or_is_noted(tmp_path: Path, host: FixedHost, why: str) -> None:
+    with pytest.raises(Unenforceable, match=f"^process.landlock: {why}$"):
+        landlock_plan('extends = "base"\n', host, tmp_path)
+    plan = landlock_plan('extends = "default"\n', host, tmp_path)  # optional there
+    assert bwrap.CONFINE_PATH not in plan.argv
+    landlock = next(r for r in plan.requirements if r.key == "process.landlock")
+    assert not landlock.met and landlock.how == why

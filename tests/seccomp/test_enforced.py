@@ -1,27 +1,31 @@
-"""The shipped profile, compiled by libseccomp and loaded by the real bwrap, stops the
-calls it must stop and lets ordinary work run. The same probe without the filter shows
-that the filter, not something else, is what refuses them."""
+"""The shipped profile, compiled by libseccomp and loaded by the real bwrap through the
+launcher (``sandbox exec``), stops the calls it must stop and lets ordinary work run,
+whether the agent is root or not. The same probe under a profile that allows everything
+shows that the filter, not something else, is what refuses them."""
 
 from __future__ import annotations
 
 import errno
 import json
-import os
 import platform
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
+from cli_support import (
+    ROOT,
+    cli_env,
+    delegated_cgroup,
+    nobody_program,
+    run_cli,
+    shared_workdir,
+)
 
-from sandbox_agent.policy import compose, load_policy
-from sandbox_agent.runtime import bwrap
-from sandbox_agent.seccomp.compile import bpf_fd, compile_profile
-
-ROOT = Path(__file__).resolve().parents[2]
 PROBE = Path(__file__).with_name("probe_syscalls.py")
 PYTHON = "/usr/bin/python3"
+# The control: the default policy with a profile that allows every call.
+ALLOW_ALL = '{"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"]}'
+CONTROL = 'extends = "default"\n[process]\nseccomp = "seccomp/allow-all.json"\n'
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed"),
@@ -40,42 +44,43 @@ DENIED = {
 WORKS = ("personality_query", "socket_unix", "fork", "thread", "socketpair")
 
 
-def run_probe(workdir: Path, *, seccomp: bool, as_nobody: bool = False) -> dict[str, int]:
-    shutil.copy(PROBE, workdir / "probe.py")
-    if as_nobody:
-        # The pilot is not root at most sites: the same sandbox, started by nobody.
-        workdir.chmod(0o777)
-        (workdir / "probe.py").chmod(0o644)
-    effective = compose(load_policy("default", [ROOT / "policies"]))
-    plan = bwrap.render(effective, [PYTHON, "probe.py"], workdir=str(workdir),
-                        environ=dict(os.environ))  # fmt: skip
-    argv = list(plan.argv)
-    at = argv.index("--seccomp")
-    fds: tuple[int, ...] = ()
-    if seccomp:
-        fd = bpf_fd(compile_profile(ROOT / "policies" / "seccomp" / "default.json").bpf)
-        argv[at + 1] = str(fd)
-        fds = (fd,)
-    else:
-        del argv[at : at + 2]
-    if as_nobody:
-        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+def run_probe(tmp_path: Path, *, seccomp: bool, as_nobody: bool = False) -> dict[str, int]:
+    workdir = shared_workdir()
+    policies = workdir.parent / "policies"  # where an unprivileged agent can read them
+    shutil.copytree(ROOT / "policies", policies)
+    (policies / "seccomp" / "allow-all.json").write_text(ALLOW_ALL)
+    (policies / "control.toml").write_text(CONTROL)
     try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=60,
-                                pass_fds=fds, stdin=subprocess.DEVNULL, check=False)  # fmt: skip
+        shutil.copy(PROBE, workdir / "probe.py")
+        (workdir / "probe.py").chmod(0o644)
+        env = cli_env(tmp_path / "home", SANDBOX_AGENT_POLICIES=str(policies))
+        program = None
+        cgroups: list[Path] = []
+        if as_nobody:
+            how = nobody_program()
+            if isinstance(how, str):
+                pytest.skip(how)
+            program, extra = how
+            env.update(extra)
+            delegated = delegated_cgroup("seccomp")
+            if isinstance(delegated, str):
+                pytest.skip(delegated)
+            prefix, cgroups = delegated
+            program = prefix + program
+        result = run_cli(env, "sandbox", "exec", "--policy", "default" if seccomp else "control",
+                         "--workdir", workdir, "--", PYTHON, "probe.py",
+                         program=program)  # fmt: skip
     finally:
-        for fd in fds:
-            os.close(fd)
+        shutil.rmtree(workdir.parent, ignore_errors=True)
+        for directory in cgroups:
+            directory.rmdir()
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
 @pytest.mark.parametrize("as_nobody", [False, True], ids=["agent-as-root", "agent-as-nobody"])
-def test_the_filter_denies_and_allows(as_nobody: bool) -> None:
-    if as_nobody and (os.geteuid() != 0 or shutil.which("setpriv") is None):
-        pytest.skip("switching to nobody needs root and setpriv")
-    with tempfile.TemporaryDirectory(dir="/tmp") as scratch:
-        got = run_probe(Path(scratch), seccomp=True, as_nobody=as_nobody)
+def test_the_filter_denies_and_allows(tmp_path: Path, as_nobody: bool) -> None:
+    got = run_probe(tmp_path, seccomp=True, as_nobody=as_nobody)
     wrong = {k: (errno.errorcode.get(got[k], got[k]), errno.errorcode[v])
              for k, v in DENIED.items() if got[k] != v}  # fmt: skip
     assert wrong == {}, f"got, expected: {wrong}"

@@ -26,7 +26,7 @@ from sandbox_agent.policy.diff import diff
 from sandbox_agent.policy.explain import explain_json, explain_text
 from sandbox_agent.policy.lint import lint
 from sandbox_agent.runtime import apptainer, bwrap, docker
-from sandbox_agent.runtime.launch import IMPLEMENTED_BY
+from sandbox_agent.runtime.launch import enforcer_exists
 from sandbox_agent.runtime.plan import LaunchPlan, Requirement, Unenforceable
 
 policy_app = typer.Typer(
@@ -124,7 +124,7 @@ def policy_explain(
             typer.echo("")
             typer.echo(f"[enforced by {runtime}]")
             for req in plan.requirements:
-                typer.echo(f"  {req.key:<28} {req.how}{_state(req)}")
+                typer.echo(f"  {req.key:<28} {req.how}{_state(req, plan)}")
     if refusal is not None:
         typer.echo(refusal, err=True)
         raise typer.Exit(exitcodes.ENVIRONMENT)
@@ -196,11 +196,11 @@ def policy_diff(
 RUNTIMES = ("bwrap", "apptainer", "singularity", "docker", "podman")
 
 
-def _state(req: Requirement) -> str:
+def _state(req: Requirement, plan: LaunchPlan) -> str:
     """What stands behind a requirement line: who enforces it, and if that exists yet."""
     if not req.met:
         return "  (NOT MET: optional on this site)"
-    if req.by not in IMPLEMENTED_BY:
+    if not enforcer_exists(req, plan):
         return f"  (by the {req.by}: NOT IMPLEMENTED YET, fails closed unless optional)"
     return "" if req.by == "runtime" else f"  (by the {req.by})"
 
@@ -273,4 +273,4 @@ def policy_render(
             typer.echo(f"  {line}")
     typer.echo("requirements:")
     for req in plan.requirements:
-        typer.echo(f"  {req.key:<28} {req.how}{_state(req)}")
+        typer.echo(f"  {req.key:<28} {req.how}{_state(req, plan)}")

@@ -12,9 +12,9 @@ import typer
 from sandbox_agent import exitcodes
 from sandbox_agent.cli.app import fail, home_of
 from sandbox_agent.policy import PolicyError, PolicyRejection, compose, load_policy, policy_dirs
-from sandbox_agent.runtime import bwrap
+from sandbox_agent.runtime import bwrap, session
 from sandbox_agent.runtime.agentproc import harden
-from sandbox_agent.runtime.launch import RuntimeMissing, WorkdirRefused, check_workdir, start
+from sandbox_agent.runtime.launch import RuntimeMissing, WorkdirRefused, check_workdir
 from sandbox_agent.runtime.plan import Unenforceable
 from sandbox_agent.seccomp.compile import CompileError
 
@@ -52,11 +52,10 @@ def sandbox_exec(
             spec,
             credentials=[str(home_of(ctx) / "certs")],
         )
-        plan = bwrap.render(
-            effective, command, workdir=check_workdir(workdir, effective), environ=dict(os.environ)
-        )
+        plan_workdir = check_workdir(workdir, effective)
+        plan = bwrap.render(effective, command, workdir=plan_workdir, environ=dict(os.environ))
         harden()  # this process is the agent for the job: undumpable, a subreaper
-        started = start(plan, effective)
+        result = session.run(plan, effective, workdir=Path(plan_workdir))
     except PolicyError as exc:
         fail(str(exc))
     except PolicyRejection as exc:
@@ -67,10 +66,20 @@ def sandbox_exec(
         fail(f"cannot enforce: {exc}", exitcodes.ENVIRONMENT)
     except subprocess.SubprocessError as exc:
         fail(f"cannot start the sandbox: {exc}", exitcodes.ENVIRONMENT)
-    if started.unenforced:
-        typer.echo(
-            "sandbox-agent: not enforced here (optional in the policy): "
-            + ", ".join(started.unenforced),
-            err=True,
-        )
-    raise typer.Exit(started.process.wait())
+    _report(result)
+    code = result.outcome.returncode
+    raise typer.Exit(128 - code if code < 0 else code)
+
+
+def _report(result: session.SessionResult) -> None:
+    """What a person running the command should know, on stderr, one line each."""
+    lines = []
+    if result.unenforced:
+        lines.append("not enforced here (optional in the policy): " + ", ".join(result.unenforced))
+    lines += list(result.limits.notes)
+    if result.outcome.reason:
+        lines.append(result.outcome.detail)
+    if result.teardown and (result.teardown.survivors or not result.teardown.removed):
+        lines.append("teardown: " + result.teardown.summary())
+    for line in lines:
+        typer.echo(f"sandbox-agent: {line}", err=True)

@@ -57,17 +57,24 @@ def find_policy(ref: str, dirs: list[Path]) -> Path:
     """A policy file from a name (``default``) or a path (``./site.toml``)."""
     if "/" in ref or ref.endswith(".toml"):
         path = Path(ref)
-        if not path.is_file():
+        if not _is_file(path):
             raise PolicyError(f"{ref}: policy file not found")
         return path
     if not _NAME.fullmatch(ref):
         raise PolicyError(f"policy name '{ref}' must be letters, digits, '_' or '-'")
     for directory in dirs:
         candidate = directory / f"{ref}.toml"
-        if candidate.is_file():
+        if _is_file(candidate):
             return candidate
     where = ", ".join(str(d) for d in dirs)
     raise PolicyError(f"no policy named '{ref}' in {where}; give a path or one of those names")
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError as exc:  # a directory the agent may not search
+        raise PolicyError(f"{path}: cannot look for the policy here ({exc.strerror})") from None
 
 
 def load_policy(ref: str, dirs: list[Path] | None = None) -> Policy:

@@ -112,7 +112,9 @@ def render(
         need.met("process.landlock", "landlock, inside", by="wrapper")
     out.append(image)  # Apptainer takes directories, files and docker:// references as they are
     out += list(argv)
-    return LaunchPlan("apptainer", tuple(out), files, {}, tuple(need.items), profile)
+    return LaunchPlan(
+        "apptainer", tuple(out), files, requirements=tuple(need.items), seccomp_profile=profile
+    )
 
 
 def _cgroup_toml(effective: EffectivePolicy) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Mapping, Sequence
 
-from sandbox_agent.policy.compose import EffectivePolicy
+from sandbox_agent.policy.compose import EffectivePolicy, within
 from sandbox_agent.policy.schema import LIMITS
 from sandbox_agent.runtime.plan import (
     HostView,
@@ -25,6 +25,11 @@ from sandbox_agent.runtime.plan import (
 )
 
 SECCOMP_FD = 10  # the descriptor the seccomp program is passed on
+CONFINE_FD = 11  # the descriptor the landlock step's source is passed on
+CONFINE_PATH = "/.sandbox-agent/confine.py"  # where the sandbox sees it
+# The interpreter that runs the landlock step: the sandbox's own. Without one (an image
+# with no Python), landlock cannot be applied and the requirement says so.
+CONFINE_PYTHON = "/usr/bin/python3"
 DEV_SHM_BYTES = 64 * 1024 * 1024
 _UNSHARE = {"user": "user", "pid": "pid", "ipc": "ipc", "uts": "uts", "net": "net",
             "cgroup": "cgroup"}  # fmt: skip
@@ -119,6 +124,9 @@ def render(
         out += ["--perms", "1777", "--size", str(size), "--tmpfs", path]
     inside = effective.word("filesystem.workdir")
     out += ["--bind", workdir, inside]
+    confine = _confine(effective, host, inside, requirements)
+    if confine:
+        out += ["--perms", "0444", "--ro-bind-data", str(CONFINE_FD), CONFINE_PATH]
     # bwrap builds the root on a tmpfs; without this, / and /etc would be writable
     # (in memory) around the binds: only the work directory and the tmpfs mounts may be.
     out += ["--remount-ro", "/", "--chdir", inside]
@@ -128,22 +136,66 @@ def render(
     out += ["--seccomp", str(SECCOMP_FD)]
     profile = effective.word("process.seccomp")
     requirements.append(Requirement("process.seccomp", f"--seccomp {SECCOMP_FD}: {profile}"))
-    if effective.word("process.landlock") != "off":
-        requirements.append(Requirement("process.landlock", "landlock, inside", by="wrapper"))
     requirements.append(Requirement("process.rlimits", "set before exec", by="launcher"))
     for name in LIMITS:
         how = effective.word(f"limits.{name}.enforcement")
         where = "the job's cgroup" if how == "kernel" else "the agent's monitor"
         requirements.append(Requirement(f"limits.{name}", f"{how}: {where}", by="agent"))
     out.append("--")
+    out += confine
     out += list(argv)
+    fds = {SECCOMP_FD: "the seccomp program compiled from " + profile}
+    contents = {SECCOMP_FD: "seccomp"}
+    if confine:
+        fds[CONFINE_FD] = f"the landlock step (sandbox_agent.wrapper.confine) at {CONFINE_PATH}"
+        contents[CONFINE_FD] = "confine"
     return LaunchPlan(
         runtime="bwrap",
         argv=tuple(out),
-        fds={SECCOMP_FD: "the seccomp program compiled from " + profile},
+        fds=fds,
+        fd_contents=contents,
         requirements=tuple(requirements),
         seccomp_profile=str(effective.policy.directory / profile),
     )
+
+
+def _confine(
+    effective: EffectivePolicy, host: HostView, workdir: str, requirements: list[Requirement]
+) -> list[str]:
+    """The landlock step's argv prefix, or [] where landlock is off or cannot be had."""
+    level = effective.word("process.landlock")
+    if level == "off":
+        return []
+    abi = host.landlock_abi()
+    python = host.kind(CONFINE_PYTHON) != "missing" and any(
+        within(CONFINE_PYTHON, root) for root in effective.strings("filesystem.host_userland")
+    )
+    if abi < 1 or not python:
+        why = ("this kernel has no landlock" if abi < 1
+               else f"the sandbox has no {CONFINE_PYTHON} to apply landlock with")  # fmt: skip
+        if level == "required" and "process.landlock" not in _optional(effective):
+            raise Unenforceable(f"process.landlock: {why}")
+        requirements.append(Requirement("process.landlock", why, met=False, by="wrapper"))
+        return []
+    writable = [workdir, *(path for path, _ in effective.tmpfs()),
+                *effective.strings("filesystem.writable")]  # fmt: skip
+    if effective.word("filesystem.dev") == "minimal":
+        writable.append("/dev")  # read-only mount; its devices (/dev/null) stay usable
+    prefix = [CONFINE_PYTHON, "-I", "-S", CONFINE_PATH]
+    for path in writable:
+        prefix += ["--writable", path]
+    how = f"landlock ABI {abi}: writes only beneath " + ", ".join(writable)
+    if effective.word("network.mode") == "none" and abi >= 4:
+        prefix.append("--no-tcp")
+        how += "; no TCP bind or connect"
+    if abi >= 6:
+        how += "; no abstract unix sockets or signals outside the sandbox"
+    requirements.append(Requirement("process.landlock", how, by="wrapper"))
+    return [*prefix, "--"]
+
+
+def _optional(effective: EffectivePolicy) -> set[str]:
+    return {str(i.value) for i in effective["optional.requirements"].value}
 
 
 def _depth(path: str) -> tuple[int, str]:

@@ -101,7 +101,7 @@ def render(
 
     out += image_words
     out += list(argv)
-    return LaunchPlan(engine, tuple(out), {}, {}, tuple(need.items), profile)
+    return LaunchPlan(engine, tuple(out), requirements=tuple(need.items), seccomp_profile=profile)
 
 
 def _image(image: str, engine: str) -> list[str]:

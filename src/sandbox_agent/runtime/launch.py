@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from sandbox_agent.limits.cgroups import JobCgroup
 from sandbox_agent.policy.compose import EffectivePolicy, within
-from sandbox_agent.runtime.plan import LaunchPlan, Unenforceable
-from sandbox_agent.seccomp.compile import bpf_fd, compile_profile
+from sandbox_agent.runtime.plan import LaunchPlan, Requirement, Unenforceable
+from sandbox_agent.seccomp.compile import bpf_fd, compile_profile, data_fd
+from sandbox_agent.wrapper import confine
 
 _RLIMITS = {
     "core": resource.RLIMIT_CORE,
@@ -31,10 +33,19 @@ _RLIMITS = {
 }
 
 
-# Who enforces what: the launcher starts the runtime with its flags, rlimits and
-# descriptors. The wrapper (landlock, the payload's session) and the agent (cgroups,
-# monitors) are not written yet: what they would enforce fails closed unless optional.
-IMPLEMENTED_BY = ("runtime", "launcher")
+# Who enforces what: the runtime's flags; the launcher (rlimits, descriptors, the job's
+# cgroup); the agent (limits, assigned to its cgroup or monitor by limits.enforcement);
+# the wrapper's landlock step where the plan runs it. The rest of the wrapper (the
+# payload's own session under Apptainer and Docker) and the agent's kill of an engine's
+# container are not written yet: what they would enforce fails closed unless optional.
+def enforcer_exists(req: Requirement, plan: LaunchPlan) -> bool:
+    if req.by in ("runtime", "launcher"):
+        return True
+    if req.by == "agent" and req.key.startswith("limits."):
+        return True
+    return req.key == "process.landlock" and "confine" in plan.fd_contents.values()
+
+
 # When the agent is root, the sandbox is started as this host user, never as root: a
 # user namespace maps the payload onto the uid that starts it, and host uid 0 may write
 # sysctls and device nodes whatever the capabilities.
@@ -62,7 +73,9 @@ def unenforced(plan: LaunchPlan, effective: EffectivePolicy) -> tuple[str, ...]:
     optional = {i.value for i in effective["optional.requirements"].value}
     skipped = []
     for req in plan.requirements:
-        if req.met and req.by in IMPLEMENTED_BY:
+        if req.by == "agent" and req.key.startswith("limits."):
+            continue  # limits.enforcement.decide assigns these, knowing the host
+        if req.met and enforcer_exists(req, plan):
             continue
         if req.key in optional or req.key.rsplit(".", 1)[0] in optional:
             skipped.append(req.key)
@@ -109,8 +122,10 @@ def start(
     stdin: int | IO[bytes] | None = None,
     stdout: int | IO[bytes] | None = None,
     stderr: int | IO[bytes] | None = None,
+    cgroup: JobCgroup | None = None,
 ) -> Started:
-    """Start the plan's argv. The caller waits for the process."""
+    """Start the plan's argv, inside ``cgroup`` before it runs any code of its own.
+    The caller waits for the process and tears the cgroup down."""
     skipped = unenforced(plan, effective)
     argv = list(plan.argv)
     binary = shutil.which(argv[0])
@@ -122,8 +137,11 @@ def start(
     compiled = compile_profile(Path(plan.seccomp_profile))
     fds: list[int] = []
     try:
-        for number in plan.fds:
-            fd = bpf_fd(compiled.bpf)
+        for number, content in plan.fd_contents.items():
+            if content == "seccomp":
+                fd = bpf_fd(compiled.bpf)
+            else:
+                fd = data_fd("sandbox-agent-confine", confine_source())
             fds.append(fd)
             # the plan names a descriptor number; give the runtime the one we have
             position = _fd_argument(argv, number)
@@ -131,8 +149,13 @@ def start(
         limits = rlimits(effective)
 
         drop = os.geteuid() == 0
+        placement = cgroup.procs_files() if cgroup else ()
 
         def before_exec() -> None:  # runs in the child, between fork and exec
+            # into the job's cgroup first: everything it execs or forks stays there
+            for procs in placement:
+                with open(procs, "w") as file:
+                    file.write(str(os.getpid()))
             for which, value in limits.items():
                 resource.setrlimit(which, (value, value))
             if drop:
@@ -157,8 +180,13 @@ def start(
     return Started(process, compiled.sha256, skipped)
 
 
+def confine_source() -> bytes:
+    """The landlock step, as the sandbox's interpreter reads it."""
+    return Path(confine.__file__).read_bytes()
+
+
 def _fd_argument(argv: Sequence[str], number: int) -> int:
     for index in range(len(argv) - 1):
-        if argv[index] == "--seccomp" and argv[index + 1] == str(number):
+        if argv[index] in ("--seccomp", "--ro-bind-data") and argv[index + 1] == str(number):
             return index + 1
     raise ValueError(f"the plan names fd {number} but its argv does not use it")

@@ -18,14 +18,23 @@ if TYPE_CHECKING:
 
 
 class HostView(Protocol):
-    """The few facts about the host's filesystem a renderer needs."""
+    """The few facts about the host a renderer needs."""
 
     def kind(self, path: str) -> str:
         """'dir', 'file', 'missing', or 'symlink:<target>' (the link's own text)."""
         ...
 
+    def landlock_abi(self) -> int:
+        """The kernel's landlock ABI version; 0 without landlock."""
+        ...
+
 
 class RealHost:
+    def landlock_abi(self) -> int:
+        from sandbox_agent.wrapper.confine import abi
+
+        return abi()
+
     def kind(self, path: str) -> str:
         try:
             if os.path.islink(path):
@@ -42,6 +51,10 @@ class FixedHost:
     """A host described by a table, for exact rendering tests."""
 
     entries: dict[str, str]
+    landlock: int = 6
+
+    def landlock_abi(self) -> int:
+        return self.landlock
 
     def kind(self, path: str) -> str:
         return self.entries.get(path, "missing")
@@ -72,6 +85,9 @@ class LaunchPlan:
     argv: tuple[str, ...]
     files: dict[str, str] = field(default_factory=dict)  # generated files: name -> text
     fds: dict[int, str] = field(default_factory=dict)  # fd inside argv -> what it carries
+    # fd inside argv -> what the launcher writes to it: "seccomp" (the compiled
+    # program) or "confine" (the source of sandbox_agent.wrapper.confine)
+    fd_contents: dict[int, str] = field(default_factory=dict)
     requirements: tuple[Requirement, ...] = ()
     seccomp_profile: str = ""  # the OCI JSON profile the plan enforces
 

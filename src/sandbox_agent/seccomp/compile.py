@@ -253,7 +253,15 @@ def _export(built: Any) -> bytes:
 def bpf_fd(program: bytes) -> int:
     """A file descriptor holding ``program``, readable from the start, for bwrap's
     ``--seccomp FD``; the caller passes it to the child and closes it."""
-    fd = os.memfd_create("sandbox-agent-seccomp", os.MFD_CLOEXEC)
-    os.write(fd, program)
+    return data_fd("sandbox-agent-seccomp", program)
+
+
+def data_fd(name: str, data: bytes) -> int:
+    """An in-memory file holding ``data``, positioned at its start (close-on-exec until
+    passed on)."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
     os.lseek(fd, 0, os.SEEK_SET)
     return fd

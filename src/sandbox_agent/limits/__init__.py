@@ -1,0 +1,1 @@
+"""What bounds a job from outside the sandbox: its cgroup, and the agent's monitor."""

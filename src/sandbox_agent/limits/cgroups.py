@@ -1,0 +1,292 @@
+"""The job's cgroup: where the agent may make one, and what both cgroup versions offer.
+
+One cgroup per job, always a child of the cgroup the agent itself was given (a
+delegated v2 subtree, or the agent's own directory in each v1 controller): nothing is
+created elsewhere and no parent's limits are touched. The launcher writes the runtime's
+pid into it between fork and exec, so every process of the job is inside before any
+payload code runs. Teardown kills through it and reports what was still alive.
+
+The versions differ in files, not in shape: ``cgroup_v1`` and ``cgroup_v2`` implement
+``JobCgroup``; ``discover`` finds which one this host gives the agent.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sandbox_agent.policy.compose import EffectivePolicy
+
+# The limits a cgroup can hold; wall time and disk are the monitor's.
+CGROUP_LIMITS = ("cpu_cores", "memory", "swap", "pids")
+CPU_PERIOD_US = 100_000
+PREFIX = "sandbox-agent-"
+
+
+class CgroupError(RuntimeError):
+    """The job's cgroup cannot be made or configured: one line saying where and why."""
+
+
+@dataclass(frozen=True)
+class CgroupLimits:
+    memory: int  # bytes
+    swap: int  # bytes of swap beyond memory
+    pids: int
+    cpu_cores: int
+
+    @classmethod
+    def of(cls, effective: EffectivePolicy) -> CgroupLimits:
+        return cls(
+            memory=effective.limit("memory"),
+            swap=effective.limit("swap"),
+            pids=effective.limit("pids"),
+            cpu_cores=effective.limit("cpu_cores"),
+        )
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the kernel counted for the job; None where this host does not count it."""
+
+    memory_bytes: int | None = None
+    memory_peak_bytes: int | None = None
+    cpu_seconds: float | None = None
+    pids: int | None = None
+    oom_kills: int | None = None
+    forks_refused: int | None = None  # forks that hit pids.max
+
+
+@dataclass(frozen=True)
+class Survivor:
+    pid: int
+    name: str
+
+
+@dataclass
+class Teardown:
+    """What teardown found and did: a reviewer reads this in the audit record."""
+
+    cgroup: str
+    survivors: list[Survivor] = field(default_factory=list)  # alive when the job ended
+    emptied: bool = True
+    removed: bool = False
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = []
+        if self.survivors:
+            names = ", ".join(f"{s.name}[{s.pid}]" for s in self.survivors[:5])
+            more = f" and {len(self.survivors) - 5} more" if len(self.survivors) > 5 else ""
+            parts.append(f"killed {len(self.survivors)} leftover process(es): {names}{more}")
+        if not self.emptied:
+            parts.append("processes survived the kill")
+        parts.append("cgroup removed" if self.removed else "cgroup NOT removed")
+        return "; ".join(parts + self.problems)
+
+
+class JobCgroup(abc.ABC):
+    """One job's cgroup, in every hierarchy directory the version needs."""
+
+    version: str
+
+    def __init__(self, directories: Iterable[Path], enforced: Iterable[str]) -> None:
+        self.directories = tuple(dict.fromkeys(directories))  # co-mounted: once each
+        self.enforced = frozenset(enforced)  # the limits the kernel holds for this job
+
+    @property
+    def name(self) -> str:
+        return str(self.directories[0])
+
+    def procs_files(self) -> tuple[str, ...]:
+        """The files the launched process writes its pid to, before exec."""
+        return tuple(str(d / "cgroup.procs") for d in self.directories)
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for directory in self.directories:
+            text = _read(directory / "cgroup.procs")
+            found.update(int(p) for p in (text or "").split())
+        return found
+
+    @abc.abstractmethod
+    def usage(self) -> Usage: ...
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """SIGKILL every process in the cgroup, without letting one fork away."""
+
+    def teardown(self, timeout: float = 5.0) -> Teardown:
+        """Kill whatever of the job is left, wait until the cgroup is empty, remove it."""
+        report = Teardown(self.name)
+        left = self.pids()
+        report.survivors = [Survivor(pid, _comm(pid)) for pid in sorted(left)]
+        if left:
+            self.kill()
+        deadline = time.monotonic() + timeout
+        while self.pids():
+            if time.monotonic() > deadline:
+                report.emptied = False
+                report.problems.append(f"still running after {timeout:g}s: {sorted(self.pids())}")
+                return report
+            self.kill()
+            time.sleep(0.01)
+        report.removed = self.remove(report.problems)
+        return report
+
+    def remove(self, problems: list[str]) -> bool:
+        removed = True
+        for directory in reversed(self.directories):
+            try:
+                directory.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                removed = False
+                problems.append(f"cannot remove {directory}: {exc.strerror}")
+        return removed
+
+
+@dataclass(frozen=True)
+class Mount:
+    point: Path
+    root: str  # the part of the hierarchy this mount shows ("/" unless namespaced)
+    fstype: str
+    controllers: frozenset[str]
+
+
+def mounts(mountinfo: str) -> list[Mount]:
+    """The cgroup filesystems in /proc/self/mountinfo."""
+    out = []
+    for line in mountinfo.splitlines():
+        before, _, after = line.partition(" - ")
+        fields, tail = before.split(), after.split()
+        if len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
+            continue
+        options = set(tail[2].split(","))
+        point = fields[4].replace("\\040", " ")
+        out.append(Mount(Path(point), fields[3], tail[0], frozenset(options)))
+    return out
+
+
+def membership(proc_cgroup: str) -> dict[str, str]:
+    """Hierarchy -> the agent's path in it: '' is v2, else the v1 controllers joined."""
+    out = {}
+    for line in proc_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            out[parts[1]] = parts[2]
+    return out
+
+
+def located(mount: Mount, path: str) -> Path | None:
+    """The agent's directory in this mount, or None when the mount does not show it."""
+    if path != mount.root and not path.startswith(mount.root.rstrip("/") + "/"):
+        return None
+    relative = path[len(mount.root.rstrip("/")) :].lstrip("/")
+    return mount.point / relative if relative else mount.point
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def read_int(path: Path) -> int | None:
+    text = _read(path)
+    try:
+        return int(text.split()[0]) if text else None
+    except ValueError:
+        return None  # "max" and the like
+
+
+def read_keyed(path: Path, key: str) -> int | None:
+    """A value from a flat keyed file such as memory.events ('oom_kill 3')."""
+    for line in (_read(path) or "").splitlines():
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def write(path: Path, value: str) -> None:
+    try:
+        path.write_text(value)
+    except OSError as exc:
+        raise CgroupError(f"cannot write {value!r} to {path}: {exc.strerror}") from None
+
+
+def make_directory(parent: Path, name: str) -> Path:
+    """A fresh child directory; an empty leftover of a crashed agent is reused."""
+    directory = parent / name
+    try:
+        directory.mkdir()
+    except FileExistsError:
+        if (_read(directory / "cgroup.procs") or "").strip():
+            raise CgroupError(f"{directory} exists and still has processes") from None
+    except OSError as exc:
+        raise CgroupError(f"cannot create {directory}: {exc.strerror}") from None
+    return directory
+
+
+def kill_listed(group: JobCgroup) -> None:
+    for pid in group.pids():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _comm(pid: int) -> str:
+    text = _read(Path(f"/proc/{pid}/comm"))
+    return text.strip() if text else "?"
+
+
+def discover(
+    *, prefer: str | None = None, proc_cgroup: str | None = None, mountinfo: str | None = None
+) -> Hierarchy:
+    """Where this agent may make job cgroups: raises CgroupError saying why not."""
+    from sandbox_agent.limits import cgroup_v1, cgroup_v2
+
+    proc_cgroup = proc_cgroup if proc_cgroup is not None else _read(Path("/proc/self/cgroup"))
+    mountinfo = mountinfo if mountinfo is not None else _read(Path("/proc/self/mountinfo"))
+    where = membership(proc_cgroup or "")
+    found = mounts(mountinfo or "")
+    candidates: list[Hierarchy] = []
+    reasons = []
+    for module in (cgroup_v2, cgroup_v1):
+        if prefer and prefer != module.VERSION:
+            continue
+        try:
+            candidates.append(module.hierarchy(where, found))
+        except CgroupError as exc:
+            reasons.append(f"{module.VERSION}: {exc}")
+    if not candidates:
+        raise CgroupError("; ".join(reasons) or "no cgroup filesystem is mounted")
+    # the one that can hold the most limits; v2 on a tie
+    return max(candidates, key=lambda h: len(h.enforceable))
+
+
+class Hierarchy(abc.ABC):
+    """Where the agent makes job cgroups in one cgroup version."""
+
+    version: str
+    enforceable: frozenset[str]
+
+    @abc.abstractmethod
+    def describe(self) -> str: ...
+
+    @abc.abstractmethod
+    def holder(self, limit: str) -> str:
+        """Where ``limit`` is held, for a person (the controller and its directory)."""
+
+    @abc.abstractmethod
+    def create(self, name: str, limits: CgroupLimits) -> JobCgroup:
+        """The job's cgroup, made and limited; raises CgroupError."""

@@ -1,0 +1,79 @@
+"""Who holds each limit of a job on this host: the job's cgroup, the agent's monitor, or
+nobody (allowed only for a limit the site marked optional).
+
+A limit the policy wants held by the kernel goes to the cgroup when this host gives the
+agent one with the right controller. When it does not, the policy decides: a required
+limit stops the job (fail closed); an optional one falls back to the monitor where the
+monitor can measure it, and the record says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sandbox_agent.limits.cgroups import CGROUP_LIMITS
+from sandbox_agent.policy.compose import EffectivePolicy
+from sandbox_agent.runtime.plan import LaunchPlan, Unenforceable
+
+# What the agent's monitor can measure and kill on.
+MONITORABLE = ("wall_time", "workdir_size", "memory", "pids")
+
+
+@dataclass(frozen=True)
+class LimitPlan:
+    kernel: frozenset[str]  # held by the job's cgroup
+    monitored: frozenset[str]  # measured by the agent, which kills on excess
+    unenforced: tuple[str, ...]  # optional limits nothing holds here
+    notes: tuple[str, ...]  # why a limit is monitored instead, or not held
+
+
+def wants_cgroup(plan: LaunchPlan, effective: EffectivePolicy) -> bool:
+    """Whether any limit left to the agent asks for the kernel."""
+    return any(
+        r.by == "agent"
+        and r.key.startswith("limits.")
+        and effective.word(f"{r.key}.enforcement") == "kernel"
+        for r in plan.requirements
+    )
+
+
+def decide(
+    plan: LaunchPlan, effective: EffectivePolicy, held: frozenset[str], where: str
+) -> LimitPlan:
+    """Assign each limit the plan leaves to the agent; raises Unenforceable for a
+    required one nobody can hold. ``held`` are the limits the job's cgroup holds, and
+    ``where`` describes that cgroup, or says why there is none."""
+    optional = {i.value for i in effective["optional.requirements"].value}
+    kernel: set[str] = set()
+    monitored: set[str] = set()
+    unenforced: list[str] = []
+    notes: list[str] = []
+    for requirement in plan.requirements:
+        if requirement.by != "agent" or not requirement.key.startswith("limits."):
+            continue
+        name = requirement.key.removeprefix("limits.")
+        wanted = effective.word(f"limits.{name}.enforcement")
+        if wanted == "kernel" and name in held:
+            kernel.add(name)
+            continue
+        if wanted == "monitored" and name in MONITORABLE:
+            monitored.add(name)
+            continue
+        why = _why_not(name, wanted, where)
+        if requirement.key not in optional and "limits" not in optional:
+            raise Unenforceable(f"{requirement.key}: {why}")
+        if name in MONITORABLE:
+            monitored.add(name)
+            notes.append(f"{requirement.key}: monitored instead ({why})")
+        else:
+            unenforced.append(requirement.key)
+            notes.append(f"{requirement.key}: not enforced ({why})")
+    return LimitPlan(frozenset(kernel), frozenset(monitored), tuple(unenforced), tuple(notes))
+
+
+def _why_not(name: str, wanted: str, where: str) -> str:
+    if wanted == "monitored":
+        return f"the agent cannot measure {name}; set its enforcement to kernel"
+    if name not in CGROUP_LIMITS:
+        return f"no kernel mechanism holds {name}; set its enforcement to monitored"
+    return f"{where}: it cannot hold {name}"

@@ -1,0 +1,156 @@
+"""The agent's monitor: it measures what no kernel mechanism holds and kills on excess.
+
+Wall time and the work directory's size are always the monitor's; memory and the
+process count are too when no cgroup holds them (the site allowed that fallback). The
+kill goes through the job's cgroup when there is one, so nothing escapes it; without
+one, through the process tree under the runtime process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from sandbox_agent.limits.cgroups import JobCgroup, Usage
+
+# Reasons a job was killed: code -> words (the code goes into records, the words to people)
+KILL_REASONS = {
+    "wall_time": "ran past its wall time",
+    "workdir_size": "its work directory grew past its size limit",
+    "memory": "used more memory than its limit",
+    "pids": "ran more processes than its limit",
+}
+# A work directory with more entries than this counts as over any size limit: walking a
+# payload's million empty files must not stall the agent.
+MAX_ENTRIES = 1_000_000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    returncode: int
+    reason: str | None  # a KILL_REASONS code when the agent or the kernel killed the job
+    detail: str
+    wall_seconds: float
+    usage: Usage | None
+
+
+def directory_size(path: Path, limit_entries: int = MAX_ENTRIES) -> int | None:
+    """Bytes allocated under ``path`` (symlinks not followed, sparse files at their real
+    size); None when there are more entries than ``limit_entries``."""
+    total, seen, stack = 0, 0, [str(path)]
+    while stack:
+        try:
+            entries = os.scandir(stack.pop())
+        except OSError:
+            continue  # vanished or unreadable: the payload may be changing it
+        with entries:
+            for entry in entries:
+                seen += 1
+                if seen > limit_entries:
+                    return None
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                total += info.st_blocks * 512
+                if stat.S_ISDIR(info.st_mode):
+                    stack.append(entry.path)
+    return total
+
+
+class Monitor:
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        limits: Mapping[str, int],
+        *,
+        workdir: Path,
+        cgroup: JobCgroup | None,
+        interval: float = 1.0,
+    ) -> None:
+        self.process = process
+        self.limits = dict(limits)  # monitored limit -> its value
+        self.workdir = workdir
+        self.cgroup = cgroup
+        self.interval = interval
+        self.started = time.monotonic()
+
+    def run(self) -> Outcome:
+        """Wait for the job, checking its limits every ``interval`` seconds."""
+        reason = None
+        while True:
+            elapsed = time.monotonic() - self.started
+            wait = self.interval
+            if "wall_time" in self.limits:
+                wait = max(0.0, min(wait, self.limits["wall_time"] - elapsed))
+            try:
+                self.process.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            reason = self.excess(time.monotonic() - self.started)
+            if reason:
+                self.kill()
+                self.process.wait()
+                break
+        wall = time.monotonic() - self.started
+        usage = self.cgroup.usage() if self.cgroup else None
+        if reason is None and usage and usage.oom_kills:
+            reason = "memory"  # the kernel killed it at the cgroup's limit
+        detail = self.describe(reason)
+        return Outcome(self.process.returncode, reason, detail, wall, usage)
+
+    def excess(self, elapsed: float) -> str | None:
+        """The first monitored limit the job is over, if any."""
+        limits = self.limits
+        if "wall_time" in limits and elapsed >= limits["wall_time"]:
+            return "wall_time"
+        if "workdir_size" in limits:
+            size = directory_size(self.workdir)
+            if size is None or size > limits["workdir_size"]:
+                return "workdir_size"
+        if "memory" in limits or "pids" in limits:
+            tree = self.tree()
+            if "pids" in limits and len(tree) > limits["pids"]:
+                return "pids"
+            if "memory" in limits and _rss(tree) > limits["memory"]:
+                return "memory"
+        return None
+
+    def tree(self) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self.process.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def kill(self) -> None:
+        if self.cgroup is not None:
+            self.cgroup.kill()
+        for process in self.tree():  # the root first: its status then shows the kill
+            with contextlib.suppress(psutil.Error):
+                process.send_signal(signal.SIGKILL)
+
+    def describe(self, reason: str | None) -> str:
+        if reason is None:
+            return f"exited with {self.process.returncode}"
+        limit = self.limits.get(reason)
+        shown = f" ({limit})" if limit is not None else ""
+        return f"killed: {KILL_REASONS[reason]}{shown}"
+
+
+def _rss(tree: list[psutil.Process]) -> int:
+    total = 0
+    for process in tree:
+        with contextlib.suppress(psutil.Error):
+            total += process.memory_info().rss
+    return total

@@ -1,0 +1,186 @@
+"""The job's cgroup, on the real kernel: made under the agent's own, limited, the job
+placed in it before exec, its use read back, and torn down with a report."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from sandbox_agent.limits.cgroups import (
+    CgroupError,
+    CgroupLimits,
+    JobCgroup,
+    discover,
+    located,
+    membership,
+    mounts,
+)
+
+LIMITS = CgroupLimits(memory=64 * 1024**2, swap=0, pids=32, cpu_cores=1)
+
+MOUNTINFO = """\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 /pilot /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/with\\040space rw,relatime - cgroup2 cgroup2 rw
+50 23 0:50 / /proc rw - proc proc rw
+"""
+
+
+def test_mountinfo_and_membership_are_read_exactly() -> None:
+    found = mounts(MOUNTINFO)
+    assert [(str(m.point), m.root, m.fstype) for m in found] == [
+        ("/sys/fs/cgroup/cpu,cpuacct", "/", "cgroup"),
+        ("/sys/fs/cgroup/memory", "/pilot", "cgroup"),
+        ("/sys/fs/cgroup/with space", "/", "cgroup2"),
+    ]
+    assert {"cpu", "cpuacct"} <= found[0].controllers
+    where = membership("4:memory:/pilot/job\n2:cpu,cpuacct:/a\n0::/user.slice/x\n")
+    assert where == {"memory": "/pilot/job", "cpu,cpuacct": "/a", "": "/user.slice/x"}
+
+
+def test_a_mount_that_does_not_show_the_agent_is_not_used() -> None:
+    memory = mounts(MOUNTINFO)[1]  # shows only /pilot of its hierarchy
+    assert located(memory, "/pilot/job") == Path("/sys/fs/cgroup/memory/job")
+    assert located(memory, "/pilot") == Path("/sys/fs/cgroup/memory")
+    assert located(memory, "/pilotx") is None  # a sibling that merely shares the prefix
+    assert located(memory, "/other") is None
+
+
+def test_no_cgroup_filesystem_is_one_reason() -> None:
+    with pytest.raises(CgroupError, match="no cgroup2 filesystem holds the agent"):
+        discover(prefer="v2", proc_cgroup="", mountinfo="")
+    with pytest.raises(CgroupError, match="no v1 controller"):
+        discover(prefer="v1", proc_cgroup="", mountinfo="")
+
+
+def hierarchy_or_skip(prefer: str):  # type: ignore[no-untyped-def]
+    try:
+        return discover(prefer=prefer)
+    except CgroupError as exc:
+        pytest.skip(f"no writable cgroup {prefer} here: {exc}")
+
+
+def start_in(group: JobCgroup, script: str) -> subprocess.Popen[bytes]:
+    files = group.procs_files()
+
+    def place() -> None:
+        for procs in files:
+            with open(procs, "w") as file:
+                file.write(str(os.getpid()))
+
+    return subprocess.Popen(["/bin/sh", "-c", script], preexec_fn=place)
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_job_cgroup_is_made_inside_the_agents_own_and_removed(version: str) -> None:
+    hierarchy = hierarchy_or_skip(version)
+    group = hierarchy.create(f"test-made-{os.getpid()}", LIMITS)
+    try:
+        own = {Path(d).parent for d in group.directories}
+        for directory in group.directories:
+            assert directory.is_dir()
+            assert directory.name == f"sandbox-agent-test-made-{os.getpid()}"
+        # every directory is a child of the agent's own directory in its hierarchy
+        agent = discover(prefer=version)
+        parents = getattr(agent, "directories", None)
+        expected = set(parents.values()) if isinstance(parents, dict) else {agent.directory}  # type: ignore[attr-defined]
+        assert own == expected
+    finally:
+        report = group.teardown()
+    assert report.removed and report.survivors == []
+    assert not any(d.exists() for d in group.directories)
+
+
+def test_v1_limits_are_written_and_read_back() -> None:
+    hierarchy = hierarchy_or_skip("v1")
+    group = hierarchy.create(f"test-limits-{os.getpid()}", LIMITS)
+    try:
+        by = group.by_controller  # type: ignore[attr-defined]
+        if "memory" in group.enforced:
+            assert int((by["memory"] / "memory.limit_in_bytes").read_text()) == LIMITS.memory
+        if "swap" in group.enforced:
+            memsw = int((by["memory"] / "memory.memsw.limit_in_bytes").read_text())
+            assert memsw == LIMITS.memory + LIMITS.swap
+        if "pids" in group.enforced:
+            assert (by["pids"] / "pids.max").read_text().strip() == "32"
+        if "cpu_cores" in group.enforced:
+            assert (by["cpu"] / "cpu.cfs_quota_us").read_text().strip() == "100000"
+        assert group.enforced  # this host holds at least one limit
+    finally:
+        group.teardown()
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_every_process_of_the_job_is_inside_and_teardown_kills_leftovers(version: str) -> None:
+    hierarchy = hierarchy_or_skip(version)
+    group = hierarchy.create(f"test-daemon-{os.getpid()}", LIMITS)
+    try:
+        # the job leaves a detached daemon behind and exits
+        job = start_in(group, "setsid sleep 300 </dev/null >/dev/null 2>&1 & exit 0")
+        job.wait()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # until the daemon has exec'd sleep
+            if [_comm(p) for p in group.pids()] == ["sleep"]:
+                break
+            time.sleep(0.01)
+        daemons = group.pids()
+        assert len(daemons) == 1
+        (daemon,) = daemons
+        assert _comm(daemon) == "sleep"
+    finally:
+        report = group.teardown()
+    assert [s.name for s in report.survivors] == ["sleep"]
+    assert report.emptied and report.removed
+    assert not Path(f"/proc/{daemon}").exists() or _zombie(daemon)
+    assert "killed 1 leftover process(es): sleep" in report.summary()
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_v1_memory_limit_kills_inside_and_usage_is_read_back() -> None:
+    hierarchy = hierarchy_or_skip("v1")
+    if "memory" not in hierarchy.enforceable:
+        pytest.skip("no v1 memory controller here")
+    group = hierarchy.create(f"test-oom-{os.getpid()}", LIMITS)
+    try:
+        job = start_in(group, "exec /usr/bin/python3 -c 'x = bytearray(256 * 1024 * 1024)'")
+        assert job.wait(timeout=60) == -9  # the kernel's OOM killer, inside the job only
+        usage = group.usage()
+    finally:
+        group.teardown()
+    assert usage.oom_kills is not None and usage.oom_kills >= 1
+    assert usage.memory_peak_bytes is not None
+    assert LIMITS.memory * 0.5 < usage.memory_peak_bytes <= LIMITS.memory
+    assert usage.cpu_seconds is not None and usage.cpu_seconds > 0
+
+
+def test_v1_pids_limit_refuses_forks() -> None:
+    hierarchy = hierarchy_or_skip("v1")
+    if "pids" not in hierarchy.enforceable:
+        pytest.skip("no v1 pids controller here")
+    group = hierarchy.create(f"test-pids-{os.getpid()}", LIMITS)
+    try:
+        script = "for i in $(seq 64); do sleep 30 & done 2>/dev/null; echo started; kill 0"
+        job = start_in(group, script)
+        job.wait(timeout=60)
+        usage = group.usage()
+    finally:
+        group.teardown()
+    assert usage.forks_refused is not None and usage.forks_refused > 0
