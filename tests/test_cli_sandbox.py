@@ -120,13 +120,28 @@ def test_dev_shm_is_small(sandbox) -> None:  # type: ignore[no-untyped-def]
     assert int(result.stdout.split()[1]) <= 64 * 1024
 
 
-def test_unenforced_optional_requirements_are_said(sandbox) -> None:  # type: ignore[no-untyped-def]
-    # bwrap cannot say whether --unshare-cgroup-try made a namespace; the default policy
-    # allows that, and the run says so
-    result = sandbox("true")
+def test_optional_namespaces_are_confirmed_from_bwraps_report(sandbox) -> None:  # type: ignore[no-untyped-def]
+    # --unshare-cgroup-try does not promise a namespace: bwrap's report confirms it, and
+    # only an unconfirmed one would be named as not enforced
+    result = sandbox("readlink /proc/self/ns/cgroup")
+    assert result.returncode == 0
+    assert result.stdout.strip() != os.readlink("/proc/self/ns/cgroup")
+    assert result.stderr == ""
+
+
+def test_an_optional_requirement_nothing_enforces_is_said(sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    policies = Path(sandbox.env["SANDBOX_AGENT_POLICIES"])
+    (policies / "nolandlock.toml").write_text(
+        'extends = "default"\n[optional]\nrequirements = { append = ["limits.swap"] }\n'
+        '[limits]\nswap = { enforcement = "monitored" }\n'
+    )
+    result = run_cli(sandbox.env, "sandbox", "exec", "--policy", "nolandlock", "--workdir",
+                     sandbox.workdir, "--", "/bin/true")  # fmt: skip
     assert result.returncode == 0
     assert result.stderr == (
-        "sandbox-agent: not enforced here (optional in the policy): namespaces.cgroup\n"
+        "sandbox-agent: not enforced here (optional in the policy): limits.swap\n"
+        "sandbox-agent: limits.swap: not enforced (the agent cannot measure swap; set its "
+        "enforcement to kernel)\n"
     )
 
 

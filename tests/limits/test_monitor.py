@@ -131,3 +131,14 @@ def test_monitor_is_not_fooled_by_a_renamed_process(tmp_path: Path) -> None:
     outcome = run_watched(f"/bin/bash -c '{script}'", {"pids": 2}, tmp_path)
     assert outcome.reason == "pids"
     assert os.path.exists("/proc/self")
+
+
+def test_namespaces_made_are_those_the_agent_does_not_share() -> None:
+    from sandbox_agent.runtime.session import namespaces_made
+
+    own = os.stat("/proc/self/ns/cgroup").st_ino
+    report = {"child-pid": os.getpid(), "cgroup-namespace": own, "pid-namespace": 1,
+              "mnt-namespace": os.stat("/proc/self/ns/mnt").st_ino, "other": "x"}  # fmt: skip
+    # the agent's own cgroup and mount namespaces were not made; the user namespace of
+    # the child (here: ourselves) is shared too
+    assert namespaces_made(report) == {"pid": 1}

@@ -82,8 +82,9 @@ def test_real_bwrap_runs_the_rendered_argv(tmp_path: Path) -> None:
                         environ=dict(os.environ), host=NoLandlock())  # fmt: skip
     assert "--ro-bind-data" not in plan.argv
     argv = list(plan.argv)
-    at = argv.index("--seccomp")
-    del argv[at : at + 2]
+    for flag in ("--seccomp", "--info-fd"):
+        at = argv.index(flag)
+        del argv[at : at + 2]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.split()
@@ -106,7 +107,8 @@ def test_landlock_step_comes_before_the_payload(tmp_path: Path) -> None:
     assert tail == ["/usr/bin/python3", "-I", "-S", bwrap.CONFINE_PATH, "--writable", "/workdir",
                     "--writable", "/tmp", "--writable", "/dev", "--no-tcp", "--",
                     "/bin/true"]  # fmt: skip
-    assert plan.fd_contents == {bwrap.SECCOMP_FD: "seccomp", bwrap.CONFINE_FD: "confine"}
+    assert plan.fd_contents == {bwrap.SECCOMP_FD: "seccomp", bwrap.CONFINE_FD: "confine",
+                                bwrap.INFO_FD: "info"}  # fmt: skip
     landlock = next(r for r in plan.requirements if r.key == "process.landlock")
     assert landlock.met and landlock.by == "wrapper" and "no TCP" in landlock.how
 

@@ -26,6 +26,7 @@ from sandbox_agent.runtime.plan import (
 
 SECCOMP_FD = 10  # the descriptor the seccomp program is passed on
 CONFINE_FD = 11  # the descriptor the landlock step's source is passed on
+INFO_FD = 12  # where bwrap reports the child's pid and the namespaces it made
 CONFINE_PATH = "/.sandbox-agent/confine.py"  # where the sandbox sees it
 # The interpreter that runs the landlock step: the sandbox's own. Without one (an image
 # with no Python), landlock cannot be applied and the requirement says so.
@@ -64,7 +65,7 @@ def render(
             requirements.append(Requirement(f"namespaces.{ns}", "off: shares the host's"))
             continue
         if level == "optional" and ns in ("user", "cgroup"):
-            # bwrap does not report whether -try made it: recorded as not guaranteed
+            # not guaranteed by the flag: the launcher confirms it from bwrap's report
             out.append(f"--unshare-{flag}-try")
             requirements.append(
                 Requirement(f"namespaces.{ns}", f"--unshare-{flag}-try (if possible)", met=False)
@@ -133,7 +134,7 @@ def render(
     out += ["--setenv", "HOME", inside, "--setenv", "TMPDIR", inside]
 
     # -- seccomp and the rest ------------------------------------------------------------
-    out += ["--seccomp", str(SECCOMP_FD)]
+    out += ["--seccomp", str(SECCOMP_FD), "--info-fd", str(INFO_FD)]
     profile = effective.word("process.seccomp")
     requirements.append(Requirement("process.seccomp", f"--seccomp {SECCOMP_FD}: {profile}"))
     requirements.append(Requirement("process.rlimits", "set before exec", by="launcher"))
@@ -145,7 +146,8 @@ def render(
     out += confine
     out += list(argv)
     fds = {SECCOMP_FD: "the seccomp program compiled from " + profile}
-    contents = {SECCOMP_FD: "seccomp"}
+    fds[INFO_FD] = "bwrap's report of the namespaces it made (read by the agent)"
+    contents = {SECCOMP_FD: "seccomp", INFO_FD: "info"}
     if confine:
         fds[CONFINE_FD] = f"the landlock step (sandbox_agent.wrapper.confine) at {CONFINE_PATH}"
         contents[CONFINE_FD] = "confine"

@@ -13,11 +13,14 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+import prctl
 
 from sandbox_agent.limits.cgroups import JobCgroup
 from sandbox_agent.policy.compose import EffectivePolicy, within
@@ -65,6 +68,7 @@ class Started:
     process: subprocess.Popen[bytes]
     seccomp_sha256: str
     unenforced: tuple[str, ...]  # optional requirements nothing enforces here
+    info: int | None = None  # read end of the runtime's report (bwrap --info-fd)
 
 
 def unenforced(plan: LaunchPlan, effective: EffectivePolicy) -> tuple[str, ...]:
@@ -136,10 +140,13 @@ def start(
         )
     compiled = compile_profile(Path(plan.seccomp_profile))
     fds: list[int] = []
+    info = None
     try:
         for number, content in plan.fd_contents.items():
             if content == "seccomp":
                 fd = bpf_fd(compiled.bpf)
+            elif content == "info":
+                info, fd = os.pipe2(os.O_CLOEXEC)
             else:
                 fd = data_fd("sandbox-agent-confine", confine_source())
             fds.append(fd)
@@ -162,6 +169,8 @@ def start(
                 os.setgroups([])
                 os.setresgid(SANDBOX_HOST_UID, SANDBOX_HOST_UID, SANDBOX_HOST_UID)
                 os.setresuid(SANDBOX_HOST_UID, SANDBOX_HOST_UID, SANDBOX_HOST_UID)
+            # after the uid change, which clears it: the runtime dies with the agent
+            prctl.set_pdeathsig(signal.SIGKILL)
 
         process = subprocess.Popen(
             argv,
@@ -173,11 +182,16 @@ def start(
             close_fds=True,
             pass_fds=tuple(fds),
             preexec_fn=before_exec,
+            start_new_session=True,  # no controlling terminal for any runtime's payload
         )
+    except BaseException:
+        if info is not None:
+            os.close(info)
+        raise
     finally:
         for fd in fds:
             os.close(fd)
-    return Started(process, compiled.sha256, skipped)
+    return Started(process, compiled.sha256, skipped, info)
 
 
 def confine_source() -> bytes:
@@ -187,6 +201,8 @@ def confine_source() -> bytes:
 
 def _fd_argument(argv: Sequence[str], number: int) -> int:
     for index in range(len(argv) - 1):
-        if argv[index] in ("--seccomp", "--ro-bind-data") and argv[index + 1] == str(number):
+        if argv[index] in ("--seccomp", "--ro-bind-data", "--info-fd") and argv[index + 1] == str(
+            number
+        ):
             return index + 1
     raise ValueError(f"the plan names fd {number} but its argv does not use it")

@@ -10,7 +10,9 @@ even when the agent is interrupted.
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import select
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -47,6 +49,54 @@ def job_cgroup(
     return group, f"the job's cgroup ({hierarchy.describe()})"
 
 
+def read_report(fd: int, timeout: float = 10.0, cap: int = 65536) -> dict[str, object]:
+    """bwrap's --info-fd report: written once the sandbox is set up, then closed. Empty
+    when bwrap failed first, or when the report is not what bwrap writes."""
+    data = b""
+    try:
+        while len(data) < cap:
+            ready, _, _ = select.select([fd], [], [], timeout)
+            if not ready:
+                break
+            chunk = os.read(fd, cap - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    try:
+        report = json.loads(data or b"{}")
+    except ValueError:
+        return {}
+    return report if isinstance(report, dict) else {}
+
+
+def namespaces_made(report: dict[str, object]) -> dict[str, int]:
+    """The namespaces the sandbox has that the agent does not share: name -> inode."""
+    made = {}
+    for key, value in report.items():
+        if key.endswith("-namespace") and isinstance(value, int):
+            name = key.removesuffix("-namespace").replace("mnt", "mount")
+            if value != _own_namespace("mnt" if name == "mount" else name):
+                made[name] = value
+    child = report.get("child-pid")
+    if isinstance(child, int):  # bwrap does not report the user namespace: read it
+        try:
+            inode = os.stat(f"/proc/{child}/ns/user").st_ino
+        except OSError:
+            inode = None
+        if inode is not None and inode != _own_namespace("user"):
+            made["user"] = inode
+    return made
+
+
+def _own_namespace(name: str) -> int | None:
+    try:
+        return os.stat(f"/proc/self/ns/{name}").st_ino
+    except OSError:
+        return None
+
+
 def run(
     plan: LaunchPlan,
     effective: EffectivePolicy,
@@ -72,6 +122,9 @@ def run(
         limits = decide(plan, effective, held, where)
         started = start(plan, effective, stdin=stdin, stdout=stdout, stderr=stderr,
                         cgroup=group)  # fmt: skip
+        made = namespaces_made(read_report(started.info)) if started.info is not None else {}
+        # an optional namespace asked for with -try counts only once bwrap says it made it
+        skipped = tuple(k for k in skipped if k.removeprefix("namespaces.") not in made)
         watched = {limit: effective.limit(limit) for limit in limits.monitored}
         monitor = Monitor(started.process, watched, workdir=workdir, cgroup=group,
                           interval=interval)  # fmt: skip

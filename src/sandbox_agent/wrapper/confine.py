@@ -6,9 +6,10 @@ tmpfs mounts); reading and executing stay allowed everywhere. From landlock ABI 
 also cannot connect to abstract unix sockets or signal processes outside its own
 domain, and with ``--no-tcp`` (ABI 4) it can neither bind nor connect a TCP socket.
 
-The launcher runs this file's source with the sandbox's own interpreter::
+The launcher passes this file into the sandbox on a descriptor (bwrap's
+--ro-bind-data) and runs it with the sandbox's own interpreter::
 
-    python3 -I -S -c <this source> --writable /workdir --writable /tmp -- CMD ARGS...
+    /usr/bin/python3 -I -S /.sandbox-agent/confine.py --writable /workdir ... -- CMD ARGS...
 
 so it uses the standard library only (and syntax an older image's Python 3.7 reads).
 It fails closed: when a restriction cannot be applied it prints one line and exits 125
