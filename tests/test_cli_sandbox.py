@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -101,7 +102,10 @@ def test_missing_runtime_is_one_line_and_exit_3(sandbox, tmp_path: Path) -> None
                      sandbox.workdir, "--", "/bin/true",
                      program=[sys.executable, "-m", "sandbox_agent"])  # fmt: skip
     assert result.returncode == 3
-    assert result.stderr.strip().startswith("sandbox-agent: cannot enforce: bwrap is not installed")
+    assert result.stderr == (
+        "sandbox-agent: cannot enforce: --runtime auto: no runtime works here (bwrap: not on "
+        "PATH (Debian/Ubuntu: apt-get install bubblewrap; EL: dnf install bubblewrap))\n"
+    )
 
 
 def test_the_sandbox_is_never_host_root(sandbox) -> None:  # type: ignore[no-untyped-def]
@@ -188,3 +192,89 @@ def test_a_policy_directory_the_agent_cannot_search_is_one_line(tmp_path: Path) 
         f"sandbox-agent: {tmp_path}/policies/default.toml: cannot look for the policy here "
         "(Permission denied)\n"
     )
+
+
+def test_auto_and_use_containers_bwrap_run_bwrap(sandbox) -> None:  # type: ignore[no-untyped-def]
+    for extra in ({}, {"USE_CONTAINERS": "BWRAP"}, {"USE_CONTAINERS": "bwrap"}):
+        sandbox.env.update(extra)
+        result = sandbox("readlink /proc/1/exe; echo $0")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split()[-1] == "/bin/sh"
+
+
+@pytest.mark.parametrize(
+    ("options", "environment", "expected"),
+    [
+        (["--runtime", "singularity"], {}, "sandbox-agent: cannot enforce: --runtime singularity: "
+         "not on PATH"),
+        ([], {"USE_CONTAINERS": "APPTAINER"}, "sandbox-agent: cannot enforce: "
+         "USE_CONTAINERS=APPTAINER: not on PATH"),
+        ([], {"USE_CONTAINERS": "kubernetes"}, "sandbox-agent: cannot enforce: "
+         "USE_CONTAINERS=kubernetes: unknown container runtime"),
+        (["--runtime", "lxc"], {}, "sandbox-agent: cannot enforce: --runtime lxc: unknown runtime"),
+    ],
+)  # fmt: skip
+def test_an_unavailable_runtime_is_one_line(sandbox, options, environment, expected) -> None:  # type: ignore[no-untyped-def]
+    if shutil.which("apptainer") or shutil.which("singularity"):
+        pytest.skip("Apptainer or Singularity is installed here")
+    sandbox.env.update(environment)
+    result = run_cli(sandbox.env, "sandbox", "exec", *options, "--workdir", sandbox.workdir,
+                     "--", "/bin/touch", "/workdir/ran")  # fmt: skip
+    assert result.returncode == 3
+    assert result.stderr.startswith(expected) and result.stderr.count("\n") == 1
+    assert not (sandbox.workdir / "ran").exists()
+
+
+def test_docker_without_an_engine_is_one_line(sandbox) -> None:  # type: ignore[no-untyped-def]
+    if shutil.which("docker") is None:
+        pytest.skip("the docker client is not installed")
+    probe = subprocess.run(["docker", "info"], capture_output=True, check=False, timeout=30)
+    if probe.returncode == 0:
+        pytest.skip("a Docker engine answers here")
+    sandbox.env["USE_CONTAINERS"] = "DOCKER"
+    result = run_cli(sandbox.env, "sandbox", "exec", "--workdir", sandbox.workdir, "--",
+                     "/bin/true")  # fmt: skip
+    assert result.returncode == 3
+    assert result.stderr.startswith(
+        "sandbox-agent: cannot enforce: USE_CONTAINERS=DOCKER: the Docker engine is not running"
+    )
+
+
+FAKE_APPTAINER = """#!/bin/sh
+# Stands in for Apptainer to check what the launcher starts, not what Apptainer does
+# (real runs need the real tool): it answers `version`, then records its argv and the
+# cgroup file it was given.
+if [ "$1" = version ]; then echo 1.3.4; exit 0; fi
+printf '%s\\n' "$@" > "$RECORD/argv"
+while [ $# -gt 0 ]; do
+  if [ "$1" = --apply-cgroups ]; then cat "$2" > "$RECORD/cgroup.toml"; fi
+  shift
+done
+exit 5
+"""
+
+
+def test_an_image_runtime_is_started_with_its_rendered_argv(sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    if os.geteuid() != 0:
+        pytest.skip("the fake stands in for a root Apptainer (seccomp and cgroups by it)")
+    bin_dir = sandbox.workdir.parent / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "apptainer"
+    fake.touch(mode=0o755)
+    record = sandbox.workdir.parent / "record"
+    record.mkdir()
+    policies = Path(sandbox.env["SANDBOX_AGENT_POLICIES"])
+    shutil.copy(ROOT / "tests" / "runtime" / "policies" / "images.toml", policies)
+    env = {**sandbox.env, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    # the launcher passes the runtime no variable of the agent's: the path is written in
+    fake.write_text(FAKE_APPTAINER.replace("$RECORD", str(record)))
+    result = run_cli(env, "sandbox", "exec", "--runtime", "apptainer", "--policy", "images",
+                     "--workdir", sandbox.workdir, "--", "/bin/echo", "hi")  # fmt: skip
+    assert result.returncode == 5, result.stderr
+    argv = (record / "argv").read_text().splitlines()
+    assert argv[:6] == ["exec", "--containall", "--no-privs", "--no-home", "--cleanenv", "--pid"]
+    assert argv[-3:] == ["docker://registry.example.org/alice/el9:2024.1", "/bin/echo", "hi"]
+    assert f"{sandbox.workdir}:/workdir" in argv
+    assert "--security" in argv  # as root Apptainer applies the seccomp profile itself
+    assert "[pids]" in (record / "cgroup.toml").read_text()  # the generated file, by path
+    assert "not enforced here (optional in the policy): " in result.stderr

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -25,9 +24,10 @@ from sandbox_agent.policy import (
 from sandbox_agent.policy.diff import diff
 from sandbox_agent.policy.explain import explain_json, explain_text
 from sandbox_agent.policy.lint import lint
-from sandbox_agent.runtime import apptainer, bwrap, docker
+from sandbox_agent.runtime.choose import RUNTIMES
 from sandbox_agent.runtime.launch import enforcer_exists
 from sandbox_agent.runtime.plan import LaunchPlan, Requirement, Unenforceable
+from sandbox_agent.runtime.render import render
 
 policy_app = typer.Typer(
     help="Explain, lint and diff site policies (policies/*.toml).",
@@ -193,9 +193,6 @@ def policy_diff(
             typer.echo("  (nothing)")
 
 
-RUNTIMES = ("bwrap", "apptainer", "singularity", "docker", "podman")
-
-
 def _state(req: Requirement, plan: LaunchPlan) -> str:
     """What stands behind a requirement line: who enforces it, and if that exists yet."""
     if not req.met:
@@ -216,14 +213,7 @@ def _plan(
     if runtime not in RUNTIMES:
         fail(f"--runtime {runtime}: use one of {', '.join(RUNTIMES)}")
     payload = [spec.executable, *spec.arguments] if spec else ["/bin/true"]
-    privileged = os.geteuid() == 0 if root is None else root
-    if runtime == "bwrap":
-        return bwrap.render(effective, payload, workdir=workdir)
-    if runtime in ("apptainer", "singularity"):
-        return apptainer.render(
-            effective, payload, workdir=workdir, privileged=privileged, binary=runtime
-        )
-    return docker.render(effective, payload, workdir=workdir, engine=runtime)
+    return render(runtime, effective, payload, workdir=workdir, privileged=root)
 
 
 @policy_app.command("render")

@@ -12,10 +12,12 @@ import typer
 from sandbox_agent import exitcodes
 from sandbox_agent.cli.app import fail, home_of
 from sandbox_agent.policy import PolicyError, PolicyRejection, compose, load_policy, policy_dirs
-from sandbox_agent.runtime import bwrap, session
+from sandbox_agent.runtime import session
 from sandbox_agent.runtime.agentproc import harden
+from sandbox_agent.runtime.choose import AUTO_ORDER, RuntimeUnavailable, choose
 from sandbox_agent.runtime.launch import RuntimeMissing, WorkdirRefused, check_workdir
 from sandbox_agent.runtime.plan import Unenforceable
+from sandbox_agent.runtime.render import render
 from sandbox_agent.seccomp.compile import CompileError
 
 sandbox_app = typer.Typer(
@@ -36,15 +38,19 @@ def sandbox_exec(
     ],
     policy: Annotated[str, typer.Option("--policy", help="A policy name or path.")] = "default",
     jdl: Annotated[Path | None, typer.Option("--jdl", help="Compose with this job.")] = None,
-    runtime: Annotated[str, typer.Option("--runtime", help="bwrap (others come next).")] = "bwrap",
+    runtime: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="auto (honours USE_CONTAINERS), bwrap, apptainer, singularity, docker or podman.",
+        ),
+    ] = "auto",
 ) -> None:
     """Run COMMAND in the sandbox (DIR writable, mounted as the work directory and the
     current directory); stdin, stdout and stderr pass through; its exit code is ours.
     Put `--` before a command that has options of its own."""
     from sandbox_agent.cli.policy import _job
 
-    if runtime != "bwrap":
-        fail(f"--runtime {runtime}: sandbox exec runs bwrap for now", exitcodes.ENVIRONMENT)
     spec = _job(jdl, None)
     try:
         effective = compose(
@@ -53,7 +59,11 @@ def sandbox_exec(
             credentials=[str(home_of(ctx) / "certs")],
         )
         plan_workdir = check_workdir(workdir, effective)
-        plan = bwrap.render(effective, command, workdir=plan_workdir, environ=dict(os.environ))
+        # the host's userland runs on bwrap only: auto does not try image runtimes for it
+        host = effective.word("filesystem.image") == "host"
+        found = choose(runtime, order=("bwrap",) if host else AUTO_ORDER)
+        plan = render(found.runtime, effective, command, workdir=plan_workdir,
+                      environ=dict(os.environ), binary=found.binary)  # fmt: skip
         harden()  # this process is the agent for the job: undumpable, a subreaper
         result = session.run(plan, effective, workdir=Path(plan_workdir))
     except PolicyError as exc:
@@ -62,7 +72,7 @@ def sandbox_exec(
         fail(f"rejected: {exc}", exitcodes.FAILED)
     except WorkdirRefused as exc:
         fail(str(exc))
-    except (Unenforceable, RuntimeMissing, CompileError) as exc:
+    except (Unenforceable, RuntimeMissing, RuntimeUnavailable, CompileError) as exc:
         fail(f"cannot enforce: {exc}", exitcodes.ENVIRONMENT)
     except subprocess.SubprocessError as exc:
         fail(f"cannot start the sandbox: {exc}", exitcodes.ENVIRONMENT)

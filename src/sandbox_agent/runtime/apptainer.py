@@ -65,8 +65,9 @@ def render(
     else:
         need.met("process.seccomp", "Apptainer applies seccomp only as root: the wrapper applies "
                  "the same profile before the payload starts", by="wrapper")  # fmt: skip
-    need.met("process.new_session", "a new session for the payload", by="wrapper")
-    need.met("process.die_with_parent", "the agent kills the job through its cgroup", by="agent")
+    need.met("process.new_session", "started in a new session, no terminal", by="launcher")
+    need.met("process.die_with_parent", "PR_SET_PDEATHSIG on apptainer; the job's cgroup is "
+             "killed at teardown", by="launcher")  # fmt: skip
     variables = environment(effective, environ)
     for name, value in variables:
         out += ["--env", f"{name}={value}"]

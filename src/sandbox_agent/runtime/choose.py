@@ -89,10 +89,15 @@ def available(runtime: str, *, environ: Mapping[str, str] = os.environ) -> Avail
 
 
 def choose(
-    requested: str, *, environ: Mapping[str, str] = os.environ, probe: Probe = available
+    requested: str,
+    *,
+    environ: Mapping[str, str] = os.environ,
+    probe: Probe = available,
+    order: Sequence[str] = AUTO_ORDER,
 ) -> Availability:
     """The runtime to use: ``requested`` ("auto" or one of RUNTIMES) if it works, else
-    RuntimeUnavailable with one line saying why (every runtime tried, for ``auto``)."""
+    RuntimeUnavailable with one line saying why (every runtime tried, for ``auto``).
+    ``order`` is what auto tries: a policy on the host's userland runs on bwrap only."""
     if requested != "auto":
         if requested not in RUNTIMES:
             raise RuntimeUnavailable(
@@ -110,7 +115,7 @@ def choose(
             )
         return _explicit(runtime, f"USE_CONTAINERS={value}", environ, probe)
     tried = []
-    for runtime in AUTO_ORDER:
+    for runtime in order:
         found = probe(runtime, environ=environ)
         if found.ok:
             return found

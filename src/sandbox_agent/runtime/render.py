@@ -1,0 +1,40 @@
+"""One entry point to every runtime's renderer, so ``policy render`` shows exactly the
+plan ``sandbox exec`` and the pilot would start."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+
+from sandbox_agent.policy.compose import EffectivePolicy
+from sandbox_agent.runtime import apptainer, bwrap, docker
+from sandbox_agent.runtime.choose import RUNTIMES
+from sandbox_agent.runtime.plan import LaunchPlan
+
+
+def render(
+    runtime: str,
+    effective: EffectivePolicy,
+    argv: Sequence[str],
+    *,
+    workdir: str,
+    environ: Mapping[str, str] | None = None,
+    privileged: bool | None = None,
+    binary: str | None = None,
+) -> LaunchPlan:
+    """The plan of ``runtime`` (one of RUNTIMES); raises Unenforceable. ``privileged``
+    None: as this process is; ``binary``: the runtime's path when it was found."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}")
+    if runtime == "bwrap":
+        return bwrap.render(effective, argv, workdir=workdir, environ=environ,
+                            binary=binary or "bwrap")  # fmt: skip
+    if runtime in ("apptainer", "singularity"):
+        root = os.geteuid() == 0 if privileged is None else privileged
+        return apptainer.render(effective, argv, workdir=workdir, environ=environ,
+                                privileged=root, binary=binary or runtime)  # fmt: skip
+    plan = docker.render(effective, argv, workdir=workdir, environ=environ, engine=runtime)
+    if binary:
+        plan = dataclasses.replace(plan, argv=(binary, *plan.argv[1:]))
+    return plan
