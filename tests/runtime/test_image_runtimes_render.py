@@ -49,13 +49,11 @@ def test_apptainer_golden(policies: Path, privileged: bool) -> None:
     name = "root" if privileged else "user"
     expected = (GOLDEN / f"apptainer-{name}.argv").read_text().splitlines()
     assert words(plan.argv, policies) == expected
-    if privileged:
-        assert plan.files["cgroup.toml"] == (
-            "[memory]\n  limit = 4294967296\n  swap = 4294967296\n"
-            "[cpu]\n  quota = 100000\n  period = 100000\n[pids]\n  limit = 1024\n"
-        )
-    else:
-        assert plan.files == {}
+    # the limits are the job's cgroup, which Apptainer runs in: no flags of its own
+    assert not {"--apply-cgroups", "--memory", "--pids-limit"} & set(plan.argv)
+    memory = next(r for r in plan.requirements if r.key == "limits.memory")
+    assert (memory.by, memory.how) == ("agent", "kernel: the job's cgroup")
+    if not privileged:
         seccomp = next(r for r in plan.requirements if r.key == "process.seccomp")
         assert "the wrapper applies the same profile" in seccomp.how
 

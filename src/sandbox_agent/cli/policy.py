@@ -245,7 +245,7 @@ def policy_render(
         raise typer.Exit(exitcodes.ENVIRONMENT) from None
     if as_json:
         typer.echo(json.dumps({
-            "runtime": plan.runtime, "argv": list(plan.argv), "files": plan.files,
+            "runtime": plan.runtime, "argv": list(plan.argv),
             "fds": {str(k): v for k, v in plan.fds.items()},
             "seccomp_profile": plan.seccomp_profile,
             "requirements": [r.__dict__ for r in plan.requirements],
@@ -257,10 +257,6 @@ def policy_render(
     for fd, what in plan.fds.items():
         typer.echo(f"fd {fd}: {what}")
     typer.echo(f"seccomp profile: {plan.seccomp_profile}")
-    for name, text in plan.files.items():
-        typer.echo(f"file {name}:")
-        for line in text.splitlines():
-            typer.echo(f"  {line}")
     typer.echo("requirements:")
     for req in plan.requirements:
         typer.echo(f"  {req.key:<28} {req.how}{_state(req, plan)}")

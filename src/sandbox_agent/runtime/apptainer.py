@@ -4,7 +4,7 @@ Apptainer brings the image (a directory, a SIF or squashfs file, or a docker://
 reference), contains the filesystem, PID and IPC namespaces and the environment, and
 drops every privilege. What it cannot do for an unprivileged user is said per
 requirement: it applies seccomp only as root (then the wrapper applies the same
-profile before the payload starts), and its resource flags need a delegated cgroup v2.
+profile before the payload starts). Limits are the job's cgroup, which Apptainer runs in.
 """
 
 from __future__ import annotations
@@ -14,9 +14,6 @@ from collections.abc import Mapping, Sequence
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.policy.schema import LIMITS
 from sandbox_agent.runtime.plan import LaunchPlan, Requirements, Unenforceable, environment
-
-CGROUP_FILE = "cgroup.toml"
-CPU_PERIOD = 100_000  # microseconds: quota = cores x period
 
 
 def render(
@@ -90,45 +87,19 @@ def render(
     out += ["--env", f"HOME={inside}", "--env", f"TMPDIR={inside}"]
 
     # -- limits ----------------------------------------------------------------------------
-    files: dict[str, str] = {}
-    if privileged:
-        files[CGROUP_FILE] = _cgroup_toml(effective)
-        out += ["--apply-cgroups", CGROUP_FILE]
-        how = f"--apply-cgroups {CGROUP_FILE}"
-    else:
-        memory = effective.limit("memory")
-        out += ["--memory", str(memory), "--memory-swap", str(memory + effective.limit("swap"))]
-        out += ["--cpus", str(effective.limit("cpu_cores")), "--pids-limit",
-                str(effective.limit("pids"))]  # fmt: skip
-        how = "--memory/--cpus/--pids-limit (needs a delegated cgroup v2 for a user)"
+    # Apptainer runs as the agent's child, inside the job's cgroup: the agent holds the
+    # limits there, as for bwrap. Apptainer's own flags (--apply-cgroups, --memory) would
+    # move the container to a cgroup of Apptainer's, out of the agent's sight, and need
+    # a delegated cgroup v2 for a user.
     for name in LIMITS:
-        if effective.word(f"limits.{name}.enforcement") == "kernel" and name in (
-            "memory", "swap", "cpu_cores", "pids"
-        ):  # fmt: skip
-            need.met(f"limits.{name}", how)
-        else:
-            need.met(f"limits.{name}", "monitored", by="agent")
+        how = effective.word(f"limits.{name}.enforcement")
+        where = "the job's cgroup" if how == "kernel" else "the agent's monitor"
+        need.met(f"limits.{name}", f"{how}: {where}", by="agent")
     need.met("process.rlimits", "set before exec, inherited", by="launcher")
     if effective.word("process.landlock") != "off":
         need.met("process.landlock", "landlock, inside", by="wrapper")
     out.append(image)  # Apptainer takes directories, files and docker:// references as they are
     out += list(argv)
     return LaunchPlan(
-        "apptainer", tuple(out), files, requirements=tuple(need.items), seccomp_profile=profile
-    )
-
-
-def _cgroup_toml(effective: EffectivePolicy) -> str:
-    """The job's limits as OCI LinuxResources in TOML, the form --apply-cgroups reads."""
-    memory = effective.limit("memory")
-    cores = effective.limit("cpu_cores")
-    return (
-        "[memory]\n"
-        f"  limit = {memory}\n"
-        f"  swap = {memory + effective.limit('swap')}\n"
-        "[cpu]\n"
-        f"  quota = {cores * CPU_PERIOD}\n"
-        f"  period = {CPU_PERIOD}\n"
-        "[pids]\n"
-        f"  limit = {effective.limit('pids')}\n"
+        "apptainer", tuple(out), requirements=tuple(need.items), seccomp_profile=profile
     )

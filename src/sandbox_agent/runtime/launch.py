@@ -15,7 +15,6 @@ import resource
 import shutil
 import signal
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +69,6 @@ class Started:
     seccomp_sha256: str
     unenforced: tuple[str, ...]  # optional requirements nothing enforces here
     info: int | None = None  # read end of the runtime's report (bwrap --info-fd)
-    files: str | None = None  # private directory of the plan's files; the caller removes it
 
 
 def unenforced(plan: LaunchPlan, effective: EffectivePolicy) -> tuple[str, ...]:
@@ -156,7 +154,6 @@ def start(
             position = _fd_argument(argv, number)
             argv[position] = str(fd)
         limits = rlimits(effective)
-        files = _write_files(plan, argv)
 
         # Only bwrap maps the payload onto the uid that starts it. Docker's client must
         # reach the engine's socket, and Apptainer as root applies seccomp and cgroups
@@ -197,20 +194,7 @@ def start(
     finally:
         for fd in fds:
             os.close(fd)
-    return Started(process, compiled.sha256, skipped, info, files)
-
-
-def _write_files(plan: LaunchPlan, argv: list[str]) -> str | None:
-    """The plan's generated files (Apptainer's cgroup TOML) in a private directory,
-    their names in ``argv`` replaced by their paths."""
-    if not plan.files:
-        return None
-    directory = tempfile.mkdtemp(prefix="sandbox-agent-plan-")
-    for name, text in plan.files.items():
-        path = os.path.join(directory, name)
-        Path(path).write_text(text)
-        argv[:] = [path if word == name else word for word in argv]
-    return directory
+    return Started(process, compiled.sha256, skipped, info)
 
 
 def confine_source() -> bytes:

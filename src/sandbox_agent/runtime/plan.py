@@ -83,7 +83,6 @@ FROM_AGENT = "<from the agent's environment>"
 class LaunchPlan:
     runtime: str
     argv: tuple[str, ...]
-    files: dict[str, str] = field(default_factory=dict)  # generated files: name -> text
     fds: dict[int, str] = field(default_factory=dict)  # fd inside argv -> what it carries
     # fd inside argv -> what the launcher writes to it: "seccomp" (the compiled
     # program) or "confine" (the source of sandbox_agent.wrapper.confine)

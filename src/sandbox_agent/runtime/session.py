@@ -13,7 +13,6 @@ import itertools
 import json
 import os
 import select
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -118,7 +117,6 @@ def run(
     if wants_cgroup(plan, effective):
         group, where = job_cgroup(name, effective, prefer=prefer_cgroup)
     teardown = None
-    started = None
     try:
         held = group.enforced if group else frozenset()
         limits = decide(plan, effective, held, where)
@@ -139,8 +137,6 @@ def run(
     finally:
         if group is not None:
             teardown = group.teardown()
-        if started is not None and started.files:
-            shutil.rmtree(started.files, ignore_errors=True)
     return SessionResult(
         outcome, teardown, limits, skipped + limits.unenforced, started.seccomp_sha256, where
     )
