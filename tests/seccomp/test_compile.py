@@ -107,3 +107,15 @@ def test_a_deny_rule_that_cannot_be_exact_under_an_allowing_default_is_refused(
     }))  # fmt: skip
     with pytest.raises(CompileError, match="would let it through"):
         compile_profile(path)
+
+
+def test_a_profile_is_compiled_once_and_again_when_it_changes(tmp_path: Path) -> None:
+    profile = tmp_path / "p.json"
+    shipped = json.loads((ROOT / "policies" / "seccomp" / "default.json").read_text())
+    profile.write_text(json.dumps(shipped))
+    first = compile_profile(profile)
+    assert compile_profile(profile) is first  # remembered: no second compilation
+    shipped["syscalls"] = [r for r in shipped["syscalls"] if "getpid" not in r["names"]]
+    profile.write_text(json.dumps(shipped))
+    changed = compile_profile(profile)
+    assert changed is not first and changed.bpf != first.bpf  # the new content counts

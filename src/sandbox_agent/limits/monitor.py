@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import stat
 import subprocess
@@ -83,6 +84,10 @@ class Monitor:
         self.cgroup = cgroup
         self.interval = interval
         self.started = time.monotonic()
+        try:
+            self._pidfd: int | None = os.pidfd_open(process.pid)
+        except (AttributeError, OSError):  # Linux before 5.3, or the process is gone
+            self._pidfd = None
 
     def run(self) -> Outcome:
         """Wait for the job, checking its limits every ``interval`` seconds."""
@@ -92,22 +97,37 @@ class Monitor:
             wait = self.interval
             if "wall_time" in self.limits:
                 wait = max(0.0, min(wait, self.limits["wall_time"] - elapsed))
-            try:
-                self.process.wait(timeout=wait)
+            if self._exited(wait):
                 break
-            except subprocess.TimeoutExpired:
-                pass
             reason = self.excess(time.monotonic() - self.started)
             if reason:
                 self.kill()
                 self.process.wait()
                 break
         wall = time.monotonic() - self.started
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
         usage = self.cgroup.usage() if self.cgroup else None
         if reason is None and usage and usage.oom_kills:
             reason = "memory"  # the kernel killed it at the cgroup's limit
         detail = self.describe(reason)
         return Outcome(self.process.returncode, reason, detail, wall, usage)
+
+    def _exited(self, timeout: float) -> bool:
+        """Whether the job's process ended within ``timeout``. A pidfd wakes us the moment
+        it does; Popen.wait(timeout) would poll with sleeps of up to 50 ms."""
+        if self._pidfd is not None:
+            readable, _, _ = select.select([self._pidfd], [], [], timeout)
+            if not readable:
+                return False
+            self.process.wait()
+            return True
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def excess(self, elapsed: float) -> str | None:
         """The first monitored limit the job is over, if any."""

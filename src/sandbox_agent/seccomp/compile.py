@@ -84,13 +84,27 @@ class Compiled:
         return "sha256:" + hashlib.sha256(self.bpf).hexdigest()
 
 
+# Compiled programs by (path, sha256 of the bytes compiled): a pilot compiles each
+# profile once (tens of ms), and a changed file is compiled again.
+_COMPILED: dict[tuple[str, str], Compiled] = {}
+_KEEP = 16
+
+
 def compile_profile(path: Path) -> Compiled:
     """The host's BPF program for the profile at ``path``; raises ``CompileError``."""
     try:
-        profile = SeccompProfile.load(path)
+        raw = SeccompProfile.read(path)
+        key = (str(path), hashlib.sha256(raw).hexdigest())
+        if key in _COMPILED:
+            return _COMPILED[key]
+        profile = SeccompProfile.from_bytes(raw, str(path))
     except ProfileError as exc:
         raise CompileError(str(exc)) from None
-    return compile_loaded(profile)
+    compiled = compile_loaded(profile)
+    if len(_COMPILED) >= _KEEP:
+        _COMPILED.clear()
+    _COMPILED[key] = compiled
+    return compiled
 
 
 def compile_loaded(profile: SeccompProfile) -> Compiled:

@@ -173,6 +173,11 @@ class SeccompProfile:
 
     @classmethod
     def load(cls, path: Path) -> SeccompProfile:
+        return cls.from_bytes(cls.read(path), str(path))
+
+    @staticmethod
+    def read(path: Path) -> bytes:
+        """The profile file's bytes: a regular file, up to the size cap."""
         try:
             raw = read_capped(path, MAX_PROFILE_BYTES)
         except OSError as exc:
@@ -181,13 +186,17 @@ class SeccompProfile:
             ) from None
         if len(raw) > MAX_PROFILE_BYTES:
             raise ProfileError(f"{path}: larger than {MAX_PROFILE_BYTES} bytes")
+        return raw
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, source: str) -> SeccompProfile:
         try:
             data = json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ProfileError(f"{path}: not valid JSON ({exc})") from None
+            raise ProfileError(f"{source}: not valid JSON ({exc})") from None
         except RecursionError:
-            raise ProfileError(f"{path}: nested too deeply to be a profile") from None
-        return cls.parse(data, str(path))
+            raise ProfileError(f"{source}: nested too deeply to be a profile") from None
+        return cls.parse(data, source)
 
     @classmethod
     def parse(cls, data: Any, source: str) -> SeccompProfile:
