@@ -138,3 +138,18 @@ def test_landlock_fails_closed_or_is_noted(tmp_path: Path, host: FixedHost, why:
     assert bwrap.CONFINE_PATH not in plan.argv
     landlock = next(r for r in plan.requirements if r.key == "process.landlock")
     assert not landlock.met and landlock.how == why
+
+
+def test_a_bind_inside_a_tmpfs_comes_after_it(tmp_path: Path) -> None:
+    text = ('extends = "default"\n[filesystem]\nwritable = ["/tmp/shared"]\n'
+            'read_only = ["/srv/data/ro"]\ntmpfs = [{ path = "/tmp", size = "1GB" }, '
+            '{ path = "/srv/data", size = "1MB" }]\n')  # fmt: skip
+    host = FixedHost({**HOST.entries, "/srv/data/ro": "dir", "/tmp/shared": "dir"})
+    argv = list(landlock_plan(text, host, tmp_path).argv)
+
+    def at(*words: str) -> int:
+        return next(i for i in range(len(argv)) if argv[i : i + len(words)] == list(words))
+
+    # a tmpfs mounted after a bind inside it would hide the bind
+    assert at("--tmpfs", "/tmp") < at("--bind", "/tmp/shared", "/tmp/shared")
+    assert at("--tmpfs", "/srv/data") < at("--ro-bind", "/srv/data/ro", "/srv/data/ro")

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 CGROUP_LIMITS = ("cpu_cores", "memory", "swap", "pids")
 CPU_PERIOD_US = 100_000
 PREFIX = "sandbox-agent-"
+EXIT_GRACE = 0.2  # seconds teardown waits for exiting processes before it kills
 
 
 class CgroupError(RuntimeError):
@@ -126,6 +127,11 @@ class JobCgroup(abc.ABC):
     def teardown(self, timeout: float = 5.0) -> Teardown:
         """Kill whatever of the job is left, wait until the cgroup is empty, remove it."""
         report = Teardown(self.name)
+        # The runtime's own processes may still be exiting (bwrap's pid 1 after its
+        # child): give them a moment, so only real leftovers are reported.
+        grace = time.monotonic() + EXIT_GRACE
+        while self.pids() and time.monotonic() < grace:
+            time.sleep(0.005)
         left = self.pids()
         report.survivors = [Survivor(pid, _comm(pid)) for pid in sorted(left)]
         if left:

@@ -62,7 +62,8 @@ def render(
     else:
         need.met("process.seccomp", "Apptainer applies seccomp only as root: the wrapper applies "
                  "the same profile before the payload starts", by="wrapper")  # fmt: skip
-    need.met("process.new_session", "started in a new session, no terminal", by="launcher")
+    if effective.flag("process.new_session"):
+        need.met("process.new_session", "started in a new session, no terminal", by="launcher")
     need.met("process.die_with_parent", "PR_SET_PDEATHSIG on apptainer; the job's cgroup is "
              "killed at teardown", by="launcher")  # fmt: skip
     variables = environment(effective, environ)

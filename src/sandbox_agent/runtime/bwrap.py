@@ -100,15 +100,22 @@ def render(
             "filesystem.image: bwrap runs on the host's userland here; directory images "
             "come with image support, and OCI images need Apptainer, Docker or Podman"
         )
+    # Binds and tmpfs mounts in one order, parents before children: a bind inside a
+    # tmpfs (/tmp/data under /tmp) must come after it, or the tmpfs would hide it.
+    mounts: list[tuple[str, list[str]]] = []
     userland = effective.strings("filesystem.host_userland")
-    for path in sorted(userland + effective.strings("filesystem.read_only"), key=_depth):
+    for path in userland + effective.strings("filesystem.read_only"):
         kind = host.kind(path)
         if kind.startswith("symlink:"):
-            out += ["--symlink", kind.split(":", 1)[1], path]
+            mounts.append((path, ["--symlink", kind.split(":", 1)[1], path]))
         elif kind != "missing":
-            out += ["--ro-bind", path, path]
+            mounts.append((path, ["--ro-bind", path, path]))
     for path in effective.strings("filesystem.writable"):
-        out += ["--bind", path, path]
+        mounts.append((path, ["--bind", path, path]))
+    for path, size in effective.tmpfs():
+        mounts.append((path, ["--perms", "1777", "--size", str(size), "--tmpfs", path]))
+    for _path, words in sorted(mounts, key=lambda mount: _depth(mount[0])):
+        out += words
     if effective.word("filesystem.dev") == "minimal":
         # a private /dev, then read-only: no files planted in it, and /dev/shm a sized
         # tmpfs of its own rather than the unbounded one in /dev
@@ -121,8 +128,6 @@ def render(
         out += ["--remount-ro", "/dev"]
     if effective.word("filesystem.proc") == "private":
         out += ["--proc", "/proc"]
-    for path, size in effective.tmpfs():
-        out += ["--perms", "1777", "--size", str(size), "--tmpfs", path]
     inside = effective.word("filesystem.workdir")
     out += ["--bind", workdir, inside]
     confine = _confine(effective, host, inside, requirements)

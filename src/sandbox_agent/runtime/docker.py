@@ -59,8 +59,9 @@ def render(
     profile = str(effective.policy.directory / effective.word("process.seccomp"))
     out += ["--security-opt", f"seccomp={profile}"]
     need.met("process.seccomp", f"--security-opt seccomp={profile}")
-    need.met("process.new_session", "no terminal (-i without -t), in a new session",
-             by="launcher")  # fmt: skip
+    if effective.flag("process.new_session"):
+        need.met("process.new_session", "no terminal (-i without -t), in a new session",
+                 by="launcher")  # fmt: skip
     # the container belongs to the engine, not to the agent's process tree or cgroup
     need.met("process.die_with_parent", "the agent removes the container at teardown",
              by="agent")  # fmt: skip

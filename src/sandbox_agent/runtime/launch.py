@@ -185,7 +185,8 @@ def start(
             close_fds=True,
             pass_fds=tuple(fds),
             preexec_fn=before_exec,
-            start_new_session=True,  # no controlling terminal for any runtime's payload
+            # no controlling terminal for the payload of any runtime (TIOCSTI, job control)
+            start_new_session=effective.flag("process.new_session"),
         )
     except BaseException:
         if info is not None:
