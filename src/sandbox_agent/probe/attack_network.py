@@ -1,0 +1,109 @@
+"""The host's network from inside: TCP to where the host listens (its loopback: the
+agent's broker, local services; and its own address), UDP to an echo on the host, an
+abstract unix socket of the host (no file, no permissions: X11, dbus, containerd shims).
+Listening inside is reported, not judged.
+
+Defences: the network namespace, with its own loopback (abstract socket names are per
+namespace too); landlock (no TCP connect; ABI 6 scoping of abstract sockets).
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # mypy reads the package; the sandbox imports plain names (run.py)
+    from sandbox_agent.probe import attack_common as common
+    from sandbox_agent.probe.attack_common import Config, Result
+else:
+    import attack_common as common
+
+MECHANISM = "network"
+
+
+def tcp_connect(config: Config) -> Result:
+    """TCP connect to where the host listens: on its loopback (the agent's broker, local
+    services) and on its own non-loopback address."""
+    targets = config.get("tcp", [])
+    if not targets:
+        return common.na("no TCP target given")
+    leaked: list[str] = []
+    seen: list[str] = []
+    for address, port in targets:
+        label = f"{address}:{port}"
+        try:
+            with socket.create_connection((address, port), timeout=2) as sock:
+                sock.sendall(b"probe\n")
+                sock.settimeout(2)
+                answer = sock.recv(64)
+            leaked.append(f"{label}: connected, the host said {answer!r}")
+        except OSError as exc:
+            seen.append(common.oserror(label, exc))
+    return common.either(leaked, seen)
+
+
+def udp_send(config: Config) -> Result:
+    """UDP to where the host listens (it echoes). The host also counts what arrives:
+    a datagram may get out even when no answer gets back."""
+    targets = config.get("udp", [])
+    if not targets:
+        return common.na("no UDP target given")
+    leaked: list[str] = []
+    seen: list[str] = []
+    for address, port in targets:
+        label = f"{address}:{port}"
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(0.5)
+                sock.sendto(b"probe", (address, port))
+                answer = sock.recv(64)
+            leaked.append(f"{label}: the host echoed {answer!r}")
+        except TimeoutError as exc:
+            seen.append(common.oserror(f"{label} (sent, no echo)", exc))
+        except OSError as exc:
+            seen.append(common.oserror(label, exc))
+    return common.either(leaked, seen)
+
+
+def unix_abstract(config: Config) -> Result:
+    """Connect to an abstract unix socket of the host (no file, no permissions: X11,
+    dbus, containerd shims listen on them)."""
+    name = config.get("abstract")
+    if not name:
+        return common.na("no abstract socket given")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(2)
+            sock.connect("\0" + name)
+            sock.sendall(b"probe\n")
+            answer = sock.recv(64)
+    except OSError as exc:
+        return common.blocked(common.oserror(f"@{name}", exc))
+    return common.leaked(f"@{name}: connected, the host said {answer!r}")
+
+
+def listen_inside(config: Config) -> Result:
+    """Bind and listen on a TCP port inside. Not an attack by itself (the network
+    namespace has only its own loopback): reported, not judged."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(1)
+            port = sock.getsockname()[1]
+    except OSError as exc:
+        return common.na("refused: " + common.oserror("bind/listen", exc))
+    return common.na(f"allowed: listened on 127.0.0.1:{port} inside")
+
+
+ATTACKS = {
+    "tcp_connect": common.Attack(MECHANISM, "TCP to the host's loopback services (the "
+                                 "broker) and its address", "network namespace with its own "
+                                 "loopback; landlock: no TCP connect", tcp_connect),
+    "udp_send": common.Attack(MECHANISM, "UDP to the host", "network namespace", udp_send),
+    "unix_abstract": common.Attack(MECHANISM, "an abstract unix socket of the host",
+                                   "network namespace (abstract names are per namespace); "
+                                   "landlock ABI 6 scoping", unix_abstract),
+    "listen_inside": common.Attack(MECHANISM, "a listening socket inside (reported only)",
+                                   "network namespace: nothing outside can reach it",
+                                   listen_inside),
+}  # fmt: skip
