@@ -184,3 +184,56 @@ def test_v1_pids_limit_refuses_forks() -> None:
     finally:
         group.teardown()
     assert usage.forks_refused is not None and usage.forks_refused > 0
+
+
+def test_an_existing_cgroup_is_never_reused() -> None:
+    hierarchy = hierarchy_or_skip("v1")
+    group = hierarchy.create(f"test-twice-{os.getpid()}", LIMITS)
+    try:
+        with pytest.raises(CgroupError, match="exists already; another job has that name"):
+            hierarchy.create(f"test-twice-{os.getpid()}", LIMITS)
+    finally:
+        report = group.teardown()
+    assert report.removed
+
+
+def test_process_names_in_reports_are_printable() -> None:
+    hierarchy = hierarchy_or_skip("v1")
+    group = hierarchy.create(f"test-names-{os.getpid()}", LIMITS)
+    try:
+        # a payload names itself with a newline, to forge a line of the agent's output
+        rename = ("import ctypes, time; ctypes.CDLL(None).prctl(15, b'x\\nforged: ok', 0, 0, 0); "
+                  "time.sleep(30)")  # fmt: skip
+        start_in(group, f'exec /usr/bin/python3 -c "{rename}"')
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "forged" not in " ".join(
+            _comm(p) for p in group.pids()
+        ):
+            time.sleep(0.01)
+    finally:
+        report = group.teardown()
+    assert [s.name for s in report.survivors] == ["x?forged: ok"]
+    assert "\n" not in report.summary()
+
+
+def test_v2_agent_leaf_is_recognised() -> None:
+    from sandbox_agent.limits import cgroup_v2
+
+    try:
+        agent = discover(prefer="v2")
+    except CgroupError as exc:
+        pytest.skip(f"no writable cgroup v2 here: {exc}")
+    own = agent.directory  # type: ignore[attr-defined]
+    leaf = own / cgroup_v2.AGENT_LEAF
+    made = not leaf.exists()
+    leaf.mkdir(exist_ok=True)
+    try:
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+        mount = next(m for m in mounts(mountinfo) if m.fstype == "cgroup2")
+        inside = "/" + str(leaf.relative_to(mount.point))
+        # an agent that moved itself to its leaf on an earlier job makes jobs beside it
+        found = cgroup_v2.hierarchy(membership(f"0::{inside}\n"), mounts(mountinfo))
+        assert found.directory == own
+    finally:
+        if made:
+            leaf.rmdir()

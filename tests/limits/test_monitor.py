@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from sandbox_agent.limits.diskuse import deleted_but_open, directory_size
 from sandbox_agent.limits.enforcement import decide
-from sandbox_agent.limits.monitor import Monitor, directory_size
+from sandbox_agent.limits.monitor import Monitor
 from sandbox_agent.policy import compose, load_policy
 from sandbox_agent.runtime import bwrap
 from sandbox_agent.runtime.plan import FixedHost, Unenforceable
@@ -31,11 +32,49 @@ def test_directory_size_counts_allocation_not_links_or_holes(tmp_path: Path) -> 
     assert 1.5 * 1024**2 <= size < 2 * 1024**2
 
 
-def test_too_many_entries_count_as_over(tmp_path: Path) -> None:
+def test_too_many_entries_too_deep_or_too_slow_count_as_over(tmp_path: Path) -> None:
     for i in range(20):
         (tmp_path / str(i)).touch()
     assert directory_size(tmp_path, limit_entries=10) is None
     assert directory_size(tmp_path, limit_entries=100) == 0
+    assert directory_size(tmp_path, budget=0) is None
+    deep = tmp_path / "a" / "b" / "c" / "d"
+    deep.mkdir(parents=True)
+    assert directory_size(tmp_path, max_depth=3) is None
+    assert directory_size(tmp_path, max_depth=5) is not None
+
+
+def test_data_past_path_max_is_counted(tmp_path: Path) -> None:
+    # 25 levels of 200-character names: past PATH_MAX, where a path-based walk fails
+    fd = os.open(tmp_path, os.O_RDONLY)
+    for _ in range(25):
+        os.mkdir("x" * 200, dir_fd=fd)
+        inner = os.open("x" * 200, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    data = os.open("data", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd)
+    os.write(data, b"z" * 4 * 1024 * 1024)
+    os.close(data)
+    os.close(fd)
+    size = directory_size(tmp_path)
+    assert size is not None and size >= 4 * 1024 * 1024
+
+
+def test_a_directory_swapped_for_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    (tmp_path / "d").symlink_to("/usr")  # what a payload swaps in mid-walk
+    size = directory_size(tmp_path)
+    assert size is not None and size < 64 * 1024
+
+
+def test_files_deleted_but_held_open_are_found(tmp_path: Path) -> None:
+    with open(tmp_path / "hidden", "wb") as held:
+        held.write(b"h" * 2 * 1024 * 1024)
+        held.flush()
+        os.unlink(tmp_path / "hidden")
+        device = os.stat(tmp_path).st_dev
+        assert directory_size(tmp_path) == 0  # the walk cannot see it
+        assert deleted_but_open([os.getpid()], device) >= 2 * 1024 * 1024
+    assert deleted_but_open([os.getpid()], device) == 0
 
 
 def run_watched(script: str, limits: dict[str, int], workdir: Path):  # type: ignore[no-untyped-def]
@@ -52,6 +91,7 @@ def test_wall_time_kills(tmp_path: Path) -> None:
 
 
 def test_workdir_size_kills(tmp_path: Path) -> None:
+    # (the sandbox tests do the same through sandbox exec; this is the monitor alone)
     script = "while true; do head -c 1048576 /dev/zero >> big; sleep 0.05; done"
     outcome = run_watched(script, {"workdir_size": 4 * 1024 * 1024}, tmp_path)
     assert outcome.reason == "workdir_size"
@@ -64,6 +104,11 @@ def test_memory_and_pids_fallback_measure_the_whole_tree(tmp_path: Path) -> None
     outcome = run_watched(f"{grow} & wait", {"memory": 100 << 20}, tmp_path)
     assert outcome.reason == "memory"
     outcome = run_watched("for i in 1 2 3 4 5 6; do sleep 30 & done; wait", {"pids": 4}, tmp_path)
+    assert outcome.reason == "pids"
+    threads = ("/usr/bin/python3 -c 'import threading, time\nfor _ in range(12): "
+               "threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+               "time.sleep(30)'")  # fmt: skip
+    outcome = run_watched(threads, {"pids": 8}, tmp_path)  # threads count, as in pids.max
     assert outcome.reason == "pids"
 
 
@@ -142,3 +187,9 @@ def test_namespaces_made_are_those_the_agent_does_not_share() -> None:
     # the agent's own cgroup and mount namespaces were not made; the user namespace of
     # the child (here: ourselves) is shared too
     assert namespaces_made(report) == {"pid": 1}
+
+
+def test_deleted_files_count_toward_the_work_directory(tmp_path: Path) -> None:
+    script = "exec 3>hidden; rm hidden; head -c 8388608 /dev/zero >&3; sleep 30"
+    outcome = run_watched(script, {"workdir_size": 4 * 1024 * 1024}, tmp_path)
+    assert outcome.reason == "workdir_size"

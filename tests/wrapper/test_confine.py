@@ -446,3 +446,16 @@ def test_an_unprivileged_user_is_confined_too() -> None:
         assert (outside / "f").read_text() == "out\n"
     finally:
         shutil.rmtree(top)
+
+
+def test_variables_given_with_env_reach_the_command_only(python: str, tmp_path: Path) -> None:
+    argv = [python, "-I", "-S", "-c", SOURCE, "--writable", str(tmp_path),
+            "--env=GREETING=a=b", "--env=PATH=/usr/bin:/bin", "--",
+            "sh", "-c", "echo $GREETING; echo $PATH"]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, env={}, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["a=b", "/usr/bin:/bin"]
+    bad = subprocess.run([*argv[:7], "--env=NOVALUE", "--", "true"], capture_output=True,
+                         text=True, env={}, check=False)  # fmt: skip
+    assert bad.returncode == 125
+    assert bad.stderr.startswith("sandbox-agent confine: --env needs NAME=VALUE")

@@ -106,7 +106,7 @@ def policy_explain(
     plan, refusal = None, None
     if runtime is not None:
         try:
-            plan = _plan(effective, spec, runtime, "/var/lib/sandbox-agent/work/JOB", None)
+            plan = _plan(effective, spec, runtime, "/var/lib/sandbox-agent/work/JOB")
         except Unenforceable as exc:
             refusal = f"cannot enforce with {runtime}: {exc}"
     if as_json:
@@ -207,13 +207,12 @@ def _plan(
     spec: JobSpec | None,
     runtime: str,
     workdir: str,
-    root: bool | None,
 ) -> LaunchPlan:
-    """The launch plan of ``runtime``; raises Unenforceable. ``root`` None: as this user."""
+    """The launch plan of ``runtime``; raises Unenforceable."""
     if runtime not in RUNTIMES:
         fail(f"--runtime {runtime}: use one of {', '.join(RUNTIMES)}")
     payload = [spec.executable, *spec.arguments] if spec else ["/bin/true"]
-    return render(runtime, effective, payload, workdir=workdir, privileged=root)
+    return render(runtime, effective, payload, workdir=workdir)
 
 
 @policy_app.command("render")
@@ -227,10 +226,6 @@ def policy_render(
     workdir: Annotated[
         str, typer.Option("--workdir", help="The job's work directory on the host.")
     ] = "/var/lib/sandbox-agent/work/JOB",
-    root: Annotated[
-        bool | None,
-        typer.Option("--root/--no-root", help="Render as a root agent [default: as this user]."),
-    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """The exact argv and files a runtime would get for a job; values from the agent's
@@ -239,7 +234,7 @@ def policy_render(
     spec = _job(job, None)
     effective = _effective(ctx, _policy(ctx, policy), spec, None)
     try:
-        plan = _plan(effective, spec, runtime, workdir, root)
+        plan = _plan(effective, spec, runtime, workdir)
     except Unenforceable as exc:
         typer.echo(f"cannot enforce with {runtime}: {exc}", err=True)
         raise typer.Exit(exitcodes.ENVIRONMENT) from None

@@ -72,15 +72,17 @@ class V2Hierarchy(Hierarchy):
                 raise CgroupError(
                     f"cannot enable {request} in {self.directory}: {exc.strerror}"
                 ) from None
-        # Our own processes sit in the cgroup: move them to a leaf beside the jobs.
+        # The agent sits in the cgroup itself: it moves to a leaf beside the jobs. Only
+        # itself: other processes there are not the agent's to move.
+        others = set((self.directory / "cgroup.procs").read_text().split()) - {str(os.getpid())}
+        if others:
+            raise CgroupError(
+                f"{self.directory} holds {len(others)} process(es) besides the agent, so its "
+                "controllers cannot reach job cgroups; start the pilot alone in its delegated "
+                "cgroup"
+            )
         leaf = make_directory(self.directory, AGENT_LEAF)
-        for pid in (self.directory / "cgroup.procs").read_text().split():
-            try:
-                (leaf / "cgroup.procs").write_text(pid)
-            except ProcessLookupError:
-                pass
-            except OSError as exc:
-                raise CgroupError(f"cannot move pid {pid} to {leaf}: {exc.strerror}") from None
+        write(leaf / "cgroup.procs", str(os.getpid()))
         write(self.directory / "cgroup.subtree_control", request)
 
     def create(self, name: str, limits: CgroupLimits) -> JobCgroup:
@@ -154,6 +156,8 @@ def hierarchy(where: dict[str, str], found: list[Mount]) -> V2Hierarchy:
     directory = located(mount, path)
     if directory is None:
         raise CgroupError(f"the agent's cgroup {path} is outside the mounted {mount.point}")
+    if directory.name == AGENT_LEAF:  # moved there by an earlier job: the delegated one is up
+        directory = directory.parent
     if not os.access(directory, os.W_OK):
         raise CgroupError(f"{directory} is not writable by the agent; delegate it")
     try:

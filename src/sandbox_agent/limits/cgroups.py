@@ -134,15 +134,16 @@ class JobCgroup(abc.ABC):
             time.sleep(0.005)
         left = self.pids()
         report.survivors = [Survivor(pid, _comm(pid)) for pid in sorted(left)]
-        if left:
-            self.kill()
         deadline = time.monotonic() + timeout
         while self.pids():
             if time.monotonic() > deadline:
                 report.emptied = False
                 report.problems.append(f"still running after {timeout:g}s: {sorted(self.pids())}")
                 return report
-            self.kill()
+            try:
+                self.kill()
+            except CgroupError as exc:  # reported, never raised from a teardown
+                report.problems.append(str(exc))
             time.sleep(0.01)
         report.removed = self.remove(report.problems)
         return report
@@ -232,13 +233,12 @@ def write(path: Path, value: str) -> None:
 
 
 def make_directory(parent: Path, name: str) -> Path:
-    """A fresh child directory; an empty leftover of a crashed agent is reused."""
+    """A fresh child directory, never one that exists: two jobs must not share one."""
     directory = parent / name
     try:
         directory.mkdir()
     except FileExistsError:
-        if (_read(directory / "cgroup.procs") or "").strip():
-            raise CgroupError(f"{directory} exists and still has processes") from None
+        raise CgroupError(f"{directory} exists already; another job has that name") from None
     except OSError as exc:
         raise CgroupError(f"cannot create {directory}: {exc.strerror}") from None
     return directory
@@ -251,8 +251,10 @@ def kill_listed(group: JobCgroup) -> None:
 
 
 def _comm(pid: int) -> str:
-    text = _read(Path(f"/proc/{pid}/comm"))
-    return text.strip() if text else "?"
+    """A process's name as a person may see it: the payload chose it, so no control
+    characters (a newline would forge a line of the agent's output)."""
+    text = (_read(Path(f"/proc/{pid}/comm")) or "?").strip()
+    return "".join(c if c.isprintable() else "?" for c in text)[:16] or "?"
 
 
 def discover(

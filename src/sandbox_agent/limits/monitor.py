@@ -12,7 +12,6 @@ import contextlib
 import os
 import select
 import signal
-import stat
 import subprocess
 import time
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from pathlib import Path
 import psutil
 
 from sandbox_agent.limits.cgroups import JobCgroup, Usage
+from sandbox_agent.limits.diskuse import deleted_but_open, directory_size
 
 # Reasons a job was killed: code -> words (the code goes into records, the words to people)
 KILL_REASONS = {
@@ -30,9 +30,6 @@ KILL_REASONS = {
     "memory": "used more memory than its limit",
     "pids": "ran more processes than its limit",
 }
-# A work directory with more entries than this counts as over any size limit: walking a
-# payload's million empty files must not stall the agent.
-MAX_ENTRIES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -42,30 +39,6 @@ class Outcome:
     detail: str
     wall_seconds: float
     usage: Usage | None
-
-
-def directory_size(path: Path, limit_entries: int = MAX_ENTRIES) -> int | None:
-    """Bytes allocated under ``path`` (symlinks not followed, sparse files at their real
-    size); None when there are more entries than ``limit_entries``."""
-    total, seen, stack = 0, 0, [str(path)]
-    while stack:
-        try:
-            entries = os.scandir(stack.pop())
-        except OSError:
-            continue  # vanished or unreadable: the payload may be changing it
-        with entries:
-            for entry in entries:
-                seen += 1
-                if seen > limit_entries:
-                    return None
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                total += info.st_blocks * 512
-                if stat.S_ISDIR(info.st_mode):
-                    stack.append(entry.path)
-    return total
 
 
 class Monitor:
@@ -134,17 +107,26 @@ class Monitor:
         limits = self.limits
         if "wall_time" in limits and elapsed >= limits["wall_time"]:
             return "wall_time"
-        if "workdir_size" in limits:
-            size = directory_size(self.workdir)
-            if size is None or size > limits["workdir_size"]:
-                return "workdir_size"
+        if "workdir_size" in limits and self.workdir_over(limits["workdir_size"]):
+            return "workdir_size"
         if "memory" in limits or "pids" in limits:
             tree = self.tree()
-            if "pids" in limits and len(tree) > limits["pids"]:
+            if "pids" in limits and _tasks(tree) > limits["pids"]:
                 return "pids"
             if "memory" in limits and _rss(tree) > limits["memory"]:
                 return "memory"
         return None
+
+    def workdir_over(self, limit: int) -> bool:
+        """Whether the work directory holds more than ``limit`` bytes, counting files the
+        job removed but keeps open; one that cannot be measured fully is over."""
+        size = directory_size(self.workdir)
+        if size is None:
+            return True
+        if size <= limit:  # deleted files can only add: look at them when it matters less
+            pids = self.cgroup.pids() if self.cgroup else {p.pid for p in self.tree()}
+            size += deleted_but_open(pids, os.stat(self.workdir).st_dev)
+        return size > limit
 
     def tree(self) -> list[psutil.Process]:
         try:
@@ -166,6 +148,15 @@ class Monitor:
         limit = self.limits.get(reason)
         shown = f" ({limit})" if limit is not None else ""
         return f"killed: {KILL_REASONS[reason]}{shown}"
+
+
+def _tasks(tree: list[psutil.Process]) -> int:
+    """Processes and their threads: what pids.max counts."""
+    total = 0
+    for process in tree:
+        with contextlib.suppress(psutil.Error):
+            total += process.num_threads()
+    return total
 
 
 def _rss(tree: list[psutil.Process]) -> int:

@@ -7,8 +7,11 @@ come back to the agent rather than to init, so it can find and kill them.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import signal
+from collections.abc import Iterable, Iterator
 
 PR_SET_DUMPABLE = 4
 PR_GET_DUMPABLE = 3
@@ -38,3 +41,40 @@ def state() -> tuple[bool, bool]:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(flag), 0, 0, 0)
     return dumpable, flag.value == 1
+
+
+class Terminated(Exception):
+    """The agent was asked to stop (SIGTERM, SIGHUP) while a job ran."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise Terminated inside the block, so the job's teardown (a
+    finally) runs: their default action ends the agent at once, its job's cgroup left
+    behind. Batch systems send SIGTERM as a matter of course."""
+    stops = (signal.SIGTERM, signal.SIGHUP)
+
+    def handler(signum: int, _frame: object) -> None:
+        for stop in stops:  # a second signal must not interrupt the teardown
+            signal.signal(stop, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    previous = {stop: signal.signal(stop, handler) for stop in stops}
+    try:
+        yield
+    finally:
+        for stop, action in previous.items():
+            signal.signal(stop, action)
+
+
+def reap(pids: Iterable[int]) -> None:
+    """Collect the exit status of those of ``pids`` that are our finished children: as a
+    subreaper the agent inherits a job's orphans (bwrap's first process among them),
+    and nobody else waits for them."""
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)

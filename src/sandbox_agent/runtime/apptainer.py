@@ -22,11 +22,10 @@ def render(
     *,
     workdir: str,
     environ: Mapping[str, str] | None = None,
-    privileged: bool = False,
     binary: str = "apptainer",
 ) -> LaunchPlan:
-    """``apptainer exec`` for ``argv``. ``privileged``: the agent runs as root (setuid or
-    root mode), which lets Apptainer apply seccomp and a cgroup file itself."""
+    """``apptainer exec`` for ``argv``, as the launcher starts it: never as root (a root
+    agent starts it as uid 65534, as for bwrap), so Apptainer runs unprivileged."""
     need = Requirements({i.value for i in effective["optional.requirements"].value})
     image = effective.word("filesystem.image")
     if image == "host":
@@ -56,12 +55,10 @@ def render(
         out += ["--net", "--network", "none"]
         need.met("namespaces.net", "--net --network none")
     profile = str(effective.policy.directory / effective.word("process.seccomp"))
-    if privileged:
-        out += ["--security", f"seccomp:{profile}"]
-        need.met("process.seccomp", f"--security seccomp:{profile}")
-    else:
-        need.met("process.seccomp", "Apptainer applies seccomp only as root: the wrapper applies "
-                 "the same profile before the payload starts", by="wrapper")  # fmt: skip
+    # Apptainer applies a seccomp profile only when run as root, and root Apptainer gives a
+    # root agent's payload host uid 0: the wrapper must apply the profile instead.
+    need.met("process.seccomp", "Apptainer applies seccomp only as root: the wrapper applies "
+             "the same profile before the payload starts", by="wrapper")  # fmt: skip
     if effective.flag("process.new_session"):
         need.met("process.new_session", "started in a new session, no terminal", by="launcher")
     need.met("process.die_with_parent", "PR_SET_PDEATHSIG on apptainer; the job's cgroup is "

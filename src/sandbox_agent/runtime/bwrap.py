@@ -90,9 +90,8 @@ def render(
         out += ["--cap-add", capability]
     requirements.append(Requirement("process.no_new_privs", "bwrap sets PR_SET_NO_NEW_PRIVS"))
     out.append("--clearenv")
-    variables = environment(effective, environ)
-    for name, value in variables:
-        out += ["--setenv", name, value]
+    inside = effective.word("filesystem.workdir")
+    variables = [*environment(effective, environ), ("HOME", inside), ("TMPDIR", inside)]
 
     # -- filesystem --------------------------------------------------------------------
     if effective.word("filesystem.image") != "host":
@@ -128,15 +127,20 @@ def render(
         out += ["--remount-ro", "/dev"]
     if effective.word("filesystem.proc") == "private":
         out += ["--proc", "/proc"]
-    inside = effective.word("filesystem.workdir")
     out += ["--bind", workdir, inside]
     confine = _confine(effective, host, inside, requirements)
     if confine:
         out += ["--perms", "0444", "--ro-bind-data", str(CONFINE_FD), CONFINE_PATH]
+        # The landlock step starts with an empty environment (the payload's variables
+        # could steer the loader of its interpreter: LD_PRELOAD, LD_LIBRARY_PATH) and
+        # gives them to the payload only.
+        confine[-1:-1] = [f"--env={name}={value}" for name, value in variables]
+    else:
+        for name, value in variables:
+            out += ["--setenv", name, value]
     # bwrap builds the root on a tmpfs; without this, / and /etc would be writable
     # (in memory) around the binds: only the work directory and the tmpfs mounts may be.
     out += ["--remount-ro", "/", "--chdir", inside]
-    out += ["--setenv", "HOME", inside, "--setenv", "TMPDIR", inside]
 
     # -- seccomp and the rest ------------------------------------------------------------
     out += ["--seccomp", str(SECCOMP_FD), "--info-fd", str(INFO_FD)]

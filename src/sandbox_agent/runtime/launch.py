@@ -14,6 +14,7 @@ import os
 import resource
 import shutil
 import signal
+import stat
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,13 +104,17 @@ def check_workdir(path: Path, effective: EffectivePolicy) -> str:
             raise WorkdirRefused(
                 f"{path}: the work directory reaches the denied path {denied} ({item.origin})"
             )
-    if os.geteuid() == 0:
-        info = os.stat(absolute)
-        if info.st_uid != SANDBOX_HOST_UID and not info.st_mode & 0o002:
-            raise WorkdirRefused(
-                f"{path}: as root the sandbox runs as uid {SANDBOX_HOST_UID}, which cannot "
-                f"write here; run: chown {SANDBOX_HOST_UID} {path}"
-            )
+    info = os.stat(absolute)
+    if info.st_mode & stat.S_ISVTX and info.st_mode & 0o002:
+        raise WorkdirRefused(
+            f"{path}: a directory every user may write to (such as /tmp) is shared; give the "
+            "job a directory of its own"
+        )
+    if os.geteuid() == 0 and info.st_uid != SANDBOX_HOST_UID and not info.st_mode & 0o002:
+        raise WorkdirRefused(
+            f"{path}: as root the sandbox runs as uid {SANDBOX_HOST_UID}, which cannot "
+            f"write here; run: chown {SANDBOX_HOST_UID} {path}"
+        )
     return absolute
 
 
@@ -155,10 +160,10 @@ def start(
             argv[position] = str(fd)
         limits = rlimits(effective)
 
-        # Only bwrap maps the payload onto the uid that starts it. Docker's client must
-        # reach the engine's socket, and Apptainer as root applies seccomp and cgroups
-        # itself and maps the payload with --userns: they keep the agent's uid.
-        drop = os.geteuid() == 0 and plan.runtime == "bwrap"
+        # bwrap and Apptainer map the payload onto the uid that starts them: a root agent
+        # starts them as 65534. Docker's client keeps the agent's uid, which must reach
+        # the engine's socket; the engine runs the container as --user.
+        drop = os.geteuid() == 0 and plan.runtime in ("bwrap", "apptainer")
         placement = cgroup.procs_files() if cgroup else ()
 
         def before_exec() -> None:  # runs in the child, between fork and exec

@@ -4,7 +4,6 @@ plan ``sandbox exec`` and the pilot would start."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping, Sequence
 
 from sandbox_agent.policy.compose import EffectivePolicy
@@ -20,20 +19,18 @@ def render(
     *,
     workdir: str,
     environ: Mapping[str, str] | None = None,
-    privileged: bool | None = None,
     binary: str | None = None,
 ) -> LaunchPlan:
-    """The plan of ``runtime`` (one of RUNTIMES); raises Unenforceable. ``privileged``
-    None: as this process is; ``binary``: the runtime's path when it was found."""
+    """The plan of ``runtime`` (one of RUNTIMES); raises Unenforceable. ``binary``: the
+    runtime's path when it was found."""
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}")
     if runtime == "bwrap":
         return bwrap.render(effective, argv, workdir=workdir, environ=environ,
                             binary=binary or "bwrap")  # fmt: skip
     if runtime in ("apptainer", "singularity"):
-        root = os.geteuid() == 0 if privileged is None else privileged
         return apptainer.render(effective, argv, workdir=workdir, environ=environ,
-                                privileged=root, binary=binary or runtime)  # fmt: skip
+                                binary=binary or runtime)  # fmt: skip
     plan = docker.render(effective, argv, workdir=workdir, environ=environ, engine=runtime)
     if binary:
         plan = dataclasses.replace(plan, argv=(binary, *plan.argv[1:]))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import secrets
 import select
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from sandbox_agent.limits.cgroups import CgroupError, CgroupLimits, JobCgroup, T
 from sandbox_agent.limits.enforcement import LimitPlan, decide, wants_cgroup
 from sandbox_agent.limits.monitor import Monitor, Outcome
 from sandbox_agent.policy.compose import EffectivePolicy
+from sandbox_agent.runtime.agentproc import reap
 from sandbox_agent.runtime.launch import start, unenforced
 from sandbox_agent.runtime.plan import LaunchPlan
 
@@ -112,17 +114,20 @@ def run(
     """Run ``plan`` to the end. Raises Unenforceable (nothing started) when a required
     requirement cannot be held here."""
     skipped = unenforced(plan, effective)  # fail before making anything
-    name = name or f"exec-{os.getpid()}-{next(_serial)}"
+    # unique across agents, pid namespaces included: two jobs never share a cgroup
+    name = name or f"exec-{os.getpid()}-{next(_serial)}-{secrets.token_hex(4)}"
     group, where = None, "no limit asked for the kernel"
     if wants_cgroup(plan, effective):
         group, where = job_cgroup(name, effective, prefer=prefer_cgroup)
     teardown = None
+    report: dict[str, object] = {}
     try:
         held = group.enforced if group else frozenset()
         limits = decide(plan, effective, held, where)
         started = start(plan, effective, stdin=stdin, stdout=stdout, stderr=stderr,
                         cgroup=group)  # fmt: skip
-        made = namespaces_made(read_report(started.info)) if started.info is not None else {}
+        report = read_report(started.info) if started.info is not None else {}
+        made = namespaces_made(report)
         # an optional namespace asked for with -try counts only once bwrap says it made it
         skipped = tuple(k for k in skipped if k.removeprefix("namespaces.") not in made)
         watched = {limit: effective.limit(limit) for limit in limits.monitored}
@@ -137,6 +142,9 @@ def run(
     finally:
         if group is not None:
             teardown = group.teardown()
+        survivors = [s.pid for s in teardown.survivors] if teardown else []
+        orphans = [report.get("child-pid"), *survivors]
+        reap(pid for pid in orphans if isinstance(pid, int))
     return SessionResult(
         outcome, teardown, limits, skipped + limits.unenforced, started.seccomp_sha256, where
     )

@@ -9,9 +9,13 @@ domain, and with ``--no-tcp`` (ABI 4) it can neither bind nor connect a TCP sock
 The launcher passes this file into the sandbox on a descriptor (bwrap's
 --ro-bind-data) and runs it with the sandbox's own interpreter::
 
-    /usr/bin/python3 -I -S /.sandbox-agent/confine.py --writable /workdir ... -- CMD ARGS...
+    /usr/bin/python3 -I -S /.sandbox-agent/confine.py --writable /workdir ...
+        --env=PATH=... -- CMD ARGS...
 
-so it uses the standard library only (and syntax an older image's Python 3.7 reads).
+with an empty environment: the command's variables come as ``--env`` arguments and
+reach the command only, never the loader of this interpreter (LD_PRELOAD there would
+run code before landlock). It uses the standard library only (and syntax an older
+image's Python 3.7 reads).
 It fails closed: when a restriction cannot be applied it prints one line and exits 125
 without running the command; 127 or 126 when the command cannot be executed, as a
 shell does.
@@ -56,7 +60,7 @@ EXIT_CONFINE = 125
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
-_USAGE = "usage: confine [--writable PATH]... [--no-tcp] -- COMMAND [ARG]..."
+_USAGE = "usage: confine [--writable PATH]... [--no-tcp] [--env=NAME=VALUE]... -- COMMAND [ARG]..."
 
 
 class ConfineError(Exception):
@@ -158,19 +162,26 @@ def confine(writable: list[str], *, no_tcp: bool = False) -> int:
     return version
 
 
-def _parse(argv: list[str]) -> tuple[list[str], bool, list[str]]:
-    """(writable paths, no_tcp, command) from the arguments after the program name."""
+def _parse(argv: list[str]) -> tuple[list[str], bool, dict[str, str], list[str]]:
+    """(writable paths, no_tcp, the command's variables, command) from the arguments
+    after the program name."""
     writable: list[str] = []
     no_tcp = False
+    variables: dict[str, str] = {}
     rest = iter(argv)
     for arg in rest:
         if arg == "--":
             command = list(rest)
             if not command:
                 raise ConfineError(f"no command after --; {_USAGE}")
-            return writable, no_tcp, command
+            return writable, no_tcp, variables, command
         if arg == "--no-tcp":
             no_tcp = True
+        elif arg.startswith("--env="):
+            name, equals, value = arg[len("--env=") :].partition("=")
+            if not name or not equals:
+                raise ConfineError(f"--env needs NAME=VALUE, got {arg!r}; {_USAGE}")
+            variables[name] = value
         elif arg == "--writable":
             path = next(rest, None)
             if path is None:
@@ -190,14 +201,16 @@ def _fail(code: int, message: str) -> int:
 def main(argv: list[str]) -> int:
     """Confine, then exec the command; an exit code only when that cannot happen."""
     try:
-        writable, no_tcp, command = _parse(argv)
+        writable, no_tcp, variables, command = _parse(argv)
         confine(writable, no_tcp=no_tcp)
     except ConfineError as error:
         return _fail(EXIT_CONFINE, str(error))
     except OSError as error:  # unforeseen: still no command and no traceback
         return _fail(EXIT_CONFINE, f"{error.strerror or error}")
     try:
-        os.execvp(command[0], command)  # noqa: S606 (an argv list, never a shell string)
+        # this step's own environment (empty under the launcher) plus the command's
+        environment = {**os.environ, **variables}
+        os.execvpe(command[0], command, environment)  # noqa: S606 (an argv list, no shell)
     except FileNotFoundError as error:
         return _fail(EXIT_NOT_FOUND, f"cannot run {command[0]}: {error.strerror}")
     except OSError as error:
