@@ -778,3 +778,18 @@ def test_findings_in_file_order(pdir: Path) -> None:
     )
     assert line_of(text, "net =") < 10 <= line_of(text, "capabilities")
     assert [f.rule for f in findings(pdir)] == ["namespace-off", "capability"]
+
+
+def test_loader_variables_passed_to_the_sandbox(pdir: Path) -> None:
+    text = write(pdir, """
+        extends = "base"
+        [process.environment]
+        allow = ["LANG", "LD_LIBRARY_PATH"]
+        set = { PATH = "/usr/bin:/bin", GLIBC_TUNABLES = "glibc.malloc.check=3" }
+    """)  # fmt: skip
+    loader = [f for f in findings(pdir) if f.rule == "loader-variable"]
+    assert [(f.severity, f.where) for f in loader] == [
+        ("warning", at(text, "allow")), ("warning", at(text, "set ="))
+    ]  # fmt: skip
+    assert "passes LD_LIBRARY_PATH" in loader[0].message
+    assert "passes GLIBC_TUNABLES" in loader[1].message

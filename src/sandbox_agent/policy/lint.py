@@ -151,6 +151,26 @@ def landlock_off(policy: Policy) -> list[Finding]:
     return []
 
 
+# Variables the dynamic loader and the C library act on in every program that starts
+# with them: a site passing one changes what runs in the sandbox (LD_PRELOAD loads code
+# first), and a payload that needs one can set it itself.
+LOADER_VARIABLES = ("LD_", "GCONV_PATH", "GLIBC_TUNABLES", "LOCPATH", "NLSPATH",
+                    "HOSTALIASES", "RES_OPTIONS", "MALLOC_")  # fmt: skip
+
+
+@rule
+def loader_variables(policy: Policy) -> list[Finding]:
+    out = []
+    for key in ("process.environment.allow", "process.environment.set"):
+        for item in policy[key].value:
+            name = str(item.value[0] if isinstance(item.value, tuple) else item.value)
+            if name.startswith(LOADER_VARIABLES):
+                out.append(Finding("warning", "loader-variable", item.origin,
+                                   f"{key} passes {name}: the loader acts on it in every "
+                                   "program of the sandbox; let the job set it"))  # fmt: skip
+    return out
+
+
 @rule
 def host_network(policy: Policy) -> list[Finding]:
     setting = policy["network.mode"]
