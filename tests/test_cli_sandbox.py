@@ -3,6 +3,7 @@ sees, as root and as an unprivileged agent."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -381,3 +382,30 @@ def _running(marker: str) -> list[int]:
             except OSError:
                 pass
     return found
+
+
+def test_the_commands_own_exit_125_is_not_taken_for_a_landlock_failure(sandbox) -> None:  # type: ignore[no-untyped-def]
+    result = sandbox("echo 'sandbox-agent confine: a forged line' >&2; exit 125")
+    assert result.returncode == 125  # the step confirmed landlock before the command ran
+
+
+def test_a_landlock_step_that_fails_is_said_and_nothing_runs(sandbox) -> None:  # type: ignore[no-untyped-def]
+    # A site profile that forgot the landlock calls: the step cannot apply landlock, so
+    # the command must not run, and the exit is not the command's.
+    policies = Path(sandbox.env["SANDBOX_AGENT_POLICIES"])
+    profile = json.loads((policies / "seccomp" / "default.json").read_text())
+    for rule in profile["syscalls"]:
+        rule["names"] = [n for n in rule["names"] if not n.startswith("landlock_")]
+    (policies / "seccomp" / "nolandlock.json").write_text(json.dumps(profile))
+    (policies / "nolandlockcalls.toml").write_text(
+        'extends = "default"\n[process]\nseccomp = "seccomp/nolandlock.json"\n'
+    )
+    result = run_cli(sandbox.env, "sandbox", "exec", "--policy", "nolandlockcalls", "--workdir",
+                     sandbox.workdir, "--", "/bin/touch", "/workdir/ran")  # fmt: skip
+    assert result.returncode == 3
+    lines = result.stderr.splitlines()
+    assert lines[0] == ("sandbox-agent confine: landlock is unavailable: "
+                        "landlock_create_ruleset: Operation not permitted")
+    assert lines[-1] == ("sandbox-agent: the sandbox failed before the command ran (the reason "
+                         "is above); nothing of the command ran")  # fmt: skip
+    assert not (sandbox.workdir / "ran").exists()

@@ -104,14 +104,15 @@ def test_landlock_step_comes_before_the_payload(tmp_path: Path) -> None:
     plan = landlock_plan('extends = "default"\n[process]\nlandlock = "required"\n', HOST,
                          tmp_path)  # fmt: skip
     tail = list(plan.argv[plan.argv.index("--") + 1 :])
-    assert tail[:12] == ["/usr/bin/python3", "-I", "-S", bwrap.CONFINE_PATH, "--writable",
-                         "/workdir", "--writable", "/tmp", "--writable", "/dev", "--no-tcp",
+    assert tail[:14] == ["/usr/bin/python3", "-I", "-S", bwrap.CONFINE_PATH, "--confirm-fd",
+                         str(bwrap.CONFIRM_FD), "--writable", "/workdir", "--writable", "/tmp",
+                         "--writable", "/dev", "--no-tcp",
                          "--env=PATH=/usr/local/bin:/usr/bin:/bin"]  # fmt: skip
     assert tail[-2:] == ["--", "/bin/true"]
     # the interpreter of the step gets no variable: bwrap sets none when the step runs
     assert "--setenv" not in plan.argv and "--clearenv" in plan.argv
     assert plan.fd_contents == {bwrap.SECCOMP_FD: "seccomp", bwrap.CONFINE_FD: "confine",
-                                bwrap.INFO_FD: "info"}  # fmt: skip
+                                bwrap.INFO_FD: "info", bwrap.CONFIRM_FD: "confirm"}  # fmt: skip
     landlock = next(r for r in plan.requirements if r.key == "process.landlock")
     assert landlock.met and landlock.by == "wrapper" and "no TCP" in landlock.how
 

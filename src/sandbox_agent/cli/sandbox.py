@@ -80,6 +80,9 @@ def sandbox_exec(
     except subprocess.SubprocessError as exc:
         fail(f"cannot start the sandbox: {exc}", exitcodes.ENVIRONMENT)
     _report(result)
+    if not result.payload_ran:
+        fail("the sandbox failed before the command ran (the reason is above); nothing of "
+             "the command ran", exitcodes.ENVIRONMENT)  # fmt: skip
     code = result.outcome.returncode
     raise typer.Exit(128 - code if code < 0 else code)
 

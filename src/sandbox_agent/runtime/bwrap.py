@@ -27,6 +27,7 @@ from sandbox_agent.runtime.plan import (
 SECCOMP_FD = 10  # the descriptor the seccomp program is passed on
 CONFINE_FD = 11  # the descriptor the landlock step's source is passed on
 INFO_FD = 12  # where bwrap reports the child's pid and the namespaces it made
+CONFIRM_FD = 13  # where the landlock step says it applied landlock, before the payload
 CONFINE_PATH = "/.sandbox-agent/confine.py"  # where the sandbox sees it
 # The interpreter that runs the landlock step: the sandbox's own. Without one (an image
 # with no Python), landlock cannot be applied and the requirement says so.
@@ -160,6 +161,8 @@ def render(
     if confine:
         fds[CONFINE_FD] = f"the landlock step (sandbox_agent.wrapper.confine) at {CONFINE_PATH}"
         contents[CONFINE_FD] = "confine"
+        fds[CONFIRM_FD] = "the landlock step's word that it applied landlock (read by the agent)"
+        contents[CONFIRM_FD] = "confirm"
     return LaunchPlan(
         runtime="bwrap",
         argv=tuple(out),
@@ -192,7 +195,7 @@ def _confine(
                 *effective.strings("filesystem.writable")]  # fmt: skip
     if effective.word("filesystem.dev") == "minimal":
         writable.append("/dev")  # read-only mount; its devices (/dev/null) stay usable
-    prefix = [CONFINE_PYTHON, "-I", "-S", CONFINE_PATH]
+    prefix = [CONFINE_PYTHON, "-I", "-S", CONFINE_PATH, "--confirm-fd", str(CONFIRM_FD)]
     for path in writable:
         prefix += ["--writable", path]
     how = f"landlock ABI {abi}: writes only beneath " + ", ".join(writable)

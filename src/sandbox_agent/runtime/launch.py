@@ -70,6 +70,7 @@ class Started:
     seccomp_sha256: str
     unenforced: tuple[str, ...]  # optional requirements nothing enforces here
     info: int | None = None  # read end of the runtime's report (bwrap --info-fd)
+    confirm: int | None = None  # read end of the landlock step's confirmation
 
 
 def unenforced(plan: LaunchPlan, effective: EffectivePolicy) -> tuple[str, ...]:
@@ -145,13 +146,15 @@ def start(
         )
     compiled = compile_profile(Path(plan.seccomp_profile))
     fds: list[int] = []
-    info = None
+    info = confirm = None
     try:
         for number, content in plan.fd_contents.items():
             if content == "seccomp":
                 fd = bpf_fd(compiled.bpf)
             elif content == "info":
                 info, fd = os.pipe2(os.O_CLOEXEC)
+            elif content == "confirm":
+                confirm, fd = os.pipe2(os.O_CLOEXEC)
             else:
                 fd = data_fd("sandbox-agent-confine", confine_source())
             fds.append(fd)
@@ -194,13 +197,14 @@ def start(
             start_new_session=effective.flag("process.new_session"),
         )
     except BaseException:
-        if info is not None:
-            os.close(info)
+        for end in (info, confirm):
+            if end is not None:
+                os.close(end)
         raise
     finally:
         for fd in fds:
             os.close(fd)
-    return Started(process, compiled.sha256, skipped, info)
+    return Started(process, compiled.sha256, skipped, info, confirm)
 
 
 def confine_source() -> bytes:
@@ -208,10 +212,13 @@ def confine_source() -> bytes:
     return Path(confine.__file__).read_bytes()
 
 
+# The flags that take a descriptor number, in bwrap's and the landlock step's argv.
+# The first use wins: the plan's own words come before the payload's.
+_FD_FLAGS = ("--seccomp", "--ro-bind-data", "--info-fd", "--confirm-fd")
+
+
 def _fd_argument(argv: Sequence[str], number: int) -> int:
     for index in range(len(argv) - 1):
-        if argv[index] in ("--seccomp", "--ro-bind-data", "--info-fd") and argv[index + 1] == str(
-            number
-        ):
+        if argv[index] in _FD_FLAGS and argv[index + 1] == str(number):
             return index + 1
     raise ValueError(f"the plan names fd {number} but its argv does not use it")

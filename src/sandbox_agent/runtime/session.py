@@ -37,6 +37,13 @@ class SessionResult:
     unenforced: tuple[str, ...]  # optional requirements nothing enforced
     seccomp_sha256: str
     cgroup: str  # where the job ran, or why it had no cgroup
+    # the landlock step's word ("landlock ABI 7"); "" when the plan ran the step and it
+    # never said so (the payload did not run); None when the plan has no such step
+    landlock: str | None = None
+
+    @property
+    def payload_ran(self) -> bool:
+        return self.landlock != ""
 
 
 def job_cgroup(
@@ -71,6 +78,17 @@ def read_report(fd: int, timeout: float = 10.0, cap: int = 65536) -> dict[str, o
     except ValueError:
         return {}
     return report if isinstance(report, dict) else {}
+
+
+def read_confirmation(fd: int) -> str:
+    """What the landlock step wrote before the payload ran: one short line, or ""."""
+    try:
+        ready, _, _ = select.select([fd], [], [], 1.0)
+        data = os.read(fd, 64) if ready else b""
+    finally:
+        os.close(fd)
+    line = data.decode("ascii", "replace").strip()
+    return line if line.startswith("landlock ABI ") else ""
 
 
 def namespaces_made(report: dict[str, object]) -> dict[str, int]:
@@ -121,6 +139,7 @@ def run(
         group, where = job_cgroup(name, effective, prefer=prefer_cgroup)
     teardown = None
     report: dict[str, object] = {}
+    confirmed = None
     try:
         held = group.enforced if group else frozenset()
         limits = decide(plan, effective, held, where)
@@ -139,6 +158,8 @@ def run(
             if started.process.returncode is None:  # interrupted: the job must not outlive us
                 monitor.kill()
                 started.process.wait()
+        if started.confirm is not None:  # every writer has exited with the job
+            confirmed = read_confirmation(started.confirm)
     finally:
         if group is not None:
             teardown = group.teardown()
@@ -146,5 +167,6 @@ def run(
         orphans = [report.get("child-pid"), *survivors]
         reap(pid for pid in orphans if isinstance(pid, int))
     return SessionResult(
-        outcome, teardown, limits, skipped + limits.unenforced, started.seccomp_sha256, where
-    )
+        outcome, teardown, limits, skipped + limits.unenforced, started.seccomp_sha256, where,
+        landlock=confirmed if started.confirm is not None else None,
+    )  # fmt: skip

@@ -23,6 +23,7 @@ shell does.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import stat
@@ -60,7 +61,10 @@ EXIT_CONFINE = 125
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
-_USAGE = "usage: confine [--writable PATH]... [--no-tcp] [--env=NAME=VALUE]... -- COMMAND [ARG]..."
+_USAGE = (
+    "usage: confine [--writable PATH]... [--no-tcp] [--env=NAME=VALUE]... "
+    "[--confirm-fd FD] -- COMMAND [ARG]..."
+)
 
 
 class ConfineError(Exception):
@@ -162,31 +166,43 @@ def confine(writable: list[str], *, no_tcp: bool = False) -> int:
     return version
 
 
-def _parse(argv: list[str]) -> tuple[list[str], bool, dict[str, str], list[str]]:
-    """(writable paths, no_tcp, the command's variables, command) from the arguments
-    after the program name."""
-    writable: list[str] = []
-    no_tcp = False
-    variables: dict[str, str] = {}
+class Options:
+    """What the arguments after the program name ask for."""
+
+    def __init__(self) -> None:
+        self.writable: list[str] = []
+        self.no_tcp = False
+        self.variables: dict[str, str] = {}  # the command's environment
+        self.confirm_fd = -1  # where to say landlock is applied, before the command runs
+        self.command: list[str] = []
+
+
+def _parse(argv: list[str]) -> Options:
+    options = Options()
     rest = iter(argv)
     for arg in rest:
         if arg == "--":
-            command = list(rest)
-            if not command:
+            options.command = list(rest)
+            if not options.command:
                 raise ConfineError(f"no command after --; {_USAGE}")
-            return writable, no_tcp, variables, command
+            return options
         if arg == "--no-tcp":
-            no_tcp = True
+            options.no_tcp = True
         elif arg.startswith("--env="):
             name, equals, value = arg[len("--env=") :].partition("=")
             if not name or not equals:
                 raise ConfineError(f"--env needs NAME=VALUE, got {arg!r}; {_USAGE}")
-            variables[name] = value
-        elif arg == "--writable":
-            path = next(rest, None)
-            if path is None:
-                raise ConfineError(f"--writable needs a path; {_USAGE}")
-            writable.append(path)
+            options.variables[name] = value
+        elif arg in ("--writable", "--confirm-fd"):
+            given = next(rest, None)
+            if given is None:
+                raise ConfineError(f"{arg} needs a value; {_USAGE}")
+            if arg == "--writable":
+                options.writable.append(given)
+            elif given.isdigit():
+                options.confirm_fd = int(given)
+            else:
+                raise ConfineError(f"--confirm-fd needs a descriptor number; {_USAGE}")
         else:
             raise ConfineError(f"unexpected argument {arg!r}; {_USAGE}")
     raise ConfineError(f"no -- before the command; {_USAGE}")
@@ -200,16 +216,24 @@ def _fail(code: int, message: str) -> int:
 
 def main(argv: list[str]) -> int:
     """Confine, then exec the command; an exit code only when that cannot happen."""
+    options = Options()
     try:
-        writable, no_tcp, variables, command = _parse(argv)
-        confine(writable, no_tcp=no_tcp)
+        options = _parse(argv)
+        version = confine(options.writable, no_tcp=options.no_tcp)
+        if options.confirm_fd >= 0:  # the agent learns the payload runs confined
+            os.write(options.confirm_fd, f"landlock ABI {version}\n".encode())
     except ConfineError as error:
         return _fail(EXIT_CONFINE, str(error))
     except OSError as error:  # unforeseen: still no command and no traceback
         return _fail(EXIT_CONFINE, f"{error.strerror or error}")
+    finally:
+        if options.confirm_fd >= 0:  # never inherited by the command
+            with contextlib.suppress(OSError):
+                os.close(options.confirm_fd)
+    command = options.command
     try:
         # this step's own environment (empty under the launcher) plus the command's
-        environment = {**os.environ, **variables}
+        environment = {**os.environ, **options.variables}
         os.execvpe(command[0], command, environment)  # noqa: S606 (an argv list, no shell)
     except FileNotFoundError as error:
         return _fail(EXIT_NOT_FOUND, f"cannot run {command[0]}: {error.strerror}")
