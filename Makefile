@@ -30,9 +30,19 @@ unit: setup
 
 test: lint typecheck unit
 
+# The sample job in the sandbox: a fresh work directory under /tmp (as root, the sandbox
+# runs as uid 65534, which must reach it), removed afterwards.
 demo: setup
 	$(BIN)/sandbox-agent jdl check samples/*.jdl
 	$(BIN)/sandbox-agent policy explain samples/hello.jdl --runtime bwrap
+	@base=$$(mktemp -d /tmp/sandbox-agent-demo.XXXXXX) && chmod 711 "$$base" && \
+	  mkdir -m 777 "$$base/work" && chmod 777 "$$base/work" && \
+	  cp samples/hello.sh "$$base/work/" && \
+	  echo "$$ sandbox-agent sandbox exec --jdl samples/hello.jdl --workdir $$base/work -- /bin/sh hello.sh" && \
+	  $(BIN)/sandbox-agent --home "$$base/home" sandbox exec --jdl samples/hello.jdl \
+	    --workdir "$$base/work" -- /bin/sh hello.sh && \
+	  echo "hello.txt: $$(cat "$$base/work/hello.txt")"; \
+	  status=$$?; rm -rf "$$base"; exit $$status
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis src/*.egg-info

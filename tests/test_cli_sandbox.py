@@ -236,12 +236,18 @@ def test_docker_without_an_engine_is_one_line(sandbox) -> None:  # type: ignore[
 
 FAKE_APPTAINER = """#!/bin/sh
 # Stands in for Apptainer to check what the launcher starts, not what Apptainer does
-# (real runs need the real tool): it answers `version`, then records its argv and the
-# cgroups it runs in.
+# (real runs need the real tool): it answers `version`, then records its argv, the
+# cgroups it runs in, its uid and the agent files it was given to bind.
 if [ "$1" = version ]; then echo 1.3.4; exit 0; fi
 printf '%s\\n' "$@" > "$RECORD/argv"
 cat /proc/self/cgroup > "$RECORD/cgroup"
 id -u > "$RECORD/uid"
+for word in "$@"; do
+  case "$word" in
+    *:/.sandbox-agent:ro) files="${word%%:*}"; ls "$files" > "$RECORD/files";
+      cp "$files/seccomp.bpf" "$RECORD/seccomp.bpf"; echo "$files" > "$RECORD/dir";;
+  esac
+done
 exit 5
 """
 
@@ -256,58 +262,29 @@ def test_an_image_runtime_is_started_with_its_rendered_argv(sandbox, tmp_path: P
     record.chmod(0o777)
     policies = Path(sandbox.env["SANDBOX_AGENT_POLICIES"])
     shutil.copy(ROOT / "tests" / "runtime" / "policies" / "images.toml", policies)
-    # Unprivileged Apptainer applies no seccomp itself and the wrapper that would is not
-    # written yet: a site trying Apptainer marks it optional, and is told.
-    (policies / "images-trial.toml").write_text(
-        'extends = "images"\n[optional]\nrequirements = { append = ["process.seccomp"] }\n'
-    )
     env = {**sandbox.env, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     # the launcher passes the runtime no variable of the agent's: the path is written in
     fake.write_text(FAKE_APPTAINER.replace("$RECORD", str(record)))
-    result = run_cli(env, "sandbox", "exec", "--runtime", "apptainer", "--policy",
-                     "images-trial", "--workdir", sandbox.workdir, "--", "/bin/echo",
-                     "hi")  # fmt: skip
+    result = run_cli(env, "sandbox", "exec", "--runtime", "apptainer", "--policy", "images",
+                     "--workdir", sandbox.workdir, "--", "/bin/echo", "hi")  # fmt: skip
     assert result.returncode == 5, result.stderr
     argv = (record / "argv").read_text().splitlines()
     assert argv[:6] == ["exec", "--containall", "--no-privs", "--no-home", "--cleanenv", "--pid"]
-    assert argv[-3:] == ["docker://registry.example.org/alice/el9:2024.1", "/bin/echo", "hi"]
+    image = argv.index("docker://registry.example.org/alice/el9:2024.1")
+    assert argv[image + 1 : image + 5] == ["/usr/bin/python3", "-I", "-S",
+                                           "/.sandbox-agent/confine.py"]  # fmt: skip
+    assert argv[-3:] == ["--", "/bin/echo", "hi"]
     assert f"{sandbox.workdir}:/workdir" in argv
     # it runs in the job's cgroup, which holds the limits, and never as root
     assert "sandbox-agent-exec-" in (record / "cgroup").read_text()
     assert (record / "uid").read_text().strip() != "0"
-    assert "process.seccomp" in result.stderr.splitlines()[0]
+    # the agent files it binds: the step and the very program the agent compiled
+    assert (record / "files").read_text().split() == ["confine.py", "seccomp.bpf"]
+    from sandbox_agent.seccomp.compile import compile_profile
 
-
-def test_apptainer_fails_closed_without_seccomp(sandbox) -> None:  # type: ignore[no-untyped-def]
-    bin_dir = sandbox.workdir.parent / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "apptainer").write_text(FAKE_APPTAINER.replace("$RECORD", "/nonexistent"))
-    (bin_dir / "apptainer").chmod(0o755)
-    policies = Path(sandbox.env["SANDBOX_AGENT_POLICIES"])
-    shutil.copy(ROOT / "tests" / "runtime" / "policies" / "images.toml", policies)
-    env = {**sandbox.env, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    result = run_cli(env, "sandbox", "exec", "--runtime", "apptainer", "--policy", "images",
-                     "--workdir", sandbox.workdir, "--", "/bin/true")  # fmt: skip
-    assert result.returncode == 3
-    assert result.stderr.startswith("sandbox-agent: cannot enforce: process.seccomp: Apptainer "
-                                     "applies seccomp only as root")  # fmt: skip
-
-
-def test_the_landlock_steps_interpreter_never_sees_the_payloads_variables(sandbox) -> None:  # type: ignore[no-untyped-def]
-    # A variable the site passes to the payload (here LD_DEBUG, harmless but visible)
-    # must not reach the loader of the interpreter that applies landlock: LD_PRELOAD or
-    # LD_LIBRARY_PATH there could run code before landlock is applied.
-    policies = Path(sandbox.env["SANDBOX_AGENT_POLICIES"])
-    (policies / "lddebug.toml").write_text(
-        'extends = "default"\n[process.environment]\nset = { LD_DEBUG = "libs", '
-        'PATH = "/usr/bin:/bin" }\n'
-    )
-    result = run_cli(sandbox.env, "sandbox", "exec", "--policy", "lddebug", "--workdir",
-                     sandbox.workdir, "--", "/bin/sh", "-c", "echo $LD_DEBUG")  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == "libs\n"  # the payload has it
-    assert "python" not in result.stderr  # the landlock step's interpreter did not
-    assert "/bin/sh" in result.stderr or "libc.so" in result.stderr  # the payload's did
+    compiled = compile_profile(ROOT / "policies" / "seccomp" / "default.json")
+    assert (record / "seccomp.bpf").read_bytes() == compiled.bpf
+    assert not Path((record / "dir").read_text().strip()).exists()  # removed after the run
 
 
 def _job_cgroups(agent_pid: int) -> list[Path]:
@@ -404,8 +381,10 @@ def test_a_landlock_step_that_fails_is_said_and_nothing_runs(sandbox) -> None:  
                      sandbox.workdir, "--", "/bin/touch", "/workdir/ran")  # fmt: skip
     assert result.returncode == 3
     lines = result.stderr.splitlines()
-    assert lines[0] == ("sandbox-agent confine: landlock is unavailable: "
-                        "landlock_create_ruleset: Operation not permitted")
+    assert lines[0] == (
+        "sandbox-agent confine: landlock is unavailable: "
+        "landlock_create_ruleset: Operation not permitted"
+    )
     assert lines[-1] == ("sandbox-agent: the sandbox failed before the command ran (the reason "
                          "is above); nothing of the command ran")  # fmt: skip
     assert not (sandbox.workdir / "ran").exists()

@@ -14,9 +14,10 @@ import pytest
 from sandbox_agent.jdl import load_job
 from sandbox_agent.policy import compose, load_policy
 from sandbox_agent.runtime import apptainer, docker
-from sandbox_agent.runtime.plan import Unenforceable
+from sandbox_agent.runtime.plan import AGENT_FILES, FixedHost, Unenforceable
 
 ROOT = Path(__file__).resolve().parents[2]
+LANDLOCK_6 = FixedHost({}, landlock=6)  # the golden plan does not depend on this kernel
 GOLDEN = Path(__file__).parent / "golden"
 HERE = Path(__file__).parent / "policies"
 JOB = load_job(
@@ -44,18 +45,23 @@ def effective(policies: Path, name: str):  # type: ignore[no-untyped-def]
 
 def test_apptainer_golden(policies: Path) -> None:
     plan = apptainer.render(effective(policies, "images"), [JOB.executable, *JOB.arguments],
-                            workdir="/srv/work/7")  # fmt: skip
+                            workdir="/srv/work/7", host=LANDLOCK_6)  # fmt: skip
     expected = (GOLDEN / "apptainer-user.argv").read_text().splitlines()
     assert words(plan.argv, policies) == expected
     # the limits are the job's cgroup, which Apptainer runs in: no flags of its own
     assert not {"--apply-cgroups", "--memory", "--pids-limit"} & set(plan.argv)
     memory = next(r for r in plan.requirements if r.key == "limits.memory")
     assert (memory.by, memory.how) == ("agent", "kernel: the job's cgroup")
-    # never as root (a root agent starts Apptainer as uid 65534): no seccomp of its own
+    # never as root (a root agent starts Apptainer as uid 65534), so Apptainer loads no
+    # seccomp program: the confine step loads the agent's, from the bound agent files
     assert "--security" not in plan.argv
+    assert plan.agent_files == {"confine.py": "confine", "seccomp.bpf": "seccomp"}
+    assert f"{AGENT_FILES}:/.sandbox-agent:ro" in plan.argv
+    step = plan.argv[plan.argv.index("docker://registry.example.org/alice/el9:2024.1") + 1 :]
+    assert step[:4] == ("/usr/bin/python3", "-I", "-S", "/.sandbox-agent/confine.py")
+    assert "--seccomp" in step and "--writable" in step
     seccomp = next(r for r in plan.requirements if r.key == "process.seccomp")
     assert (seccomp.by, seccomp.met) == ("wrapper", True)
-    assert "the wrapper applies the same profile" in seccomp.how
 
 
 @pytest.mark.parametrize("engine", ["docker", "podman"])

@@ -8,6 +8,7 @@ tests run as root, where permissions stop nothing: what is refused, landlock ref
 from __future__ import annotations
 
 import ast
+import errno
 import os
 import shutil
 import signal
@@ -459,3 +460,47 @@ def test_variables_given_with_env_reach_the_command_only(python: str, tmp_path: 
                          text=True, env={}, check=False)  # fmt: skip
     assert bad.returncode == 125
     assert bad.stderr.startswith("sandbox-agent confine: --env needs NAME=VALUE")
+
+
+UNSHARE_USER = (
+    "import ctypes, os\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "print(libc.unshare(0x10000000), ctypes.get_errno())\n"  # CLONE_NEWUSER
+)
+
+
+def test_seccomp_program_is_loaded_for_runtimes_that_load_none(tmp_path: Path) -> None:
+    # What Apptainer as a user needs: the agent's compiled program, loaded by the step.
+    from sandbox_agent.seccomp.compile import compile_profile
+
+    root = Path(__file__).resolve().parents[2]
+    program = tmp_path / "seccomp.bpf"
+    program.write_bytes(compile_profile(root / "policies" / "seccomp" / "default.json").bpf)
+    confirm_r, confirm_w = os.pipe()
+    base = [sys.executable, "-I", "-S", "-c", SOURCE, "--confirm-fd", str(confirm_w)]
+    payload = ["--", *PAYLOAD_PYTHON, "-c", UNSHARE_USER]
+    filtered = subprocess.run([*base, "--seccomp", str(program), *payload], capture_output=True,
+                              text=True, pass_fds=(confirm_w,), check=False)  # fmt: skip
+    os.close(confirm_w)
+    assert filtered.returncode == 0, filtered.stderr
+    assert filtered.stdout.split() == ["-1", str(errno.EPERM)]  # denied by the filter
+    assert os.read(confirm_r, 100) == b"confined: seccomp\n"
+    os.close(confirm_r)
+    control = subprocess.run([*base[:5], *payload], capture_output=True, text=True, check=False)
+    assert control.stdout.split()[0] == "0"  # the same call works without it (as root)
+
+
+@pytest.mark.parametrize("content", [b"", b"1234567", b"\0" * 8 * 5000])
+def test_a_broken_seccomp_program_fails_closed(tmp_path: Path, content: bytes) -> None:
+    program = tmp_path / "seccomp.bpf"
+    program.write_bytes(content)
+    marker = tmp_path / "ran"
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", SOURCE, "--seccomp", str(program), "--",
+         "touch", str(marker)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 125
+    assert result.stderr.startswith("sandbox-agent confine: ")
+    assert "is not a seccomp program" in result.stderr
+    assert not marker.exists()

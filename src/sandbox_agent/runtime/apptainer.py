@@ -13,7 +13,18 @@ from collections.abc import Mapping, Sequence
 
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.policy.schema import LIMITS
-from sandbox_agent.runtime.plan import LaunchPlan, Requirements, Unenforceable, environment
+from sandbox_agent.runtime import confinestep
+from sandbox_agent.runtime.plan import (
+    AGENT_FILES,
+    HostView,
+    LaunchPlan,
+    RealHost,
+    Requirements,
+    Unenforceable,
+    environment,
+)
+
+STEP_DIR = "/.sandbox-agent"  # where the container sees the agent's files
 
 
 def render(
@@ -23,6 +34,7 @@ def render(
     workdir: str,
     environ: Mapping[str, str] | None = None,
     binary: str = "apptainer",
+    host: HostView | None = None,
 ) -> LaunchPlan:
     """``apptainer exec`` for ``argv``, as the launcher starts it: never as root (a root
     agent starts it as uid 65534, as for bwrap), so Apptainer runs unprivileged."""
@@ -56,16 +68,16 @@ def render(
         need.met("namespaces.net", "--net --network none")
     profile = str(effective.policy.directory / effective.word("process.seccomp"))
     # Apptainer applies a seccomp profile only when run as root, and root Apptainer gives a
-    # root agent's payload host uid 0: the wrapper must apply the profile instead.
-    need.met("process.seccomp", "Apptainer applies seccomp only as root: the wrapper applies "
-             "the same profile before the payload starts", by="wrapper")  # fmt: skip
+    # root agent's payload host uid 0: the confine step loads the agent's compiled program.
+    need.met("process.seccomp", "Apptainer applies seccomp only as root: the confine step "
+             f"loads the agent's compiled program ({STEP_DIR}/seccomp.bpf) before the payload",
+             by="wrapper")  # fmt: skip
     if effective.flag("process.new_session"):
         need.met("process.new_session", "started in a new session, no terminal", by="launcher")
     need.met("process.die_with_parent", "PR_SET_PDEATHSIG on apptainer; the job's cgroup is "
              "killed at teardown", by="launcher")  # fmt: skip
-    variables = environment(effective, environ)
-    for name, value in variables:
-        out += ["--env", f"{name}={value}"]
+    inside = effective.word("filesystem.workdir")
+    variables = [*environment(effective, environ), ("HOME", inside), ("TMPDIR", inside)]
 
     # -- filesystem ----------------------------------------------------------------------
     for path in effective.strings("filesystem.read_only"):
@@ -76,13 +88,12 @@ def render(
         out += ["--bind", f"{path}:{path}"]
     if effective.word("devices.gpu") == "nvidia":
         out.append("--nv")
-    inside = effective.word("filesystem.workdir")
     out += ["--bind", f"{workdir}:{inside}", "--pwd", inside]
+    out += ["--bind", f"{AGENT_FILES}:{STEP_DIR}:ro"]
     for path, _size in effective.tmpfs():
         # Apptainer cannot size a tmpfs: a scratch directory on the work area instead,
         # counted in the work directory's monitored size.
         out += ["--scratch", path]
-    out += ["--env", f"HOME={inside}", "--env", f"TMPDIR={inside}"]
 
     # -- limits ----------------------------------------------------------------------------
     # Apptainer runs as the agent's child, inside the job's cgroup: the agent holds the
@@ -94,10 +105,17 @@ def render(
         where = "the job's cgroup" if how == "kernel" else "the agent's monitor"
         need.met(f"limits.{name}", f"{how}: {where}", by="agent")
     need.met("process.rlimits", "set before exec, inherited", by="launcher")
-    if effective.word("process.landlock") != "off":
-        need.met("process.landlock", "landlock, inside", by="wrapper")
+    # The image's own Python runs the step; an image without /usr/bin/python3 makes the
+    # run fail before the payload (not known here: the image is not opened to render).
+    writable = [inside, *(path for path, _ in effective.tmpfs()),
+                *effective.strings("filesystem.writable"), "/dev"]  # fmt: skip
+    abi = (host or RealHost()).landlock_abi()
+    landlock = confinestep.landlock_words(effective, abi, writable, need.items) or []
+    words = [*landlock, "--seccomp", f"{STEP_DIR}/seccomp.bpf"]
     out.append(image)  # Apptainer takes directories, files and docker:// references as they are
+    out += confinestep.step(f"{STEP_DIR}/confine.py", words, variables)
     out += list(argv)
     return LaunchPlan(
-        "apptainer", tuple(out), requirements=tuple(need.items), seccomp_profile=profile
-    )
+        "apptainer", tuple(out), requirements=tuple(need.items), seccomp_profile=profile,
+        agent_files={"confine.py": "confine", "seccomp.bpf": "seccomp"},
+    )  # fmt: skip

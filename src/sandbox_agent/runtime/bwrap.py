@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 
 from sandbox_agent.policy.compose import EffectivePolicy, within
 from sandbox_agent.policy.schema import LIMITS
+from sandbox_agent.runtime import confinestep
 from sandbox_agent.runtime.plan import (
     HostView,
     LaunchPlan,
@@ -29,9 +30,6 @@ CONFINE_FD = 11  # the descriptor the landlock step's source is passed on
 INFO_FD = 12  # where bwrap reports the child's pid and the namespaces it made
 CONFIRM_FD = 13  # where the landlock step says it applied landlock, before the payload
 CONFINE_PATH = "/.sandbox-agent/confine.py"  # where the sandbox sees it
-# The interpreter that runs the landlock step: the sandbox's own. Without one (an image
-# with no Python), landlock cannot be applied and the requirement says so.
-CONFINE_PYTHON = "/usr/bin/python3"
 DEV_SHM_BYTES = 64 * 1024 * 1024
 _UNSHARE = {"user": "user", "pid": "pid", "ipc": "ipc", "uts": "uts", "net": "net",
             "cgroup": "cgroup"}  # fmt: skip
@@ -129,13 +127,22 @@ def render(
     if effective.word("filesystem.proc") == "private":
         out += ["--proc", "/proc"]
     out += ["--bind", workdir, inside]
-    confine = _confine(effective, host, inside, requirements)
-    if confine:
+    writable = [inside, *(path for path, _ in effective.tmpfs()),
+                *effective.strings("filesystem.writable")]  # fmt: skip
+    if effective.word("filesystem.dev") == "minimal":
+        writable.append("/dev")  # read-only mount; its devices (/dev/null) stay usable
+    python = host.kind(confinestep.PYTHON) != "missing" and any(
+        within(confinestep.PYTHON, root) for root in effective.strings("filesystem.host_userland")
+    )
+    landlock = confinestep.landlock_words(
+        effective, host.landlock_abi(), writable, requirements,
+        no_python="" if python else f"the sandbox has no {confinestep.PYTHON} to apply "
+        "landlock with",
+    )  # fmt: skip
+    confine: list[str] = []
+    if landlock is not None:
         out += ["--perms", "0444", "--ro-bind-data", str(CONFINE_FD), CONFINE_PATH]
-        # The landlock step starts with an empty environment (the payload's variables
-        # could steer the loader of its interpreter: LD_PRELOAD, LD_LIBRARY_PATH) and
-        # gives them to the payload only.
-        confine[-1:-1] = [f"--env={name}={value}" for name, value in variables]
+        confine = confinestep.step(CONFINE_PATH, landlock, variables, confirm_fd=CONFIRM_FD)
     else:
         for name, value in variables:
             out += ["--setenv", name, value]
@@ -171,45 +178,6 @@ def render(
         requirements=tuple(requirements),
         seccomp_profile=str(effective.policy.directory / profile),
     )
-
-
-def _confine(
-    effective: EffectivePolicy, host: HostView, workdir: str, requirements: list[Requirement]
-) -> list[str]:
-    """The landlock step's argv prefix, or [] where landlock is off or cannot be had."""
-    level = effective.word("process.landlock")
-    if level == "off":
-        return []
-    abi = host.landlock_abi()
-    python = host.kind(CONFINE_PYTHON) != "missing" and any(
-        within(CONFINE_PYTHON, root) for root in effective.strings("filesystem.host_userland")
-    )
-    if abi < 1 or not python:
-        why = ("this kernel has no landlock" if abi < 1
-               else f"the sandbox has no {CONFINE_PYTHON} to apply landlock with")  # fmt: skip
-        if level == "required" and "process.landlock" not in _optional(effective):
-            raise Unenforceable(f"process.landlock: {why}")
-        requirements.append(Requirement("process.landlock", why, met=False, by="wrapper"))
-        return []
-    writable = [workdir, *(path for path, _ in effective.tmpfs()),
-                *effective.strings("filesystem.writable")]  # fmt: skip
-    if effective.word("filesystem.dev") == "minimal":
-        writable.append("/dev")  # read-only mount; its devices (/dev/null) stay usable
-    prefix = [CONFINE_PYTHON, "-I", "-S", CONFINE_PATH, "--confirm-fd", str(CONFIRM_FD)]
-    for path in writable:
-        prefix += ["--writable", path]
-    how = f"landlock ABI {abi}: writes only beneath " + ", ".join(writable)
-    if effective.word("network.mode") == "none" and abi >= 4:
-        prefix.append("--no-tcp")
-        how += "; no TCP bind or connect"
-    if abi >= 6:
-        how += "; no abstract unix sockets or signals outside the sandbox"
-    requirements.append(Requirement("process.landlock", how, by="wrapper"))
-    return [*prefix, "--"]
-
-
-def _optional(effective: EffectivePolicy) -> set[str]:
-    return {str(i.value) for i in effective["optional.requirements"].value}
 
 
 def _depth(path: str) -> tuple[int, str]:

@@ -16,6 +16,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import prctl
 
 from sandbox_agent.limits.cgroups import JobCgroup
 from sandbox_agent.policy.compose import EffectivePolicy, within
-from sandbox_agent.runtime.plan import LaunchPlan, Requirement, Unenforceable
+from sandbox_agent.runtime.plan import AGENT_FILES, LaunchPlan, Requirement, Unenforceable
 from sandbox_agent.seccomp.compile import bpf_fd, compile_profile, data_fd
 from sandbox_agent.wrapper import confine
 
@@ -47,7 +48,10 @@ def enforcer_exists(req: Requirement, plan: LaunchPlan) -> bool:
         return True
     if req.by == "agent" and req.key.startswith("limits."):
         return True
-    return req.key == "process.landlock" and "confine" in plan.fd_contents.values()
+    step = "confine" in plan.fd_contents.values() or "confine" in plan.agent_files.values()
+    if req.key == "process.seccomp":  # a runtime that loads none: the step does
+        return step and "seccomp" in plan.agent_files.values()
+    return req.key == "process.landlock" and step
 
 
 # When the agent is root, the sandbox is started as this host user, never as root: a
@@ -71,6 +75,7 @@ class Started:
     unenforced: tuple[str, ...]  # optional requirements nothing enforces here
     info: int | None = None  # read end of the runtime's report (bwrap --info-fd)
     confirm: int | None = None  # read end of the landlock step's confirmation
+    files: str | None = None  # the private directory of agent files; the caller removes it
 
 
 def unenforced(plan: LaunchPlan, effective: EffectivePolicy) -> tuple[str, ...]:
@@ -147,6 +152,7 @@ def start(
     compiled = compile_profile(Path(plan.seccomp_profile))
     fds: list[int] = []
     info = confirm = None
+    files = None
     try:
         for number, content in plan.fd_contents.items():
             if content == "seccomp":
@@ -162,6 +168,7 @@ def start(
             position = _fd_argument(argv, number)
             argv[position] = str(fd)
         limits = rlimits(effective)
+        files = _agent_files(plan, argv, compiled.bpf)
 
         # bwrap and Apptainer map the payload onto the uid that starts them: a root agent
         # starts them as 65534. Docker's client keeps the agent's uid, which must reach
@@ -200,11 +207,29 @@ def start(
         for end in (info, confirm):
             if end is not None:
                 os.close(end)
+        if files:
+            shutil.rmtree(files, ignore_errors=True)
         raise
     finally:
         for fd in fds:
             os.close(fd)
-    return Started(process, compiled.sha256, skipped, info, confirm)
+    return Started(process, compiled.sha256, skipped, info, confirm, files)
+
+
+def _agent_files(plan: LaunchPlan, argv: list[str], bpf: bytes) -> str | None:
+    """The plan's agent files (the confine step, the compiled seccomp program) in a new
+    private directory, read-only, readable by the uid the runtime runs as; argv's
+    placeholder for it replaced by its path."""
+    if not plan.agent_files:
+        return None
+    directory = tempfile.mkdtemp(prefix="sandbox-agent-files-")
+    os.chmod(directory, 0o755)  # noqa: S103 (the sandbox's uid reads it; nothing secret)
+    for name, kind in plan.agent_files.items():
+        path = os.path.join(directory, name)
+        Path(path).write_bytes(confine_source() if kind == "confine" else bpf)
+        os.chmod(path, 0o444)
+    argv[:] = [word.replace(AGENT_FILES, directory) for word in argv]
+    return directory
 
 
 def confine_source() -> bytes:

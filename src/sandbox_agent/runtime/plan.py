@@ -74,6 +74,9 @@ class Unenforceable(ValueError):
     """A required setting this runtime cannot express: the job must not run."""
 
 
+# Where argv names the launcher's private directory of agent files, until it exists.
+AGENT_FILES = "<agent files>"
+
 # Placeholder shown for a value taken from the agent's environment at launch, so a
 # rendered plan never carries one of the agent's values.
 FROM_AGENT = "<from the agent's environment>"
@@ -87,6 +90,9 @@ class LaunchPlan:
     # fd inside argv -> what the launcher writes to it: "seccomp" (the compiled
     # program) or "confine" (the source of sandbox_agent.wrapper.confine)
     fd_contents: dict[int, str] = field(default_factory=dict)
+    # file name -> what the launcher writes there ("confine", "seccomp"), in a private
+    # directory that argv names as AGENT_FILES (runtimes that take no descriptors)
+    agent_files: dict[str, str] = field(default_factory=dict)
     requirements: tuple[Requirement, ...] = ()
     seccomp_profile: str = ""  # the OCI JSON profile the plan enforces
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.runtime import apptainer, bwrap, docker
 from sandbox_agent.runtime.choose import RUNTIMES
-from sandbox_agent.runtime.plan import LaunchPlan
+from sandbox_agent.runtime.plan import HostView, LaunchPlan
 
 
 def render(
@@ -20,6 +20,7 @@ def render(
     workdir: str,
     environ: Mapping[str, str] | None = None,
     binary: str | None = None,
+    host: HostView | None = None,
 ) -> LaunchPlan:
     """The plan of ``runtime`` (one of RUNTIMES); raises Unenforceable. ``binary``: the
     runtime's path when it was found."""
@@ -27,10 +28,10 @@ def render(
         raise ValueError(f"unknown runtime {runtime!r}")
     if runtime == "bwrap":
         return bwrap.render(effective, argv, workdir=workdir, environ=environ,
-                            binary=binary or "bwrap")  # fmt: skip
+                            binary=binary or "bwrap", host=host)  # fmt: skip
     if runtime in ("apptainer", "singularity"):
         return apptainer.render(effective, argv, workdir=workdir, environ=environ,
-                                binary=binary or runtime)  # fmt: skip
+                                binary=binary or runtime, host=host)  # fmt: skip
     plan = docker.render(effective, argv, workdir=workdir, environ=environ, engine=runtime)
     if binary:
         plan = dataclasses.replace(plan, argv=(binary, *plan.argv[1:]))

@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import select
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -37,7 +38,7 @@ class SessionResult:
     unenforced: tuple[str, ...]  # optional requirements nothing enforced
     seccomp_sha256: str
     cgroup: str  # where the job ran, or why it had no cgroup
-    # the landlock step's word ("landlock ABI 7"); "" when the plan ran the step and it
+    # the landlock step's word ("confined: landlock ABI 7"); "" when the plan ran the step and it
     # never said so (the payload did not run); None when the plan has no such step
     landlock: str | None = None
 
@@ -88,7 +89,7 @@ def read_confirmation(fd: int) -> str:
     finally:
         os.close(fd)
     line = data.decode("ascii", "replace").strip()
-    return line if line.startswith("landlock ABI ") else ""
+    return line if line.startswith("confined: ") else ""
 
 
 def namespaces_made(report: dict[str, object]) -> dict[str, int]:
@@ -140,6 +141,7 @@ def run(
     teardown = None
     report: dict[str, object] = {}
     confirmed = None
+    started = None
     try:
         held = group.enforced if group else frozenset()
         limits = decide(plan, effective, held, where)
@@ -163,6 +165,8 @@ def run(
     finally:
         if group is not None:
             teardown = group.teardown()
+        if started is not None and started.files:
+            shutil.rmtree(started.files, ignore_errors=True)
         survivors = [s.pid for s in teardown.survivors] if teardown else []
         orphans = [report.get("child-pid"), *survivors]
         reap(pid for pid in orphans if isinstance(pid, int))

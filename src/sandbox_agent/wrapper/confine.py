@@ -5,6 +5,10 @@ change the filesystem only beneath the ``--writable`` paths (the work directory,
 tmpfs mounts); reading and executing stay allowed everywhere. From landlock ABI 6 it
 also cannot connect to abstract unix sockets or signal processes outside its own
 domain, and with ``--no-tcp`` (ABI 4) it can neither bind nor connect a TCP socket.
+With ``--seccomp FILE`` it also loads the agent's compiled seccomp program, for runtimes
+that apply none themselves (Apptainer as a user). With ``--confirm-fd FD`` it writes
+what it applied ("confined: landlock ABI 7, seccomp") there, closes it, and only then
+runs the command.
 
 The launcher passes this file into the sandbox on a descriptor (bwrap's
 --ro-bind-data) and runs it with the sandbox's own interpreter::
@@ -62,9 +66,12 @@ EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 
 _USAGE = (
-    "usage: confine [--writable PATH]... [--no-tcp] [--env=NAME=VALUE]... "
+    "usage: confine [--writable PATH]... [--no-tcp] [--seccomp FILE] [--env=NAME=VALUE]... "
     "[--confirm-fd FD] -- COMMAND [ARG]..."
 )
+_PR_SET_SECCOMP = 22
+_SECCOMP_MODE_FILTER = 2
+_BPF_INSTRUCTION = 8  # bytes of one struct sock_filter
 
 
 class ConfineError(Exception):
@@ -173,8 +180,34 @@ class Options:
         self.writable: list[str] = []
         self.no_tcp = False
         self.variables: dict[str, str] = {}  # the command's environment
-        self.confirm_fd = -1  # where to say landlock is applied, before the command runs
+        self.confirm_fd = -1  # where to say what was applied, before the command runs
+        self.seccomp = ""  # a BPF program to load after landlock
         self.command: list[str] = []
+
+
+def load_seccomp(path: str) -> None:
+    """Load the BPF program in ``path`` (compiled by the agent from the policy's profile)
+    as this process's seccomp filter, for runtimes that apply none themselves."""
+    try:
+        with open(path, "rb") as file:
+            program = file.read(_BPF_INSTRUCTION * 65536)
+    except OSError as error:
+        raise ConfineError(f"cannot read the seccomp program {path}: {error.strerror}") from None
+    count = len(program) // _BPF_INSTRUCTION
+    if not program or len(program) % _BPF_INSTRUCTION or count > 4096:
+        raise ConfineError(f"{path} is not a seccomp program ({len(program)} bytes)")
+    buffer = ctypes.create_string_buffer(program, len(program))
+
+    class SockFprog(ctypes.Structure):  # struct sock_fprog
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    fprog = SockFprog(count, ctypes.cast(buffer, ctypes.c_void_p))
+    _call("prctl(PR_SET_NO_NEW_PRIVS)", "prctl", _PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    result = libc.prctl(ctypes.c_long(_PR_SET_SECCOMP), ctypes.c_long(_SECCOMP_MODE_FILTER),
+                        ctypes.byref(fprog), ctypes.c_long(0), ctypes.c_long(0))  # fmt: skip
+    if result != 0:
+        raise ConfineError(f"prctl(PR_SET_SECCOMP): {os.strerror(ctypes.get_errno())}")
 
 
 def _parse(argv: list[str]) -> Options:
@@ -193,12 +226,14 @@ def _parse(argv: list[str]) -> Options:
             if not name or not equals:
                 raise ConfineError(f"--env needs NAME=VALUE, got {arg!r}; {_USAGE}")
             options.variables[name] = value
-        elif arg in ("--writable", "--confirm-fd"):
+        elif arg in ("--writable", "--confirm-fd", "--seccomp"):
             given = next(rest, None)
             if given is None:
                 raise ConfineError(f"{arg} needs a value; {_USAGE}")
             if arg == "--writable":
                 options.writable.append(given)
+            elif arg == "--seccomp":
+                options.seccomp = given
             elif given.isdigit():
                 options.confirm_fd = int(given)
             else:
@@ -219,9 +254,14 @@ def main(argv: list[str]) -> int:
     options = Options()
     try:
         options = _parse(argv)
-        version = confine(options.writable, no_tcp=options.no_tcp)
+        applied = []
+        if options.writable:
+            applied.append(f"landlock ABI {confine(options.writable, no_tcp=options.no_tcp)}")
+        if options.seccomp:  # last: the filter must still allow the landlock calls above
+            load_seccomp(options.seccomp)
+            applied.append("seccomp")
         if options.confirm_fd >= 0:  # the agent learns the payload runs confined
-            os.write(options.confirm_fd, f"landlock ABI {version}\n".encode())
+            os.write(options.confirm_fd, f"confined: {', '.join(applied)}\n".encode())
     except ConfineError as error:
         return _fail(EXIT_CONFINE, str(error))
     except OSError as error:  # unforeseen: still no command and no traceback
