@@ -415,3 +415,19 @@ def test_explain_with_a_runtime_that_cannot_enforce_exits_3(cli, policies: Path)
     assert report["runtime"]["name"] == "docker"
     assert report["runtime"]["refused"].startswith("cannot enforce with docker: filesystem.image")
     assert result.stderr.strip() == report["runtime"]["refused"]
+
+
+def test_render_shows_what_each_runtime_is_given(cli, policies: Path) -> None:
+    shutil.copy(ROOT / "tests" / "runtime" / "policies" / "images.toml", policies)
+    result = cli("policy", "render", "samples/hello.jdl", "--runtime", "apptainer",
+                 "--policy", "images", "--json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["runtime"] == "apptainer"
+    assert plan["agent_files"] == {"confine.py": "confine", "seccomp.bpf": "seccomp"}
+    assert "<agent files>:/.sandbox-agent:ro" in plan["argv"]
+    text = cli("policy", "render", "samples/hello.jdl", "--runtime", "apptainer", "--policy",
+               "images").stdout  # fmt: skip
+    assert "<agent files>/seccomp.bpf: the seccomp program compiled from the profile" in text
+    bwrap = json.loads(cli("policy", "render", "samples/hello.jdl", "--json").stdout)
+    assert bwrap["agent_files"] == {} and set(bwrap["fds"]) == {"10", "11", "12", "13"}

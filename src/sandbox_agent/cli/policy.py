@@ -26,7 +26,7 @@ from sandbox_agent.policy.explain import explain_json, explain_text
 from sandbox_agent.policy.lint import lint
 from sandbox_agent.runtime.choose import RUNTIMES
 from sandbox_agent.runtime.launch import enforcer_exists
-from sandbox_agent.runtime.plan import LaunchPlan, Requirement, Unenforceable
+from sandbox_agent.runtime.plan import AGENT_FILES, LaunchPlan, Requirement, Unenforceable
 from sandbox_agent.runtime.render import render
 
 policy_app = typer.Typer(
@@ -193,6 +193,12 @@ def policy_diff(
             typer.echo("  (nothing)")
 
 
+_AGENT_FILE = {
+    "confine": "the confine step (sandbox_agent.wrapper.confine)",
+    "seccomp": "the seccomp program compiled from the profile below",
+}
+
+
 def _state(req: Requirement, plan: LaunchPlan) -> str:
     """What stands behind a requirement line: who enforces it, and if that exists yet."""
     if not req.met:
@@ -242,6 +248,7 @@ def policy_render(
         typer.echo(json.dumps({
             "runtime": plan.runtime, "argv": list(plan.argv),
             "fds": {str(k): v for k, v in plan.fds.items()},
+            "agent_files": plan.agent_files,
             "seccomp_profile": plan.seccomp_profile,
             "requirements": [r.__dict__ for r in plan.requirements],
         }, indent=2))  # fmt: skip
@@ -251,6 +258,9 @@ def policy_render(
         typer.echo(f"  {word}")
     for fd, what in plan.fds.items():
         typer.echo(f"fd {fd}: {what}")
+    for name, kind in plan.agent_files.items():
+        what = _AGENT_FILE.get(kind, kind)
+        typer.echo(f"{AGENT_FILES}/{name}: {what} (a private read-only directory, per job)")
     typer.echo(f"seccomp profile: {plan.seccomp_profile}")
     typer.echo("requirements:")
     for req in plan.requirements:
