@@ -388,3 +388,33 @@ def test_a_landlock_step_that_fails_is_said_and_nothing_runs(sandbox) -> None:  
     assert lines[-1] == ("sandbox-agent: the sandbox failed before the command ran (the reason "
                          "is above); nothing of the command ran")  # fmt: skip
     assert not (sandbox.workdir / "ran").exists()
+
+
+@pytest.mark.parametrize("runtime", ["apptainer", "singularity", "docker", "podman"])
+def test_a_real_image_runtime_runs_the_payload_confined(sandbox, runtime: str) -> None:  # type: ignore[no-untyped-def]
+    # Real runs where the tool works; this machine has none, so the plans are checked
+    # exactly above and here only where a site or a developer has the tool and an image.
+    from sandbox_agent.runtime.choose import available
+
+    found = available(runtime)
+    if not found.ok:
+        pytest.skip(f"{runtime}: {found.reason}")
+    image = os.environ.get("SANDBOX_AGENT_TEST_IMAGE", "")
+    if not image.startswith("docker://"):
+        pytest.skip("set SANDBOX_AGENT_TEST_IMAGE=docker://NAME to an image the runtime has "
+                    "locally, with /usr/bin/python3 in it")  # fmt: skip
+    optional = '"namespaces.cgroup"'
+    if runtime in ("docker", "podman"):  # the engine's container: see docs/sandbox.md
+        optional += ', "namespaces.user", "process.die_with_parent", "process.landlock"'
+    policies = Path(sandbox.env["SANDBOX_AGENT_POLICIES"])
+    (policies / "real.toml").write_text(
+        f'extends = "default"\n[filesystem]\nimage = "{image}"\n'
+        f"[optional]\nrequirements = {{ append = [{optional}] }}\n"
+    )
+    result = run_cli(sandbox.env, "sandbox", "exec", "--runtime", runtime, "--policy", "real",
+                     "--workdir", sandbox.workdir, "--", "/bin/sh", "-c",
+                     "id -u; grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n")
+    assert lines[0] != "0"
+    assert "NoNewPrivs:\t1" in lines and "Seccomp:\t2" in lines
