@@ -1,0 +1,175 @@
+"""The framed protocol: what one end writes the other reads back exactly, and anything
+else is refused with one line, before more than the header of an oversized frame is
+read."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import struct
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sandbox_agent import handoff
+from sandbox_agent.handoff import FrameError, decode, encode, read_frame, write_frame
+
+HANDOFF: dict[str, Any] = {
+    "job_id": 7,
+    "resubmission": 0,
+    "spec": {"executable": "/bin/sh", "arguments": ["-c", "echo hi"], "input_files": [],
+             "outputs": ["stdout@disk=1"], "variables": {"RUN": "544121"}},
+    "token": {"certificate": "-----BEGIN CERTIFICATE-----\n", "key": "k", "chain": ["c"]},
+    "environment": {"LANG": "C.UTF-8"},
+    "limits": {"memory": 2 << 30, "wall_time": 3600},
+}  # fmt: skip
+
+
+def frame_of(message: object) -> bytes:
+    body = json.dumps(message).encode()
+    return struct.pack(">I", len(body)) + body
+
+
+def message(**changes: Any) -> dict[str, Any]:
+    return {"schema": "sandbox-agent/handoff", "version": 1, **HANDOFF, **changes}
+
+
+def test_a_handoff_goes_through_a_real_pipe_unchanged() -> None:
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb") as reader, os.fdopen(write_end, "wb") as writer:
+        # the writer in another thread: a frame larger than the pipe's buffer must not
+        # deadlock or arrive cut
+        big = dict(HANDOFF, environment={f"V{i}": "x" * 100 for i in range(2000)})
+        thread = threading.Thread(target=write_frame, args=(writer, "handoff", big))
+        thread.start()
+        got = read_frame(reader, "handoff")
+        thread.join()
+    assert got == {"schema": "sandbox-agent/handoff", "version": 1, **big}
+
+
+def test_status_frames_follow_one_another() -> None:
+    done = {"state": "DONE", "exit_code": 0, "detail": "ok"}
+    stream = io.BytesIO(encode("status", {"state": "STARTED"}) + encode("status", done))
+    assert read_frame(stream, "status")["state"] == "STARTED"
+    assert read_frame(stream, "status")["exit_code"] == 0
+    with pytest.raises(FrameError, match=r"^status frame header: the stream ended after 0 bytes$"):
+        read_frame(stream, "status")
+
+
+class CountingStream(io.BytesIO):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.taken = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self.taken += len(data)
+        return data
+
+
+def test_an_oversized_frame_is_refused_from_its_header_alone() -> None:
+    cap = handoff.KINDS["status"][1]
+    stream = CountingStream(struct.pack(">I", cap + 1) + b"x" * (cap + 1))
+    with pytest.raises(FrameError, match=f"^status frame announces {cap + 1} bytes, over its cap"):
+        read_frame(stream, "status")
+    assert stream.taken == 4  # not one byte of the body
+
+
+def test_the_writer_refuses_what_the_reader_would() -> None:
+    with pytest.raises(FrameError, match="over its cap of 65536"):
+        encode("status", {"state": "RUNNING", "detail": "x" * 70000})
+    with pytest.raises(FrameError, match=r"^handoff: unknown field 'extra'$"):
+        encode("handoff", dict(HANDOFF, extra=1))
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"\xff\xfe", "handoff frame is not UTF-8"),
+        (b"{not json", "handoff frame is not valid JSON"),
+        (b"[1, 2]", "handoff frame is not a JSON object"),
+        (json.dumps(message(version=2)).encode(), "handoff frame version 2; this end speaks 1"),
+        (json.dumps(message(version=True)).encode(), "handoff frame version True"),
+        (json.dumps(message(schema="sandbox-agent/status")).encode(),
+         "expected a sandbox-agent/handoff frame, got 'sandbox-agent/status'"),
+        (json.dumps(message(surprise=1)).encode(), "handoff: unknown field 'surprise'"),
+        (json.dumps({k: v for k, v in message().items() if k != "token"}).encode(),
+         "handoff: missing field token"),
+        (json.dumps(message(job_id="7")).encode(), "handoff.job_id must be int, not str"),
+        (json.dumps(message(job_id=True)).encode(), "handoff.job_id must be int, not bool"),
+        (json.dumps(message(spec=dict(HANDOFF["spec"], shell="sh"))).encode(),
+         "handoff.spec: unknown field 'shell'"),
+        (json.dumps(message(spec=dict(HANDOFF["spec"], arguments="-c x"))).encode(),
+         "handoff.spec.arguments must be a list"),
+        (json.dumps(message(limits={"memory": "2GB"})).encode(),
+         "handoff.limits.'memory' must be int, not str"),
+        (json.dumps(message(environment={"A": None})).encode(),
+         "handoff.environment.'A' must be str, not NoneType"),
+        (b'{"schema": "sandbox-agent/handoff", "schema": "x"}',
+         "handoff frame is not valid JSON: duplicate key 'schema'"),
+        (json.dumps(message(limits={"memory": float("nan")})).encode().replace(b"NaN", b"NaN"),
+         "handoff frame is not valid JSON: NaN is not a number JSON allows"),
+        (b"[" * 100000 + b"]" * 100000, "handoff frame is nested too deeply"),
+    ],
+)  # fmt: skip
+def test_a_bad_frame_is_one_line(body: bytes, expected: str) -> None:
+    with pytest.raises(FrameError) as caught:
+        read_frame(io.BytesIO(struct.pack(">I", len(body)) + body), "handoff")
+    assert str(caught.value).startswith(expected)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_truncated_body_is_refused() -> None:
+    data = encode("handoff", HANDOFF)
+    with pytest.raises(FrameError, match="the stream ended after"):
+        read_frame(io.BytesIO(data[:-1]), "handoff")
+
+
+def test_values_from_the_other_end_are_clipped_and_printable_in_messages() -> None:
+    body = json.dumps(message(**{"\x1b[31m" + "k" * 100: 1})).encode()
+    with pytest.raises(FrameError) as caught:
+        decode("handoff", body)
+    text = str(caught.value)
+    assert "\x1b" not in text and len(text) < 120
+
+
+def test_the_module_needs_only_the_standard_library() -> None:
+    # the wrapper imports it inside the sandbox, where start-up time counts
+    source = Path(handoff.__file__).read_text()
+    imported = {line.split()[1] for line in source.splitlines()
+                if line.startswith(("import ", "from "))}  # fmt: skip
+    assert imported <= {"__future__", "json", "struct", "collections.abc", "typing"}
+
+
+texts = st.text(max_size=20)
+specs = st.fixed_dictionaries(
+    {"executable": texts, "arguments": st.lists(texts, max_size=4),
+     "input_files": st.lists(texts, max_size=3), "outputs": st.lists(texts, max_size=3),
+     "variables": st.dictionaries(texts, texts, max_size=3)},
+    optional={"validation": st.lists(texts, max_size=2)},
+)  # fmt: skip
+handoffs = st.fixed_dictionaries({
+    "job_id": st.integers(0, 2**53), "resubmission": st.integers(0, 100), "spec": specs,
+    "token": st.fixed_dictionaries({"certificate": texts, "key": texts,
+                                    "chain": st.lists(texts, max_size=2)}),
+    "environment": st.dictionaries(texts, texts, max_size=4),
+    "limits": st.dictionaries(texts, st.integers(0, 2**62), max_size=4),
+})  # fmt: skip
+
+
+@given(handoffs)
+def test_any_valid_handoff_round_trips(fields: dict[str, Any]) -> None:
+    got = read_frame(io.BytesIO(encode("handoff", fields)), "handoff")
+    assert got == {"schema": "sandbox-agent/handoff", "version": 1, **fields}
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_give_a_frame_or_a_frame_error(data: bytes) -> None:
+    with contextlib.suppress(FrameError):
+        read_frame(io.BytesIO(data), "status")
