@@ -1,0 +1,11 @@
+"""The task queue the pilot matches jobs from: states, leases and history in SQLite.
+
+``Store`` is the embedded default (one file under ``--home``) and the broker's SQLite
+backend; ``states`` holds the JAliEn job states and the transitions allowed between
+them.
+"""
+
+from sandbox_agent.queue.states import State, TransitionError
+from sandbox_agent.queue.store import Job, LeaseError, StateChange, Store, StoreError
+
+__all__ = ["Job", "LeaseError", "State", "StateChange", "Store", "StoreError", "TransitionError"]
