@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from timing import median_ms
 
 from sandbox_agent.policy import compose, load_policy
 from sandbox_agent.runtime import session
@@ -29,15 +28,6 @@ from sandbox_agent.runtime.render import render
 from sandbox_agent.seccomp.compile import compile_profile
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def median_ms(func: Callable[[], object], rounds: int) -> float:
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        func()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1000
 
 
 def main() -> None:

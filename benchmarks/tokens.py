@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from timing import median_ms
 
 from sandbox_agent.tokens import (
     Identity,
@@ -36,15 +34,6 @@ from sandbox_agent.tokens import (
     new_job_request,
     new_key,
 )
-
-
-def median_ms(func: Callable[[], object], rounds: int) -> float:
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        func()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1000
 
 
 def main() -> None:

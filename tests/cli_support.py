@@ -111,3 +111,16 @@ def delegated_cgroup(name: str) -> tuple[list[str], list[Path]] | str:
         made.append(directory)
     script = "".join(f"echo $$ > {d}/cgroup.procs; " for d in made) + 'exec "$@"'
     return ["sh", "-c", script, "sh"], made
+
+
+def running(marker: str) -> list[int]:
+    """The host pids whose command line starts with ``marker`` (a test's own daemon)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(marker.encode()):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found

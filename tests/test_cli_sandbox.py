@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_support import ROOT, SCRIPT, cli_env, nobody_program, run_cli
+from cli_support import ROOT, SCRIPT, cli_env, nobody_program, run_cli, running
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is missing")
 
@@ -311,7 +311,7 @@ def test_stopping_the_agent_tears_the_job_down(sandbox) -> None:  # type: ignore
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
-        while not _job_cgroups(agent.pid) or not _running(marker):
+        while not _job_cgroups(agent.pid) or not running(marker):
             assert time.monotonic() < deadline, "the job did not start"
             time.sleep(0.05)
         agent.send_signal(signal.SIGTERM)
@@ -323,7 +323,7 @@ def test_stopping_the_agent_tears_the_job_down(sandbox) -> None:  # type: ignore
         "sandbox-agent: stopped by SIGTERM: the job was killed and its cgroup removed\n"
     )
     assert _job_cgroups(agent.pid) == []
-    assert _running(marker) == []
+    assert running(marker) == []
 
 
 def test_no_zombie_is_left_behind(sandbox) -> None:  # type: ignore[no-untyped-def]
@@ -347,18 +347,6 @@ print(sum(c.status() == psutil.STATUS_ZOMBIE for c in psutil.Process().children(
                             timeout=120, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "0"
-
-
-def _running(marker: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes().startswith(marker.encode()):
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
 
 
 def test_the_commands_own_exit_125_is_not_taken_for_a_landlock_failure(sandbox) -> None:  # type: ignore[no-untyped-def]

@@ -19,6 +19,7 @@ from cli_support import (
     delegated_cgroup,
     nobody_program,
     run_cli,
+    running,
     shared_workdir,
 )
 
@@ -126,7 +127,7 @@ def test_a_daemon_dies_with_the_pid_namespace(sandbox: Sandbox) -> None:
     result = sandbox.run(daemon(marker))
     assert result.returncode == 0
     assert (sandbox.workdir / "started").read_text() == "yes\n"  # it did start
-    assert _running(marker) == []
+    assert running(marker) == []
 
 
 def test_a_daemon_without_a_pid_namespace_is_killed_at_teardown_and_reported(
@@ -137,22 +138,10 @@ def test_a_daemon_without_a_pid_namespace_is_killed_at_teardown_and_reported(
     assert result.returncode == 0, result.stderr
     assert (sandbox.workdir / "started").read_text() == "yes\n"
     assert "teardown: killed 1 leftover process(es): sleep[" in result.stderr
-    assert _running(marker) == []
+    assert running(marker) == []
 
 
 def daemon(marker: str) -> str:
     """A detached process in its own session that outlives the job's main process."""
     inner = f"echo yes > started; exec -a {marker} sleep 300"
     return f"setsid /bin/bash -c '{inner}' </dev/null >/dev/null 2>&1 & sleep 0.5; exit 0"
-
-
-def _running(marker: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if (entry / "cmdline").read_bytes().startswith(marker.encode()):
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
