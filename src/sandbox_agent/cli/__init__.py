@@ -2,13 +2,15 @@
 
 Errors a user can cause are printed as one line naming the place and the fix, with
 the exit codes of ``sandbox_agent.exitcodes``; they never end in a traceback.
-One module per command group: jdl, certs, policy, sandbox.
+One module per command group: jdl, certs, policy, sandbox, and queue (submit, jobs,
+status).
 """
 
 from sandbox_agent.cli.app import app, main
 from sandbox_agent.cli.certs import certs_app
 from sandbox_agent.cli.jdl import jdl_app
 from sandbox_agent.cli.policy import policy_app
+from sandbox_agent.cli.queue import jobs, status, submit  # top-level commands
 from sandbox_agent.cli.sandbox import sandbox_app
 
 app.add_typer(jdl_app, name="jdl")
@@ -16,4 +18,4 @@ app.add_typer(certs_app, name="certs")
 app.add_typer(policy_app, name="policy")
 app.add_typer(sandbox_app, name="sandbox")
 
-__all__ = ["app", "main"]
+__all__ = ["app", "jobs", "main", "status", "submit"]
