@@ -17,6 +17,7 @@ from sandbox_agent.policy.compose import EffectivePolicy, within
 from sandbox_agent.policy.schema import LIMITS
 from sandbox_agent.runtime import confinestep
 from sandbox_agent.runtime.plan import (
+    AGENT_FILES,
     HostView,
     LaunchPlan,
     RealHost,
@@ -29,6 +30,10 @@ SECCOMP_FD = 10  # the descriptor the seccomp program is passed on
 CONFINE_FD = 11  # the descriptor the landlock step's source is passed on
 INFO_FD = 12  # where bwrap reports the child's pid and the namespaces it made
 CONFIRM_FD = 13  # where the landlock step says it applied landlock, before the payload
+WRAPPER_DIR = "/.sandbox-agent/lib"  # where the JobWrapper and handoff.py are, read-only
+# The JobWrapper as the payload: its status frames on its stdout (the payload's own
+# output goes to files), the handoff on its stdin.
+WRAPPER_ARGV = ("/usr/bin/python3", "-I", "-S", f"{WRAPPER_DIR}/jobwrapper.py", "--status-fd", "1")
 CONFINE_PATH = "/.sandbox-agent/confine.py"  # where the sandbox sees it
 DEV_SHM_BYTES = 64 * 1024 * 1024
 _UNSHARE = {"user": "user", "pid": "pid", "ipc": "ipc", "uts": "uts", "net": "net",
@@ -43,6 +48,7 @@ def render(
     host: HostView | None = None,
     environ: Mapping[str, str] | None = None,
     binary: str = "bwrap",
+    wrapper: bool = False,
 ) -> LaunchPlan:
     """The bwrap command that runs ``argv`` under ``effective`` with ``workdir`` writable.
 
@@ -146,6 +152,8 @@ def render(
     else:
         for name, value in variables:
             out += ["--setenv", name, value]
+    if wrapper:  # the agent's copies, in a private directory of agent files
+        out += ["--ro-bind", AGENT_FILES, WRAPPER_DIR]
     # bwrap builds the root on a tmpfs; without this, / and /etc would be writable
     # (in memory) around the binds: only the work directory and the tmpfs mounts may be.
     out += ["--remount-ro", "/", "--chdir", inside]
@@ -175,6 +183,7 @@ def render(
         argv=tuple(out),
         fds=fds,
         fd_contents=contents,
+        agent_files={"jobwrapper.py": "wrapper", "handoff.py": "handoff"} if wrapper else {},
         requirements=tuple(requirements),
         seccomp_profile=str(effective.policy.directory / profile),
     )

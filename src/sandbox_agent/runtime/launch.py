@@ -164,9 +164,9 @@ def start(
             else:
                 fd = data_fd("sandbox-agent-confine", confine_source())
             fds.append(fd)
-            # the plan names a descriptor number; give the runtime the one we have
-            position = _fd_argument(argv, number)
-            argv[position] = str(fd)
+            # the plan names a descriptor number; give the runtime the one we have. Found
+            # in the plan's own argv: a number already put in could equal a later one.
+            argv[_fd_argument(plan.argv, number)] = str(fd)
         limits = rlimits(effective)
         files = _agent_files(plan, argv, compiled.bpf)
 
@@ -226,7 +226,7 @@ def _agent_files(plan: LaunchPlan, argv: list[str], bpf: bytes) -> str | None:
     os.chmod(directory, 0o755)  # noqa: S103 (the sandbox's uid reads it; nothing secret)
     for name, kind in plan.agent_files.items():
         path = os.path.join(directory, name)
-        Path(path).write_bytes(confine_source() if kind == "confine" else bpf)
+        Path(path).write_bytes(bpf if kind == "seccomp" else _source(kind))
         os.chmod(path, 0o444)
     argv[:] = [word.replace(AGENT_FILES, directory) for word in argv]
     return directory
@@ -235,6 +235,16 @@ def _agent_files(plan: LaunchPlan, argv: list[str], bpf: bytes) -> str | None:
 def confine_source() -> bytes:
     """The landlock step, as the sandbox's interpreter reads it."""
     return Path(confine.__file__).read_bytes()
+
+
+def _source(kind: str) -> bytes:
+    """The stdlib-only modules the sandbox runs: the confine step, the JobWrapper and the
+    protocol it speaks."""
+    from sandbox_agent import handoff
+    from sandbox_agent.wrapper import jobwrapper
+
+    modules = {"confine": confine, "wrapper": jobwrapper, "handoff": handoff}
+    return Path(str(modules[kind].__file__)).read_bytes()
 
 
 # The flags that take a descriptor number, in bwrap's and the landlock step's argv.

@@ -15,6 +15,8 @@ import os
 import secrets
 import select
 import shutil
+import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -129,6 +131,7 @@ def run(
     stderr: int | IO[bytes] | None = None,
     interval: float = 1.0,
     prefer_cgroup: str | None = None,
+    on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
 ) -> SessionResult:
     """Run ``plan`` to the end. Raises Unenforceable (nothing started) when a required
     requirement cannot be held here."""
@@ -147,6 +150,8 @@ def run(
         limits = decide(plan, effective, held, where)
         started = start(plan, effective, stdin=stdin, stdout=stdout, stderr=stderr,
                         cgroup=group)  # fmt: skip
+        if on_start is not None:  # placed in its cgroup already: the job may be told now
+            on_start(started.process)
         report = read_report(started.info) if started.info is not None else {}
         made = namespaces_made(report)
         # an optional namespace asked for with -try counts only once bwrap says it made it

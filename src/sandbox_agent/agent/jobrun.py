@@ -1,0 +1,136 @@
+"""One job from the agent's side: the JobWrapper started in the sandbox, the handoff
+written once it is in the job's cgroup, its status frames read back, and one final
+state decided from what the wrapper said and what the agent saw.
+
+The wrapper shares the sandbox with the payload, so what it says is believed only as
+far as it goes: a kill by the agent or the kernel decides the state whatever the frames
+claim, and frames that do not parse end the job in error.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from subprocess import PIPE, Popen
+from typing import IO, Any
+
+from sandbox_agent import handoff
+from sandbox_agent.jdl import JobSpec
+from sandbox_agent.policy.compose import EffectivePolicy
+from sandbox_agent.runtime import bwrap, session
+
+MAX_FRAMES = 256  # a wrapper has a handful of states to report; more is misbehaviour
+# Why the agent killed a job -> the state it ends in (JAliEn: EXPIRED for the TTL).
+KILL_STATES = {"wall_time": "EXPIRED"}
+
+
+@dataclass
+class JobResult:
+    state: str  # the final state
+    detail: str
+    exit_code: int | None
+    states: list[str] = field(default_factory=list)  # as the wrapper reported them
+    session: session.SessionResult | None = None
+
+
+def handoff_fields(
+    spec: JobSpec, job_id: int, resubmission: int, token: Mapping[str, Any],
+    environment: Mapping[str, str], effective: EffectivePolicy,
+) -> dict[str, Any]:  # fmt: skip
+    prefix = "ALIEN_JDL_"
+    variables = {name.removeprefix(prefix): value for name, value in spec.environment().items()}
+    job: dict[str, Any] = {
+        "executable": spec.executable, "arguments": list(spec.arguments),
+        "input_files": [Path(i.name).name for i in spec.input_files],
+        "outputs": [o.jdl() for o in spec.outputs], "variables": variables,
+    }  # fmt: skip
+    if spec.validation_command:  # a program to run, never a shell string
+        job["validation"] = [spec.validation_command]
+    limits = {name: effective.limit(name) for name in ("memory", "wall_time", "workdir_size")}
+    return {"job_id": job_id, "resubmission": resubmission, "spec": job, "token": dict(token),
+            "environment": dict(environment), "limits": limits}  # fmt: skip
+
+
+class _Conversation:
+    """The handoff out, the status frames in, each on its own thread: a wrapper that
+    neither reads nor writes must not stall the agent's monitor."""
+
+    def __init__(self, frame: bytes) -> None:
+        self.frame = frame
+        self.frames: list[dict[str, Any]] = []
+        self.problem = ""
+        self.threads: list[threading.Thread] = []
+
+    def start(self, process: Popen[bytes]) -> None:
+        assert process.stdin is not None and process.stdout is not None
+        for target, stream in ((self._send, process.stdin), (self._receive, process.stdout)):
+            thread = threading.Thread(target=target, args=(stream,), daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def _send(self, stream: IO[bytes]) -> None:
+        try:
+            stream.write(self.frame)
+            stream.close()
+        except OSError:
+            pass  # the wrapper is gone; its states (or their absence) say the rest
+
+    def _receive(self, stream: IO[bytes]) -> None:
+        try:
+            while len(self.frames) < MAX_FRAMES:
+                if not stream.peek(1):  # type: ignore[attr-defined]
+                    return
+                self.frames.append(handoff.read_frame(stream, "status"))
+            self.problem = f"the wrapper sent more than {MAX_FRAMES} frames"
+        except handoff.FrameError as exc:
+            self.problem = f"the wrapper sent a bad frame: {exc}"
+        finally:
+            stream.close()
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join(timeout=5)
+
+
+def run_job(
+    effective: EffectivePolicy,
+    fields: Mapping[str, Any],
+    workdir: Path,
+    *,
+    environ: Mapping[str, str] | None = None,
+    log: Path | None = None,
+    interval: float = 1.0,
+) -> JobResult:
+    """Run the job the handoff ``fields`` describe in the sandbox ``effective`` composes,
+    ``workdir`` writable; ``log`` receives the wrapper's own stderr."""
+    plan = bwrap.render(effective, bwrap.WRAPPER_ARGV, workdir=str(workdir),
+                        environ=dict(environ or {}), wrapper=True)  # fmt: skip
+    talk = _Conversation(handoff.encode("handoff", fields))
+    with open(log or "/dev/null", "ab") as errors:
+        outcome = session.run(plan, effective, workdir=workdir, stdin=PIPE, stdout=PIPE,
+                              stderr=errors, interval=interval, on_start=talk.start)  # fmt: skip
+    talk.join()
+    return decide(outcome, talk.frames, talk.problem)
+
+
+def decide(result: session.SessionResult, frames: list[dict[str, Any]], problem: str) -> JobResult:
+    """The job's final state: the agent's kill first, then a broken conversation, then
+    what the wrapper said last."""
+    states = [str(f["state"]) for f in frames]
+    code = result.outcome.returncode
+    if not result.payload_ran:
+        return JobResult("FAILED", "the sandbox failed before the wrapper ran", None, states,
+                         result)  # fmt: skip
+    if result.outcome.reason:
+        state = KILL_STATES.get(result.outcome.reason, "ERROR_E")
+        return JobResult(state, result.outcome.detail, None, states, result)
+    if problem:
+        return JobResult("ERROR_E", problem, None, states, result)
+    if not frames:
+        return JobResult("ERROR_E", f"the wrapper reported nothing (exit {code})", None,
+                         states, result)  # fmt: skip
+    last = frames[-1]
+    return JobResult(str(last["state"]), str(last.get("detail", "")), last.get("exit_code"),
+                     states, result)  # fmt: skip
