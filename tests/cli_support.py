@@ -98,10 +98,8 @@ def delegated_cgroup(name: str) -> tuple[list[str], list[Path]] | str:
         hierarchy = discover()
     except CgroupError as exc:
         return f"no cgroup to delegate: {exc}"
-    parents = getattr(hierarchy, "directories", None)
-    own = list(parents.values()) if isinstance(parents, dict) else [hierarchy.directory]  # type: ignore[attr-defined]
     made = []
-    for parent in dict.fromkeys(own):
+    for parent in hierarchy.roots():
         directory = parent / f"sandbox-agent-test-{name}"
         directory.mkdir(exist_ok=True)
         for entry in [directory, *directory.iterdir()]:

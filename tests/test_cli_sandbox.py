@@ -294,8 +294,7 @@ def _job_cgroups(agent_pid: int) -> list[Path]:
         hierarchy = discover()
     except CgroupError:
         return []
-    parents = getattr(hierarchy, "directories", None)
-    roots = set(parents.values()) if isinstance(parents, dict) else {hierarchy.directory}  # type: ignore[attr-defined]
+    roots = hierarchy.roots()
     prefix = f"sandbox-agent-exec-{agent_pid}-"
     return [d for root in roots for d in root.iterdir() if d.name.startswith(prefix)]
 

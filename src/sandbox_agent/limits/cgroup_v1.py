@@ -59,6 +59,9 @@ class V1Hierarchy(Hierarchy):
             f"{c} ({d})" for c, d in self.directories.items()
         )
 
+    def roots(self) -> list[Path]:
+        return list(dict.fromkeys(self.directories.values()))
+
     def holder(self, limit: str) -> str:
         controller = _LIMIT_FILES[limit][0]
         return f"cgroup v1 {controller} controller under {self.directories[controller]}"

@@ -54,6 +54,9 @@ class V2Hierarchy(Hierarchy):
         shown = ", ".join(sorted(self.controllers & set(WANTED))) or "no limit controllers"
         return f"cgroup v2 at {self.directory} ({shown})"
 
+    def roots(self) -> list[Path]:
+        return [self.directory]
+
     def holder(self, limit: str) -> str:
         return f"cgroup v2 {_CONTROLLER_OF[limit]} controller under {self.directory}"
 

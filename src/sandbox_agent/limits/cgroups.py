@@ -292,6 +292,10 @@ class Hierarchy(abc.ABC):
     def describe(self) -> str: ...
 
     @abc.abstractmethod
+    def roots(self) -> list[Path]:
+        """The agent's own directories, under which job cgroups are made."""
+
+    @abc.abstractmethod
     def holder(self, limit: str) -> str:
         """Where ``limit`` is held, for a person (the controller and its directory)."""
 

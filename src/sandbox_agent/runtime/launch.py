@@ -162,7 +162,7 @@ def start(
             elif content == "confirm":
                 confirm, fd = os.pipe2(os.O_CLOEXEC)
             else:
-                fd = data_fd("sandbox-agent-confine", confine_source())
+                fd = data_fd("sandbox-agent-confine", _source("confine"))
             fds.append(fd)
             # the plan names a descriptor number; give the runtime the one we have. Found
             # in the plan's own argv: a number already put in could equal a later one.
@@ -230,11 +230,6 @@ def _agent_files(plan: LaunchPlan, argv: list[str], bpf: bytes) -> str | None:
         os.chmod(path, 0o444)
     argv[:] = [word.replace(AGENT_FILES, directory) for word in argv]
     return directory
-
-
-def confine_source() -> bytes:
-    """The landlock step, as the sandbox's interpreter reads it."""
-    return Path(confine.__file__).read_bytes()
 
 
 def _source(kind: str) -> bytes:
