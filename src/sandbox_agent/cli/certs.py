@@ -32,6 +32,7 @@ from sandbox_agent.tokens import (
     write_token,
 )
 from sandbox_agent.tokens.keys import load_private_key, same_key, write_public_file
+from sandbox_agent.tokens.local import ensure_authority
 
 certs_app = typer.Typer(
     help="Make the token authority, issue tokens, show and verify them.",
@@ -85,36 +86,14 @@ def certs_init(
         kind = KeyType.parse(key_type)
     except ValueError as exc:
         fail(str(exc))
-    made: list[str] = []
-    replaced: list[str] = []
     try:
-        if (target / files.CA_CERT).exists():
-            authority = TokenAuthority.load(target)
-        else:
-            authority = TokenAuthority.create(target, kind=kind, intermediate=intermediate)
-            made.append("authority")
-        hosts = tuple(broker_host or ["localhost"])
-        for role in (Role.JOBAGENT, Role.BROKER):
-            problem = _token_problem(authority, target, role.value)
-            if problem is None:
-                continue
-            if problem != "missing":
-                replaced.append(f"{role.value} ({problem})")
-            for path in (files.cert_path(target, role.value), files.key_path(target, role.value)):
-                path.unlink(missing_ok=True)
-            key = new_key(kind)
-            issued = authority.issue(
-                Identity(role),
-                key.public_key(),
-                dns_names=hosts if role is Role.BROKER else (),
-                ip_addresses=("127.0.0.1", "::1") if role is Role.BROKER else (),
-            )
-            write_token(target, role.value, Token(issued.certificate, issued.chain, key))
-            made.append(role.value)
+        prepared = ensure_authority(target, kind=kind, intermediate=intermediate,
+                                    broker_hosts=tuple(broker_host or ["localhost"]))  # fmt: skip
     except (TokenError, ValueError) as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"{target}: {exc.strerror}")
+    authority, made, replaced = prepared.authority, prepared.made, prepared.replaced
     report = {
         "dir": str(target),
         "made": made,
@@ -130,22 +109,6 @@ def certs_init(
     for reason in replaced:
         typer.echo(f"  replaced: {reason}")
     typer.echo(f"  files: {' '.join(report['files'])}")
-
-
-def _token_problem(authority: TokenAuthority, directory: Path, name: str) -> str | None:
-    """Why NAME.pem/NAME.key cannot be used as they are (missing, mismatched, expired,
-    revoked by the authority's CRL, key open to others), or None when they can."""
-    cert_file, key_file = files.cert_path(directory, name), files.key_path(directory, name)
-    if not cert_file.exists() and not key_file.exists():
-        return "missing"
-    try:
-        token = files.load_token(cert_file, key_file)
-        crl_file = directory / files.CRL
-        crl = files.load_crl(crl_file) if crl_file.exists() else None
-        authority.verifier(crl).verify(token.certificate, token.chain, role=Role(name))
-    except TokenError as exc:
-        return str(exc)
-    return None
 
 
 @certs_app.command("issue")

@@ -29,7 +29,34 @@ KILL_REASONS = {
     "workdir_size": "its work directory grew past its size limit",
     "memory": "used more memory than its limit",
     "pids": "ran more processes than its limit",
+    "stopped": "the agent was told to stop",
+    "killed": "a user or an operator killed it at the queue",
 }
+
+
+class StopRequest:
+    """Stop the job from outside the monitor (another thread, a signal handler): SIGTERM
+    to the job's processes, ``grace`` seconds to finish, then the kill. The monitor
+    selects on this request's pipe beside the job's pidfd, so it acts at once."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.reason: str | None = None  # a KILL_REASONS code, once requested
+        self.grace = 0.0
+
+    def request(self, reason: str, grace: float) -> None:
+        if self.reason is None:  # the first reason stands
+            self.reason, self.grace = reason, grace
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._write, b"x")
+
+    def fileno(self) -> int:
+        return self._read
+
+    def close(self) -> None:
+        for fd in (self._read, self._write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -50,8 +77,13 @@ class Monitor:
         workdir: Path,
         cgroup: JobCgroup | None,
         interval: float = 1.0,
+        stop: StopRequest | None = None,
     ) -> None:
         self.process = process
+        self.stop = stop
+        # The runtime's own processes (bwrap and the sandbox's pid 1): a graceful stop
+        # spares them, since their death would kill the job without its grace.
+        self.runtime_pids = {process.pid}
         self.limits = dict(limits)  # monitored limit -> its value
         self.workdir = workdir
         self.cgroup = cgroup
@@ -72,6 +104,10 @@ class Monitor:
                 wait = max(0.0, min(wait, self.limits["wall_time"] - elapsed))
             if self._exited(wait):
                 break
+            if self.stop is not None and self.stop.reason is not None:
+                reason = self.stop.reason
+                self.terminate(self.stop.grace)
+                break
             reason = self.excess(time.monotonic() - self.started)
             if reason:
                 self.kill()
@@ -90,17 +126,38 @@ class Monitor:
     def _exited(self, timeout: float) -> bool:
         """Whether the job's process ended within ``timeout``. A pidfd wakes us the moment
         it does; Popen.wait(timeout) would poll with sleeps of up to 50 ms."""
+        watched: list[int] = [self.stop.fileno()] if self.stop is not None else []
         if self._pidfd is not None:
-            readable, _, _ = select.select([self._pidfd], [], [], timeout)
-            if not readable:
+            readable, _, _ = select.select([self._pidfd, *watched], [], [], timeout)
+            if self._pidfd not in readable:
                 return False
             self.process.wait()
+            return True
+        if watched:  # no pidfd: poll in short steps, so a stop is seen soon
+            deadline = time.monotonic() + timeout
+            while self.process.poll() is None:
+                readable, _, _ = select.select(watched, [], [], min(0.05, timeout))
+                if readable or time.monotonic() >= deadline:
+                    return False
             return True
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             return False
         return True
+
+    def terminate(self, grace: float) -> None:
+        """SIGTERM to every process of the job but the runtime's own, up to ``grace``
+        seconds for them to finish, then the kill."""
+        pids = self.cgroup.pids() if self.cgroup else {p.pid for p in self.tree()}
+        for pid in pids - self.runtime_pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+        stop, self.stop = self.stop, None  # the request is served: only the pidfd now
+        if not self._exited(grace):
+            self.kill()
+            self.process.wait()
+        self.stop = stop
 
     def excess(self, elapsed: float) -> str | None:
         """The first monitored limit the job is over, if any."""

@@ -161,3 +161,29 @@ def check(from_state: str, to_state: str) -> None:
     else:
         reason = f"from {source} a job may go to {', '.join(sorted(allowed))}"
     raise TransitionError(f"a job cannot go from {source} to {target}: {reason}")
+
+
+def path(from_state: str, to_state: str) -> list[State]:
+    """The shortest way from ``from_state`` to ``to_state`` through the table, ending with
+    ``to_state`` (empty when already there); TransitionError when there is none. The
+    agent records a wrapper that skipped a phase (RUNNING straight to DONE) this way,
+    so the history still reads in the table's order."""
+    source, target = parse(from_state), parse(to_state)
+    if source is target:
+        return []
+    reached: dict[State, State | None] = {source: None}
+    frontier = [source]
+    while frontier and target not in reached:
+        following: list[State] = []
+        for state in frontier:
+            for step in sorted(TRANSITIONS[state], key=lambda s: ORDER[s]):
+                if step not in reached and (step is target or step not in FINAL):
+                    reached[step] = state
+                    following.append(step)
+        frontier = following
+    if target not in reached:
+        check(source, target)  # raises, with the reason
+    route = [target]
+    while (before := reached[route[-1]]) is not None and before is not source:
+        route.append(before)
+    return route[::-1]

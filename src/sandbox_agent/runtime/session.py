@@ -23,7 +23,7 @@ from typing import IO
 
 from sandbox_agent.limits.cgroups import CgroupError, CgroupLimits, JobCgroup, Teardown, discover
 from sandbox_agent.limits.enforcement import LimitPlan, decide, wants_cgroup
-from sandbox_agent.limits.monitor import Monitor, Outcome
+from sandbox_agent.limits.monitor import Monitor, Outcome, StopRequest
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.runtime.agentproc import reap
 from sandbox_agent.runtime.launch import start, unenforced
@@ -132,9 +132,10 @@ def run(
     interval: float = 1.0,
     prefer_cgroup: str | None = None,
     on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
+    stop: StopRequest | None = None,
 ) -> SessionResult:
-    """Run ``plan`` to the end. Raises Unenforceable (nothing started) when a required
-    requirement cannot be held here."""
+    """Run ``plan`` to the end (or until ``stop`` is requested). Raises Unenforceable
+    (nothing started) when a required requirement cannot be held here."""
     skipped = unenforced(plan, effective)  # fail before making anything
     # unique across agents, pid namespaces included: two jobs never share a cgroup
     name = name or f"exec-{os.getpid()}-{next(_serial)}-{secrets.token_hex(4)}"
@@ -158,7 +159,9 @@ def run(
         skipped = tuple(k for k in skipped if k.removeprefix("namespaces.") not in made)
         watched = {limit: effective.limit(limit) for limit in limits.monitored}
         monitor = Monitor(started.process, watched, workdir=workdir, cgroup=group,
-                          interval=interval)  # fmt: skip
+                          interval=interval, stop=stop)  # fmt: skip
+        if isinstance(report.get("child-pid"), int):  # the sandbox's pid 1, bwrap's own
+            monitor.runtime_pids.add(report["child-pid"])  # type: ignore[arg-type]
         try:
             outcome = monitor.run()
         finally:
