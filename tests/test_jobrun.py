@@ -37,16 +37,14 @@ def run(workdir: Path, jdl: str, policy_text: str = 'extends = "default"\n', **k
     spec = load_job(jdl)
     effective = compose(load_policy("site", [policies]), spec)
     fields = handoff_fields(spec, 7, 0, TOKEN, {"PATH": "/usr/bin:/bin"}, effective)
-    return run_job(effective, fields, workdir, log=workdir.parent / "wrapper.log",
-                   interval=0.2, **kwargs)  # type: ignore[arg-type]  # fmt: skip
+    return run_job(effective, fields, workdir, interval=0.2, **kwargs)  # type: ignore[arg-type]  # fmt: skip
 
 
 def test_a_job_runs_to_done_inside_the_sandbox(workdir: Path) -> None:
     script = "echo $ALIEN_PROC_ID; id -u; cat $JALIEN_TOKEN_KEY"
     result = run(workdir, f'Executable = "/bin/sh"; Arguments = "-c \'{script}\'";')
-    log = (workdir.parent / "wrapper.log").read_text()
-    assert (result.state, result.exit_code) == ("DONE", 0), (result.detail, log)
-    assert result.states == ["STARTED", "RUNNING", "DONE"]
+    assert (result.state, result.exit_code) == ("DONE", 0), (result.detail, result.wrapper_log)
+    assert result.states == ["STARTED", "RUNNING", "SAVING", "DONE"]
     assert (workdir / "stdout").read_text().split() == ["7", "1000", "JOB-KEY"]
     assert result.session is not None and result.session.landlock  # confined, and said so
 
@@ -74,3 +72,71 @@ def test_a_job_past_its_memory_is_in_error(workdir: Path) -> None:
     result = run(workdir, 'Executable = "/usr/bin/python3"; '
                           'Arguments = "-c \'x = bytearray(512 << 20)\'";', policy)  # fmt: skip
     assert result.state == "ERROR_E"
+
+
+# -- a wrapper the payload subverted: the real sandbox, the wrapper's source replaced ------
+
+HOSTILE_WRAPPERS = {
+    # bytes on the status pipe that are not a frame
+    "garbage": "import os; os.write(1, b'\\x00\\x00\\x00\\x05hello'); import sys; sys.exit(0)",
+    # a length past the status frame's 64 KiB cap
+    "oversized": "import os, struct; os.write(1, struct.pack('>I', 1 << 24) + b'{' * 4096)",
+    # nothing at all: the wrapper exits at once
+    "silent": "import sys; sys.exit(0)",
+    # a well-formed frame claiming a state only the agent may decide
+    "forged": (
+        "import sys; sys.path.insert(0, '/.sandbox-agent/lib'); import handoff; "
+        "handoff.write_frame(sys.stdout.buffer, 'status', {'state': 'EXPIRED'})"
+    ),
+    # progress, then silence: no final word
+    "unfinished": (
+        "import sys; sys.path.insert(0, '/.sandbox-agent/lib'); import handoff; "
+        "handoff.write_frame(sys.stdout.buffer, 'status', {'state': 'STARTED'})"
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_WRAPPERS))
+def test_a_wrapper_that_breaks_the_protocol_ends_the_job_failed(
+    workdir: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sandbox_agent.runtime import launch
+
+    real = launch._source
+    monkeypatch.setattr(launch, "_source", lambda name: HOSTILE_WRAPPERS[kind].encode()
+                        if name == "wrapper" else real(name))  # fmt: skip
+    result = run(workdir, 'Executable = "/bin/true";')
+    assert result.state == "FAILED", (result.detail, result.wrapper_log)
+    expected = {
+        "garbage": "the wrapper sent a bad frame",
+        "oversized": "the wrapper sent a bad frame",
+        "silent": "the wrapper ended without a final state (exit 0)",
+        "forged": "the wrapper sent a bad frame: state 'EXPIRED' is not the wrapper's to report",
+        "unfinished": "the wrapper ended without a final state (exit 0); its last state was "
+        "STARTED",
+    }[kind]
+    assert result.detail.startswith(expected), result.detail
+
+
+def test_a_stop_request_gives_the_job_sigterm_then_its_grace(workdir: Path) -> None:
+    """The agent's SIGTERM path: every job process but the runtime's gets SIGTERM; a
+    payload that ignores it is killed once the grace is over."""
+    import threading
+
+    from sandbox_agent.limits.monitor import StopRequest
+
+    stop = StopRequest()
+    script = "trap '' TERM; echo ready > ready; sleep 30"
+    timer = threading.Timer(1.5, stop.request, args=("stopped", 0.5))
+    timer.start()
+    try:
+        result = run(workdir, f'Executable = "/bin/sh"; Arguments = "-c \\"{script}\\"";',
+                     stop=stop)  # fmt: skip
+    finally:
+        timer.cancel()
+        stop.close()
+    assert result.session is not None
+    assert result.session.outcome.reason == "stopped"
+    assert result.state == "KILLED"
+    assert (workdir / "ready").exists()  # it had started; the stop ended it
+    assert result.session.teardown is not None and not result.session.teardown.survivors

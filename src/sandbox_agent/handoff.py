@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Mapping
-from typing import IO, Any
+
+TYPE_CHECKING = False  # typing costs milliseconds at every job's start; only mypy needs it
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import IO, Any, TypeAlias
 
 VERSION = 1
 HEADER = struct.Struct(">I")
@@ -29,7 +32,7 @@ class FrameError(ValueError):
 
 # Field kinds: a Python type, a tuple marking "list of", "map of str to", or a nested
 # table of fields (an object). A name ending in "?" is optional.
-Table = Mapping[str, Any]
+Table: TypeAlias = "Mapping[str, Any]"
 STR, INT, BOOL = str, int, bool
 STRINGS = ("list", str)
 STR_MAP = ("map", str)
@@ -39,7 +42,8 @@ SPEC: Table = {
     "executable": STR,
     "arguments": STRINGS,
     "input_files": STRINGS,
-    "outputs": STRINGS,
+    "outputs": STRINGS,  # the JDL's Output entries, as written (archive.zip:pat,pat@disk=1)
+    "output_errors": STRINGS,  # its OutputErrorE entries: what to save when the job fails
     "validation?": STRINGS,
     "variables": STR_MAP,  # JDLVariables: name -> value, exported as ALIEN_JDL_<name>
 }
@@ -156,7 +160,7 @@ def _check(value: Mapping[str, Any], table: Table, where: str) -> None:
 
 
 def _check_value(value: Any, kind: Any, where: str) -> None:
-    if isinstance(kind, Mapping):
+    if isinstance(kind, dict):
         if not isinstance(value, dict):
             raise FrameError(f"{where} must be an object")
         _check(value, kind, where)

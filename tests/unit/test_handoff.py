@@ -23,7 +23,8 @@ HANDOFF: dict[str, Any] = {
     "job_id": 7,
     "resubmission": 0,
     "spec": {"executable": "/bin/sh", "arguments": ["-c", "echo hi"], "input_files": [],
-             "outputs": ["stdout@disk=1"], "variables": {"RUN": "544121"}},
+             "outputs": ["stdout@disk=1"], "output_errors": ["errors.zip:stderr,*.log@disk=1"],
+             "variables": {"RUN": "544121"}},
     "token": {"certificate": "-----BEGIN CERTIFICATE-----\n", "key": "k", "chain": ["c"]},
     "environment": {"LANG": "C.UTF-8"},
     "limits": {"memory": 2 << 30, "wall_time": 3600},
@@ -106,6 +107,11 @@ def test_the_writer_refuses_what_the_reader_would() -> None:
          "handoff.spec: unknown field 'shell'"),
         (json.dumps(message(spec=dict(HANDOFF["spec"], arguments="-c x"))).encode(),
          "handoff.spec.arguments must be a list"),
+        (json.dumps(message(spec={k: v for k, v in HANDOFF["spec"].items()
+                                  if k != "output_errors"})).encode(),
+         "handoff.spec: missing field output_errors"),
+        (json.dumps(message(spec=dict(HANDOFF["spec"], output_errors=[1]))).encode(),
+         "handoff.spec.output_errors[0] must be str, not int"),
         (json.dumps(message(limits={"memory": "2GB"})).encode(),
          "handoff.limits.'memory' must be int, not str"),
         (json.dumps(message(environment={"A": None})).encode(),
@@ -150,6 +156,7 @@ texts = st.text(max_size=20)
 specs = st.fixed_dictionaries(
     {"executable": texts, "arguments": st.lists(texts, max_size=4),
      "input_files": st.lists(texts, max_size=3), "outputs": st.lists(texts, max_size=3),
+     "output_errors": st.lists(texts, max_size=3),
      "variables": st.dictionaries(texts, texts, max_size=3)},
     optional={"validation": st.lists(texts, max_size=2)},
 )  # fmt: skip

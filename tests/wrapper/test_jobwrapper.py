@@ -1,14 +1,17 @@
-"""The JobWrapper run for real, as the agent will run it: its file and handoff.py copied
-into a directory of their own, a handoff frame on stdin, status frames read back from
-a pipe; once on the host and once inside the real sandbox."""
+"""The JobWrapper run for real, as the agent will run it: its file and its siblings
+copied into a directory of their own, a handoff frame on stdin, status frames read back
+from a pipe; on the host, and once inside the real sandbox."""
 
 from __future__ import annotations
 
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -16,37 +19,43 @@ import pytest
 from cli_support import SCRIPT, cli_env, shared_workdir
 
 from sandbox_agent import handoff
-from sandbox_agent.wrapper import jobwrapper
+from sandbox_agent.wrapper import jobwrapper, packaging
 
 PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+SAVED = ["STARTED", "RUNNING", "SAVING"]  # every job whose payload ran, before its end
 
 
-def frame(**spec: Any) -> bytes:
+def frame(limits: dict[str, int] | None = None, **spec: Any) -> bytes:
     fields = {
         "job_id": 42, "resubmission": 1,
         "spec": {"executable": "/bin/sh", "arguments": ["-c", "echo hello"], "input_files": [],
-                 "outputs": ["stdout"], "variables": {"Run": "544121"}, **spec},
+                 "outputs": ["stdout"], "output_errors": [], "variables": {"Run": "544121"},
+                 **spec},
         "token": {"certificate": "CERT\n", "key": "JOB-KEY\n", "chain": ["CA\n"]},
         "environment": {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-        "limits": {"wall_time": 60},
+        "limits": {"wall_time": 60} if limits is None else limits,
     }  # fmt: skip
     return handoff.encode("handoff", fields)
 
 
 def install(directory: Path) -> Path:
-    """What the agent does: the wrapper and the protocol, side by side."""
+    """What the agent does: the wrapper and its siblings, side by side."""
     directory.mkdir(exist_ok=True)
-    shutil.copy(jobwrapper.__file__, directory / "jobwrapper.py")
-    shutil.copy(handoff.__file__, directory / "handoff.py")
+    for module in (jobwrapper, handoff, packaging):
+        shutil.copy(str(module.__file__), directory / Path(str(module.__file__)).name)
     return directory / "jobwrapper.py"
 
 
-def run_wrapper(workdir: Path, data: bytes) -> tuple[int, list[dict[str, Any]], str]:
+def start_wrapper(workdir: Path, write_end: int) -> subprocess.Popen[bytes]:
     script = install(workdir.parent / "wrapper")
+    return subprocess.Popen([PYTHON, "-I", "-S", str(script), "--status-fd", str(write_end)],
+                            cwd=workdir, stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                            pass_fds=(write_end,))  # fmt: skip
+
+
+def run_wrapper(workdir: Path, data: bytes) -> tuple[int, list[dict[str, Any]], str]:
     read_end, write_end = os.pipe()
-    process = subprocess.Popen([PYTHON, "-I", "-S", str(script), "--status-fd", str(write_end)],
-                               cwd=workdir, stdin=subprocess.PIPE, stderr=subprocess.PIPE,
-                               pass_fds=(write_end,))  # fmt: skip
+    process = start_wrapper(workdir, write_end)
     os.close(write_end)
     _, stderr = process.communicate(data, timeout=60)
     with os.fdopen(read_end, "rb") as status:
@@ -61,6 +70,35 @@ def statuses(data: bytes) -> list[dict[str, Any]]:
     return out
 
 
+def written(path: Path) -> None:
+    """Wait until the payload has written a whole line to ``path`` (no time asserted)."""
+    deadline = time.monotonic() + 20
+    while not (path.exists() and path.read_text().endswith("\n")):
+        assert time.monotonic() < deadline, f"{path.name} never got its line"
+        time.sleep(0.02)
+
+
+def ended(pidfile: Path) -> bool:
+    """Whether the process ``pidfile`` names has ended (gone, or a zombie nobody reaped
+    yet), waiting for it a while: a signal takes effect when the process next runs."""
+    stat = Path(f"/proc/{int(pidfile.read_text())}/stat")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if stat.read_text().rpartition(")")[2].split()[0] in ("Z", "X"):
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def members(archive: Path) -> dict[str, bytes]:
+    """The archive's members in their stored order, with their contents."""
+    with zipfile.ZipFile(archive) as zipped:
+        return {name: zipped.read(name) for name in zipped.namelist()}
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     directory = tmp_path / "work"
@@ -73,8 +111,9 @@ def test_a_job_runs_to_done_with_its_environment_and_token_files(workdir: Path) 
               "ls /proc/self/fd")  # fmt: skip
     code, frames, stderr = run_wrapper(workdir, frame(arguments=["-c", script]))
     assert code == 0, stderr
-    assert [f["state"] for f in frames] == ["STARTED", "RUNNING", "DONE"]
+    assert [f["state"] for f in frames] == [*SAVED, "DONE"]
     assert frames[-1]["exit_code"] == 0
+    assert "detail" not in frames[-1]
     out = (workdir / "stdout").read_text().split("\n")
     assert out[:3] == ["hello", f"42 544121 {workdir}", "JOB-KEY"]
     assert sorted(out[3:-1]) == ["0", "1", "2", "3"]  # 3: ls's own; no status descriptor
@@ -84,23 +123,200 @@ def test_a_job_runs_to_done_with_its_environment_and_token_files(workdir: Path) 
     assert (token / "cert.pem").read_text() == "CERT\nCA\n"
 
 
+NOT_EXECUTABLE = ["-c", "echo exit 0 > check.sh"]  # a validation script without its x bit
+
+
 @pytest.mark.parametrize(
-    ("spec", "states", "exit_code"),
+    ("spec", "states", "exit_code", "detail"),
     [
-        ({"arguments": ["-c", "exit 3"]}, ["STARTED", "RUNNING", "ERROR_E"], 3),
-        ({"validation": ["/bin/sh", "-c", "test -e nothing"]},
-         ["STARTED", "RUNNING", "SAVING", "ERROR_V"], 0),
-        ({"validation": ["/bin/sh", "-c", "grep -q hello stdout"]},
-         ["STARTED", "RUNNING", "SAVING", "DONE"], 0),
-        ({"input_files": ["data.root"]}, ["ERROR_IB"], None),
-        ({"executable": "/no/such/program"}, ["STARTED", "ERROR_IB"], None),
+        ({"arguments": ["-c", "exit 3"]}, [*SAVED, "ERROR_E"], 3, "the executable exited with 3"),
+        ({"arguments": ["-c", "kill -9 $$"]}, [*SAVED, "ERROR_E"], -9, "killed by signal 9"),
+        ({"validation": ["/bin/sh", "-c", "test -e nothing"]}, [*SAVED, "ERROR_V"], 0,
+         "the validation exited with 1"),
+        ({"validation": ["/bin/sh", "-c", "grep -q hello stdout"]}, [*SAVED, "DONE"], 0, None),
+        ({"validation": ["/no/such/validator"]}, [*SAVED, "ERROR_VN"], 0,
+         "cannot run the validation /no/such/validator"),
+        ({"arguments": NOT_EXECUTABLE, "validation": ["./check.sh"]}, [*SAVED, "ERROR_VN"], 0,
+         "cannot run the validation ./check.sh: Permission denied"),
+        ({"validation": ["/bin/sh", "-c", "kill -9 $$"]}, [*SAVED, "ERROR_VT"], 0,
+         "the validation was killed by signal 9"),
+        ({"outputs": ["*.root@disk=1"]}, [*SAVED, "DONE_WARN"], 0, "no file matches *.root"),
+        ({"outputs": ["logs.zip:*.log"]}, [*SAVED, "DONE_WARN"], 0,
+         "archive logs.zip: no file matches *.log"),
+        ({"outputs": ["stdout", "hello.txt@disk=1", "*.root"]}, [*SAVED, "ERROR_S"], 0,
+         "output hello.txt is missing or not a regular file; no file matches *.root"),
+        ({"arguments": ["-c", "ln -s stdout hello.txt"], "outputs": ["hello.txt"]},
+         [*SAVED, "ERROR_S"], 0, "output hello.txt is missing or not a regular file"),
+        ({"arguments": ["-c", "echo hi > hello.txt; echo r > a.root"],
+          "outputs": ["hello.txt@disk=1", "*.root"]}, [*SAVED, "DONE"], 0, None),
+        ({"input_files": ["data.root"]}, ["STARTED", "ERROR_IB"], None,
+         "input files missing or not regular files: data.root"),
+        ({"executable": "/no/such/program"}, ["STARTED", "ERROR_IB"], None,
+         "cannot run /no/such/program: No such file or directory"),
+        ({"executable": "./run.sh"}, ["STARTED", "ERROR_IB"], None,
+         "cannot run ./run.sh: No such file or directory"),
     ],
 )  # fmt: skip
 def test_final_states(workdir: Path, spec: dict[str, Any], states: list[str],
-                      exit_code: int | None) -> None:  # fmt: skip
+                      exit_code: int | None, detail: str | None) -> None:  # fmt: skip
     _code, frames, _stderr = run_wrapper(workdir, frame(**spec))
     assert [f["state"] for f in frames] == states
     assert frames[-1].get("exit_code") == exit_code
+    if detail is None:
+        assert "detail" not in frames[-1]
+    else:
+        assert detail in frames[-1]["detail"]
+
+
+def test_a_staged_executable_runs_from_the_work_directory(workdir: Path) -> None:
+    (workdir / "run.sh").write_text('#!/bin/sh\necho "ran $1"\n')
+    (workdir / "run.sh").chmod(0o755)
+    (workdir / "data.root").write_text("input")
+    spec = {"executable": "./run.sh", "arguments": ["x y"], "input_files": ["data.root"]}
+    _code, frames, stderr = run_wrapper(workdir, frame(**spec))
+    assert [f["state"] for f in frames] == [*SAVED, "DONE"], stderr
+    assert (workdir / "stdout").read_text() == "ran x y\n"  # one argument, no shell
+
+
+def test_an_input_that_is_a_symlink_is_not_an_input(workdir: Path, tmp_path: Path) -> None:
+    (tmp_path / "elsewhere.root").write_text("not staged by the agent")
+    (workdir / "data.root").symlink_to(tmp_path / "elsewhere.root")
+    (workdir / "sub").mkdir()
+    _code, frames, _stderr = run_wrapper(workdir, frame(input_files=["data.root", "sub"]))
+    assert [f["state"] for f in frames] == ["STARTED", "ERROR_IB"]
+    assert frames[-1]["detail"].endswith("not regular files: data.root, sub")
+    assert not (workdir / "stdout").exists()  # nothing ran
+
+
+def test_the_validation_writes_to_files_and_times_out(workdir: Path) -> None:
+    script = "echo checked; echo complaint >&2; sleep 30 & echo $! > sleeper; wait"
+    data = frame(limits={"wall_time": 1}, validation=["/bin/sh", "-c", script])
+    _code, frames, _stderr = run_wrapper(workdir, data)
+    assert [f["state"] for f in frames] == [*SAVED, "ERROR_VT"]
+    assert frames[-1]["detail"] == "the validation ran past 1 s and was killed"
+    assert ended(workdir / "sleeper")  # its whole process group was killed, not the shell
+    assert (workdir / "validation.out").read_text() == "checked\n"
+    assert (workdir / "validation.err").read_text() == "complaint\n"
+
+
+def test_a_successful_job_archives_its_outputs_in_sorted_order(workdir: Path) -> None:
+    script = ("echo a > b.log; mkdir QC; echo c > QC/a.log; echo q > QC/q.root; "
+              "echo d > data.root; echo out")  # fmt: skip
+    outputs = ["log_archive.zip:stdout,*.log,QC/*.log@disk=1", "root.zip:*.root",
+               "data.root@disk=1"]  # fmt: skip
+    _code, frames, _stderr = run_wrapper(
+        workdir, frame(arguments=["-c", script], outputs=outputs,
+                       output_errors=["error.zip:stderr"]))  # fmt: skip
+    assert [f["state"] for f in frames] == [*SAVED, "DONE"]
+    assert members(workdir / "log_archive.zip") == {"QC/a.log": b"c\n", "b.log": b"a\n",
+                                                    "stdout": b"out\n"}  # fmt: skip
+    assert list(members(workdir / "log_archive.zip")) == ["QC/a.log", "b.log", "stdout"]
+    assert list(members(workdir / "root.zip")) == ["data.root"]  # a wildcard stops at "/"
+    assert not (workdir / "error.zip").exists()  # OutputErrorE is for failed jobs
+
+
+def test_patterns_match_one_path_component_at_a_time() -> None:
+    assert packaging.matches("a.root", "*.root")
+    assert not packaging.matches("QC/a.root", "*.root")
+    assert packaging.matches("QC/a.root", "QC/*.root")
+    assert packaging.matches("QC/a.root", "*/a.[rx]oot")
+    assert not packaging.matches("QC/a.root", "QC/*/*.root")
+
+
+def test_a_failed_job_archives_its_output_errors(workdir: Path) -> None:
+    script = "echo result > a.root; echo trace > crash.log; echo oops >&2; exit 3"
+    spec = {"arguments": ["-c", script], "outputs": ["results.zip:*.root"],
+            "output_errors": ["error_logs.zip:stderr,*.log@disk=1", "core*"]}  # fmt: skip
+    _code, frames, _stderr = run_wrapper(workdir, frame(**spec))
+    assert [f["state"] for f in frames] == [*SAVED, "ERROR_E"]
+    assert frames[-1]["exit_code"] == 3
+    # problems saving OutputErrorE are told, but the job's state stays its error
+    assert frames[-1]["detail"] == ("the executable exited with 3; saving OutputErrorE: "
+                                    "no file matches core*")  # fmt: skip
+    assert members(workdir / "error_logs.zip") == {"crash.log": b"trace\n", "stderr": b"oops\n"}
+    assert not (workdir / "results.zip").exists()
+
+
+def test_a_failed_validation_archives_the_output_errors(workdir: Path) -> None:
+    spec = {"validation": ["/bin/sh", "-c", "echo bad >&2; exit 2"],
+            "outputs": ["out.zip:stdout"], "output_errors": ["val.zip:validation.*"]}  # fmt: skip
+    _code, frames, _stderr = run_wrapper(workdir, frame(**spec))
+    assert [f["state"] for f in frames] == [*SAVED, "ERROR_V"]
+    assert members(workdir / "val.zip") == {"validation.err": b"bad\n", "validation.out": b""}
+    assert not (workdir / "out.zip").exists()
+
+
+def test_archives_hold_neither_the_token_nor_what_symlinks_point_at(
+    workdir: Path, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.txt"  # outside the work directory
+    secret.write_text("SECRET-OUTSIDE")
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "more.txt").write_text("SECRET-IN-A-DIRECTORY")
+    victim = tmp_path / "victim.zip"
+    victim.write_text("untouched")
+    script = (f"ln -s {secret} leak.txt; ln -s {tmp_path}/secrets linked; "
+              f"ln -s {victim} all.zip; mkfifo pipe; echo kept > kept.txt")  # fmt: skip
+    outputs = ["all.zip:*", "token.zip:.jalien-token/*", ".jalien-token/key.pem"]
+    _code, frames, _stderr = run_wrapper(workdir, frame(arguments=["-c", script], outputs=outputs))
+    assert [f["state"] for f in frames] == [*SAVED, "ERROR_S"]
+    assert frames[-1]["detail"] == (
+        "output .jalien-token/key.pem is missing or not a regular file; "
+        "archive token.zip: no file matches .jalien-token/*"
+    )
+    archived = members(workdir / "all.zip")
+    assert list(archived) == ["kept.txt", "stderr", "stdout"]
+    assert not any(b"SECRET" in data or b"JOB-KEY" in data for data in archived.values())
+    # the link planted at the archive's name was replaced, not written through
+    assert not (workdir / "all.zip").is_symlink()
+    assert victim.read_text() == "untouched"
+    assert not (workdir / "token.zip").exists()
+
+
+def test_sigterm_to_the_wrapper_stops_the_payload_and_still_reports(workdir: Path) -> None:
+    script = "echo working; sleep 30 & echo $! > sleeper; wait; echo finished"
+    spec = {"arguments": ["-c", script],
+            "output_errors": ["error.zip:stdout,stderr"]}  # fmt: skip
+    read_end, write_end = os.pipe()
+    process = start_wrapper(workdir, write_end)
+    os.close(write_end)
+    assert process.stdin is not None
+    process.stdin.write(frame(**spec))
+    process.stdin.close()
+    with os.fdopen(read_end, "rb") as status:
+        frames = [handoff.read_frame(status, "status") for _ in range(2)]
+        assert [f["state"] for f in frames] == ["STARTED", "RUNNING"]
+        written(workdir / "sleeper")  # the payload is mid-way
+        process.send_signal(signal.SIGTERM)  # the wrapper alone: it passes it on
+        process.wait(timeout=60)
+        frames += statuses(status.read())
+    assert [f["state"] for f in frames] == [*SAVED, "ERROR_E"]
+    assert frames[-1]["exit_code"] == -signal.SIGTERM
+    assert (
+        frames[-1]["detail"]
+        == "the executable was killed by signal 15 after the wrapper got SIGTERM"
+    )
+    assert set(members(workdir / "error.zip")) == {"stderr", "stdout"}
+    assert members(workdir / "error.zip")["stdout"] == b"working\n"
+    assert ended(workdir / "sleeper")  # SIGTERM went to the payload's process group
+
+
+def test_sigterm_before_the_payload_starts_runs_nothing(workdir: Path) -> None:
+    fields = handoff.read_frame(io.BytesIO(frame()), "handoff")
+    children = jobwrapper.Children()
+    children.on_sigterm(signal.SIGTERM, None)  # as if it came while the handoff was read
+    reports = io.BytesIO()
+    code = jobwrapper.run_job(fields, str(workdir), jobwrapper.Reporter(reports), children)
+    assert [f["state"] for f in statuses(reports.getvalue())] == ["STARTED", "ERROR_E"]
+    assert code == 128 + signal.SIGTERM
+    assert not (workdir / "stdout").exists()
+
+
+def test_output_entries_are_parsed_as_the_jdl_writes_them() -> None:
+    assert packaging.parse("log_archive.zip:stdout,stderr,*.log@disk=1") == (
+        "log_archive.zip", ["stdout", "stderr", "*.log"])  # fmt: skip
+    assert packaging.parse("hello.txt@disk=1,ALICE::CERN::EOS") == (None, ["hello.txt"])
+    assert packaging.parse("*.root") == (None, ["*.root"])
 
 
 @pytest.mark.parametrize("data", [b"", b"\x00\x00\x00\x05{bad}", b"\xff\xff\xff\xff"])
@@ -122,11 +338,12 @@ def test_the_wrapper_runs_inside_the_real_sandbox(tmp_path: Path) -> None:
         result = subprocess.run(
             [str(SCRIPT), "sandbox", "exec", "--workdir", str(workdir), "--",
              "/usr/bin/python3", "-I", "-S", ".wrapper/jobwrapper.py", "--status-fd", "1"],
-            input=frame(arguments=["-c", "echo inside; id -u"]), capture_output=True, env=env,
-            timeout=120, check=False,
+            input=frame(arguments=["-c", "echo inside; id -u"], outputs=["out.zip:stdout"]),
+            capture_output=True, env=env, timeout=120, check=False,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
-        assert [f["state"] for f in statuses(result.stdout)] == ["STARTED", "RUNNING", "DONE"]
+        assert [f["state"] for f in statuses(result.stdout)] == [*SAVED, "DONE"]
         assert (workdir / "stdout").read_text().split() == ["inside", "1000"]
+        assert members(workdir / "out.zip") == {"stdout": b"inside\n1000\n"}
     finally:
         shutil.rmtree(workdir.parent, ignore_errors=True)

@@ -10,7 +10,7 @@ claim, and frames that do not parse end the job in error.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from subprocess import PIPE, Popen
@@ -18,12 +18,19 @@ from typing import IO, Any
 
 from sandbox_agent import handoff
 from sandbox_agent.jdl import JobSpec
+from sandbox_agent.limits.monitor import StopRequest
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.runtime import bwrap, session
 
 MAX_FRAMES = 256  # a wrapper has a handful of states to report; more is misbehaviour
 # Why the agent killed a job -> the state it ends in (JAliEn: EXPIRED for the TTL).
-KILL_STATES = {"wall_time": "EXPIRED"}
+KILL_STATES = {"wall_time": "EXPIRED", "killed": "KILLED", "stopped": "KILLED"}
+LOG_CAP = 64 * 1024  # of the wrapper's own stderr: the payload may reach it and spam
+FRAME_STATES = frozenset({
+    "STARTED", "RUNNING", "SAVING", "DONE", "DONE_WARN", "ERROR_E", "ERROR_V", "ERROR_VN",
+    "ERROR_VT", "ERROR_IB", "ERROR_S", "ERROR_SV",
+})  # what a wrapper may say; EXPIRED, KILLED and FAILED are the agent's to decide  # fmt: skip
+FINAL_FRAME_STATES = FRAME_STATES - {"STARTED", "RUNNING", "SAVING"}
 
 
 @dataclass
@@ -33,6 +40,7 @@ class JobResult:
     exit_code: int | None
     states: list[str] = field(default_factory=list)  # as the wrapper reported them
     session: session.SessionResult | None = None
+    wrapper_log: bytes = b""  # the first LOG_CAP bytes the wrapper wrote on its stderr
 
 
 def handoff_fields(
@@ -44,7 +52,8 @@ def handoff_fields(
     job: dict[str, Any] = {
         "executable": spec.executable, "arguments": list(spec.arguments),
         "input_files": [Path(i.name).name for i in spec.input_files],
-        "outputs": [o.jdl() for o in spec.outputs], "variables": variables,
+        "outputs": [o.jdl() for o in spec.outputs],
+        "output_errors": [o.jdl() for o in spec.output_errors], "variables": variables,
     }  # fmt: skip
     if spec.validation_command:  # a program to run, never a shell string
         job["validation"] = [spec.validation_command]
@@ -57,15 +66,18 @@ class _Conversation:
     """The handoff out, the status frames in, each on its own thread: a wrapper that
     neither reads nor writes must not stall the agent's monitor."""
 
-    def __init__(self, frame: bytes) -> None:
+    def __init__(self, frame: bytes, on_frame: Callable[[dict[str, Any]], None] | None) -> None:
         self.frame = frame
+        self.on_frame = on_frame
         self.frames: list[dict[str, Any]] = []
         self.problem = ""
+        self.log = b""
         self.threads: list[threading.Thread] = []
 
     def start(self, process: Popen[bytes]) -> None:
-        assert process.stdin is not None and process.stdout is not None
-        for target, stream in ((self._send, process.stdin), (self._receive, process.stdout)):
+        assert process.stdin and process.stdout and process.stderr
+        for target, stream in ((self._send, process.stdin), (self._receive, process.stdout),
+                               (self._log, process.stderr)):  # fmt: skip
             thread = threading.Thread(target=target, args=(stream,), daemon=True)
             thread.start()
             self.threads.append(thread)
@@ -82,10 +94,26 @@ class _Conversation:
             while len(self.frames) < MAX_FRAMES:
                 if not stream.peek(1):  # type: ignore[attr-defined]
                     return
-                self.frames.append(handoff.read_frame(stream, "status"))
+                frame = handoff.read_frame(stream, "status")
+                if frame["state"] not in FRAME_STATES:
+                    raise handoff.FrameError(f"state {frame['state'][:40]!r} is not the "
+                                             "wrapper's to report")  # fmt: skip
+                self.frames.append(frame)
+                if self.on_frame is not None:
+                    self.on_frame(frame)
             self.problem = f"the wrapper sent more than {MAX_FRAMES} frames"
         except handoff.FrameError as exc:
             self.problem = f"the wrapper sent a bad frame: {exc}"
+        finally:
+            stream.close()
+
+    def _log(self, stream: IO[bytes]) -> None:
+        """The wrapper's stderr: kept up to LOG_CAP, the rest read and dropped."""
+        try:
+            while chunk := stream.read1(65536):  # type: ignore[attr-defined]
+                self.log += chunk[: max(0, LOG_CAP - len(self.log))]
+        except OSError:
+            pass
         finally:
             stream.close()
 
@@ -100,19 +128,24 @@ def run_job(
     workdir: Path,
     *,
     environ: Mapping[str, str] | None = None,
-    log: Path | None = None,
     interval: float = 1.0,
+    stop: StopRequest | None = None,
+    on_frame: Callable[[dict[str, Any]], None] | None = None,
+    name: str | None = None,
 ) -> JobResult:
     """Run the job the handoff ``fields`` describe in the sandbox ``effective`` composes,
-    ``workdir`` writable; ``log`` receives the wrapper's own stderr."""
+    ``workdir`` writable; ``on_frame`` sees
+    each status frame as it comes (from another thread); ``stop`` may end it early."""
     plan = bwrap.render(effective, bwrap.WRAPPER_ARGV, workdir=str(workdir),
                         environ=dict(environ or {}), wrapper=True)  # fmt: skip
-    talk = _Conversation(handoff.encode("handoff", fields))
-    with open(log or "/dev/null", "ab") as errors:
-        outcome = session.run(plan, effective, workdir=workdir, stdin=PIPE, stdout=PIPE,
-                              stderr=errors, interval=interval, on_start=talk.start)  # fmt: skip
+    talk = _Conversation(handoff.encode("handoff", fields), on_frame)
+    outcome = session.run(plan, effective, workdir=workdir, stdin=PIPE, stdout=PIPE,
+                          stderr=PIPE, interval=interval, on_start=talk.start, stop=stop,
+                          name=name)  # fmt: skip
     talk.join()
-    return decide(outcome, talk.frames, talk.problem)
+    result = decide(outcome, talk.frames, talk.problem)
+    result.wrapper_log = talk.log
+    return result
 
 
 def decide(result: session.SessionResult, frames: list[dict[str, Any]], problem: str) -> JobResult:
@@ -126,11 +159,12 @@ def decide(result: session.SessionResult, frames: list[dict[str, Any]], problem:
     if result.outcome.reason:
         state = KILL_STATES.get(result.outcome.reason, "ERROR_E")
         return JobResult(state, result.outcome.detail, None, states, result)
-    if problem:
-        return JobResult("ERROR_E", problem, None, states, result)
-    if not frames:
-        return JobResult("ERROR_E", f"the wrapper reported nothing (exit {code})", None,
-                         states, result)  # fmt: skip
+    if problem:  # the wrapper broke the protocol: not the payload's verdict (FAILED)
+        return JobResult("FAILED", problem, None, states, result)
+    if not frames or states[-1] not in FINAL_FRAME_STATES:
+        said = f"; its last state was {states[-1]}" if states else ""
+        return JobResult("FAILED", f"the wrapper ended without a final state (exit {code})"
+                         f"{said}", None, states, result)  # fmt: skip
     last = frames[-1]
     return JobResult(str(last["state"]), str(last.get("detail", "")), last.get("exit_code"),
                      states, result)  # fmt: skip

@@ -30,10 +30,12 @@ SECCOMP_FD = 10  # the descriptor the seccomp program is passed on
 CONFINE_FD = 11  # the descriptor the landlock step's source is passed on
 INFO_FD = 12  # where bwrap reports the child's pid and the namespaces it made
 CONFIRM_FD = 13  # where the landlock step says it applied landlock, before the payload
-WRAPPER_DIR = "/.sandbox-agent/lib"  # where the JobWrapper and handoff.py are, read-only
+WRAPPER_DIR = "/.sandbox-agent/lib"  # where the JobWrapper and its siblings are, read-only
 # The JobWrapper as the payload: its status frames on its stdout (the payload's own
 # output goes to files), the handoff on its stdin.
 WRAPPER_ARGV = ("/usr/bin/python3", "-I", "-S", f"{WRAPPER_DIR}/jobwrapper.py", "--status-fd", "1")
+# The JobWrapper and its stdlib siblings, copied side by side into WRAPPER_DIR.
+WRAPPER_FILES = {"jobwrapper.py": "wrapper", "handoff.py": "handoff", "packaging.py": "packaging"}
 CONFINE_PATH = "/.sandbox-agent/confine.py"  # where the sandbox sees it
 DEV_SHM_BYTES = 64 * 1024 * 1024
 _UNSHARE = {"user": "user", "pid": "pid", "ipc": "ipc", "uts": "uts", "net": "net",
@@ -148,7 +150,9 @@ def render(
     confine: list[str] = []
     if landlock is not None:
         out += ["--perms", "0444", "--ro-bind-data", str(CONFINE_FD), CONFINE_PATH]
-        confine = confinestep.step(CONFINE_PATH, landlock, variables, confirm_fd=CONFIRM_FD)
+        # the JobWrapper runs in the step's interpreter: one Python start, not two
+        confine = confinestep.step(CONFINE_PATH, landlock, variables, confirm_fd=CONFIRM_FD,
+                                   in_process=wrapper)  # fmt: skip
     else:
         for name, value in variables:
             out += ["--setenv", name, value]
@@ -183,7 +187,7 @@ def render(
         argv=tuple(out),
         fds=fds,
         fd_contents=contents,
-        agent_files={"jobwrapper.py": "wrapper", "handoff.py": "handoff"} if wrapper else {},
+        agent_files=dict(WRAPPER_FILES) if wrapper else {},
         requirements=tuple(requirements),
         seccomp_profile=str(effective.policy.directory / profile),
     )

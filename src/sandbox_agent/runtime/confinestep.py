@@ -54,14 +54,18 @@ def landlock_words(
 
 
 def step(
-    path: str, words: Sequence[str], variables: Sequence[tuple[str, str]], *, confirm_fd: int = -1
-) -> list[str]:
+    path: str, words: Sequence[str], variables: Sequence[tuple[str, str]], *,
+    confirm_fd: int = -1, in_process: bool = False,
+) -> list[str]:  # fmt: skip
     """The whole prefix before the payload's argv. The step starts with an empty
     environment and hands ``variables`` to the payload only: they could steer the
-    loader of its interpreter (LD_PRELOAD)."""
+    loader of its interpreter (LD_PRELOAD). ``in_process``: the command is a Python
+    script (the JobWrapper) the step runs in its own interpreter."""
     prefix = [PYTHON, "-I", "-S", path]
     if confirm_fd >= 0:
         prefix += ["--confirm-fd", str(confirm_fd)]
+    if in_process:
+        prefix.append("--in-process")
     prefix += list(words)
     prefix += [f"--env={name}={value}" for name, value in variables]
     return [*prefix, "--"]

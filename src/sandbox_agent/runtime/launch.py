@@ -233,12 +233,13 @@ def _agent_files(plan: LaunchPlan, argv: list[str], bpf: bytes) -> str | None:
 
 
 def _source(kind: str) -> bytes:
-    """The stdlib-only modules the sandbox runs: the confine step, the JobWrapper and the
-    protocol it speaks."""
+    """The stdlib-only modules the sandbox runs: the confine step, the JobWrapper, the
+    protocol it speaks and its output packaging."""
     from sandbox_agent import handoff
-    from sandbox_agent.wrapper import jobwrapper
+    from sandbox_agent.wrapper import jobwrapper, packaging
 
-    modules = {"confine": confine, "wrapper": jobwrapper, "handoff": handoff}
+    modules = {"confine": confine, "wrapper": jobwrapper, "handoff": handoff,
+               "packaging": packaging}  # fmt: skip
     return Path(str(modules[kind].__file__)).read_bytes()
 
 

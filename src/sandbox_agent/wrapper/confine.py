@@ -8,7 +8,9 @@ domain, and with ``--no-tcp`` (ABI 4) it can neither bind nor connect a TCP sock
 With ``--seccomp FILE`` it also loads the agent's compiled seccomp program, for runtimes
 that apply none themselves (Apptainer as a user). With ``--confirm-fd FD`` it writes
 what it applied ("confined: landlock ABI 7, seccomp") there, closes it, and only then
-runs the command.
+runs the command. With ``--in-process`` a command of the form ``PYTHON -I -S SCRIPT
+ARGS...`` (the JobWrapper) runs in this interpreter instead of a new one, saving the
+second interpreter's start.
 
 The launcher passes this file into the sandbox on a descriptor (bwrap's
 --ro-bind-data) and runs it with the sandbox's own interpreter::
@@ -27,7 +29,6 @@ shell does.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import stat
@@ -67,7 +68,7 @@ EXIT_NOT_FOUND = 127
 
 _USAGE = (
     "usage: confine [--writable PATH]... [--no-tcp] [--seccomp FILE] [--env=NAME=VALUE]... "
-    "[--confirm-fd FD] -- COMMAND [ARG]..."
+    "[--confirm-fd FD] [--in-process] -- COMMAND [ARG]..."
 )
 _PR_SET_SECCOMP = 22
 _SECCOMP_MODE_FILTER = 2
@@ -182,6 +183,7 @@ class Options:
         self.variables: dict[str, str] = {}  # the command's environment
         self.confirm_fd = -1  # where to say what was applied, before the command runs
         self.seccomp = ""  # a BPF program to load after landlock
+        self.in_process = False  # run a Python command here rather than exec it
         self.command: list[str] = []
 
 
@@ -221,6 +223,8 @@ def _parse(argv: list[str]) -> Options:
             return options
         if arg == "--no-tcp":
             options.no_tcp = True
+        elif arg == "--in-process":
+            options.in_process = True
         elif arg.startswith("--env="):
             name, equals, value = arg[len("--env=") :].partition("=")
             if not name or not equals:
@@ -268,17 +272,43 @@ def main(argv: list[str]) -> int:
         return _fail(EXIT_CONFINE, f"{error.strerror or error}")
     finally:
         if options.confirm_fd >= 0:  # never inherited by the command
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 (contextlib costs milliseconds at every job's start)
                 os.close(options.confirm_fd)
+            except OSError:
+                pass
     command = options.command
+    # this step's own environment (empty under the launcher) plus the command's
+    environment = {**os.environ, **options.variables}
+    if options.in_process and _is_python_script(command):
+        return _run_here(command[3], command[4:], environment)
     try:
-        # this step's own environment (empty under the launcher) plus the command's
-        environment = {**os.environ, **options.variables}
         os.execvpe(command[0], command, environment)  # noqa: S606 (an argv list, no shell)
     except FileNotFoundError as error:
         return _fail(EXIT_NOT_FOUND, f"cannot run {command[0]}: {error.strerror}")
     except OSError as error:
         return _fail(EXIT_CANNOT_EXECUTE, f"cannot run {command[0]}: {error.strerror}")
+
+
+def _is_python_script(command: list[str]) -> bool:
+    """Whether ``command`` is this interpreter, run as this step is, on a script."""
+    return (len(command) >= 4 and os.path.realpath(command[0]) == os.path.realpath(sys.executable)
+            and command[1:3] == ["-I", "-S"] and command[3].endswith(".py"))  # fmt: skip
+
+
+def _run_here(script: str, args: list[str], environment: dict[str, str]) -> int:
+    """Run ``script`` as __main__ in this confined interpreter."""
+    try:
+        with open(script, "rb") as file:
+            code = compile(file.read(), script, "exec")
+    except OSError as error:
+        return _fail(EXIT_NOT_FOUND, f"cannot run {script}: {error}")
+    os.environ.clear()
+    os.environ.update(environment)
+    sys.argv = [script, *args]
+    main_globals = {"__name__": "__main__", "__file__": script, "__package__": None,
+                    "__builtins__": __builtins__}  # fmt: skip
+    exec(code, main_globals)  # noqa: S102 (the agent's own file, from its private directory)
+    return 0
 
 
 if __name__ == "__main__":  # also under `python3 -c <source>`, where argv[0] is "-c"

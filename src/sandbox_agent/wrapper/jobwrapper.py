@@ -8,30 +8,53 @@ their paths (JALIEN_TOKEN_CERT, JALIEN_TOKEN_KEY, as JAliEn payloads expect), bu
 payload's environment (the handoff's, HOME and TMPDIR, ALIEN_PROC_ID, ALIEN_JDL_<name>
 for the JDLVariables), checks the inputs are there, runs the executable with its
 arguments (an argv, never a shell) in its own session with stdout and stderr to files,
-runs the validation command, and reports each state on the status descriptor, which
-the payload does not inherit. Final states, as JAliEn names them: DONE, ERROR_E (the
-payload failed), ERROR_V (the validation failed), ERROR_IB (an input or the
-executable is missing).
+runs the validation command, packages the outputs (packaging.py) and reports each state
+on the status descriptor, which the payload does not inherit:
 
-Standard library only, and the sibling module handoff.py found next to this file: the
-agent copies both into the sandbox, where start-up time counts.
+    STARTED, then ERROR_IB (an input or the executable is missing), or
+    RUNNING (the payload, then the validation), SAVING (packaging), then one of
+    DONE, DONE_WARN (an output wildcard or archive matched nothing), ERROR_S (an
+    output is missing or an archive could not be written), ERROR_E (the payload
+    failed), ERROR_V (the validation failed), ERROR_VN (it could not be started),
+    ERROR_VT (it was killed or ran past its time).
+
+A failed job packages the JDL's OutputErrorE instead of its Output. SIGTERM (the agent
+stopping the job) is passed on to the running child's process group and the wrapper
+carries on, so what finished is still reported.
+
+Standard library only, and the sibling modules handoff.py and packaging.py found next
+to this file: the agent copies them into the sandbox, where start-up time counts.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
+import select
+import stat
 import sys
-from typing import IO, Any
+
+TYPE_CHECKING = False  # typing costs milliseconds at every job's start; only mypy needs it
+if TYPE_CHECKING:
+    from typing import IO, Any
+
+if TYPE_CHECKING:
+    import signal
+else:  # the C module: `signal` wraps it in enums, milliseconds at every job's start
+    import _signal as signal
+
 
 if __package__:  # imported from the installed package (tests, the agent)
     from sandbox_agent import handoff
-else:  # run as a file inside the sandbox: handoff.py lies next to it (-I drops the dir)
+    from sandbox_agent.wrapper import packaging
+else:  # run as a file inside the sandbox: its siblings lie next to it (-I drops the dir;
+    # first on the path, so not the PyPI "packaging" either)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import handoff  # type: ignore[import-not-found,no-redef]
+    import packaging  # type: ignore[import-not-found,no-redef,unused-ignore]
 
 TOKEN_DIR = ".jalien-token"  # noqa: S105 (a directory name) in the work directory, 0700
 EXIT_BAD_HANDOFF = 3
+VALIDATION_TIME = 3600  # seconds, when the handoff's limits have no wall_time
 
 
 class Reporter:
@@ -73,42 +96,190 @@ def environment(frame: dict[str, Any], workdir: str, token: dict[str, str]) -> d
     return env
 
 
-def run_job(frame: dict[str, Any], workdir: str, report: Reporter) -> int:
+class Child:
+    """A started program: what the wrapper needs of subprocess.Popen, without importing
+    subprocess (tens of milliseconds of every job's start on a slow node)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], stdout: IO[bytes],
+                 stderr: IO[bytes]) -> None:  # fmt: skip
+        program = _which(argv[0], env.get("PATH", os.defpath))
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self.pid = os.posix_spawn(program, argv, env, setsid=True, file_actions=[
+                (os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, stdout.fileno(), 1),
+                (os.POSIX_SPAWN_DUP2, stderr.fileno(), 2)])  # fmt: skip
+        finally:
+            os.close(null)
+        self.returncode: int | None = None
+
+    def wait(self, timeout: float | None = None) -> int:
+        """The exit code (negative: the signal); TimeoutError past ``timeout`` seconds."""
+        if self.returncode is None and timeout is not None:
+            pidfd = os.pidfd_open(self.pid)
+            try:
+                if not select.select([pidfd], [], [], timeout)[0]:
+                    raise TimeoutError(self.pid)
+            finally:
+                os.close(pidfd)
+        while self.returncode is None:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+            except InterruptedError:  # pragma: no cover (PEP 475 retries for us)
+                continue
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def _which(name: str, path: str) -> str:
+    """The file ``name`` runs, searched in ``path`` as a shell would when it has no /."""
+    if "/" in name:
+        return name
+    for directory in path.split(os.pathsep):
+        candidate = os.path.join(directory or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise FileNotFoundError(2, "No such file or directory", name)
+
+
+class Children:
+    """The child the wrapper waits for, and SIGTERM passed on to its process group: the
+    agent stops a job by signalling all its processes, and the wrapper must outlive the
+    payload to report what finished."""
+
+    def __init__(self) -> None:
+        self.current: Child | None = None
+        self.stopping = False
+
+    def on_sigterm(self, _signum: int, _frame: object) -> None:
+        self.stopping = True
+        self._forward()
+
+    def _forward(self, signum: int = signal.SIGTERM) -> None:
+        child = self.current
+        if child is not None and child.returncode is None:  # not reaped: its group is ours
+            try:  # noqa: SIM105 (contextlib costs milliseconds at start)
+                os.killpg(child.pid, signum)
+            except OSError:
+                pass  # the group is already gone
+
+    def start(self, argv: list[str], *, cwd: str, env: dict[str, str], stdout: IO[bytes],
+              stderr: IO[bytes]) -> Child:  # fmt: skip
+        if cwd != os.getcwd():  # the wrapper runs in the work directory; tests may not
+            os.chdir(cwd)
+        child = Child(argv, env, stdout, stderr)
+        self.current = child
+        if self.stopping:  # SIGTERM came while it was being started
+            self._forward()
+        return child
+
+    def kill(self) -> None:
+        self._forward(signal.SIGKILL)
+
+
+def create(workdir: str, name: str) -> IO[bytes]:
+    """A fresh output file of the wrapper's; a symlink left in its place is refused,
+    not written through."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.fdopen(os.open(os.path.join(workdir, name), flags, 0o644), "wb")
+
+
+def missing_inputs(workdir: str, names: list[str]) -> list[str]:
+    """The inputs that are not a regular file directly in the work directory (a symlink
+    is not one: the agent places real files)."""
+    missing = []
+    for name in names:
+        try:
+            plain = "/" not in name and name not in ("", ".", "..")
+            ok = plain and stat.S_ISREG(os.lstat(os.path.join(workdir, name)).st_mode)
+        except OSError:
+            ok = False
+        if not ok:
+            missing.append(name)
+    return missing
+
+
+def validate(argv: list[str], workdir: str, env: dict[str, str], timeout: int,
+             children: Children) -> tuple[str, str] | None:  # fmt: skip
+    """None when the validation command passes, else its error state and why."""
+    try:
+        with create(workdir, "validation.out") as out, create(workdir, "validation.err") as err:
+            child = children.start(argv, cwd=workdir, env=env, stdout=out, stderr=err)
+    except OSError as exc:
+        return "ERROR_VN", f"cannot run the validation {argv[0]}: {exc.strerror}"
+    try:
+        code = child.wait(timeout)
+    except TimeoutError:
+        children.kill()  # its whole group: a shell script's children too
+        child.wait()
+        return "ERROR_VT", f"the validation ran past {timeout} s and was killed"
+    if code < 0:
+        return "ERROR_VT", f"the validation was killed by signal {-code}"
+    if code:
+        return "ERROR_V", f"the validation exited with {code}"
+    return None
+
+
+def run_job(frame: dict[str, Any], workdir: str, report: Reporter,
+            children: Children | None = None) -> int:  # fmt: skip
     """Run the job the frame describes; report its states; return its exit code."""
     spec = frame["spec"]
-    missing = [
-        name for name in spec["input_files"] if not os.path.exists(os.path.join(workdir, name))
-    ]
-    argv = [spec["executable"], *spec["arguments"]]
+    children = children or Children()
+    report.state("STARTED")
+    missing = missing_inputs(workdir, spec["input_files"])
     if missing:
-        report.state("ERROR_IB", "input files missing: " + ", ".join(missing))
+        report.state("ERROR_IB", "input files missing or not regular files: " + ", ".join(missing))
         return 1
     env = environment(frame, workdir, write_token(workdir, frame["token"]))
-    report.state("STARTED")
-    with open(os.path.join(workdir, "stdout"), "wb") as out, \
-            open(os.path.join(workdir, "stderr"), "wb") as err:  # fmt: skip
-        try:
-            payload = subprocess.Popen(argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL,
-                                       stdout=out, stderr=err, start_new_session=True)  # fmt: skip
-        except OSError as exc:
-            report.state("ERROR_IB", f"cannot run {spec['executable']}: {exc.strerror}")
-            return 127
-        report.state("RUNNING")
-        code = payload.wait()
-    if code != 0:
-        report.state("ERROR_E", f"the executable exited with {code}", exit_code=code)
-        return code
-    validation = spec.get("validation")
-    if validation:
-        report.state("SAVING", "validating")
-        checked = subprocess.run(validation, cwd=workdir, env=env, stdin=subprocess.DEVNULL,
-                                 capture_output=True, check=False)  # fmt: skip
-        if checked.returncode != 0:
-            report.state("ERROR_V", f"the validation exited with {checked.returncode}",
-                          exit_code=code)  # fmt: skip
-            return code
-    report.state("DONE", exit_code=code)
-    return code
+    if children.stopping:
+        report.state("ERROR_E", "stopped (SIGTERM) before the payload started")
+        return 128 + signal.SIGTERM
+    try:
+        with create(workdir, "stdout") as out, create(workdir, "stderr") as err:
+            payload = children.start([spec["executable"], *spec["arguments"]], cwd=workdir,
+                                     env=env, stdout=out, stderr=err)  # fmt: skip
+    except OSError as exc:
+        report.state("ERROR_IB", f"cannot run {spec['executable']}: {exc.strerror}")
+        return 127
+    report.state("RUNNING")
+    code = payload.wait()
+    failure: tuple[str, str] | None = None
+    if code < 0:
+        stopped = " after the wrapper got SIGTERM" if children.stopping else ""
+        failure = "ERROR_E", f"the executable was killed by signal {-code}{stopped}"
+    elif code:
+        failure = "ERROR_E", f"the executable exited with {code}"
+    elif spec.get("validation"):
+        wall = frame["limits"].get("wall_time", 0)
+        failure = validate(spec["validation"], workdir, env,
+                           wall if wall > 0 else VALIDATION_TIME, children)  # fmt: skip
+    # DONE and every error after the payload ran go through SAVING (the state table)
+    report.state("SAVING")
+    entries = spec["output_errors"] if failure else spec["outputs"]
+    errors, warnings = packaging.save(workdir, entries, {TOKEN_DIR})
+    if failure:
+        state, detail = failure
+        problems = errors + warnings
+        if problems:
+            detail += "; saving OutputErrorE: " + "; ".join(problems)
+    elif errors:
+        state, detail = "ERROR_S", "; ".join(errors + warnings)
+    elif warnings:
+        state, detail = "DONE_WARN", "; ".join(warnings)
+    else:
+        state, detail = "DONE", ""
+    report.state(state, detail, exit_code=code)
+    return code if code >= 0 else 128 - code
+
+
+def undumpable() -> None:
+    """Close this process's /proc entries (memory, descriptors: the status pipe, the
+    job key) to the payload, which runs as the same uid. exec resets it for the payload.
+    ctypes is already loaded when the landlock step runs us in its interpreter."""
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
+        print("sandbox-agent wrapper: cannot make itself undumpable: "
+              f"{os.strerror(ctypes.get_errno())}", file=sys.stderr)  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
@@ -118,13 +289,16 @@ def main(argv: list[str]) -> int:
         return EXIT_BAD_HANDOFF
     status_fd = int(argv[1])
     os.set_inheritable(status_fd, False)  # never reaches the payload
+    undumpable()
+    children = Children()
+    signal.signal(signal.SIGTERM, children.on_sigterm)  # from here on, never fatal
     with os.fdopen(status_fd, "wb") as status:
         try:
             frame = handoff.read_frame(sys.stdin.buffer, "handoff")
         except handoff.FrameError as exc:
             print(f"sandbox-agent wrapper: {exc}", file=sys.stderr)
             return EXIT_BAD_HANDOFF
-        return run_job(frame, os.getcwd(), Reporter(status))
+        return run_job(frame, os.getcwd(), Reporter(status), children)
 
 
 if __name__ == "__main__":
