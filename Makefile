@@ -30,19 +30,19 @@ unit: setup
 
 test: lint typecheck unit
 
-# The sample job in the sandbox: a fresh work directory under /tmp (as root, the sandbox
-# runs as uid 65534, which must reach it), removed afterwards.
+# The pilot on the embedded default: the sample jobs submitted to a fresh queue (in a
+# new directory under /tmp each time: as root the sandbox runs as uid 65534, which must
+# reach the work area) and run in the sandbox with a local test authority, then their
+# states, outputs and logs. fail.jdl is meant to fail: it shows ERROR_E and OutputErrorE.
 demo: setup
-	$(BIN)/sandbox-agent jdl check samples/*.jdl
-	$(BIN)/sandbox-agent policy explain samples/hello.jdl --runtime bwrap
+	$(BIN)/sandbox-agent jdl check samples/*.jdl samples/production/production.jdl > /dev/null
 	@base=$$(mktemp -d /tmp/sandbox-agent-demo.XXXXXX) && chmod 711 "$$base" && \
-	  mkdir -m 777 "$$base/work" && chmod 777 "$$base/work" && \
-	  cp samples/hello.sh "$$base/work/" && \
-	  echo "$$ sandbox-agent sandbox exec --jdl samples/hello.jdl --workdir $$base/work -- /bin/sh hello.sh" && \
-	  $(BIN)/sandbox-agent --home "$$base/home" sandbox exec --jdl samples/hello.jdl \
-	    --workdir "$$base/work" -- /bin/sh hello.sh && \
-	  echo "hello.txt: $$(cat "$$base/work/hello.txt")"; \
-	  status=$$?; rm -rf "$$base"; exit $$status
+	  home="$$base/home" && mkdir -p "$$home" && cp samples/slot.toml "$$home/slot.toml" && \
+	  sa() { echo "$$ sandbox-agent $$*"; $(BIN)/sandbox-agent --home "$$home" "$$@"; } && \
+	  sa submit samples/hello.jdl && sa submit samples/production/production.jdl && \
+	  sa submit samples/sleep.jdl && sa submit samples/fail.jdl && \
+	  sa run && sa jobs && sa status 2 && sa outputs 2 && sa logs 1 && \
+	  echo "the demo's state is in $$home (remove it with: rm -rf $$base)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis src/*.egg-info

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -140,3 +141,13 @@ def test_a_stop_request_gives_the_job_sigterm_then_its_grace(workdir: Path) -> N
     assert result.state == "KILLED"
     assert (workdir / "ready").exists()  # it had started; the stop ended it
     assert result.session.teardown is not None and not result.session.teardown.survivors
+
+
+def test_the_payload_gets_the_default_signal_actions_back(workdir: Path) -> None:
+    """Python ignores SIGPIPE and SIGXFSZ for itself; the wrapper's payload must not
+    inherit that (a write past RLIMIT_FSIZE must kill, a closed pipe must end a writer)."""
+    result = run(workdir, 'Executable = "/bin/grep"; Arguments = "SigIgn /proc/self/status";')
+    assert result.state == "DONE", (result.detail, result.wrapper_log)
+    ignored = int((workdir / "stdout").read_text().split()[1], 16)
+    for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+        assert not ignored & (1 << (signum - 1)), f"{signal.Signals(signum).name} is ignored"

@@ -25,6 +25,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox_agent import sqlitedb
+
 DB_NAME = "catalogue.sqlite3"
 OBJECTS = "objects"
 MAX_FILE = 1 << 30  # bytes: one GiB per file unless the Catalogue is told otherwise
@@ -134,42 +136,22 @@ class Catalogue:
         self._conn = self._open(busy_timeout)
 
     def _open(self, busy_timeout: float) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-        )
-        conn.row_factory = sqlite3.Row
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            conn.execute("PRAGMA synchronous = FULL")
-            if str(mode).lower() != "wal":
-                raise CatalogueError(
-                    f"{self.path}: SQLite refused WAL mode (got {mode}); "
-                    "put the catalogue on a local file system"
-                )
-            conn.execute(_SCHEMA)
-            columns = [row[1] for row in conn.execute("PRAGMA table_info(entries)")]
-            if columns != ["lfn", "sha256", "size", "owner", "added"]:
-                raise CatalogueError(
-                    f"{self.path} has an entries table that is not a catalogue's; "
-                    "move the file away or point --home at another directory"
-                )
-        except sqlite3.OperationalError as exc:
-            conn.close()
-            self._close_fds()
-            raise CatalogueError(f"cannot open {self.path}: {exc}; {_busy_fix(exc)}") from None
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            self._close_fds()
-            raise CatalogueError(
-                f"{self.path} is not a usable catalogue database ({exc}); "
-                "move the file away or point --home at another directory"
-            ) from None
+            return sqlitedb.connect(self.path, busy_timeout, noun="catalogue",
+                                    kind="catalogue database", error=CatalogueError,
+                                    setup=self._schema)  # fmt: skip
         except CatalogueError:
-            conn.close()
             self._close_fds()
             raise
-        return conn
+
+    def _schema(self, conn: sqlite3.Connection) -> None:
+        conn.execute(_SCHEMA)
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(entries)")]
+        if columns != ["lfn", "sha256", "size", "owner", "added"]:
+            raise CatalogueError(
+                f"{self.path} has an entries table that is not a catalogue's; "
+                "move the file away or point --home at another directory"
+            )
 
     def _close_fds(self) -> None:
         for fd in (self._objects_fd, self._dir_fd):
@@ -190,21 +172,9 @@ class Catalogue:
 
     @contextmanager
     def _txn(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._conn
-            try:
-                conn.execute(begin)
-            except sqlite3.Error as exc:
-                raise CatalogueError(f"{self.path}: {exc}; {_busy_fix(exc)}") from None
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise CatalogueError(f"{self.path}: {exc}; {_busy_fix(exc)}") from None
-                raise
+        with sqlitedb.transaction(self._conn, self._lock, self.path, noun="catalogue",
+                                  error=CatalogueError, begin=begin) as conn:  # fmt: skip
+            yield conn
 
     @staticmethod
     def _entry(row: sqlite3.Row) -> Entry:
@@ -421,12 +391,6 @@ def _copy(src: int, dst: int, limit: int) -> tuple[str, int]:
 def _unlink(name: str, dir_fd: int) -> None:
     with suppress(OSError):
         os.unlink(name, dir_fd=dir_fd)
-
-
-def _busy_fix(exc: sqlite3.Error) -> str:
-    if "locked" in str(exc) or "busy" in str(exc):
-        return "another process held the catalogue too long; retry, or find what holds it"
-    return "check the file system and the database file"
 
 
 __all__ = ["MAX_FILE", "Catalogue", "CatalogueError", "Entry", "check_lfn"]

@@ -182,9 +182,41 @@ def _copy(fd: int, target: Path, cap: int) -> tuple[str, int]:
     return "sha256:" + digest.hexdigest(), written
 
 
-def remove_workdir(workdir: Path) -> None:
+def remove_workdir(workdir: Path) -> str | None:
     """Remove the work directory without following any link in it (shutil's rmtree works
-    by descriptor on Linux; refuse to run where it would not)."""
+    by descriptor on Linux); None when it is gone, else why not, in one line. A payload
+    running as the agent's own uid may have left directories it cannot enter or write:
+    each is made 0700 first, by descriptor, never through a name it could swap."""
     if not shutil.rmtree.avoids_symlink_attacks:
-        raise RuntimeError("this platform's rmtree follows symlinks; refusing to remove")
-    shutil.rmtree(workdir)
+        return "this platform's rmtree follows symlinks; refusing to remove"
+    try:
+        if os.geteuid() != 0:  # root needs no permission to remove
+            _make_removable(workdir)
+        shutil.rmtree(workdir)
+    except OSError as exc:
+        return f"{exc.filename or workdir}: {exc.strerror}"
+    return None
+
+
+def _make_removable(workdir: Path) -> None:
+    """Every directory below ``workdir`` made 0700 before it is entered: opened with
+    O_PATH|O_NOFOLLOW|O_DIRECTORY relative to its parent and changed through
+    /proc/self/fd, so a symlink swapped in is never followed."""
+    _chmod_dir(None, str(workdir))
+    for _top, dirs, _files, dir_fd in os.fwalk(workdir, follow_symlinks=False):
+        for name in dirs:
+            _chmod_dir(dir_fd, name)
+
+
+def _chmod_dir(dir_fd: int | None, name: str) -> None:
+    flags = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError:
+        return  # not a directory (any more): rmtree removes it as it is
+    try:
+        os.chmod(f"/proc/self/fd/{fd}", 0o700)
+    except OSError:
+        pass  # not ours to change: rmtree says so
+    finally:
+        os.close(fd)

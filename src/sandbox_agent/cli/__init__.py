@@ -2,20 +2,24 @@
 
 Errors a user can cause are printed as one line naming the place and the fix, with
 the exit codes of ``sandbox_agent.exitcodes``; they never end in a traceback.
-One module per command group: jdl, certs, policy, sandbox, and queue (submit, jobs,
-status).
+One module per command group: jdl, certs, policy, sandbox, catalogue, queue (submit,
+jobs, status), pilot (run) and results (outputs, logs, kill).
 """
 
 from sandbox_agent.cli.app import app, main
+from sandbox_agent.cli.catalogue import catalogue_app
 from sandbox_agent.cli.certs import certs_app
 from sandbox_agent.cli.jdl import jdl_app
+from sandbox_agent.cli.pilot import run
 from sandbox_agent.cli.policy import policy_app
 from sandbox_agent.cli.queue import jobs, status, submit  # top-level commands
+from sandbox_agent.cli.results import kill, logs, outputs
 from sandbox_agent.cli.sandbox import sandbox_app
 
 app.add_typer(jdl_app, name="jdl")
 app.add_typer(certs_app, name="certs")
 app.add_typer(policy_app, name="policy")
 app.add_typer(sandbox_app, name="sandbox")
+app.add_typer(catalogue_app, name="catalogue")
 
-__all__ = ["app", "jobs", "main", "status", "submit"]
+__all__ = ["app", "jobs", "kill", "logs", "main", "outputs", "run", "status", "submit"]

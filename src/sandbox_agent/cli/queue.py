@@ -12,7 +12,7 @@ import typer
 
 from sandbox_agent import exitcodes
 from sandbox_agent.cli.app import JsonOption, app, fail, home_of
-from sandbox_agent.jdl import render_jdl
+from sandbox_agent.jdl import JobSpec, render_jdl
 from sandbox_agent.jdl.expr import render
 from sandbox_agent.queue import Job, State, StateChange, Store, StoreError
 
@@ -36,14 +36,22 @@ def submit(
         list[str] | None, typer.Argument(help="Submit arguments, for $1, $2, ... in the JDL.")
     ] = None,
     priority: Annotated[int, typer.Option("--priority", help="Higher runs first.")] = 0,
+    policy: Annotated[
+        str, typer.Option("--policy", help="The site policy the job must fit (name or path).")
+    ] = "default",
     as_json: JsonOption = False,
 ) -> None:
-    """Queue a job on the embedded default; print its id. The JDL is checked first and
-    stored in its normalized form, submit arguments substituted."""
+    """Queue a job on the embedded default; print its id. The JDL is checked first, its
+    local files (Executable, ValidationCommand, InputFile) are added to the catalogue and
+    named by their LF: names, and a job no slot here could run, or that the policy
+    rejects, is refused. It is stored in its normalized form, submit arguments
+    substituted."""
     from sandbox_agent.cli.policy import _job
 
     spec = _job(jdl, args or [])
     assert spec is not None
+    spec = _stage(ctx, spec, jdl.absolute().parent)
+    _refuse_unrunnable(ctx, spec, policy)
     requirements = render(spec.requirements) if spec.requirements is not None else None
     with _store(ctx) as store:
         try:
@@ -52,6 +60,48 @@ def submit(
         except StoreError as exc:
             fail(str(exc), exitcodes.ENVIRONMENT)
     typer.echo(json.dumps({"id": job_id}) if as_json else str(job_id))
+
+
+def _stage(ctx: typer.Context, spec: JobSpec, jdl_dir: Path) -> JobSpec:
+    """``spec`` with its local files in the catalogue; a file that cannot be is exit 2."""
+    from sandbox_agent.agent.staging import StagingError, stage
+    from sandbox_agent.cli.catalogue import open_catalogue
+
+    with open_catalogue(ctx) as catalogue:
+        try:
+            return stage(spec, jdl_dir, catalogue, getpass.getuser())
+        except StagingError as exc:
+            fail(str(exc))
+
+
+def _refuse_unrunnable(ctx: typer.Context, spec: JobSpec, policy: str) -> None:
+    """Exit 1 for a job that would wait for ever: no slot of this node fits it, or the
+    policy rejects what it asks for."""
+    from sandbox_agent.agent import slot
+    from sandbox_agent.policy import (
+        PolicyError,
+        PolicyRejection,
+        compose,
+        load_policy,
+        policy_dirs,
+    )
+
+    home = home_of(ctx)
+    try:
+        offered = slot.describe(home, home / "work", ttl_left=slot.DEFAULT_TTL)
+    except ValueError as exc:  # the site file HOME/slot.toml
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot measure the slot this node offers: {exc}", exitcodes.ENVIRONMENT)
+    reason = slot.refusal(spec, offered)
+    if reason is not None:
+        fail(f"job refused: no slot here can run it: {reason}", exitcodes.FAILED)
+    try:
+        compose(load_policy(policy, policy_dirs(home)), spec, credentials=[str(home / "certs")])
+    except PolicyError as exc:
+        fail(str(exc))
+    except PolicyRejection as exc:
+        fail(f"job refused: the policy {policy} rejects it: {exc}", exitcodes.FAILED)
 
 
 @app.command("jobs")
@@ -80,23 +130,45 @@ def status(
     job_id: Annotated[int, typer.Argument(help="The job id submit printed.")],
     as_json: JsonOption = False,
 ) -> None:
-    """One job: its state, and every change with its time, detail and exit code."""
+    """One job: its state, every change with its time, detail and exit code, and the
+    last run's resource use and kill reason."""
+    from sandbox_agent.agent.storage import Storage, StorageError
+
     with _store(ctx) as store:
         try:
             job = store.get(job_id)
             history = store.history(job_id)
         except StoreError as exc:
             fail(str(exc))
+    try:
+        usage = Storage(home_of(ctx) / "outputs").manifest(job_id).usage
+    except StorageError:
+        usage = {}  # it has not run yet
     if as_json:
         changes = [_change_json(c) for c in history]
-        typer.echo(json.dumps({**_job_json(job), "jdl": job.jdl_text, "history": changes},
-                              indent=2))  # fmt: skip
+        typer.echo(json.dumps({**_job_json(job), "jdl": job.jdl_text, "history": changes,
+                               "usage": usage}, indent=2))  # fmt: skip
         return
     typer.echo(f"job {job.id}: {job.state} (resubmission {job.resubmission}, owner {job.owner})")
     for change in history:
         code = f" exit {change.exit_code}" if change.exit_code is not None else ""
         detail = f"  {change.detail}" if change.detail else ""
         typer.echo(f"  {_when(change.time)}  {change.state:<10}{code}{detail}")
+    if usage:
+        typer.echo("  last run: " + _usage_text(usage))
+
+
+def _usage_text(usage: dict[str, Any]) -> str:
+    parts = [f"wall {usage.get('wall_seconds', 0):.2f} s"]
+    if usage.get("cpu_seconds") is not None:
+        parts.append(f"cpu {usage['cpu_seconds']:.2f} s")
+    if usage.get("memory_peak_bytes") is not None:
+        parts.append(f"memory peak {usage['memory_peak_bytes'] / (1 << 20):.1f} MB")
+    if usage.get("oom_kills"):
+        parts.append(f"{usage['oom_kills']} OOM kill(s)")
+    if usage.get("kill_reason"):
+        parts.append(f"killed by the agent: {usage['kill_reason']}")
+    return ", ".join(parts)
 
 
 def _job_json(job: Job) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sandbox_agent import sqlitedb
 from sandbox_agent.queue import states
 from sandbox_agent.queue.states import State, TransitionError
 
@@ -151,37 +152,8 @@ class Store:
                 f"cannot create the queue database {self.path}: {exc.strerror}; "
                 "check the directory exists and is writable by this user"
             ) from None
-        conn = sqlite3.connect(
-            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-        )
-        conn.row_factory = sqlite3.Row  # rows by column name: Job(**row) checks them all
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            conn.execute("PRAGMA foreign_keys = ON")
-            # WAL: readers never block the writer; FULL sync: a committed match or
-            # state survives power loss, so two agents never both believe they hold
-            # a job after the broker's machine restarts.
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            conn.execute("PRAGMA synchronous = FULL")
-            if str(mode).lower() != "wal":
-                raise StoreError(
-                    f"{self.path}: SQLite refused WAL mode (got {mode}); "
-                    "put the queue on a local file system"
-                )
-            self._create_or_check_schema(conn)
-        except sqlite3.OperationalError as exc:  # locked, unreadable, disk I/O
-            conn.close()
-            raise StoreError(f"cannot open {self.path}: {exc}; {_busy_fix(exc)}") from None
-        except sqlite3.DatabaseError as exc:  # not a database, corrupt
-            conn.close()
-            raise StoreError(
-                f"{self.path} is not a usable task-queue database ({exc}); "
-                "move the file away or point --home at another directory"
-            ) from None
-        except StoreError:
-            conn.close()
-            raise
-        return conn
+        return sqlitedb.connect(self.path, busy_timeout, noun="queue", kind="task-queue database",
+                                error=StoreError, setup=self._create_or_check_schema)  # fmt: skip
 
     def _create_or_check_schema(self, conn: sqlite3.Connection) -> None:
         # IMMEDIATE: when eight agents open a new queue at once, one creates the
@@ -244,21 +216,9 @@ class Store:
                 f"{self.path}: this Store was opened in process {self._pid} and used "
                 f"in process {os.getpid()} after a fork; open a new Store in the child"
             )
-        with self._lock:
-            conn = self._conn
-            try:
-                conn.execute(begin)
-            except sqlite3.Error as exc:
-                raise StoreError(f"{self.path}: {exc}; {_busy_fix(exc)}") from None
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"{self.path}: {exc}; {_busy_fix(exc)}") from None
-                raise
+        with sqlitedb.transaction(self._conn, self._lock, self.path, noun="queue",
+                                  error=StoreError, begin=begin) as conn:  # fmt: skip
+            yield conn
 
     def _read(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
         return self._txn("BEGIN")
@@ -556,9 +516,3 @@ def _check(job: Job, target: State) -> None:
         states.check(job.state, target)
     except TransitionError as exc:
         raise TransitionError(f"job {job.id}: {exc}") from None
-
-
-def _busy_fix(exc: sqlite3.Error) -> str:
-    if "locked" in str(exc) or "busy" in str(exc):
-        return "another process held the queue too long; retry, or find what holds it"
-    return "check the file system and the database file"

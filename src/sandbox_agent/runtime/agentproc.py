@@ -11,7 +11,8 @@ import contextlib
 import ctypes
 import os
 import signal
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import NoReturn
 
 PR_SET_DUMPABLE = 4
 PR_GET_DUMPABLE = 3
@@ -52,23 +53,33 @@ class Terminated(Exception):
 
 
 @contextlib.contextmanager
-def stop_signals_raise() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise Terminated inside the block, so the job's teardown (a
-    finally) runs: their default action ends the agent at once, its job's cgroup left
-    behind. Batch systems send SIGTERM as a matter of course."""
-    stops = (signal.SIGTERM, signal.SIGHUP)
-
-    def handler(signum: int, _frame: object) -> None:
-        for stop in stops:  # a second signal must not interrupt the teardown
-            signal.signal(stop, signal.SIG_IGN)
-        raise Terminated(signum)
-
+def signals_handled(
+    stops: tuple[signal.Signals, ...], handler: Callable[[int, object], None]
+) -> Iterator[None]:
+    """``handler`` for ``stops`` inside the block; the previous actions restored after."""
     previous = {stop: signal.signal(stop, handler) for stop in stops}
     try:
         yield
     finally:
         for stop, action in previous.items():
             signal.signal(stop, action)
+
+
+def raise_terminated(stops: tuple[signal.Signals, ...], signum: int) -> NoReturn:
+    """Ignore further stop signals (they must not interrupt the teardown), then raise."""
+    for stop in stops:
+        signal.signal(stop, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise Terminated inside the block, so the job's teardown (a
+    finally) runs: their default action ends the agent at once, its job's cgroup left
+    behind. Batch systems send SIGTERM as a matter of course."""
+    stops = (signal.SIGTERM, signal.SIGHUP)
+    with signals_handled(stops, lambda signum, _frame: raise_terminated(stops, signum)):
+        yield
 
 
 def reap(pids: Iterable[int]) -> None:

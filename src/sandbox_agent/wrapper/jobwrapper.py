@@ -105,7 +105,10 @@ class Child:
         program = _which(argv[0], env.get("PATH", os.defpath))
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            self.pid = os.posix_spawn(program, argv, env, setsid=True, file_actions=[
+            # Python ignores SIGPIPE and SIGXFSZ for itself; the payload gets the
+            # defaults back, as subprocess gives them (a write past RLIMIT_FSIZE kills)
+            self.pid = os.posix_spawn(program, argv, env, setsid=True,
+                                      setsigdef=(signal.SIGPIPE, signal.SIGXFSZ), file_actions=[
                 (os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, stdout.fileno(), 1),
                 (os.POSIX_SPAWN_DUP2, stderr.fileno(), 2)])  # fmt: skip
         finally:
@@ -278,8 +281,7 @@ def undumpable() -> None:
     import ctypes
 
     if ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
-        print("sandbox-agent wrapper: cannot make itself undumpable: "
-              f"{os.strerror(ctypes.get_errno())}", file=sys.stderr)  # fmt: skip
+        raise OSError(ctypes.get_errno(), "cannot make the wrapper undumpable")
 
 
 def main(argv: list[str]) -> int:
@@ -289,7 +291,12 @@ def main(argv: list[str]) -> int:
         return EXIT_BAD_HANDOFF
     status_fd = int(argv[1])
     os.set_inheritable(status_fd, False)  # never reaches the payload
-    undumpable()
+    try:
+        undumpable()  # before the handoff (and its job key) is read
+    except OSError as exc:
+        print(f"sandbox-agent wrapper: {exc.strerror}: {os.strerror(exc.errno or 0)}",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_BAD_HANDOFF
     children = Children()
     signal.signal(signal.SIGTERM, children.on_sigterm)  # from here on, never fatal
     with os.fdopen(status_fd, "wb") as status:

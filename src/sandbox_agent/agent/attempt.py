@@ -1,0 +1,372 @@
+"""One matched job, from the agent's side: its job token, its work directory with the
+staged files placed, the JobWrapper run in the sandbox with heartbeats to the queue,
+the wrapper's states relayed, the outputs kept once the sandbox is gone, one final
+state reported, the work directory removed.
+
+The agent's own token never leaves this process: the job token is made here from a
+fresh key and a CSR for this job id and resubmission, signed by the authority only
+while the queue says the job is leased to this agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from subprocess import SubprocessError
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+
+from sandbox_agent.agent.jobrun import JobResult, handoff_fields, run_job
+from sandbox_agent.agent.outputs import remove_workdir
+from sandbox_agent.agent.storage import SUCCESS_STATES, Manifest, Storage
+from sandbox_agent.catalogue import Catalogue, CatalogueError
+from sandbox_agent.jdl import JobSpec
+from sandbox_agent.limits.cgroups import CgroupError
+from sandbox_agent.limits.monitor import StopRequest
+from sandbox_agent.policy.compose import EffectivePolicy
+from sandbox_agent.queue import Job, LeaseError, Store, StoreError, TransitionError, states
+from sandbox_agent.runtime.launch import (
+    SANDBOX_HOST_UID,
+    RuntimeMissing,
+    WorkdirRefused,
+    check_workdir,
+)
+from sandbox_agent.runtime.plan import Unenforceable, environment
+from sandbox_agent.seccomp.compile import CompileError
+from sandbox_agent.tokens import IssuanceRefused, JobScope, Token, TokenAuthority, fingerprint
+from sandbox_agent.tokens.files import pem_bundle
+from sandbox_agent.tokens.keys import key_pem
+from sandbox_agent.tokens.request import new_job_request
+
+RELAYED = frozenset({"STARTED", "RUNNING", "SAVING"})  # the wrapper's progress, passed on
+# Final states after which nothing of the payload's is saved: it never ran to an end.
+NOTHING_TO_SAVE = frozenset({"ERROR_IB", "FAILED", "KILLED"})
+
+
+@dataclass
+class Agent:
+    """What every job of one pilot shares."""
+
+    name: str  # unique per pilot process: the lease holder
+    token: Token  # the jobagent token
+    authority: TokenAuthority
+    store: Store
+    storage: Storage
+    catalogue: Catalogue
+    work_area: Path
+    lease: float
+    grace: float
+    interval: float = 1.0
+
+
+@dataclass
+class Report:
+    """What a person (or --json) is told about one job."""
+
+    job_id: int
+    resubmission: int
+    state: str
+    detail: str
+    exit_code: int | None
+    wall_seconds: float
+    handed_back: bool = False
+    outputs: str = ""
+    manifest: Manifest | None = None
+    states: list[str] = field(default_factory=list)
+
+
+class NodeProblem(Exception):
+    """This node cannot run jobs now (the sandbox does not start, no job token, the
+    disk is full, processes outlive their kill): the job was given back; stop."""
+
+
+# What makes a node unfit rather than a job bad.
+NODE_ERRORS = (OSError, Unenforceable, RuntimeMissing, CompileError, SubprocessError,
+               CgroupError, WorkdirRefused)  # fmt: skip
+
+
+class Attempt:
+    """One job run by ``agent``; ``stop`` ends it early (the agent's SIGTERM)."""
+
+    def __init__(self, agent: Agent, job: Job, spec: JobSpec, effective: EffectivePolicy,
+                 stop: StopRequest) -> None:  # fmt: skip
+        self.agent, self.job, self.spec, self.effective, self.stop = (
+            agent,
+            job,
+            spec,
+            effective,
+            stop,
+        )
+        self.queue_state = str(job.state)
+        self.frames: list[dict[str, Any]] = []  # the wrapper's status frames, as they came
+        self.frames_at_stop: int | None = None
+        self.lock = threading.RLock()  # the relay thread and this one both report states
+
+    # -- the queue ---------------------------------------------------------------------
+
+    def advance(self, target: str, detail: str = "", exit_code: int | None = None) -> bool:
+        """Move the job to ``target`` in the queue, through the table's intermediate
+        states; False when the queue no longer takes this agent's word (killed, lease
+        lost) or the move is not allowed."""
+        agent, job = self.agent, self.job
+        with self.lock:
+            try:
+                route = states.path(self.queue_state, target)
+                for step in route:
+                    last = step == route[-1]
+                    agent.store.set_state(job.id, agent.name, job.resubmission, step,
+                                          detail=detail if last else "recorded by the agent",
+                                          exit_code=exit_code if last else None)  # fmt: skip
+                    self.queue_state = str(step)
+            except (LeaseError, TransitionError):
+                return False
+            except StoreError:  # the queue's file is busy or broken: the lease will tell
+                return False
+        return True
+
+    def relay(self, frame: dict[str, Any]) -> None:
+        """A status frame from the wrapper: its progress goes to the queue at once; its
+        final word waits for the agent's verdict."""
+        self.frames.append(frame)
+        if self.frames_at_stop is not None:
+            return  # what the wrapper does once stopped is its reaction to the stop
+        if frame["state"] in RELAYED and states.ORDER[states.parse(frame["state"])] > \
+                states.ORDER[states.parse(self.queue_state)]:  # fmt: skip
+            self.advance(str(frame["state"]), str(frame.get("detail", "")))
+
+    def heartbeats(self, done: threading.Event) -> None:
+        """Keep the lease from the match to the last report; a refused heartbeat (killed
+        at the queue, lease lost) stops the job. A queue that stays busy past the lease
+        means the lease is gone too."""
+        agent, job = self.agent, self.job
+        deadline = time.monotonic() + agent.lease
+        while not done.wait(agent.lease / 3):
+            try:
+                held = agent.store.heartbeat(job.id, agent.name, job.resubmission, agent.lease)
+            except StoreError:
+                held = time.monotonic() < deadline  # try again at the next beat
+                if held:
+                    continue
+            if not held:
+                self.stop.request("killed", agent.grace)
+                return
+            deadline = time.monotonic() + agent.lease
+
+    def states(self) -> list[str]:
+        return [str(frame["state"]) for frame in self.frames]
+
+    # -- the job -------------------------------------------------------------------------
+
+    def job_token(self) -> dict[str, Any]:
+        agent, job = self.agent, self.job
+        scope = JobScope(job.id, job.resubmission, job.owner)
+        key, request = new_job_request(scope)
+
+        def leased(holder: str, asked: JobScope) -> bool:
+            now = agent.store.get(asked.job_id)
+            return (holder == fingerprint(agent.token.certificate) and now.agent == agent.name
+                    and now.resubmission == asked.resubmission
+                    and now.state in states.LEASED)  # fmt: skip
+
+        issued = agent.authority.issue_job_token(
+            request, agent=agent.token.certificate, agent_chain=agent.token.chain, scope=scope,
+            ttl_seconds=self.spec.ttl, leased=leased,
+        )  # fmt: skip
+        pem = serialization.Encoding.PEM
+        return {"certificate": issued.certificate.public_bytes(pem).decode(),
+                "key": key_pem(key).decode(),
+                "chain": [pem_bundle([c]).decode() for c in issued.chain]}  # fmt: skip
+
+    def make_workdir(self) -> Path:
+        """A fresh directory for the job in the work area (made by the pilot), the
+        sandbox's host uid its owner when we are root (the sandbox then runs as that
+        uid), checked as `sandbox exec` checks one."""
+        job = self.job
+        workdir = self.agent.work_area / f"job-{job.id}.{job.resubmission}.{secrets.token_hex(4)}"
+        workdir.mkdir(mode=0o700)
+        if os.geteuid() == 0:
+            os.chown(workdir, SANDBOX_HOST_UID, SANDBOX_HOST_UID)
+        check_workdir(workdir, self.effective)
+        return workdir
+
+    def place_files(self, workdir: Path) -> JobSpec:
+        """The catalogue files the job names, placed in its work directory under their
+        base names; the spec as the wrapper must see it (staged programs as ./name)."""
+        spec = self.spec
+        catalogue = self.agent.catalogue
+
+        def place(name: str, mode: int) -> str:
+            lfn = name[3:]
+            base = os.path.basename(lfn)
+            catalogue.place(lfn, workdir, base, mode)
+            return f"./{base}"
+
+        changes: dict[str, Any] = {}
+        if spec.executable.startswith("LF:"):
+            changes["executable"] = place(spec.executable, 0o755)
+        if spec.validation_command and spec.validation_command.startswith("LF:"):
+            changes["validation_command"] = place(spec.validation_command, 0o755)
+        for item in spec.input_files:
+            if item.catalogue:
+                place(f"LF:{item.name}", 0o644)
+        return dataclasses.replace(spec, **changes)
+
+    def run(self, emit: Callable[[dict[str, Any]], None]) -> Report:
+        """The whole attempt: it ends with the job in a final state or handed back, or
+        with NodeProblem (the job given back) when this node cannot run jobs now."""
+        started = time.monotonic()
+        job = self.job
+        done = threading.Event()
+        beat = threading.Thread(target=self.heartbeats, args=(done,), daemon=True)
+        beat.start()  # the lease is kept from the match to the last report
+        workdir: Path | None = None
+        report: Report | None = None
+        try:
+            try:
+                token = self.job_token()
+            except IssuanceRefused as exc:
+                raise self.node_problem(f"no job token: {exc}") from None
+            workdir = self.make_workdir()
+            try:
+                spec = self.place_files(workdir)
+            except CatalogueError as exc:
+                report = self.finish("ERROR_IB", str(exc), None, started, workdir, None)
+                return report
+            if self.stop.reason is not None:  # told to stop before anything ran
+                report = self.hand_back(None, started, workdir)
+                return report
+            env = dict(environment(self.effective, os.environ))
+            fields = handoff_fields(spec, job.id, job.resubmission, token, env, self.effective)
+            emit({"event": "started", "job": job.id, "resubmission": job.resubmission,
+                  "workdir": str(workdir)})  # fmt: skip
+            cgroup = f"job-{job.id}-{job.resubmission}-{secrets.token_hex(4)}"
+            result = run_job(self.effective, fields, workdir, environ=os.environ,
+                             interval=self.agent.interval, stop=self.stop, on_frame=self.relay,
+                             name=cgroup)  # fmt: skip
+            report = self.conclude(result, started, workdir)
+            return report
+        except NODE_ERRORS as exc:
+            raise self.node_problem(str(exc)) from None
+        finally:
+            done.set()
+            beat.join()
+            if workdir is not None:
+                problem = remove_workdir(workdir)
+                if problem and report is not None:
+                    report.detail += f" (the work directory was not removed: {problem})"
+
+    def node_problem(self, why: str) -> NodeProblem:
+        self.give_back(f"the agent could not run it: {why}")
+        return NodeProblem(f"job {self.job.id} was handed back: {why}")
+
+    def conclude(self, result: JobResult, started: float, workdir: Path) -> Report:
+        """The final state from the agent's view of the run, the outputs kept."""
+        outcome = result.session
+        if outcome is not None and not outcome.payload_ran:  # the sandbox, not the job
+            lines = result.wrapper_log.decode(errors="replace").strip().splitlines()
+            raise self.node_problem("the sandbox failed before the wrapper ran"
+                                    + (f": {lines[-1][:300]}" if lines else ""))  # fmt: skip
+        if outcome is not None and outcome.teardown and outcome.teardown.survivors:
+            self.finish("FAILED", "processes of the job survived its kill: "
+                        + outcome.teardown.summary(), None, started, workdir, result)  # fmt: skip
+            left = outcome.teardown.summary()
+            raise NodeProblem(f"job {self.job.id}: processes survived the kill ({left}); "
+                              "this node needs a look")  # fmt: skip
+        reason = outcome.outcome.reason if outcome else None
+        if reason == "killed":  # the queue already says KILLED: keep the logs only
+            return self.finish("KILLED", result.detail, None, started, workdir, result,
+                               report=False)  # fmt: skip
+        if reason == "stopped":
+            before = self.frames[: self.frames_at_stop]
+            finals = [f for f in before if f["state"] not in RELAYED]
+            if not finals:
+                return self.hand_back(result, started, workdir)
+            said = finals[-1]  # the wrapper had finished before the stop: that stands
+            return self.finish(str(said["state"]), str(said.get("detail", "")),
+                               said.get("exit_code"), started, workdir, result)  # fmt: skip
+        return self.finish(result.state, result.detail, result.exit_code, started, workdir, result)
+
+    def give_back(self, reason: str) -> None:
+        """Return the job to the queue at once (this node cannot run it now), rather than
+        leave it to wait out its lease."""
+        agent, job = self.agent, self.job
+        with self.lock, contextlib.suppress(StoreError, TransitionError):  # the lease decides
+            agent.store.release(job.id, agent.name, job.resubmission, reason[:500])
+
+    def hand_back(self, result: JobResult | None, started: float, workdir: Path) -> Report:
+        agent, job = self.agent, self.job
+        with self.lock:
+            try:
+                agent.store.release(job.id, agent.name, job.resubmission,
+                                    "the agent was told to stop")  # fmt: skip
+            except TransitionError:  # SAVING: a rerun would mix two attempts' outputs
+                pass
+            except LeaseError:
+                return self.finish("KILLED", "the lease was lost while stopping", None,
+                                   started, workdir, result, report=False)  # fmt: skip
+            else:
+                self.agent.storage.save(job.id, job.resubmission, "WAITING", workdir, (),
+                                        result.wrapper_log if result else b"")  # fmt: skip
+                return Report(job.id, job.resubmission, "WAITING",
+                              "handed back to the queue: the agent was told to stop", None,
+                              time.monotonic() - started, handed_back=True,
+                              states=self.states())  # fmt: skip
+        return self.finish("KILLED", "the agent was told to stop while the job was saving",
+                           None, started, workdir, result)  # fmt: skip
+
+    def finish(self, state: str, detail: str, exit_code: int | None, started: float,
+               workdir: Path | None, result: JobResult | None, *,
+               report: bool = True) -> Report:  # fmt: skip
+        """Keep what the final state says to keep, then report that state."""
+        job, spec = self.job, self.spec
+        manifest = None
+        if workdir is not None:
+            if state not in NOTHING_TO_SAVE and report:
+                self.advance("SAVING", "the agent collects the outputs")
+            entries = () if state in NOTHING_TO_SAVE else (
+                spec.outputs if state in SUCCESS_STATES else spec.output_errors)  # fmt: skip
+            try:
+                manifest = self.agent.storage.save(job.id, job.resubmission, state, workdir,
+                                                   entries, result.wrapper_log if result else b"",
+                                                   usage=_usage(result))  # fmt: skip
+            except OSError as exc:
+                state, detail = "ERROR_SV", f"the outputs could not be stored: {exc}"
+            else:
+                refused = [p for p in manifest.problems if not p.endswith(": no such output")
+                           and not p.endswith("the archive was not made")]  # fmt: skip
+                if refused and state in SUCCESS_STATES:
+                    state, detail = "ERROR_SV", f"an output was refused: {refused[0]}"
+                    self.agent.storage.record_state(job.id, job.resubmission, state)
+        if report and not self.advance(state, detail, exit_code):
+            detail = f"{detail} (the queue no longer took this agent's report)"
+        where = str(self.agent.storage.attempt(job.id, job.resubmission)) if manifest else ""
+        return Report(job.id, job.resubmission, state, detail, exit_code,
+                      time.monotonic() - started, outputs=where, manifest=manifest,
+                      states=self.states())  # fmt: skip
+
+    def stopping(self) -> None:
+        """The agent was told to stop: remember what the wrapper had said by then."""
+        if self.frames_at_stop is None:
+            self.frames_at_stop = len(self.frames)
+        self.stop.request("stopped", self.agent.grace)
+
+
+def _usage(result: JobResult | None) -> dict[str, Any]:
+    """The job's resource use, for `status`: wall time, and what the cgroup counted."""
+    if result is None or result.session is None:
+        return {}
+    outcome = result.session.outcome
+    used: dict[str, Any] = {"wall_seconds": round(outcome.wall_seconds, 3)}
+    if outcome.reason:
+        used["kill_reason"] = outcome.reason
+    if outcome.usage is not None:
+        used.update({k: v for k, v in dataclasses.asdict(outcome.usage).items() if v is not None})
+    return used

@@ -1,0 +1,271 @@
+"""The pilot loop (JobAgent): describe the slot, match the best job it can run, run it
+in the sandbox, report, and go on while there is time and work.
+
+It stops when the queue gives nothing twice in a row, when the time left is under
+what every waiting job needs, after --max-jobs or --once, or on SIGTERM/SIGINT: the
+running job then gets SIGTERM, a grace period and the kill, and is handed back to the
+queue unless it had already finished. A second signal stops at once (the job is
+killed and its cgroup removed; the lease returns the job).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sandbox_agent.agent import slot as slots
+from sandbox_agent.agent.attempt import Agent, Attempt, NodeProblem, Report
+from sandbox_agent.agent.storage import Storage
+from sandbox_agent.catalogue import Catalogue
+from sandbox_agent.jdl import JDLError, JobSpec, Slot, load_job
+from sandbox_agent.limits.monitor import StopRequest
+from sandbox_agent.policy import Policy, PolicyRejection, compose
+from sandbox_agent.policy.compose import EffectivePolicy
+from sandbox_agent.queue import Job, Store
+from sandbox_agent.runtime.agentproc import harden, raise_terminated, signals_handled
+from sandbox_agent.runtime.launch import SANDBOX_HOST_UID
+from sandbox_agent.tokens import Role, Token, TokenAuthority, TokenError, files, fingerprint
+from sandbox_agent.tokens.local import ensure_authority
+
+EMPTY_MATCHES_TO_STOP = 2
+SPEC_CACHE = 10_000  # parsed JDLs kept between matches
+
+
+@dataclass
+class PilotConfig:
+    home: Path
+    policy: Policy
+    ttl: int = slots.DEFAULT_TTL
+    max_jobs: int | None = None
+    once: bool = False
+    lease: float = 120.0
+    grace: float = 10.0
+    poll: float = 1.0  # seconds between two matches that found nothing
+    interval: float = 1.0  # the monitor's
+    work_area: Path | None = None
+
+
+class PilotError(Exception):
+    """The pilot cannot start: one line with the fix."""
+
+
+class Pilot:
+    def __init__(self, config: PilotConfig, emit: Callable[[dict[str, Any]], None]) -> None:
+        self.config = config
+        self.emit = emit
+        self.started = time.monotonic()
+        self.stopping: str | None = None  # the signal's name, once told to stop
+        self.current: Attempt | None = None
+        self.woken = threading.Event()  # a stop cuts the wait between matches short
+        self._specs: dict[tuple[int, str], JobSpec | str] = {}
+        self._rejected: dict[int, str | None] = {}  # job id -> the policy's refusal
+
+    # -- set-up ------------------------------------------------------------------------
+
+    def agent(self, store: Store) -> Agent:
+        home = self.config.home
+        authority, token = jobagent_token(home / "certs")
+        digest = fingerprint(token.certificate).removeprefix("sha256:")[:12]
+        name = f"{socket.gethostname()}-{os.getpid()}-{digest}"
+        work_area = (self.config.work_area or home / "work").absolute()
+        try:
+            work_area.mkdir(parents=True, exist_ok=True)
+            work_area.chmod(0o711)  # whatever the umask: the sandbox's uid passes through
+        except OSError as exc:
+            raise PilotError(f"{work_area}: cannot make the work area: {exc.strerror}; give "
+                             "--work-area a directory this user can write") from None  # fmt: skip
+        blocked = unreachable(work_area)
+        if blocked is not None:
+            raise PilotError(
+                f"{work_area}: as root the sandbox runs as uid {SANDBOX_HOST_UID}, which cannot "
+                f"reach it ({blocked} is not searchable by others); give --work-area on a path "
+                "it can reach, such as one under /var/tmp"
+            )
+        return Agent(name, token, authority, store, Storage(home / "outputs"),
+                     Catalogue(home / "catalogue"), work_area, self.config.lease,
+                     self.config.grace, self.config.interval)  # fmt: skip
+
+    def ttl_left(self, token: Token) -> int:
+        """The configured lifetime left, capped by the jobagent token's validity."""
+        mine = self.config.ttl - (time.monotonic() - self.started)
+        valid = (token.certificate.not_valid_after_utc - datetime.now(UTC)).total_seconds()
+        return int(max(0.0, min(mine, valid - slots.TOKEN_MARGIN)))
+
+    def job_spec(self, job: Job) -> JobSpec | str:
+        """The job's spec, or why it cannot be read (cached: match asks again)."""
+        key = (job.id, job.jdl_text)
+        if key not in self._specs:
+            if len(self._specs) >= SPEC_CACHE:  # a long-lived pilot sees many jobs
+                self._specs.clear()
+                self._rejected.clear()
+            try:
+                self._specs[key] = load_job(job.jdl_text, source=f"job {job.id}")
+            except JDLError as exc:
+                self._specs[key] = f"its JDL does not parse: {exc}"
+        return self._specs[key]
+
+    def refusal(self, job: Job, slot: Slot) -> str | None:
+        """Why this slot cannot run ``job``, or None. The policy's verdict does not
+        change while the pilot runs: it is worked out once per job (match asks under
+        the queue's write lock)."""
+        spec = self.job_spec(job)
+        if isinstance(spec, str):
+            return spec
+        why = slots.refusal(spec, slot)
+        if why is None:
+            if job.id not in self._rejected:
+                try:
+                    self.compose(spec)
+                    self._rejected[job.id] = None
+                except PolicyRejection as exc:
+                    self._rejected[job.id] = f"the policy rejects it: {exc}"
+            why = self._rejected[job.id]
+        return why
+
+    def fits(self, offered: Slot) -> Callable[[Job], bool]:
+        return lambda job: self.refusal(job, offered) is None
+
+    def compose(self, spec: JobSpec) -> EffectivePolicy:
+        return compose(self.config.policy, spec,
+                       credentials=[str(self.config.home / "certs")])  # fmt: skip
+
+    # -- signals -------------------------------------------------------------------------
+
+    @contextmanager
+    def signals(self) -> Iterator[None]:
+        """SIGTERM/SIGINT: stop after the current job (handed back unless finished); a
+        second one: stop now."""
+        stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+        def handler(signum: int, _frame: object) -> None:
+            if self.stopping is not None:
+                raise_terminated(stops, signum)
+            self.stopping = signal.Signals(signum).name
+            self.woken.set()
+            if self.current is not None:
+                self.current.stopping()
+
+        with signals_handled(stops, handler):
+            yield
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Run jobs until there is nothing (more) to do; why it stopped."""
+        harden()  # undumpable (the payload's uid may be ours), a subreaper
+        with Store(self.config.home / "queue") as store, self.signals():
+            agent = self.agent(store)
+            self.emit({"event": "agent", "name": agent.name, "home": str(self.config.home),
+                       "work_area": str(agent.work_area)})  # fmt: skip
+            ran = empty = 0
+            while True:
+                if self.stopping:
+                    return f"stopped by {self.stopping}"
+                if self.config.max_jobs is not None and ran >= self.config.max_jobs:
+                    return f"ran {ran} job(s), the --max-jobs given"
+                left = self.ttl_left(agent.token)
+                try:
+                    offered = slots.describe(self.config.home, agent.work_area, left)
+                except ValueError as exc:  # the site's slot.toml, edited while we run
+                    raise PilotError(str(exc)) from None
+                job = store.match(agent.name, self.fits(offered), agent.lease)
+                if job is None:
+                    empty += 1
+                    if empty >= EMPTY_MATCHES_TO_STOP or self.config.once:
+                        return self.nothing_to_do(store, offered)
+                    self.woken.wait(self.config.poll)
+                    continue
+                empty = 0
+                self.emit({"event": "matched", "job": job.id, "resubmission": job.resubmission,
+                           "ttl_left": left})  # fmt: skip
+                report = self.run_one(agent, job)
+                self.emit(report_event(report))
+                ran += 1
+                if self.config.once:
+                    return "ran one job, as --once asks"
+
+    def run_one(self, agent: Agent, job: Job) -> Report:
+        spec = self.job_spec(job)
+        assert not isinstance(spec, str)  # match only hands out jobs that parse
+        attempt = Attempt(agent, job, spec, self.compose(spec), StopRequest())
+        self.current = attempt
+        try:
+            if self.stopping:  # the signal came between the match and now
+                attempt.stopping()
+            return attempt.run(self.emit)
+        except NodeProblem as exc:  # the job went back at once; this node stops
+            raise PilotError(str(exc)) from None
+        finally:
+            self.current = None
+            attempt.stop.close()
+
+    def nothing_to_do(self, store: Store, offered: Slot) -> str:
+        waiting = store.jobs("WAITING")
+        if not waiting:
+            return "the queue has no waiting job"
+        reasons = [f"job {j.id}: {self.refusal(j, offered)}" for j in waiting[:3]]
+        more = f" (and {len(waiting) - 3} more)" if len(waiting) > 3 else ""
+        return (f"{len(waiting)} waiting job(s) this slot cannot run{more}: "
+                + "; ".join(reasons))  # fmt: skip
+
+
+def jobagent_token(certs: Path) -> tuple[TokenAuthority, Token]:
+    """The local authority (made on first use, under a lock: two pilots may start at
+    once) and the agent's token, verified; an existing authority is never replaced
+    behind the site's back."""
+    try:
+        certs.parent.mkdir(parents=True, exist_ok=True)
+        with open(certs.parent / ".certs.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            exists = (certs / files.CA_CERT).exists()
+            authority = TokenAuthority.load(certs) if exists else ensure_authority(certs).authority
+        token = files.load_token(files.cert_path(certs, "jobagent"),
+                                 files.key_path(certs, "jobagent"))  # fmt: skip
+        crl = files.load_crl(certs / files.CRL) if (certs / files.CRL).exists() else None
+        authority.verifier(crl).verify(token.certificate, token.chain, role=Role.JOBAGENT)
+    except (TokenError, ValueError) as exc:
+        raise PilotError(f"{certs}: the jobagent token is not usable: {exc} "
+                         "(run: sandbox-agent certs init)") from None  # fmt: skip
+    except OSError as exc:
+        raise PilotError(f"{certs}: {exc.strerror}; check the home directory") from None
+    return authority, token
+
+
+def unreachable(work_area: Path) -> Path | None:
+    """The first existing directory on the way to ``work_area`` that the sandbox's host
+    uid (65534, when we are root) cannot search; None when it can, or we are not root."""
+    if os.geteuid() != 0:
+        return None
+    for directory in [*reversed(work_area.parents), work_area]:
+        try:
+            info = directory.stat()
+        except FileNotFoundError:
+            return None  # made by the agent, 0711
+        if not info.st_mode & 0o001 and info.st_uid != SANDBOX_HOST_UID:
+            return directory
+    return None
+
+
+def report_event(report: Report) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "event": "handed_back" if report.handed_back else "finished",
+        "job": report.job_id, "resubmission": report.resubmission, "state": report.state,
+        "detail": report.detail, "exit_code": report.exit_code,
+        "wall_seconds": round(report.wall_seconds, 3), "wrapper_states": report.states,
+    }  # fmt: skip
+    if report.outputs:
+        event["outputs"] = report.outputs
+    if report.manifest is not None:
+        event["files"] = [item["name"] for item in report.manifest.files]
+        event["problems"] = report.manifest.problems
+    return event

@@ -1,0 +1,110 @@
+"""``sandbox-agent run``: the pilot on the embedded default."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sandbox_agent import exitcodes
+from sandbox_agent.agent import slot as slots
+from sandbox_agent.agent.pilot import Pilot, PilotConfig, PilotError
+from sandbox_agent.cli.app import app, fail, home_of
+from sandbox_agent.policy import PolicyError, load_policy, policy_dirs
+from sandbox_agent.queue import StoreError
+from sandbox_agent.runtime.agentproc import Terminated
+from sandbox_agent.runtime.choose import RuntimeUnavailable, choose
+from sandbox_agent.runtime.launch import RuntimeMissing
+from sandbox_agent.runtime.plan import Unenforceable
+from sandbox_agent.seccomp.compile import CompileError
+
+PILOT_RUNTIMES = ("auto", "bwrap")  # the JobWrapper runs on bwrap; image runtimes come later
+
+
+@app.command("run")
+def run(
+    ctx: typer.Context,
+    once: Annotated[bool, typer.Option("--once", help="Run one job at most, then exit.")] = False,
+    max_jobs: Annotated[
+        int | None, typer.Option("--max-jobs", min=1, help="Exit after this many jobs.")
+    ] = None,
+    ttl: Annotated[
+        int, typer.Option("--ttl", min=1, help="Seconds this pilot may run jobs for.")
+    ] = slots.DEFAULT_TTL,
+    runtime: Annotated[str, typer.Option("--runtime", help="auto or bwrap.")] = "auto",
+    policy: Annotated[str, typer.Option("--policy", help="A policy name or path.")] = "default",
+    lease: Annotated[
+        float, typer.Option("--lease", min=2.0, help="Seconds a heartbeat holds a job.")
+    ] = 120.0,
+    grace: Annotated[
+        float, typer.Option("--grace", min=0.0, help="Seconds a stopped job gets to finish.")
+    ] = 10.0,
+    work_area: Annotated[
+        Path | None,
+        typer.Option("--work-area", help="Where job work directories go [default: HOME/work]."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of text.")] = False,
+) -> None:
+    """Run jobs from the embedded queue in the sandbox until there is nothing to do:
+    the queue gives nothing twice in a row, the time left is under what every waiting
+    job needs, or SIGTERM (the running job is handed back unless it had finished)."""
+    if runtime not in PILOT_RUNTIMES:
+        fail(f"--runtime {runtime}: the pilot runs the JobWrapper on bwrap only for now; "
+             "use --runtime bwrap (or auto)")  # fmt: skip
+    home = home_of(ctx)
+    try:
+        choose("bwrap")
+        loaded = load_policy(policy, policy_dirs(home))
+    except RuntimeUnavailable as exc:
+        fail(f"cannot run jobs here: {exc}", exitcodes.ENVIRONMENT)
+    except PolicyError as exc:
+        fail(str(exc))
+    config = PilotConfig(home=home, policy=loaded, ttl=ttl, max_jobs=max_jobs, once=once,
+                         lease=lease, grace=grace, work_area=work_area)  # fmt: skip
+    emit = _json_line if as_json else _text_line
+    try:
+        why = Pilot(config, emit).run()
+    except Terminated as exc:
+        fail(f"stopped at once by a second {exc}: the job was killed; its lease returns it "
+             "to the queue", 128 + exc.signum)  # fmt: skip
+    except (PilotError, StoreError) as exc:
+        fail(str(exc), exitcodes.ENVIRONMENT)
+    except (Unenforceable, RuntimeMissing, CompileError) as exc:
+        fail(f"cannot enforce the policy here: {exc}", exitcodes.ENVIRONMENT)
+    except subprocess.SubprocessError as exc:
+        fail(f"cannot start the sandbox: {exc}", exitcodes.ENVIRONMENT)
+    except OSError as exc:  # before any job: the home or the work area
+        fail(f"{exc.filename or home}: {exc.strerror}", exitcodes.ENVIRONMENT)
+    emit({"event": "exit", "reason": why})
+
+
+def _json_line(event: dict[str, Any]) -> None:
+    typer.echo(json.dumps(event))
+    sys.stdout.flush()
+
+
+def _text_line(event: dict[str, Any]) -> None:
+    kind = event["event"]
+    if kind == "agent":
+        line = f"agent {event['name']}: home {event['home']}, work area {event['work_area']}"
+    elif kind == "matched":
+        line = (f"job {event['job']}: matched (resubmission {event['resubmission']}, "
+                f"{event['ttl_left']} s of TTL left)")  # fmt: skip
+    elif kind == "started":
+        return
+    elif kind in ("finished", "handed_back"):
+        code = f" exit {event['exit_code']}" if event["exit_code"] is not None else ""
+        detail = f" ({event['detail']})" if event["detail"] else ""
+        line = (
+            f"job {event['job']}: {event['state']}{code} in {event['wall_seconds']:.2f} s{detail}"
+        )
+        if event.get("outputs"):
+            line += f"; outputs in {event['outputs']}"
+    else:
+        line = f"agent stops: {event['reason']}"
+    typer.echo(line)
+    sys.stdout.flush()
