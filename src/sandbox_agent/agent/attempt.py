@@ -98,13 +98,11 @@ class Attempt:
 
     def __init__(self, agent: Agent, job: Job, spec: JobSpec, effective: EffectivePolicy,
                  stop: StopRequest) -> None:  # fmt: skip
-        self.agent, self.job, self.spec, self.effective, self.stop = (
-            agent,
-            job,
-            spec,
-            effective,
-            stop,
-        )
+        self.agent = agent
+        self.job = job
+        self.spec = spec
+        self.effective = effective
+        self.stop = stop
         self.queue_state = str(job.state)
         self.frames: list[dict[str, Any]] = []  # the wrapper's status frames, as they came
         self.frames_at_stop: int | None = None
