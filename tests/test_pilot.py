@@ -7,6 +7,7 @@ uid 65534, which must reach the work directories."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 from cli_support import ROOT, SCRIPT, cli_env, delegated_cgroup, nobody_program, run_cli
 
+from sandbox_agent.limits.cgroups import discover
 from sandbox_agent.tokens import Role, TokenAuthority, load_token
 from sandbox_agent.tokens.files import load_certificates
 
@@ -291,6 +293,11 @@ def test_a_job_whose_agent_is_killed_returns_to_the_queue_and_runs_once_more(
     second = run_pilot(cli)
     event = finished(second)[job]
     assert (event["state"], event["resubmission"]) == ("DONE", 1)
+    # the killed agent could not remove its job's cgroup; the next one did, and no other
+    tag = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:8]
+    swept = events(second)[0]["swept_cgroups"]
+    assert len(swept) == 1 and swept[0].startswith(f"job-{tag}-{job}-0-"), swept
+    assert not [p for root in discover().roots() for p in root.glob(f"job-{tag}-*")]
     changes = status(cli, job)["history"]
     assert [c["state"] for c in changes].count("ASSIGNED") == 2
     assert any(c["detail"].startswith("lease expired") for c in changes)

@@ -234,3 +234,23 @@ def test_v2_agent_leaf_is_recognised() -> None:
     finally:
         if made:
             leaf.rmdir()
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_sweep_removes_only_empty_cgroups_it_is_told_are_stale(version: str) -> None:
+    hierarchy = hierarchy_or_skip(version)
+    mine = f"sweep-{os.getpid()}"
+    empty = hierarchy.create(f"{mine}-empty", LIMITS)
+    busy = hierarchy.create(f"{mine}-busy", LIMITS)
+    other = hierarchy.create(f"other-{os.getpid()}", LIMITS)
+    sleeper = start_in(busy, "sleep 30")
+    try:
+        removed = hierarchy.sweep(lambda name: name.startswith(mine))
+        assert removed == [f"{mine}-empty"]  # the busy one holds a process: never touched
+        assert not any(d.exists() for d in empty.directories)
+        assert all(d.exists() for d in busy.directories + other.directories)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for group in (busy, other):
+            group.teardown()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import secrets
 import threading
 import time
@@ -65,6 +66,7 @@ class Agent:
     lease: float
     grace: float
     interval: float = 1.0
+    home_tag: str = ""  # in the names of its jobs' cgroups: whose they are on a shared node
 
 
 @dataclass
@@ -81,6 +83,15 @@ class Report:
     outputs: str = ""
     manifest: Manifest | None = None
     states: list[str] = field(default_factory=list)
+
+
+def cgroup_name(home_tag: str, job_id: int, resubmission: int) -> str:
+    """The cgroup of one attempt: the home's tag, the job, the attempt, and a random part
+    so that a retry never meets a leftover."""
+    return f"job-{home_tag}-{job_id}-{resubmission}-{secrets.token_hex(4)}"
+
+
+CGROUP_NAME = re.compile(r"job-([0-9a-f]{8})-([0-9]{1,18})-([0-9]{1,9})-[0-9a-f]{8}")
 
 
 class NodeProblem(Exception):
@@ -245,7 +256,7 @@ class Attempt:
             fields = handoff_fields(spec, job.id, job.resubmission, token, env, self.effective)
             emit({"event": "started", "job": job.id, "resubmission": job.resubmission,
                   "workdir": str(workdir)})  # fmt: skip
-            cgroup = f"job-{job.id}-{job.resubmission}-{secrets.token_hex(4)}"
+            cgroup = cgroup_name(self.agent.home_tag, job.id, job.resubmission)
             result = run_job(self.effective, fields, workdir, environ=os.environ,
                              interval=self.agent.interval, stop=self.stop, on_frame=self.relay,
                              name=cgroup)  # fmt: skip

@@ -11,6 +11,7 @@ killed and its cgroup removed; the lease returns the job).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import signal
 import socket
@@ -24,14 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from sandbox_agent.agent import slot as slots
-from sandbox_agent.agent.attempt import Agent, Attempt, NodeProblem, Report
+from sandbox_agent.agent.attempt import CGROUP_NAME, Agent, Attempt, NodeProblem, Report
 from sandbox_agent.agent.storage import Storage
 from sandbox_agent.catalogue import Catalogue
 from sandbox_agent.jdl import JDLError, JobSpec, Slot, load_job
+from sandbox_agent.limits.cgroups import CgroupError, discover
 from sandbox_agent.limits.monitor import StopRequest
 from sandbox_agent.policy import Policy, PolicyRejection, compose
 from sandbox_agent.policy.compose import EffectivePolicy
-from sandbox_agent.queue import Job, Store
+from sandbox_agent.queue import Job, Store, StoreError, states
 from sandbox_agent.runtime.agentproc import harden, raise_terminated, signals_handled
 from sandbox_agent.runtime.launch import SANDBOX_HOST_UID
 from sandbox_agent.tokens import Role, Token, TokenAuthority, TokenError, files, fingerprint
@@ -91,9 +93,10 @@ class Pilot:
                 f"reach it ({blocked} is not searchable by others); give --work-area on a path "
                 "it can reach, such as one under /var/tmp"
             )
+        tag = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:8]
         return Agent(name, token, authority, store, Storage(home / "outputs"),
                      Catalogue(home / "catalogue"), work_area, self.config.lease,
-                     self.config.grace, self.config.interval)  # fmt: skip
+                     self.config.grace, self.config.interval, tag)  # fmt: skip
 
     def ttl_left(self, token: Token) -> int:
         """The configured lifetime left, capped by the jobagent token's validity."""
@@ -166,7 +169,8 @@ class Pilot:
         with Store(self.config.home / "queue") as store, self.signals():
             agent = self.agent(store)
             self.emit({"event": "agent", "name": agent.name, "home": str(self.config.home),
-                       "work_area": str(agent.work_area)})  # fmt: skip
+                       "work_area": str(agent.work_area),
+                       "swept_cgroups": sweep_cgroups(agent)})  # fmt: skip
             ran = empty = 0
             while True:
                 if self.stopping:
@@ -217,6 +221,30 @@ class Pilot:
         more = f" (and {len(waiting) - 3} more)" if len(waiting) > 3 else ""
         return (f"{len(waiting)} waiting job(s) this slot cannot run{more}: "
                 + "; ".join(reasons))  # fmt: skip
+
+
+def sweep_cgroups(agent: Agent) -> list[str]:
+    """Remove the empty cgroups this home's earlier attempts left (their agent was
+    killed and could not): those of attempts the queue no longer leases. Another home's,
+    and a live attempt's, are never touched."""
+    try:
+        hierarchy = discover()
+        agent.store.expire_leases()  # as a match would: a dead agent's lease ends first
+    except (CgroupError, StoreError):
+        return []
+
+    def stale(name: str) -> bool:
+        match = CGROUP_NAME.fullmatch(name)
+        if match is None or match.group(1) != agent.home_tag:
+            return False
+        try:
+            job = agent.store.get(int(match.group(2)))
+        except StoreError:
+            return True  # a job this queue does not know: an attempt of a removed queue
+        leased = job.state in states.LEASED and job.resubmission == int(match.group(3))
+        return not leased
+
+    return hierarchy.sweep(stale)
 
 
 def jobagent_token(certs: Path) -> tuple[TokenAuthority, Token]:

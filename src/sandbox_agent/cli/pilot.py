@@ -91,6 +91,8 @@ def _text_line(event: dict[str, Any]) -> None:
     kind = event["event"]
     if kind == "agent":
         line = f"agent {event['name']}: home {event['home']}, work area {event['work_area']}"
+        if event.get("swept_cgroups"):
+            line += f"; removed {len(event['swept_cgroups'])} cgroup(s) a killed agent left"
     elif kind == "matched":
         line = (f"job {event['job']}: matched (resubmission {event['resubmission']}, "
                 f"{event['ttl_left']} s of TTL left)")  # fmt: skip

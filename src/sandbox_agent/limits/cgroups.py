@@ -17,7 +17,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -302,3 +302,23 @@ class Hierarchy(abc.ABC):
     @abc.abstractmethod
     def create(self, name: str, limits: CgroupLimits) -> JobCgroup:
         """The job's cgroup, made and limited; raises CgroupError."""
+
+    def sweep(self, stale: Callable[[str], bool]) -> list[str]:
+        """Remove the empty job cgroups ``stale`` says nobody owns any more (an agent
+        killed by SIGKILL could not remove its job's); their names, as create() was
+        given them. One with a process in it is never touched."""
+        removed: set[str] = set()
+        for root in self.roots():
+            try:
+                children = sorted(p for p in root.iterdir() if p.is_dir()
+                                  and p.name.startswith(PREFIX)
+                                  and stale(p.name.removeprefix(PREFIX)))  # fmt: skip
+            except OSError:
+                continue
+            for child in children:
+                if (_read(child / "cgroup.procs") or "").strip():
+                    continue
+                with contextlib.suppress(OSError):  # busy, or gone: the next sweep sees it
+                    child.rmdir()
+                    removed.add(child.name.removeprefix(PREFIX))
+        return sorted(removed)
