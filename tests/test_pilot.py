@@ -549,3 +549,20 @@ def test_a_sandbox_that_cannot_start_gives_the_job_back_and_stops_the_pilot(
     )
     assert (status(cli, first)["state"], status(cli, first)["resubmission"]) == ("WAITING", 1)
     assert history(cli, second) == ["WAITING"]  # never tried
+
+
+def test_an_existing_work_area_is_never_changed(cli: CLI, home: Path) -> None:
+    shared = home.parent / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /var/tmp
+    job = submit(cli, "samples/hello.jdl")
+    result = cli("run", "--work-area", shared)
+    assert result.returncode == 3
+    assert result.stderr == (f"sandbox-agent: {shared}: writable by every user; give "
+                             "--work-area a directory of its own, such as "
+                             "/var/tmp/sandbox-agent\n")  # fmt: skip
+    assert shared.stat().st_mode & 0o7777 == 0o1777
+    assert status(cli, job)["state"] == "WAITING"
+    link = home.parent / "link"
+    link.symlink_to(shared)
+    assert "not a directory (a symlink is not taken)" in cli("run", "--work-area", link).stderr

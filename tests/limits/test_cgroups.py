@@ -245,7 +245,8 @@ def test_a_sweep_removes_only_empty_cgroups_it_is_told_are_stale(version: str) -
     other = hierarchy.create(f"other-{os.getpid()}", LIMITS)
     sleeper = start_in(busy, "sleep 30")
     try:
-        removed = hierarchy.sweep(lambda name: name.startswith(mine))
+        assert hierarchy.sweep(lambda name: name.startswith(mine), older_than=60) == []  # young
+        removed = hierarchy.sweep(lambda name: name.startswith(mine), older_than=0)
         assert removed == [f"{mine}-empty"]  # the busy one holds a process: never touched
         assert not any(d.exists() for d in empty.directories)
         assert all(d.exists() for d in busy.directories + other.directories)

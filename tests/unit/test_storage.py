@@ -99,3 +99,30 @@ def test_export_refuses_a_manifest_name_that_leaves_the_target(
     with pytest.raises(StorageError, match=r"^\.\./escaped\.txt: leaves "):
         storage.export(2, tmp_path / "target")
     assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_a_tree_a_thousand_levels_deep_is_refused_and_removed(tmp_path: Path) -> None:
+    """A payload's `mkdir d && cd d` loop must neither crash the agent (recursion) nor
+    survive the removal of its work directory."""
+    from sandbox_agent.agent.outputs import remove_workdir
+    from sandbox_agent.agent.storage import MAX_DEPTH, TooManyFiles
+
+    work = tmp_path / "work"
+    work.mkdir()
+    fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(1100):  # by descriptor: the path would pass PATH_MAX
+        os.mkdir("d", dir_fd=fd)
+        inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    with open(os.open("deep.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "w") as f:
+        f.write("deep")
+    os.close(fd)
+    with pytest.raises(TooManyFiles, match=f"deeper than {MAX_DEPTH} levels"):
+        list_files(work)
+    manifest = Storage(tmp_path / "outputs").save(1, 0, "DONE", work,
+                                                  outputs_of('Output = {"*.txt"};'))  # fmt: skip
+    assert manifest.problems == [f"the work directory is deeper than {MAX_DEPTH} levels; "
+                                 "outputs were not looked for"]  # fmt: skip
+    assert remove_workdir(work) is None
+    assert not work.exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import re
 import secrets
@@ -46,10 +47,12 @@ from sandbox_agent.tokens import IssuanceRefused, JobScope, Token, TokenAuthorit
 from sandbox_agent.tokens.files import pem_bundle
 from sandbox_agent.tokens.keys import key_pem
 from sandbox_agent.tokens.request import new_job_request
+from sandbox_agent.wrapper.jobwrapper import EXIT_BAD_HANDOFF
 
 RELAYED = frozenset({"STARTED", "RUNNING", "SAVING"})  # the wrapper's progress, passed on
 # Final states after which nothing of the payload's is saved: it never ran to an end.
 NOTHING_TO_SAVE = frozenset({"ERROR_IB", "FAILED", "KILLED"})
+STORAGE_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
 
 
 @dataclass
@@ -118,6 +121,7 @@ class Attempt:
         self.frames: list[dict[str, Any]] = []  # the wrapper's status frames, as they came
         self.frames_at_stop: int | None = None
         self.lock = threading.RLock()  # the relay thread and this one both report states
+        self.storage_fault = ""  # a full disk: the job is reported, then the node stops
 
     # -- the queue ---------------------------------------------------------------------
 
@@ -242,6 +246,10 @@ class Attempt:
             try:
                 token = self.job_token()
             except IssuanceRefused as exc:
+                if not self.still_ours():  # killed at the queue since the match
+                    report = self.finish("KILLED", "killed before it started", None, started,
+                                         None, None, report=False)  # fmt: skip
+                    return report
                 raise self.node_problem(f"no job token: {exc}") from None
             workdir = self.make_workdir()
             try:
@@ -261,6 +269,8 @@ class Attempt:
                              interval=self.agent.interval, stop=self.stop, on_frame=self.relay,
                              name=cgroup)  # fmt: skip
             report = self.conclude(result, started, workdir)
+            if self.storage_fault:  # the job is reported; the next one would fare no better
+                raise NodeProblem(f"job {job.id} ended {report.state}; {self.storage_fault}")
             return report
         except NODE_ERRORS as exc:
             raise self.node_problem(str(exc)) from None
@@ -272,6 +282,13 @@ class Attempt:
                 if problem and report is not None:
                     report.detail += f" (the work directory was not removed: {problem})"
 
+    def still_ours(self) -> bool:
+        try:
+            now = self.agent.store.get(self.job.id)
+        except StoreError:
+            return True  # cannot tell: treat it as the node's problem
+        return now.agent == self.agent.name and now.resubmission == self.job.resubmission
+
     def node_problem(self, why: str) -> NodeProblem:
         self.give_back(f"the agent could not run it: {why}")
         return NodeProblem(f"job {self.job.id} was handed back: {why}")
@@ -279,17 +296,23 @@ class Attempt:
     def conclude(self, result: JobResult, started: float, workdir: Path) -> Report:
         """The final state from the agent's view of the run, the outputs kept."""
         outcome = result.session
-        if outcome is not None and not outcome.payload_ran:  # the sandbox, not the job
+        reason = outcome.outcome.reason if outcome else None
+        stopped = reason in ("killed", "stopped")  # then a sandbox cut short is no fault
+        if outcome is not None and not outcome.payload_ran and not stopped:
             lines = result.wrapper_log.decode(errors="replace").strip().splitlines()
             raise self.node_problem("the sandbox failed before the wrapper ran"
                                     + (f": {lines[-1][:300]}" if lines else ""))  # fmt: skip
-        if outcome is not None and outcome.teardown and outcome.teardown.survivors:
+        if not result.states and result.exit_code is None and not stopped and \
+                outcome is not None and outcome.outcome.returncode == EXIT_BAD_HANDOFF:  # fmt: skip
+            lines = result.wrapper_log.decode(errors="replace").strip().splitlines()
+            raise self.node_problem("the wrapper could not start"
+                                    + (f": {lines[-1][:300]}" if lines else ""))  # fmt: skip
+        if outcome is not None and outcome.teardown and not outcome.teardown.emptied:
             self.finish("FAILED", "processes of the job survived its kill: "
                         + outcome.teardown.summary(), None, started, workdir, result)  # fmt: skip
             left = outcome.teardown.summary()
             raise NodeProblem(f"job {self.job.id}: processes survived the kill ({left}); "
                               "this node needs a look")  # fmt: skip
-        reason = outcome.outcome.reason if outcome else None
         if reason == "killed":  # the queue already says KILLED: keep the logs only
             return self.finish("KILLED", result.detail, None, started, workdir, result,
                                report=False)  # fmt: skip
@@ -347,7 +370,12 @@ class Attempt:
                                                    entries, result.wrapper_log if result else b"",
                                                    usage=_usage(result))  # fmt: skip
             except OSError as exc:
-                state, detail = "ERROR_SV", f"the outputs could not be stored: {exc}"
+                if state in NOTHING_TO_SAVE:  # only the logs were lost: the state stands
+                    detail += f" (its logs could not be kept: {exc.strerror})"
+                else:
+                    state, detail = "ERROR_SV", f"the outputs could not be stored: {exc}"
+                if exc.errno in STORAGE_FAULTS:
+                    self.storage_fault = f"the output storage failed: {exc}"
             else:
                 refused = [p for p in manifest.problems if not p.endswith(": no such output")
                            and not p.endswith("the archive was not made")]  # fmt: skip

@@ -17,7 +17,6 @@ import ctypes
 import errno
 import hashlib
 import os
-import shutil
 import stat
 import struct
 from dataclasses import dataclass
@@ -183,40 +182,74 @@ def _copy(fd: int, target: Path, cap: int) -> tuple[str, int]:
 
 
 def remove_workdir(workdir: Path) -> str | None:
-    """Remove the work directory without following any link in it (shutil's rmtree works
-    by descriptor on Linux); None when it is gone, else why not, in one line. A payload
-    running as the agent's own uid may have left directories it cannot enter or write:
-    each is made 0700 first, by descriptor, never through a name it could swap."""
-    if not shutil.rmtree.avoids_symlink_attacks:
-        return "this platform's rmtree follows symlinks; refusing to remove"
+    """Remove the work directory without following any link in it; None when it is
+    gone, else why not, in one line. Call it once every process of the job is gone.
+
+    The walk is iterative and never deeper than two levels: each subdirectory's own
+    subdirectories are moved up to the top before it is emptied, so a payload's tree a
+    thousand levels deep neither exhausts the stack nor the descriptors. A payload that
+    ran as the agent's own uid may have left directories it cannot enter or write: each
+    is made 0700 first, through a descriptor opened without following links."""
+    fix_modes = os.geteuid() != 0  # root needs no permission to remove
     try:
-        if os.geteuid() != 0:  # root needs no permission to remove
-            _make_removable(workdir)
-        shutil.rmtree(workdir)
+        top = os.open(workdir, _DIR_FLAGS)
+    except OSError as exc:
+        return f"{workdir}: {exc.strerror}"
+    hoisted = 0
+    try:
+        if fix_modes:
+            _chmod_dir(top, ".")
+        while True:
+            names = os.listdir(top)
+            if not names:
+                break
+            for name in names:
+                if not _is_directory(top, name):
+                    os.unlink(name, dir_fd=top)
+                    continue
+                if fix_modes:
+                    _chmod_dir(top, name)
+                child = os.open(name, _DIR_FLAGS, dir_fd=top)
+                try:
+                    for inner in os.listdir(child):
+                        if _is_directory(child, inner):  # up to the top: the depth stays 2
+                            if fix_modes:  # moving a directory writes its ".."
+                                _chmod_dir(child, inner)
+                            hoisted += 1
+                            os.rename(inner, f".removing-{hoisted}", src_dir_fd=child,
+                                      dst_dir_fd=top)  # fmt: skip
+                        else:
+                            os.unlink(inner, dir_fd=child)
+                finally:
+                    os.close(child)
+                os.rmdir(name, dir_fd=top)
     except OSError as exc:
         return f"{exc.filename or workdir}: {exc.strerror}"
+    finally:
+        os.close(top)
+    try:
+        os.rmdir(workdir)
+    except OSError as exc:
+        return f"{workdir}: {exc.strerror}"
     return None
 
 
-def _make_removable(workdir: Path) -> None:
-    """Every directory below ``workdir`` made 0700 before it is entered: opened with
-    O_PATH|O_NOFOLLOW|O_DIRECTORY relative to its parent and changed through
-    /proc/self/fd, so a symlink swapped in is never followed."""
-    _chmod_dir(None, str(workdir))
-    for _top, dirs, _files, dir_fd in os.fwalk(workdir, follow_symlinks=False):
-        for name in dirs:
-            _chmod_dir(dir_fd, name)
+def _is_directory(dir_fd: int, name: str) -> bool:
+    return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
 
 
-def _chmod_dir(dir_fd: int | None, name: str) -> None:
+def _chmod_dir(dir_fd: int, name: str) -> None:
+    """``name`` under ``dir_fd`` made 0700 when it is a directory: opened with
+    O_PATH|O_NOFOLLOW|O_DIRECTORY and changed through /proc/self/fd, so a symlink is
+    never followed."""
     flags = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
     try:
         fd = os.open(name, flags, dir_fd=dir_fd)
     except OSError:
-        return  # not a directory (any more): rmtree removes it as it is
+        return  # not a directory: it is unlinked as it is
     try:
         os.chmod(f"/proc/self/fd/{fd}", 0o700)
     except OSError:
-        pass  # not ours to change: rmtree says so
+        pass  # not ours to change: the removal says so
     finally:
         os.close(fd)

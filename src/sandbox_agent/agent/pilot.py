@@ -10,11 +10,11 @@ killed and its cgroup removed; the lease returns the job).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import signal
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +27,7 @@ from typing import Any
 from sandbox_agent.agent import slot as slots
 from sandbox_agent.agent.attempt import CGROUP_NAME, Agent, Attempt, NodeProblem, Report
 from sandbox_agent.agent.storage import Storage
-from sandbox_agent.catalogue import Catalogue
+from sandbox_agent.catalogue import Catalogue, CatalogueError
 from sandbox_agent.jdl import JDLError, JobSpec, Slot, load_job
 from sandbox_agent.limits.cgroups import CgroupError, discover
 from sandbox_agent.limits.monitor import StopRequest
@@ -81,21 +81,26 @@ class Pilot:
         name = f"{socket.gethostname()}-{os.getpid()}-{digest}"
         work_area = (self.config.work_area or home / "work").absolute()
         try:
-            work_area.mkdir(parents=True, exist_ok=True)
-            work_area.chmod(0o711)  # whatever the umask: the sandbox's uid passes through
+            made = make_work_area(work_area)
         except OSError as exc:
             raise PilotError(f"{work_area}: cannot make the work area: {exc.strerror}; give "
                              "--work-area a directory this user can write") from None  # fmt: skip
+        if made is not None:
+            raise PilotError(f"{work_area}: {made}")
+        try:
+            catalogue = Catalogue(home / "catalogue")
+        except CatalogueError as exc:
+            raise PilotError(str(exc)) from None
         blocked = unreachable(work_area)
         if blocked is not None:
             raise PilotError(
                 f"{work_area}: as root the sandbox runs as uid {SANDBOX_HOST_UID}, which cannot "
                 f"reach it ({blocked} is not searchable by others); give --work-area on a path "
-                "it can reach, such as one under /var/tmp"
+                "it can reach, such as /var/tmp/sandbox-agent"
             )
         tag = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:8]
         return Agent(name, token, authority, store, Storage(home / "outputs"),
-                     Catalogue(home / "catalogue"), work_area, self.config.lease,
+                     catalogue, work_area, self.config.lease,
                      self.config.grace, self.config.interval, tag)  # fmt: skip
 
     def ttl_left(self, token: Token) -> int:
@@ -240,7 +245,7 @@ def sweep_cgroups(agent: Agent) -> list[str]:
         try:
             job = agent.store.get(int(match.group(2)))
         except StoreError:
-            return True  # a job this queue does not know: an attempt of a removed queue
+            return False  # busy, or unknown: keep it; a later sweep decides
         leased = job.state in states.LEASED and job.resubmission == int(match.group(3))
         return not leased
 
@@ -248,15 +253,12 @@ def sweep_cgroups(agent: Agent) -> list[str]:
 
 
 def jobagent_token(certs: Path) -> tuple[TokenAuthority, Token]:
-    """The local authority (made on first use, under a lock: two pilots may start at
-    once) and the agent's token, verified; an existing authority is never replaced
-    behind the site's back."""
+    """The local authority (made on first use: ensure_authority takes a lock, as two
+    pilots may start at once) and the agent's token, verified; an existing authority is
+    never replaced behind the site's back."""
     try:
-        certs.parent.mkdir(parents=True, exist_ok=True)
-        with open(certs.parent / ".certs.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            exists = (certs / files.CA_CERT).exists()
-            authority = TokenAuthority.load(certs) if exists else ensure_authority(certs).authority
+        exists = (certs / files.CA_CERT).exists()
+        authority = TokenAuthority.load(certs) if exists else ensure_authority(certs).authority
         token = files.load_token(files.cert_path(certs, "jobagent"),
                                  files.key_path(certs, "jobagent"))  # fmt: skip
         crl = files.load_crl(certs / files.CRL) if (certs / files.CRL).exists() else None
@@ -267,6 +269,28 @@ def jobagent_token(certs: Path) -> tuple[TokenAuthority, Token]:
     except OSError as exc:
         raise PilotError(f"{certs}: {exc.strerror}; check the home directory") from None
     return authority, token
+
+
+def make_work_area(work_area: Path) -> str | None:
+    """Make the work area (0711 whatever the umask: the sandbox's uid must pass through
+    it), or check the one that is there; why it cannot serve, or None. An existing
+    directory is never changed: it may be /var/tmp, or someone's home."""
+    try:
+        info = work_area.lstat()
+    except FileNotFoundError:
+        work_area.parent.mkdir(parents=True, exist_ok=True)
+        work_area.mkdir(mode=0o711)
+        work_area.chmod(0o711)
+        return None
+    if not stat.S_ISDIR(info.st_mode):
+        return "not a directory (a symlink is not taken); give --work-area a directory"
+    if info.st_uid != os.geteuid():
+        return ("owned by another user; give --work-area a directory of this user's, or a "
+                "path where the pilot can make one")  # fmt: skip
+    if info.st_mode & 0o002:
+        return ("writable by every user; give --work-area a directory of its own, such as "
+                "/var/tmp/sandbox-agent")  # fmt: skip
+    return None
 
 
 def unreachable(work_area: Path) -> Path | None:

@@ -33,6 +33,7 @@ MAX_FILE = 1 << 30  # one output
 MAX_TOTAL = 4 << 30  # all of a job's outputs
 MAX_LOG = 16 << 20  # each of stdout and stderr
 MAX_LISTED = 100_000  # names a work directory may hold before the listing gives up
+MAX_DEPTH = 128  # directory levels the listing goes down
 LOGS = ("stdout", "stderr")
 SUCCESS_STATES = frozenset({"DONE", "DONE_WARN"})
 
@@ -58,33 +59,38 @@ class TooManyFiles(ValueError):
 
 def list_files(workdir: Path) -> list[str]:
     """The regular files under ``workdir``, relative, found without following links or
-    leaving its filesystem; the token's directory is never entered. TooManyFiles past
-    MAX_LISTED."""
+    leaving its filesystem; the token's directory is never entered. Iterative (a tree a
+    thousand levels deep must not exhaust the stack); TooManyFiles past MAX_LISTED
+    names or MAX_DEPTH levels. Call it once every process of the job is gone."""
     found: list[str] = []
     device = os.lstat(workdir).st_dev
-    for top, dirs, names, dir_fd in os.fwalk(workdir, follow_symlinks=False):
-        relative = os.path.relpath(top, workdir)
-        if relative == ".":
-            dirs[:] = [d for d in dirs if d != TOKEN_DIR]
-        dirs[:] = [d for d in dirs if _same_device(d, dir_fd, device)]
-        for name in names:
+    pending = [""]  # directories to read, relative to the work directory
+    seen = 0
+    while pending:
+        relative = pending.pop()
+        if relative.count("/") >= MAX_DEPTH:
+            raise TooManyFiles(f"the work directory is deeper than {MAX_DEPTH} levels; "
+                               "outputs were not looked for")  # fmt: skip
+        try:
+            entries = list(os.scandir(workdir / relative if relative else workdir))
+        except OSError:
+            continue
+        for entry in entries:
+            seen += 1
+            if seen > MAX_LISTED:
+                raise TooManyFiles(f"the work directory holds more than {MAX_LISTED} "
+                                   "names; outputs were not looked for")  # fmt: skip
+            name = f"{relative}/{entry.name}" if relative else entry.name
             try:
-                info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                info = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            if stat.S_ISREG(info.st_mode):
-                found.append(name if relative == "." else f"{relative}/{name}")
-            if len(found) >= MAX_LISTED:
-                raise TooManyFiles(f"the work directory holds more than {MAX_LISTED} files; "
-                                   "outputs were not looked for")  # fmt: skip
+            if stat.S_ISDIR(info.st_mode):
+                if info.st_dev == device and name != TOKEN_DIR:
+                    pending.append(name)
+            elif stat.S_ISREG(info.st_mode):
+                found.append(name)
     return sorted(found)
-
-
-def _same_device(name: str, dir_fd: int, device: int) -> bool:
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_dev == device
-    except OSError:
-        return False
 
 
 def chosen(entries: Sequence[OutputSpec], present: Iterable[str]) -> tuple[list[str], list[str]]:

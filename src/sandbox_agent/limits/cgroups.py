@@ -303,11 +303,13 @@ class Hierarchy(abc.ABC):
     def create(self, name: str, limits: CgroupLimits) -> JobCgroup:
         """The job's cgroup, made and limited; raises CgroupError."""
 
-    def sweep(self, stale: Callable[[str], bool]) -> list[str]:
+    def sweep(self, stale: Callable[[str], bool], *, older_than: float = 2.0) -> list[str]:
         """Remove the empty job cgroups ``stale`` says nobody owns any more (an agent
         killed by SIGKILL could not remove its job's); their names, as create() was
-        given them. One with a process in it is never touched."""
+        given them. One with a process in it is never touched, nor one made in the last
+        ``older_than`` seconds (a live launch places its process a moment after)."""
         removed: set[str] = set()
+        now = time.time()
         for root in self.roots():
             try:
                 children = sorted(p for p in root.iterdir() if p.is_dir()
@@ -316,7 +318,11 @@ class Hierarchy(abc.ABC):
             except OSError:
                 continue
             for child in children:
-                if (_read(child / "cgroup.procs") or "").strip():
+                try:
+                    young = now - child.stat().st_mtime < older_than
+                except OSError:
+                    continue
+                if young or (_read(child / "cgroup.procs") or "").strip():
                     continue
                 with contextlib.suppress(OSError):  # busy, or gone: the next sweep sees it
                     child.rmdir()

@@ -233,9 +233,10 @@ def _agent_files(plan: LaunchPlan, argv: list[str], bpf: bytes) -> str | None:
         source = bpf if kind == "seccomp" else _source(kind)
         Path(path).write_bytes(source)
         os.chmod(path, 0o444)
-        if name.endswith(".py") and sys.implementation.cache_tag:
+        if kind in COMPILED and sys.implementation.cache_tag:
             cache = os.path.join(directory, "__pycache__")
-            os.makedirs(cache, mode=0o755, exist_ok=True)
+            os.makedirs(cache, exist_ok=True)
+            os.chmod(cache, 0o755)  # noqa: S103 (whatever the umask: the sandbox reads it)
             cached = os.path.join(cache, f"{name[:-3]}.{sys.implementation.cache_tag}.pyc")
             Path(cached).write_bytes(bytecode(name, source))
             os.chmod(cached, 0o444)
@@ -243,6 +244,9 @@ def _agent_files(plan: LaunchPlan, argv: list[str], bpf: bytes) -> str | None:
     return directory
 
 
+# The agent files the sandbox imports, or runs in the landlock step's interpreter: they
+# get a ready .pyc. The step itself runs as a script, which Python never caches.
+COMPILED = frozenset({"wrapper", "handoff", "packaging"})
 _BYTECODE: dict[tuple[str, bytes], bytes] = {}
 
 
@@ -254,7 +258,7 @@ def bytecode(name: str, source: bytes) -> bytes:
     compiles the source as before. Made once per agent and source."""
     key = (name, hashlib.sha256(source).digest())
     if key not in _BYTECODE:
-        code = compile(source, name, "exec", dont_inherit=True)
+        code = compile(source, name, "exec", dont_inherit=True, optimize=0)  # the plain .pyc
         flags = (0b01).to_bytes(4, "little")  # hash-based, not checked against the source
         _BYTECODE[key] = (importlib.util.MAGIC_NUMBER + flags
                           + importlib.util.source_hash(source) + marshal.dumps(code))  # fmt: skip

@@ -4,6 +4,7 @@ newcomer's first ``sandbox-agent run`` works without a separate step."""
 
 from __future__ import annotations
 
+import fcntl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +31,17 @@ def ensure_authority(
     broker_hosts: tuple[str, ...] = ("localhost",),
 ) -> Prepared:
     """Load the authority in ``target`` or make it; (re)issue the jobagent and broker
-    tokens that are missing or unusable. Raises TokenError, ValueError or OSError."""
+    tokens that are missing or unusable. Raises TokenError, ValueError or OSError. Two
+    callers at once (two pilots' first runs, certs init) take turns on a lock file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure(target, kind, intermediate, broker_hosts)
+
+
+def _ensure(
+    target: Path, kind: KeyType, intermediate: bool, broker_hosts: tuple[str, ...]
+) -> Prepared:
     if (target / files.CA_CERT).exists():
         prepared = Prepared(TokenAuthority.load(target))
     else:
