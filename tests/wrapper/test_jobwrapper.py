@@ -347,3 +347,15 @@ def test_the_wrapper_runs_inside_the_real_sandbox(tmp_path: Path) -> None:
         assert members(workdir / "out.zip") == {"stdout": b"inside\n1000\n"}
     finally:
         shutil.rmtree(workdir.parent, ignore_errors=True)
+
+
+def test_a_tree_a_thousand_levels_deep_does_not_break_the_packing(workdir: Path) -> None:
+    """The payload's `mkdir d && cd d` loop: the wrapper's walk is iterative and stops
+    at MAX_DEPTH, so the job still ends with its own verdict (a recursive walk raised
+    RecursionError and the job ended with no final state)."""
+    script = "i=0; while [ $i -lt 1100 ]; do mkdir d && cd d || exit 1; i=$((i+1)); done"
+    _code, frames, stderr = run_wrapper(
+        workdir, frame(arguments=["-c", script], outputs=["all.zip:*", "*/*.none"])
+    )
+    assert [f["state"] for f in frames] == [*SAVED, "DONE_WARN"], stderr
+    assert "Traceback" not in stderr

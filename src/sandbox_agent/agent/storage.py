@@ -26,14 +26,13 @@ from pathlib import Path
 from sandbox_agent.agent import outputs
 from sandbox_agent.jdl import OutputSpec
 from sandbox_agent.wrapper.jobwrapper import TOKEN_DIR
-from sandbox_agent.wrapper.packaging import matches  # the wrapper's rule: * never crosses /
+from sandbox_agent.wrapper.packaging import MAX_DEPTH, matches  # the wrapper's rules
 
 MANIFEST = "manifest.json"
 MAX_FILE = 1 << 30  # one output
 MAX_TOTAL = 4 << 30  # all of a job's outputs
 MAX_LOG = 16 << 20  # each of stdout and stderr
 MAX_LISTED = 100_000  # names a work directory may hold before the listing gives up
-MAX_DEPTH = 128  # directory levels the listing goes down
 LOGS = ("stdout", "stderr")
 SUCCESS_STATES = frozenset({"DONE", "DONE_WARN"})
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Collection
 
 WILDCARDS = "*?["
+MAX_DEPTH = 128  # directory levels searched for outputs, as the agent searches them
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip member can carry
 
@@ -61,22 +62,29 @@ def matches(path: str, pattern: str) -> bool:
 
 def regular_files(workdir: str, private: Collection[str]) -> list[str]:
     """The regular files under ``workdir`` as sorted relative paths; symlinks are neither
-    followed nor listed, and the top-level names in ``private`` are left out."""
+    followed nor listed, and the top-level names in ``private`` are left out. Iterative
+    and at most MAX_DEPTH levels down: the payload made the tree, perhaps to exhaust
+    the stack of a recursive walk."""
     found = []
-    for top, dirs, files in os.walk(workdir, followlinks=False):
-        relative = os.path.relpath(top, workdir)
-        prefix = "" if relative == "." else relative + "/"
-        if not prefix:
-            dirs[:] = [d for d in dirs if d not in private]
-        for name in files:
-            path = prefix + name
-            if not prefix and name in private:
+    pending = [""]
+    while pending:
+        relative = pending.pop()
+        try:
+            entries = list(os.scandir(os.path.join(workdir, relative)))
+        except OSError:
+            continue  # gone, or not ours to read
+        for entry in entries:
+            if not relative and entry.name in private:
                 continue
+            path = relative + "/" + entry.name if relative else entry.name
             try:
-                if stat.S_ISREG(os.lstat(os.path.join(workdir, path)).st_mode):
-                    found.append(path)
+                mode = entry.stat(follow_symlinks=False).st_mode
             except OSError:
-                continue  # gone since the walk listed it
+                continue  # gone since it was listed
+            if stat.S_ISDIR(mode) and path.count("/") < MAX_DEPTH:
+                pending.append(path)
+            elif stat.S_ISREG(mode):
+                found.append(path)
     return sorted(found)
 
 
