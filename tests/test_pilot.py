@@ -222,6 +222,10 @@ def test_limits_end_jobs_expired_or_in_error(cli: CLI, home: Path) -> None:
     usage = status(cli, ids[1])["usage"]  # `status` shows the last run's resource use
     assert usage["kill_reason"] == "memory"
     assert usage["wall_seconds"] > 0
+    disk_use = status(cli, ids[2])["usage"]  # sampled by the monitor while it ran
+    assert disk_use["kill_reason"] == "workdir_size"
+    assert disk_use["workdir_bytes_peak"] > 20 * 1000 * 1000  # its limit: it went past
+    assert "work directory peak" in cli("status", ids[2]).stdout
 
 
 # -- stopping, vanishing and competing agents ---------------------------------------------

@@ -118,11 +118,13 @@ def test_a_tree_a_thousand_levels_deep_is_refused_and_removed(tmp_path: Path) ->
     with open(os.open("deep.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "w") as f:
         f.write("deep")
     os.close(fd)
-    with pytest.raises(TooManyFiles, match=f"deeper than {MAX_DEPTH} levels"):
-        list_files(work)
-    manifest = Storage(tmp_path / "outputs").save(1, 0, "DONE", work,
-                                                  outputs_of('Output = {"*.txt"};'))  # fmt: skip
-    assert manifest.problems == [f"the work directory is deeper than {MAX_DEPTH} levels; "
-                                 "outputs were not looked for"]  # fmt: skip
-    assert remove_workdir(work) is None
+    try:
+        with pytest.raises(TooManyFiles, match=f"deeper than {MAX_DEPTH} levels"):
+            list_files(work)
+        entries = outputs_of('Output = {"*.txt"};')
+        manifest = Storage(tmp_path / "outputs").save(1, 0, "DONE", work, entries)
+        assert manifest.problems == [f"the work directory is deeper than {MAX_DEPTH} levels; "
+                                     "outputs were not looked for"]  # fmt: skip
+    finally:  # removed whatever happened: pytest's own clean-up would recurse
+        assert remove_workdir(work) is None
     assert not work.exists()

@@ -406,4 +406,5 @@ def _usage(result: JobResult | None) -> dict[str, Any]:
         used["kill_reason"] = outcome.reason
     if outcome.usage is not None:
         used.update({k: v for k, v in dataclasses.asdict(outcome.usage).items() if v is not None})
+    used.update({f"{name}_peak": value for name, value in outcome.peaks.items()})
     return used

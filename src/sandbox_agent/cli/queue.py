@@ -164,6 +164,10 @@ def _usage_text(usage: dict[str, Any]) -> str:
         parts.append(f"cpu {usage['cpu_seconds']:.2f} s")
     if usage.get("memory_peak_bytes") is not None:
         parts.append(f"memory peak {usage['memory_peak_bytes'] / (1 << 20):.1f} MB")
+    if usage.get("workdir_bytes_peak") is not None:
+        parts.append(f"work directory peak {usage['workdir_bytes_peak'] / (1 << 20):.1f} MB")
+    if usage.get("processes_peak") is not None:
+        parts.append(f"up to {usage['processes_peak']} processes")
     if usage.get("oom_kills"):
         parts.append(f"{usage['oom_kills']} OOM kill(s)")
     if usage.get("kill_reason"):

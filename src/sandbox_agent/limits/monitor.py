@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -66,6 +66,9 @@ class Outcome:
     detail: str
     wall_seconds: float
     usage: Usage | None
+    # the highest values the monitor saw while the job ran (work directory bytes,
+    # processes): the cgroup counts memory and CPU itself, not these
+    peaks: dict[str, int] = field(default_factory=dict)
 
 
 class Monitor:
@@ -84,6 +87,7 @@ class Monitor:
         # The runtime's own processes (bwrap and the sandbox's pid 1): a graceful stop
         # spares them, since their death would kill the job without its grace.
         self.runtime_pids = {process.pid}
+        self.peaks: dict[str, int] = {}
         self.limits = dict(limits)  # monitored limit -> its value
         self.workdir = workdir
         self.cgroup = cgroup
@@ -113,6 +117,7 @@ class Monitor:
                 self.kill()
                 self.process.wait()
                 break
+            self._peak("processes", len(self.cgroup.pids()) if self.cgroup else len(self.tree()))
         wall = time.monotonic() - self.started
         if self._pidfd is not None:
             os.close(self._pidfd)
@@ -121,7 +126,7 @@ class Monitor:
         if reason is None and usage and usage.oom_kills:
             reason = "memory"  # the kernel killed it at the cgroup's limit
         detail = self.describe(reason)
-        return Outcome(self.process.returncode, reason, detail, wall, usage)
+        return Outcome(self.process.returncode, reason, detail, wall, usage, dict(self.peaks))
 
     def _exited(self, timeout: float) -> bool:
         """Whether the job's process ended within ``timeout``. A pidfd wakes us the moment
@@ -183,7 +188,11 @@ class Monitor:
         if size <= limit:  # deleted files can only add: look at them when it matters less
             pids = self.cgroup.pids() if self.cgroup else {p.pid for p in self.tree()}
             size += deleted_but_open(pids, os.stat(self.workdir).st_dev)
+        self._peak("workdir_bytes", size)
         return size > limit
+
+    def _peak(self, name: str, value: int) -> None:
+        self.peaks[name] = max(value, self.peaks.get(name, 0))
 
     def tree(self) -> list[psutil.Process]:
         try:
