@@ -110,7 +110,8 @@ def test_a_wrapper_that_breaks_the_protocol_ends_the_job_failed(
     assert result.state == "FAILED", (result.detail, result.wrapper_log)
     expected = {
         "garbage": "the wrapper sent a bad frame",
-        "oversized": "the wrapper sent a bad frame",
+        "oversized": "the wrapper sent a bad frame: status frame announces 16777216 bytes, "
+        "over its cap of 65536",
         "silent": "the wrapper ended without a final state (exit 0)",
         "forged": "the wrapper sent a bad frame: state 'EXPIRED' is not the wrapper's to report",
         "unfinished": "the wrapper ended without a final state (exit 0); its last state was "
@@ -120,27 +121,49 @@ def test_a_wrapper_that_breaks_the_protocol_ends_the_job_failed(
 
 
 def test_a_stop_request_gives_the_job_sigterm_then_its_grace(workdir: Path) -> None:
-    """The agent's SIGTERM path: every job process but the runtime's gets SIGTERM; a
-    payload that ignores it is killed once the grace is over."""
+    """The agent's SIGTERM path: every job process but the runtime's gets SIGTERM, has
+    the grace to act on it, and is killed once the grace is over."""
     import threading
+    import time
 
     from sandbox_agent.limits.monitor import StopRequest
 
     stop = StopRequest()
-    script = "trap '' TERM; echo ready > ready; sleep 30"
-    timer = threading.Timer(1.5, stop.request, args=("stopped", 0.5))
-    timer.start()
+
+    def stop_once_running() -> None:
+        deadline = time.monotonic() + 60
+        while not (workdir / "ready").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.request("stopped", 5.0)
+
+    script = ("trap 'echo term >> got; sleep 0.3; echo graced >> got' TERM; echo ready > ready; "
+              "sleep 30 & wait; sleep 30 & wait")  # fmt: skip
+    watcher = threading.Thread(target=stop_once_running)
+    watcher.start()
     try:
         result = run(workdir, f'Executable = "/bin/sh"; Arguments = "-c \\"{script}\\"";',
                      stop=stop)  # fmt: skip
     finally:
-        timer.cancel()
+        watcher.join()
         stop.close()
     assert result.session is not None
     assert result.session.outcome.reason == "stopped"
     assert result.state == "KILLED"
-    assert (workdir / "ready").exists()  # it had started; the stop ended it
-    assert result.session.teardown is not None and not result.session.teardown.survivors
+    # it got SIGTERM, had the time to act on it, and was then killed: not by its own end
+    assert (workdir / "got").read_text() == "term\ngraced\n"
+    assert result.session.teardown is not None and result.session.teardown.emptied
+
+
+def test_the_wrapper_files_reach_the_sandbox_ready_compiled(workdir: Path) -> None:
+    """The agent ships a .pyc beside each file the sandbox imports: its Python must not
+    compile them at every job's start."""
+    import sys
+
+    result = run(workdir, 'Executable = "/bin/ls"; Arguments = "/.sandbox-agent/lib/__pycache__";')
+    assert result.state == "DONE", (result.detail, result.wrapper_log)
+    tag = sys.implementation.cache_tag
+    assert (workdir / "stdout").read_text().split() == [
+        f"handoff.{tag}.pyc", f"jobwrapper.{tag}.pyc", f"packaging.{tag}.pyc"]  # fmt: skip
 
 
 def test_the_payload_gets_the_default_signal_actions_back(workdir: Path) -> None:

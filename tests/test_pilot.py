@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from cli_support import ROOT, SCRIPT, cli_env, delegated_cgroup, nobody_program, run_cli
 
-from sandbox_agent.limits.cgroups import discover
+from sandbox_agent.limits.cgroups import PREFIX, discover
 from sandbox_agent.tokens import Role, TokenAuthority, load_token
 from sandbox_agent.tokens.files import load_certificates
 
@@ -108,8 +108,6 @@ def test_a_trivial_job_runs_to_done_with_its_outputs_logs_and_history(cli: CLI, 
     target = home.parent / "fetched"
     copied = cli("outputs", job, "--to", target)
     assert copied.returncode == 0, copied.stderr
-    import hashlib
-
     for name, item in names.items():
         data = (target / name).read_bytes()
         assert "sha256:" + hashlib.sha256(data).hexdigest() == item["sha256"]
@@ -122,12 +120,14 @@ def test_a_trivial_job_runs_to_done_with_its_outputs_logs_and_history(cli: CLI, 
 def test_the_payload_holds_a_job_token_for_its_own_job_and_never_the_agents(
     cli: CLI, home: Path
 ) -> None:
-    script = "cat $JALIEN_TOKEN_CERT > cert.pem; ls -a ${HOME} > listing; env > env.txt"
+    key = home / "certs" / "jobagent.key"
+    script = (f"cat $JALIEN_TOKEN_CERT > cert.pem; ls -a $HOME > listing; env > env.txt; "
+              f"cat {key} > leaked 2>&1; cat $JALIEN_TOKEN_KEY > jobkey 2>&1; true")  # fmt: skip
     jdl = write_jdl(
         home,
         "token",
         f'Executable = "/bin/sh"; Arguments = "-c \'{script}\'";\n'
-        'Output = {"cert.pem", "listing", "env.txt"};',
+        'Output = {"cert.pem", "listing", "env.txt", "leaked", "jobkey"};',
     )
     submit(cli, jdl)
     job = submit(cli, jdl)
@@ -143,6 +143,11 @@ def test_the_payload_holds_a_job_token_for_its_own_job_and_never_the_agents(
     assert certs[0] != agent.certificate
     env = (target / "env.txt").read_text()
     assert f"ALIEN_PROC_ID={job}\n" in env
+    # its own key is readable, the agent's is not even there; the token lives in its dir
+    assert (target / "jobkey").read_text().startswith("-----BEGIN PRIVATE KEY-----")
+    assert "No such file or directory" in (target / "leaked").read_text()
+    assert key.read_bytes() not in (target / "leaked").read_bytes()
+    assert ".jalien-token" in (target / "listing").read_text().split()
     assert str(home) not in env.replace(str(home / "work"), "")  # no path to the agent's state
 
 
@@ -221,7 +226,8 @@ def test_limits_end_jobs_expired_or_in_error(cli: CLI, home: Path) -> None:
     assert done[ids[2]]["detail"].startswith("killed: its work directory grew past")
     usage = status(cli, ids[1])["usage"]  # `status` shows the last run's resource use
     assert usage["kill_reason"] == "memory"
-    assert usage["wall_seconds"] > 0
+    assert "wall_seconds" in usage
+    assert status(cli, ids[0])["usage"]["processes_peak"] >= 1  # sampled while it slept
     disk_use = status(cli, ids[2])["usage"]  # sampled by the monitor while it ran
     assert disk_use["kill_reason"] == "workdir_size"
     assert disk_use["workdir_bytes_peak"] > 20 * 1000 * 1000  # its limit: it went past
@@ -231,15 +237,25 @@ def test_limits_end_jobs_expired_or_in_error(cli: CLI, home: Path) -> None:
 # -- stopping, vanishing and competing agents ---------------------------------------------
 
 
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_pilot_left() -> Iterator[None]:
+    """A pilot a failed test left running is killed (its sandbox dies with it)."""
+    yield
+    while _STARTED:
+        pilot = _STARTED.pop()
+        if pilot.poll() is None:
+            pilot.kill()
+            pilot.communicate()
+
+
 def start_pilot(home: Path, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [str(SCRIPT), "run", "--json", *args],
-        cwd=ROOT,
-        env=cli_env(home),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    pilot = subprocess.Popen([str(SCRIPT), "run", "--json", *args], cwd=ROOT, env=cli_env(home),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    _STARTED.append(pilot)
+    return pilot
 
 
 def wait_for_state(cli: CLI, job: int, state: str, timeout: float = 60) -> None:
@@ -301,7 +317,7 @@ def test_a_job_whose_agent_is_killed_returns_to_the_queue_and_runs_once_more(
     tag = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:8]
     swept = events(second)[0]["swept_cgroups"]
     assert len(swept) == 1 and swept[0].startswith(f"job-{tag}-{job}-0-"), swept
-    assert not [p for root in discover().roots() for p in root.glob(f"job-{tag}-*")]
+    assert not [p for root in discover().roots() for p in root.glob(f"{PREFIX}job-{tag}-*")]
     changes = status(cli, job)["history"]
     assert [c["state"] for c in changes].count("ASSIGNED") == 2
     assert any(c["detail"].startswith("lease expired") for c in changes)
@@ -360,9 +376,9 @@ def test_an_output_reached_through_a_symlink_to_the_agents_key_is_refused(
     job = submit(cli, jdl)
     event = finished(run_pilot(cli))[job]
     assert cli("logs", job, "--stream", "stdout").stdout == "decoy\n"  # the wrapper's view
-    # the wrapper refuses first (ERROR_S); the agent's own check (ERROR_SV) stands behind
-    # it for a wrapper the payload subverted, and is exercised in test_storage.py
-    assert event["state"] in ("ERROR_S", "ERROR_SV"), event
+    # the wrapper refuses the name (ERROR_S); the agent never lists a link, so a wrapper
+    # the payload subverted could not make it keep one either (tests/unit/test_storage.py)
+    assert event["state"] == "ERROR_S", event
     assert "keys/jobagent.key" in event["detail"]
     secret = (certs / "jobagent.key").read_bytes()
     for stored in (home / "outputs").rglob("*"):
@@ -395,7 +411,7 @@ def test_a_hard_linked_output_is_refused(cli: CLI, home: Path) -> None:
         ("revoked-jobagent", "revoked"),
         ("unknown-ca-jobagent", "not issued by a trusted"),
         ("broker", "this is a broker token; a jobagent token is needed"),
-        ("mismatch", "key"),
+        ("mismatch", "is not the key of"),
     ],
 )
 def test_an_unusable_jobagent_token_is_one_line_exit_3_and_no_job_lost(
@@ -415,7 +431,7 @@ def test_an_unusable_jobagent_token_is_one_line_exit_3_and_no_job_lost(
     assert result.stderr.startswith(f"sandbox-agent: {certs}: the jobagent token is not usable")
     assert why in result.stderr
     assert len(result.stderr.splitlines()) == 1
-    assert status(cli, job)["state"] == "WAITING"  # no job lost
+    assert history(cli, job) == ["WAITING"]  # never matched: no job lost
 
 
 def test_a_work_area_the_sandbox_cannot_reach_is_refused_before_any_match(
@@ -429,7 +445,7 @@ def test_a_work_area_the_sandbox_cannot_reach_is_refused_before_any_match(
     result = cli("run", "--work-area", private / "work")
     assert result.returncode == 3
     assert "the sandbox runs as uid 65534, which cannot reach it" in result.stderr
-    assert status(cli, job)["state"] == "WAITING"
+    assert history(cli, job) == ["WAITING"]  # never matched
 
 
 def test_the_pilot_stops_when_no_waiting_job_fits_the_time_left(cli: CLI, home: Path) -> None:
@@ -439,7 +455,7 @@ def test_the_pilot_stops_when_no_waiting_job_fits_the_time_left(cli: CLI, home: 
     expected = re.escape(f"1 waiting job(s) this slot cannot run: job {job}: it asks for 7200 "
                          "seconds of TTL; the slot offers ") + "5[0-9][0-9]"  # fmt: skip
     assert re.fullmatch(expected, reason), reason
-    assert status(cli, job)["state"] == "WAITING"
+    assert history(cli, job) == ["WAITING"]  # never matched
 
 
 @pytest.mark.parametrize("landlock", ["required", "off"])
@@ -459,7 +475,7 @@ def test_the_payload_cannot_reach_the_wrappers_descriptors(
     assert event["state"] == "DONE", event  # the pipe still carries only the wrapper's frames
     assert "FORGED" not in cli("logs", job, "--stream", "stdout").stdout
     errors = cli("logs", job, "--stream", "stderr").stdout
-    assert "cannot open directory '/proc/2/fd'" in errors or "/proc/2/fd" in errors, errors
+    assert "cannot open directory '/proc/2/fd'" in errors, errors
     assert errors.count("Permission denied") == 2, errors
 
 
@@ -470,7 +486,7 @@ def test_a_node_without_bwrap_refuses_to_run_and_touches_no_job(cli: CLI, home: 
     assert result.returncode == 3
     assert result.stderr.startswith("sandbox-agent: cannot run jobs here: ")
     assert len(result.stderr.splitlines()) == 1
-    assert status(cli, job)["history"][-1]["state"] == "WAITING"
+    assert history(cli, job) == ["WAITING"]  # never matched
 
 
 def test_results_of_a_job_that_never_ran_and_bad_requests_are_one_line(
@@ -566,7 +582,54 @@ def test_an_existing_work_area_is_never_changed(cli: CLI, home: Path) -> None:
                              "--work-area a directory of its own, such as "
                              "/var/tmp/sandbox-agent\n")  # fmt: skip
     assert shared.stat().st_mode & 0o7777 == 0o1777
-    assert status(cli, job)["state"] == "WAITING"
+    assert history(cli, job) == ["WAITING"]  # never matched
     link = home.parent / "link"
     link.symlink_to(shared)
     assert "not a directory (a symlink is not taken)" in cli("run", "--work-area", link).stderr
+
+
+def test_a_work_directory_too_deep_to_search_turns_done_into_error_sv(cli: CLI, home: Path) -> None:
+    """The wrapper is content (its literal output is there); the agent cannot search the
+    whole tree, so it does not vouch for the outputs."""
+    script = ("echo x > x.txt; i=0; while [ $i -lt 200 ]; do mkdir d && cd d || exit 1; "
+              "i=$((i+1)); done")  # fmt: skip
+    jdl = write_jdl(home, "deep", f'Executable = "/bin/sh"; Arguments = "-c \'{script}\'";\n'
+                    'Output = {"x.txt"};')  # fmt: skip
+    job = submit(cli, jdl)
+    event = finished(run_pilot(cli))[job]
+    assert event["wrapper_states"][-1] == "DONE"
+    assert (event["state"], event["detail"]) == (
+        "ERROR_SV", "an output was refused: the work directory is deeper than 128 levels; "
+        "outputs were not looked for")  # fmt: skip
+    assert json.loads(cli("outputs", job, "--json").stdout)["state"] == "ERROR_SV"
+    assert list((home / "work").iterdir()) == []
+
+
+def test_a_local_input_never_staged_is_not_read_by_the_agent(cli: CLI, home: Path) -> None:
+    """A JDL queued without `submit` (straight into the store) naming a local file: the
+    agent places only catalogue files, so the job misses its input, and the file stays
+    unread."""
+    from sandbox_agent.queue import Store
+
+    secret = home.parent / "secret.txt"
+    secret.write_text("TOP SECRET\n")
+    with Store(home / "queue") as store:
+        job = store.submit(f'Executable = "/bin/true"; InputFile = {{"{secret}"}};\n',
+                           owner="root")  # fmt: skip
+    event = finished(run_pilot(cli))[job]
+    assert event["state"] == "ERROR_IB"
+    assert "secret.txt" in event["detail"]
+    for stored in (home / "outputs").rglob("*"):
+        if stored.is_file():
+            assert b"TOP SECRET" not in stored.read_bytes()
+
+
+def test_names_the_payload_chose_are_printed_escaped(cli: CLI, home: Path) -> None:
+    script = "#!/bin/sh\nprintf x > \"$(printf 'a\\nFORGED  sha256:0  1  b.txt')\"\n"
+    jdl = write_jdl(home, "names", 'Executable = "make.sh"; Output = {"*.txt"};',
+                    make_sh=script)  # fmt: skip
+    job = submit(cli, jdl)
+    assert finished(run_pilot(cli))[job]["state"] == "DONE"
+    listed = cli("outputs", job).stdout.splitlines()
+    assert len(listed) == 2, listed  # the header and one file: no forged line
+    assert listed[1].endswith("a\\x0aFORGED  sha256:0  1  b.txt")

@@ -46,6 +46,17 @@ def test_a_pyc_of_another_python_is_ignored(tmp_path: Path) -> None:
     assert confine._cached_code(str(script)) is None
 
 
+def test_only_an_unchecked_hash_based_pyc_is_taken(tmp_path: Path) -> None:
+    """A timestamp-based or a checked pyc would ask for the source to be compared; the
+    step takes only what the agent writes (flags 0b01)."""
+    script = planted(tmp_path, b"VALUE = 'source'\n", b"VALUE = 'compiled'\n")
+    pyc = next((tmp_path / "__pycache__").iterdir())
+    data = pyc.read_bytes()
+    for flags in (0b00, 0b11):
+        pyc.write_bytes(data[:4] + flags.to_bytes(4, "little") + data[8:])
+        assert confine._cached_code(str(script)) is None, flags
+
+
 def test_the_sandbox_python_imports_the_compiled_sibling(tmp_path: Path) -> None:
     """handoff.py and packaging.py are imported by the wrapper: the import system must
     take the agent's .pyc (unchecked: never compared with the source)."""

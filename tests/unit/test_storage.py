@@ -49,7 +49,7 @@ def test_patterns_match_one_path_component_at_a_time(workdir: Path) -> None:
     assert chosen(archives, []) == ([], ["logs.zip: the archive was not made"])
 
 
-def test_an_output_reached_through_a_swapped_directory_is_refused_and_not_stored(
+def test_an_output_reached_through_a_symlinked_directory_is_not_listed_nor_stored(
     workdir: Path, tmp_path: Path
 ) -> None:
     """The agent's own check, for a wrapper the payload subverted: the wrapper said

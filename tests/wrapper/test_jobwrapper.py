@@ -190,10 +190,10 @@ def test_an_input_that_is_a_symlink_is_not_an_input(workdir: Path, tmp_path: Pat
 
 def test_the_validation_writes_to_files_and_times_out(workdir: Path) -> None:
     script = "echo checked; echo complaint >&2; sleep 30 & echo $! > sleeper; wait"
-    data = frame(limits={"wall_time": 1}, validation=["/bin/sh", "-c", script])
+    data = frame(limits={"wall_time": 3}, validation=["/bin/sh", "-c", script])
     _code, frames, _stderr = run_wrapper(workdir, data)
     assert [f["state"] for f in frames] == [*SAVED, "ERROR_VT"]
-    assert frames[-1]["detail"] == "the validation ran past 1 s and was killed"
+    assert frames[-1]["detail"] == "the validation ran past 3 s and was killed"
     assert ended(workdir / "sleeper")  # its whole process group was killed, not the shell
     assert (workdir / "validation.out").read_text() == "checked\n"
     assert (workdir / "validation.err").read_text() == "complaint\n"

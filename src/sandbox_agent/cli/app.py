@@ -55,6 +55,12 @@ def fail(message: str, code: int = exitcodes.USAGE) -> NoReturn:
     raise typer.Exit(code)
 
 
+def printable(text: str) -> str:
+    """``text`` with control characters escaped: details and names a payload (or a
+    wrapper it subverted) chose must not forge lines of our output or drive a terminal."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
 def home_of(ctx: typer.Context) -> Path:
     """The ``--home`` directory of this invocation."""
     obj = ctx.find_root().obj

@@ -13,7 +13,7 @@ import typer
 from sandbox_agent import exitcodes
 from sandbox_agent.agent import slot as slots
 from sandbox_agent.agent.pilot import Pilot, PilotConfig, PilotError
-from sandbox_agent.cli.app import app, fail, home_of
+from sandbox_agent.cli.app import app, fail, home_of, printable
 from sandbox_agent.policy import PolicyError, load_policy, policy_dirs
 from sandbox_agent.queue import StoreError
 from sandbox_agent.runtime.agentproc import Terminated
@@ -100,7 +100,7 @@ def _text_line(event: dict[str, Any]) -> None:
         return
     elif kind in ("finished", "handed_back"):
         code = f" exit {event['exit_code']}" if event["exit_code"] is not None else ""
-        detail = f" ({event['detail']})" if event["detail"] else ""
+        detail = f" ({printable(event['detail'])})" if event["detail"] else ""
         line = (
             f"job {event['job']}: {event['state']}{code} in {event['wall_seconds']:.2f} s{detail}"
         )

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from sandbox_agent import exitcodes
-from sandbox_agent.cli.app import JsonOption, app, fail, home_of
+from sandbox_agent.cli.app import JsonOption, app, fail, home_of, printable
 from sandbox_agent.jdl import JobSpec, render_jdl
 from sandbox_agent.jdl.expr import render
 from sandbox_agent.queue import Job, State, StateChange, Store, StoreError
@@ -152,7 +152,7 @@ def status(
     typer.echo(f"job {job.id}: {job.state} (resubmission {job.resubmission}, owner {job.owner})")
     for change in history:
         code = f" exit {change.exit_code}" if change.exit_code is not None else ""
-        detail = f"  {change.detail}" if change.detail else ""
+        detail = f"  {printable(change.detail)}" if change.detail else ""
         typer.echo(f"  {_when(change.time)}  {change.state:<10}{code}{detail}")
     if usage:
         typer.echo("  last run: " + _usage_text(usage))

@@ -12,7 +12,7 @@ import typer
 
 from sandbox_agent import exitcodes
 from sandbox_agent.agent.storage import Storage, StorageError
-from sandbox_agent.cli.app import JsonOption, app, fail, home_of
+from sandbox_agent.cli.app import JsonOption, app, fail, home_of, printable
 from sandbox_agent.queue import Store, StoreError, TransitionError
 
 
@@ -41,13 +41,9 @@ def outputs(
     typer.echo(f"job {job_id} (resubmission {manifest.resubmission}): {manifest.state}, "
                f"{len(manifest.files)} file(s)" + (f", copied to {to}" if to else ""))  # fmt: skip
     for item in manifest.files:  # names the payload chose: no control characters out
-        typer.echo(f"  {item['sha256']}  {item['size']:>10}  {_shown(str(item['name']))}")
+        typer.echo(f"  {item['sha256']}  {item['size']:>10}  {printable(str(item['name']))}")
     for problem in manifest.problems:
-        typer.echo(f"  not kept: {_shown(problem)}")
-
-
-def _shown(text: str) -> str:
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+        typer.echo(f"  not kept: {printable(problem)}")
 
 
 @app.command("logs")
