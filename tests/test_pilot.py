@@ -633,3 +633,22 @@ def test_names_the_payload_chose_are_printed_escaped(cli: CLI, home: Path) -> No
     listed = cli("outputs", job).stdout.splitlines()
     assert len(listed) == 2, listed  # the header and one file: no forged line
     assert listed[1].endswith("a\\x0aFORGED  sha256:0  1  b.txt")
+
+
+def test_an_agent_revoked_while_it_runs_gets_no_more_job_tokens(cli: CLI, home: Path) -> None:
+    """The revocation list is read at every job token, not only when the pilot starts."""
+    first = submit(cli, write_jdl(home, "first", 'Executable = "/bin/sleep"; Arguments = "2";'))
+    second = submit(cli, "samples/hello.jdl")
+    pilot = start_pilot(home)
+    wait_for_state(cli, first, "RUNNING")
+    revoked = cli("certs", "revoke", home / "certs" / "jobagent.pem")
+    assert revoked.returncode == 0, revoked.stderr
+    out, err = pilot.communicate(timeout=60)
+    assert pilot.returncode == 3, err
+    assert err.startswith(f"sandbox-agent: job {second} was handed back: no job token: "
+                          "the caller is not a valid jobagent: ")  # fmt: skip
+    assert "revoked" in err and len(err.splitlines()) == 1
+    ran = [json.loads(line) for line in out.splitlines()]
+    assert [(e["job"], e["state"]) for e in ran if e["event"] == "finished"] == [(first, "DONE")]
+    now = status(cli, second)
+    assert (now["state"], now["resubmission"]) == ("WAITING", 1)

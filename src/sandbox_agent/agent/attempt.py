@@ -43,7 +43,15 @@ from sandbox_agent.runtime.launch import (
 )
 from sandbox_agent.runtime.plan import Unenforceable, environment
 from sandbox_agent.seccomp.compile import CompileError
-from sandbox_agent.tokens import IssuanceRefused, JobScope, Token, TokenAuthority, fingerprint
+from sandbox_agent.tokens import (
+    IssuanceRefused,
+    JobScope,
+    Token,
+    TokenAuthority,
+    TokenError,
+    files,
+    fingerprint,
+)
 from sandbox_agent.tokens.files import pem_bundle
 from sandbox_agent.tokens.keys import key_pem
 from sandbox_agent.tokens.request import new_job_request
@@ -70,6 +78,7 @@ class Agent:
     grace: float
     interval: float = 1.0
     home_tag: str = ""  # in the names of its jobs' cgroups: whose they are on a shared node
+    certs: Path = Path("certs")  # the authority's directory (its revocation list)
 
 
 @dataclass
@@ -189,9 +198,13 @@ class Attempt:
                     and now.resubmission == asked.resubmission
                     and now.state in states.LEASED)  # fmt: skip
 
+        # the revocation list read at every job: an agent revoked while it runs gets no
+        # more job tokens (a damaged list refuses, as a TokenError)
+        crl_file = agent.certs / files.CRL
+        crl = files.load_crl(crl_file) if crl_file.exists() else None
         issued = agent.authority.issue_job_token(
             request, agent=agent.token.certificate, agent_chain=agent.token.chain, scope=scope,
-            ttl_seconds=self.spec.ttl, leased=leased,
+            ttl_seconds=self.spec.ttl, leased=leased, crl=crl,
         )  # fmt: skip
         pem = serialization.Encoding.PEM
         return {"certificate": issued.certificate.public_bytes(pem).decode(),
@@ -245,7 +258,7 @@ class Attempt:
         try:
             try:
                 token = self.job_token()
-            except IssuanceRefused as exc:
+            except (IssuanceRefused, TokenError) as exc:
                 if not self.still_ours():  # killed at the queue since the match
                     report = self.finish("KILLED", "killed before it started", None, started,
                                          None, None, report=False)  # fmt: skip

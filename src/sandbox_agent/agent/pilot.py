@@ -101,7 +101,7 @@ class Pilot:
         tag = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:8]
         return Agent(name, token, authority, store, Storage(home / "outputs"),
                      catalogue, work_area, self.config.lease,
-                     self.config.grace, self.config.interval, tag)  # fmt: skip
+                     self.config.grace, self.config.interval, tag, home / "certs")  # fmt: skip
 
     def ttl_left(self, token: Token) -> int:
         """The configured lifetime left, capped by the jobagent token's validity."""
