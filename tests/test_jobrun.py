@@ -149,8 +149,10 @@ def test_a_stop_request_gives_the_job_sigterm_then_its_grace(workdir: Path) -> N
     assert result.session is not None
     assert result.session.outcome.reason == "stopped"
     assert result.state == "KILLED"
-    # it got SIGTERM, had the time to act on it, and was then killed: not by its own end
-    assert (workdir / "got").read_text() == "term\ngraced\n"
+    # it got SIGTERM (from the agent, and again passed on by the wrapper: the trap may run
+    # twice), had the time to act on it, and was then killed: not by its own end
+    got = (workdir / "got").read_text().split()
+    assert got[0] == "term" and set(got) == {"term", "graced"}, got
     assert result.session.teardown is not None and result.session.teardown.emptied
 
 
