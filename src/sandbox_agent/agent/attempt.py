@@ -26,7 +26,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from sandbox_agent.agent.jobrun import JobResult, handoff_fields, run_job
+from sandbox_agent.agent.jobrun import (
+    FINAL_FRAME_STATES,
+    PROGRESS_STATES,
+    JobResult,
+    handoff_fields,
+    run_job,
+)
 from sandbox_agent.agent.outputs import remove_workdir
 from sandbox_agent.agent.storage import SUCCESS_STATES, Manifest, Storage
 from sandbox_agent.catalogue import Catalogue, CatalogueError
@@ -57,7 +63,6 @@ from sandbox_agent.tokens.keys import key_pem
 from sandbox_agent.tokens.request import new_job_request
 from sandbox_agent.wrapper.jobwrapper import EXIT_BAD_HANDOFF
 
-RELAYED = frozenset({"STARTED", "RUNNING", "SAVING"})  # the wrapper's progress, passed on
 # Final states after which nothing of the payload's is saved: it never ran to an end.
 NOTHING_TO_SAVE = frozenset({"ERROR_IB", "FAILED", "KILLED"})
 STORAGE_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
@@ -160,7 +165,7 @@ class Attempt:
         self.frames.append(frame)
         if self.frames_at_stop is not None:
             return  # what the wrapper does once stopped is its reaction to the stop
-        if frame["state"] in RELAYED and states.ORDER[states.parse(frame["state"])] > \
+        if frame["state"] in PROGRESS_STATES and states.ORDER[states.parse(frame["state"])] > \
                 states.ORDER[states.parse(self.queue_state)]:  # fmt: skip
             self.advance(str(frame["state"]), str(frame.get("detail", "")))
 
@@ -312,14 +317,11 @@ class Attempt:
         reason = outcome.outcome.reason if outcome else None
         stopped = reason in ("killed", "stopped")  # then a sandbox cut short is no fault
         if outcome is not None and not outcome.payload_ran and not stopped:
-            lines = result.wrapper_log.decode(errors="replace").strip().splitlines()
             raise self.node_problem("the sandbox failed before the wrapper ran"
-                                    + (f": {lines[-1][:300]}" if lines else ""))  # fmt: skip
+                                    + _last_said(result))  # fmt: skip
         if not result.states and result.exit_code is None and not stopped and \
                 outcome is not None and outcome.outcome.returncode == EXIT_BAD_HANDOFF:  # fmt: skip
-            lines = result.wrapper_log.decode(errors="replace").strip().splitlines()
-            raise self.node_problem("the wrapper could not start"
-                                    + (f": {lines[-1][:300]}" if lines else ""))  # fmt: skip
+            raise self.node_problem("the wrapper could not start" + _last_said(result))
         if outcome is not None and outcome.teardown and not outcome.teardown.emptied:
             self.finish("FAILED", "processes of the job survived its kill: "
                         + outcome.teardown.summary(), None, started, workdir, result)  # fmt: skip
@@ -331,7 +333,7 @@ class Attempt:
                                report=False)  # fmt: skip
         if reason == "stopped":
             before = self.frames[: self.frames_at_stop]
-            finals = [f for f in before if f["state"] not in RELAYED]
+            finals = [f for f in before if f["state"] in FINAL_FRAME_STATES]
             if not finals:
                 return self.hand_back(result, started, workdir)
             said = finals[-1]  # the wrapper had finished before the stop: that stands
@@ -390,10 +392,8 @@ class Attempt:
                 if exc.errno in STORAGE_FAULTS:
                     self.storage_fault = f"the output storage failed: {exc}"
             else:
-                refused = [p for p in manifest.problems if not p.endswith(": no such output")
-                           and not p.endswith("the archive was not made")]  # fmt: skip
-                if refused and state in SUCCESS_STATES:
-                    state, detail = "ERROR_SV", f"an output was refused: {refused[0]}"
+                if manifest.refused and state in SUCCESS_STATES:
+                    state, detail = "ERROR_SV", f"an output was refused: {manifest.refused[0]}"
                     self.agent.storage.record_state(job.id, job.resubmission, state)
         if report and not self.advance(state, detail, exit_code):
             detail = f"{detail} (the queue no longer took this agent's report)"
@@ -407,6 +407,12 @@ class Attempt:
         if self.frames_at_stop is None:
             self.frames_at_stop = len(self.frames)
         self.stop.request("stopped", self.agent.grace)
+
+
+def _last_said(result: JobResult) -> str:
+    """The last line the wrapper (or bwrap before it) wrote on stderr, for the reason."""
+    lines = result.wrapper_log.decode(errors="replace").strip().splitlines()
+    return f": {lines[-1][:300]}" if lines else ""
 
 
 def _usage(result: JobResult | None) -> dict[str, Any]:

@@ -30,7 +30,8 @@ FRAME_STATES = frozenset({
     "STARTED", "RUNNING", "SAVING", "DONE", "DONE_WARN", "ERROR_E", "ERROR_V", "ERROR_VN",
     "ERROR_VT", "ERROR_IB", "ERROR_S", "ERROR_SV",
 })  # what a wrapper may say; EXPIRED, KILLED and FAILED are the agent's to decide  # fmt: skip
-FINAL_FRAME_STATES = FRAME_STATES - {"STARTED", "RUNNING", "SAVING"}
+PROGRESS_STATES = frozenset({"STARTED", "RUNNING", "SAVING"})  # the agent passes these on
+FINAL_FRAME_STATES = FRAME_STATES - PROGRESS_STATES
 
 
 @dataclass

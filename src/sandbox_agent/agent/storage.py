@@ -48,6 +48,9 @@ class Manifest:
     state: str
     files: list[dict[str, object]] = field(default_factory=list)  # name, size, sha256, stored
     problems: list[str] = field(default_factory=list)  # outputs not kept, and why
+    # those of the problems the agent refused (a link, a cap, a tree too big to search),
+    # as against outputs the job never made: a refusal turns DONE into ERROR_SV
+    refused: list[str] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)
     usage: dict[str, object] = field(default_factory=dict)  # wall time, cgroup counters
 
@@ -143,10 +146,11 @@ class Storage:
         try:
             names, manifest.problems = chosen(entries, list_files(workdir) if entries else [])
         except TooManyFiles as exc:
-            names, manifest.problems = [], [str(exc)]
+            names, manifest.problems, manifest.refused = [], [str(exc)], [str(exc)]
         kept, refused = outputs.collect(workdir, names, where / "files", max_file=MAX_FILE,
                                         max_total=MAX_TOTAL)  # fmt: skip
         manifest.problems += refused
+        manifest.refused += refused
         manifest.files = [
             {"name": c.name, "size": c.size, "sha256": c.sha256,
              "stored": str(c.stored.relative_to(where))}

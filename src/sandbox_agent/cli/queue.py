@@ -17,7 +17,8 @@ from sandbox_agent.jdl.expr import render
 from sandbox_agent.queue import Job, State, StateChange, Store, StoreError
 
 
-def _store(ctx: typer.Context) -> Store:
+def open_store(ctx: typer.Context) -> Store:
+    """The queue of this invocation's --home; an unusable one is a one-line exit 3."""
     try:
         return Store(home_of(ctx) / "queue")
     except StoreError as exc:
@@ -53,7 +54,7 @@ def submit(
     spec = _stage(ctx, spec, jdl.absolute().parent)
     _refuse_unrunnable(ctx, spec, policy)
     requirements = render(spec.requirements) if spec.requirements is not None else None
-    with _store(ctx) as store:
+    with open_store(ctx) as store:
         try:
             job_id = store.submit(render_jdl(spec), owner=getpass.getuser(), priority=priority,
                                   requirements=requirements)  # fmt: skip
@@ -113,7 +114,7 @@ def jobs(
     """The jobs of the embedded queue, oldest first."""
     if state is not None and state.upper() not in State.__members__:
         fail(f"--state {state}: not a job state; use one of {', '.join(State.__members__)}")
-    with _store(ctx) as store:
+    with open_store(ctx) as store:
         found = store.jobs(state.upper() if state else None)
     if as_json:
         typer.echo(json.dumps([_job_json(job) for job in found], indent=2))
@@ -134,7 +135,7 @@ def status(
     last run's resource use and kill reason."""
     from sandbox_agent.agent.storage import Storage, StorageError
 
-    with _store(ctx) as store:
+    with open_store(ctx) as store:
         try:
             job = store.get(job_id)
             history = store.history(job_id)

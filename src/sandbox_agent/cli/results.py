@@ -13,7 +13,7 @@ import typer
 from sandbox_agent import exitcodes
 from sandbox_agent.agent.storage import Storage, StorageError
 from sandbox_agent.cli.app import JsonOption, app, fail, home_of, printable
-from sandbox_agent.queue import Store, StoreError, TransitionError
+from sandbox_agent.queue import StoreError, TransitionError
 
 
 @app.command("outputs")
@@ -83,11 +83,13 @@ def kill(
 ) -> None:
     """Kill a job: a waiting one never runs; a running one is stopped by its agent at the
     next heartbeat, which ends it KILLED."""
-    try:
-        with Store(home_of(ctx) / "queue") as store:
+    from sandbox_agent.cli.queue import open_store
+
+    with open_store(ctx) as store:
+        try:
             store.kill(job_id, reason)
-    except TransitionError as exc:
-        fail(str(exc), exitcodes.FAILED)
-    except StoreError as exc:
-        fail(str(exc))
+        except TransitionError as exc:
+            fail(str(exc), exitcodes.FAILED)
+        except StoreError as exc:
+            fail(str(exc))
     typer.echo(f"job {job_id}: KILLED")
