@@ -9,12 +9,14 @@ cap is refused before any of the body is read; a short read, bad UTF-8, bad JSON
 duplicate keys, NaN, a missing or unknown field, a wrong type, schema or version each
 raise FrameError with one line saying what. No pickle, no eval.
 
-The wrapper imports this module, so it uses the standard library only (start-up time).
+The wrapper imports this module, so it uses the standard library only, and of JSON only
+its C half: the json package imports re, enum and functools, which cost the sandbox's
+Python more than ten milliseconds at every job's start. Where the C half is missing the
+json package does the same work.
 """
 
 from __future__ import annotations
 
-import json
 import struct
 
 TYPE_CHECKING = False  # typing costs milliseconds at every job's start; only mypy needs it
@@ -85,8 +87,7 @@ def encode(kind: str, fields: Mapping[str, Any]) -> bytes:
     table, cap = _kind(kind)
     message = {"schema": schema_name(kind), "version": VERSION, **fields}
     _check(message, _with_header(table), kind)
-    body = json.dumps(message, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    data = body.encode("utf-8")
+    data = _dumps(message).encode("utf-8")
     if len(data) > cap:
         raise FrameError(f"{kind} frame of {len(data)} bytes is over its cap of {cap}")
     return HEADER.pack(len(data)) + data
@@ -112,8 +113,7 @@ def decode(kind: str, body: bytes) -> dict[str, Any]:
     """A frame body (without its header), checked against ``kind``."""
     table, _cap = _kind(kind)
     try:
-        text = body.decode("utf-8")
-        message = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_nan)
+        message = _loads(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise FrameError(f"{kind} frame is not UTF-8") from None
     except RecursionError:
@@ -198,6 +198,59 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_nan(constant: str) -> Any:
     raise ValueError(f"{constant} is not a number JSON allows")
+
+
+class _Decoding:
+    """What the C scanner asks its context for: json.loads's strict defaults, with
+    duplicate keys and NaN refused."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = staticmethod(_no_duplicates)
+    parse_float = float
+    parse_int = int
+    parse_constant = staticmethod(_no_nan)
+
+
+_WHITESPACE = " \t\n\r"  # what JSON allows around a value
+
+
+def _loads(text: str) -> Any:
+    """One JSON value, nothing but whitespace around it: json.loads with our hooks."""
+    try:
+        import _json
+
+        start = len(text) - len(text.lstrip(_WHITESPACE))
+        # typeshed types the context as a scanner; the C code reads only these attributes
+        value, end = _json.make_scanner(_Decoding())(text, start)  # type: ignore[arg-type]
+        if not text[end:].strip(_WHITESPACE):
+            return value
+    except RecursionError:
+        raise
+    except Exception:  # noqa: S110 (the json package below says what is wrong)
+        # The C half reports a syntax error through json.decoder, which it expects loaded:
+        # without it the error comes out as a SystemError with no message.
+        pass
+    import json  # a refused frame, or a Python without the C half
+
+    return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_nan)
+
+
+def _dumps(message: Mapping[str, Any]) -> str:
+    """Compact JSON, UTF-8 kept as is, NaN refused: json.dumps by its C half."""
+    try:
+        import _json
+    except ImportError:
+        import json
+
+        return json.dumps(message, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    encode = _json.make_encoder({}, _unencodable, _json.encode_basestring, None, ":", ",",
+                                False, False, False)  # fmt: skip
+    return "".join(encode(message, 0))
+
+
+def _unencodable(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 def _read_exactly(stream: IO[bytes], size: int, what: str) -> bytes:

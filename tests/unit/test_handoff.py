@@ -7,7 +7,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -149,7 +152,73 @@ def test_the_module_needs_only_the_standard_library() -> None:
     source = Path(handoff.__file__).read_text()
     imported = {line.split()[1] for line in source.splitlines()
                 if line.startswith(("import ", "from "))}  # fmt: skip
-    assert imported <= {"__future__", "json", "struct", "collections.abc", "typing"}
+    assert imported <= {"__future__", "json", "_json", "struct", "collections.abc", "typing"}
+
+
+def test_the_wrapper_side_reads_and_writes_frames_without_the_json_package(
+    tmp_path: Path,
+) -> None:
+    # as the sandbox runs it: the module alone, an isolated Python without site
+    shutil.copy(handoff.__file__, tmp_path / "handoff.py")
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import handoff\n"
+        "try:\n"
+        "    m = handoff.read_frame(sys.stdin.buffer, 'handoff')\n"
+        "except handoff.FrameError as exc:\n"
+        "    m = {'spec': {'variables': {'RUN': str(exc)}}}\n"
+        "sys.stdout.buffer.write(handoff.encode('status', {'state': 'DONE', "
+        "'detail': m['spec']['variables']['RUN']}))\n"
+        "sys.stderr.write(' '.join(n for n in ('json', 're', 'enum') if n in sys.modules))"
+    )  # fmt: skip
+
+    def wrapper_reads(frame: bytes) -> tuple[str, bytes]:
+        ran = subprocess.run([sys.executable, "-I", "-S", "-c", script, str(tmp_path)],
+                             input=frame, capture_output=True, check=True)  # fmt: skip
+        return read_frame(io.BytesIO(ran.stdout), "status")["detail"], ran.stderr
+
+    assert wrapper_reads(encode("handoff", HANDOFF)) == ("544121", b"")  # nothing costly
+    # a refused frame gets the json package's words, loaded for that alone
+    detail, loaded = wrapper_reads(struct.pack(">I", 5) + b"{bad}")
+    assert detail.startswith("handoff frame is not valid JSON: Expecting property name")
+    assert b"json" in loaded
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"a": 1}', ' \n{"a": [1, 2.5, "x\\u00e9", null, true]}\t', '{"a": 1, "a": 2}',
+     '{"a": NaN}', '[Infinity]', '-Infinity', '{"a": 1} x', '{"a": 1}{}', "", "   ",
+     '"\\ud800"', '"a\x01b"', '{"a" 1}', '[1,]', '01', '1e999', '{"\\u0000": "\\n"}',
+     '[' * 3000 + ']' * 3000, '"' + 'x' * 5000 + '"', '\ufeff{}', '{"a": 1}\x0c'],
+)  # fmt: skip
+def test_the_c_half_decodes_as_the_json_package_does(text: str) -> None:
+    """Where the sandbox's Python has the C half the frames are read by it: it must take
+    and refuse exactly what json.loads with the same hooks does."""
+
+    def outcome(load: Any) -> object:
+        try:
+            return ("value", load(text))
+        except RecursionError:
+            return "too deep"
+        except ValueError:
+            return "refused"
+
+    expected = outcome(lambda t: json.loads(t, object_pairs_hook=handoff._no_duplicates,
+                                            parse_constant=handoff._no_nan))  # fmt: skip
+    assert outcome(handoff._loads) == expected
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_the_c_half_encodes_as_the_json_package_does(value: Any) -> None:
+    expected = json.dumps({"v": value}, ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":"))  # fmt: skip
+    assert handoff._dumps({"v": value}) == expected
 
 
 texts = st.text(max_size=20)
