@@ -64,6 +64,9 @@ def main() -> None:
     token("job-7", Identity(Role.JOB, job7))
     token("job-8", Identity(Role.JOB, JobScope(8, 0, "testuser")))
     token("job-7-resubmission-1", Identity(Role.JOB, JobScope(7, 1, "testuser")))
+    token("user-alice", Identity(Role.USER, user="alice"))
+    token("user-bob", Identity(Role.USER, user="bob"))
+    token("admin-ops", Identity(Role.ADMIN, user="ops"))
     token(
         "expired-jobagent",
         Identity(Role.JOBAGENT),

@@ -251,8 +251,21 @@ def test_issued_job_token_is_wrong_for_another_role(cli, authority: Path, job7: 
         (["--role", "job", "--job-id", "7", "--user", "j doe"], "user"),
         (["--role", "jobagent", "--dns", "example.org"], "broker"),
         (["--role", "broker", "--ip", "not-an-address"], "not-an-address"),
+        (["--role", "user"], "a user token needs --user"),
+        (["--role", "admin"], "an admin token needs --user"),
+        (["--role", "admin", "--job-id", "7"], "needs --user"),
+        (["--role", "user", "--user", "alice", "--job-id", "7"], "--job-id is for job tokens"),
+        (["--role", "admin", "--user", "ops", "--job-id", "7"], "--job-id is for job tokens"),
+        (["--role", "jobagent", "--user", "alice"], "--user are not for jobagent tokens"),
+        (["--role", "broker", "--user", "ops"], "--user are not for broker tokens"),
+        (["--role", "user", "--user", "a b"], "user 'a b' must be 1-64"),
+        (["--role", "admin", "--user", "x" * 65], "must be 1-64"),
+        (["--role", "admin", "--user", "ops", "--ttl", "86401"], "an admin token lives at most 24"),
+        (["--role", "user", "--user", "alice", "--ttl", str(31 * 86400)], "at most 30 days"),
+        (["--role", "user", "--user", "alice", "--dns", "example.org"], "only broker tokens"),
+        (["--role", "admin", "--user", "ops", "--ip", "127.0.0.1"], "only broker tokens"),
     ],
-)
+)  # fmt: skip
 def test_issue_refuses_bad_options(
     cli, authority: Path, tmp_path: Path, args: list[str], needle: str
 ) -> None:
@@ -261,6 +274,53 @@ def test_issue_refuses_bad_options(
     line = assert_one_line_error(result)
     assert needle in line
     assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("role", "user", "subject", "lifetime"),
+    [
+        ("user", "alice", "CN=alice,CN=Users", 86400),
+        ("admin", "ops", "CN=ops,CN=Admins", 3600),
+    ],
+)
+def test_issue_person_token(
+    cli, authority: Path, tmp_path: Path, role: str, user: str, subject: str, lifetime: int
+) -> None:
+    out = tmp_path / "out"
+    result = cli("certs", "issue", "--role", role, "--user", user, "--dir", authority, "--out", out)
+    assert result.returncode == 0, result.stderr
+    cert, key = out / f"{role}-{user}.pem", out / f"{role}-{user}.key"
+    assert {p.name for p in out.iterdir()} == {cert.name, key.name}
+    assert mode(key) == 0o600
+    ok = cli("certs", "verify", cert, "--dir", authority, "--role", role, "--key", key)
+    assert ok.returncode == 0, ok.stderr
+    assert f"valid {role} {user} token" in ok.stdout
+    shown = cli("certs", "show", cert, "--dir", authority, "--json")
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    assert (report["role"], report["user"], report["job_id"]) == (role, user, None)
+    assert report["subject"] == subject
+    assert report["chain"].startswith("valid: ")
+    span = x509.load_pem_x509_certificates(cert.read_bytes())[0]
+    seconds = (span.not_valid_after_utc - span.not_valid_before_utc).total_seconds()
+    assert seconds == lifetime + 300  # the role's default, plus 5 minutes of skew
+    text = cli("certs", "show", cert, "--dir", authority)
+    assert show_rows(text.stdout)["scope"] == f"user {user}"
+    other = "admin" if role == "user" else "user"
+    wrong = cli("certs", "verify", cert, "--dir", authority, "--role", other, "--json")
+    assert wrong.returncode == 1
+    assert verdict(wrong)["code"] == "wrong-role"
+
+
+def test_issue_person_token_with_a_name(cli, authority: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = cli(
+        "certs", "issue", "--role", "admin", "--user", "ops", "--name", "me",
+        "--dir", authority, "--out", out, "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["certificate"] == str(out / "me.pem")
+    assert json.loads(result.stdout)["user"] == "ops"
 
 
 def test_issue_too_long_ttl_names_the_maximum(cli, authority: Path, tmp_path: Path) -> None:
@@ -360,6 +420,11 @@ def test_verify_valid_fixture(cli) -> None:
         ("broker", ["--role", "jobagent"], "wrong-role"),
         ("signing", [], "wrong-role"),
         ("revoked-jobagent", ["--crl", str(CERTS / "crl.pem")], "revoked"),
+        ("admin-ops", ["--role", "user"], "wrong-role"),
+        ("user-alice", ["--role", "admin"], "wrong-role"),
+        ("jobagent", ["--role", "user"], "wrong-role"),
+        ("user-bob", ["--role", "jobagent"], "wrong-role"),
+        ("user-alice", ["--job-id", "7"], "wrong-role"),
     ],
 )
 def test_verify_invalid_fixture(cli, name: str, args: list[str], code: str) -> None:
@@ -383,6 +448,9 @@ def test_verify_invalid_fixture(cli, name: str, args: list[str], code: str) -> N
         ("job-7-resubmission-1", ["--role", "job", "--job-id", "7", "--resubmission", "1"]),
         ("broker", ["--role", "broker"]),
         ("revoked-jobagent", ["--role", "jobagent"]),  # revoked only with --crl
+        ("user-alice", ["--role", "user"]),
+        ("user-bob", ["--role", "user"]),
+        ("admin-ops", ["--role", "admin"]),
     ],
 )
 def test_verify_valid_fixtures(cli, name: str, args: list[str]) -> None:
@@ -528,6 +596,8 @@ def show_rows(stdout: str) -> dict[str, str]:
         ("broker", "broker", "-"),
         ("job-7", "job", "job 7 resubmission 0 user testuser"),
         ("job-7-resubmission-1", "job", "job 7 resubmission 1 user testuser"),
+        ("user-alice", "user", "user alice"),
+        ("admin-ops", "admin", "user ops"),
     ],
 )
 def test_show_fixture(cli, name: str, role: str, scope: str) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import JOBAGENT, fixture_chain
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -28,9 +29,11 @@ from sandbox_agent.tokens import (
     new_job_request,
     new_key,
 )
-from sandbox_agent.tokens.authority import JOB_GRACE, MAX_LIFETIME
+from sandbox_agent.tokens.authority import DEFAULT_LIFETIME, JOB_GRACE, MAX_LIFETIME
 
 SCOPE = JobScope(7, 0, "jdoe")
+ALICE = Identity(Role.USER, user="alice")
+OPS = Identity(Role.ADMIN, user="ops")
 
 
 def always(_fp: str, _scope: JobScope) -> bool:
@@ -66,9 +69,43 @@ def test_broker_token_is_also_a_server(mint: Callable[..., Token]) -> None:
     assert san.get_values_for_type(x509.DNSName) == ["broker.example"]
 
 
-def test_only_brokers_carry_host_names(mint: Callable[..., Token]) -> None:
+@pytest.mark.parametrize("identity", [JOBAGENT, ALICE, OPS, Identity(Role.JOB, SCOPE)])
+@pytest.mark.parametrize(
+    "names", [{"dns_names": ("broker.example",)}, {"ip_addresses": ("127.0.0.1",)}]
+)
+def test_only_brokers_carry_host_names(
+    mint: Callable[..., Token], identity: Identity, names: dict[str, tuple[str, ...]]
+) -> None:
     with pytest.raises(ValueError, match="only broker tokens carry host names"):
-        mint(JOBAGENT, dns_names=("x",))
+        mint(identity, **names)
+
+
+@pytest.mark.parametrize(
+    ("identity", "subject", "default"),
+    [
+        (ALICE, "CN=alice,CN=Users", timedelta(days=1)),
+        (OPS, "CN=ops,CN=Admins", timedelta(hours=1)),
+    ],
+)
+def test_person_token_profile(
+    mint: Callable[..., Token], identity: Identity, subject: str, default: timedelta
+) -> None:
+    cert = mint(identity).certificate
+    assert identity_of(cert) == identity
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+        f"urn:sandbox-agent:role:{identity.role.value}",
+        f"urn:sandbox-agent:user:{identity.user}",
+    ]
+    assert san.get_values_for_type(x509.DNSName) == []
+    assert cert.subject.rfc4514_string() == subject
+    # a person is a client only, never the server of mutual TLS
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert basic.ca is False
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    assert lifetime == default + timedelta(minutes=5)  # notBefore is 5 minutes back
 
 
 @pytest.mark.parametrize(
@@ -76,14 +113,28 @@ def test_only_brokers_carry_host_names(mint: Callable[..., Token]) -> None:
     [
         (Role.JOBAGENT, timedelta(days=2, seconds=1), "a jobagent token lives at most 2 days"),
         (Role.BROKER, timedelta(days=91), "a broker token lives at most 90 days"),
+        (Role.USER, timedelta(days=30, seconds=1), "a user token lives at most 30 days"),
+        (Role.ADMIN, timedelta(days=1, seconds=1), "an admin token lives at most 24 hours"),
     ],
 )
 def test_lifetime_caps(
     mint: Callable[..., Token], role: Role, too_long: timedelta, message: str
 ) -> None:
+    identity = Identity(role, user="alice") if role in (Role.USER, Role.ADMIN) else Identity(role)
     with pytest.raises(ValueError, match=message):
-        mint(Identity(role), lifetime=too_long)
-    assert mint(Identity(role), lifetime=MAX_LIFETIME[role]).certificate
+        mint(identity, lifetime=too_long)
+    assert mint(identity, lifetime=MAX_LIFETIME[role]).certificate
+
+
+def test_person_lifetimes() -> None:
+    assert (DEFAULT_LIFETIME[Role.USER], MAX_LIFETIME[Role.USER]) == (
+        timedelta(days=1), timedelta(days=30)
+    )  # fmt: skip
+    assert (DEFAULT_LIFETIME[Role.ADMIN], MAX_LIFETIME[Role.ADMIN]) == (
+        timedelta(hours=1), timedelta(days=1)
+    )  # fmt: skip
+    # every role has both, so issue() never fails with a KeyError
+    assert set(DEFAULT_LIFETIME) == set(MAX_LIFETIME) == set(Role)
 
 
 def test_job_token_from_csr(authority: TokenAuthority, mint: Callable[..., Token]) -> None:
@@ -148,6 +199,32 @@ def test_refused_for_a_caller_that_is_not_a_jobagent(authority: TokenAuthority) 
     message = _refusal(authority, agent=job_cert, agent_chain=job_chain)
     assert message == (
         "the caller is not a valid jobagent: this is a job token; a jobagent token is needed here"
+    )
+
+
+@pytest.mark.parametrize("name", ["user-alice", "admin-ops"])
+def test_refused_for_a_person(authority: TokenAuthority, name: str) -> None:
+    # Only a jobagent gets job tokens: not a user, not even an admin.
+    cert, chain = fixture_chain(name)
+    message = _refusal(authority, agent=cert, agent_chain=chain)
+    assert message.startswith("the caller is not a valid jobagent: this is a")
+    assert message.endswith(f" {name.split('-')[0]} token; a jobagent token is needed here")
+
+
+def test_a_jobagent_cannot_get_a_user_token_from_a_csr(authority: TokenAuthority) -> None:
+    key = new_key()
+    urns = ["urn:sandbox-agent:role:user", "urn:sandbox-agent:user:jdoe"]
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in urns]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    assert _refusal(authority, request=csr) == (
+        "the request asks for user jdoe, but the job is job 7 (resubmission 0) of user jdoe"
     )
 
 

@@ -89,6 +89,50 @@ def test_wrong_role_both_ways(verifier: TokenVerifier) -> None:
     assert str(info.value) == "this is a jobagent token, not a job token"
 
 
+def test_user_and_admin_fixtures(verifier: TokenVerifier) -> None:
+    for name, user in (("user-alice", "alice"), ("user-bob", "bob")):
+        cert, chain = fixture_chain(name)
+        verified = verifier.verify(cert, chain, role=Role.USER)
+        assert verified.identity == Identity(Role.USER, user=user)
+        assert verified.identity.owner == user
+        assert verified.chain[0].subject.rfc4514_string() == f"CN={user},CN=Users"
+    cert, chain = fixture_chain("admin-ops")
+    verified = verifier.verify(cert, chain, role=Role.ADMIN)
+    assert verified.identity == Identity(Role.ADMIN, user="ops")
+    assert verified.chain[0].subject.rfc4514_string() == "CN=ops,CN=Admins"
+
+
+@pytest.mark.parametrize(
+    ("name", "wanted", "message"),
+    [
+        ("admin-ops", Role.USER, "admin token; a user token is needed here"),
+        ("jobagent", Role.USER, "this is a jobagent token; a user token is needed here"),
+        ("job-7", Role.USER, "this is a job token; a user token is needed here"),
+        ("broker", Role.USER, "this is a broker token; a user token is needed here"),
+        ("user-alice", Role.ADMIN, "this is a user token; a"),  # a user is never an admin
+        ("user-bob", Role.ADMIN, "this is a user token; a"),
+        ("jobagent", Role.ADMIN, "this is a jobagent token; a"),
+        ("user-alice", Role.JOBAGENT, "this is a user token; a jobagent token is needed here"),
+        ("admin-ops", Role.JOB, "admin token; a job token is needed here"),
+    ],
+)
+def test_person_roles_are_wrong_elsewhere(
+    verifier: TokenVerifier, name: str, wanted: Role, message: str
+) -> None:
+    cert, chain = fixture_chain(name)
+    with pytest.raises(WrongRole) as info:
+        verifier.verify(cert, chain, role=wanted)
+    assert message in str(info.value)
+    assert f" {wanted.value} token is needed here" in str(info.value)
+
+
+def test_a_user_token_is_not_for_a_job(verifier: TokenVerifier) -> None:
+    cert, chain = fixture_chain("user-alice")
+    with pytest.raises(WrongRole) as info:
+        verifier.verify(cert, chain, job_id=7)
+    assert str(info.value) == "this is a user token, not a job token"
+
+
 def test_wrong_job_and_resubmission(verifier: TokenVerifier) -> None:
     job8, chain8 = fixture_chain("job-8")
     with pytest.raises(WrongJob) as info:

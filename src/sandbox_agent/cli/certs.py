@@ -33,6 +33,7 @@ from sandbox_agent.tokens import (
 )
 from sandbox_agent.tokens.keys import load_private_key, same_key, write_public_file
 from sandbox_agent.tokens.local import ensure_authority
+from sandbox_agent.tokens.roles import PERSON_ROLES
 
 certs_app = typer.Typer(
     help="Make the token authority, issue tokens, show and verify them.",
@@ -114,14 +115,28 @@ def certs_init(
 @certs_app.command("issue")
 def certs_issue(
     ctx: typer.Context,
-    role: Annotated[str, typer.Option("--role", help="jobagent, job or broker.")],
+    role: Annotated[
+        str,
+        typer.Option(
+            "--role",
+            help="jobagent (a pilot), job, broker, user (a person who submits jobs) or "
+            "admin (an operator, who may act on every user's jobs).",
+        ),
+    ],
     job_id: Annotated[int | None, typer.Option("--job-id", help="The job (job role).")] = None,
     resubmission: Annotated[int, typer.Option("--resubmission", help="Job role.")] = 0,
-    user: Annotated[str | None, typer.Option("--user", help="The job's owner (job role).")] = None,
+    user: Annotated[
+        str | None,
+        typer.Option(
+            "--user", help="The person (user and admin roles) or the job's owner (job role)."
+        ),
+    ] = None,
     ttl: Annotated[
         int | None,
         typer.Option(
-            "--ttl", help="Lifetime in seconds [default: 1 day, 1 hour, 30 days by role]."
+            "--ttl",
+            help="Lifetime in seconds [default by role: jobagent 1 day, job 1 hour, "
+            "broker 30 days, user 1 day, admin 1 hour].",
         ),
     ] = None,
     dns: Annotated[list[str] | None, typer.Option("--dns", help="Broker host name.")] = None,
@@ -142,13 +157,20 @@ def certs_issue(
     try:
         parsed_role = Role.parse(role)
         kind = KeyType.parse(key_type)
-        scope = None
         if parsed_role is Role.JOB:
             if job_id is None or user is None:
                 fail("a job token needs --job-id and --user")
-            scope = JobScope(job_id, resubmission, user)
-        elif job_id is not None or user is not None:
-            fail(f"--job-id and --user are for job tokens, not {parsed_role.value}")
+            identity = Identity(parsed_role, JobScope(job_id, resubmission, user))
+        elif parsed_role in PERSON_ROLES:
+            if user is None:
+                fail(f"{parsed_role.with_article} token needs --user (the person it is for)")
+            if job_id is not None:
+                fail(f"--job-id is for job tokens, not {parsed_role.value}")
+            identity = Identity(parsed_role, user=user)
+        else:
+            if job_id is not None or user is not None:
+                fail(f"--job-id and --user are not for {parsed_role.value} tokens")
+            identity = Identity(parsed_role)
     except ValueError as exc:
         fail(str(exc))
     authority = _load_authority(_authority_dir(ctx, directory))
@@ -157,13 +179,13 @@ def certs_issue(
         fail(f"--ttl {ttl} is out of range: give seconds, from 1 to the role's maximum")
     try:
         issued = authority.issue(
-            Identity(parsed_role, scope),
+            identity,
             key.public_key(),
             lifetime=None if ttl is None else timedelta(seconds=ttl),
             dns_names=tuple(dns or ()),
             ip_addresses=tuple(ip or ()),
         )
-        stem = name or (f"job-{job_id}" if scope else parsed_role.value)
+        stem = name or _default_stem(identity)
         target = out if out is not None else home_of(ctx) / "tokens"
         cert_file, key_file = write_token(
             target, stem, Token(issued.certificate, issued.chain, key)
@@ -182,14 +204,24 @@ def certs_issue(
         typer.echo(f"  fingerprint {report['fingerprint']}, valid until {report['not_after']}")
 
 
+def _default_stem(identity: Identity) -> str:
+    """jobagent, broker, job-7, user-alice, admin-ops: one file per person or job."""
+    if identity.job is not None:
+        return f"job-{identity.job.job_id}"
+    if identity.user is not None:
+        return f"{identity.role.value}-{identity.user}"
+    return identity.role.value
+
+
 def _describe(cert: x509.Certificate) -> dict[str, Any]:
     """What a person and a script want to know about a certificate, never the key."""
     try:
         identity = identity_of(cert)
         role: str | None = identity.role.value
         scope = identity.job
+        user = identity.owner
     except TokenError as exc:
-        role, scope = None, None
+        role, scope, user = None, None, None
         problem: str | None = str(exc)
     else:
         problem = None
@@ -206,7 +238,7 @@ def _describe(cert: x509.Certificate) -> dict[str, Any]:
         "role": role,
         "job_id": scope.job_id if scope else None,
         "resubmission": scope.resubmission if scope else None,
-        "user": scope.user if scope else None,
+        "user": user,
         "serial": f"{cert.serial_number:x}",
         "not_before": cert.not_valid_before_utc.isoformat(),
         "not_after": cert.not_valid_after_utc.isoformat(),
@@ -266,11 +298,14 @@ def certs_show(
     if as_json:
         typer.echo(json.dumps({"file": str(file), **report}, indent=2))
         return
-    scope = (
-        f"job {report['job_id']} resubmission {report['resubmission']} user {report['user']}"
-        if report["job_id"] is not None
-        else "-"
-    )
+    if report["job_id"] is not None:
+        scope = (
+            f"job {report['job_id']} resubmission {report['resubmission']} user {report['user']}"
+        )
+    elif report["user"] is not None:
+        scope = f"user {report['user']}"
+    else:
+        scope = "-"
     rows = [
         ("file", str(file)),
         ("role", report["role"] or f"none ({report['problem']})"),
@@ -291,7 +326,10 @@ def certs_show(
 def certs_verify(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="A token certificate (PEM), with its chain.")],
-    role: Annotated[str | None, typer.Option("--role", help="The role it must have.")] = None,
+    role: Annotated[
+        str | None,
+        typer.Option("--role", help="The role it must have: jobagent, job, broker, user or admin."),
+    ] = None,
     job_id: Annotated[int | None, typer.Option("--job-id", help="The job it must be for.")] = None,
     resubmission: Annotated[int | None, typer.Option("--resubmission")] = None,
     key: Annotated[

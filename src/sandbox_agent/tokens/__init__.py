@@ -1,7 +1,9 @@
-"""Tokens: X.509 certificates that carry a role (jobagent, job, broker) and, for jobs, a scope.
+"""Tokens: X.509 certificates that carry a role (jobagent, job, broker, user, admin) and
+what it names: for a job its scope, for a person their user name.
 
 The agent holds a jobagent token; each job gets a token for its own job id, signed from
-a CSR the agent makes with a fresh key; only the job token enters the sandbox.
+a CSR the agent makes with a fresh key; only the job token enters the sandbox. People
+hold user tokens (their own jobs) or admin tokens (every job) for the broker.
 """
 
 from sandbox_agent.tokens.authority import Issued, TokenAuthority

@@ -1,4 +1,5 @@
-"""The token authority: a CA that issues short-lived tokens for jobagents, jobs and brokers.
+"""The token authority: a CA that issues short-lived tokens for jobagents, jobs, brokers,
+users and admins.
 
 Job tokens are only ever signed from a CSR, for a jobagent that proves itself with its
 own token, and only for a job the queue says is leased to that agent.  The authority
@@ -38,11 +39,15 @@ MAX_LIFETIME = {
     Role.JOBAGENT: timedelta(days=2),
     Role.JOB: timedelta(days=2),
     Role.BROKER: timedelta(days=90),
+    Role.USER: timedelta(days=30),
+    Role.ADMIN: timedelta(days=1),  # it may act on every user's jobs: keep it short
 }
 DEFAULT_LIFETIME = {
     Role.JOBAGENT: timedelta(days=1),
     Role.JOB: timedelta(hours=1),
     Role.BROKER: timedelta(days=30),
+    Role.USER: timedelta(days=1),
+    Role.ADMIN: timedelta(hours=1),
 }
 JOB_GRACE = timedelta(minutes=15)  # a job token outlives the job's TTL by this much
 ROOT_LIFETIME = timedelta(days=3650)
@@ -159,7 +164,7 @@ class TokenAuthority:
             raise ValueError("a token lifetime must be positive")
         if lifetime > maximum:
             raise ValueError(
-                f"a {identity.role.value} token lives at most {_hours(maximum)}, "
+                f"{identity.role.with_article} token lives at most {_hours(maximum)}, "
                 f"not {_hours(lifetime)}"
             )
         if identity.role is not Role.BROKER and (dns_names or ip_addresses):

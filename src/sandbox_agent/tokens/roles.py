@@ -1,12 +1,13 @@
 """Roles and scopes, and how a certificate carries them.
 
 A token says who it is twice: in a subject a person reads (JAliEn's style,
-``CN=JobAgent`` or ``CN=Jobs, CN=<user>, OU=queueid=<id>/resubmission=<n>``) and in
-subjectAltName URIs that code reads::
+``CN=JobAgent``, ``CN=Users, CN=<user>`` or
+``CN=Jobs, CN=<user>, OU=queueid=<id>/resubmission=<n>``) and in subjectAltName URIs
+that code reads::
 
-    urn:sandbox-agent:role:jobagent | job | broker
+    urn:sandbox-agent:role:jobagent | job | broker | user | admin
     urn:sandbox-agent:job:<id>:<resubmission>     (job tokens)
-    urn:sandbox-agent:user:<user>                 (job tokens)
+    urn:sandbox-agent:user:<user>                 (job, user and admin tokens)
 
 Decisions are taken from the URIs only; the subject is never parsed.
 """
@@ -30,6 +31,13 @@ class Role(Enum):
     JOBAGENT = "jobagent"  # the pilot: matches jobs, asks for job tokens
     JOB = "job"  # one job id and resubmission of one user; the only token in a sandbox
     BROKER = "broker"  # the server side of mutual TLS
+    USER = "user"  # a person: submits jobs, reads their own jobs
+    ADMIN = "admin"  # an operator: may act on every user's jobs
+
+    @property
+    def with_article(self) -> str:
+        """The role with its article ("a user", "an admin"), for messages."""
+        return ("an " if self is Role.ADMIN else "a ") + self.value  # "a user": by sound
 
     @classmethod
     def parse(cls, text: str) -> Role:
@@ -38,6 +46,17 @@ class Role(Enum):
         except ValueError:
             names = ", ".join(r.value for r in cls)
             raise ValueError(f"unknown role '{text}'; roles are {names}") from None
+
+
+# Roles held by a person, named by exactly one user URI and no job URI.
+PERSON_ROLES = frozenset({Role.USER, Role.ADMIN})
+
+
+def check_user_name(user: str) -> str:
+    """``user`` if it is a valid user name (1-64 of [A-Za-z0-9_.-]), else ValueError."""
+    if not _USER.fullmatch(user):
+        raise ValueError(f"user '{user}' must be 1-64 letters, digits, '_', '.' or '-'")
+    return user
 
 
 @dataclass(frozen=True)
@@ -53,22 +72,45 @@ class JobScope:
             raise ValueError(f"job id must be 1 or more, not {self.job_id}")
         if self.resubmission < 0:
             raise ValueError(f"resubmission must be 0 or more, not {self.resubmission}")
-        if not _USER.fullmatch(self.user):
-            raise ValueError(f"user '{self.user}' must be 1-64 letters, digits, '_', '.' or '-'")
+        check_user_name(self.user)
 
 
 @dataclass(frozen=True)
 class Identity:
-    """The role and, for a job token, the scope a certificate carries."""
+    """The role a certificate carries and what it names: the scope of a job token, the
+    person of a user or admin token (a job token's user is ``job.user``, never ``user``)."""
 
     role: Role
     job: JobScope | None = None
+    user: str | None = None
+
+    def __post_init__(self) -> None:
+        # Refuse here what identity_of() would refuse, so no such token is ever signed.
+        if self.role in PERSON_ROLES:
+            if self.user is None or self.job is not None:
+                raise ValueError(f"{self.role.with_article} token names one user and no job")
+            check_user_name(self.user)
+        elif self.role is Role.JOB:
+            if self.job is None or self.user is not None:
+                raise ValueError("a job token names one job (its user is the job's user)")
+        elif self.job is not None or self.user is not None:
+            raise ValueError(f"a {self.role.value} token must not name a job or a user")
+
+    @property
+    def owner(self) -> str | None:
+        """The user this token speaks for: the person of a user or admin token, the
+        owner of a job token's job; None for jobagent and broker tokens."""
+        if self.job is not None:
+            return self.job.user
+        return self.user
 
     def describe(self) -> str:
-        if self.job is None:
-            return self.role.value
-        j = self.job
-        return f"job {j.job_id} (resubmission {j.resubmission}) of user {j.user}"
+        if self.job is not None:
+            j = self.job
+            return f"job {j.job_id} (resubmission {j.resubmission}) of user {j.user}"
+        if self.user is not None:
+            return f"{self.role.value} {self.user}"
+        return self.role.value
 
 
 def role_urn(role: Role) -> str:
@@ -87,6 +129,8 @@ def identity_urns(identity: Identity) -> list[str]:
     urns = [role_urn(identity.role)]
     if identity.job is not None:
         urns += [job_urn(identity.job), user_urn(identity.job.user)]
+    elif identity.user is not None:
+        urns.append(user_urn(identity.user))
     return urns
 
 
@@ -96,6 +140,15 @@ def subject_for(identity: Identity) -> x509.Name:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "JobAgent")])
     if identity.role is Role.BROKER:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Broker")])
+    if identity.role in PERSON_ROLES:
+        assert identity.user is not None
+        group = "Users" if identity.role is Role.USER else "Admins"
+        return x509.Name(
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, group),
+                x509.NameAttribute(NameOID.COMMON_NAME, identity.user),
+            ]
+        )
     assert identity.job is not None
     j = identity.job
     return x509.Name(
@@ -111,8 +164,9 @@ def subject_for(identity: Identity) -> x509.Name:
 
 
 def identity_of(cert_or_csr: x509.Certificate | x509.CertificateSigningRequest) -> Identity:
-    """Read the role and scope from the subjectAltName URIs, strictly: exactly one role,
-    and for a job exactly one job and one user; any other sandbox-agent URN is refused."""
+    """Read the role and scope from the subjectAltName URIs, strictly: exactly one role;
+    for a job exactly one job and one user; for a user or admin exactly one user and no
+    job; for the others no job and no user; any other sandbox-agent URN is refused."""
     try:
         san = cert_or_csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     except x509.ExtensionNotFound:
@@ -138,7 +192,20 @@ def identity_of(cert_or_csr: x509.Certificate | x509.CertificateSigningRequest) 
         role = Role(roles[0])
     except ValueError:
         raise MalformedToken(f"unknown role '{roles[0]}' in subjectAltName") from None
+    if role in PERSON_ROLES:
+        if jobs:
+            raise MalformedToken(f"{role.with_article} token must not name a job")
+        if len(users) != 1:
+            raise MalformedToken(
+                f"{role.with_article} token names exactly one user in subjectAltName, "
+                f"this one names {len(users)}"
+            )
+        try:
+            return Identity(role, user=users[0])
+        except ValueError as exc:
+            raise MalformedToken(f"{role.value} token: {exc}") from None
     if role is not Role.JOB:
+        # jobagent and broker, and any role added later until it is given a rule here
         if jobs or users:
             raise MalformedToken(f"a {role.value} token must not name a job or a user")
         return Identity(role)

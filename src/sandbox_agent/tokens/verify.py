@@ -94,12 +94,13 @@ class TokenVerifier:
         identity = identity_of(cert)
         if role is not None and identity.role is not role:
             raise WrongRole(
-                f"this is a {identity.role.value} token; a {role.value} token is needed here"
+                f"this is {identity.role.with_article} token; "
+                f"{role.with_article} token is needed here"
             )
         if job_id is not None or resubmission is not None:
             scope = identity.job
             if scope is None:
-                raise WrongRole(f"this is a {identity.role.value} token, not a job token")
+                raise WrongRole(f"this is {identity.role.with_article} token, not a job token")
             if job_id is not None and scope.job_id != job_id:
                 raise WrongJob(f"this token is for job {scope.job_id}, not job {job_id}")
             if resubmission is not None and scope.resubmission != resubmission:
