@@ -65,8 +65,9 @@ fi
 version=$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
 
 # bubblewrap: the native sandbox; libseccomp2: seccomp filters are compiled with it;
-# libcap-dev and gcc: python-prctl builds against libcap.
-wanted=(bubblewrap libseccomp2 libcap-dev gcc)
+# libcap-dev and gcc: python-prctl builds against libcap; postgresql: the tests run the
+# queue and the broker on a throwaway server of their own as well as on SQLite.
+wanted=(bubblewrap libseccomp2 libcap-dev gcc postgresql)
 # The interpreter must be able to make a virtual environment and build C extensions.
 if ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
     wanted+=("python${version}-venv")

@@ -1,4 +1,5 @@
-"""The SQLite task queue, on real files: matching, leases, transitions, history, refusals.
+"""The task queue, on real files and on a real PostgreSQL server: matching, leases,
+transitions, history, refusals. Every test taking ``store`` runs on both.
 
 Lease times are injected (``now=``); nothing here sleeps waiting for a lease.
 """
@@ -17,9 +18,18 @@ from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
+import pg_support
 import pytest
 
-from sandbox_agent.queue import Job, LeaseError, State, Store, StoreError, TransitionError
+from sandbox_agent.queue import (
+    Job,
+    LeaseError,
+    State,
+    Store,
+    StoreError,
+    TransitionError,
+    open_queue,
+)
 from sandbox_agent.queue.states import FINAL, TRANSITIONS
 
 T0 = 1_000_000.0
@@ -32,9 +42,23 @@ def anything(job: Job) -> bool:
     return True
 
 
+@pytest.fixture(scope="module")
+def postgres_server() -> Iterator[str]:
+    yield from pg_support.running_server()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where a test's queue lives: a directory, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "home")
+    else:
+        yield from pg_support.fresh_database(request.getfixturevalue("postgres_server"))
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    with Store(tmp_path / "home") as opened:
+def store(where: str) -> Iterator[Store]:
+    with open_queue(where) as opened:
         yield opened
 
 
@@ -442,14 +466,14 @@ AGENTS = 8
 JOBS = 300
 
 
-def _agent(directory: str, agent: str, start: Barrier, results: Queue[tuple[str, object]]) -> None:
+def _agent(where: str, agent: str, start: Barrier, results: Queue[tuple[str, object]]) -> None:
     """One agent process: match and finish jobs until the queue is empty.
 
     Always reports, an error included, so the test never waits out a timeout.
     """
     matched: list[int] = []
     try:
-        with Store(directory) as store:
+        with open_queue(where) as store:
             start.wait()
             while (job := store.match(agent, anything, lease_seconds=600)) is not None:
                 matched.append(job.id)
@@ -463,13 +487,13 @@ def _agent(directory: str, agent: str, start: Barrier, results: Queue[tuple[str,
     results.put((agent, matched))
 
 
-def test_eight_processes_never_share_or_lose_a_job(tmp_path: Path) -> None:
-    with Store(tmp_path) as store:
+def test_eight_processes_never_share_or_lose_a_job(where: str) -> None:
+    with open_queue(where) as store:
         ids = {store.submit(f"job {i}", owner="u", priority=i % 3) for i in range(JOBS)}
     ctx = multiprocessing.get_context("spawn")  # independent processes, own connections
     start, results = ctx.Barrier(AGENTS), ctx.Queue()
     procs = [
-        ctx.Process(target=_agent, args=(str(tmp_path), f"agent{i}", start, results))
+        ctx.Process(target=_agent, args=(where, f"agent{i}", start, results))
         for i in range(AGENTS)
     ]
     for proc in procs:
@@ -485,7 +509,7 @@ def test_eight_processes_never_share_or_lose_a_job(tmp_path: Path) -> None:
     assert set(matched) == ids and set(matched.values()) == {1}  # none lost, none twice
     assert sum(1 for got in lists.values() if got) >= 2  # they really competed
 
-    with Store(tmp_path) as store:
+    with open_queue(where) as store:
         assert all(j.state is State.DONE and j.resubmission == 0 for j in store.jobs())
         for job_id in ids:
             changes = store.history(job_id)

@@ -1,11 +1,20 @@
-"""The task queue the pilot matches jobs from: states, leases and history in SQLite.
+"""The task queue the pilot matches jobs from: states, leases and history in SQLite or
+PostgreSQL.
 
-``Store`` is the embedded default (one file under ``--home``) and the broker's SQLite
-backend; ``states`` holds the JAliEn job states and the transitions allowed between
-them.
+``Store`` is the embedded default (one file under ``--home``) and the broker's store
+(that file, or a PostgreSQL database for several broker processes: ``open_queue``);
+``states`` holds the JAliEn job states and the transitions allowed between them.
 """
 
 from sandbox_agent.queue.states import State, TransitionError
-from sandbox_agent.queue.store import Job, LeaseError, StateChange, Store, StoreError
+from sandbox_agent.queue.store import (
+    Job,
+    LeaseError,
+    StateChange,
+    Store,
+    StoreError,
+    open_queue,
+)
 
-__all__ = ["Job", "LeaseError", "State", "StateChange", "Store", "StoreError", "TransitionError"]
+__all__ = ["Job", "LeaseError", "State", "StateChange", "Store", "StoreError", "TransitionError",
+           "open_queue"]  # fmt: skip

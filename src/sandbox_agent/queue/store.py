@@ -14,6 +14,7 @@ refused instead of overwriting the newer attempt.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import sqlite3
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox_agent import sqlitedb
-from sandbox_agent.queue import states
+from sandbox_agent.queue import postgres, states
 from sandbox_agent.queue.states import State, TransitionError
 
 DB_NAME = "queue.sqlite3"
@@ -35,10 +36,20 @@ _BATCH = 64  # candidates fetched per round trip while matching
 
 _STATE_LIST = ", ".join(f"'{s.value}'" for s in State)  # fixed enum values, not input
 _LEASED_LIST = ", ".join(f"'{s.value}'" for s in sorted(states.LEASED))
-_SCHEMA = f"""
+
+
+def schema(*, postgres: bool = False) -> str:
+    """The queue's tables, in SQLite's or PostgreSQL's words for ids and times."""
+    # AUTOINCREMENT (SQLite) and an identity column (PostgreSQL): an id is never reused
+    serial = ("BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY" if postgres
+              else "INTEGER PRIMARY KEY AUTOINCREMENT")  # fmt: skip
+    row_id = ("BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY" if postgres
+              else "INTEGER PRIMARY KEY")  # fmt: skip
+    real = "DOUBLE PRECISION" if postgres else "REAL"
+    return f"""
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 CREATE TABLE jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- AUTOINCREMENT: an id is never reused
+    id {serial},
     jdl_text TEXT NOT NULL,
     owner TEXT NOT NULL,
     priority INTEGER NOT NULL,
@@ -46,8 +57,8 @@ CREATE TABLE jobs (
     state TEXT NOT NULL CHECK (state IN ({_STATE_LIST})),
     resubmission INTEGER NOT NULL DEFAULT 0,
     agent TEXT,
-    lease_until REAL,
-    submitted REAL NOT NULL,
+    lease_until {real},
+    submitted {real} NOT NULL,
     exit_code INTEGER,
     -- a holder and a deadline exactly when the state is one an agent holds
     CHECK ((agent IS NULL) = (lease_until IS NULL)),
@@ -56,9 +67,9 @@ CREATE TABLE jobs (
 CREATE INDEX jobs_queue ON jobs (state, priority DESC, submitted, id);
 CREATE INDEX jobs_lease ON jobs (lease_until) WHERE lease_until IS NOT NULL;
 CREATE TABLE history (
-    id INTEGER PRIMARY KEY,
-    job_id INTEGER NOT NULL REFERENCES jobs (id),
-    time REAL NOT NULL,
+    id {row_id},
+    job_id BIGINT NOT NULL REFERENCES jobs (id),
+    time {real} NOT NULL,
     state TEXT NOT NULL,
     resubmission INTEGER NOT NULL,
     agent TEXT,
@@ -103,43 +114,60 @@ class StateChange:
     exit_code: int | None
 
 
-def _fields(row: sqlite3.Row) -> dict[str, Any]:
-    """A row as keyword arguments (the column names are the dataclass fields)."""
-    fields = dict(zip(row.keys(), row, strict=True))
+def _fields(row: Any) -> dict[str, Any]:
+    """A row (sqlite3.Row, or psycopg's dict) as keyword arguments: the column names
+    are the dataclass fields."""
+    fields = {key: row[key] for key in row.keys()}  # noqa: SIM118 (a sqlite3.Row iterates values)
     fields["state"] = State(fields["state"])
     return fields
 
 
-def _job(row: sqlite3.Row) -> Job:
+def _job(row: Any) -> Job:
     return Job(**_fields(row))
 
 
 class Store:
-    """The queue in ``directory/queue.sqlite3``, created (0600) on first open.
+    """The queue in ``directory/queue.sqlite3``, created (0600) on first open, or in the
+    PostgreSQL database ``dsn`` (``postgresql://...``), its tables made on first use.
 
-    One Store may be shared by threads (calls are serialised); a process that forks
-    must open its own Store in the child, as SQLite requires.
+    One Store may be shared by threads: on SQLite their calls take turns; on PostgreSQL
+    they run at once on pooled connections. A process that forks must open its own
+    Store in the child.
     """
 
     def __init__(
         self,
-        directory: str | os.PathLike[str],
+        directory: str | os.PathLike[str] | None = None,
         *,
+        dsn: str | None = None,
         busy_timeout: float = 30.0,
         max_resubmissions: int | None = None,
     ) -> None:
-        self.path = Path(directory) / DB_NAME
+        if (directory is None) == (dsn is None):
+            raise ValueError("give the queue's directory or a postgresql:// DSN, not both")
         # None: a returned job waits again however often its agents vanish.  A number:
         # past it the job ends FAILED, so one job that takes its node down cannot
         # take every pilot down in turn.
         self.max_resubmissions = max_resubmissions
         self._lock = threading.Lock()
         self._pid = os.getpid()
-        self._conn = self._open(busy_timeout)
+        self._pg: postgres.Database | None = None
+        self._lock_row = self._skip_locked = ""  # SQLite locks the file, not rows
+        if dsn is not None:
+            self.path = None
+            self._pg = postgres.Database(dsn, StoreError)
+            self.where = self._pg.where
+            self._lock_row, self._skip_locked = postgres.FOR_UPDATE, postgres.SKIP_LOCKED
+            self._pg.setup(lambda session: self._make_or_check(session, session.tables()))
+        else:
+            self.path = Path(directory or ".") / DB_NAME
+            self.where = str(self.path)
+            self._conn = self._open(busy_timeout)
 
     # -- opening ---------------------------------------------------------------
 
     def _open(self, busy_timeout: float) -> sqlite3.Connection:
+        assert self.path is not None
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             # Create the file ourselves so it is 0600 (SQLite gives its WAL and shm
@@ -161,38 +189,42 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         try:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-            if "schema_version" not in tables:
-                if tables - {"sqlite_sequence"}:
-                    raise StoreError(
-                        f"{self.path} is an SQLite database but not a task queue "
-                        "(no schema_version table); move it away or use another --home"
-                    )
-                # Statement by statement: executescript would COMMIT our BEGIN first.
-                for statement in _SCHEMA.split(";\n"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
-            else:
-                row = conn.execute("SELECT max(version) FROM schema_version").fetchone()
-                found = row[0] if row else None
-                if found != SCHEMA_VERSION:
-                    newer = isinstance(found, int) and found > SCHEMA_VERSION
-                    fix = (
-                        "upgrade sandbox-agent to open it"
-                        if newer
-                        else "no migration exists; move it away or use another --home"
-                    )
-                    raise StoreError(
-                        f"{self.path} has queue schema version {found}, this sandbox-agent "
-                        f"reads version {SCHEMA_VERSION}; {fix}"
-                    )
+            self._make_or_check(conn, tables - {"sqlite_sequence"})
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
 
+    def _make_or_check(self, conn: Any, tables: set[str]) -> None:
+        """Make the tables in an empty database; check the version of existing ones."""
+        if "schema_version" not in tables:
+            if tables:
+                raise StoreError(
+                    f"{self.where} is a database but not a task queue (no schema_version "
+                    "table); move it away or use another --home"
+                )
+            # Statement by statement: executescript would COMMIT our BEGIN first.
+            for statement in schema(postgres=self._pg is not None).split(";\n"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+            return
+        row = conn.execute("SELECT max(version) AS version FROM schema_version").fetchone()
+        found = row["version"] if row else None
+        if found != SCHEMA_VERSION:
+            newer = isinstance(found, int) and found > SCHEMA_VERSION
+            fix = ("upgrade sandbox-agent to open it" if newer
+                   else "no migration exists; move it away or use another --home")  # fmt: skip
+            raise StoreError(
+                f"{self.where} has queue schema version {found}, this sandbox-agent "
+                f"reads version {SCHEMA_VERSION}; {fix}"
+            )
+
     def close(self) -> None:
+        if self._pg is not None:
+            self._pg.close()
+            return
         with self._lock:
             self._conn.close()
 
@@ -205,7 +237,7 @@ class Store:
     # -- transactions ----------------------------------------------------------
 
     @contextmanager
-    def _txn(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
+    def _txn(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[Any]:
         """One transaction (IMMEDIATE unless told); sqlite3 errors become StoreErrors.
 
         Reads use a deferred BEGIN: in WAL mode they see one consistent snapshot
@@ -213,27 +245,36 @@ class Store:
         """
         if os.getpid() != self._pid:
             raise StoreError(
-                f"{self.path}: this Store was opened in process {self._pid} and used "
+                f"{self.where}: this Store was opened in process {self._pid} and used "
                 f"in process {os.getpid()} after a fork; open a new Store in the child"
             )
+        if self._pg is not None:  # row locks: transactions run at once, pooled connections
+            with self._pg.transaction() as session:
+                yield session
+            return
+        assert self.path is not None
         with sqlitedb.transaction(self._conn, self._lock, self.path, noun="queue",
                                   error=StoreError, begin=begin) as conn:  # fmt: skip
             yield conn
 
-    def _read(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+    def _read(self) -> contextlib.AbstractContextManager[Any]:
         return self._txn("BEGIN")
 
-    def _row(self, conn: sqlite3.Connection, job_id: int) -> Job:
-        row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    def _row(self, conn: Any, job_id: int, *, lock: bool = False) -> Job:
+        """The job's row; ``lock``: held until the transaction ends (PostgreSQL: other
+        brokers wait to change it; SQLite holds the whole file already)."""
+        locking = self._lock_row if lock else ""  # a fixed clause of ours, never input
+        row = conn.execute("SELECT * FROM jobs WHERE id = ?" + locking,  # noqa: S608
+                           (job_id,)).fetchone()  # fmt: skip
         if row is None:
             raise StoreError(
-                f"job {job_id}: no such job in {self.path}; check the id (`jobs` lists them)"
+                f"job {job_id}: no such job in {self.where}; check the id (`jobs` lists them)"
             )
         return _job(row)
 
     @staticmethod
     def _record(
-        conn: sqlite3.Connection,
+        conn: Any,
         job: Job,
         state: State,
         now: float,
@@ -275,13 +316,11 @@ class Store:
             raise StoreError(f"submit: priority {priority!r} is not an integer")
         now = _now(now)
         with self._txn() as conn:
-            cur = conn.execute(
+            job_id: int = conn.execute(
                 "INSERT INTO jobs (jdl_text, owner, priority, requirements, state, submitted)"
-                " VALUES (?, ?, ?, ?, 'WAITING', ?)",
+                " VALUES (?, ?, ?, ?, 'WAITING', ?) RETURNING id",
                 (jdl_text, owner, priority, requirements, now),
-            )
-            job_id = cur.lastrowid
-            assert job_id is not None  # an INSERT always sets it
+            ).fetchone()["id"]
             conn.execute(
                 "INSERT INTO history (job_id, time, state, resubmission, agent, detail)"
                 " VALUES (?, ?, 'WAITING', 0, NULL, ?)",
@@ -296,7 +335,7 @@ class Store:
         """
         now = _now(now)
         with self._txn() as conn:
-            job = self._row(conn, job_id)
+            job = self._row(conn, job_id, lock=True)
             _check(job, State.KILLED)
             conn.execute(
                 "UPDATE jobs SET state = 'KILLED', agent = NULL, lease_until = NULL WHERE id = ?",
@@ -350,13 +389,17 @@ class Store:
         now = _now(now)
         with self._txn() as conn:
             self._expire(conn, now)
-            cur = conn.execute(
-                "SELECT * FROM jobs WHERE state = 'WAITING' ORDER BY priority DESC, submitted, id"
-            )
             chosen = None
-            while chosen is None and (batch := cur.fetchmany(_BATCH)):
+            for offset in itertools.count(0, _BATCH):
+                # a batch at a time, locked (PostgreSQL: rows another broker is
+                # matching are skipped, not waited for; ours stay ours till commit)
+                batch = conn.execute(
+                    "SELECT * FROM jobs WHERE state = 'WAITING'"  # noqa: S608 (fixed clauses)
+                    " ORDER BY priority DESC, submitted, id LIMIT ? OFFSET ?"
+                    + self._skip_locked, (_BATCH, offset)).fetchall()  # fmt: skip
                 chosen = next((j for j in map(_job, batch) if slot_ok(j)), None)
-            cur.close()
+                if chosen is not None or len(batch) < _BATCH:
+                    break
             if chosen is None:
                 return None
             conn.execute(
@@ -384,7 +427,7 @@ class Store:
         lease = _lease(lease_seconds)
         now = _now(now)
         with self._txn() as conn:
-            job = self._row(conn, job_id)
+            job = self._row(conn, job_id, lock=True)
             if not _holds(job, agent, resubmission, now):
                 return False
             conn.execute("UPDATE jobs SET lease_until = ? WHERE id = ?", (now + lease, job_id))
@@ -405,7 +448,7 @@ class Store:
         target = states.parse(state)
         now = _now(now)
         with self._txn() as conn:
-            job = self._row(conn, job_id)
+            job = self._row(conn, job_id, lock=True)
             _require_lease(job, agent, resubmission, now)
             _check(job, target)
             final = target in states.FINAL
@@ -428,7 +471,7 @@ class Store:
         """
         now = _now(now)
         with self._txn() as conn:
-            job = self._row(conn, job_id)
+            job = self._row(conn, job_id, lock=True)
             _require_lease(job, agent, resubmission, now)
             if states.LEASE_RETURN[job.state] is not State.WAITING:
                 raise TransitionError(
@@ -443,15 +486,17 @@ class Store:
         with self._txn() as conn:
             return self._expire(conn, now)
 
-    def _expire(self, conn: sqlite3.Connection, now: float) -> list[int]:
+    def _expire(self, conn: Any, now: float) -> list[int]:
         rows = conn.execute(
-            "SELECT * FROM jobs WHERE lease_until < ? ORDER BY id", (now,)
+            "SELECT * FROM jobs WHERE lease_until < ? ORDER BY id"  # noqa: S608 (fixed clause)
+            + self._skip_locked,
+            (now,),
         ).fetchall()
         for job in map(_job, rows):
             self._return(conn, job, now, f"lease expired (agent {job.agent})")
         return [row["id"] for row in rows]
 
-    def _return(self, conn: sqlite3.Connection, job: Job, now: float, why: str) -> None:
+    def _return(self, conn: Any, job: Job, now: float, why: str) -> None:
         target = states.LEASE_RETURN[job.state]
         resubmission = job.resubmission
         if target is State.WAITING:
@@ -468,6 +513,14 @@ class Store:
             (target.value, resubmission, job.id),
         )
         self._record(conn, job, target, now, why, resubmission=resubmission, agent=job.agent)
+
+
+def open_queue(where: str | os.PathLike[str], **options: Any) -> Store:
+    """The queue in a directory, or in the PostgreSQL database a ``postgresql://`` DSN
+    names."""
+    if isinstance(where, str) and postgres.is_dsn(where):
+        return Store(dsn=where, **options)
+    return Store(where, **options)
 
 
 # -- checks ---------------------------------------------------------------------
