@@ -26,6 +26,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
+from sandbox_agent.agent.backends import Backend
 from sandbox_agent.agent.jobrun import (
     FINAL_FRAME_STATES,
     PROGRESS_STATES,
@@ -40,7 +41,7 @@ from sandbox_agent.jdl import JobSpec
 from sandbox_agent.limits.cgroups import CgroupError
 from sandbox_agent.limits.monitor import StopRequest
 from sandbox_agent.policy.compose import EffectivePolicy
-from sandbox_agent.queue import Job, LeaseError, Store, StoreError, TransitionError, states
+from sandbox_agent.queue import Job, LeaseError, StoreError, TransitionError, states
 from sandbox_agent.runtime.launch import (
     SANDBOX_HOST_UID,
     RuntimeMissing,
@@ -53,10 +54,7 @@ from sandbox_agent.tokens import (
     IssuanceRefused,
     JobScope,
     Token,
-    TokenAuthority,
     TokenError,
-    files,
-    fingerprint,
 )
 from sandbox_agent.tokens.files import pem_bundle
 from sandbox_agent.tokens.keys import key_pem
@@ -74,8 +72,7 @@ class Agent:
 
     name: str  # unique per pilot process: the lease holder
     token: Token  # the jobagent token
-    authority: TokenAuthority
-    store: Store
+    queue: Backend  # the home's queue and authority, or a broker
     storage: Storage
     catalogue: Catalogue
     work_area: Path
@@ -83,7 +80,6 @@ class Agent:
     grace: float
     interval: float = 1.0
     home_tag: str = ""  # in the names of its jobs' cgroups: whose they are on a shared node
-    certs: Path = Path("certs")  # the authority's directory (its revocation list)
 
 
 @dataclass
@@ -149,9 +145,8 @@ class Attempt:
                 route = states.path(self.queue_state, target)
                 for step in route:
                     last = step == route[-1]
-                    agent.store.set_state(job.id, agent.name, job.resubmission, step,
-                                          detail=detail if last else "recorded by the agent",
-                                          exit_code=exit_code if last else None)  # fmt: skip
+                    agent.queue.set_state(job, step, detail if last else "recorded by the agent",
+                                          exit_code if last else None)  # fmt: skip
                     self.queue_state = str(step)
             except (LeaseError, TransitionError):
                 return False
@@ -177,7 +172,7 @@ class Attempt:
         deadline = time.monotonic() + agent.lease
         while not done.wait(agent.lease / 3):
             try:
-                held = agent.store.heartbeat(job.id, agent.name, job.resubmission, agent.lease)
+                held = agent.queue.heartbeat(job, agent.lease)
             except StoreError:
                 held = time.monotonic() < deadline  # try again at the next beat
                 if held:
@@ -193,28 +188,15 @@ class Attempt:
     # -- the job -------------------------------------------------------------------------
 
     def job_token(self) -> dict[str, Any]:
-        agent, job = self.agent, self.job
-        scope = JobScope(job.id, job.resubmission, job.owner)
-        key, request = new_job_request(scope)
-
-        def leased(holder: str, asked: JobScope) -> bool:
-            now = agent.store.get(asked.job_id)
-            return (holder == fingerprint(agent.token.certificate) and now.agent == agent.name
-                    and now.resubmission == asked.resubmission
-                    and now.state in states.LEASED)  # fmt: skip
-
-        # the revocation list read at every job: an agent revoked while it runs gets no
-        # more job tokens (a damaged list refuses, as a TokenError)
-        crl_file = agent.certs / files.CRL
-        crl = files.load_crl(crl_file) if crl_file.exists() else None
-        issued = agent.authority.issue_job_token(
-            request, agent=agent.token.certificate, agent_chain=agent.token.chain, scope=scope,
-            ttl_seconds=self.spec.ttl, leased=leased, crl=crl,
-        )  # fmt: skip
+        """A fresh key and a CSR for this job and resubmission, signed by the queue's
+        authority only while the job is leased to this agent."""
+        job = self.job
+        key, request = new_job_request(JobScope(job.id, job.resubmission, job.owner))
+        certificate, chain = self.agent.queue.job_token(job, request, self.spec.ttl)
         pem = serialization.Encoding.PEM
-        return {"certificate": issued.certificate.public_bytes(pem).decode(),
+        return {"certificate": certificate.public_bytes(pem).decode(),
                 "key": key_pem(key).decode(),
-                "chain": [pem_bundle([c]).decode() for c in issued.chain]}  # fmt: skip
+                "chain": [pem_bundle([c]).decode() for c in chain]}  # fmt: skip
 
     def make_workdir(self) -> Path:
         """A fresh directory for the job in the work area (made by the pilot), the
@@ -301,11 +283,7 @@ class Attempt:
                     report.detail += f" (the work directory was not removed: {problem})"
 
     def still_ours(self) -> bool:
-        try:
-            now = self.agent.store.get(self.job.id)
-        except StoreError:
-            return True  # cannot tell: treat it as the node's problem
-        return now.agent == self.agent.name and now.resubmission == self.job.resubmission
+        return self.agent.queue.holds(self.job)  # cannot tell: the node's problem
 
     def node_problem(self, why: str) -> NodeProblem:
         self.give_back(f"the agent could not run it: {why}")
@@ -346,14 +324,13 @@ class Attempt:
         leave it to wait out its lease."""
         agent, job = self.agent, self.job
         with self.lock, contextlib.suppress(StoreError, TransitionError):  # the lease decides
-            agent.store.release(job.id, agent.name, job.resubmission, reason[:500])
+            agent.queue.release(job, reason[:500])
 
     def hand_back(self, result: JobResult | None, started: float, workdir: Path) -> Report:
         agent, job = self.agent, self.job
         with self.lock:
             try:
-                agent.store.release(job.id, agent.name, job.resubmission,
-                                    "the agent was told to stop")  # fmt: skip
+                agent.queue.release(job, "the agent was told to stop")
             except TransitionError:  # SAVING: a rerun would mix two attempts' outputs
                 pass
             except LeaseError:

@@ -10,6 +10,7 @@ killed and its cgroup removed; the lease returns the job).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -26,17 +27,27 @@ from typing import Any
 
 from sandbox_agent.agent import slot as slots
 from sandbox_agent.agent.attempt import CGROUP_NAME, Agent, Attempt, NodeProblem, Report
+from sandbox_agent.agent.backends import Backend, BrokerQueue, LocalQueue
 from sandbox_agent.agent.storage import Storage
+from sandbox_agent.broker.client import BrokerClient
 from sandbox_agent.catalogue import Catalogue, CatalogueError
 from sandbox_agent.jdl import JDLError, JobSpec, Slot, load_job
 from sandbox_agent.limits.cgroups import CgroupError, discover
 from sandbox_agent.limits.monitor import StopRequest
 from sandbox_agent.policy import Policy, PolicyRejection, compose
 from sandbox_agent.policy.compose import EffectivePolicy
-from sandbox_agent.queue import Job, Store, StoreError, states
+from sandbox_agent.queue import Job, Store
 from sandbox_agent.runtime.agentproc import harden, raise_terminated, signals_handled
 from sandbox_agent.runtime.launch import SANDBOX_HOST_UID
-from sandbox_agent.tokens import Role, Token, TokenAuthority, TokenError, files, fingerprint
+from sandbox_agent.tokens import (
+    Role,
+    Token,
+    TokenAuthority,
+    TokenError,
+    TokenVerifier,
+    files,
+    fingerprint,
+)
 from sandbox_agent.tokens.local import ensure_authority
 
 EMPTY_MATCHES_TO_STOP = 2
@@ -55,6 +66,10 @@ class PilotConfig:
     poll: float = 1.0  # seconds between two matches that found nothing
     interval: float = 1.0  # the monitor's
     work_area: Path | None = None
+    # a broker instead of the home's queue: its client, and this agent's token (the
+    # client certificate) with the CA it is checked against
+    broker: BrokerClient | None = None
+    broker_token: tuple[Path, Path, Path] | None = None  # cert, key, CA
 
 
 class PilotError(Exception):
@@ -74,11 +89,20 @@ class Pilot:
 
     # -- set-up ------------------------------------------------------------------------
 
-    def agent(self, store: Store) -> Agent:
+    def agent(self, store: Store | None) -> Agent:
         home = self.config.home
-        authority, token = jobagent_token(home / "certs")
+        if store is None:
+            token = broker_token(self.config.broker_token)
+        else:
+            authority, token = jobagent_token(home / "certs")
         digest = fingerprint(token.certificate).removeprefix("sha256:")[:12]
         name = f"{socket.gethostname()}-{os.getpid()}-{digest}"
+        queue: Backend
+        if store is None:
+            assert self.config.broker is not None
+            queue = BrokerQueue(self.config.broker, name)
+        else:
+            queue = LocalQueue(store, authority, token, home / "certs", name)
         work_area = (self.config.work_area or home / "work").absolute()
         try:
             made = make_work_area(work_area)
@@ -99,9 +123,8 @@ class Pilot:
                 "it can reach, such as /var/tmp/sandbox-agent"
             )
         tag = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:8]
-        return Agent(name, token, authority, store, Storage(home / "outputs"),
-                     catalogue, work_area, self.config.lease,
-                     self.config.grace, self.config.interval, tag, home / "certs")  # fmt: skip
+        return Agent(name, token, queue, Storage(home / "outputs"), catalogue, work_area,
+                     self.config.lease, self.config.grace, self.config.interval, tag)  # fmt: skip
 
     def ttl_left(self, token: Token) -> int:
         """The configured lifetime left, capped by the jobagent token's validity."""
@@ -140,8 +163,8 @@ class Pilot:
             why = self._rejected[job.id]
         return why
 
-    def fits(self, offered: Slot) -> Callable[[Job], bool]:
-        return lambda job: self.refusal(job, offered) is None
+    def fits(self, offered: Slot) -> Callable[[Job], str | None]:
+        return lambda job: self.refusal(job, offered)
 
     def compose(self, spec: JobSpec) -> EffectivePolicy:
         return compose(self.config.policy, spec,
@@ -171,37 +194,44 @@ class Pilot:
     def run(self) -> str:
         """Run jobs until there is nothing (more) to do; why it stopped."""
         harden()  # undumpable (the payload's uid may be ours), a subreaper
-        with Store(self.config.home / "queue") as store, self.signals():
-            agent = self.agent(store)
-            self.emit({"event": "agent", "name": agent.name, "home": str(self.config.home),
-                       "work_area": str(agent.work_area),
-                       "swept_cgroups": sweep_cgroups(agent)})  # fmt: skip
-            ran = empty = 0
-            while True:
-                if self.stopping:
-                    return f"stopped by {self.stopping}"
-                if self.config.max_jobs is not None and ran >= self.config.max_jobs:
-                    return f"ran {ran} job(s), the --max-jobs given"
-                left = self.ttl_left(agent.token)
-                try:
-                    offered = slots.describe(self.config.home, agent.work_area, left)
-                except ValueError as exc:  # the site's slot.toml, edited while we run
-                    raise PilotError(str(exc)) from None
-                job = store.match(agent.name, self.fits(offered), agent.lease)
-                if job is None:
-                    empty += 1
-                    if empty >= EMPTY_MATCHES_TO_STOP or self.config.once:
-                        return self.nothing_to_do(store, offered)
-                    self.woken.wait(self.config.poll)
-                    continue
-                empty = 0
-                self.emit({"event": "matched", "job": job.id, "resubmission": job.resubmission,
-                           "ttl_left": left})  # fmt: skip
-                report = self.run_one(agent, job)
-                self.emit(report_event(report))
-                ran += 1
-                if self.config.once:
-                    return "ran one job, as --once asks"
+        with contextlib.ExitStack() as stack:
+            store = None
+            if self.config.broker is None:
+                store = stack.enter_context(Store(self.config.home / "queue"))
+            stack.enter_context(self.signals())
+            return self.loop(self.agent(store))
+
+    def loop(self, agent: Agent) -> str:
+        """Match and run jobs while there is time and work; why it stopped."""
+        self.emit({"event": "agent", "name": agent.name, "home": str(self.config.home),
+                   "work_area": str(agent.work_area),
+                   "swept_cgroups": sweep_cgroups(agent)})  # fmt: skip
+        ran = empty = 0
+        while True:
+            if self.stopping:
+                return f"stopped by {self.stopping}"
+            if self.config.max_jobs is not None and ran >= self.config.max_jobs:
+                return f"ran {ran} job(s), the --max-jobs given"
+            left = self.ttl_left(agent.token)
+            try:
+                offered = slots.describe(self.config.home, agent.work_area, left)
+            except ValueError as exc:  # the site's slot.toml, edited while we run
+                raise PilotError(str(exc)) from None
+            job = agent.queue.match(offered, self.fits(offered), agent.lease)
+            if job is None:
+                empty += 1
+                if empty >= EMPTY_MATCHES_TO_STOP or self.config.once:
+                    return self.nothing_to_do(agent.queue, offered)
+                self.woken.wait(self.config.poll)
+                continue
+            empty = 0
+            self.emit({"event": "matched", "job": job.id, "resubmission": job.resubmission,
+                       "ttl_left": left})  # fmt: skip
+            report = self.run_one(agent, job)
+            self.emit(report_event(report))
+            ran += 1
+            if self.config.once:
+                return "ran one job, as --once asks"
 
     def run_one(self, agent: Agent, job: Job) -> Report:
         spec = self.job_spec(job)
@@ -218,8 +248,10 @@ class Pilot:
             self.current = None
             attempt.stop.close()
 
-    def nothing_to_do(self, store: Store, offered: Slot) -> str:
-        waiting = store.jobs("WAITING")
+    def nothing_to_do(self, queue: Backend, offered: Slot) -> str:
+        waiting = queue.waiting()
+        if waiting is None:
+            return f"the broker {queue.where} has no job this slot can run"
         if not waiting:
             return "the queue has no waiting job"
         reasons = [f"job {j.id}: {self.refusal(j, offered)}" for j in waiting[:3]]
@@ -234,22 +266,33 @@ def sweep_cgroups(agent: Agent) -> list[str]:
     and a live attempt's, are never touched."""
     try:
         hierarchy = discover()
-        agent.store.expire_leases()  # as a match would: a dead agent's lease ends first
-    except (CgroupError, StoreError):
+    except CgroupError:
         return []
 
     def stale(name: str) -> bool:
         match = CGROUP_NAME.fullmatch(name)
         if match is None or match.group(1) != agent.home_tag:
             return False
-        try:
-            job = agent.store.get(int(match.group(2)))
-        except StoreError:
-            return False  # busy, or unknown: keep it; a later sweep decides
-        leased = job.state in states.LEASED and job.resubmission == int(match.group(3))
-        return not leased
+        # a dead agent's lease ends first (as a match would); cannot tell: keep it
+        return agent.queue.leased(int(match.group(2)), int(match.group(3))) is False
 
     return hierarchy.sweep(stale)
+
+
+def broker_token(files_given: tuple[Path, Path, Path] | None) -> Token:
+    """The jobagent token this pilot shows a broker, checked as the broker will check it
+    (a user's token, or one of another CA, is refused here in one line)."""
+    assert files_given is not None
+    cert, key, ca = files_given
+    try:
+        token = files.load_token(cert, key)
+        TokenVerifier(files.load_certificates(ca)).verify(token.certificate, token.chain,
+                                                          role=Role.JOBAGENT)  # fmt: skip
+    except (TokenError, ValueError) as exc:
+        raise PilotError(f"{cert}: not a usable jobagent token for the broker: {exc}") from None
+    except OSError as exc:
+        raise PilotError(f"{cert}: {exc.strerror}") from None
+    return token
 
 
 def jobagent_token(certs: Path) -> tuple[TokenAuthority, Token]:

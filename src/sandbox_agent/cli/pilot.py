@@ -14,6 +14,13 @@ from sandbox_agent import exitcodes
 from sandbox_agent.agent import slot as slots
 from sandbox_agent.agent.pilot import Pilot, PilotConfig, PilotError
 from sandbox_agent.cli.app import app, fail, home_of, printable
+from sandbox_agent.cli.remote import (
+    BrokerOption,
+    CaOption,
+    CertOption,
+    KeyOption,
+    broker_client,
+)
 from sandbox_agent.policy import PolicyError, load_policy, policy_dirs
 from sandbox_agent.queue import StoreError
 from sandbox_agent.runtime.agentproc import Terminated
@@ -48,10 +55,15 @@ def run(
         typer.Option("--work-area", help="Where job work directories go [default: HOME/work]."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of text.")] = False,
+    broker: BrokerOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
+    ca: CaOption = None,
 ) -> None:
     """Run jobs from the embedded queue in the sandbox until there is nothing to do:
     the queue gives nothing twice in a row, the time left is under what every waiting
-    job needs, or SIGTERM (the running job is handed back unless it had finished)."""
+    job needs, or SIGTERM (the running job is handed back unless it had finished).
+    With --broker, the jobs come from that broker, --cert being a jobagent token."""
     if runtime not in PILOT_RUNTIMES:
         fail(f"--runtime {runtime}: the pilot runs the JobWrapper on bwrap only for now; "
              "use --runtime bwrap (or auto)")  # fmt: skip
@@ -63,8 +75,11 @@ def run(
         fail(f"cannot run jobs here: {exc}", exitcodes.ENVIRONMENT)
     except PolicyError as exc:
         fail(str(exc))
+    client = broker_client(broker, cert, key, ca)
+    token_files = (cert, key, ca) if client and cert and key and ca else None
     config = PilotConfig(home=home, policy=loaded, ttl=ttl, max_jobs=max_jobs, once=once,
-                         lease=lease, grace=grace, work_area=work_area)  # fmt: skip
+                         lease=lease, grace=grace, work_area=work_area, broker=client,
+                         broker_token=token_files)  # fmt: skip
     emit = _json_line if as_json else _text_line
     try:
         why = Pilot(config, emit).run()

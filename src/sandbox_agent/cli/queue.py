@@ -11,7 +11,16 @@ from typing import Annotated, Any
 import typer
 
 from sandbox_agent import exitcodes
+from sandbox_agent.broker.client import BrokerError
 from sandbox_agent.cli.app import JsonOption, app, fail, home_of, printable
+from sandbox_agent.cli.remote import (
+    BrokerOption,
+    CaOption,
+    CertOption,
+    KeyOption,
+    broker_client,
+    broker_failed,
+)
 from sandbox_agent.jdl import JobSpec, render_jdl
 from sandbox_agent.jdl.expr import render
 from sandbox_agent.queue import Job, State, StateChange, Store, StoreError
@@ -41,16 +50,32 @@ def submit(
         str, typer.Option("--policy", help="The site policy the job must fit (name or path).")
     ] = "default",
     as_json: JsonOption = False,
+    broker: BrokerOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
+    ca: CaOption = None,
 ) -> None:
     """Queue a job on the embedded default; print its id. The JDL is checked first, its
     local files (Executable, ValidationCommand, InputFile) are added to the catalogue and
     named by their LF: names, and a job no slot here could run, or that the policy
     rejects, is refused. It is stored in its normalized form, submit arguments
-    substituted."""
+    substituted. With --broker, the job goes to that broker, yours by your token."""
     from sandbox_agent.cli.policy import _job
 
     spec = _job(jdl, args or [])
     assert spec is not None
+    client = broker_client(broker, cert, key, ca)
+    if client is not None:
+        local = _local_files(spec)
+        if local:
+            fail(f"{local}: a broker takes no local files yet; name a program of the sandbox "
+                 "by its absolute path, or a file in the broker's catalogue by LF:")  # fmt: skip
+        try:
+            job_id = client.submit(render_jdl(spec), priority)
+        except BrokerError as exc:
+            broker_failed(exc)
+        typer.echo(json.dumps({"id": job_id}) if as_json else str(job_id))
+        return
     spec = _stage(ctx, spec, jdl.absolute().parent)
     _refuse_unrunnable(ctx, spec, policy)
     requirements = render(spec.requirements) if spec.requirements is not None else None
@@ -61,6 +86,18 @@ def submit(
         except StoreError as exc:
             fail(str(exc), exitcodes.ENVIRONMENT)
     typer.echo(json.dumps({"id": job_id}) if as_json else str(job_id))
+
+
+def _local_files(spec: JobSpec) -> str:
+    """The first of the job's files that is on this machine, as the JDL names it."""
+    programs = [("Executable", spec.executable), ("ValidationCommand", spec.validation_command)]
+    for key, name in programs:
+        if name and not name.startswith("LF:") and not name.startswith("/"):
+            return f"{key} {name}"
+    for item in spec.input_files:
+        if not item.catalogue:
+            return f"InputFile {item.name}"
+    return ""
 
 
 def _stage(ctx: typer.Context, spec: JobSpec, jdl_dir: Path) -> JobSpec:
@@ -110,12 +147,24 @@ def jobs(
     ctx: typer.Context,
     state: Annotated[str | None, typer.Option("--state", help="Only jobs in this state.")] = None,
     as_json: JsonOption = False,
+    broker: BrokerOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
+    ca: CaOption = None,
 ) -> None:
-    """The jobs of the embedded queue, oldest first."""
+    """The jobs of the embedded queue, oldest first; with --broker, yours at that broker
+    (every job for an admin token)."""
     if state is not None and state.upper() not in State.__members__:
         fail(f"--state {state}: not a job state; use one of {', '.join(State.__members__)}")
-    with open_store(ctx) as store:
-        found = store.jobs(state.upper() if state else None)
+    client = broker_client(broker, cert, key, ca)
+    if client is not None:
+        try:
+            found = [_remote_job(j) for j in client.jobs(state.upper() if state else None)]
+        except BrokerError as exc:
+            broker_failed(exc)
+    else:
+        with open_store(ctx) as store:
+            found = store.jobs(state.upper() if state else None)
     if as_json:
         typer.echo(json.dumps([_job_json(job) for job in found], indent=2))
         return
@@ -130,21 +179,38 @@ def status(
     ctx: typer.Context,
     job_id: Annotated[int, typer.Argument(help="The job id submit printed.")],
     as_json: JsonOption = False,
+    broker: BrokerOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
+    ca: CaOption = None,
 ) -> None:
     """One job: its state, every change with its time, detail and exit code, and the
-    last run's resource use and kill reason."""
+    last run's resource use and kill reason (with --broker: as its agent last said)."""
     from sandbox_agent.agent.storage import Storage, StorageError
 
-    with open_store(ctx) as store:
+    client = broker_client(broker, cert, key, ca)
+    if client is not None:
         try:
-            job = store.get(job_id)
-            history = store.history(job_id)
-        except StoreError as exc:
-            fail(str(exc))
-    try:
-        usage = Storage(home_of(ctx) / "outputs").manifest(job_id).usage
-    except StorageError:
-        usage = {}  # it has not run yet
+            answer = client.status(job_id)
+        except BrokerError as exc:
+            broker_failed(exc)
+        job = _remote_job(answer["job"])
+        history = [StateChange(job_id=job_id, time=c["time"], state=State(c["state"]),
+                               resubmission=c["resubmission"], agent=c["agent"],
+                               detail=c["detail"], exit_code=c["exit_code"])
+                   for c in answer["history"]]  # fmt: skip
+        usage = dict(answer.get("usage") or {})
+    else:
+        with open_store(ctx) as store:
+            try:
+                job = store.get(job_id)
+                history = store.history(job_id)
+            except StoreError as exc:
+                fail(str(exc))
+        try:
+            usage = Storage(home_of(ctx) / "outputs").manifest(job_id).usage
+        except StorageError:
+            usage = {}  # it has not run yet
     if as_json:
         changes = [_change_json(c) for c in history]
         typer.echo(json.dumps({**_job_json(job), "jdl": job.jdl_text, "history": changes,
@@ -174,6 +240,15 @@ def _usage_text(usage: dict[str, Any]) -> str:
     if usage.get("kill_reason"):
         parts.append(f"killed by the agent: {usage['kill_reason']}")
     return ", ".join(parts)
+
+
+def _remote_job(view: dict[str, Any]) -> Job:
+    """A job as the broker shows it."""
+    return Job(id=view["id"], jdl_text=view.get("jdl", ""), owner=view["owner"],
+               priority=view["priority"], requirements=None, state=State(view["state"]),
+               resubmission=view["resubmission"], agent=view["agent"],
+               lease_until=view["lease_until"], submitted=view["submitted"],
+               exit_code=view["exit_code"])  # fmt: skip
 
 
 def _job_json(job: Job) -> dict[str, Any]:

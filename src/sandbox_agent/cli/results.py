@@ -13,6 +13,7 @@ import typer
 from sandbox_agent import exitcodes
 from sandbox_agent.agent.storage import Storage, StorageError
 from sandbox_agent.cli.app import JsonOption, app, fail, home_of, printable
+from sandbox_agent.cli.remote import BrokerOption, CaOption, CertOption, KeyOption
 from sandbox_agent.queue import StoreError, TransitionError
 
 
@@ -80,11 +81,25 @@ def kill(
     reason: Annotated[
         str, typer.Option("--reason", help="Recorded in the history.")
     ] = "by the user",
+    broker: BrokerOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
+    ca: CaOption = None,
 ) -> None:
     """Kill a job: a waiting one never runs; a running one is stopped by its agent at the
-    next heartbeat, which ends it KILLED."""
+    next heartbeat, which ends it KILLED. With --broker, a job of yours at that broker."""
+    from sandbox_agent.broker.client import BrokerError
     from sandbox_agent.cli.queue import open_store
+    from sandbox_agent.cli.remote import broker_client, broker_failed
 
+    client = broker_client(broker, cert, key, ca)
+    if client is not None:
+        try:
+            client.kill(job_id, reason)
+        except BrokerError as exc:
+            broker_failed(exc)
+        typer.echo(f"job {job_id}: KILLED")
+        return
     with open_store(ctx) as store:
         try:
             store.kill(job_id, reason)

@@ -1,0 +1,227 @@
+"""The client end of the broker: HTTPS with this caller's token as the client
+certificate, the broker's checked against the CA and its host name, and its role
+checked too (a jobagent's certificate must not pass for the broker).
+
+Calls are retried with backoff while the broker cannot be reached (a restart); a
+refusal (an HTTP status, a TLS alert about our certificate) is never retried: it is
+raised as BrokerError with the broker's one line.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from cryptography import x509
+
+from sandbox_agent.tokens import Role, TokenError
+from sandbox_agent.tokens.roles import identity_of
+
+REPLY_CAP = 16 * 1024 * 1024  # bytes of an answer: a job list or a JDL, not more
+
+
+class BrokerError(Exception):
+    """The broker refused (``status`` its HTTP status), or could not be reached
+    (``status`` None): one line."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class BrokerClient:
+    def __init__(
+        self, url: str, cert: Path, key: Path, ca: Path, *, timeout: float = 30.0,
+        attempts: int = 8, backoff: float = 0.5, max_backoff: float = 5.0,
+    ) -> None:  # fmt: skip
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise BrokerError(f"{url}: give the broker as https://HOST:PORT")
+        self.url = url
+        self.host = parts.hostname
+        self.port = parts.port or 443
+        self.timeout = timeout
+        self.attempts = max(1, attempts)
+        self.backoff = backoff  # seconds before the first retry, doubled each time
+        self.max_backoff = max_backoff  # ... up to this: 8 attempts span about 20 s
+        try:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_verify_locations(cafile=str(ca))
+            context.load_cert_chain(str(cert), str(key))
+        except (OSError, ssl.SSLError) as exc:
+            raise BrokerError(f"cannot use {cert}, {key} and {ca} for TLS: {_why(exc)}") from None
+        self.context = context
+        self._connection: http.client.HTTPSConnection | None = None
+        self._lock = threading.Lock()  # one request at a time on the kept connection
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _connect(self) -> http.client.HTTPSConnection:
+        if self._connection is None:
+            connection = http.client.HTTPSConnection(self.host, self.port, context=self.context,
+                                                     timeout=self.timeout)  # fmt: skip
+            connection.connect()
+            assert isinstance(connection.sock, ssl.SSLSocket)
+            _check_broker(connection.sock.getpeercert(binary_form=True), self.url)
+            self._connection = connection
+        return self._connection
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None, *,
+             once: bool = False) -> dict[str, Any]:  # fmt: skip
+        """One request; its JSON answer, or BrokerError. Retried with backoff while the
+        broker cannot be reached or says it is busy (503: nothing was done). ``once``:
+        a call that must not be carried out twice (kill, release) is not sent again
+        once it may have reached the broker; match and submit carry a request key the
+        broker answers a repeat with, so they can be."""
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        failure: Exception | None = None
+        with self._lock:
+            for attempt in range(self.attempts):
+                if attempt:
+                    time.sleep(min(self.backoff * 2 ** (attempt - 1), self.max_backoff))
+                reused, sent = self._connection is not None, False
+                try:
+                    connection = self._connect()
+                    connection.request(method, path, body=data, headers=headers)
+                    sent = True
+                    response = connection.getresponse()
+                    raw = response.read(REPLY_CAP + 1)
+                    if response.will_close:
+                        self._drop()
+                    if response.status == 503:  # busy: nothing was done, try again
+                        failure = BrokerError(_error_of(raw, response.status), 503)
+                        continue
+                    break
+                except ssl.SSLCertVerificationError as exc:
+                    self._drop()
+                    raise BrokerError(f"{self.url}: the broker's certificate is not "
+                                      f"trusted: {_why(exc)}") from None  # fmt: skip
+                except ssl.SSLError as exc:
+                    self._drop()
+                    if "ALERT" in str(exc.reason or "").upper():  # it refused our certificate
+                        raise BrokerError(f"{self.url} refused this certificate in the TLS "
+                                          f"handshake: {_why(exc)}") from None  # fmt: skip
+                    failure = exc
+                except (OSError, http.client.HTTPException) as exc:
+                    self._drop()
+                    failure = exc
+                    # a kept connection the broker had closed while idle: never read
+                    stale = reused and isinstance(exc, http.client.RemoteDisconnected)
+                    if once and sent and not stale:
+                        raise BrokerError(f"{self.url} gave no answer to a request it may have "
+                                          f"carried out ({_why(exc)}); check before trying "
+                                          "again") from None  # fmt: skip
+            else:
+                raise BrokerError(f"{self.url} cannot be reached after {self.attempts} "
+                                  f"attempts: {_why(failure or OSError())}") from None  # fmt: skip
+        if len(raw) > REPLY_CAP:
+            raise BrokerError(f"{self.url}: an answer over {REPLY_CAP} bytes", response.status)
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            raise BrokerError(f"{self.url}: the answer is not JSON (HTTP {response.status})",
+                              response.status) from None  # fmt: skip
+        if not isinstance(answer, dict):
+            raise BrokerError(f"{self.url}: the answer is not a JSON object", response.status)
+        if response.status != 200:
+            raise BrokerError(str(answer.get("error", f"HTTP {response.status}")),
+                              response.status)  # fmt: skip
+        return answer
+
+    @staticmethod
+    def key() -> str:
+        """A request key: the broker answers a retried match or submit with the answer
+        it gave the first, instead of matching or queueing twice."""
+        return uuid.uuid4().hex
+
+    # -- the endpoints (api.ROUTES) --------------------------------------------------------
+
+    def match(self, agent: str, slot: dict[str, Any], lease: int,
+              exclude: list[int] | None = None) -> dict[str, Any] | None:  # fmt: skip
+        body: dict[str, Any] = {"agent": agent, "slot": slot, "lease": lease,
+                                "request": self.key()}  # fmt: skip
+        if exclude:
+            body["exclude"] = exclude
+        job: dict[str, Any] | None = self.call("POST", "/v1/match", body)["job"]
+        return job
+
+    def job_token(self, job_id: int, agent: str, resubmission: int, csr: str) -> dict[str, Any]:
+        return self.call("POST", f"/v1/jobs/{job_id}/token",
+                         {"agent": agent, "resubmission": resubmission, "csr": csr})  # fmt: skip
+
+    def heartbeat(self, job_id: int, resubmission: int, lease: int, *, agent: str | None = None,
+                  usage: dict[str, Any] | None = None) -> bool:  # fmt: skip
+        body: dict[str, Any] = {"resubmission": resubmission, "lease": lease}
+        if agent is not None:
+            body["agent"] = agent
+        if usage:
+            body["usage"] = usage
+        return bool(self.call("POST", f"/v1/jobs/{job_id}/heartbeat", body)["held"])
+
+    def state(self, job_id: int, resubmission: int, state: str, *, agent: str,
+              detail: str = "", exit_code: int | None = None) -> None:  # fmt: skip
+        body: dict[str, Any] = {"agent": agent, "resubmission": resubmission, "state": state,
+                                "detail": detail}  # fmt: skip
+        if exit_code is not None:
+            body["exit_code"] = exit_code
+        self.call("POST", f"/v1/jobs/{job_id}/state", body)
+
+    def release(self, job_id: int, agent: str, resubmission: int, reason: str) -> None:
+        body = {"agent": agent, "resubmission": resubmission, "reason": reason[:500]}
+        self.call("POST", f"/v1/jobs/{job_id}/release", body, once=True)
+
+    def submit(self, jdl: str, priority: int = 0) -> int:
+        body = {"jdl": jdl, "priority": priority, "request": self.key()}
+        return int(self.call("POST", "/v1/jobs", body)["id"])
+
+    def jobs(self, state: str | None = None) -> list[dict[str, Any]]:
+        query = f"?{urlencode({'state': state})}" if state else ""
+        listed: list[dict[str, Any]] = self.call("GET", f"/v1/jobs{query}")["jobs"]
+        return listed
+
+    def status(self, job_id: int) -> dict[str, Any]:
+        return self.call("GET", f"/v1/jobs/{job_id}")
+
+    def kill(self, job_id: int, reason: str = "") -> None:
+        self.call("POST", f"/v1/jobs/{job_id}/kill", {"reason": reason} if reason else {},
+                  once=True)  # fmt: skip
+
+
+def _error_of(raw: bytes, status: int) -> str:
+    try:
+        return str(json.loads(raw)["error"])
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {status}"
+
+
+def _check_broker(der: bytes | None, url: str) -> None:
+    """The peer must be a broker token, not any certificate the CA signed."""
+    try:
+        role = identity_of(x509.load_der_x509_certificate(der or b"")).role
+    except (TokenError, ValueError):
+        raise BrokerError(f"{url}: the server's certificate is not a sandbox-agent token") from None
+    if role is not Role.BROKER:
+        raise BrokerError(f"{url}: the server shows a {role.value} token, not a broker's")
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason).lower().replace("_", " ")
+    text = str(exc) or type(exc).__name__
+    return "".join(c if c.isprintable() else "?" for c in text)[:200]

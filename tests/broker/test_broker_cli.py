@@ -1,0 +1,177 @@
+"""The broker through the console script, as a site runs it: `broker serve` on a home
+of its own, users submitting with their tokens, and a pilot on another home running the
+job in the real sandbox with `run --broker`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cli_support import SCRIPT, assert_no_traceback, cli_env, run_cli
+
+CLI = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@dataclass
+class Site:
+    base: Path
+    url: str
+    process: subprocess.Popen[str]
+    log: list[str]
+
+    @property
+    def certs(self) -> Path:
+        return self.base / "broker-home" / "certs"
+
+    def token(self, name: str) -> list[str]:
+        """The --broker options that present ``name``'s token, made in the broker's home
+        (`certs init` puts the jobagent's in certs/, `certs issue` the users' in tokens/)."""
+        where = (
+            self.certs if (self.certs / f"{name}.pem").exists() else self.certs.parent / "tokens"
+        )
+        return ["--broker", self.url, "--cert", where / f"{name}.pem",
+                "--key", where / f"{name}.key", "--ca", self.certs / "ca.pem"]  # fmt: skip
+
+
+def cli_in(home: Path) -> CLI:
+    env = cli_env(home)
+    return lambda *args: run_cli(env, *args)
+
+
+@pytest.fixture
+def site() -> Iterator[Site]:
+    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="sandbox-agent-broker-"))
+    base.chmod(0o711)  # the pilot's sandbox (uid 65534 as root) reaches its work area
+    broker_home = base / "broker-home"
+    cli = cli_in(broker_home)
+    # init makes the authority, a jobagent token and the broker's (localhost, 127.0.0.1)
+    for args in (("certs", "init"), ("certs", "issue", "--role", "user", "--user", "alice"),
+                 ("certs", "issue", "--role", "user", "--user", "bob")):  # fmt: skip
+        made = cli(*args)
+        assert made.returncode == 0, made.stderr
+    command = [str(SCRIPT), "broker", "serve", "--listen", "127.0.0.1:0"]
+    process = subprocess.Popen(command, env=cli_env(broker_home), stderr=subprocess.PIPE,
+                               text=True)  # fmt: skip
+    assert process.stderr is not None
+    first = process.stderr.readline()
+    assert first.startswith("broker: https://127.0.0.1:"), first
+    url = first.split()[1].replace("127.0.0.1", "localhost")
+    log: list[str] = []  # its request log, read as it comes: a full pipe would stall it
+    reader = threading.Thread(target=lambda: log.extend(process.stderr or ()), daemon=True)
+    reader.start()
+    try:
+        yield Site(base, url, process, log)
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0  # SIGTERM stops it cleanly
+        reader.join(timeout=5)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def echo_jdl(site: Site) -> Path:
+    jdl = site.base / "echo.jdl"
+    jdl.write_text('Executable = "/bin/echo";\nArguments = "hello from the broker";\n')
+    return jdl
+
+
+def test_a_user_submits_to_the_broker_and_a_pilot_elsewhere_runs_it(site: Site) -> None:
+    users = cli_in(site.base / "alice-home")
+    submitted = users("submit", echo_jdl(site), *site.token("user-alice"))
+    assert submitted.returncode == 0, submitted.stderr
+    job = int(submitted.stdout)
+    listed = users("jobs", "--json", *site.token("user-alice"))
+    assert [j["id"] for j in json.loads(listed.stdout)] == [job]
+    assert json.loads(users("jobs", "--json", *site.token("user-bob")).stdout) == []
+
+    node = cli_in(site.base / "node-home")  # the worker node: its own home, no authority
+    ran = node("run", "--json", "--max-jobs", "1", *site.token("jobagent"))
+    assert ran.returncode == 0, ran.stderr
+    events = [json.loads(line) for line in ran.stdout.splitlines()]
+    finished = next(e for e in events if e["event"] == "finished")
+    assert (finished["job"], finished["state"]) == (job, "DONE")
+    assert finished["wrapper_states"] == ["STARTED", "RUNNING", "SAVING", "DONE"]
+
+    shown = json.loads(users("status", job, "--json", *site.token("user-alice")).stdout)
+    assert shown["state"] == "DONE"
+    assert [h["state"] for h in shown["history"]] == [
+        "WAITING", "ASSIGNED", "STARTED", "RUNNING", "SAVING", "DONE"]  # fmt: skip
+    theirs = users("status", job, *site.token("user-bob"))
+    assert (theirs.returncode, theirs.stderr) == (2, f"sandbox-agent: job {job} is not yours\n")
+    logged = [json.loads(line) for line in site.log if line.startswith("{")]
+    token = next(line for line in logged if line.get("route") == "job_token")
+    assert (token["role"], token["status"]) == ("jobagent", 200)
+
+
+def test_a_user_token_cannot_run_a_pilot(site: Site) -> None:
+    node = cli_in(site.base / "node-home")
+    ran = node("run", "--once", *site.token("user-alice"))
+    assert ran.returncode == 3
+    assert "not a usable jobagent token for the broker" in ran.stderr
+    assert "a jobagent token is needed" in ran.stderr and len(ran.stderr.splitlines()) == 1
+
+
+def test_a_jobagent_token_cannot_submit(site: Site) -> None:
+    users = cli_in(site.base / "alice-home")
+    submitted = users("submit", echo_jdl(site), *site.token("jobagent"))
+    assert submitted.returncode == 2
+    assert submitted.stderr.startswith("sandbox-agent: a jobagent token may not call submit")
+
+
+def test_local_files_are_refused_before_anything_is_sent(site: Site) -> None:
+    users = cli_in(site.base / "alice-home")
+    submitted = users("submit", "samples/hello.jdl", *site.token("user-alice"))
+    assert submitted.returncode == 2
+    assert submitted.stderr.startswith("sandbox-agent: Executable hello.sh: a broker takes no "
+                                       "local files yet")  # fmt: skip
+    assert not any('"route":"submit"' in line for line in site.log)
+
+
+def test_a_broker_that_is_not_there_is_one_line_and_exit_3(site: Site) -> None:
+    users = cli_in(site.base / "alice-home")
+    options = site.token("user-alice")
+    options[1] = "https://localhost:1"
+    listed = users("jobs", *options)
+    assert listed.returncode == 3
+    assert "cannot be reached" in listed.stderr and len(listed.stderr.splitlines()) == 1
+
+
+def test_a_kill_at_the_broker_is_seen_by_its_owner(site: Site) -> None:
+    users = cli_in(site.base / "alice-home")
+    job = int(users("submit", echo_jdl(site), *site.token("user-alice")).stdout)
+    killed = users("kill", job, "--reason", "changed my mind", *site.token("user-alice"))
+    assert (killed.returncode, killed.stdout) == (0, f"job {job}: KILLED\n")
+    shown = json.loads(users("status", job, "--json", *site.token("user-alice")).stdout)
+    assert shown["state"] == "KILLED"
+    assert "changed my mind" in shown["history"][-1]["detail"]
+
+
+def test_broker_options_without_a_broker_or_with_a_readable_key_are_refused(
+    site: Site, tmp_path: Path
+) -> None:
+    users = cli_in(site.base / "alice-home")
+    alone = users("jobs", "--cert", site.token("user-alice")[3])
+    assert (alone.returncode, alone.stderr) == (2, "sandbox-agent: --cert go with --broker URL\n")
+    loose = tmp_path / "alice.key"
+    shutil.copyfile(site.token("user-alice")[5], loose)
+    loose.chmod(0o644)
+    options = site.token("user-alice")
+    options[options.index("--key") + 1] = loose
+    refused = users("jobs", *options)
+    assert refused.returncode == 2 and "chmod 600" in refused.stderr
+
+
+def test_serve_without_a_broker_token_says_how_to_make_one(tmp_path: Path) -> None:
+    cli = cli_in(tmp_path / "home")
+    assert cli("certs", "init").returncode == 0
+    (tmp_path / "home" / "certs" / "broker.pem").unlink()  # a site that removed it
+    served = cli("broker", "serve", "--listen", "127.0.0.1:0")
+    assert served.returncode == 2
+    assert "no broker token" in served.stderr and "--role broker" in served.stderr
+    assert_no_traceback(served)
