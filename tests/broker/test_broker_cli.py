@@ -77,7 +77,10 @@ def site() -> Iterator[Site]:
 
 def echo_jdl(site: Site) -> Path:
     jdl = site.base / "echo.jdl"
-    jdl.write_text('Executable = "/bin/echo";\nArguments = "hello from the broker";\n')
+    jdl.write_text(
+        'Executable = "/bin/sh";\nArguments = "-c \'echo hello from the broker '
+        '| tee greeting.txt\'";\nOutput = {"greeting.txt"};\n'
+    )
     return jdl
 
 
@@ -100,6 +103,14 @@ def test_a_user_submits_to_the_broker_and_a_pilot_elsewhere_runs_it(site: Site) 
 
     shown = json.loads(users("status", job, "--json", *site.token("user-alice")).stdout)
     assert shown["state"] == "DONE"
+    # the agent sent the logs and outputs with the job token; their owner fetches them
+    out = users("logs", job, "--stream", "stdout", *site.token("user-alice"))
+    assert (out.returncode, out.stdout) == (0, "hello from the broker\n"), out.stderr
+    got = users("outputs", job, "--to", site.base / "got", *site.token("user-alice"))
+    assert got.returncode == 0, got.stderr
+    assert (site.base / "got" / "greeting.txt").read_text() == "hello from the broker\n"
+    other = users("logs", job, *site.token("user-bob"))
+    assert (other.returncode, other.stderr) == (2, f"sandbox-agent: job {job} is not yours\n")
     assert [h["state"] for h in shown["history"]] == [
         "WAITING", "ASSIGNED", "STARTED", "RUNNING", "SAVING", "DONE"]  # fmt: skip
     theirs = users("status", job, *site.token("user-bob"))

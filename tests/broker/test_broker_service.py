@@ -3,6 +3,7 @@ status and reason, hostile requests refused while the service goes on serving.""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import ssl
@@ -432,7 +433,95 @@ def test_a_pilot_refused_by_its_policy_stops_asking_instead_of_cycling(
     monkeypatch.setattr(backends, "EXCLUDED_CAP", 1)  # the broker hears of one refusal only
     alice = broker.client("user-alice")
     jobs = [alice.submit('Executable = "/bin/true";') for _ in range(3)]
-    queue = backends.BrokerQueue(broker.client("jobagent"), "node-1")
+    queue = backends.BrokerQueue(broker.client("jobagent"), "node-1", CERTS / "ca.pem")
     assert queue.match(Slot(SLOT), lambda _job: "the policy says no", 60) is None
     offers = [broker.store.get(j).resubmission for j in jobs]
     assert max(offers) <= 2 and all(broker.store.get(j).state is State.WAITING for j in jobs)
+
+
+# -- outputs and logs kept at the broker ----------------------------------------------------
+
+
+def saving_job(broker: Broker) -> int:
+    """Job 1 of user testuser (job-7's owner), leased to node-1 and SAVING; jobs 1-7
+    exist so that the job-7 token has its job."""
+    for _ in range(7):
+        broker.store.submit('Executable = "/bin/true";\n', owner="testuser")
+    agent = broker.client("jobagent")
+    for _ in range(7):
+        agent.match("node-1", SLOT, 600)
+    for state in ("STARTED", "RUNNING", "SAVING"):
+        agent.state(7, 0, state, agent="node-1")
+    return 7
+
+
+def test_a_job_token_keeps_its_files_while_saving_and_its_owner_fetches_them(
+    broker: Broker,
+) -> None:
+    job = saving_job(broker)
+    token = broker.client("job-7")
+    token.send_file(job, "outputs/result.root", b"\x00events\xff")
+    token.send_file(job, "logs/stdout", b"hello\n")
+    token.send_file(job, "logs/stdout", b"hello\n")  # a repeat of the same: done
+    error = refused(lambda: token.send_file(job, "logs/stdout", b"other\n"))
+    assert error.status == 409 and "never replaced" in str(error)
+    listed = {f["name"]: f["size"] for f in token.files(job)["files"]}
+    assert listed == {"outputs/result.root": 8, "logs/stdout": 6}
+    admin = broker.client("admin-ops")
+    assert admin.fetch_file(job, "outputs/result.root") == b"\x00events\xff"
+    error = refused(lambda: broker.client("user-alice").fetch_file(job, "logs/stdout"))
+    assert (error.status, str(error)) == (403, f"job {job} is not yours")
+    error = refused(lambda: token.fetch_file(job, "logs/stdout"))
+    assert error.status == 403  # the job token (the payload's) reads no kept file back
+
+
+def test_files_are_taken_only_while_the_job_is_saving(broker: Broker) -> None:
+    for _ in range(7):
+        broker.store.submit('Executable = "/bin/true";\n', owner="testuser")
+    agent = broker.client("jobagent")
+    for _ in range(7):
+        agent.match("node-1", SLOT, 600)
+    agent.state(7, 0, "STARTED", agent="node-1")  # the payload may be running
+    error = refused(lambda: broker.client("job-7").send_file(7, "outputs/x", b"x"))
+    assert error.status == 409 and "while its agent saves it" in str(error)
+    error = refused(lambda: broker.client("job-8").send_file(7, "outputs/x", b"x"))
+    assert (error.status, str(error)) == (403, "this token is for job 8, not job 7")
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "message"),
+    [
+        ("outputs/../../../etc/passwd", 400, "neither empty, '.' nor '..'"),
+        ("outputs/%2e%2e/x", 400, "neither empty, '.' nor '..'"),
+        ("%2fetc/passwd", 400, "starts with outputs/ or logs/"),
+        ("outputs//x", 400, "neither empty"),
+        ("outputs/a%00b", 400, "control character"),
+        ("outputs/a%0ab", 400, "control character"),
+        ("secrets/x", 400, "starts with outputs/ or logs/"),
+        ("outputs/%ff", 400, "not UTF-8"),
+    ],
+)  # fmt: skip
+def test_file_names_with_path_tricks_are_refused(
+    broker: Broker, path: str, status: int, message: str
+) -> None:
+    job = saving_job(broker)
+    data = b"x"
+    headers = {"Content-Type": "application/octet-stream", "Content-Length": "1",
+               "X-Content-SHA256": hashlib.sha256(data).hexdigest()}  # fmt: skip
+    got, answer = broker.raw("job-7", "PUT", f"/v1/jobs/{job}/files/{path}", data, headers)
+    assert got == status and message in answer["error"]
+    assert broker.client("job-7").files(job)["files"] == []
+    assert not (broker.server.endpoints.files.root.parent / "etc").exists()
+
+
+def test_a_file_whose_digest_or_type_is_wrong_is_refused(broker: Broker) -> None:
+    job = saving_job(broker)
+    base = {"Content-Type": "application/octet-stream", "Content-Length": "1"}
+    got, answer = broker.raw("job-7", "PUT", f"/v1/jobs/{job}/files/outputs/x", b"x",
+                             {**base, "X-Content-SHA256": "0" * 64})  # fmt: skip
+    assert got == 400 and "SHA-256" in answer["error"]
+    got, _ = broker.raw("job-7", "PUT", f"/v1/jobs/{job}/files/outputs/x", b"x",
+                        {**base, "Content-Type": "application/json",
+                         "X-Content-SHA256": hashlib.sha256(b"x").hexdigest()})  # fmt: skip
+    assert got == 415
+    assert broker.client("job-7").files(job)["files"] == []

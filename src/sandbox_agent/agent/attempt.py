@@ -132,6 +132,7 @@ class Attempt:
         self.frames_at_stop: int | None = None
         self.lock = threading.RLock()  # the relay thread and this one both report states
         self.storage_fault = ""  # a full disk: the job is reported, then the node stops
+        self.token: dict[str, Any] | None = None  # the job token, once signed
 
     # -- the queue ---------------------------------------------------------------------
 
@@ -244,7 +245,7 @@ class Attempt:
         report: Report | None = None
         try:
             try:
-                token = self.job_token()
+                token = self.token = self.job_token()
             except (IssuanceRefused, TokenError) as exc:
                 if not self.still_ours():  # killed at the queue since the match
                     report = self.finish("KILLED", "killed before it started", None, started,
@@ -372,12 +373,32 @@ class Attempt:
                 if manifest.refused and state in SUCCESS_STATES:
                     state, detail = "ERROR_SV", f"an output was refused: {manifest.refused[0]}"
                     self.agent.storage.record_state(job.id, job.resubmission, state)
+                if state not in NOTHING_TO_SAVE and report and self.token is not None:
+                    state, detail = self.send(manifest, state, detail)
         if report and not self.advance(state, detail, exit_code):
             detail = f"{detail} (the queue no longer took this agent's report)"
         where = str(self.agent.storage.attempt(job.id, job.resubmission)) if manifest else ""
         return Report(job.id, job.resubmission, state, detail, exit_code,
                       time.monotonic() - started, outputs=where, manifest=manifest,
                       states=self.states())  # fmt: skip
+
+    def send(self, manifest: Manifest, state: str, detail: str) -> tuple[str, str]:
+        """The kept files to where their owner fetches them (a broker; the home's own
+        storage needs nothing sent); a failure to send is ERROR_SV for a success."""
+        job = self.job
+        where = self.agent.storage.attempt(job.id, job.resubmission)
+        kept = [(f"outputs/{item['name']}", where / str(item["stored"])) for item in manifest.files]
+        kept += [(f"logs/{name}", where / "logs" / name) for name in manifest.logs]
+        assert self.token is not None
+        try:
+            self.agent.queue.keep(job, self.token, kept)
+        except StoreError as exc:
+            if state in SUCCESS_STATES:
+                state, detail = "ERROR_SV", str(exc)
+                self.agent.storage.record_state(job.id, job.resubmission, state)
+            else:
+                detail += f" ({exc})"
+        return state, detail
 
     def stopping(self) -> None:
         """The agent was told to stop: remember what the wrapper had said by then."""

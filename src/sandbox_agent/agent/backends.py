@@ -7,6 +7,9 @@ decides), IssuanceRefused (no job token).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,6 +59,10 @@ class Backend(Protocol):
 
     def leased(self, job_id: int, resubmission: int) -> bool | None:
         """Whether that attempt is still leased (None: cannot tell), for the cgroup sweep."""
+
+    def keep(self, job: Job, token: dict[str, Any], kept: list[tuple[str, Path]]) -> None:
+        """Send the attempt's kept files (name, where on this node) to where their owner
+        fetches them, with the job's own token; StoreError when that fails."""
 
 
 class LocalQueue:
@@ -112,6 +119,9 @@ class LocalQueue:
     def waiting(self) -> list[Job] | None:
         return self.store.jobs("WAITING")
 
+    def keep(self, job: Job, token: dict[str, Any], kept: list[tuple[str, Path]]) -> None:
+        pass  # the home's storage is where its owner reads them
+
     def leased(self, job_id: int, resubmission: int) -> bool | None:
         try:
             self.store.expire_leases()
@@ -126,9 +136,10 @@ class BrokerQueue:
     broker matches on the slot; this agent's policy may still refuse what it gets: the
     job is handed back and the broker is told to leave it out of this agent's matches."""
 
-    def __init__(self, client: BrokerClient, name: str) -> None:
+    def __init__(self, client: BrokerClient, name: str, ca: Path) -> None:
         self.client = client
         self.name = name
+        self.ca = ca  # the broker's CA: the job token's client checks it too
         self.where = client.url
         self.excluded: list[int] = []  # newest last; the broker is sent the newest
         self.refused: set[int] = set()
@@ -202,6 +213,23 @@ class BrokerQueue:
 
     def leased(self, job_id: int, resubmission: int) -> bool | None:
         return None
+
+    def keep(self, job: Job, token: dict[str, Any], kept: list[tuple[str, Path]]) -> None:
+        """Each file sent with the job token (written to a private directory for the
+        TLS library, removed after), while the job is SAVING."""
+        with tempfile.TemporaryDirectory(prefix="sandbox-agent-token-") as private:
+            cert, key = Path(private) / "job.pem", Path(private) / "job.key"
+            cert.write_text(token["certificate"] + "".join(token["chain"]))
+            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as file:
+                file.write(token["key"])
+            try:
+                client = BrokerClient(self.client.url, cert, key, self.ca)
+                with contextlib.closing(client):
+                    for name, path in kept:
+                        client.send_file(job.id, name, path.read_bytes())
+            except (BrokerError, OSError) as exc:
+                raise StoreError(f"the files were not all sent to the broker: {exc}") from None
 
 
 def job_of(view: dict[str, Any]) -> Job:

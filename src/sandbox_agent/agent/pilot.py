@@ -99,8 +99,8 @@ class Pilot:
         name = f"{socket.gethostname()}-{os.getpid()}-{digest}"
         queue: Backend
         if store is None:
-            assert self.config.broker is not None
-            queue = BrokerQueue(self.config.broker, name)
+            assert self.config.broker is not None and self.config.broker_token is not None
+            queue = BrokerQueue(self.config.broker, name, self.config.broker_token[2])
         else:
             queue = LocalQueue(store, authority, token, home / "certs", name)
         work_area = (self.config.work_area or home / "work").absolute()

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from sandbox_agent.broker.files import FILE_CAP
 from sandbox_agent.broker.schema import Field, openapi_schema
 
 VERSION = "1"
@@ -42,10 +43,11 @@ class Route:
     summary: str
     body: dict[str, Field] | None = None  # None: no body
     cap: int = SMALL  # bytes of the body
+    raw: bool = False  # a file's bytes, not JSON: the body of a PUT, the answer of a GET
 
     def pattern(self) -> re.Pattern[str]:
-        return re.compile("^" + re.escape(self.path).replace(r"\{id\}", "([1-9][0-9]{0,17})")
-                          + "$")  # fmt: skip
+        path = re.escape(self.path).replace(r"\{id\}", "([1-9][0-9]{0,17})")
+        return re.compile("^" + path.replace(r"\{name\}", "(.+)") + "$")
 
 
 ROUTES: tuple[Route, ...] = (
@@ -94,15 +96,26 @@ ROUTES: tuple[Route, ...] = (
           "a user sees their own jobs, an admin every job", "list jobs (?state=S)"),
     Route("status", "GET", "/v1/jobs/{id}", frozenset({USER, ADMIN, JOB}),
           "its owner, an admin, or the job's own token", "one job and its state history"),
+    Route("put_file", "PUT", "/v1/jobs/{id}/files/{name}", frozenset({JOB}),
+          "the job's own token, while its agent saves it (SAVING); never replaces a file",
+          "keep one output (outputs/NAME) or log (logs/NAME): the body is its bytes, "
+          "X-Content-SHA256 their digest", raw=True, cap=FILE_CAP),
+    Route("files", "GET", "/v1/jobs/{id}/files", frozenset({USER, ADMIN, JOB}),
+          "its owner, an admin, or the job's own token",
+          "the files kept for the job's last attempt: names, sizes, SHA-256"),
+    Route("get_file", "GET", "/v1/jobs/{id}/files/{name}", frozenset({USER, ADMIN}),
+          "its owner or an admin", "one kept file: its bytes, X-Content-SHA256 their digest",
+          raw=True),
     Route("kill", "POST", "/v1/jobs/{id}/kill", frozenset({USER, ADMIN}),
           "its owner or an admin", "kill the job; its agent stops it at the next heartbeat",
           {"reason": Field("str", required=False, cap=500)}),
 )  # fmt: skip
 
 
-def find(method: str, path: str) -> tuple[Route | None, int | None, bool]:
-    """The route for ``method`` and ``path``, the job id in the path, and whether the
-    path exists with another method (405 rather than 404)."""
+def find(method: str, path: str) -> tuple[Route | None, int | None, str | None, bool]:
+    """The route for ``method`` and ``path``, the job id and the file name in the path
+    (still percent-encoded), and whether the path exists with another method (405
+    rather than 404)."""
     other = False
     for route in ROUTES:
         match = route.pattern().match(path)
@@ -111,8 +124,10 @@ def find(method: str, path: str) -> tuple[Route | None, int | None, bool]:
         if route.method != method:
             other = True
             continue
-        return route, int(match.group(1)) if match.groups() else None, False
-    return None, None, other
+        groups = match.groups()
+        job_id = int(groups[0]) if groups else None
+        return route, job_id, groups[1] if len(groups) > 1 else None, False
+    return None, None, None, other
 
 
 def openapi() -> dict[str, Any]:
@@ -135,9 +150,16 @@ def openapi() -> dict[str, Any]:
         if "{id}" in route.path:
             operation["parameters"] = [{"name": "id", "in": "path", "required": True,
                                         "schema": {"type": "integer", "minimum": 1}}]  # fmt: skip
+        if "{name}" in route.path:
+            operation["parameters"].append({"name": "name", "in": "path", "required": True,
+                                            "schema": {"type": "string"}})  # fmt: skip
         if route.body is not None:
             operation["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": {**openapi_schema(route.body), "x-max-bytes": route.cap}}}}  # fmt: skip
+        elif route.raw and route.method == "PUT":
+            operation["requestBody"] = {"required": True, "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                                                        "x-max-bytes": route.cap}}}}  # fmt: skip
         paths.setdefault(route.path, {})[route.method.lower()] = operation
     return {
         "openapi": "3.1.0",

@@ -9,6 +9,7 @@ raised as BrokerError with the broker's one line.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import ssl
@@ -17,14 +18,15 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from cryptography import x509
 
+from sandbox_agent.broker.files import FILE_CAP
 from sandbox_agent.tokens import Role, TokenError
 from sandbox_agent.tokens.roles import identity_of
 
-REPLY_CAP = 16 * 1024 * 1024  # bytes of an answer: a job list or a JDL, not more
+REPLY_CAP = FILE_CAP + (1 << 20)  # bytes of an answer: a kept file at most, and a little
 
 
 class BrokerError(Exception):
@@ -83,13 +85,32 @@ class BrokerClient:
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, *,
              once: bool = False) -> dict[str, Any]:  # fmt: skip
-        """One request; its JSON answer, or BrokerError. Retried with backoff while the
+        """One request with a JSON body; its JSON answer, or BrokerError (see _exchange
+        for the retries and ``once``)."""
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        status, _headers, raw = self._exchange(method, path, data, headers, once)
+        return self._answer(status, raw)
+
+    def _answer(self, status: int, raw: bytes) -> dict[str, Any]:
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            raise BrokerError(f"{self.url}: the answer is not JSON (HTTP {status})",
+                              status) from None  # fmt: skip
+        if not isinstance(answer, dict):
+            raise BrokerError(f"{self.url}: the answer is not a JSON object", status)
+        if status != 200:
+            raise BrokerError(str(answer.get("error", f"HTTP {status}")), status)
+        return answer
+
+    def _exchange(self, method: str, path: str, data: bytes | None, headers: dict[str, str],
+                  once: bool) -> tuple[int, Any, bytes]:  # fmt: skip
+        """One request; its status, headers and body. Retried with backoff while the
         broker cannot be reached or says it is busy (503: nothing was done). ``once``:
         a call that must not be carried out twice (kill, release) is not sent again
         once it may have reached the broker; match and submit carry a request key the
         broker answers a repeat with, so they can be."""
-        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-        headers = {"Content-Type": "application/json"} if data is not None else {}
         failure: Exception | None = None
         with self._lock:
             for attempt in range(self.attempts):
@@ -101,7 +122,14 @@ class BrokerClient:
                     connection.request(method, path, body=data, headers=headers)
                     sent = True
                     response = connection.getresponse()
-                    raw = response.read(REPLY_CAP + 1)
+                    if response.length is None or response.length > REPLY_CAP:
+                        self._drop()
+                        length = response.length
+                        raise BrokerError(f"{self.url}: an answer of {length} bytes (at most "
+                                          f"{REPLY_CAP}, announced)", response.status)  # fmt: skip
+                    # read() to the announced length, or IncompleteRead: a broker cut off
+                    # mid-answer (a restart) is retried, never taken for a short answer
+                    raw = response.read()
                     if response.will_close:
                         self._drop()
                     if response.status == 503:  # busy: nothing was done, try again
@@ -130,19 +158,7 @@ class BrokerClient:
             else:
                 raise BrokerError(f"{self.url} cannot be reached after {self.attempts} "
                                   f"attempts: {_why(failure or OSError())}") from None  # fmt: skip
-        if len(raw) > REPLY_CAP:
-            raise BrokerError(f"{self.url}: an answer over {REPLY_CAP} bytes", response.status)
-        try:
-            answer = json.loads(raw)
-        except ValueError:
-            raise BrokerError(f"{self.url}: the answer is not JSON (HTTP {response.status})",
-                              response.status) from None  # fmt: skip
-        if not isinstance(answer, dict):
-            raise BrokerError(f"{self.url}: the answer is not a JSON object", response.status)
-        if response.status != 200:
-            raise BrokerError(str(answer.get("error", f"HTTP {response.status}")),
-                              response.status)  # fmt: skip
-        return answer
+        return response.status, response.headers, raw
 
     @staticmethod
     def key() -> str:
@@ -197,6 +213,32 @@ class BrokerClient:
 
     def status(self, job_id: int) -> dict[str, Any]:
         return self.call("GET", f"/v1/jobs/{job_id}")
+
+    def send_file(self, job_id: int, name: str, data: bytes) -> None:
+        """Keep one output or log at the broker (a job token's call, while SAVING). A
+        repeat of one already kept with the same bytes is done, not an error."""
+        digest = hashlib.sha256(data).hexdigest()
+        headers = {"Content-Type": "application/octet-stream", "X-Content-SHA256": digest}
+        path = f"/v1/jobs/{job_id}/files/{quote(name, safe='/')}"
+        status, _headers, raw = self._exchange("PUT", path, data, headers, False)
+        if status == 409 and "sent already" in raw.decode(errors="replace"):
+            kept = {f["name"]: f["sha256"] for f in self.files(job_id)["files"]}
+            if kept.get(name) == digest:
+                return  # the first attempt's answer was lost: it is there
+        self._answer(status, raw)
+
+    def files(self, job_id: int) -> dict[str, Any]:
+        return self.call("GET", f"/v1/jobs/{job_id}/files")
+
+    def fetch_file(self, job_id: int, name: str) -> bytes:
+        """One kept file's bytes, checked against the digest the broker keeps."""
+        path = f"/v1/jobs/{job_id}/files/{quote(name, safe='/')}"
+        status, headers, raw = self._exchange("GET", path, None, {}, False)
+        if status != 200:
+            self._answer(status, raw)  # raises the broker's refusal
+        if hashlib.sha256(raw).hexdigest() != headers.get("X-Content-SHA256", ""):
+            raise BrokerError(f"{self.url}: {name} arrived damaged (SHA-256 mismatch)", status)
+        return raw
 
     def kill(self, job_id: int, reason: str = "") -> None:
         self.call("POST", f"/v1/jobs/{job_id}/kill", {"reason": reason} if reason else {},

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 
 from sandbox_agent.agent.slot import refusal
 from sandbox_agent.broker.api import ADMIN, AGENT_NAME, JOB, JOBAGENT, USER
+from sandbox_agent.broker.files import FileRefused, FileStore
 from sandbox_agent.jdl import JDLError, JobSpec, Slot, load_job, render_jdl
 from sandbox_agent.jdl.expr import render
 from sandbox_agent.queue import (
@@ -73,10 +74,12 @@ Handler = Callable[["Endpoints", Caller, int | None, dict[str, Any], Mapping[str
 
 
 class Endpoints:
-    def __init__(self, store: Store, authority: TokenAuthority, certs: Path) -> None:
+    def __init__(self, store: Store, authority: TokenAuthority, certs: Path,
+                 files: FileStore | None = None) -> None:  # fmt: skip
         self.store = store
         self.authority = authority
         self.certs = certs
+        self.files = files or FileStore(certs.parent / "broker-files")
         self._specs: dict[tuple[int, str], JobSpec | str] = {}
         self._usage: dict[tuple[int, int], dict[str, Any]] = {}  # last reported, per attempt
         self._lock = threading.Lock()
@@ -377,6 +380,45 @@ class Endpoints:
         reason = str(body.get("reason") or f"killed by {caller.role} {caller.user}")
         self.store.kill(job.id, reason)
         return {"state": "KILLED"}
+
+    # -- files ---------------------------------------------------------------------------
+
+    def do_put_file(self, caller: Caller, job_id: int | None, body: dict[str, Any],
+                    _query: Mapping[str, str]) -> dict[str, Any]:  # fmt: skip
+        """A job token's file, while its agent saves the job. The payload holds the token
+        too, but has ended by then; a process it left with the network on could send a
+        name first, and since kept files are never replaced the agent's own send then
+        fails and the job ends ERROR_SV, never with the payload's file in its place."""
+        job = self.job(job_id)
+        scope = caller.token.identity.job
+        assert scope is not None  # the route takes job tokens only
+        self.own_job(caller, job, scope.resubmission)
+        if job.state is not State.SAVING:
+            raise Refused(409, f"job {job.id} is {job.state.value}: files are taken while its "
+                          "agent saves it (SAVING)")  # fmt: skip
+        try:
+            kept = self.files.put(job.id, job.resubmission, str(body["name"]), body["data"],
+                                  str(body["sha256"]))  # fmt: skip
+        except FileRefused as exc:
+            raise Refused(exc.status, str(exc)) from None
+        return {"kept": kept}
+
+    def do_files(self, caller: Caller, job_id: int | None, _body: dict[str, Any],
+                 _query: Mapping[str, str]) -> dict[str, Any]:  # fmt: skip
+        job = self.job(job_id)
+        self.own_job(caller, job)
+        return {"job": job.id, "resubmission": job.resubmission, "state": job.state.value,
+                "files": self.files.listing(job.id, job.resubmission)}  # fmt: skip
+
+    def do_get_file(self, caller: Caller, job_id: int | None, body: dict[str, Any],
+                    _query: Mapping[str, str]) -> dict[str, Any]:  # fmt: skip
+        job = self.job(job_id)
+        self.own_job(caller, job)
+        try:
+            content, sha256 = self.files.get(job.id, job.resubmission, str(body["name"]))
+        except FileRefused as exc:
+            raise Refused(exc.status, str(exc)) from None
+        return {"content": content, "sha256": sha256}
 
     def do_openapi(self, _caller: Caller, _id: int | None, _body: dict[str, Any],
                    _query: Mapping[str, str]) -> dict[str, Any]:  # fmt: skip

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from cryptography import x509
 
@@ -255,7 +255,7 @@ class _Handler(BaseHTTPRequestHandler):
     def answer(self, method: str, entry: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         caller = self.caller(entry)
         parts = urlsplit(self.path)
-        route, job_id, other = api.find(method, parts.path)
+        route, job_id, name, other = api.find(method, parts.path)
         entry["path"] = _printable(parts.path, 120)
         if route is None:
             raise Refused(405 if other else 404, f"no {method} {entry['path']} here; "
@@ -265,7 +265,12 @@ class _Handler(BaseHTTPRequestHandler):
             takes = ", ".join(sorted(route.roles))
             raise Refused(403, f"{Role(caller.role).with_article} token may not call {route.name} "
                           f"({method} {route.path}); it takes {takes}")  # fmt: skip
-        body = self.body(route)
+        body = self.raw_body(route) if route.raw and method == "PUT" else self.body(route)
+        if name is not None:
+            try:
+                body["name"] = unquote(name, errors="strict")
+            except UnicodeDecodeError:
+                raise Refused(400, "the file name is not UTF-8") from None
         self.server.disarm(self.key)  # the request is in: the rest of the time is ours
         try:
             query = dict(parse_qsl(parts.query, max_num_fields=8)) if parts.query else {}
@@ -297,6 +302,28 @@ class _Handler(BaseHTTPRequestHandler):
         if identity.job is not None:
             entry["job"] = f"{identity.job.job_id}.{identity.job.resubmission}"
         return Caller(verified, identity.role.value, user)
+
+    def raw_body(self, route: api.Route) -> dict[str, Any]:
+        """A file's bytes (a PUT of a raw route), with the digest its sender announced."""
+        length_text = self.headers.get("Content-Length")
+        if length_text is None or not length_text.isdigit():
+            raise Refused(411, "a Content-Length is required")
+        length = int(length_text)
+        if length > route.cap:
+            self.close_connection = True
+            raise Refused(413, f"the body of {length} bytes is over {route.name}'s cap "
+                          f"of {route.cap}")  # fmt: skip
+        data = self.rfile.read(length)
+        self.body_read = True
+        if len(data) != length:
+            self.close_connection = True
+            raise Refused(400, f"the body ended after {len(data)} of {length} bytes")
+        if self.headers.get_content_type() != "application/octet-stream":
+            raise Refused(415, "a file is sent as application/octet-stream")
+        digest = self.headers.get("X-Content-SHA256", "")
+        if len(digest) != 64 or not all(c in "0123456789abcdefABCDEF" for c in digest):
+            raise Refused(400, "X-Content-SHA256 must be the body's SHA-256, 64 hex digits")
+        return {"data": data, "sha256": digest}
 
     def body(self, route: api.Route) -> dict[str, Any]:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -336,10 +363,16 @@ class _Handler(BaseHTTPRequestHandler):
             raise Refused(400, str(exc)) from None
 
     def reply(self, status: int, answer: dict[str, Any]) -> None:
-        data = json.dumps(answer, separators=(",", ":")).encode()
+        content = answer.get("content")
+        if isinstance(content, bytes):  # a file: its bytes as they were kept
+            data, kind = content, "application/octet-stream"
+        else:
+            data, kind = json.dumps(answer, separators=(",", ":")).encode(), "application/json"
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", kind)
+            if isinstance(content, bytes):
+                self.send_header("X-Content-SHA256", str(answer["sha256"]))
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Cache-Control", "no-store")
             if self.close_connection:

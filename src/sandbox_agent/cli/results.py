@@ -3,7 +3,9 @@ default, and stopping it."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -12,8 +14,16 @@ import typer
 
 from sandbox_agent import exitcodes
 from sandbox_agent.agent.storage import Storage, StorageError
+from sandbox_agent.broker.client import BrokerClient, BrokerError
 from sandbox_agent.cli.app import JsonOption, app, fail, home_of, printable
-from sandbox_agent.cli.remote import BrokerOption, CaOption, CertOption, KeyOption
+from sandbox_agent.cli.remote import (
+    BrokerOption,
+    CaOption,
+    CertOption,
+    KeyOption,
+    broker_client,
+    broker_failed,
+)
 from sandbox_agent.queue import StoreError, TransitionError
 
 
@@ -25,8 +35,17 @@ def outputs(
         Path | None, typer.Option("--to", help="Copy the files here (made if missing).")
     ] = None,
     as_json: JsonOption = False,
+    broker: BrokerOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
+    ca: CaOption = None,
 ) -> None:
-    """A job's stored outputs: name, size and SHA-256 of each; with --to, the files."""
+    """A job's stored outputs: name, size and SHA-256 of each; with --to, the files.
+    With --broker, the outputs its agent sent that broker."""
+    client = broker_client(broker, cert, key, ca)
+    if client is not None:
+        _remote_outputs(client, job_id, to, as_json)
+        return
     storage = Storage(home_of(ctx) / "outputs")
     try:
         manifest = storage.export(job_id, to) if to else storage.manifest(job_id)
@@ -54,15 +73,20 @@ def logs(
     stream: Annotated[
         str, typer.Option("--stream", help="stdout, stderr, wrapper.log, or all.")
     ] = "all",
+    broker: BrokerOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
+    ca: CaOption = None,
 ) -> None:
     """What a job's payload wrote on stdout and stderr (and the JobWrapper's own log)."""
     names = ("stdout", "stderr", "wrapper.log")
     if stream != "all" and stream not in names:
         fail(f"--stream {stream}: choose stdout, stderr, wrapper.log or all")
+    client = broker_client(broker, cert, key, ca)
     storage = Storage(home_of(ctx) / "outputs")
     try:
         for name in names if stream == "all" else (stream,):
-            data = storage.log(job_id, name)
+            data = _remote_log(client, job_id, name) if client else storage.log(job_id, name)
             if data is None:
                 continue
             if stream == "all":
@@ -72,6 +96,58 @@ def logs(
             sys.stdout.buffer.flush()
     except StorageError as exc:
         fail(str(exc), exitcodes.FAILED)
+
+
+def _remote_outputs(client: BrokerClient, job_id: int, to: Path | None, as_json: bool) -> None:
+    try:
+        listing = client.files(job_id)
+        files = [f for f in listing["files"] if str(f["name"]).startswith("outputs/")]
+        if to is not None:
+            to.mkdir(parents=True, exist_ok=True)
+            for item in files:
+                _write_new(to, str(item["name"]).removeprefix("outputs/"),
+                           client.fetch_file(job_id, str(item["name"])))  # fmt: skip
+    except BrokerError as exc:
+        broker_failed(exc)
+    except OSError as exc:
+        fail(f"{to}: {exc.strerror}")
+    if as_json:
+        typer.echo(json.dumps({"job": job_id, "state": listing["state"], "files": files},
+                              indent=2))  # fmt: skip
+        return
+    copied = f", copied to {to}" if to else ""
+    typer.echo(f"job {job_id} (resubmission {listing['resubmission']}): {listing['state']}, "
+               f"{len(files)} file(s) at the broker{copied}")
+    for item in files:
+        name = str(item["name"]).removeprefix("outputs/")
+        typer.echo(f"  sha256:{item['sha256']}  {item['size']:>10}  {printable(name)}")
+
+
+def _write_new(to: Path, name: str, data: bytes) -> None:
+    """``data`` as ``to/name``, never over an existing file, never through a link; the
+    broker checked the name, and it is checked again here."""
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise OSError(errno.EINVAL, f"{name!r} is not a plain relative name")
+    directory = to
+    for part in parts[:-1]:
+        directory = directory / part
+        directory.mkdir(parents=True, exist_ok=True)
+    if directory.resolve() != to.resolve().joinpath(*parts[:-1]):
+        raise OSError(errno.EINVAL, f"{name!r} leads out of {to}")
+    fd = os.open(directory / parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                 0o644)  # fmt: skip
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+
+
+def _remote_log(client: BrokerClient, job_id: int, name: str) -> bytes | None:
+    try:
+        return client.fetch_file(job_id, f"logs/{name}")
+    except BrokerError as exc:
+        if exc.status == 404:
+            return None
+        broker_failed(exc)
 
 
 @app.command("kill")
@@ -88,9 +164,7 @@ def kill(
 ) -> None:
     """Kill a job: a waiting one never runs; a running one is stopped by its agent at the
     next heartbeat, which ends it KILLED. With --broker, a job of yours at that broker."""
-    from sandbox_agent.broker.client import BrokerError
     from sandbox_agent.cli.queue import open_store
-    from sandbox_agent.cli.remote import broker_client, broker_failed
 
     client = broker_client(broker, cert, key, ca)
     if client is not None:
