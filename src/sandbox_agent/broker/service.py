@@ -305,35 +305,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def raw_body(self, route: api.Route) -> dict[str, Any]:
         """A file's bytes (a PUT of a raw route), with the digest its sender announced."""
-        length_text = self.headers.get("Content-Length")
-        if length_text is None or not length_text.isdigit():
-            raise Refused(411, "a Content-Length is required")
-        length = int(length_text)
-        if length > route.cap:
-            self.close_connection = True
-            raise Refused(413, f"the body of {length} bytes is over {route.name}'s cap "
-                          f"of {route.cap}")  # fmt: skip
-        data = self.rfile.read(length)
-        self.body_read = True
-        if len(data) != length:
-            self.close_connection = True
-            raise Refused(400, f"the body ended after {len(data)} of {length} bytes")
-        if self.headers.get_content_type() != "application/octet-stream":
-            raise Refused(415, "a file is sent as application/octet-stream")
+        data = self.read_body(route, "application/octet-stream")
         digest = self.headers.get("X-Content-SHA256", "")
         if len(digest) != 64 or not all(c in "0123456789abcdefABCDEF" for c in digest):
             raise Refused(400, "X-Content-SHA256 must be the body's SHA-256, 64 hex digits")
         return {"data": data, "sha256": digest}
 
-    def body(self, route: api.Route) -> dict[str, Any]:
+    def read_body(self, route: api.Route, kind: str) -> bytes:
+        """The body, by its Content-Length: refused unread over the route's cap, read
+        whole otherwise (the next request on the connection follows it)."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             raise Refused(411, "send the body with a Content-Length, not chunked")
         length_text = self.headers.get("Content-Length")
-        if route.body is None:
-            if length_text not in (None, "0"):
-                raise Refused(400, f"{route.name} takes no body")
-            self.body_read = True
-            return {}
         if length_text is None:
             raise Refused(411, "a Content-Length is required")
         if not length_text.isdigit():
@@ -343,13 +326,23 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the body is not read: the stream is lost
             raise Refused(413, f"the body of {length} bytes is over {route.name}'s cap "
                           f"of {route.cap}")  # fmt: skip
-        data = self.rfile.read(length)  # read even when refused: the next request follows
+        data = self.rfile.read(length)
         self.body_read = True
         if len(data) != length:
             self.close_connection = True
             raise Refused(400, f"the body ended after {len(data)} of {length} bytes")
-        if self.headers.get_content_type() != "application/json":
-            raise Refused(415, "the body must be application/json")
+        if self.headers.get_content_type() != kind:
+            raise Refused(415, f"the body must be {kind}")
+        return data
+
+    def body(self, route: api.Route) -> dict[str, Any]:
+        if route.body is None:
+            if self.headers.get("Content-Length") not in (None, "0") or \
+                    "chunked" in self.headers.get("Transfer-Encoding", "").lower():  # fmt: skip
+                raise Refused(400, f"{route.name} takes no body")
+            self.body_read = True
+            return {}
+        data = self.read_body(route, "application/json")
         try:
             parsed = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates,
                                 parse_constant=_no_constant)  # fmt: skip
