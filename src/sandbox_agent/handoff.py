@@ -113,7 +113,7 @@ def decode(kind: str, body: bytes) -> dict[str, Any]:
     """A frame body (without its header), checked against ``kind``."""
     table, _cap = _kind(kind)
     try:
-        message = _loads(body.decode("utf-8"))
+        message = strict_loads(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise FrameError(f"{kind} frame is not UTF-8") from None
     except RecursionError:
@@ -215,8 +215,9 @@ class _Decoding:
 _WHITESPACE = " \t\n\r"  # what JSON allows around a value
 
 
-def _loads(text: str) -> Any:
-    """One JSON value, nothing but whitespace around it: json.loads with our hooks."""
+def strict_loads(text: str) -> Any:
+    """One JSON value, nothing but whitespace around it, duplicate keys and NaN refused
+    (ValueError): json.loads with our hooks. The broker reads request bodies with it too."""
     try:
         import _json
 

@@ -130,11 +130,7 @@ def test_a_job_token_reads_its_own_job_only_and_never_speaks_for_its_agent(
 ) -> None:
     """The payload holds its job token: it may read its job and send resource use, but
     neither move the job's state (it would forge DONE) nor stretch its agent's lease."""
-    for _ in range(8):  # jobs 1..8
-        broker.store.submit('Executable = "/bin/true";\n', owner="testuser")
-    agent = broker.client("jobagent")
-    for _ in range(8):
-        agent.match("node-1", SLOT, 60)
+    testuser_jobs_leased(broker)
     job7 = broker.client("job-7")
     assert job7.status(7)["job"]["id"] == 7
     lease = broker.store.get(7).lease_until
@@ -442,14 +438,20 @@ def test_a_pilot_refused_by_its_policy_stops_asking_instead_of_cycling(
 # -- outputs and logs kept at the broker ----------------------------------------------------
 
 
-def saving_job(broker: Broker) -> int:
-    """Job 1 of user testuser (job-7's owner), leased to node-1 and SAVING; jobs 1-7
-    exist so that the job-7 token has its job."""
-    for _ in range(7):
+def testuser_jobs_leased(broker: Broker, count: int = 8) -> None:
+    """Jobs 1..count of testuser (the owner the job-N test tokens name), each leased to
+    node-1, so that the job-7 and job-8 tokens have their jobs."""
+    for _ in range(count):
         broker.store.submit('Executable = "/bin/true";\n', owner="testuser")
     agent = broker.client("jobagent")
-    for _ in range(7):
+    for _ in range(count):
         agent.match("node-1", SLOT, 600)
+
+
+def saving_job(broker: Broker) -> int:
+    """Job 7, SAVING: its agent is keeping its files."""
+    testuser_jobs_leased(broker)
+    agent = broker.client("jobagent")
     for state in ("STARTED", "RUNNING", "SAVING"):
         agent.state(7, 0, state, agent="node-1")
     return 7
@@ -476,12 +478,8 @@ def test_a_job_token_keeps_its_files_while_saving_and_its_owner_fetches_them(
 
 
 def test_files_are_taken_only_while_the_job_is_saving(broker: Broker) -> None:
-    for _ in range(7):
-        broker.store.submit('Executable = "/bin/true";\n', owner="testuser")
-    agent = broker.client("jobagent")
-    for _ in range(7):
-        agent.match("node-1", SLOT, 600)
-    agent.state(7, 0, "STARTED", agent="node-1")  # the payload may be running
+    testuser_jobs_leased(broker)
+    broker.client("jobagent").state(7, 0, "STARTED", agent="node-1")  # the payload may run
     error = refused(lambda: broker.client("job-7").send_file(7, "outputs/x", b"x"))
     assert error.status == 409 and "while its agent saves it" in str(error)
     error = refused(lambda: broker.client("job-8").send_file(7, "outputs/x", b"x"))

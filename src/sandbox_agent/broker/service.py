@@ -34,6 +34,7 @@ from cryptography import x509
 from sandbox_agent.broker import api
 from sandbox_agent.broker.endpoints import Caller, Endpoints, Refused
 from sandbox_agent.broker.schema import BadRequest, check
+from sandbox_agent.handoff import strict_loads
 from sandbox_agent.tokens import Role, TokenError
 from sandbox_agent.tokens.errors import StaleRevocationList
 from sandbox_agent.tokens.verify import TokenVerifier
@@ -344,8 +345,7 @@ class _Handler(BaseHTTPRequestHandler):
             return {}
         data = self.read_body(route, "application/json")
         try:
-            parsed = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates,
-                                parse_constant=_no_constant)  # fmt: skip
+            parsed = strict_loads(data.decode("utf-8"))
         except RecursionError:
             raise Refused(400, "the body is nested too deeply") from None
         except (UnicodeDecodeError, ValueError) as exc:
@@ -374,19 +374,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
         except OSError:
             self.close_connection = True  # the client went away
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {_printable(key, 40)!r}")
-        out[key] = value
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def _printable(text: object, limit: int) -> str:
