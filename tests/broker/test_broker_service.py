@@ -130,7 +130,7 @@ def test_a_job_token_reads_its_own_job_only_and_never_speaks_for_its_agent(
 ) -> None:
     """The payload holds its job token: it may read its job and send resource use, but
     neither move the job's state (it would forge DONE) nor stretch its agent's lease."""
-    testuser_jobs_leased(broker)
+    lease_testuser_jobs(broker)
     job7 = broker.client("job-7")
     assert job7.status(7)["job"]["id"] == 7
     lease = broker.store.get(7).lease_until
@@ -438,7 +438,7 @@ def test_a_pilot_refused_by_its_policy_stops_asking_instead_of_cycling(
 # -- outputs and logs kept at the broker ----------------------------------------------------
 
 
-def testuser_jobs_leased(broker: Broker, count: int = 8) -> None:
+def lease_testuser_jobs(broker: Broker, count: int = 8) -> None:
     """Jobs 1..count of testuser (the owner the job-N test tokens name), each leased to
     node-1, so that the job-7 and job-8 tokens have their jobs."""
     for _ in range(count):
@@ -450,7 +450,7 @@ def testuser_jobs_leased(broker: Broker, count: int = 8) -> None:
 
 def saving_job(broker: Broker) -> int:
     """Job 7, SAVING: its agent is keeping its files."""
-    testuser_jobs_leased(broker)
+    lease_testuser_jobs(broker)
     agent = broker.client("jobagent")
     for state in ("STARTED", "RUNNING", "SAVING"):
         agent.state(7, 0, state, agent="node-1")
@@ -478,7 +478,7 @@ def test_a_job_token_keeps_its_files_while_saving_and_its_owner_fetches_them(
 
 
 def test_files_are_taken_only_while_the_job_is_saving(broker: Broker) -> None:
-    testuser_jobs_leased(broker)
+    lease_testuser_jobs(broker)
     broker.client("jobagent").state(7, 0, "STARTED", agent="node-1")  # the payload may run
     error = refused(lambda: broker.client("job-7").send_file(7, "outputs/x", b"x"))
     assert error.status == 409 and "while its agent saves it" in str(error)
@@ -523,3 +523,24 @@ def test_a_file_whose_digest_or_type_is_wrong_is_refused(broker: Broker) -> None
                          "X-Content-SHA256": hashlib.sha256(b"x").hexdigest()})  # fmt: skip
     assert got == 415
     assert broker.client("job-7").files(job)["files"] == []
+
+
+def test_a_pilot_on_a_broker_keeps_binds_away_from_the_token_it_was_given(
+    tmp_path: Path,
+) -> None:
+    """Its jobagent token may live anywhere (not under HOME/certs): a job asking to bind
+    the directory that holds it is refused, as one asking for HOME/certs is."""
+    from sandbox_agent.agent.pilot import Pilot, PilotConfig
+    from sandbox_agent.jdl import load_job
+    from sandbox_agent.policy import PolicyRejection, load_policy, policy_dirs
+
+    key = Path("/cvmfs/site/node/jobagent.key")
+    config = PilotConfig(home=tmp_path, policy=load_policy("default", policy_dirs(tmp_path)),
+                         broker_token=(key.with_suffix(".pem"), key, CERTS / "ca.pem"))  # fmt: skip
+    pilot = Pilot(config, lambda _event: None)
+    assert str(key) in pilot.credentials()
+    job = load_job('Executable = "/bin/true";\nReadOnlyBinds = "/cvmfs/site/node";\n')
+    with pytest.raises(PolicyRejection, match="jobagent"):
+        pilot.compose(job)
+    config.broker_token = None  # the home's queue: that path is nothing of the agent's
+    pilot.compose(job)

@@ -167,8 +167,16 @@ class Pilot:
         return lambda job: self.refusal(job, offered)
 
     def compose(self, spec: JobSpec) -> EffectivePolicy:
-        return compose(self.config.policy, spec,
-                       credentials=[str(self.config.home / "certs")])  # fmt: skip
+        return compose(self.config.policy, spec, credentials=self.credentials())
+
+    def credentials(self) -> list[str]:
+        """The agent's own secrets, which no bind may reach: the home's authority and
+        token, and with a broker the jobagent token and key it was given (anywhere)."""
+        paths = [str(self.config.home / "certs")]
+        if self.config.broker_token is not None:
+            cert, key, _ca = self.config.broker_token
+            paths += [str(cert), str(key)]
+        return paths
 
     # -- signals -------------------------------------------------------------------------
 

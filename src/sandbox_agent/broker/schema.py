@@ -15,7 +15,7 @@ class BadRequest(ValueError):
 
 @dataclass(frozen=True)
 class Field:
-    kind: str  # "str", "int", "bool", "ints" (list of int), "strs", "scalars" (name -> scalar)
+    kind: str  # "str", "int", "ints" (list of int), "scalars" (name -> scalar)
     required: bool = True
     cap: int = 4096  # characters of a string, items of a list or a map
     doc: str = ""
@@ -52,17 +52,13 @@ def _check_value(value: Any, field: Field, where: str) -> None:
     elif kind == "int":
         if not _is_int(value):
             raise BadRequest(f"{where} must be an integer of 64 bits")
-    elif kind == "bool":
-        if not isinstance(value, bool):
-            raise BadRequest(f"{where} must be true or false")
-    elif kind in ("ints", "strs"):
+    elif kind == "ints":
         if not isinstance(value, list):
             raise BadRequest(f"{where} must be a list")
         if len(value) > field.cap:
             raise BadRequest(f"{where} has more than {field.cap} items")
-        ok = _is_int if kind == "ints" else (lambda v: isinstance(v, str) and len(v) <= 4096)
-        if not all(ok(v) for v in value):
-            raise BadRequest(f"{where} must list {'integers' if kind == 'ints' else 'strings'}")
+        if not all(_is_int(v) for v in value):
+            raise BadRequest(f"{where} must list integers")
     elif kind == "scalars":
         if not isinstance(value, dict):
             raise BadRequest(f"{where} must be an object")
@@ -97,9 +93,7 @@ def openapi_schema(fields: Mapping[str, Field]) -> dict[str, Any]:
     kinds: dict[str, dict[str, Any]] = {
         "str": {"type": "string"},
         "int": {"type": "integer"},
-        "bool": {"type": "boolean"},
         "ints": {"type": "array", "items": {"type": "integer"}},
-        "strs": {"type": "array", "items": {"type": "string"}},
         "scalars": {"type": "object"},
     }
     properties: dict[str, Any] = {}
@@ -107,7 +101,7 @@ def openapi_schema(fields: Mapping[str, Field]) -> dict[str, Any]:
         schema = dict(kinds[field.kind])
         if field.kind == "str":
             schema["maxLength"] = field.cap
-        elif field.kind in ("ints", "strs"):
+        elif field.kind == "ints":
             schema["maxItems"] = field.cap
         if field.doc:
             schema["description"] = field.doc
