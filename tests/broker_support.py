@@ -90,6 +90,5 @@ def running_broker(tmp_path: Path) -> Iterator[Broker]:
                      lines)  # fmt: skip
     finally:
         server.shutdown()
-        server.server_close()
         thread.join()
-        server.endpoints.store.close()
+        server.stop()

@@ -7,6 +7,7 @@ import hashlib
 import json
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 
 from sandbox_agent.broker import api, service
 from sandbox_agent.broker.client import BrokerError, _check_broker
-from sandbox_agent.queue import State
+from sandbox_agent.queue import State, StoreError
 from sandbox_agent.tokens import Identity, Role, TokenAuthority, files, new_key
 from sandbox_agent.tokens.request import new_job_request
 from sandbox_agent.tokens.roles import JobScope
@@ -408,6 +409,63 @@ def test_a_stale_revocation_list_is_the_brokers_fault_503_not_the_callers(
     (certs / "crl.pem").write_bytes(stale.public_bytes(serialization.Encoding.PEM))
     got, answer = broker.raw("user-alice", "GET", "/v1/jobs")
     assert got == 503 and "revocation list is out of date" in answer["error"]
+
+
+def test_a_busy_queue_is_503_and_only_a_missing_job_is_404(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pilot drops a job the broker says is gone (404): a queue too busy to read
+    that job must say "retry" instead, or the job is run twice."""
+    job = broker.client("user-alice").submit('Executable = "/bin/true";')
+    assert broker.raw("user-alice", "GET", "/v1/jobs/99")[0] == 404
+
+    def busy(job_id: int) -> object:
+        raise StoreError(f"{broker.store.where}: database is locked; retry")
+
+    monkeypatch.setattr(broker.store, "get", busy)
+    got, answer = broker.raw("user-alice", "GET", f"/v1/jobs/{job}")
+    assert got == 503 and "database is locked" in answer["error"]
+    assert str(broker.store.where) not in answer["error"]
+
+
+def test_a_stopping_broker_answers_the_requests_it_carries_and_refuses_new_ones(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopping closes the queue: a request still inside the endpoints must get its
+    answer first (a closed queue answered "no job" to such a request, and the pilot
+    dropped its job), and a request arriving meanwhile gets 503 and retries."""
+    alice, waiting = broker.client("user-alice"), broker.client("user-bob")
+    job = alice.submit('Executable = "/bin/true";')
+    waiting.jobs()  # its connection is open before the stop
+    inside, release = threading.Event(), threading.Event()
+    real_get = broker.store.get
+
+    def slow_get(job_id: int) -> object:
+        inside.set()
+        assert release.wait(10)
+        return real_get(job_id)
+
+    monkeypatch.setattr(broker.store, "get", slow_get)
+    answers: list[object] = []
+    carried = threading.Thread(target=lambda: answers.append(alice.status(job)))
+    carried.start()
+    assert inside.wait(10)
+    broker.server.shutdown()  # serve_forever returns, as on SIGTERM
+    stopped: list[bool] = []
+    stopping = threading.Thread(target=lambda: stopped.append(broker.server.stop(grace=10)))
+    stopping.start()
+    deadline = time.monotonic() + 10
+    while not broker.server._draining:  # the stop has begun
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    late = refused(waiting.jobs)  # a 503: retried, here after its only attempt
+    assert "the broker is stopping; retry" in str(late)
+    assert stopped == []  # still waiting for the carried request
+    release.set()
+    carried.join(10)
+    stopping.join(10)
+    assert stopped == [True]
+    assert isinstance(answers[0], dict) and answers[0]["job"]["id"] == job
 
 
 def test_integers_past_64_bits_and_too_many_query_fields_are_400(broker: Broker) -> None:

@@ -26,6 +26,7 @@ from sandbox_agent.jdl.expr import render
 from sandbox_agent.queue import (
     Job,
     LeaseError,
+    NoSuchJob,
     State,
     Store,
     StoreError,
@@ -149,7 +150,8 @@ class Endpoints:
         assert job_id is not None  # the route's path has {id}
         try:
             return self.store.get(job_id)
-        except StoreError:
+        except NoSuchJob:  # only a missing row: a busy queue is a 503 (run()), never
+            # a 404, which a pilot takes for "this job is gone" and drops
             raise Refused(404, f"no job {job_id}") from None
 
     def spec(self, job: Job) -> JobSpec | str:

@@ -43,6 +43,7 @@ HANDSHAKE_TIMEOUT = 10.0  # seconds a client has to finish the TLS handshake
 IO_TIMEOUT = 30.0  # seconds from an answer (or the handshake) to the next whole request
 MAX_CONNECTIONS = 256  # at once; more are closed at accept
 MAX_PER_PEER = 64  # at once from one address (a site's nodes may share one behind NAT)
+DRAIN_TIMEOUT = 30.0  # seconds a stopping broker waits for the requests it is carrying out
 
 
 def server_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
@@ -75,6 +76,11 @@ class BrokerServer(ThreadingHTTPServer):
         # loses its connection when its whole handshake, or whole request, is late.
         self._deadlines: dict[int, tuple[int, float, str]] = {}  # key -> (fd, when, phase)
         self._stop = threading.Event()
+        # Requests inside the endpoints: a stopping broker lets them finish before it
+        # closes the queue under them (a closed queue would answer them wrongly).
+        self._settled = threading.Condition(self._count)
+        self._working = 0
+        self._draining = False
         self._keys = itertools.count()
         self._watchdog = threading.Thread(target=self._watch, daemon=True)
         super().__init__(address, _Handler)  # type: ignore[arg-type]  # made by finish_request
@@ -83,6 +89,30 @@ class BrokerServer(ThreadingHTTPServer):
     def server_close(self) -> None:
         self._stop.set()
         super().server_close()
+
+    def enter(self) -> bool:
+        """A request may go into the endpoints (False: the broker is stopping)."""
+        with self._settled:
+            if self._draining:
+                return False
+            self._working += 1
+            return True
+
+    def leave(self) -> None:
+        with self._settled:
+            self._working -= 1
+            self._settled.notify_all()
+
+    def stop(self, grace: float = DRAIN_TIMEOUT) -> bool:
+        """After serve_forever has returned: refuse new requests (503, retry), let
+        those already in the endpoints finish, then close the socket and the queue.
+        False if some were still working after ``grace`` seconds."""
+        with self._settled:
+            self._draining = True
+            settled = self._settled.wait_for(lambda: self._working == 0, grace)
+        self.server_close()
+        self.endpoints.store.close()
+        return settled
 
     def process_request(self, request: Any, client_address: Any) -> None:
         peer = str(client_address[0]) if client_address else "?"
@@ -277,7 +307,13 @@ class _Handler(BaseHTTPRequestHandler):
             query = dict(parse_qsl(parts.query, max_num_fields=8)) if parts.query else {}
         except ValueError:
             raise Refused(400, "the query has more than 8 fields") from None
-        return 200, self.server.endpoints.handle(route.name, caller, job_id, body, query)
+        if not self.server.enter():
+            self.close_connection = True
+            raise Refused(503, "the broker is stopping; retry")
+        try:
+            return 200, self.server.endpoints.handle(route.name, caller, job_id, body, query)
+        finally:
+            self.server.leave()
 
     def caller(self, entry: dict[str, Any]) -> Caller:
         der = self.connection.getpeercert(binary_form=True)

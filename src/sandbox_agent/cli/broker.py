@@ -53,7 +53,7 @@ def serve(
 ) -> None:
     """Serve the queue and the token authority of --home over HTTPS with mutual TLS.
     One JSON line per request on stderr; SIGTERM or SIGINT stops it."""
-    from sandbox_agent.broker.service import make_server
+    from sandbox_agent.broker.service import DRAIN_TIMEOUT, make_server
     from sandbox_agent.tokens import TokenError
     from sandbox_agent.tokens.keys import load_private_key
 
@@ -100,6 +100,7 @@ def serve(
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
-        server.server_close()
-        server.endpoints.store.close()
+        if not server.stop():
+            typer.echo("broker: stopped with requests still unanswered after "
+                       f"{DRAIN_TIMEOUT:.0f} s; their clients retry", err=True)  # fmt: skip
     typer.echo("broker: stopped", err=True)

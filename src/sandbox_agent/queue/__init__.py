@@ -10,11 +10,12 @@ from sandbox_agent.queue.states import State, TransitionError
 from sandbox_agent.queue.store import (
     Job,
     LeaseError,
+    NoSuchJob,
     StateChange,
     Store,
     StoreError,
     open_queue,
 )
 
-__all__ = ["Job", "LeaseError", "State", "StateChange", "Store", "StoreError", "TransitionError",
-           "open_queue"]  # fmt: skip
+__all__ = ["Job", "LeaseError", "NoSuchJob", "State", "StateChange", "Store", "StoreError",
+           "TransitionError", "open_queue"]  # fmt: skip

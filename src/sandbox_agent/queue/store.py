@@ -84,6 +84,10 @@ class StoreError(ValueError):
     """A queue operation refused for a reason the caller can fix (one line)."""
 
 
+class NoSuchJob(StoreError):
+    """The queue has no job with that id (not: the queue could not be read)."""
+
+
 class LeaseError(StoreError):
     """The caller no longer holds the job's lease: stop working on that job."""
 
@@ -267,7 +271,7 @@ class Store:
         row = conn.execute("SELECT * FROM jobs WHERE id = ?" + locking,  # noqa: S608
                            (job_id,)).fetchone()  # fmt: skip
         if row is None:
-            raise StoreError(
+            raise NoSuchJob(
                 f"job {job_id}: no such job in {self.where}; check the id (`jobs` lists them)"
             )
         return _job(row)
