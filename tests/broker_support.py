@@ -9,7 +9,7 @@ import json
 import shutil
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,3 +92,15 @@ def running_broker(tmp_path: Path) -> Iterator[Broker]:
         server.shutdown()
         thread.join()
         server.stop()
+
+
+def lease_testuser_jobs(broker: Broker, count: int = 8,
+                        jdl: Callable[[int], str] = lambda _n: 'Executable = "/bin/true";\n',
+                        ) -> None:  # fmt: skip
+    """Jobs 1..count of testuser (the owner the job-N test tokens name), each leased to
+    node-1, so that the job-7 and job-8 tokens have their jobs; ``jdl(n)`` is job n's."""
+    for number in range(1, count + 1):
+        broker.store.submit(jdl(number), owner="testuser")
+    agent = broker.client("jobagent")
+    for _ in range(count):
+        agent.match("node-1", SLOT, 600)

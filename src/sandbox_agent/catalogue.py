@@ -50,6 +50,18 @@ class CatalogueError(ValueError):
     """A catalogue operation refused for a reason the caller can fix (one line)."""
 
 
+class NotCatalogued(CatalogueError):
+    """The catalogue has no entry of that name."""
+
+
+class Damaged(CatalogueError):
+    """An entry's stored object is missing, not a regular file, or not its bytes."""
+
+
+class NameTaken(CatalogueError):
+    """The name is the catalogue's already, for other content."""
+
+
 @dataclass(frozen=True)
 class Entry:
     lfn: str
@@ -93,7 +105,7 @@ def _check_name(name: str) -> None:
 
 
 def _not_missing(lfn: str) -> CatalogueError:
-    return CatalogueError(
+    return NotCatalogued(
         f"LF:{lfn} is not in the catalogue; add it with: sandbox-agent catalogue add FILE {lfn}"
     )
 
@@ -214,14 +226,42 @@ class Catalogue:
         that was read, never from a second read that could see other bytes."""
         if not owner or "\x00" in owner:
             raise CatalogueError(f"adding {path}: the owner is empty; name the user adding it")
-        tmp: str | None
-        tmp, digest, size = self._copy_in(Path(path))
+        return self._register(*self._copy_in(Path(path)), name, owner, str(path))
+
+    def add_data(self, data: bytes, name: Callable[[str], str], owner: str) -> Entry:
+        """Like ``add_named``, for bytes already in memory (a file sent to the broker)."""
+        if not owner or "\x00" in owner:
+            raise CatalogueError("adding a file: the owner is empty; name the user adding it")
+        if len(data) > self.max_file:
+            raise CatalogueError(self._too_big(Path("the file"), len(data)))
+        tmp = f"{_TMP_PREFIX}{secrets.token_hex(8)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(tmp, flags, 0o600, dir_fd=self._objects_fd)
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+        except OSError as exc:
+            _unlink(tmp, self._objects_fd)
+            raise CatalogueError(
+                f"cannot write into {self.directory / OBJECTS}: {exc.strerror}; "
+                "check the catalogue directory is writable"
+            ) from None
+        digest = hashlib.sha256(data).hexdigest()
+        return self._register(tmp, digest, len(data), name, owner, "the file")
+
+    def _register(self, made: str, digest: str, size: int, name: Callable[[str], str],
+                  owner: str, path: str) -> Entry:  # fmt: skip
+        """Index the temporary object ``made`` under ``name(digest)`` (renamed to its
+        digest, or removed when the name is refused)."""
+        tmp: str | None = made
         try:
             lfn = check_lfn(name(digest))
             with self._txn() as conn:
                 row = conn.execute("SELECT * FROM entries WHERE lfn = ?", (lfn,)).fetchone()
                 if row is not None and row["sha256"] != digest:
-                    raise CatalogueError(
+                    raise NameTaken(
                         f"LF:{lfn} is already in the catalogue with other content (sha256 "
                         f"{row['sha256'][:16]}..., {path} is {digest[:16]}...); "
                         "add the file under another LFN"
@@ -229,7 +269,8 @@ class Catalogue:
                 # Renamed even when the object exists: same bytes, and a damaged copy
                 # is replaced by a good one.
                 try:
-                    os.rename(tmp, digest, src_dir_fd=self._objects_fd, dst_dir_fd=self._objects_fd)
+                    objects = self._objects_fd
+                    os.rename(made, digest, src_dir_fd=objects, dst_dir_fd=objects)
                     tmp = None
                     os.fsync(self._objects_fd)
                 except OSError as exc:
@@ -320,7 +361,39 @@ class Catalogue:
             os.close(dir_fd)
         return entry
 
-    def _place_into(self, entry: Entry, dir_fd: int, directory: Path, name: str, mode: int) -> None:
+    def read(self, lfn: str, limit: int) -> tuple[Entry, bytes]:
+        """``lfn``'s entry and content, checked against its digest (a damaged object
+        raises Damaged): what the broker sends a job for its inputs. An entry over
+        ``limit`` bytes is refused unread."""
+        entry = self.get(lfn)
+        if entry.size > limit:
+            raise CatalogueError(f"LF:{lfn} is {entry.size} bytes, over the {limit} this "
+                                 "reader takes")  # fmt: skip
+        src = self._open_object(entry)
+        data = bytearray(entry.size + 1)  # one byte past the size: a grown object fails
+        got = 0
+        try:
+            with memoryview(data) as view:
+                while got < len(data):
+                    count = os.readv(src, [view[got:]])
+                    if not count:
+                        break
+                    got += count
+        except OSError as exc:
+            raise CatalogueError(f"LF:{lfn}: cannot read its object ({exc.strerror})") from None
+        finally:
+            os.close(src)
+        del data[got:]
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != entry.sha256 or got != entry.size:
+            raise Damaged(
+                f"LF:{lfn}: its stored object does not match the catalogue (sha256 "
+                f"{digest[:16]}... instead of {entry.sha256[:16]}...); add the file again"
+            )
+        return entry, bytes(data)
+
+    def _open_object(self, entry: Entry) -> int:
+        """A descriptor of ``entry``'s object, a regular file (never through a link)."""
         lfn = entry.lfn
         try:
             src = os.open(
@@ -329,17 +402,26 @@ class Catalogue:
                 dir_fd=self._objects_fd,
             )
         except OSError as exc:
-            raise CatalogueError(
+            raise Damaged(
                 f"LF:{lfn}: its object {OBJECTS}/{entry.sha256} cannot be read "
                 f"({exc.strerror}); add the file again with: sandbox-agent catalogue add FILE {lfn}"
             ) from None
         try:
             if not stat.S_ISREG(os.fstat(src).st_mode):
-                raise CatalogueError(
+                raise Damaged(
                     f"LF:{lfn}: its object {OBJECTS}/{entry.sha256} is not a regular file; "
                     "remove it and add the file again"
                 )
             os.set_blocking(src, True)
+        except BaseException:
+            os.close(src)
+            raise
+        return src
+
+    def _place_into(self, entry: Entry, dir_fd: int, directory: Path, name: str, mode: int) -> None:
+        lfn = entry.lfn
+        src = self._open_object(entry)
+        try:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             try:
                 dst = os.open(name, flags, 0o600, dir_fd=dir_fd)
@@ -352,7 +434,7 @@ class Catalogue:
                 # Read at most one byte past the indexed size: a grown object fails below.
                 digest, size = _copy(src, dst, entry.size)
                 if digest != entry.sha256 or size != entry.size:
-                    raise CatalogueError(
+                    raise Damaged(
                         f"LF:{lfn}: its stored object does not match the catalogue (sha256 "
                         f"{digest[:16]}... instead of {entry.sha256[:16]}...); the copy was "
                         f"removed; add the file again with: sandbox-agent catalogue add FILE {lfn}"
@@ -393,4 +475,5 @@ def _unlink(name: str, dir_fd: int) -> None:
         os.unlink(name, dir_fd=dir_fd)
 
 
-__all__ = ["MAX_FILE", "Catalogue", "CatalogueError", "Entry", "check_lfn"]
+__all__ = ["MAX_FILE", "Catalogue", "CatalogueError", "Damaged", "Entry", "NameTaken",
+           "NotCatalogued", "check_lfn"]  # fmt: skip

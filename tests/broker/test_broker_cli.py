@@ -4,11 +4,13 @@ job in the real sandbox with `run --broker`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
 import tempfile
 import threading
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,13 +137,57 @@ def test_a_jobagent_token_cannot_submit(site: Site) -> None:
     assert submitted.stderr.startswith("sandbox-agent: a jobagent token may not call submit")
 
 
-def test_local_files_are_refused_before_anything_is_sent(site: Site) -> None:
+def test_local_files_go_to_the_broker_and_the_pilot_fetches_them_with_the_job_token(
+    site: Site,
+) -> None:
+    """The production sample: its steering script, validation script and two inputs
+    are on the user's machine. Submit sends them; the pilot on another home fetches
+    them with the job token and runs them in the sandbox."""
     users = cli_in(site.base / "alice-home")
-    submitted = users("submit", "samples/hello.jdl", *site.token("user-alice"))
-    assert submitted.returncode == 2
-    assert submitted.stderr.startswith("sandbox-agent: Executable hello.sh: a broker takes no "
-                                       "local files yet")  # fmt: skip
-    assert not any('"route":"submit"' in line for line in site.log)
+    submitted = users("submit", "samples/production/production.jdl", *site.token("user-alice"))
+    assert submitted.returncode == 0, submitted.stderr
+    job = int(submitted.stdout)
+    shown = json.loads(users("status", job, "--json", *site.token("user-alice")).stdout)
+    digest = hashlib.sha256(Path("samples/production/generator.ini").read_bytes()).hexdigest()
+    assert f'"LF:/local/alice/{digest[:16]}/generator.ini"' in shown["jdl"]
+    sent = [json.loads(line) for line in site.log if '"route":"put_input"' in line]
+    assert [(line["status"], line["user"]) for line in sent] == [(200, "alice")] * 4
+
+    node_home = site.base / "node-home"
+    node_home.mkdir()
+    shutil.copyfile("samples/slot.toml", node_home / "slot.toml")  # the job's Requirements
+    ran = cli_in(node_home)("run", "--json", "--max-jobs", "1", *site.token("jobagent"))
+    assert ran.returncode == 0, ran.stderr
+    finished = next(e for e in map(json.loads, ran.stdout.splitlines())
+                    if e["event"] == "finished")  # fmt: skip
+    assert (finished["job"], finished["state"]) == (job, "DONE"), finished
+    fetched = [json.loads(line) for line in site.log if '"route":"get_input"' in line]
+    assert [(line["status"], line["role"], line["job"]) for line in fetched] == [
+        (200, "job", f"{job}.0")] * 4  # fmt: skip
+    log = users("outputs", job, "--to", site.base / "got", *site.token("user-alice"))
+    assert log.returncode == 0, log.stderr
+    with zipfile.ZipFile(site.base / "got" / "log_archive.zip") as archive:
+        assert archive.read("sim.log").startswith(b"generator: ")  # it read generator.ini
+
+
+def test_an_input_the_broker_cannot_give_ends_the_job_error_ib_not_the_pilot(
+    site: Site,
+) -> None:
+    users = cli_in(site.base / "alice-home")
+    submitted = users("submit", "samples/production/production.jdl", *site.token("user-alice"))
+    assert submitted.returncode == 0, submitted.stderr
+    job = int(submitted.stdout)
+    digest = hashlib.sha256(Path("samples/production/config.json").read_bytes()).hexdigest()
+    (site.base / "broker-home" / "catalogue" / "objects" / digest).write_bytes(b"{}")
+    node_home = site.base / "node-home"
+    node_home.mkdir()
+    shutil.copyfile("samples/slot.toml", node_home / "slot.toml")
+    ran = cli_in(node_home)("run", "--json", "--max-jobs", "1", *site.token("jobagent"))
+    assert ran.returncode == 0, ran.stderr  # the job's fault, not the node's
+    finished = next(e for e in map(json.loads, ran.stdout.splitlines())
+                    if e["event"] == "finished")  # fmt: skip
+    assert (finished["job"], finished["state"]) == (job, "ERROR_IB")
+    assert "config.json" in finished["detail"] and "does not match" in finished["detail"]
 
 
 def test_a_broker_that_is_not_there_is_one_line_and_exit_3(site: Site) -> None:

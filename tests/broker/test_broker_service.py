@@ -14,7 +14,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from broker_support import CERTS, SLOT, Broker, private_copy, running_broker
+from broker_support import (
+    CERTS,
+    SLOT,
+    Broker,
+    lease_testuser_jobs,
+    private_copy,
+    running_broker,
+)
 from cryptography.hazmat.primitives import serialization
 
 from sandbox_agent.broker import api, service
@@ -494,16 +501,6 @@ def test_a_pilot_refused_by_its_policy_stops_asking_instead_of_cycling(
 
 
 # -- outputs and logs kept at the broker ----------------------------------------------------
-
-
-def lease_testuser_jobs(broker: Broker, count: int = 8) -> None:
-    """Jobs 1..count of testuser (the owner the job-N test tokens name), each leased to
-    node-1, so that the job-7 and job-8 tokens have their jobs."""
-    for _ in range(count):
-        broker.store.submit('Executable = "/bin/true";\n', owner="testuser")
-    agent = broker.client("jobagent")
-    for _ in range(count):
-        agent.match("node-1", SLOT, 600)
 
 
 def saving_job(broker: Broker) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from sandbox_agent.agent.backends import Backend
+from sandbox_agent.agent.backends import Backend, Placed
 from sandbox_agent.agent.jobrun import (
     FINAL_FRAME_STATES,
     PROGRESS_STATES,
@@ -36,7 +36,7 @@ from sandbox_agent.agent.jobrun import (
 )
 from sandbox_agent.agent.outputs import remove_workdir
 from sandbox_agent.agent.storage import SUCCESS_STATES, Manifest, Storage
-from sandbox_agent.catalogue import Catalogue, CatalogueError
+from sandbox_agent.catalogue import CatalogueError
 from sandbox_agent.jdl import JobSpec
 from sandbox_agent.limits.cgroups import CgroupError
 from sandbox_agent.limits.monitor import StopRequest
@@ -74,7 +74,6 @@ class Agent:
     token: Token  # the jobagent token
     queue: Backend  # the home's queue and authority, or a broker
     storage: Storage
-    catalogue: Catalogue
     work_area: Path
     lease: float
     grace: float
@@ -215,12 +214,12 @@ class Attempt:
         """The catalogue files the job names, placed in its work directory under their
         base names; the spec as the wrapper must see it (staged programs as ./name)."""
         spec = self.spec
-        catalogue = self.agent.catalogue
+        wanted: list[Placed] = []
 
         def place(name: str, mode: int) -> str:
             lfn = name[3:]
             base = os.path.basename(lfn)
-            catalogue.place(lfn, workdir, base, mode)
+            wanted.append((lfn, base, mode))
             return f"./{base}"
 
         changes: dict[str, Any] = {}
@@ -231,6 +230,8 @@ class Attempt:
         for item in spec.input_files:
             if item.catalogue:
                 place(f"LF:{item.name}", 0o644)
+        assert self.token is not None  # placed with the job's own token (from a broker)
+        self.agent.queue.place_inputs(self.job, self.token, wanted, workdir)
         return dataclasses.replace(spec, **changes)
 
     def run(self, emit: Callable[[dict[str, Any]], None]) -> Report:

@@ -8,9 +8,10 @@ decides), IssuanceRefused (no job token).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from sandbox_agent.broker.client import BrokerClient, BrokerError
+from sandbox_agent.catalogue import Catalogue, CatalogueError
 from sandbox_agent.jdl import Slot
 from sandbox_agent.queue import Job, LeaseError, State, Store, StoreError, TransitionError, states
 from sandbox_agent.tokens import (
@@ -32,6 +34,9 @@ from sandbox_agent.tokens import (
 EXCLUDED_CAP = 1000  # job ids a broker is told this agent's policy refuses
 OFFERS_PER_MATCH = 20  # refused offers before a match gives up for now
 LOST = frozenset({404, 409})  # the broker's answers meaning "not yours any more"
+FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+Placed = tuple[str, str, int]  # an input to place: its LFN, its name in the work directory, mode
 
 
 class Backend(Protocol):
@@ -64,12 +69,19 @@ class Backend(Protocol):
         """Send the attempt's kept files (name, where on this node) to where their owner
         fetches them, with the job's own token; StoreError when that fails."""
 
+    def place_inputs(self, job: Job, token: dict[str, Any], wanted: list[Placed],
+                     directory: Path) -> None:  # fmt: skip
+        """Write each catalogue file the job names (LFN, name, mode) into ``directory``:
+        CatalogueError when the job's file cannot be had (the job's fault), OSError when
+        this node cannot get it now."""
+
 
 class LocalQueue:
     """The embedded default: the home's SQLite queue and its local token authority."""
 
     def __init__(self, store: Store, authority: TokenAuthority, token: Token, certs: Path,
-                 name: str) -> None:  # fmt: skip
+                 name: str, catalogue: Catalogue) -> None:  # fmt: skip
+        self.catalogue = catalogue
         self.store = store
         self.authority = authority
         self.token = token
@@ -121,6 +133,11 @@ class LocalQueue:
 
     def keep(self, job: Job, token: dict[str, Any], kept: list[tuple[str, Path]]) -> None:
         pass  # the home's storage is where its owner reads them
+
+    def place_inputs(self, job: Job, token: dict[str, Any], wanted: list[Placed],
+                     directory: Path) -> None:  # fmt: skip
+        for lfn, name, mode in wanted:
+            self.catalogue.place(lfn, directory, name, mode)
 
     def leased(self, job_id: int, resubmission: int) -> bool | None:
         try:
@@ -214,22 +231,65 @@ class BrokerQueue:
     def leased(self, job_id: int, resubmission: int) -> bool | None:
         return None
 
-    def keep(self, job: Job, token: dict[str, Any], kept: list[tuple[str, Path]]) -> None:
-        """Each file sent with the job token (written to a private directory for the
-        TLS library, removed after), while the job is SAVING."""
+    @contextlib.contextmanager
+    def job_client(self, token: dict[str, Any]) -> Iterator[BrokerClient]:
+        """A client holding the job's token (written to a private directory for the TLS
+        library, removed after)."""
         with tempfile.TemporaryDirectory(prefix="sandbox-agent-token-") as private:
             cert, key = Path(private) / "job.pem", Path(private) / "job.key"
             cert.write_text(token["certificate"] + "".join(token["chain"]))
             fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as file:
                 file.write(token["key"])
-            try:
-                client = BrokerClient(self.client.url, cert, key, self.ca)
-                with contextlib.closing(client):
-                    for name, path in kept:
-                        client.send_file(job.id, name, path.read_bytes())
-            except (BrokerError, OSError) as exc:
-                raise StoreError(f"the files were not all sent to the broker: {exc}") from None
+            agent = self.client  # the same retries as the agent's own calls
+            client = BrokerClient(agent.url, cert, key, self.ca, attempts=agent.attempts,
+                                  backoff=agent.backoff, max_backoff=agent.max_backoff)  # fmt: skip
+            with contextlib.closing(client):
+                yield client
+
+    def keep(self, job: Job, token: dict[str, Any], kept: list[tuple[str, Path]]) -> None:
+        """Each file sent with the job token, while the job is SAVING."""
+        try:
+            with self.job_client(token) as client:
+                for name, path in kept:
+                    client.send_file(job.id, name, path.read_bytes())
+        except (BrokerError, OSError) as exc:
+            raise StoreError(f"the files were not all sent to the broker: {exc}") from None
+
+    def place_inputs(self, job: Job, token: dict[str, Any], wanted: list[Placed],
+                     directory: Path) -> None:  # fmt: skip
+        """Each input fetched with the job token (the broker checks the job names it)
+        and written as a new file in the work directory (by its descriptor): never
+        through a link, never over a file there."""
+        if not wanted:
+            return
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            with self.job_client(token) as client:
+                for lfn, name, mode in wanted:
+                    data = client.fetch_input(job.id, lfn)
+                    _write_new(dir_fd, name, data, mode)
+        except BrokerError as exc:
+            if exc.status in (None, 503):  # unreachable or busy for a while: the node's
+                raise ConnectionError(f"the broker did not give the job's inputs: {exc}") from None
+            raise CatalogueError(f"the broker refused an input: {exc}") from None
+        finally:
+            os.close(dir_fd)
+
+
+def _write_new(dir_fd: int, name: str, data: bytes, mode: int) -> None:
+    """``name`` made in ``dir_fd`` with ``data``; a name the job cannot have there (taken,
+    too long) is the job's fault, a CatalogueError."""
+    try:
+        fd = os.open(name, FILE_FLAGS, 0o600, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP, errno.EISDIR):
+            raise CatalogueError(f"{name}: cannot be placed in the work directory "
+                                 f"({exc.strerror})") from None  # fmt: skip
+        raise  # the node's: a full disk, an I/O error
+    with os.fdopen(fd, "wb") as file:
+        file.write(data)
+        os.fchmod(file.fileno(), mode)
 
 
 def job_of(view: dict[str, Any]) -> Job:

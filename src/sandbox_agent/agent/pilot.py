@@ -102,7 +102,11 @@ class Pilot:
             assert self.config.broker is not None and self.config.broker_token is not None
             queue = BrokerQueue(self.config.broker, name, self.config.broker_token[2])
         else:
-            queue = LocalQueue(store, authority, token, home / "certs", name)
+            try:
+                catalogue = Catalogue(home / "catalogue")
+            except CatalogueError as exc:
+                raise PilotError(str(exc)) from None
+            queue = LocalQueue(store, authority, token, home / "certs", name, catalogue)
         work_area = (self.config.work_area or home / "work").absolute()
         try:
             made = make_work_area(work_area)
@@ -111,10 +115,6 @@ class Pilot:
                              "--work-area a directory this user can write") from None  # fmt: skip
         if made is not None:
             raise PilotError(f"{work_area}: {made}")
-        try:
-            catalogue = Catalogue(home / "catalogue")
-        except CatalogueError as exc:
-            raise PilotError(str(exc)) from None
         blocked = unreachable(work_area)
         if blocked is not None:
             raise PilotError(
@@ -123,7 +123,7 @@ class Pilot:
                 "it can reach, such as /var/tmp/sandbox-agent"
             )
         tag = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:8]
-        return Agent(name, token, queue, Storage(home / "outputs"), catalogue, work_area,
+        return Agent(name, token, queue, Storage(home / "outputs"), work_area,
                      self.config.lease, self.config.grace, self.config.interval, tag)  # fmt: skip
 
     def ttl_left(self, token: Token) -> int:

@@ -1,5 +1,5 @@
-"""Staging a job's local files at submit: each goes into the catalogue and the JDL names
-it by its catalogue name instead.
+"""Staging a job's local files at submit: each goes into the catalogue (the home's, or a
+broker's: see ``Stash``) and the JDL names it by its catalogue name instead.
 
 A local file becomes ``LF:/local/<owner>/<first 16 hex of its sha256>/<basename>``, so
 the name changes whenever the content does and a job always gets the bytes it was
@@ -23,10 +23,12 @@ import dataclasses
 import os
 import posixpath
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from sandbox_agent.catalogue import Catalogue, CatalogueError, check_lfn
+from sandbox_agent.catalogue import CatalogueError, Entry, check_lfn
 from sandbox_agent.jdl.spec import InputFile, JobSpec
 
 LOCAL_ROOT = "/local"
@@ -53,7 +55,16 @@ def staged_lfn(owner: str, sha256: str, basename: str) -> str:
     return f"{LOCAL_ROOT}/{owner}/{sha256[:DIGEST_CHARS]}/{basename}"
 
 
-def stage(spec: JobSpec, jdl_dir: Path, catalogue: Catalogue, owner: str) -> JobSpec:
+class Stash(Protocol):
+    """Where staged files go: the home's Catalogue, or a broker (cli.remote)."""
+
+    def get(self, lfn: str) -> object:
+        """Nothing, or CatalogueError when ``lfn`` is not there."""
+
+    def add_named(self, path: Path, name: Callable[[str], str], owner: str) -> Entry: ...
+
+
+def stage(spec: JobSpec, jdl_dir: Path, catalogue: Stash, owner: str) -> JobSpec:
     """``spec`` with its local files added to ``catalogue`` and named by their LFNs.
 
     Everything is checked before anything is added: catalogue names exist, local files
@@ -130,7 +141,7 @@ def _exists(path: Path) -> bool:
     return True
 
 
-def _check(f: _File, catalogue: Catalogue) -> None:
+def _check(f: _File, catalogue: Stash) -> None:
     if f.lfn is not None:
         try:
             check_lfn(f.lfn)
@@ -171,7 +182,7 @@ def _check_names(files: list[_File]) -> None:
         seen[name] = f
 
 
-def _add(f: _File, path: Path, catalogue: Catalogue, owner: str) -> str:
+def _add(f: _File, path: Path, catalogue: Stash, owner: str) -> str:
     """Add ``path`` to the catalogue under its staged name; that name."""
     basename = f.basename
     assert basename is not None

@@ -46,8 +46,8 @@ class Route:
     raw: bool = False  # a file's bytes, not JSON: the body of a PUT, the answer of a GET
 
     def pattern(self) -> re.Pattern[str]:
-        path = re.escape(self.path).replace(r"\{id\}", "([1-9][0-9]{0,17})")
-        return re.compile("^" + path.replace(r"\{name\}", "(.+)") + "$")
+        path = re.escape(self.path).replace(r"\{id\}", "(?P<id>[1-9][0-9]{0,17})")
+        return re.compile("^" + path.replace(r"\{name\}", "(?P<name>.+)") + "$")
 
 
 ROUTES: tuple[Route, ...] = (
@@ -106,6 +106,15 @@ ROUTES: tuple[Route, ...] = (
     Route("get_file", "GET", "/v1/jobs/{id}/files/{name}", frozenset({USER, ADMIN}),
           "its owner or an admin", "one kept file: its bytes, X-Content-SHA256 their digest",
           raw=True),
+    Route("put_input", "PUT", "/v1/inputs/{name}", frozenset({USER, ADMIN}),
+          "any user; kept as LF:/local/USER/<SHA-256, 16 hex>/NAME, never replaced",
+          "keep one input file for the caller's jobs to name by LF: (the answer says "
+          "which): the body is its bytes, X-Content-SHA256 their digest",
+          raw=True, cap=FILE_CAP),
+    Route("get_input", "GET", "/v1/jobs/{id}/inputs/{name}", frozenset({JOB}),
+          "the job's own token, while the job is leased; only files its JDL names",
+          "one input file the job names (the path is its LFN without the first '/'): its "
+          "bytes, X-Content-SHA256 their digest", raw=True),
     Route("kill", "POST", "/v1/jobs/{id}/kill", frozenset({USER, ADMIN}),
           "its owner or an admin", "kill the job; its agent stops it at the next heartbeat",
           {"reason": Field("str", required=False, cap=500)}),
@@ -124,9 +133,9 @@ def find(method: str, path: str) -> tuple[Route | None, int | None, str | None, 
         if route.method != method:
             other = True
             continue
-        groups = match.groups()
-        job_id = int(groups[0]) if groups else None
-        return route, job_id, groups[1] if len(groups) > 1 else None, False
+        found = match.groupdict()
+        job_id = int(found["id"]) if "id" in found else None
+        return route, job_id, found.get("name"), False
     return None, None, None, other
 
 
@@ -151,8 +160,8 @@ def openapi() -> dict[str, Any]:
             operation["parameters"] = [{"name": "id", "in": "path", "required": True,
                                         "schema": {"type": "integer", "minimum": 1}}]  # fmt: skip
         if "{name}" in route.path:
-            operation["parameters"].append({"name": "name", "in": "path", "required": True,
-                                            "schema": {"type": "string"}})  # fmt: skip
+            name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+            operation.setdefault("parameters", []).append(name)
         if route.body is not None:
             operation["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": {**openapi_schema(route.body), "x-max-bytes": route.cap}}}}  # fmt: skip

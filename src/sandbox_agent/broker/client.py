@@ -232,13 +232,30 @@ class BrokerClient:
 
     def fetch_file(self, job_id: int, name: str) -> bytes:
         """One kept file's bytes, checked against the digest the broker keeps."""
-        path = f"/v1/jobs/{job_id}/files/{quote(name, safe='/')}"
+        return self._fetch(f"/v1/jobs/{job_id}/files/{quote(name, safe='/')}", name)
+
+    def _fetch(self, path: str, what: str) -> bytes:
+        """A file's bytes (GET ``path``), checked against the digest sent with them."""
         status, headers, raw = self._exchange("GET", path, None, {}, False)
         if status != 200:
             self._answer(status, raw)  # raises the broker's refusal
         if hashlib.sha256(raw).hexdigest() != headers.get("X-Content-SHA256", ""):
-            raise BrokerError(f"{self.url}: {name} arrived damaged (SHA-256 mismatch)", status)
+            raise BrokerError(f"{self.url}: {what} arrived damaged (SHA-256 mismatch)", status)
         return raw
+
+    def send_input(self, name: str, data: bytes) -> str:
+        """Keep one input file at the broker for this user's jobs; the LFN they name it
+        by. Sending the same bytes again is harmless: the same name comes back."""
+        digest = hashlib.sha256(data).hexdigest()
+        headers = {"Content-Type": "application/octet-stream", "X-Content-SHA256": digest}
+        status, _headers, raw = self._exchange("PUT", f"/v1/inputs/{quote(name, safe='')}",
+                                               data, headers, False)  # fmt: skip
+        return str(self._answer(status, raw)["lfn"])
+
+    def fetch_input(self, job_id: int, lfn: str) -> bytes:
+        """One input of the job (a job token's call), checked against its digest."""
+        path = f"/v1/jobs/{job_id}/inputs/{quote(lfn.removeprefix('/'), safe='/')}"
+        return self._fetch(path, f"LF:{lfn}")
 
     def kill(self, job_id: int, reason: str = "") -> None:
         self.call("POST", f"/v1/jobs/{job_id}/kill", {"reason": reason} if reason else {},

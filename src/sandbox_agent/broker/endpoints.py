@@ -20,7 +20,9 @@ from cryptography.hazmat.primitives import serialization
 
 from sandbox_agent.agent.slot import refusal
 from sandbox_agent.broker.api import ADMIN, AGENT_NAME, JOB, JOBAGENT, USER
-from sandbox_agent.broker.files import FileRefused, FileStore
+from sandbox_agent.broker.files import FILE_CAP, FileRefused, FileStore
+from sandbox_agent.broker.inputs import InputRefused, Inputs
+from sandbox_agent.catalogue import Catalogue
 from sandbox_agent.jdl import JDLError, JobSpec, Slot, load_job, render_jdl
 from sandbox_agent.jdl.expr import render
 from sandbox_agent.queue import (
@@ -76,11 +78,12 @@ Handler = Callable[["Endpoints", Caller, int | None, dict[str, Any], Mapping[str
 
 class Endpoints:
     def __init__(self, store: Store, authority: TokenAuthority, certs: Path,
-                 files: FileStore | None = None) -> None:  # fmt: skip
+                 files: FileStore | None = None, inputs: Inputs | None = None) -> None:  # fmt: skip
         self.store = store
         self.authority = authority
         self.certs = certs
         self.files = files or FileStore(certs.parent / "broker-files")
+        self.inputs = inputs or Inputs(Catalogue(certs.parent / "catalogue", max_file=FILE_CAP))
         self._specs: dict[tuple[int, str], JobSpec | str] = {}
         self._usage: dict[tuple[int, int], dict[str, Any]] = {}  # last reported, per attempt
         self._lock = threading.Lock()
@@ -343,6 +346,10 @@ class Endpoints:
             spec = load_job(str(body["jdl"]), source="the submitted JDL")
         except JDLError as exc:
             raise Refused(400, str(exc).splitlines()[0][:500]) from None
+        try:
+            self.inputs.check_job(spec, caller.user)
+        except InputRefused as exc:
+            raise Refused(exc.status, str(exc)) from None
         requirements = render(spec.requirements) if spec.requirements is not None else None
         text = render_jdl(spec)
         job_id = self.store.submit(text, owner=caller.user,
@@ -419,6 +426,35 @@ class Endpoints:
         try:
             content, sha256 = self.files.get(job.id, job.resubmission, str(body["name"]))
         except FileRefused as exc:
+            raise Refused(exc.status, str(exc)) from None
+        return {"content": content, "sha256": sha256}
+
+    def do_put_input(self, caller: Caller, _id: int | None, body: dict[str, Any],
+                     _query: Mapping[str, str]) -> dict[str, Any]:  # fmt: skip
+        assert caller.user is not None  # user and admin tokens name their user
+        try:
+            entry = self.inputs.add(caller.user, str(body["name"]), body["data"],
+                                    str(body["sha256"]))  # fmt: skip
+        except InputRefused as exc:
+            raise Refused(exc.status, str(exc)) from None
+        return {"lfn": entry.lfn, "size": entry.size, "sha256": entry.sha256}
+
+    def do_get_input(self, caller: Caller, job_id: int | None, body: dict[str, Any],
+                     _query: Mapping[str, str]) -> dict[str, Any]:  # fmt: skip
+        """An input of the job, for its agent to place before the sandbox starts."""
+        job = self.job(job_id)
+        scope = caller.token.identity.job
+        assert scope is not None  # the route takes job tokens only
+        self.own_job(caller, job, scope.resubmission)
+        if job.state is not State.ASSIGNED:  # placed before the sandbox (and payload) starts
+            raise Refused(409, f"job {job.id} is {job.state.value}: its inputs are given "
+                          "to its agent before it starts (ASSIGNED)")  # fmt: skip
+        spec = self.spec(job)
+        if isinstance(spec, str):
+            raise Refused(409, f"job {job.id}: {spec}")
+        try:
+            content, sha256 = self.inputs.fetch(spec, job.id, job.owner, "/" + str(body["name"]))
+        except InputRefused as exc:
             raise Refused(exc.status, str(exc)) from None
         return {"content": content, "sha256": sha256}
 

@@ -44,6 +44,10 @@ IO_TIMEOUT = 30.0  # seconds from an answer (or the handshake) to the next whole
 MAX_CONNECTIONS = 256  # at once; more are closed at accept
 MAX_PER_PEER = 64  # at once from one address (a site's nodes may share one behind NAT)
 DRAIN_TIMEOUT = 30.0  # seconds a stopping broker waits for the requests it is carrying out
+# A file's bytes, in or out, are held whole in memory: at most this many at once (16 of
+# 64 MiB: 1 GiB), a request waiting this long for its turn, then 503 (retried).
+MAX_TRANSFERS = 16
+TRANSFER_WAIT = 10.0
 
 
 def server_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
@@ -81,6 +85,7 @@ class BrokerServer(ThreadingHTTPServer):
         self._settled = threading.Condition(self._count)
         self._working = 0
         self._draining = False
+        self.transfers = threading.BoundedSemaphore(MAX_TRANSFERS)
         self._keys = itertools.count()
         self._watchdog = threading.Thread(target=self._watch, daemon=True)
         super().__init__(address, _Handler)  # type: ignore[arg-type]  # made by finish_request
@@ -111,7 +116,9 @@ class BrokerServer(ThreadingHTTPServer):
             self._draining = True
             settled = self._settled.wait_for(lambda: self._working == 0, grace)
         self.server_close()
-        self.endpoints.store.close()
+        if settled:  # else left open under the requests still working: the process ends
+            self.endpoints.store.close()
+            self.endpoints.inputs.close()
         return settled
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -245,6 +252,7 @@ class _Handler(BaseHTTPRequestHandler):
                  key: int) -> None:  # fmt: skip
         self.key = key  # the connection's, for its deadlines
         self.body_read = False
+        self.transferring = False  # holds one of the server's transfers
         super().__init__(request, client_address, server)
 
     def do_GET(self) -> None:
@@ -263,6 +271,14 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # http.server's own lines (malformed requests): ours are in serve()
 
     def serve(self, method: str) -> None:
+        try:
+            self.serve_one(method)
+        finally:
+            if self.transferring:  # held from before the body was read to after the answer
+                self.transferring = False
+                self.server.transfers.release()
+
+    def serve_one(self, method: str) -> None:
         started = time.monotonic()
         self.body_read = False
         entry: dict[str, Any] = {"peer": _peer(self.client_address), "method": method}
@@ -296,6 +312,10 @@ class _Handler(BaseHTTPRequestHandler):
             takes = ", ".join(sorted(route.roles))
             raise Refused(403, f"{Role(caller.role).with_article} token may not call {route.name} "
                           f"({method} {route.path}); it takes {takes}")  # fmt: skip
+        if route.raw:
+            if not self.server.transfers.acquire(timeout=TRANSFER_WAIT):
+                raise Refused(503, f"the broker is moving {MAX_TRANSFERS} files already; retry")
+            self.transferring = True
         body = self.raw_body(route) if route.raw and method == "PUT" else self.body(route)
         if name is not None:
             try:

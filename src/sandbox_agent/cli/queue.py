@@ -18,6 +18,7 @@ from sandbox_agent.cli.remote import (
     CaOption,
     CertOption,
     KeyOption,
+    SentToBroker,
     broker_client,
     broker_failed,
 )
@@ -66,12 +67,14 @@ def submit(
     assert spec is not None
     client = broker_client(broker, cert, key, ca)
     if client is not None:
-        local = _local_files(spec)
-        if local:
-            fail(f"{local}: a broker takes no local files yet; name a program of the sandbox "
-                 "by its absolute path, or a file in the broker's catalogue by LF:")  # fmt: skip
+        from sandbox_agent.agent.staging import StagingError, stage
+
         try:
+            # the broker names each sent file after the token's user: no owner here
+            spec = stage(spec, jdl.absolute().parent, SentToBroker(client), "-")
             job_id = client.submit(render_jdl(spec), priority)
+        except StagingError as exc:
+            fail(str(exc))
         except BrokerError as exc:
             broker_failed(exc)
         typer.echo(json.dumps({"id": job_id}) if as_json else str(job_id))
@@ -86,18 +89,6 @@ def submit(
         except StoreError as exc:
             fail(str(exc), exitcodes.ENVIRONMENT)
     typer.echo(json.dumps({"id": job_id}) if as_json else str(job_id))
-
-
-def _local_files(spec: JobSpec) -> str:
-    """The first of the job's files that is on this machine, as the JDL names it."""
-    programs = [("Executable", spec.executable), ("ValidationCommand", spec.validation_command)]
-    for key, name in programs:
-        if name and not name.startswith("LF:") and not name.startswith("/"):
-            return f"{key} {name}"
-    for item in spec.input_files:
-        if not item.catalogue:
-            return f"InputFile {item.name}"
-    return ""
 
 
 def _stage(ctx: typer.Context, spec: JobSpec, jdl_dir: Path) -> JobSpec:

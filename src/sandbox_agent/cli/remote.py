@@ -3,6 +3,10 @@ a broker instead of the embedded queue: its URL and this caller's token."""
 
 from __future__ import annotations
 
+import hashlib
+import posixpath
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -10,6 +14,7 @@ import typer
 
 from sandbox_agent import exitcodes
 from sandbox_agent.broker.client import BrokerClient, BrokerError
+from sandbox_agent.catalogue import CatalogueError, Entry
 from sandbox_agent.cli.app import fail
 
 BrokerOption = Annotated[
@@ -67,3 +72,31 @@ def broker_failed(exc: BrokerError) -> NoReturn:
     if exc.status == 409:
         fail(str(exc), exitcodes.FAILED)
     fail(str(exc))
+
+
+class SentToBroker:
+    """What staging puts files into when the job goes to a broker: each local file is
+    sent (the broker names it, as the home's catalogue would), and LF: names are left
+    for the broker to check at submit. A broker that cannot be reached raises
+    BrokerError, for broker_failed."""
+
+    def __init__(self, client: BrokerClient) -> None:
+        self.client = client
+
+    def get(self, lfn: str) -> None:
+        pass  # the broker checks its catalogue when the job is submitted
+
+    def add_named(self, path: Path, name: Callable[[str], str], owner: str) -> Entry:
+        from sandbox_agent.broker.files import FILE_CAP
+
+        try:
+            with open(path, "rb") as file:
+                data = file.read(FILE_CAP + 1)
+        except OSError as exc:
+            raise CatalogueError(f"{path}: cannot read the file ({exc.strerror})") from None
+        if len(data) > FILE_CAP:
+            raise CatalogueError(f"{path} is over {FILE_CAP} bytes, a broker's limit for one "
+                                 "file; put large data on grid storage (InputData)")  # fmt: skip
+        digest = hashlib.sha256(data).hexdigest()
+        lfn = self.client.send_input(posixpath.basename(name(digest)), data)
+        return Entry(lfn, digest, len(data), owner, time.time())
