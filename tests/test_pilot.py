@@ -550,11 +550,12 @@ def test_an_unprivileged_pilot_removes_what_its_payload_locked(home: Path) -> No
             directory.rmdir()
 
 
-def test_a_sandbox_that_cannot_start_gives_the_job_back_and_stops_the_pilot(
+def test_a_sandbox_that_cannot_start_stops_the_pilot_before_it_takes_a_job(
     cli: CLI, home: Path
 ) -> None:
     """A node fault (here a policy binding a path this host lacks) must not drain the
-    queue into FAILED jobs: the job goes back at once, the pilot stops with one line."""
+    queue into FAILED jobs: the preflight's probe meets it first, the pilot stops with
+    one line and no job is touched."""
     shutil.copytree(ROOT / "policies", home / "policies")
     missing = f"/var/tmp/sandbox-agent-missing-{os.getpid()}"
     (home / "policies" / "broken.toml").write_text(
@@ -563,12 +564,13 @@ def test_a_sandbox_that_cannot_start_gives_the_job_back_and_stops_the_pilot(
     first, second = submit(cli, "samples/hello.jdl"), submit(cli, "samples/hello.jdl")
     result = cli("run", "--policy", "broken")
     assert result.returncode == 3
-    assert result.stderr == (
-        f"sandbox-agent: job {first} was handed back: the sandbox failed before the wrapper "
-        f"ran: bwrap: Can't find source path {missing}: No such file or directory\n"
-    )
-    assert (status(cli, first)["state"], status(cli, first)["resubmission"]) == ("WAITING", 1)
-    assert history(cli, second) == ["WAITING"]  # never tried
+    assert result.stderr.startswith("sandbox-agent: preflight: cannot run the probe (")
+    assert f"bwrap: Can't find source path {missing}: No such file or directory" in result.stderr
+    assert result.stderr.endswith("a pilot that cannot prove isolation takes no work\n")
+    assert len(result.stderr.splitlines()) == 1
+    for job in (first, second):
+        assert history(cli, job) == ["WAITING"]  # never tried
+        assert status(cli, job)["resubmission"] == 0
 
 
 def test_an_existing_work_area_is_never_changed(cli: CLI, home: Path) -> None:

@@ -33,6 +33,12 @@ def _read(path: str) -> str | None:
 def user_namespaces() -> Fact:
     if os.geteuid() == 0:
         return Fact(True, "root may make user namespaces")
+    return unprivileged_user_namespaces()
+
+
+def unprivileged_user_namespaces() -> Fact:
+    """Whether a user other than root may make user namespaces (the sandbox's own uid,
+    when root runs the agent, is one)."""
     limit = _read("/proc/sys/user/max_user_namespaces")
     if limit is not None and limit == "0":
         return Fact(False, "user.max_user_namespaces is 0; raise it (sysctl)")

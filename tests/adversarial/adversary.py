@@ -29,7 +29,6 @@ all (``unsandboxed``), run once each.
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import itertools
 import json
@@ -38,11 +37,8 @@ import platform
 import secrets
 import select
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,6 +57,7 @@ from cli_support import (
 )
 
 from sandbox_agent.probe import PROBE_DIR, RUNNER, probe_files
+from sandbox_agent.selftest.stage import Decoy, Listeners, SysvSegment, hexed, sandbox_host_uid
 
 PROFILES = ["agent-as-root", "agent-as-nobody"]
 PYTHON = "/usr/bin/python3"  # the sandbox's interpreter (the host's, bound read-only)
@@ -136,15 +133,6 @@ landlock = "off"
 """,
 }
 
-# The decoy: sleeps, and says so on stdout when a SIGURG reaches it.
-DECOY = (
-    "import signal, sys, time\n"
-    "signal.signal(signal.SIGURG, lambda *a: (sys.stdout.write('SIGURG\\n'), sys.stdout.flush()))\n"
-    "print('ready', flush=True)\n"
-    "time.sleep(600)\n"
-)
-
-
 def _attack_table() -> dict[str, Any]:
     """The probe's attack table, imported here as the runner imports it in the sandbox:
     by plain module names, from the probe's directory (importing runs no attack)."""
@@ -192,101 +180,6 @@ class Report:
         assert got["result"] == "blocked", f"{name} ({self.profile}, {self.policy}): {got}"
 
 
-class _Listeners:
-    """The host's side of the network attacks: TCP (loopback and the host's own
-    address), a UDP echo, an abstract unix socket. Each records what arrives."""
-
-    def __init__(self) -> None:
-        self.token = secrets.token_hex(6)
-        self.abstract = f"sandbox-agent-adv-{self.token}"
-        self.sockets: dict[socket.socket, str] = {}
-        self.tcp: list[tuple[str, int]] = []
-        self.udp: list[tuple[str, int]] = []
-        for address in ["127.0.0.1", *_host_address()]:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((address, 0))
-            sock.listen(8)
-            self.sockets[sock] = "tcp"
-            self.tcp.append((address, sock.getsockname()[1]))
-        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        udp.bind(("127.0.0.1", 0))
-        self.sockets[udp] = "udp"
-        self.udp.append(("127.0.0.1", udp.getsockname()[1]))
-        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        unix.bind("\0" + self.abstract)
-        unix.listen(8)
-        self.sockets[unix] = "unix"
-        self.arrived: dict[str, list[bytes]] = {"tcp": [], "udp": [], "unix": []}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            ready, _, _ = select.select(list(self.sockets), [], [], 0.05)
-            for sock in ready:
-                kind = self.sockets[sock]
-                if kind == "udp":
-                    data, peer = sock.recvfrom(512)
-                    self.arrived[kind].append(data)
-                    sock.sendto(b"HOST", peer)
-                    continue
-                conn, _ = sock.accept()
-                with conn:
-                    conn.settimeout(1)
-                    try:
-                        data = conn.recv(512) or b"(connected)"
-                        conn.sendall(b"HOST\n")
-                    except OSError:
-                        data = b"(connected)"
-                    self.arrived[kind].append(data)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        for sock in self.sockets:
-            sock.close()
-
-
-def _host_address() -> list[str]:
-    """The host's own non-loopback IPv4 address: the source address of a route out
-    (connecting a UDP socket sends nothing). None without a route."""
-    for target in ("192.0.2.1", "10.255.255.254"):  # TEST-NET-1, a private address
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            try:
-                sock.connect((target, 9))
-            except OSError:
-                continue
-            address = str(sock.getsockname()[0])
-        if not address.startswith("127.") and address != "0.0.0.0":
-            return [address]
-    return []
-
-
-def _sandbox_host_uid() -> int:
-    return SANDBOX_HOST_UID if os.geteuid() == 0 else os.geteuid()
-
-
-def _start_decoy(secret_env: str, marker: str) -> subprocess.Popen[str]:
-    """The decoy, as the sandbox's host uid (root switches to it), with the secret in
-    its environment and ``marker`` in its argv (so the probe can tell it from a sandbox
-    process that happens to have the same pid)."""
-    uid = _sandbox_host_uid() if os.geteuid() == 0 else None
-    decoy = subprocess.Popen(
-        [PYTHON, "-I", "-S", "-c", DECOY, marker],
-        env={"SECRET_TOKEN": secret_env},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        text=True,
-        user=uid,
-        group=uid,
-        extra_groups=None if uid is None else [],
-    )
-    assert decoy.stdout is not None
-    assert decoy.stdout.readline() == "ready\n"  # its SIGURG handler is in place
-    return decoy
-
-
 def _plant(base: Path, directory: str, secret: str) -> Path:
     """``base/directory/certs/jobagent.key`` holding ``secret``, readable by anyone:
     the sandbox, not permissions, must keep the probe out."""
@@ -315,7 +208,7 @@ def unsandboxed(profile: str, names: Sequence[str] = (), *, uid: int | None = No
     way (the same terminal, the same inherited descriptor), as ``uid``: by default the
     sandbox's host uid, what a payload would be without the sandbox. The probe refuses
     there the attacks that could change the host (it finds no user namespace)."""
-    return _cached(profile, "no sandbox", names, _sandbox_host_uid() if uid is None else uid)
+    return _cached(profile, "no sandbox", names, sandbox_host_uid() if uid is None else uid)
 
 
 def _cached(profile: str, policy: str, names: Sequence[str], host_uid: int | None) -> Report:
@@ -387,21 +280,21 @@ def _run(profile: str, policy: str, names: list[str], host_uid: int | None) -> R
             shutil.copy(source, probe / source.name)
             (probe / source.name).chmod(0o644)
 
-        segment = _SysvSegment(secret_ipc)
+        segment = SysvSegment(secret_ipc)
         shm_file = Path(f"/dev/shm/sandbox-agent-adv-{secrets.token_hex(6)}")
         shm_file.write_text(secret_ipc)
         shm_file.chmod(0o644)
-        listeners = _Listeners()
-        decoy = _start_decoy(secret_env, marker)
+        listeners = Listeners()
+        decoy = Decoy(PYTHON, {"SECRET_TOKEN": secret_env}, marker)
         config = {
-            "secrets": [_hex(s) for s in (secret_key, secret_env, secret_fd, secret_ipc)],
+            "secrets": [hexed(s) for s in (secret_key, secret_env, secret_fd, secret_ipc)],
             "env_names": ["SECRET_TOKEN"],
-            "key_paths": [_hex(key if policy != "leaky-credentials" else
+            "key_paths": [hexed(key if policy != "leaky-credentials" else
                                outside / "decoy-home" / "certs" / "jobagent.key")],
-            "cert_dirs": [_hex(key.parent if policy != "leaky-credentials" else
+            "cert_dirs": [hexed(key.parent if policy != "leaky-credentials" else
                                outside / "decoy-home" / "certs")],
             "sysv_key": segment.key,
-            "shm_paths": [_hex(shm_file)],
+            "shm_paths": [hexed(shm_file)],
             "host_pid": decoy.pid,
             "host_marker": marker.encode().hex(),
             "tcp": listeners.tcp,
@@ -441,11 +334,11 @@ def _run(profile: str, policy: str, names: list[str], host_uid: int | None) -> R
             os.close(saved)
         time.sleep(0.05)  # let a datagram or a signal that got out be seen
         terminal = _drain(master)
-        decoy_alive = decoy.poll() is None
+        decoy_alive = decoy.process.poll() is None
         assert result.returncode == 0, f"the probe run failed ({policy}): {result.stderr}"
         results = json.loads(result.stdout.strip().splitlines()[-1])
     finally:
-        signals = _stop_decoy(decoy)
+        signals = decoy.stop() if decoy is not None else []
         if segment is not None:
             segment.remove()
         if shm_file is not None:
@@ -466,32 +359,6 @@ def _run(profile: str, policy: str, names: list[str], host_uid: int | None) -> R
     )  # fmt: skip
 
 
-def _hex(text: object) -> str:
-    return str(text).encode().hex()
-
-
-class _SysvSegment:
-    """A SysV shared memory segment of the host, mode 0666, holding ``secret``: only the
-    IPC namespace keeps a payload from attaching it."""
-
-    def __init__(self, secret: str) -> None:
-        self._libc = ctypes.CDLL(None, use_errno=True)
-        self._libc.shmat.restype = ctypes.c_void_p
-        for _ in range(16):
-            self.key = secrets.randbelow(0x7FFFFFFF) + 1
-            self.id = self._libc.shmget(self.key, 4096, 0o1000 | 0o2000 | 0o666)  # CREAT|EXCL
-            if self.id >= 0:
-                break
-        else:
-            raise OSError(ctypes.get_errno(), "shmget")
-        address = self._libc.shmat(self.id, None, 0)
-        ctypes.memmove(address, secret.encode(), len(secret))
-        self._libc.shmdt(ctypes.c_void_p(address))
-
-    def remove(self) -> None:
-        self._libc.shmctl(self.id, 0, None)  # IPC_RMID
-
-
 def _drain(fd: int) -> bytes:
     out = b""
     while select.select([fd], [], [], 0)[0]:
@@ -503,11 +370,3 @@ def _drain(fd: int) -> bytes:
             break
         out += chunk
     return out
-
-
-def _stop_decoy(decoy: subprocess.Popen[str] | None) -> list[str]:
-    if decoy is None:
-        return []
-    decoy.kill()
-    output, _ = decoy.communicate(timeout=10)
-    return output.split()

@@ -214,6 +214,7 @@ class Pilot:
         self.emit({"event": "agent", "name": agent.name, "home": str(self.config.home),
                    "work_area": str(agent.work_area),
                    "swept_cgroups": sweep_cgroups(agent)})  # fmt: skip
+        self.preflight(agent)
         ran = empty = 0
         while True:
             if self.stopping:
@@ -240,6 +241,32 @@ class Pilot:
             ran += 1
             if self.config.once:
                 return "ran one job, as --once asks"
+
+    def preflight(self, agent: Agent) -> None:
+        """The canary part of the selftest (credentials, the agent's processes, inherited
+        descriptors, the network) in this pilot's sandbox, before any job is asked
+        for: a pilot that cannot prove isolation takes no work (PilotError, exit 3)."""
+        from sandbox_agent.selftest.probe_in_sandbox import (
+            SelftestError,
+            preflight_attacks,
+            run_probe,
+        )
+
+        try:
+            outcome = run_probe(self.config.policy, certs=self.config.home / "certs",
+                                credentials=self.credentials(), work_area=agent.work_area,
+                                home_tag=agent.home_tag, attacks=preflight_attacks())  # fmt: skip
+        except (SelftestError, PolicyRejection) as exc:
+            raise PilotError(f"preflight: cannot run the probe ({exc}); a pilot that cannot "
+                             "prove isolation takes no work") from None  # fmt: skip
+        self.emit({"event": "preflight", "attacks": len(outcome.rows),
+                   "leaked": outcome.leaked, "seconds": round(outcome.seconds, 2)})  # fmt: skip
+        if outcome.leaked:
+            first = next((r for r in outcome.rows if r.result == "LEAKED"), None)
+            fix = f"; expected defence: {first.defence}" if first else ""
+            raise PilotError(f"preflight: the sandbox leaked ({outcome.leaked[0]}{fix}); this "
+                             "pilot takes no work until that is fixed; `sandbox-agent selftest "
+                             f"--policy {self.config.policy.name}` shows every attack")  # fmt: skip
 
     def run_one(self, agent: Agent, job: Job) -> Report:
         spec = self.job_spec(job)

@@ -113,6 +113,11 @@ def _text_line(event: dict[str, Any]) -> None:
                 f"{event['ttl_left']} s of TTL left)")  # fmt: skip
     elif kind == "started":
         return
+    elif kind == "preflight":
+        line = (
+            f"preflight: {event['attacks']} attacks on credentials, processes, "
+            f"descriptors and the network, none got through ({event['seconds']:.1f} s)"
+        )
     elif kind in ("finished", "handed_back"):
         code = f" exit {event['exit_code']}" if event["exit_code"] is not None else ""
         detail = f" ({printable(event['detail'])})" if event["detail"] else ""

@@ -5,6 +5,7 @@ success would change the host (``host_safe`` False) is refused outside a user na
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # mypy reads the package; the sandbox imports plain names (run.py)
@@ -59,10 +60,12 @@ def run(names: list[str], config: Config) -> dict[str, Result]:
         if not attack.host_safe and common.ns_inode("user") in (None, common.INIT_USER_NS):
             out[name] = common.na("not run outside a user namespace: it could change the host")
             continue
+        started = time.monotonic()
         try:
             out[name] = attack.run(config)
         except Exception as exc:  # a broken probe must never read as "blocked"
             out[name] = common.na(f"probe error: {type(exc).__name__}: {exc}")
+        out[name]["ms"] = f"{(time.monotonic() - started) * 1000:.1f}"
     return out
 
 

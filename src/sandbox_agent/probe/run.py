@@ -1,6 +1,7 @@
 """Hostile-payload probes. Runs INSIDE the sandbox, as the payload would.
 
     python3 -I -S DIR/run.py --json CONFIG [ATTACK...]   run attacks, print one JSON object
+    python3 -I -S DIR/run.py --config FILE [ATTACK...]   the same, CONFIG read from FILE
     python3 -I -S DIR/run.py --table                     the attack table, as JSON
 
 DIR holds this runner and the attack modules beside it (``attack_*.py``), copied
@@ -8,7 +9,8 @@ together into the work directory. Standard library only, and no import of
 sandbox_agent: the sandbox's own interpreter (Python 3.9 or later) runs them.
 
 Every attack really tries (opens the file, makes the system call, connects the
-socket) and answers ``{"result": "blocked" | "LEAKED" | "n/a", "detail": "..."}``:
+socket) and answers ``{"result": "blocked" | "LEAKED" | "n/a", "detail": "...",
+"ms": "<milliseconds it took>"}``:
 
 * ``blocked``: the attempt failed; the detail says how (errno, or what was seen).
 * ``LEAKED``: the attempt got through; the detail says what it reached.
@@ -65,6 +67,7 @@ def main(argv: list[str]) -> int:
     attack_descriptors.record_start()
     parser = argparse.ArgumentParser(prog="run.py", description=__doc__.split("\n")[0])
     parser.add_argument("--json", default="{}", help="what to look for (see the docstring)")
+    parser.add_argument("--config", help="a file holding that JSON instead")
     parser.add_argument("--table", action="store_true", help="print the attack table")
     parser.add_argument("names", nargs="*", help="attacks to run (default: all)")
     args = parser.parse_args(argv)
@@ -75,7 +78,11 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"run.py: no such attack: {', '.join(unknown)}", file=sys.stderr)
         return 2
-    config = json.loads(args.json)
+    if args.config:
+        with open(args.config, encoding="utf-8") as file:
+            config = json.load(file)
+    else:
+        config = json.loads(args.json)
     print(json.dumps(attack_table.run(args.names, config)))
     return 0
 

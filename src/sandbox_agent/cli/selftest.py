@@ -1,0 +1,115 @@
+"""``sandbox-agent selftest``: the attack probes, run in the sandbox this pilot would
+build for a job, with canaries where its secrets are; exit 0 only if nothing leaked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from sandbox_agent import exitcodes
+from sandbox_agent.cli.app import JsonOption, app, fail, home_of, printable
+from sandbox_agent.cli.pilot import PILOT_RUNTIMES
+from sandbox_agent.policy import PolicyError, PolicyRejection, load_policy, policy_dirs
+from sandbox_agent.runtime.choose import RuntimeUnavailable, choose
+from sandbox_agent.runtime.launch import RuntimeMissing, WorkdirRefused
+from sandbox_agent.runtime.plan import Unenforceable
+from sandbox_agent.seccomp.compile import CompileError
+
+if TYPE_CHECKING:
+    from sandbox_agent.selftest.probe_in_sandbox import Outcome
+
+DEFENCE_WIDTH = 72  # characters of the expected defence shown in the table
+
+
+@app.command("selftest")
+def selftest(
+    ctx: typer.Context,
+    attacks: Annotated[
+        list[str] | None, typer.Argument(help="Attacks to run [default: every one].")
+    ] = None,
+    policy: Annotated[str, typer.Option("--policy", help="A policy name or path.")] = "default",
+    runtime: Annotated[str, typer.Option("--runtime", help="auto or bwrap.")] = "auto",
+    work_area: Annotated[
+        Path | None,
+        typer.Option("--work-area", help="Where its work directory goes [default: HOME/work]."),
+    ] = None,
+    listing: Annotated[bool, typer.Option("--list", help="List the attacks and stop.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Run the attack probes inside the sandbox the pilot would build for a job (this
+    policy, this home's credentials on its deny list), with canary secrets planted
+    where the pilot's are: a key in HOME/certs, its variables, an inherited descriptor,
+    host IPC, a process outside, listeners on the host. Prints each attack, the
+    defence expected to stop it and what happened: blocked, LEAKED, or n/a here (and
+    why). Exit 0 only if nothing leaked; 1 if something did; 3 if it cannot run here."""
+    from sandbox_agent.agent.pilot import make_work_area, unreachable
+    from sandbox_agent.runtime.agentproc import harden
+    from sandbox_agent.selftest.probe_in_sandbox import SelftestError, attack_table, run_probe
+
+    if listing:
+        for name, row in attack_table().items():
+            typer.echo(f"{name:18} {row['mechanism']:12} {row['threat']}")
+        return
+    if runtime not in PILOT_RUNTIMES:
+        fail(f"--runtime {runtime}: the pilot runs jobs on bwrap only for now, so that is the "
+             "sandbox to test; use --runtime bwrap (or auto)")  # fmt: skip
+    home = home_of(ctx)
+    area = (work_area or home / "work").absolute()
+    try:
+        choose("bwrap")
+        loaded = load_policy(policy, policy_dirs(home))
+        problem = make_work_area(area) or (
+            f"not reachable by the sandbox's uid ({blocked} is not searchable by others)"
+            if (blocked := unreachable(area)) else None)  # fmt: skip
+        if problem:
+            fail(f"{area}: {problem}", exitcodes.ENVIRONMENT)
+        harden()  # this process is the agent here: undumpable, a subreaper
+        outcome = run_probe(loaded, certs=home / "certs", credentials=[str(home / "certs")],
+                            work_area=area, home_tag="selftest", attacks=attacks)  # fmt: skip
+    except RuntimeUnavailable as exc:
+        fail(f"cannot run the sandbox here: {exc}", exitcodes.ENVIRONMENT)
+    except PolicyError as exc:
+        fail(str(exc))
+    except PolicyRejection as exc:
+        fail(f"the policy rejects the selftest's job: {exc}", exitcodes.FAILED)
+    except SelftestError as exc:
+        fail(f"selftest: {exc}", exitcodes.ENVIRONMENT)
+    except (Unenforceable, RuntimeMissing, CompileError, WorkdirRefused) as exc:
+        fail(f"cannot enforce the policy here: {exc}", exitcodes.ENVIRONMENT)
+    except (subprocess.SubprocessError, OSError) as exc:
+        fail(f"cannot run the probe: {exc}", exitcodes.ENVIRONMENT)
+    if as_json:
+        typer.echo(json.dumps(outcome.as_json(), indent=1))
+    else:
+        _table(outcome)
+    if outcome.leaked:
+        raise typer.Exit(exitcodes.FAILED)
+
+
+def _table(outcome: Outcome) -> None:
+    from sandbox_agent.selftest.probe_in_sandbox import LEAKED, NOT_APPLICABLE
+
+    typer.echo(f"{'ATTACK':18} {'RESULT':8} {'MS':>7}  EXPECTED DEFENCE")
+    for row in outcome.rows:
+        defence = row.defence if len(row.defence) <= DEFENCE_WIDTH else \
+            row.defence[:DEFENCE_WIDTH - 3] + "..."  # fmt: skip
+        typer.echo(f"{row.attack:18} {row.result:8} {row.ms:7.1f}  {defence}")
+    leaked = [r for r in outcome.rows if r.result == LEAKED]
+    absent = [r for r in outcome.rows if r.result == NOT_APPLICABLE]
+    for title, rows in (("LEAKED", leaked), ("not applicable here", absent)):
+        if rows:
+            typer.echo(f"\n{title}:")
+            for row in rows:
+                typer.echo(f"  {row.attack}: {printable(row.detail)}")
+    if outcome.host_saw:
+        typer.echo("\nthe host saw (each a leak):")
+        for seen in outcome.host_saw:
+            typer.echo(f"  {printable(seen)}")
+    blocked = len(outcome.rows) - len(leaked) - len(absent)
+    typer.echo(f"\n{len(outcome.rows)} attacks: {blocked} blocked, {len(leaked)} LEAKED, "
+               f"{len(absent)} not applicable here; {len(outcome.host_saw)} seen by the host; "
+               f"{outcome.seconds:.1f} s (policy {outcome.policy})")  # fmt: skip

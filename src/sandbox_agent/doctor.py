@@ -1,0 +1,214 @@
+"""The host's posture: what this node's kernel and tools give the sandbox, which
+attacks therefore matter here, and what a site admin can do about each gap.
+
+Every check reads the host (a /proc or /sys file, the kernel's answer to one harmless
+call, the runtime actually run) and answers OK, WEAK (the sandbox still holds, but the
+node is more exposed than it needs to be, or a defence in depth is gone) or MISSING
+(something is not there; for the policy's requirements, the pilot refuses jobs until it
+is). Nothing is assumed from the distribution or the kernel version alone.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sandbox_agent import hostfacts
+
+OK, WEAK, MISSING = "OK", "WEAK", "MISSING"
+LANDLOCK_KERNEL = (5, 13)  # the first kernel with landlock
+LANDLOCK_SCOPES = 6  # the ABI that scopes signals and abstract unix sockets
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # OK, WEAK or MISSING
+    found: str  # what the host said
+    advice: str = ""  # what a site admin can do (empty when OK)
+    blocking: bool = False  # MISSING and the pilot cannot run jobs without it
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _sysctl(name: str) -> str | None:
+    try:
+        return Path("/proc/sys", *name.split(".")).read_text().strip()
+    except OSError:
+        return None
+
+
+def _at_least(minimum: int, advice: str, absent: str) -> Callable[[str | None], tuple[str, str]]:
+    """A sysctl that is safe at ``minimum`` or more: (status, advice)."""
+
+    def judge(value: str | None) -> tuple[str, str]:
+        if value is None:
+            return WEAK, absent
+        try:
+            return (OK, "") if int(value) >= minimum else (WEAK, advice)
+        except ValueError:
+            return WEAK, f"unexpected value; {advice}"
+
+    return judge
+
+
+def _exactly(safe: str, advice: str, absent: str) -> Callable[[str | None], tuple[str, str]]:
+    def judge(value: str | None) -> tuple[str, str]:
+        if value is None:
+            return WEAK, absent
+        return (OK, "") if value == safe else (WEAK, advice)
+
+    return judge
+
+
+# Sysctls that decide whether an attack the sandbox also stops would work on the rest of
+# the node (defence in depth), each with the fix.
+SYSCTLS: dict[str, Callable[[str | None], tuple[str, str]]] = {
+    "kernel.unprivileged_bpf_disabled": _at_least(
+        1, "sysctl -w kernel.unprivileged_bpf_disabled=2 (seccomp denies bpf in the sandbox; "
+        "this closes it for every other process)",
+        "cannot tell whether unprivileged bpf is allowed"),
+    "kernel.perf_event_paranoid": _at_least(
+        2, "sysctl -w kernel.perf_event_paranoid=2 (or 3 where the kernel has it)",
+        "perf events are not configurable here"),
+    "vm.unprivileged_userfaultfd": _exactly(
+        "0", "sysctl -w vm.unprivileged_userfaultfd=0",
+        "a kernel before 5.2, where anyone may use userfaultfd (seccomp "
+        "denies it in the sandbox)"),
+    "dev.tty.legacy_tiocsti": _exactly(
+        "0", "sysctl -w dev.tty.legacy_tiocsti=0",
+        "a kernel before 6.2, where TIOCSTI types into any terminal (the "
+        "sandbox's new session and seccomp stop it there)"),
+    "kernel.yama.ptrace_scope": _at_least(
+        1, "sysctl -w kernel.yama.ptrace_scope=1",
+        "no Yama; any process may trace another of its uid (the PID "
+        "namespace hides host processes from the sandbox)"),
+    "fs.protected_symlinks": _exactly(
+        "1", "sysctl -w fs.protected_symlinks=1", "symlinks in shared "
+        "directories are followed for anyone"),
+    "fs.protected_hardlinks": _exactly(
+        "1", "sysctl -w fs.protected_hardlinks=1", "anyone may hard-link "
+        "files they do not own"),
+}  # fmt: skip
+
+
+def kernel(release: str | None = None) -> Check:
+    release = release or platform.release()
+    found = re.match(r"(\d+)\.(\d+)", release)
+    version = (int(found.group(1)), int(found.group(2))) if found else (0, 0)
+    if version >= LANDLOCK_KERNEL:
+        return Check("kernel", OK, f"Linux {release}")
+    return Check("kernel", WEAK, f"Linux {release}",
+                 "a kernel of 5.13 or later brings landlock (6.12 or later: ABI 6)")  # fmt: skip
+
+
+def user_namespaces() -> list[Check]:
+    """The sandbox is made unprivileged (as root, the launcher switches to uid 65534
+    first), so unprivileged user namespaces are what it needs."""
+    fact = hostfacts.unprivileged_user_namespaces()
+    checks = [Check("unprivileged user namespaces", OK if fact.available else MISSING,
+                    fact.detail, "" if fact.available else fact.detail,
+                    blocking=not fact.available)]  # fmt: skip
+    if not Path("/proc/self/ns/user").exists():
+        checks[0] = Check("unprivileged user namespaces", MISSING, "no user namespaces in "
+                          "this kernel", "a kernel with CONFIG_USER_NS", blocking=True)  # fmt: skip
+    return checks
+
+
+def cgroups() -> Check:
+    from sandbox_agent.limits.cgroups import CGROUP_LIMITS, CgroupError, discover
+
+    try:
+        hierarchy = discover()
+    except CgroupError as exc:
+        return Check("cgroup", MISSING, f"no job cgroup here: {exc}", "run the pilot as "
+                     "root, or in a delegated cgroup (systemd: Delegate=yes)")  # fmt: skip
+    held = sorted(hierarchy.enforceable)
+    found = f"{hierarchy.describe()}; holds {', '.join(held) or 'nothing'}"
+    lacking = sorted(set(CGROUP_LIMITS) - set(held))
+    if not lacking:
+        return Check("cgroup", OK, found)
+    return Check("cgroup", WEAK, found, f"cannot hold {', '.join(lacking)}: delegate those "
+                 "controllers to the pilot's cgroup (cgroup.subtree_control)")  # fmt: skip
+
+
+def seccomp() -> Check:
+    fact = hostfacts.seccomp()
+    return Check("seccomp", OK if fact.available else MISSING, fact.detail,
+                 "" if fact.available else "a kernel with CONFIG_SECCOMP_FILTER",
+                 blocking=not fact.available)  # fmt: skip
+
+
+def landlock() -> Check:
+    fact = hostfacts.landlock()
+    if not fact.available:
+        return Check("landlock", WEAK, fact.detail,
+                     "without landlock the sandbox loses a layer of filesystem, network "
+                     "and signal rules; " + fact.detail)  # fmt: skip
+    abi = int(fact.detail.rsplit(" ", 1)[-1])
+    if abi >= LANDLOCK_SCOPES:
+        return Check("landlock", OK, fact.detail)
+    return Check("landlock", WEAK, fact.detail, f"ABI {abi}: no scoping of signals and abstract "
+                 "unix sockets (ABI 6, Linux 6.12)" + ("" if abi >= 4 else "; no TCP rules (ABI "
+                 "4, Linux 6.7)"))  # fmt: skip
+
+
+def sysctls(read: Callable[[str], str | None] = _sysctl) -> list[Check]:
+    out = []
+    for name, judge in SYSCTLS.items():
+        value = read(name)
+        status, advice = judge(value)
+        out.append(Check(name, status, "not present" if value is None else value, advice))
+    return out
+
+
+def runtimes() -> list[Check]:
+    from sandbox_agent.runtime.choose import RUNTIMES, available
+
+    out = []
+    for runtime in RUNTIMES:
+        found = available(runtime)
+        if found.ok:
+            out.append(Check(f"runtime {runtime}", OK, found.reason))
+        elif runtime == "bwrap":  # it runs the pilot's jobs
+            out.append(Check("runtime bwrap", MISSING, found.reason,
+                             "the pilot runs jobs with bwrap; install it (and see the line "
+                             "on user namespaces)", blocking=True))  # fmt: skip
+        else:
+            out.append(Check(f"runtime {runtime}", MISSING, found.reason, "optional: "
+                             "`sandbox exec --runtime` and `policy render` use it"))  # fmt: skip
+    return out
+
+
+def policy_fallbacks(policy_name: str, dirs: list[Path]) -> list[Check]:
+    """What the policy needs of the kernel, and what it would run without here."""
+    from sandbox_agent.policy import compose, load_policy
+    from sandbox_agent.policy.explain import host_rows
+
+    effective = compose(load_policy(policy_name, dirs))
+    out = []
+    for row in host_rows(effective):
+        name = f"policy {policy_name}: {row['key']}"
+        if row["verdict"] == "not used":
+            continue
+        if row["verdict"] == "available":
+            out.append(Check(name, OK, f"{row['needed']}: {row['detail']}"))
+        elif row["verdict"] == "runs without it":
+            out.append(Check(name, WEAK, f"optional, jobs run without it: {row['detail']}",
+                             row["detail"]))  # fmt: skip
+        else:
+            out.append(Check(name, MISSING, f"required: {row['detail']}", "the pilot "
+                             f"refuses jobs until it is there: {row['detail']}",
+                             blocking=True))  # fmt: skip
+    return out
+
+
+def checks(policy_name: str, dirs: list[Path]) -> list[Check]:
+    """Every check, in the order a site admin reads them."""
+    return [kernel(), *user_namespaces(), cgroups(), seccomp(), landlock(), *sysctls(),
+            *runtimes(), *policy_fallbacks(policy_name, dirs)]  # fmt: skip

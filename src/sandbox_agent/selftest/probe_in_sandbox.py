@@ -1,0 +1,171 @@
+"""Run the attack probes as a job's payload, in the sandbox the pilot would build for a
+job, with canaries planted where the pilot's secrets are (stage.py).
+
+The probe goes the whole way a job goes: the policy composed with a job that runs it
+(the pilot's credentials on the deny list), a work directory made as the pilot makes
+one, the JobWrapper handed the job over its stdin in bwrap, the landlock step, the
+payload's environment built from the agent's (canary variables included) by the
+policy's allowlist. What the probe prints is the job's stdout; what reached the host
+(a listener, the decoy) is a leak too, whatever the probe thought.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sandbox_agent.agent.jobrun import handoff_fields, run_job
+from sandbox_agent.agent.outputs import remove_workdir
+from sandbox_agent.jdl import load_job
+from sandbox_agent.policy import compose
+from sandbox_agent.policy.model import Policy
+from sandbox_agent.probe import RUNNER, probe_files
+from sandbox_agent.runtime.launch import SANDBOX_HOST_UID, check_workdir
+from sandbox_agent.runtime.plan import environment
+from sandbox_agent.selftest.stage import Stage
+
+PYTHON = "/usr/bin/python3"  # the sandbox's interpreter (the host's /usr, bound read-only)
+PROBE = "probe"  # where the probe's files go in the work directory
+CONFIG = "probe-config.json"
+BLOCKED, LEAKED, NOT_APPLICABLE = "blocked", "LEAKED", "n/a"
+
+
+class SelftestError(Exception):
+    """The probe could not be run here (one line: why, and what to do)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    attack: str
+    mechanism: str
+    threat: str
+    defence: str
+    result: str  # blocked, LEAKED or n/a
+    detail: str
+    ms: float
+
+
+@dataclass
+class Outcome:
+    policy: str
+    rows: list[Row]
+    host_saw: list[str] = field(default_factory=list)  # leaks the host saw itself
+    seconds: float = 0.0
+
+    @property
+    def leaked(self) -> list[str]:
+        """Every leak, one line each: the probe's and the host's."""
+        found = [f"{r.attack}: {r.detail}" for r in self.rows if r.result == LEAKED]
+        return found + self.host_saw
+
+    def as_json(self) -> dict[str, Any]:
+        return {"policy": self.policy, "leaked": self.leaked, "seconds": round(self.seconds, 3),
+                "host_saw": self.host_saw,
+                "attacks": [{"attack": r.attack, "mechanism": r.mechanism, "threat": r.threat,
+                             "defence": r.defence, "result": r.result, "detail": r.detail,
+                             "ms": r.ms} for r in self.rows]}  # fmt: skip
+
+
+def attack_table() -> dict[str, dict[str, str]]:
+    """Every attack the probe knows, with its mechanism, threat and expected defence (the
+    probe's own table, read by running its runner here, outside any sandbox)."""
+    runner = next(p for p in probe_files() if p.name == RUNNER)
+    listed = subprocess.run([sys.executable, "-I", "-S", str(runner), "--table"],
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    table: dict[str, dict[str, str]] = json.loads(listed.stdout)
+    return table
+
+
+PREFLIGHT = frozenset({"credentials", "processes", "descriptors", "network"})
+
+
+def preflight_attacks() -> list[str]:
+    """The canary part of the probe a pilot runs before it takes work: its credentials,
+    its processes, its descriptors, the host's network."""
+    return [name for name, row in attack_table().items() if row["mechanism"] in PREFLIGHT]
+
+
+def run_probe(policy: Policy, *, certs: Path, credentials: list[str], work_area: Path,
+              home_tag: str, attacks: list[str] | None = None) -> Outcome:  # fmt: skip
+    """The probe's ``attacks`` (every one when None) as a job's payload in the sandbox
+    ``policy`` composes; canaries planted in ``certs`` (the pilot's own credential
+    directory) while it runs. SelftestError when it cannot be run."""
+    if not Path(PYTHON).exists():
+        raise SelftestError(f"{PYTHON} is not here: the probe runs on the sandbox's own "
+                            "python3; install python3")  # fmt: skip
+    table = attack_table()
+    unknown = sorted(set(attacks or ()) - set(table))
+    if unknown:
+        raise SelftestError(f"no such attack: {', '.join(unknown)}; `selftest --list` "
+                            "lists them")  # fmt: skip
+    started = time.monotonic()
+    workdir = _make_workdir(work_area)
+    stage: Stage | None = None
+    try:
+        stage = Stage(certs, PYTHON)
+        _copy_probe(workdir, stage.config())
+        arguments = ["-I", "-S", f"{PROBE}/{RUNNER}", "--config", f"{PROBE}/{CONFIG}",
+                     *(attacks or ())]  # fmt: skip
+        spec = load_job(f'Executable = "{PYTHON}";\nArguments = "{" ".join(arguments)}";\n'
+                        "TTL = 60;\n", source="the selftest's job")  # fmt: skip
+        effective = compose(policy, spec, credentials=credentials)
+        check_workdir(workdir, effective)
+        host_env = {**os.environ, **stage.environment()}
+        env = dict(environment(effective, host_env))
+        token = {"certificate": "selftest: no job token\n", "chain": [], "key": ""}
+        fields = handoff_fields(spec, 0, 0, token, env, effective)
+        name = f"job-{home_tag}-0-0-{secrets.token_hex(4)}"  # job 0: never a real job
+        result = run_job(effective, fields, workdir, environ=host_env, name=name)
+        answer = _answer(workdir / "stdout")
+        if answer is None:
+            said = result.wrapper_log.decode(errors="replace").strip().splitlines()
+            raise SelftestError(f"the probe gave no answer (the job ended {result.state}: "
+                                f"{result.detail}{'; ' + said[-1] if said else ''})")  # fmt: skip
+        host_saw = stage.host_saw()
+    finally:
+        if stage is not None:
+            stage.close()
+        remove_workdir(workdir)
+    rows = [Row(name, table[name]["mechanism"], table[name]["threat"], table[name]["defence"],
+                str(got.get("result", NOT_APPLICABLE)), str(got.get("detail", "")),
+                float(got.get("ms", 0.0))) for name, got in answer.items()]  # fmt: skip
+    return Outcome(policy.name, rows, host_saw, time.monotonic() - started)
+
+
+def _make_workdir(work_area: Path) -> Path:
+    """A fresh work directory as the pilot makes one: 0700, the sandbox's host uid its
+    owner when we are root."""
+    workdir = work_area / f"selftest-{secrets.token_hex(4)}"
+    workdir.mkdir(mode=0o700)
+    if os.geteuid() == 0:
+        os.chown(workdir, SANDBOX_HOST_UID, SANDBOX_HOST_UID)
+    return workdir
+
+
+def _copy_probe(workdir: Path, config: dict[str, Any]) -> None:
+    """The probe's files side by side in the work directory, and its configuration
+    (secrets and their paths hex-encoded: the payload reads it, as it reads anything
+    of its work directory)."""
+    probe = workdir / PROBE
+    probe.mkdir(mode=0o755)
+    for source in probe_files():
+        shutil.copyfile(source, probe / source.name)
+    (probe / CONFIG).write_text(json.dumps(config))
+
+
+def _answer(stdout: Path) -> dict[str, dict[str, Any]] | None:
+    """The probe's JSON answer: the last line of the job's stdout."""
+    try:
+        lines = stdout.read_text(errors="replace").strip().splitlines()
+        answer = json.loads(lines[-1]) if lines else None
+    except (OSError, ValueError):
+        return None
+    return answer if isinstance(answer, dict) else None

@@ -1,0 +1,99 @@
+"""`sandbox-agent doctor`: the host's posture as this node really has it, each check's
+judgement on both sides of its threshold, and exit 3 when the pilot cannot run jobs."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+from cli_support import assert_no_traceback, cli_env, run_cli
+
+from sandbox_agent import doctor
+from sandbox_agent.doctor import MISSING, OK, SYSCTLS, WEAK
+
+
+def run_doctor(*args: str, **env: str) -> tuple[int, str, str]:
+    with tempfile.TemporaryDirectory(prefix="sandbox-agent-doctor-") as home:
+        done = run_cli(cli_env(Path(home), **env), "doctor", *args)
+    assert_no_traceback(done)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_every_check_reports_what_this_host_really_has() -> None:
+    code, out, err = run_doctor("--json")
+    assert code == 0, err
+    answer = json.loads(out)
+    checks = {c["name"]: c for c in answer["checks"]}
+    assert answer["runs_jobs"] is True
+    assert {c["status"] for c in checks.values()} <= {OK, WEAK, MISSING}
+    for name in SYSCTLS:  # the value read is the kernel's, as /proc/sys says it now
+        path = Path("/proc/sys", *name.split("."))
+        expected = path.read_text().strip() if path.exists() else "not present"
+        assert checks[name]["found"] == expected
+        assert (checks[name]["status"] == OK) == (checks[name]["advice"] == "")
+    assert checks["runtime bwrap"]["status"] == OK and "ran a test sandbox" in \
+        checks["runtime bwrap"]["found"]  # fmt: skip
+    assert checks["seccomp"]["status"] == OK
+    assert checks["kernel"]["found"].startswith("Linux ")
+    assert "policy default: process.seccomp" in checks
+
+
+def test_the_text_gives_each_gap_its_fix_and_a_verdict() -> None:
+    code, out, _err = run_doctor()
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == [OK, "kernel"]
+    weak = [i for i, line in enumerate(lines) if line.startswith(WEAK)]
+    for index in weak:  # a WEAK line is followed by what to do
+        assert lines[index + 1].lstrip().startswith("-> ")
+    assert lines[-1].endswith("the pilot can run jobs here")
+
+
+def test_without_bwrap_the_pilot_cannot_run_jobs_and_doctor_says_so_with_exit_3() -> None:
+    code, out, _err = run_doctor(PATH="/nonexistent")
+    assert code == 3
+    assert any(line.startswith("MISSING  runtime bwrap") for line in out.splitlines())
+    assert out.splitlines()[-1].endswith("the pilot cannot run jobs here: runtime bwrap")
+
+
+def test_an_unknown_policy_is_one_line_and_exit_2() -> None:
+    code, _out, err = run_doctor("--policy", "nope")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "nope" in err
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "status", "advice"),
+    [
+        ("kernel.yama.ptrace_scope", "0", WEAK, "kernel.yama.ptrace_scope=1"),
+        ("kernel.yama.ptrace_scope", "1", OK, ""),
+        ("kernel.yama.ptrace_scope", "3", OK, ""),
+        ("kernel.yama.ptrace_scope", None, WEAK, "no Yama"),
+        ("kernel.unprivileged_bpf_disabled", "0", WEAK, "unprivileged_bpf_disabled=2"),
+        ("kernel.unprivileged_bpf_disabled", "2", OK, ""),
+        ("kernel.perf_event_paranoid", "1", WEAK, "perf_event_paranoid=2"),
+        ("kernel.perf_event_paranoid", "-1", WEAK, "perf_event_paranoid=2"),
+        ("kernel.perf_event_paranoid", "4", OK, ""),
+        ("vm.unprivileged_userfaultfd", "1", WEAK, "unprivileged_userfaultfd=0"),
+        ("vm.unprivileged_userfaultfd", "0", OK, ""),
+        ("dev.tty.legacy_tiocsti", "1", WEAK, "legacy_tiocsti=0"),
+        ("dev.tty.legacy_tiocsti", None, WEAK, "before 6.2"),
+        ("fs.protected_symlinks", "0", WEAK, "protected_symlinks=1"),
+        ("fs.protected_hardlinks", "1", OK, ""),
+    ],
+)
+def test_each_sysctl_is_judged_on_both_sides_of_its_threshold(
+    name: str, value: str | None, status: str, advice: str
+) -> None:
+    values = {name: value}
+    got = {c.name: c for c in doctor.sysctls(read=values.get)}[name]
+    assert got.status == status
+    assert advice in got.advice if advice else got.advice == ""
+    assert got.found == (value if value is not None else "not present")
+
+
+def test_a_kernel_without_landlock_is_weak_and_says_which_kernel_has_it() -> None:
+    assert doctor.kernel("5.10.0-28-amd64").status == WEAK
+    assert "5.13 or later" in doctor.kernel("5.10.0-28-amd64").advice
+    assert doctor.kernel("6.1.0-18-amd64").status == OK

@@ -1,0 +1,173 @@
+"""`sandbox-agent selftest` through the console script, with the real sandbox: every
+probe blocked under the shipped policy, and each of three defences turned off in turn
+(a test-only policy) making its probe say LEAKED and the exit code 1: a probe that
+cannot fail would prove nothing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_support import ROOT, assert_no_traceback, cli_env, run_cli
+
+from sandbox_agent.selftest.probe_in_sandbox import attack_table
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+
+ALLOW_ALL = {"defaultAction": "SCMP_ACT_ALLOW",
+             "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]}  # fmt: skip
+CONTROLS = {
+    # the host's PID namespace and its /proc (the deny list without /proc/sys, so that
+    # /proc may be bound), landlock off (its signal scoping is a defence too)
+    "no-pid-namespace": """extends = "default"
+[namespaces]
+pid = "off"
+[filesystem]
+proc = "off"
+read_only = ["/proc"]
+deny = ["/root", "/home", "/etc/shadow", "/sys"]
+[process]
+landlock = "off"
+""",
+    "no-seccomp": """extends = "default"
+[process]
+seccomp = "seccomp/allow-all.json"
+""",
+    "no-environment-allowlist": """extends = "default"
+[process.environment]
+allow = { append = ["SANDBOX_AGENT_SELFTEST_SECRET"] }
+""",
+}
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="sandbox-agent-selftest-"))
+    base.chmod(0o711)  # the sandbox's uid (as root) reaches the work area under it
+    policies = base / "home" / "policies"  # beside the shipped ones they extend
+    shutil.copytree(ROOT / "policies", policies)
+    (policies / "seccomp" / "allow-all.json").write_text(json.dumps(ALLOW_ALL))
+    for name, text in CONTROLS.items():
+        (policies / f"{name}.toml").write_text(text)
+    yield base / "home"
+    shutil.rmtree(base)
+
+
+def selftest(home: Path, *args: str) -> tuple[int, dict[str, object] | str]:
+    done = run_cli(cli_env(home), "selftest", *args)
+    assert_no_traceback(done)
+    if "--json" in args and done.returncode in (0, 1):
+        return done.returncode, json.loads(done.stdout)
+    return done.returncode, done.stdout + done.stderr
+
+
+def verdicts(answer: dict[str, object] | str) -> dict[str, str]:
+    assert isinstance(answer, dict)
+    rows = answer["attacks"]
+    assert isinstance(rows, list)
+    return {row["attack"]: row["result"] for row in rows}
+
+
+def test_under_the_shipped_policy_every_attack_is_blocked_or_not_applicable(home: Path) -> None:
+    code, answer = selftest(home, "--json")
+    assert code == 0, answer
+    got = verdicts(answer)
+    assert list(got) == list(attack_table())  # every attack, in the table's order
+    assert "LEAKED" not in got.values()
+    assert isinstance(answer, dict) and answer["leaked"] == [] and answer["host_saw"] == []
+    # the canaries were planted where the pilot's credentials are, and all taken away
+    assert got["key_file"] == "blocked" and got["env_self"] == "blocked"
+    assert list((home / "certs").iterdir()) == []
+    assert list((home / "work").iterdir()) == []
+    assert not [p for p in Path("/dev/shm").iterdir() if p.name.startswith("sandbox-agent-probe")]
+
+
+def test_the_table_names_each_attack_its_defence_and_the_tally(home: Path) -> None:
+    code, text = selftest(home, "key_file", "keyctl", "tiocsti")
+    assert code == 0, text
+    assert isinstance(text, str)
+    lines = text.splitlines()
+    assert lines[0].split() == ["ATTACK", "RESULT", "MS", "EXPECTED", "DEFENCE"]
+    assert lines[1].startswith("key_file           blocked")
+    assert "mount namespace: the credential directory is on the deny list" in lines[1]
+    assert lines[2].split()[:2] == ["tiocsti", "n/a"]  # in the table's order
+    assert lines[3].split()[:2] == ["keyctl", "blocked"] and "seccomp profile" in lines[3]
+    assert "tiocsti: no terminal" in text  # not applicable, and why
+    assert lines[-1].startswith("3 attacks: 2 blocked, 0 LEAKED, 1 not applicable here")
+
+
+@pytest.mark.parametrize(
+    ("policy", "leaks"),
+    [
+        ("no-pid-namespace", ["signal_host", "pidfd_host"]),
+        ("no-seccomp", ["keyctl"]),
+        ("no-environment-allowlist", ["env_self"]),
+    ],
+)
+def test_each_defence_turned_off_makes_its_probe_say_leaked_and_the_exit_code_1(
+    home: Path, policy: str, leaks: list[str]
+) -> None:
+    code, answer = selftest(home, "--policy", policy, "--json")
+    assert code == 1, answer
+    got = verdicts(answer)
+    assert {name: got[name] for name in leaks} == dict.fromkeys(leaks, "LEAKED")
+    assert isinstance(answer, dict)
+    assert [line.split(":")[0] for line in answer["leaked"]][: len(leaks)] == leaks
+    # and only what that defence guards: the credential directory stays out of reach
+    assert got["key_file"] == "blocked"
+
+
+def test_a_leak_is_shown_in_the_table_with_what_got_out(home: Path) -> None:
+    code, text = selftest(home, "--policy", "no-environment-allowlist", "env_self")
+    assert code == 1
+    assert isinstance(text, str)
+    assert "env_self           LEAKED" in text
+    assert "LEAKED:\n  env_self: " in text and "SANDBOX_AGENT_SELFTEST_SECRET" in text
+    assert text.splitlines()[-1].startswith("1 attacks: 0 blocked, 1 LEAKED")
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("--runtime", "apptainer"), 2, "the pilot runs jobs on bwrap only for now"),
+        (("no_such_attack",), 3, "selftest: no such attack: no_such_attack"),
+        (("--policy", "missing"), 2, "missing"),
+    ],
+)
+def test_what_the_selftest_cannot_do_is_one_line(
+    home: Path, args: tuple[str, ...], code: int, message: str
+) -> None:
+    got, text = selftest(home, *args)
+    assert got == code and message in str(text)
+    assert len(str(text).strip().splitlines()) == 1
+
+
+def test_the_list_names_every_attack_with_its_threat(home: Path) -> None:
+    code, text = selftest(home, "--list")
+    assert code == 0
+    assert [line.split()[0] for line in str(text).splitlines()] == list(attack_table())
+
+
+def test_a_pilot_whose_sandbox_leaks_takes_no_work_and_exits_3(home: Path) -> None:
+    """The preflight: the canary part of the selftest runs before the first match."""
+    env = cli_env(home)
+    submitted = run_cli(env, "submit", "samples/hello.jdl")
+    assert submitted.returncode == 0, submitted.stderr
+    ran = run_cli(env, "run", "--once", "--policy", "no-environment-allowlist")
+    assert_no_traceback(ran)
+    assert ran.returncode == 3, ran.stderr
+    assert ran.stderr.startswith("sandbox-agent: preflight: the sandbox leaked (env_self: ")
+    assert "expected defence: bwrap --clearenv and an allowlist of variables" in ran.stderr
+    assert len(ran.stderr.splitlines()) == 1
+    assert "matched" not in ran.stdout
+    listed = json.loads(run_cli(env, "jobs", "--json").stdout)
+    assert [job["state"] for job in listed] == ["WAITING"]  # untouched, for a sound pilot
+    fine = run_cli(env, "run", "--once", "--json")
+    assert fine.returncode == 0, fine.stderr
+    events = [json.loads(line) for line in fine.stdout.splitlines()]
+    assert [e["event"] for e in events][:3] == ["agent", "preflight", "matched"]
+    assert events[1]["leaked"] == [] and events[1]["attacks"] >= 20
