@@ -132,6 +132,7 @@ class Attempt:
         self.lock = threading.RLock()  # the relay thread and this one both report states
         self.storage_fault = ""  # a full disk: the job is reported, then the node stops
         self.token: dict[str, Any] | None = None  # the job token, once signed
+        self.result: JobResult | None = None  # the sandbox's run, once it ran
 
     # -- the queue ---------------------------------------------------------------------
 
@@ -270,6 +271,7 @@ class Attempt:
             result = run_job(self.effective, fields, workdir, environ=os.environ,
                              interval=self.agent.interval, stop=self.stop, on_frame=self.relay,
                              name=cgroup)  # fmt: skip
+            self.result = result
             report = self.conclude(result, started, workdir)
             if self.storage_fault:  # the job is reported; the next one would fare no better
                 raise NodeProblem(f"job {job.id} ended {report.state}; {self.storage_fault}")
@@ -279,10 +281,42 @@ class Attempt:
         finally:
             done.set()
             beat.join()
+            removed = "none was made"
             if workdir is not None:
                 problem = remove_workdir(workdir)
+                removed = f"not removed: {problem}" if problem else "removed"
                 if problem and report is not None:
                     report.detail += f" (the work directory was not removed: {problem})"
+            if report is not None and not report.handed_back:
+                missing = self.write_audit(report, removed)
+                if missing:
+                    report.detail += f" (no audit record: {missing})"
+
+    def write_audit(self, report: Report, workdir: str) -> str:
+        """Sign the attempt's audit record with the agent's key and keep it beside the
+        attempt's outputs (agent/audit.py); why it could not be, or ""."""
+        from sandbox_agent.agent import audit
+
+        job, agent, result, manifest = self.job, self.agent, self.result, report.manifest
+        token = agent.token
+        try:
+            record = audit.build(
+                job={"id": job.id, "resubmission": job.resubmission, "owner": job.owner,
+                     "state": report.state, "detail": report.detail,
+                     "exit_code": report.exit_code},
+                agent_name=agent.name, agent_token=token.certificate,
+                job_token_pem=self.token["certificate"] if self.token else None,
+                effective=self.effective, session=result.session if result else None,
+                argv=result.argv if result else (), states=report.states,
+                usage=dict(manifest.usage) if manifest else _usage(result),
+                manifest=manifest, workdir=workdir)  # fmt: skip
+            signed = audit.sign(record, token.key, token.certificate, token.chain)
+            where = agent.storage.attempt(job.id, job.resubmission)
+            where.mkdir(mode=0o700, parents=True, exist_ok=True)
+            audit.write(where / audit.RECORD, signed)
+        except (OSError, ValueError) as exc:  # AuditError is a ValueError
+            return str(exc)
+        return ""
 
     def still_ours(self) -> bool:
         return self.agent.queue.holds(self.job)  # cannot tell: the node's problem

@@ -42,6 +42,7 @@ class JobResult:
     states: list[str] = field(default_factory=list)  # as the wrapper reported them
     session: session.SessionResult | None = None
     wrapper_log: bytes = b""  # the first LOG_CAP bytes the wrapper wrote on its stderr
+    argv: tuple[str, ...] = ()  # what the sandbox was started with (for the audit record)
 
 
 def handoff_fields(
@@ -146,6 +147,7 @@ def run_job(
     talk.join()
     result = decide(outcome, talk.frames, talk.problem)
     result.wrapper_log = talk.log
+    result.argv = plan.argv
     return result
 
 

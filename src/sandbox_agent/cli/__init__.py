@@ -3,11 +3,12 @@
 Errors a user can cause are printed as one line naming the place and the fix, with
 the exit codes of ``sandbox_agent.exitcodes``; they never end in a traceback.
 One module per command group: jdl, certs, policy, sandbox, catalogue, queue (submit,
-jobs, status), pilot (run), selftest, doctor, results (outputs, logs, kill) and broker
-(serve); remote holds the options that point a command at a broker.
+jobs, status), pilot (run), selftest, doctor, audit, results (outputs, logs, kill) and
+broker (serve); remote holds the options that point a command at a broker.
 """
 
 from sandbox_agent.cli.app import app, main
+from sandbox_agent.cli.audit import audit_app
 from sandbox_agent.cli.broker import broker_app
 from sandbox_agent.cli.catalogue import catalogue_app
 from sandbox_agent.cli.certs import certs_app
@@ -26,6 +27,7 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(catalogue_app, name="catalogue")
 app.add_typer(broker_app, name="broker")
+app.add_typer(audit_app, name="audit")
 
 __all__ = ["app", "doctor", "jobs", "kill", "logs", "main", "outputs", "run", "selftest", "status",
            "submit"]  # fmt: skip

@@ -1,0 +1,214 @@
+"""The per-job audit record: what the agent did for one attempt, signed with its
+jobagent token's key, for a reviewer to check afterwards.
+
+A record (schema ``sandbox-agent/audit-record``, version 1; docs/audit.md) holds the
+job and its final state, the agent's and the job token's fingerprints (never a key),
+the effective policy with the origin of every value, the runtime's argv (variable
+values redacted), the seccomp program's hash, the host's posture, what the kernel
+enforced and what the agent only monitored, resource use, the states the wrapper
+reported, the outputs with their SHA-256, and the teardown report.
+
+Signing: the record's canonical JSON (sorted keys, no spaces, UTF-8) is signed with the
+agent's key (ECDSA P-256/384 with SHA-256, or RSA PKCS#1 v1.5 with SHA-256), and the
+signed file carries the agent's certificate and chain. ``verify`` checks that chain
+against the CA as it was when the record was signed, that the certificate is a
+jobagent token, and the signature over the record's bytes: a changed byte fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import platform
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from sandbox_agent import hostfacts
+from sandbox_agent.tokens import Role, TokenError, fingerprint
+from sandbox_agent.tokens.verify import TokenVerifier
+
+SCHEMA = "sandbox-agent/audit-record"
+VERSION = 1
+RECORD = "audit.json"  # beside the attempt's outputs and logs
+MAX_RECORD = 4 * 1024 * 1024  # bytes of a record file read back
+REDACTED = "<redacted>"
+
+
+class AuditError(ValueError):
+    """A record that is not valid: one line saying why."""
+
+
+@dataclass(frozen=True)
+class Verified:
+    record: dict[str, Any]
+    agent: str  # the jobagent token's subject
+    fingerprint: str
+
+
+def canonical(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def redact(argv: tuple[str, ...] | list[str]) -> list[str]:
+    """The argv with every variable's value replaced (bwrap's --setenv NAME VALUE, the
+    landlock step's --env=NAME=VALUE): the names show what the payload was given, the
+    values could hold secrets."""
+    out = list(argv)
+    for index, word in enumerate(out):
+        if word == "--setenv" and index + 2 < len(out):
+            out[index + 2] = REDACTED
+        elif word.startswith("--env=") and "=" in word[len("--env=") :]:
+            name = word[len("--env=") :].split("=", 1)[0]
+            out[index] = f"--env={name}={REDACTED}"
+    return out
+
+
+def host_summary() -> dict[str, Any]:
+    return {"kernel": platform.release(), "machine": platform.machine(),
+            "facts": {k: {"available": f.available, "detail": f.detail}
+                      for k, f in hostfacts.facts().items()}}  # fmt: skip
+
+
+def sign(record: dict[str, Any], key: Any, certificate: x509.Certificate,
+         chain: tuple[x509.Certificate, ...]) -> dict[str, Any]:  # fmt: skip
+    """The signed file's content: the record, the signature, the signer's chain."""
+    data = canonical(record)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        algorithm, value = "ecdsa-sha256", key.sign(data, ec.ECDSA(hashes.SHA256()))
+    elif isinstance(key, rsa.RSAPrivateKey):
+        algorithm, value = "rsa-pkcs1v15-sha256", key.sign(data, padding.PKCS1v15(),
+                                                           hashes.SHA256())  # fmt: skip
+    else:
+        raise AuditError("the agent's key is of a type that cannot sign records")
+    pem = serialization.Encoding.PEM
+    return {"record": record, "signature": {
+        "algorithm": algorithm, "value": base64.b64encode(value).decode(),
+        "certificate": certificate.public_bytes(pem).decode(),
+        "chain": [c.public_bytes(pem).decode() for c in chain]}}  # fmt: skip
+
+
+def write(path: Path, signed: dict[str, Any]) -> None:
+    """Written once, 0600, never through a link."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        json.dump(signed, file, indent=1, sort_keys=True)
+        file.write("\n")
+
+
+def load(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_RECORD + 1)
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot read it ({exc.strerror})") from None
+    if len(data) > MAX_RECORD:
+        raise AuditError(f"{path}: over {MAX_RECORD} bytes; not an audit record")
+    try:
+        signed = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise AuditError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(signed, dict) or not isinstance(signed.get("record"), dict) or \
+            not isinstance(signed.get("signature"), dict):  # fmt: skip
+        raise AuditError(f"{path}: not a signed audit record (no record and signature)")
+    return signed
+
+
+def verify(signed: dict[str, Any], anchors: list[x509.Certificate]) -> Verified:
+    """The record, if its signer is a jobagent token of ``anchors`` (as they were when
+    it was signed) and the signature holds over its bytes; AuditError saying why not."""
+    record, signature = signed["record"], signed["signature"]
+    if record.get("schema") != SCHEMA or record.get("version") != VERSION:
+        raise AuditError(f"not a {SCHEMA} version {VERSION} record")
+    try:
+        certificate = x509.load_pem_x509_certificate(str(signature["certificate"]).encode())
+        chain = [x509.load_pem_x509_certificate(str(c).encode()) for c in signature["chain"]]
+        value = base64.b64decode(str(signature["value"]), validate=True)
+        signed_at = datetime.fromisoformat(str(record["signed_at"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise AuditError(f"the signature block is malformed ({exc})") from None
+    try:
+        TokenVerifier(anchors, clock=lambda: signed_at).verify(certificate, chain,
+                                                               role=Role.JOBAGENT)  # fmt: skip
+    except TokenError as exc:
+        raise AuditError(f"the signer is not trusted: {exc}") from None
+    public = certificate.public_key()
+    data = canonical(record)
+    try:
+        if signature.get("algorithm") == "ecdsa-sha256" and \
+                isinstance(public, ec.EllipticCurvePublicKey):  # fmt: skip
+            public.verify(value, data, ec.ECDSA(hashes.SHA256()))
+        elif signature.get("algorithm") == "rsa-pkcs1v15-sha256" and \
+                isinstance(public, rsa.RSAPublicKey):  # fmt: skip
+            public.verify(value, data, padding.PKCS1v15(), hashes.SHA256())
+        else:
+            raise AuditError("the signature's algorithm does not match the signer's key")
+    except InvalidSignature:
+        raise AuditError("the signature does not match the record: it was changed after "
+                         "it was signed") from None  # fmt: skip
+    subject = certificate.subject.rfc4514_string()
+    return Verified(record, subject, fingerprint(certificate))
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def teardown_view(teardown: Any, namespaces: dict[str, str], workdir: str) -> dict[str, Any]:
+    """The teardown report: processes killed or left, the cgroup, IPC objects and mounts
+    (gone with the sandbox's own namespaces), the work directory."""
+    view: dict[str, Any] = asdict(teardown) if teardown is not None else {"cgroup": "none"}
+    view["ipc"] = ("gone with the sandbox's IPC namespace" if namespaces.get("ipc") != "off"
+                   else "the host's IPC namespace: objects may remain")  # fmt: skip
+    view["mounts"] = ("gone with the sandbox's mount namespace" if namespaces.get("mount") != "off"
+                      else "the host's mount namespace")  # fmt: skip
+    view["workdir"] = workdir
+    return view
+
+
+def build(*, job: dict[str, Any], agent_name: str, agent_token: x509.Certificate,
+          job_token_pem: str | None, effective: Any, session: Any, argv: tuple[str, ...],
+          states: list[str], usage: dict[str, Any], manifest: Any,
+          workdir: str) -> dict[str, Any]:  # fmt: skip
+    """The unsigned record of one attempt (see the module's docstring)."""
+    from sandbox_agent.policy.explain import rows
+
+    job_fp = None
+    if job_token_pem:
+        job_fp = fingerprint(x509.load_pem_x509_certificate(job_token_pem.encode()))
+    namespaces = {n: effective.word(f"namespaces.{n}") for n in ("ipc", "mount")}
+    limits = session.limits if session is not None else None
+    unenforced = sorted({*(session.unenforced if session else ()),
+                         *(limits.unenforced if limits else ())})  # fmt: skip
+    return {
+        "schema": SCHEMA, "version": VERSION, "signed_at": now(),
+        "job": job,
+        "agent": {"name": agent_name, "token_fingerprint": fingerprint(agent_token)},
+        "job_token_fingerprint": job_fp,
+        "policy": {"name": effective.policy.name,
+                   "files": [str(f) for f in effective.policy.files],
+                   "settings": rows(effective)},
+        "runtime": {"name": "bwrap", "argv": redact(argv)},
+        "seccomp_sha256": session.seccomp_sha256 if session else None,
+        "landlock": session.landlock if session else None,
+        "host": host_summary(),
+        "enforcement": {"kernel": sorted(limits.kernel) if limits else [],
+                        "monitored": sorted(limits.monitored) if limits else [],
+                        "unenforced": unenforced,
+                        "notes": list(limits.notes) if limits else [],
+                        "cgroup": session.cgroup if session else None},
+        "usage": usage,
+        "states": states,
+        "outputs": [{"name": f["name"], "size": f["size"], "sha256": f["sha256"]}
+                    for f in (manifest.files if manifest else [])],
+        "logs": list(manifest.logs) if manifest else [],
+        "problems": list(manifest.problems) if manifest else [],
+        "teardown": teardown_view(session.teardown if session else None, namespaces, workdir),
+    }  # fmt: skip

@@ -1,0 +1,131 @@
+"""``sandbox-agent audit verify`` and ``audit show``: the signed record the agent
+leaves for every job, checked and read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sandbox_agent import exitcodes
+from sandbox_agent.cli.app import JsonOption, fail, home_of, printable
+
+audit_app = typer.Typer(
+    help="Check and read the signed audit record of a job.", no_args_is_help=True,
+    rich_markup_mode=None,
+)  # fmt: skip
+
+
+def _anchors(ca: Path) -> list[Any]:
+    from sandbox_agent.tokens import TokenError, files
+
+    try:
+        return files.load_certificates(ca)
+    except (OSError, TokenError, ValueError) as exc:
+        fail(f"{ca}: not a readable CA certificate ({exc}); give --ca the authority's ca.pem")
+
+
+def _checked(path: Path, ca: Path) -> Any:
+    """The verified record, or one line and exit 1 (not valid) or 2 (not a record)."""
+    from sandbox_agent.agent import audit
+
+    anchors = _anchors(ca)
+    try:
+        signed = audit.load(path)
+    except audit.AuditError as exc:
+        fail(str(exc))
+    try:
+        return audit.verify(signed, anchors)
+    except audit.AuditError as exc:
+        fail(f"{path}: NOT valid: {exc}", exitcodes.FAILED)
+
+
+@audit_app.command("verify")
+def verify(
+    ctx: typer.Context,
+    record: Annotated[Path, typer.Argument(help="An audit record (audit.json).")],
+    ca: Annotated[
+        Path | None, typer.Option("--ca", help="The authority's CA [default: HOME/certs/ca.pem].")
+    ] = None,
+) -> None:
+    """Check a record's signature and its signer's chain: a jobagent token of this CA,
+    valid when it signed. Exit 0 if valid, 1 if not (tampered, another CA, wrong role)."""
+    checked = _checked(record, ca or home_of(ctx) / "certs" / "ca.pem")
+    job = checked.record.get("job", {})
+    typer.echo(f"{record}: valid: job {job.get('id')}.{job.get('resubmission')} "
+               f"{job.get('state')}, signed by {checked.agent} ({checked.fingerprint}) at "
+               f"{checked.record.get('signed_at')}")  # fmt: skip
+
+
+@audit_app.command("show")
+def show(
+    ctx: typer.Context,
+    job_id: Annotated[int, typer.Argument(help="The job id.")],
+    resubmission: Annotated[
+        int | None, typer.Option("--resubmission", help="Which attempt [default: the last].")
+    ] = None,
+    ca: Annotated[
+        Path | None, typer.Option("--ca", help="The authority's CA [default: HOME/certs/ca.pem].")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print a job's audit record for a person, after checking it (as `audit verify`)."""
+    from sandbox_agent.agent import audit
+
+    home = home_of(ctx)
+    attempts = home / "outputs" / str(job_id)
+    if resubmission is None:
+        tried = sorted((int(p.name) for p in _attempts(attempts)), reverse=True)
+        if not tried:
+            fail(f"job {job_id}: no audit record under {attempts}; `jobs` lists the jobs "
+                 "this home ran")  # fmt: skip
+        resubmission = tried[0]
+    path = attempts / str(resubmission) / audit.RECORD
+    if not path.exists():
+        fail(f"job {job_id}.{resubmission}: no audit record at {path}")
+    checked = _checked(path, ca or home / "certs" / "ca.pem")
+    if as_json:
+        typer.echo(json.dumps(checked.record, indent=1, sort_keys=True))
+        return
+    for line in _lines(checked.record, checked.agent):
+        typer.echo(printable(line))
+
+
+def _attempts(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        return []
+    return [p for p in directory.iterdir() if p.name.isdigit() and (p / "audit.json").exists()]
+
+
+def _lines(record: dict[str, Any], signer: str) -> list[str]:
+    job, agent, runtime = record["job"], record["agent"], record["runtime"]
+    enforcement, teardown = record["enforcement"], record["teardown"]
+    lines = [
+        f"job {job['id']}.{job['resubmission']} of {job['owner']}: {job['state']}"
+        + (f" exit {job['exit_code']}" if job.get("exit_code") is not None else "")
+        + (f" ({job['detail']})" if job.get("detail") else ""),
+        f"signed by {signer} at {record['signed_at']} (valid)",
+        f"agent {agent['name']}, token {agent['token_fingerprint']}",
+        f"job token {record['job_token_fingerprint']}",
+        f"policy {record['policy']['name']} ({', '.join(record['policy']['files'])})",
+        f"runtime {runtime['name']}: {' '.join(runtime['argv'][:12])}"
+        + (" ..." if len(runtime["argv"]) > 12 else ""),
+        f"seccomp program sha256 {record['seccomp_sha256']}; landlock: {record['landlock']}",
+        f"host: Linux {record['host']['kernel']} ({record['host']['machine']})",
+        f"enforced by the kernel: {', '.join(enforcement['kernel']) or 'none'}; monitored by "
+        f"the agent: {', '.join(enforcement['monitored']) or 'none'}; not enforced: "
+        f"{', '.join(enforcement['unenforced']) or 'none'}",
+        "wrapper states: " + (" -> ".join(record["states"]) or "none"),
+        "usage: " + ", ".join(f"{k} {v}" for k, v in record["usage"].items()),
+    ]
+    lines += [f"output {o['name']}: {o['size']} bytes, sha256 {o['sha256']}"
+              for o in record["outputs"]]  # fmt: skip
+    survivors = teardown.get("survivors") or []
+    lines.append(f"teardown: {len(survivors)} process(es) left and killed; cgroup "
+                 f"{'emptied' if teardown.get('emptied', True) else 'NOT emptied'} and "
+                 f"{'removed' if teardown.get('removed') else 'not removed'}; IPC: "
+                 f"{teardown['ipc']}; mounts: {teardown['mounts']}; work directory "
+                 f"{teardown['workdir']}")  # fmt: skip
+    return lines

@@ -1,0 +1,156 @@
+"""The signed audit record of a job, made by a real pilot run in the real sandbox: what
+it holds, that it verifies, and that a changed byte, another CA or a damaged file fails."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_support import assert_no_traceback, cli_env, run_cli
+from cryptography import x509
+
+from sandbox_agent.agent.audit import redact
+from sandbox_agent.tokens import fingerprint
+
+CERTS_TEST = Path(__file__).resolve().parents[1] / "certs-test"
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
+
+
+@pytest.fixture(scope="module")
+def ran() -> Iterator[Path]:
+    """A home whose pilot ran job 1 (samples/hello.jdl) to DONE."""
+    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="sandbox-agent-audit-"))
+    base.chmod(0o711)  # the sandbox's uid (as root) reaches the work area under it
+    home = base / "home"
+    env = cli_env(home)
+    assert run_cli(env, "submit", "samples/hello.jdl").returncode == 0
+    done = run_cli(env, "run", "--once")
+    assert done.returncode == 0, done.stderr
+    yield home
+    shutil.rmtree(base)
+
+
+def audit(home: Path, *args: object) -> tuple[int, str, str]:
+    done = run_cli(cli_env(home), "audit", *args)
+    assert_no_traceback(done)
+    return done.returncode, done.stdout, done.stderr
+
+
+def test_the_record_says_what_was_enforced_and_what_came_out(ran: Path) -> None:
+    code, out, err = audit(ran, "show", "1", "--json")
+    assert code == 0, err
+    record = json.loads(out)
+    assert record["schema"] == "sandbox-agent/audit-record" and record["version"] == 1
+    assert (record["job"]["id"], record["job"]["state"], record["job"]["exit_code"]) == \
+        (1, "DONE", 0)  # fmt: skip
+    agent = x509.load_pem_x509_certificate((ran / "certs" / "jobagent.pem").read_bytes())
+    assert record["agent"]["token_fingerprint"] == fingerprint(agent)
+    assert record["job_token_fingerprint"].startswith("sha256:")
+    assert record["job_token_fingerprint"] != record["agent"]["token_fingerprint"]
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", record["seccomp_sha256"])
+    assert record["landlock"].startswith("confined: landlock ABI")
+    assert record["states"] == ["STARTED", "RUNNING", "SAVING", "DONE"]
+    assert {"memory", "pids"} <= set(record["enforcement"]["kernel"])
+    # every setting of the effective policy, each with where it came from
+    settings = {row["key"]: row for row in record["policy"]["settings"]}
+    assert re.fullmatch(r"policies/base.toml:[0-9]+", settings["namespaces.pid"]["origin"])
+    # the outputs as kept, their digests those of the files on disk
+    kept = ran / "outputs" / "1" / "0"
+    manifest = json.loads((kept / "manifest.json").read_text())
+    stored = {f["name"]: f["stored"] for f in manifest["files"]}
+    for output in record["outputs"]:
+        data = (kept / stored[output["name"]]).read_bytes()
+        assert "sha256:" + hashlib.sha256(data).hexdigest() == output["sha256"]
+        assert len(data) == output["size"]
+    assert {o["name"] for o in record["outputs"]} >= {"hello.txt"}
+    assert record["teardown"]["workdir"] == "removed"
+    assert record["teardown"]["emptied"] is True and record["teardown"]["survivors"] == []
+    # the argv names the variables the payload got, never their values
+    argv = record["runtime"]["argv"]
+    assert argv[0].endswith("bwrap") and "--seccomp" in argv
+    given = [word for word in argv if word.startswith("--env=")]
+    assert "--env=PATH=<redacted>" in given and "--env=HOME=<redacted>" in given
+    assert all(word.endswith("=<redacted>") for word in given)
+    assert "/usr/local/bin:/usr/bin:/bin" not in json.dumps(argv)
+
+
+def test_redaction_covers_both_ways_a_variable_reaches_the_sandbox() -> None:
+    argv = ["bwrap", "--setenv", "TOKEN", "s3cret", "--", "confine.py", "--env=KEY=a=b", "--"]
+    assert redact(argv) == ["bwrap", "--setenv", "TOKEN", "<redacted>", "--", "confine.py",
+                            "--env=KEY=<redacted>", "--"]  # fmt: skip
+
+
+def test_the_record_holds_no_key(ran: Path) -> None:
+    text = (ran / "outputs" / "1" / "0" / "audit.json").read_text()
+    assert "PRIVATE KEY" not in text
+    key = (ran / "certs" / "jobagent.key").read_text()
+    assert key.splitlines()[1] not in text
+
+
+def test_a_record_verifies_against_its_ca(ran: Path) -> None:
+    record = ran / "outputs" / "1" / "0" / "audit.json"
+    code, out, err = audit(ran, "verify", record)
+    assert code == 0, err
+    assert out.startswith(f"{record}: valid: job 1.0 DONE, signed by ")
+
+
+def test_a_record_with_one_byte_changed_fails(ran: Path, tmp_path: Path) -> None:
+    signed = json.loads((ran / "outputs" / "1" / "0" / "audit.json").read_text())
+    signed["record"]["job"]["exit_code"] = 1  # as if the job had failed
+    tampered = tmp_path / "audit.json"
+    tampered.write_text(json.dumps(signed))
+    code, _out, err = audit(ran, "verify", tampered)
+    assert code == 1
+    assert "NOT valid: the signature does not match the record" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_record_from_another_ca_fails(ran: Path) -> None:
+    record = ran / "outputs" / "1" / "0" / "audit.json"
+    code, _out, err = audit(ran, "verify", record, "--ca", CERTS_TEST / "ca.pem")
+    assert code == 1
+    assert "NOT valid: the signer is not trusted" in err
+
+
+def test_a_file_that_is_no_record_is_one_line_and_exit_2(ran: Path, tmp_path: Path) -> None:
+    for text in ("not json", '{"record": 1}', "[]"):
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        code, _out, err = audit(ran, "verify", bad)
+        assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_show_prints_the_record_for_a_person(ran: Path) -> None:
+    code, out, err = audit(ran, "show", "1")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("job 1.0 of ") and "DONE exit 0" in lines[0]
+    assert "(valid)" in lines[1]
+    assert any(line.startswith("output hello.txt: ") for line in lines)
+    assert lines[-1].startswith("teardown: 0 process(es) left")
+    code, _out, err = audit(ran, "show", "99")
+    assert code == 2 and "job 99: no audit record" in err
+
+
+def test_an_output_named_like_the_record_cannot_take_its_place() -> None:
+    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="sandbox-agent-audit-"))
+    try:
+        base.chmod(0o711)
+        env = cli_env(base / "home")
+        jdl = base / "forge.jdl"
+        jdl.write_text('Executable = "/bin/sh";\nArguments = "-c \'echo forged > audit.json\'";\n'
+                       'Output = {"audit.json"};\n')  # fmt: skip
+        assert run_cli(env, "submit", jdl).returncode == 0
+        assert run_cli(env, "run", "--once").returncode == 0
+        code, out, err = audit(base / "home", "show", "1", "--json")
+        assert code == 0, err
+        outputs = {o["name"]: o["sha256"] for o in json.loads(out)["outputs"]}
+        assert outputs["audit.json"] == "sha256:" + hashlib.sha256(b"forged\n").hexdigest()
+    finally:
+        shutil.rmtree(base)
