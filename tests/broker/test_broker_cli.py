@@ -113,6 +113,13 @@ def test_a_user_submits_to_the_broker_and_a_pilot_elsewhere_runs_it(site: Site) 
     assert (site.base / "got" / "greeting.txt").read_text() == "hello from the broker\n"
     other = users("logs", job, *site.token("user-bob"))
     assert (other.returncode, other.stderr) == (2, f"sandbox-agent: job {job} is not yours\n")
+    # the agent signed the attempt's audit record and sent it; its owner checks and reads it
+    shown_audit = users("audit", "show", job, *site.token("user-alice"))
+    assert shown_audit.returncode == 0, shown_audit.stderr
+    assert shown_audit.stdout.startswith(f"job {job}.0 of alice: DONE exit 0\n")
+    assert "(valid)" in shown_audit.stdout.splitlines()[1]
+    theirs_audit = users("audit", "show", job, *site.token("user-bob"))
+    assert theirs_audit.returncode == 2 and "is not yours" in theirs_audit.stderr
     assert [h["state"] for h in shown["history"]] == [
         "WAITING", "ASSIGNED", "STARTED", "RUNNING", "SAVING", "DONE"]  # fmt: skip
     theirs = users("status", job, *site.token("user-bob"))

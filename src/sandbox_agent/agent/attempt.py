@@ -288,13 +288,14 @@ class Attempt:
                 if problem and report is not None:
                     report.detail += f" (the work directory was not removed: {problem})"
             if report is not None and not report.handed_back:
-                missing = self.write_audit(report, removed)
-                if missing:
-                    report.detail += f" (no audit record: {missing})"
+                unaudited = self.write_audit(report, removed)
+                if unaudited:
+                    report.detail += f" ({unaudited})"
 
     def write_audit(self, report: Report, workdir: str) -> str:
-        """Sign the attempt's audit record with the agent's key and keep it beside the
-        attempt's outputs (agent/audit.py); why it could not be, or ""."""
+        """Sign the attempt's audit record with the agent's key, keep it beside the
+        attempt's outputs and send it where the job came from (agent/audit.py); what
+        went wrong, or ""."""
         from sandbox_agent.agent import audit
 
         job, agent, result, manifest = self.job, self.agent, self.result, report.manifest
@@ -315,7 +316,11 @@ class Attempt:
             where.mkdir(mode=0o700, parents=True, exist_ok=True)
             audit.write(where / audit.RECORD, signed)
         except (OSError, ValueError) as exc:  # AuditError is a ValueError
-            return str(exc)
+            return f"no audit record: {exc}"
+        try:
+            agent.queue.keep_audit(job, (where / audit.RECORD).read_bytes())
+        except (StoreError, OSError) as exc:
+            return f"the audit record is kept on this node only: {exc}"
         return ""
 
     def still_ours(self) -> bool:

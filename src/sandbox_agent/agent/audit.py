@@ -109,15 +109,20 @@ def load(path: Path) -> dict[str, Any]:
             data = file.read(MAX_RECORD + 1)
     except OSError as exc:
         raise AuditError(f"{path}: cannot read it ({exc.strerror})") from None
+    return parse(data, str(path))
+
+
+def parse(data: bytes, where: str) -> dict[str, Any]:
+    """A signed record's parts from its bytes (read from a file, or a broker's answer)."""
     if len(data) > MAX_RECORD:
-        raise AuditError(f"{path}: over {MAX_RECORD} bytes; not an audit record")
+        raise AuditError(f"{where}: over {MAX_RECORD} bytes; not an audit record")
     try:
         signed = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise AuditError(f"{path}: not JSON ({exc})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise AuditError(f"{where}: not JSON ({exc})") from None
     if not isinstance(signed, dict) or not isinstance(signed.get("record"), dict) or \
             not isinstance(signed.get("signature"), dict):  # fmt: skip
-        raise AuditError(f"{path}: not a signed audit record (no record and signature)")
+        raise AuditError(f"{where}: not a signed audit record (no record and signature)")
     return signed
 
 

@@ -69,6 +69,10 @@ class Backend(Protocol):
         """Send the attempt's kept files (name, where on this node) to where their owner
         fetches them, with the job's own token; StoreError when that fails."""
 
+    def keep_audit(self, job: Job, record: bytes) -> None:
+        """Send the attempt's signed audit record where the job's owner reads it (the
+        home's storage has it already); StoreError when that fails."""
+
     def place_inputs(self, job: Job, token: dict[str, Any], wanted: list[Placed],
                      directory: Path) -> None:  # fmt: skip
         """Write each catalogue file the job names (LFN, name, mode) into ``directory``:
@@ -133,6 +137,9 @@ class LocalQueue:
 
     def keep(self, job: Job, token: dict[str, Any], kept: list[tuple[str, Path]]) -> None:
         pass  # the home's storage is where its owner reads them
+
+    def keep_audit(self, job: Job, record: bytes) -> None:
+        pass  # as the outputs
 
     def place_inputs(self, job: Job, token: dict[str, Any], wanted: list[Placed],
                      directory: Path) -> None:  # fmt: skip
@@ -255,6 +262,12 @@ class BrokerQueue:
                     client.send_file(job.id, name, path.read_bytes())
         except (BrokerError, OSError) as exc:
             raise StoreError(f"the files were not all sent to the broker: {exc}") from None
+
+    def keep_audit(self, job: Job, record: bytes) -> None:
+        try:
+            self.client.send_audit(job.id, record)
+        except BrokerError as exc:
+            raise StoreError(f"the audit record was not sent to the broker: {exc}") from None
 
     def place_inputs(self, job: Job, token: dict[str, Any], wanted: list[Placed],
                      directory: Path) -> None:  # fmt: skip

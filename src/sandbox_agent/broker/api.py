@@ -22,6 +22,7 @@ OPENAPI_PATH = "/v1/openapi.json"
 AGENT_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 SMALL = 16 * 1024  # bytes of a body that carries no JDL
 JDL_CAP = 64 * 1024  # characters of a submitted JDL (a production JDL is a few KB)
+AUDIT_CAP = 4 * 1024 * 1024  # bytes of an audit record (agent/audit.py reads no more)
 
 # The roles of tokens (sandbox_agent.tokens.roles.Role values)
 JOBAGENT, JOB, USER, ADMIN = "jobagent", "job", "user", "admin"
@@ -115,6 +116,15 @@ ROUTES: tuple[Route, ...] = (
           "the job's own token, while the job is leased; only files its JDL names",
           "one input file the job names (the path is its LFN without the first '/'): its "
           "bytes, X-Content-SHA256 their digest", raw=True),
+    Route("put_audit", "PUT", "/v1/jobs/{id}/audit", frozenset({JOBAGENT}),
+          "the jobagent that ran the attempt, once it has ended; signed by that token",
+          "keep an attempt's signed audit record (the body; X-Content-SHA256 its digest): "
+          "checked against the CA, the caller and the queue's history, never replaced",
+          raw=True, cap=AUDIT_CAP),
+    Route("get_audit", "GET", "/v1/jobs/{id}/audit", frozenset({USER, ADMIN}),
+          "its owner or an admin",
+          "the audit record of the job's last attempt (?resubmission=N for another)",
+          raw=True),
     Route("kill", "POST", "/v1/jobs/{id}/kill", frozenset({USER, ADMIN}),
           "its owner or an admin", "kill the job; its agent stops it at the next heartbeat",
           {"reason": Field("str", required=False, cap=500)}),

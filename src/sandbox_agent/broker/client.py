@@ -257,6 +257,18 @@ class BrokerClient:
         path = f"/v1/jobs/{job_id}/inputs/{quote(lfn.removeprefix('/'), safe='/')}"
         return self._fetch(path, f"LF:{lfn}")
 
+    def send_audit(self, job_id: int, data: bytes) -> None:
+        """Keep an attempt's signed audit record at the broker (a jobagent's call)."""
+        digest = hashlib.sha256(data).hexdigest()
+        headers = {"Content-Type": "application/octet-stream", "X-Content-SHA256": digest}
+        status, _headers, raw = self._exchange("PUT", f"/v1/jobs/{job_id}/audit", data,
+                                               headers, False)  # fmt: skip
+        self._answer(status, raw)
+
+    def fetch_audit(self, job_id: int, resubmission: int | None = None) -> bytes:
+        query = "" if resubmission is None else f"?resubmission={resubmission}"
+        return self._fetch(f"/v1/jobs/{job_id}/audit{query}", f"job {job_id}'s audit record")
+
     def kill(self, job_id: int, reason: str = "") -> None:
         self.call("POST", f"/v1/jobs/{job_id}/kill", {"reason": reason} if reason else {},
                   once=True)  # fmt: skip

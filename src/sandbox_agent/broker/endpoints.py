@@ -8,6 +8,7 @@ here echoes a server path, a key or a token body.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +24,7 @@ from sandbox_agent.broker.api import ADMIN, AGENT_NAME, JOB, JOBAGENT, USER
 from sandbox_agent.broker.files import FILE_CAP, FileRefused, FileStore
 from sandbox_agent.broker.inputs import InputRefused, Inputs
 from sandbox_agent.catalogue import Catalogue
+from sandbox_agent.handoff import strict_loads
 from sandbox_agent.jdl import JDLError, JobSpec, Slot, load_job, render_jdl
 from sandbox_agent.jdl.expr import render
 from sandbox_agent.queue import (
@@ -457,6 +459,58 @@ class Endpoints:
         except InputRefused as exc:
             raise Refused(exc.status, str(exc)) from None
         return {"content": content, "sha256": sha256}
+
+    def do_put_audit(self, caller: Caller, job_id: int | None, body: dict[str, Any],
+                     _query: Mapping[str, str]) -> dict[str, Any]:  # fmt: skip
+        """An attempt's record, from the agent that ran it: signed by the caller's own
+        token (checked against the CA), about this job, an attempt the queue's history
+        says this agent held, and that attempt over."""
+        from sandbox_agent.agent import audit
+
+        job = self.job(job_id)
+        data: bytes = body["data"]
+        if hashlib.sha256(data).hexdigest() != str(body["sha256"]).lower():
+            raise Refused(400, "the body's SHA-256 is not the one announced")
+        try:
+            signed = strict_loads(data.decode("utf-8"))
+            if not isinstance(signed, dict):
+                raise ValueError("not a JSON object")
+            verified = audit.verify(signed, [self.authority.root])
+            record = verified.record
+            resubmission, name = int(record["job"]["resubmission"]), str(record["agent"]["name"])
+            about = int(record["job"]["id"])
+        except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            shown = "".join(c if c.isprintable() else "?" for c in str(exc))[:300]
+            raise Refused(400, f"not a valid audit record: {shown}") from None
+        if verified.fingerprint != caller.fingerprint:
+            raise Refused(403, "the record is signed by another token than this caller's")
+        if about != job.id:
+            raise Refused(400, f"the record is about job {about}, not job {job.id}")
+        holder = caller.holder(name)
+        if not any(c.resubmission == resubmission and c.agent == holder
+                   for c in self.store.history(job.id)):  # fmt: skip
+            raise Refused(403, f"this agent did not run job {job.id}.{resubmission}")
+        if resubmission == job.resubmission and job.state not in states.FINAL:
+            raise Refused(409, f"job {job.id} is {job.state.value}: its record comes when "
+                          "the attempt has ended")  # fmt: skip
+        try:
+            self.files.put_record(job.id, resubmission, data)
+        except FileRefused as exc:
+            raise Refused(exc.status, str(exc)) from None
+        return {"kept": {"job": job.id, "resubmission": resubmission, "size": len(data)}}
+
+    def do_get_audit(self, caller: Caller, job_id: int | None, _body: dict[str, Any],
+                     query: Mapping[str, str]) -> dict[str, Any]:  # fmt: skip
+        job = self.job(job_id)
+        self.own_job(caller, job)
+        wanted = query.get("resubmission", str(job.resubmission))
+        if not wanted.isdigit() or len(wanted) > 9:
+            raise Refused(400, "resubmission: give a number")
+        try:
+            content = self.files.get_record(job.id, int(wanted))
+        except FileRefused as exc:
+            raise Refused(exc.status, str(exc)) from None
+        return {"content": content, "sha256": hashlib.sha256(content).hexdigest()}
 
     def do_openapi(self, _caller: Caller, _id: int | None, _body: dict[str, Any],
                    _query: Mapping[str, str]) -> dict[str, Any]:  # fmt: skip

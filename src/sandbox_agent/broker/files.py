@@ -21,6 +21,7 @@ FILE_CAP = 64 * 1024 * 1024  # bytes of one file sent to the broker
 FILES_CAP = 10_000  # files of one attempt
 KINDS = ("outputs", "logs")
 INDEX = "index.json"
+RECORD = "audit.json"  # an attempt's signed audit record, beside its files
 
 
 class FileRefused(ValueError):
@@ -102,6 +103,33 @@ class FileStore:
         fd = os.open(where.joinpath("files", *parts), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         with os.fdopen(fd, "rb") as file:
             return file.read(FILE_CAP + 1), str(entry["sha256"])
+
+    def put_record(self, job_id: int, resubmission: int, data: bytes) -> None:
+        """An attempt's audit record (checked by the caller), kept once: the same bytes
+        again are done, other bytes are refused."""
+        where = self.attempt(job_id, resubmission)
+        with self._lock:
+            where.mkdir(mode=0o700, parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                fd = os.open(where / RECORD, flags, 0o600)
+            except FileExistsError:
+                if self.get_record(job_id, resubmission) == data:
+                    return
+                raise FileRefused(409, f"job {job_id}.{resubmission} has an audit record "
+                                  "already; records are never replaced") from None  # fmt: skip
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+
+    def get_record(self, job_id: int, resubmission: int) -> bytes:
+        path = self.attempt(job_id, resubmission) / RECORD
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise FileRefused(404, f"job {job_id}.{resubmission} has no audit record at the "
+                              "broker") from None  # fmt: skip
+        with os.fdopen(fd, "rb") as file:
+            return file.read(FILE_CAP + 1)
 
     @staticmethod
     def _index(where: Path) -> dict[str, dict[str, Any]]:

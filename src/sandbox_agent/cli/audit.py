@@ -10,7 +10,16 @@ from typing import Annotated, Any
 import typer
 
 from sandbox_agent import exitcodes
+from sandbox_agent.broker.client import BrokerError
 from sandbox_agent.cli.app import JsonOption, fail, home_of, printable
+from sandbox_agent.cli.remote import (
+    BrokerOption,
+    CaOption,
+    CertOption,
+    KeyOption,
+    broker_client,
+    broker_failed,
+)
 
 audit_app = typer.Typer(
     help="Check and read the signed audit record of a job.", no_args_is_help=True,
@@ -27,13 +36,14 @@ def _anchors(ca: Path) -> list[Any]:
         fail(f"{ca}: not a readable CA certificate ({exc}); give --ca the authority's ca.pem")
 
 
-def _checked(path: Path, ca: Path) -> Any:
-    """The verified record, or one line and exit 1 (not valid) or 2 (not a record)."""
+def _checked(path: Path | str, ca: Path, data: bytes | None = None) -> Any:
+    """The verified record (from ``path``, or ``data`` fetched from a broker), or one
+    line and exit 1 (not valid) or 2 (not a record)."""
     from sandbox_agent.agent import audit
 
     anchors = _anchors(ca)
     try:
-        signed = audit.load(path)
+        signed = audit.load(Path(path)) if data is None else audit.parse(data, str(path))
     except audit.AuditError as exc:
         fail(str(exc))
     try:
@@ -66,15 +76,29 @@ def show(
     resubmission: Annotated[
         int | None, typer.Option("--resubmission", help="Which attempt [default: the last].")
     ] = None,
-    ca: Annotated[
-        Path | None, typer.Option("--ca", help="The authority's CA [default: HOME/certs/ca.pem].")
-    ] = None,
     as_json: JsonOption = False,
+    broker: BrokerOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
+    ca: CaOption = None,
 ) -> None:
-    """Print a job's audit record for a person, after checking it (as `audit verify`)."""
+    """Print a job's audit record for a person, after checking it (as `audit verify`):
+    from this home, or with --broker from the broker its agent sent it to (checked
+    against --ca, the authority's CA)."""
     from sandbox_agent.agent import audit
 
     home = home_of(ctx)
+    if broker is not None:
+        client = broker_client(broker, cert, key, ca)
+        assert client is not None and ca is not None
+        try:
+            data = client.fetch_audit(job_id, resubmission)
+        except BrokerError as exc:
+            broker_failed(exc)
+        finally:
+            client.close()
+        _print(_checked(f"job {job_id}'s record at {broker}", ca, data), as_json)
+        return
     attempts = home / "outputs" / str(job_id)
     if resubmission is None:
         tried = sorted((int(p.name) for p in _attempts(attempts)), reverse=True)
@@ -85,7 +109,10 @@ def show(
     path = attempts / str(resubmission) / audit.RECORD
     if not path.exists():
         fail(f"job {job_id}.{resubmission}: no audit record at {path}")
-    checked = _checked(path, ca or home / "certs" / "ca.pem")
+    _print(_checked(path, ca or home / "certs" / "ca.pem"), as_json)
+
+
+def _print(checked: Any, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(checked.record, indent=1, sort_keys=True))
         return
