@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_support import assert_no_traceback, cli_env, run_cli
@@ -154,3 +156,84 @@ def test_an_output_named_like_the_record_cannot_take_its_place() -> None:
         assert outputs["audit.json"] == "sha256:" + hashlib.sha256(b"forged\n").hexdigest()
     finally:
         shutil.rmtree(base)
+
+
+def test_an_output_name_that_is_not_utf8_is_refused_not_a_crash() -> None:
+    """A payload's file name of other bytes matching an Output pattern: the job ends
+    ERROR_SV with the reason, the pilot goes on, and the record is signed all the same."""
+    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="sandbox-agent-audit-"))
+    try:
+        base.chmod(0o711)
+        env = cli_env(base / "home")
+        jdl = base / "bytes.jdl"
+        jdl.write_text('Executable = "/bin/sh";\n'
+                       "Arguments = \"-c 'echo x > \\\"$(printf bad\\\\\\\\377.txt)\\\"'\";\n"
+                       'Output = {"*.txt"};\n')  # fmt: skip
+        assert run_cli(env, "submit", jdl).returncode == 0
+        ran = run_cli(env, "run", "--once", "--json")
+        assert_no_traceback(ran)
+        assert ran.returncode == 0, ran.stderr
+        finished = next(e for e in map(json.loads, ran.stdout.splitlines())
+                        if e["event"] == "finished")  # fmt: skip
+        assert finished["state"] == "ERROR_SV"
+        assert "bad\\xff.txt: the name is not UTF-8" in finished["detail"]
+        code, out, err = audit(base / "home", "show", "1", "--json")
+        assert code == 0, err
+        assert json.loads(out)["job"]["state"] == "ERROR_SV"
+    finally:
+        shutil.rmtree(base)
+
+
+def forged(ran: Path, tmp_path: Path, change: Callable[[dict[str, Any]], None]) -> Path:
+    signed = json.loads((ran / "outputs" / "1" / "0" / "audit.json").read_text())
+    change(signed)
+    path = tmp_path / "forged.json"
+    path.write_text(json.dumps(signed))
+    return path
+
+
+def test_a_signing_time_without_a_time_zone_is_refused(ran: Path, tmp_path: Path) -> None:
+    def naive(signed: dict[str, Any]) -> None:
+        signed["record"]["signed_at"] = "2026-11-25T12:00:00"
+
+    code, _out, err = audit(ran, "verify", forged(ran, tmp_path, naive))
+    assert code == 1 and "signed_at has no time zone" in err
+
+
+def test_a_record_signed_by_a_job_token_is_not_trusted(tmp_path: Path) -> None:
+    """Only a jobagent token signs records: a job token (the payload holds one) cannot."""
+    from sandbox_agent.agent import audit as records
+    from sandbox_agent.tokens import files
+    from sandbox_agent.tokens.keys import load_private_key
+
+    (tmp_path / "k").mkdir(mode=0o700)
+    shutil.copyfile(CERTS_TEST / "job-7.key", tmp_path / "k" / "job-7.key")
+    (tmp_path / "k" / "job-7.key").chmod(0o600)
+    certificate, *chain = files.load_certificates(CERTS_TEST / "job-7.pem")
+    record = {"schema": records.SCHEMA, "version": records.VERSION,
+              "signed_at": records.now(), "job": {"id": 7, "resubmission": 0}}  # fmt: skip
+    signed = records.sign(record, load_private_key(tmp_path / "k" / "job-7.key"), certificate,
+                          tuple(chain))  # fmt: skip
+    (tmp_path / "r.json").write_text(json.dumps(signed))
+    code, _out, err = audit(tmp_path, "verify", tmp_path / "r.json", "--ca", CERTS_TEST / "ca.pem")
+    assert code == 1 and "the signer is not trusted" in err and "job" in err
+
+
+def test_a_fifo_is_refused_without_waiting(ran: Path, tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    code, _out, err = audit(ran, "verify", fifo)
+    assert code == 2 and "not a regular file" in err
+
+
+def test_a_valid_record_moved_over_another_attempt_is_not_shown_as_that_attempts(
+    ran: Path,
+) -> None:
+    moved = ran / "outputs" / "1" / "5"
+    moved.mkdir()
+    try:
+        shutil.copyfile(ran / "outputs" / "1" / "0" / "audit.json", moved / "audit.json")
+        code, _out, err = audit(ran, "show", "1")
+        assert code == 1 and "the record found is about job 1.0, not job 1.5" in err
+    finally:
+        shutil.rmtree(moved)

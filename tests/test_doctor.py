@@ -97,3 +97,24 @@ def test_a_kernel_without_landlock_is_weak_and_says_which_kernel_has_it() -> Non
     assert doctor.kernel("5.10.0-28-amd64").status == WEAK
     assert "5.13 or later" in doctor.kernel("5.10.0-28-amd64").advice
     assert doctor.kernel("6.1.0-18-amd64").status == OK
+
+
+def test_a_user_namespace_switch_that_bwrap_gets_past_is_weak_not_a_refusal() -> None:
+    """Ubuntu's AppArmor restriction says no to unprivileged user namespaces, but a
+    profile may let bwrap through: when bwrap really made its sandbox, doctor must not
+    refuse jobs for that line."""
+    said_no = doctor.Check("unprivileged user namespaces", MISSING, "AppArmor restricts",
+                           "allow bwrap in a profile", blocking=True)  # fmt: skip
+    bwrap_ran = doctor.Check("runtime bwrap", OK, "bwrap 0.8.0 ran a test sandbox")
+    bwrap_failed = doctor.Check("runtime bwrap", MISSING, "bwrap: setting up uid map",
+                                blocking=True)  # fmt: skip
+    overruled = doctor.overruled([said_no, bwrap_ran])
+    assert (overruled[0].status, overruled[0].blocking) == (WEAK, False)
+    assert "bwrap made its test sandbox all the same" in overruled[0].advice
+    assert doctor.overruled([said_no, bwrap_failed])[0] == said_no
+
+
+def test_the_sandboxs_python_is_checked() -> None:
+    found = doctor.python()
+    assert (found.status, found.name) == (OK, "python3 in the sandbox")
+    assert found.found.startswith("/usr/bin/python3 is Python 3.")

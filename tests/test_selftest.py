@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_support import ROOT, assert_no_traceback, cli_env, run_cli
+from cli_support import ROOT, SCRIPT, assert_no_traceback, cli_env, run_cli
 
-from sandbox_agent.selftest.probe_in_sandbox import attack_table
+from sandbox_agent.selftest.probe_in_sandbox import SelftestError, _rows, attack_table
+from sandbox_agent.selftest.stage import CANARY_PREFIX
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 
@@ -171,3 +175,60 @@ def test_a_pilot_whose_sandbox_leaks_takes_no_work_and_exits_3(home: Path) -> No
     events = [json.loads(line) for line in fine.stdout.splitlines()]
     assert [e["event"] for e in events][:3] == ["agent", "preflight", "matched"]
     assert events[1]["leaked"] == [] and events[1]["attacks"] >= 20
+
+
+def test_a_selftest_stopped_by_sigterm_takes_every_canary_away(home: Path) -> None:
+    """Batch systems stop jobs with SIGTERM: the canary key must not stay in HOME/certs,
+    nor the decoy process, the SysV segment or the /dev/shm file on the node."""
+    process = subprocess.Popen([str(SCRIPT), "selftest"], env=cli_env(home), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    certs = home / "certs"
+    deadline = time.monotonic() + 30
+    while not (certs.is_dir() and any(p.name.startswith(CANARY_PREFIX) for p in certs.iterdir())):
+        assert time.monotonic() < deadline, "the canaries were never planted"
+        time.sleep(0.02)
+    segments_before = _segments()
+    process.send_signal(signal.SIGTERM)
+    _out, err = process.communicate(timeout=30)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert err.startswith("sandbox-agent: stopped by SIGTERM; the canaries were taken away")
+    assert [p for p in certs.iterdir() if p.name.startswith(CANARY_PREFIX)] == []
+    assert not [p for p in Path("/dev/shm").iterdir() if p.name.startswith("sandbox-agent-probe")]
+    assert len(_segments()) < len(segments_before)  # its segment is gone
+    assert list((home / "work").iterdir()) == []
+    assert not any(b"sandbox-agent-decoy-" in _cmdline(p) for p in Path("/proc").iterdir())
+
+
+def _cmdline(process: Path) -> bytes:
+    try:
+        return (process / "cmdline").read_bytes() if process.name.isdigit() else b""
+    except OSError:
+        return b""
+
+
+def _segments() -> list[str]:
+    return [line for line in Path("/proc/sysvipc/shm").read_text().splitlines()[1:] if line]
+
+
+def test_an_answer_that_does_not_cover_what_was_asked_is_no_proof() -> None:
+    """The probe's answer comes from the payload's stdout: a missing attack, an unknown
+    result or a row that is not a row fails the selftest, never passes it."""
+    table = attack_table()
+    blocked = {"result": "blocked", "detail": "EPERM"}
+    with pytest.raises(SelftestError, match="missing: keyctl"):
+        _rows({"bpf": blocked}, table, ["bpf", "keyctl"])
+    with pytest.raises(SelftestError, match="not asked: bpf"):
+        _rows({"bpf": blocked, "keyctl": blocked}, table, ["keyctl"])
+    for bad in ({"result": "fine"}, "blocked", None):
+        with pytest.raises(SelftestError, match="not blocked, LEAKED or n/a"):
+            _rows({"keyctl": bad}, table, ["keyctl"])
+    rows = _rows({"keyctl": blocked, "bpf": {**blocked, "ms": "x"}}, table, ["bpf", "keyctl"])
+    assert [(r.attack, r.result) for r in rows] == [("keyctl", "blocked"), ("bpf", "blocked")]
+
+
+def test_a_work_area_the_preflight_cannot_use_is_one_line_and_exit_3(home: Path) -> None:
+    (home.parent / "real").mkdir()
+    (home.parent / "link").symlink_to(home.parent / "real")
+    ran = run_cli(cli_env(home), "run", "--once", "--work-area", home.parent / "link" / "work")
+    assert_no_traceback(ran)
+    assert ran.returncode == 3 and len(ran.stderr.splitlines()) == 1, ran.stderr

@@ -22,6 +22,7 @@ from sandbox_agent import hostfacts
 OK, WEAK, MISSING = "OK", "WEAK", "MISSING"
 LANDLOCK_KERNEL = (5, 13)  # the first kernel with landlock
 LANDLOCK_SCOPES = 6  # the ABI that scopes signals and abstract unix sockets
+PYTHON = "/usr/bin/python3"  # the sandbox's interpreter (the host's /usr, bound read-only)
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,38 @@ def policy_fallbacks(policy_name: str, dirs: list[Path]) -> list[Check]:
     return out
 
 
+def python() -> Check:
+    """The sandbox's interpreter, which runs the JobWrapper and the landlock step."""
+    import subprocess
+
+    name, fix = "python3 in the sandbox", "install python3 3.9 or later: the JobWrapper runs on it"
+    try:
+        said = subprocess.run([PYTHON, "-I", "-S", "-c", "import sys; print(*sys.version_info)"],
+                              capture_output=True, text=True, timeout=10, check=True)  # fmt: skip
+        version = tuple(int(part) for part in said.stdout.split()[:2])
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return Check(name, MISSING, f"{PYTHON} does not run", fix, blocking=True)
+    found = f"{PYTHON} is Python {'.'.join(map(str, version))}"
+    if version < (3, 9):
+        return Check(name, MISSING, found, fix, blocking=True)
+    return Check(name, OK, found)
+
+
 def checks(policy_name: str, dirs: list[Path]) -> list[Check]:
     """Every check, in the order a site admin reads them."""
-    return [kernel(), *user_namespaces(), cgroups(), seccomp(), landlock(), *sysctls(),
-            *runtimes(), *policy_fallbacks(policy_name, dirs)]  # fmt: skip
+    found = [kernel(), *user_namespaces(), cgroups(), seccomp(), landlock(), *sysctls(),
+             python(), *runtimes(), *policy_fallbacks(policy_name, dirs)]  # fmt: skip
+    return overruled(found)
+
+
+def overruled(found: list[Check]) -> list[Check]:
+    """A kernel switch that says no (AppArmor's restriction on unprivileged user
+    namespaces) while bwrap really made its sandbox: a profile lets bwrap through, so
+    the line is WEAK, not a reason to refuse jobs."""
+    bwrap = next((c for c in found if c.name == "runtime bwrap"), None)
+    if bwrap is None or bwrap.status != OK:
+        return found
+    return [Check(c.name, WEAK, c.found, "bwrap made its test sandbox all the same (a profile "
+                  "allows it); other programs may not", blocking=False)
+            if c.name == "unprivileged user namespaces" and c.status == MISSING else c
+            for c in found]  # fmt: skip

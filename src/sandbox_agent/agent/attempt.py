@@ -133,6 +133,7 @@ class Attempt:
         self.storage_fault = ""  # a full disk: the job is reported, then the node stops
         self.token: dict[str, Any] | None = None  # the job token, once signed
         self.result: JobResult | None = None  # the sandbox's run, once it ran
+        self.final: Report | None = None  # what finish() reported, for the audit record
 
     # -- the queue ---------------------------------------------------------------------
 
@@ -287,6 +288,7 @@ class Attempt:
                 removed = f"not removed: {problem}" if problem else "removed"
                 if problem and report is not None:
                     report.detail += f" (the work directory was not removed: {problem})"
+            report = report or self.final  # a node problem after a final state has one too
             if report is not None and not report.handed_back:
                 unaudited = self.write_audit(report, removed)
                 if unaudited:
@@ -418,9 +420,10 @@ class Attempt:
         if report and not self.advance(state, detail, exit_code):
             detail = f"{detail} (the queue no longer took this agent's report)"
         where = str(self.agent.storage.attempt(job.id, job.resubmission)) if manifest else ""
-        return Report(job.id, job.resubmission, state, detail, exit_code,
-                      time.monotonic() - started, outputs=where, manifest=manifest,
-                      states=self.states())  # fmt: skip
+        self.final = Report(job.id, job.resubmission, state, detail, exit_code,
+                            time.monotonic() - started, outputs=where, manifest=manifest,
+                            states=self.states())  # fmt: skip
+        return self.final
 
     def send(self, manifest: Manifest, state: str, detail: str) -> tuple[str, str]:
         """The kept files to where their owner fetches them (a broker; the home's own

@@ -21,6 +21,7 @@ import base64
 import json
 import os
 import platform
+import stat
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,7 +55,8 @@ class Verified:
 
 
 def canonical(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    # ASCII: a lone surrogate (a name the payload made of other bytes) still signs
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def redact(argv: tuple[str, ...] | list[str]) -> list[str]:
@@ -105,10 +107,17 @@ def write(path: Path, signed: dict[str, Any]) -> None:
 
 def load(path: Path) -> dict[str, Any]:
     try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_RECORD + 1)
+        # O_NONBLOCK: a FIFO must not hang the reader; it is refused below
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise AuditError(f"{path}: cannot read it ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise AuditError(f"{path}: not a regular file; give the record's file")
+        try:
+            data = file.read(MAX_RECORD + 1)
+        except OSError as exc:
+            raise AuditError(f"{path}: cannot read it ({exc.strerror})") from None
     return parse(data, str(path))
 
 
@@ -139,6 +148,8 @@ def verify(signed: dict[str, Any], anchors: list[x509.Certificate]) -> Verified:
         signed_at = datetime.fromisoformat(str(record["signed_at"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise AuditError(f"the signature block is malformed ({exc})") from None
+    if signed_at.tzinfo is None:
+        raise AuditError("signed_at has no time zone; a record says when it was signed in UTC")
     try:
         TokenVerifier(anchors, clock=lambda: signed_at).verify(certificate, chain,
                                                                role=Role.JOBAGENT)  # fmt: skip
@@ -199,7 +210,7 @@ def build(*, job: dict[str, Any], agent_name: str, agent_token: x509.Certificate
         "job_token_fingerprint": job_fp,
         "policy": {"name": effective.policy.name,
                    "files": [str(f) for f in effective.policy.files],
-                   "settings": rows(effective)},
+                   "settings": [_redacted_row(r) for r in rows(effective)]},
         "runtime": {"name": "bwrap", "argv": redact(argv)},
         "seccomp_sha256": session.seccomp_sha256 if session else None,
         "landlock": session.landlock if session else None,
@@ -217,3 +228,13 @@ def build(*, job: dict[str, Any], agent_name: str, agent_token: x509.Certificate
         "problems": list(manifest.problems) if manifest else [],
         "teardown": teardown_view(session.teardown if session else None, namespaces, workdir),
     }  # fmt: skip
+
+
+def _redacted_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A policy row, the values of the variables it sets replaced (as in the argv)."""
+    if row.get("key") != "process.environment.set":
+        return row
+    pairs = [[str(pair[0]), REDACTED] for pair in row.get("value") or []]
+    return {**row, "value": pairs, "shown": " ".join(f"{n}={v}" for n, v in pairs),
+            "items": [{**item, "value": [str(item["value"][0]), REDACTED]}
+                      for item in row.get("items") or []]}  # fmt: skip

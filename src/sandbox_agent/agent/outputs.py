@@ -98,6 +98,11 @@ def has_openat2() -> bool:
 def open_output(dir_fd: int, name: str, *, use_openat2: bool = True) -> int:
     """A read descriptor on ``name`` beneath ``dir_fd``: a regular file, one link, reached
     through no symlink; OutputRefused otherwise."""
+    try:
+        name.encode("utf-8")  # a name the payload made of other bytes cannot travel on
+    except UnicodeEncodeError:
+        shown = repr(os.fsencode(name))[2:-1]  # its bytes, as b"..." shows them
+        raise OutputRefused(f"{shown}: the name is not UTF-8; give outputs UTF-8 names") from None
     opener = _openat2 if use_openat2 else _open_by_components
     try:
         fd = opener(dir_fd, name, _FILE_FLAGS)

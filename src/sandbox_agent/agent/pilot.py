@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from sandbox_agent.agent import slot as slots
-from sandbox_agent.agent.attempt import CGROUP_NAME, Agent, Attempt, NodeProblem, Report
+from sandbox_agent.agent.attempt import (
+    CGROUP_NAME,
+    NODE_ERRORS,
+    Agent,
+    Attempt,
+    NodeProblem,
+    Report,
+)
 from sandbox_agent.agent.backends import Backend, BrokerQueue, LocalQueue
 from sandbox_agent.agent.storage import Storage
 from sandbox_agent.broker.client import BrokerClient
@@ -252,15 +259,23 @@ class Pilot:
             run_probe,
         )
 
+        keys = [str(path) for path in self.config.broker_token[:2]] if self.config.broker_token \
+            else []  # fmt: skip
         try:
             outcome = run_probe(self.config.policy, certs=self.config.home / "certs",
                                 credentials=self.credentials(), work_area=agent.work_area,
-                                home_tag=agent.home_tag, attacks=preflight_attacks())  # fmt: skip
-        except (SelftestError, PolicyRejection) as exc:
+                                home_tag=agent.home_tag, attacks=preflight_attacks(),
+                                key_paths=keys)  # fmt: skip
+        except (SelftestError, PolicyRejection, ValueError, *NODE_ERRORS) as exc:
             raise PilotError(f"preflight: cannot run the probe ({exc}); a pilot that cannot "
                              "prove isolation takes no work") from None  # fmt: skip
         self.emit({"event": "preflight", "attacks": len(outcome.rows),
                    "leaked": outcome.leaked, "seconds": round(outcome.seconds, 2)})  # fmt: skip
+        broken = [r for r in outcome.rows if r.detail.startswith("probe error")]
+        if broken:
+            raise PilotError(f"preflight: the probe failed on {broken[0].attack} "
+                             f"({broken[0].detail}); a pilot that cannot prove isolation "
+                             "takes no work")  # fmt: skip
         if outcome.leaked:
             first = next((r for r in outcome.rows if r.result == "LEAKED"), None)
             fix = f"; expected defence: {first.defence}" if first else ""

@@ -97,7 +97,9 @@ def show(
             broker_failed(exc)
         finally:
             client.close()
-        _print(_checked(f"job {job_id}'s record at {broker}", ca, data), as_json)
+        checked = _checked(f"job {job_id}'s record at {broker}", ca, data)
+        _same_job(checked.record, job_id, resubmission)
+        _print(checked, as_json)
         return
     attempts = home / "outputs" / str(job_id)
     if resubmission is None:
@@ -106,10 +108,26 @@ def show(
             fail(f"job {job_id}: no audit record under {attempts}; `jobs` lists the jobs "
                  "this home ran")  # fmt: skip
         resubmission = tried[0]
+        later = [p.name for p in attempts.iterdir() if p.name.isdigit() and int(p.name) > tried[0]]
+        if later:  # an attempt handed back, or one whose record could not be written
+            typer.echo(f"sandbox-agent: attempt {max(later, key=int)} of job {job_id} has no "
+                       f"record; showing attempt {tried[0]}", err=True)  # fmt: skip
     path = attempts / str(resubmission) / audit.RECORD
     if not path.exists():
         fail(f"job {job_id}.{resubmission}: no audit record at {path}")
-    _print(_checked(path, ca or home / "certs" / "ca.pem"), as_json)
+    checked = _checked(path, ca or home / "certs" / "ca.pem")
+    _same_job(checked.record, job_id, resubmission)
+    _print(checked, as_json)
+
+
+def _same_job(record: dict[str, Any], job_id: int, resubmission: int | None) -> None:
+    """A valid record of another attempt, copied over this one's, is not this one's."""
+    job = record.get("job", {})
+    if job.get("id") != job_id or (resubmission is not None and
+                                   job.get("resubmission") != resubmission):  # fmt: skip
+        fail(f"the record found is about job {job.get('id')}.{job.get('resubmission')}, not "
+             f"job {job_id}{'' if resubmission is None else f'.{resubmission}'}: it was "
+             "moved there", exitcodes.FAILED)  # fmt: skip
 
 
 def _print(checked: Any, as_json: bool) -> None:

@@ -45,7 +45,7 @@ def doctor(
                                                                 posture.MISSING)}  # fmt: skip
         verdict = ("the pilot cannot run jobs here: " + ", ".join(c.name for c in blocking)
                    if blocking else "the pilot can run jobs here")  # fmt: skip
-        typer.echo(f"\n{tally['OK']} OK, {tally['WEAK']} WEAK, {tally['MISSING']} MISSING; "
-                   f"{verdict}")  # fmt: skip
+        typer.echo(f"\n{tally['OK']} OK, {tally['WEAK']} WEAK, {tally['MISSING']} MISSING "
+                   f"({len(blocking)} of them needed); {verdict}")  # fmt: skip
     if blocking:
         raise typer.Exit(exitcodes.ENVIRONMENT)

@@ -47,7 +47,7 @@ def selftest(
     defence expected to stop it and what happened: blocked, LEAKED, or n/a here (and
     why). Exit 0 only if nothing leaked; 1 if something did; 3 if it cannot run here."""
     from sandbox_agent.agent.pilot import make_work_area, unreachable
-    from sandbox_agent.runtime.agentproc import harden
+    from sandbox_agent.runtime.agentproc import Terminated, harden, stop_signals_raise
     from sandbox_agent.selftest.probe_in_sandbox import SelftestError, attack_table, run_probe
 
     if listing:
@@ -68,8 +68,12 @@ def selftest(
         if problem:
             fail(f"{area}: {problem}", exitcodes.ENVIRONMENT)
         harden()  # this process is the agent here: undumpable, a subreaper
-        outcome = run_probe(loaded, certs=home / "certs", credentials=[str(home / "certs")],
-                            work_area=area, home_tag="selftest", attacks=attacks)  # fmt: skip
+        with stop_signals_raise():  # SIGTERM/SIGHUP: the canaries are taken away first
+            outcome = run_probe(loaded, certs=home / "certs",
+                                credentials=[str(home / "certs")], work_area=area,
+                                home_tag="selftest", attacks=attacks)  # fmt: skip
+    except Terminated as exc:
+        fail(f"stopped by {exc}; the canaries were taken away", 128 + exc.signum)
     except RuntimeUnavailable as exc:
         fail(f"cannot run the sandbox here: {exc}", exitcodes.ENVIRONMENT)
     except PolicyError as exc:

@@ -30,11 +30,12 @@ from sandbox_agent.policy.model import Policy
 from sandbox_agent.probe import RUNNER, probe_files
 from sandbox_agent.runtime.launch import SANDBOX_HOST_UID, check_workdir
 from sandbox_agent.runtime.plan import environment
-from sandbox_agent.selftest.stage import Stage
+from sandbox_agent.selftest.stage import Stage, hexed
 
 PYTHON = "/usr/bin/python3"  # the sandbox's interpreter (the host's /usr, bound read-only)
 PROBE = "probe"  # where the probe's files go in the work directory
 CONFIG = "probe-config.json"
+ANSWER_CAP = 1 << 20  # bytes of the job's stdout read for the probe's answer
 BLOCKED, LEAKED, NOT_APPLICABLE = "blocked", "LEAKED", "n/a"
 
 
@@ -94,10 +95,13 @@ def preflight_attacks() -> list[str]:
 
 
 def run_probe(policy: Policy, *, certs: Path, credentials: list[str], work_area: Path,
-              home_tag: str, attacks: list[str] | None = None) -> Outcome:  # fmt: skip
+              home_tag: str, attacks: list[str] | None = None,
+              key_paths: list[str] | None = None) -> Outcome:  # fmt: skip
     """The probe's ``attacks`` (every one when None) as a job's payload in the sandbox
     ``policy`` composes; canaries planted in ``certs`` (the pilot's own credential
-    directory) while it runs. SelftestError when it cannot be run."""
+    directory) while it runs; ``key_paths``: the pilot's real key files elsewhere (a
+    broker's --cert and --key), which the probe tries to open too. SelftestError when
+    it cannot be run, or its answer is not whole."""
     if not Path(PYTHON).exists():
         raise SelftestError(f"{PYTHON} is not here: the probe runs on the sandbox's own "
                             "python3; install python3")  # fmt: skip
@@ -111,7 +115,9 @@ def run_probe(policy: Policy, *, certs: Path, credentials: list[str], work_area:
     stage: Stage | None = None
     try:
         stage = Stage(certs, PYTHON)
-        _copy_probe(workdir, stage.config())
+        config = stage.config()
+        config["key_paths"] += [hexed(path) for path in key_paths or ()]
+        _copy_probe(workdir, config)
         arguments = ["-I", "-S", f"{PROBE}/{RUNNER}", "--config", f"{PROBE}/{CONFIG}",
                      *(attacks or ())]  # fmt: skip
         spec = load_job(f'Executable = "{PYTHON}";\nArguments = "{" ".join(arguments)}";\n'
@@ -134,10 +140,34 @@ def run_probe(policy: Policy, *, certs: Path, credentials: list[str], work_area:
         if stage is not None:
             stage.close()
         remove_workdir(workdir)
-    rows = [Row(name, table[name]["mechanism"], table[name]["threat"], table[name]["defence"],
-                str(got.get("result", NOT_APPLICABLE)), str(got.get("detail", "")),
-                float(got.get("ms", 0.0))) for name, got in answer.items()]  # fmt: skip
-    return Outcome(policy.name, rows, host_saw, time.monotonic() - started)
+    return Outcome(policy.name, _rows(answer, table, attacks or list(table)), host_saw,
+                   time.monotonic() - started)  # fmt: skip
+
+
+def _rows(answer: dict[str, Any], table: dict[str, dict[str, str]],
+          asked: list[str]) -> list[Row]:  # fmt: skip
+    """The probe's answer as rows, in the table's order: every attack asked, each with
+    one of the three results, or SelftestError (the payload's stdout is the probe's,
+    so an answer missing an attack proves nothing about it)."""
+    missing = [name for name in asked if name not in answer]
+    extra = [name for name in answer if name not in asked]
+    if missing or extra:
+        raise SelftestError(f"the probe's answer does not match what was asked (missing: "
+                            f"{', '.join(missing[:5]) or 'none'}; not asked: "
+                            f"{', '.join(extra[:5]) or 'none'})")  # fmt: skip
+    rows = []
+    for name in [n for n in table if n in answer]:
+        got = answer[name]
+        if not isinstance(got, dict) or got.get("result") not in (BLOCKED, LEAKED, NOT_APPLICABLE):
+            raise SelftestError(f"the probe's answer for {name} is not blocked, LEAKED or n/a")
+        try:
+            ms = float(got.get("ms", 0.0))
+        except (TypeError, ValueError):
+            ms = 0.0
+        row = table[name]
+        rows.append(Row(name, row["mechanism"], row["threat"], row["defence"], got["result"],
+                        str(got.get("detail", "")), ms))  # fmt: skip
+    return rows
 
 
 def _make_workdir(work_area: Path) -> Path:
@@ -161,11 +191,13 @@ def _copy_probe(workdir: Path, config: dict[str, Any]) -> None:
     (probe / CONFIG).write_text(json.dumps(config))
 
 
-def _answer(stdout: Path) -> dict[str, dict[str, Any]] | None:
-    """The probe's JSON answer: the last line of the job's stdout."""
+def _answer(stdout: Path) -> dict[str, Any] | None:
+    """The probe's JSON answer: the last line of the job's stdout (its last MiB read)."""
     try:
-        lines = stdout.read_text(errors="replace").strip().splitlines()
+        with open(stdout, "rb") as file:
+            file.seek(max(0, os.fstat(file.fileno()).st_size - ANSWER_CAP))
+            lines = file.read(ANSWER_CAP).decode(errors="replace").strip().splitlines()
         answer = json.loads(lines[-1]) if lines else None
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return answer if isinstance(answer, dict) else None

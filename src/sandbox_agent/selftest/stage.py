@@ -43,15 +43,39 @@ SECRET_VARIABLES = ("SANDBOX_AGENT_KEY", "SANDBOX_AGENT_CERT", "X509_USER_PROXY"
                     "SANDBOX_AGENT_SELFTEST_SECRET")  # fmt: skip
 CANARY_PREFIX = ".selftest-canary-"
 
-# The decoy: sleeps, and says so on stdout when a signal reaches it.
+# The decoy: sleeps, and says so on stdout when a signal reaches it. It dies with its
+# parent (PR_SET_PDEATHSIG, set after the switch to the sandbox's uid, which clears it),
+# and in any case after two minutes.
 DECOY = (
-    "import signal, sys, time\n"
+    "import ctypes, signal, sys, time\n"
+    "ctypes.CDLL(None).prctl(1, 9)\n"  # PR_SET_PDEATHSIG, SIGKILL
     "report = lambda n, f: (sys.stdout.write(signal.Signals(n).name + '\\n'), sys.stdout.flush())\n"
     "for s in (signal.SIGURG, signal.SIGUSR1, signal.SIGTERM, signal.SIGHUP):\n"
     "    signal.signal(s, report)\n"
     "print('ready', flush=True)\n"
-    "time.sleep(600)\n"
+    "time.sleep(120)\n"
 )
+STALE = 600  # seconds after which canaries a killed run left are taken away
+
+
+def sweep_stale(certs: Path) -> None:
+    """Take away the canaries a selftest killed outright (SIGKILL) left behind: files in
+    ``certs``, /dev/shm and /var/tmp older than STALE (a run lasts seconds)."""
+    old = time.time() - STALE
+    places = [(certs, f"{CANARY_PREFIX}*"), (Path("/dev/shm"), "sandbox-agent-probe-*"),  # noqa: S108
+              (Path("/var/tmp"), "sandbox-agent-selftest-*")]  # noqa: S108  # fmt: skip
+    for directory, pattern in places:
+        for path in directory.glob(pattern):
+            try:
+                info = path.lstat()
+                if info.st_mtime >= old or info.st_uid != os.geteuid():  # young, or not ours
+                    continue
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink()
+            except OSError:
+                continue  # another's, or gone: not ours to insist on
 
 
 def sandbox_host_uid() -> int:
@@ -174,11 +198,16 @@ class Decoy:
         uid = sandbox_host_uid() if os.geteuid() == 0 else None
         self.process = subprocess.Popen(
             [python, "-I", "-S", "-c", DECOY, marker], env=variables,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True,
-            user=uid, group=uid, extra_groups=None if uid is None else [],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            text=True, user=uid, group=uid, extra_groups=None if uid is None else [],
         )  # fmt: skip
         assert self.process.stdout is not None
-        if self.process.stdout.readline() != "ready\n":  # its handlers are in place
+        try:
+            ready = self.process.stdout.readline() == "ready\n"  # its handlers are in place
+        except BaseException:  # stopped while it starts: it must not outlive us
+            self.stop()
+            raise
+        if not ready:
             self.stop()
             raise OSError("the decoy process did not start")
 
@@ -218,6 +247,7 @@ class Stage:
         # The key where the agent's are, with their modes: the directory is made as
         # `certs init` makes it when there is none yet.
         self.certs.mkdir(mode=0o700, parents=True, exist_ok=True)
+        sweep_stale(self.certs)
         tag = secrets.token_hex(4)
         self.key = self._write(self.certs / f"{CANARY_PREFIX}{tag}.key",
                                f"-----BEGIN PRIVATE KEY-----\n{self.key_secret}\n"
