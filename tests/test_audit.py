@@ -58,6 +58,10 @@ def test_the_record_says_what_was_enforced_and_what_came_out(ran: Path) -> None:
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", record["seccomp_sha256"])
     assert record["landlock"].startswith("confined: landlock ABI")
     assert record["states"] == ["STARTED", "RUNNING", "SAVING", "DONE"]
+    assert [h["state"] for h in record["history"]] == [
+        "ASSIGNED", "STARTED", "RUNNING", "SAVING", "DONE"]  # fmt: skip
+    times = [h["time"] for h in record["history"][1:]]
+    assert times == sorted(times) and all(isinstance(t, float) for t in times)
     assert {"memory", "pids"} <= set(record["enforcement"]["kernel"])
     # every setting of the effective policy, each with where it came from
     settings = {row["key"]: row for row in record["policy"]["settings"]}

@@ -134,6 +134,8 @@ class Attempt:
         self.token: dict[str, Any] | None = None  # the job token, once signed
         self.result: JobResult | None = None  # the sandbox's run, once it ran
         self.final: Report | None = None  # what finish() reported, for the audit record
+        # the states this agent reported to the queue, with when (the audit record's)
+        self.history: list[dict[str, Any]] = [{"state": str(job.state), "time": None}]
 
     # -- the queue ---------------------------------------------------------------------
 
@@ -150,6 +152,7 @@ class Attempt:
                     agent.queue.set_state(job, step, detail if last else "recorded by the agent",
                                           exit_code if last else None)  # fmt: skip
                     self.queue_state = str(step)
+                    self.history.append({"state": str(step), "time": round(time.time(), 3)})
             except (LeaseError, TransitionError):
                 return False
             except StoreError:  # the queue's file is busy or broken: the lease will tell
@@ -311,6 +314,7 @@ class Attempt:
                 job_token_pem=self.token["certificate"] if self.token else None,
                 effective=self.effective, session=result.session if result else None,
                 argv=result.argv if result else (), states=report.states,
+                history=self.history,
                 usage=dict(manifest.usage) if manifest else _usage(result),
                 manifest=manifest, workdir=workdir)  # fmt: skip
             signed = audit.sign(record, token.key, token.certificate, token.chain)

@@ -191,7 +191,7 @@ def teardown_view(teardown: Any, namespaces: dict[str, str], workdir: str) -> di
 
 def build(*, job: dict[str, Any], agent_name: str, agent_token: x509.Certificate,
           job_token_pem: str | None, effective: Any, session: Any, argv: tuple[str, ...],
-          states: list[str], usage: dict[str, Any], manifest: Any,
+          states: list[str], history: list[dict[str, Any]], usage: dict[str, Any], manifest: Any,
           workdir: str) -> dict[str, Any]:  # fmt: skip
     """The unsigned record of one attempt (see the module's docstring)."""
     from sandbox_agent.policy.explain import rows
@@ -222,6 +222,7 @@ def build(*, job: dict[str, Any], agent_name: str, agent_token: x509.Certificate
                         "cgroup": session.cgroup if session else None},
         "usage": usage,
         "states": states,
+        "history": history,
         "outputs": [{"name": f["name"], "size": f["size"], "sha256": f["sha256"]}
                     for f in (manifest.files if manifest else [])],
         "logs": list(manifest.logs) if manifest else [],
