@@ -32,7 +32,8 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from cryptography import x509
 
 from sandbox_agent.broker import api
-from sandbox_agent.broker.endpoints import Caller, Endpoints, Refused
+from sandbox_agent.broker.caller import Caller, Refused
+from sandbox_agent.broker.endpoints import Endpoints
 from sandbox_agent.broker.schema import BadRequest, check
 from sandbox_agent.handoff import strict_loads
 from sandbox_agent.tokens import Role, TokenError
