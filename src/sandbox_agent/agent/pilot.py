@@ -273,13 +273,15 @@ class Pilot:
                    "leaked": outcome.leaked, "seconds": round(outcome.seconds, 2)})  # fmt: skip
         broken = [r for r in outcome.rows if r.detail.startswith("probe error")]
         if broken:
-            raise PilotError(f"preflight: the probe failed on {broken[0].attack} "
-                             f"({broken[0].detail}); a pilot that cannot prove isolation "
-                             "takes no work")  # fmt: skip
+            said = "".join(c if c.isprintable() else "?" for c in broken[0].detail)[:300]
+            raise PilotError(f"preflight: the probe failed on {broken[0].attack} ({said}); a "
+                             "pilot that cannot prove isolation takes no work")  # fmt: skip
         if outcome.leaked:
             first = next((r for r in outcome.rows if r.result == "LEAKED"), None)
             fix = f"; expected defence: {first.defence}" if first else ""
-            raise PilotError(f"preflight: the sandbox leaked ({outcome.leaked[0]}{fix}); this "
+            # what leaked is the probe's (the payload's) word: one printable line of it
+            said = "".join(c if c.isprintable() else "?" for c in outcome.leaked[0])[:300]
+            raise PilotError(f"preflight: the sandbox leaked ({said}{fix}); this "
                              "pilot takes no work until that is fixed; `sandbox-agent selftest "
                              f"--policy {self.config.policy.name}` shows every attack")  # fmt: skip
 

@@ -152,6 +152,7 @@ def _rows(answer: dict[str, Any], table: dict[str, dict[str, str]],
     missing = [name for name in asked if name not in answer]
     extra = [name for name in answer if name not in asked]
     if missing or extra:
+        extra = ["".join(c if c.isprintable() else "?" for c in n)[:40] for n in extra]
         raise SelftestError(f"the probe's answer does not match what was asked (missing: "
                             f"{', '.join(missing[:5]) or 'none'}; not asked: "
                             f"{', '.join(extra[:5]) or 'none'})")  # fmt: skip
