@@ -33,7 +33,8 @@ test: lint typecheck unit
 # The pilot on the embedded default: the sample jobs submitted to a fresh queue (in a
 # new directory under /tmp each time: as root the sandbox runs as uid 65534, which must
 # reach the work area) and run in the sandbox with a local test authority, then their
-# states, outputs and logs. fail.jdl is meant to fail: it shows ERROR_E and OutputErrorE.
+# states, outputs, logs and the signed audit record of the production job. fail.jdl is
+# meant to fail: it shows ERROR_E and OutputErrorE.
 demo: setup
 	$(BIN)/sandbox-agent jdl check samples/*.jdl samples/production/production.jdl > /dev/null
 	@base=$$(mktemp -d /tmp/sandbox-agent-demo.XXXXXX) && chmod 711 "$$base" && \
@@ -41,7 +42,7 @@ demo: setup
 	  sa() { echo "$$ sandbox-agent $$*"; $(BIN)/sandbox-agent --home "$$home" "$$@"; } && \
 	  sa submit samples/hello.jdl && sa submit samples/production/production.jdl && \
 	  sa submit samples/sleep.jdl && sa submit samples/fail.jdl && \
-	  sa run && sa jobs && sa status 2 && sa outputs 2 && sa logs 1 && \
+	  sa run && sa jobs && sa status 2 && sa outputs 2 && sa logs 1 && sa audit show 2 && \
 	  echo "the demo's state is in $$home (remove it with: rm -rf $$base)"
 
 clean:
