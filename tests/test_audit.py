@@ -241,3 +241,15 @@ def test_a_valid_record_moved_over_another_attempt_is_not_shown_as_that_attempts
         assert code == 1 and "the record found is about job 1.0, not job 1.5" in err
     finally:
         shutil.rmtree(moved)
+
+
+def test_a_record_lists_at_most_a_thousand_outputs_and_counts_the_rest() -> None:
+    """The payload chooses how many outputs it makes: a record must stay under the
+    broker's cap, and still pin the whole list (the manifest beside it has it)."""
+    from sandbox_agent.agent.audit import LISTED, _listed, canonical
+
+    items = [{"name": f"f{i}", "size": 1, "sha256": "x"} for i in range(LISTED + 500)]
+    listed = _listed("outputs", items)
+    assert listed["outputs"] == items[:LISTED] and listed["outputs_count"] == LISTED + 500
+    assert listed["outputs_sha256"] == hashlib.sha256(canonical({"items": items})).hexdigest()
+    assert _listed("outputs", items[:3]) == {"outputs": items[:3]}

@@ -599,3 +599,12 @@ def test_a_pilot_on_a_broker_keeps_binds_away_from_the_token_it_was_given(
         pilot.compose(job)
     config.broker_token = None  # the home's queue: that path is nothing of the agent's
     pilot.compose(job)
+
+
+def test_every_route_has_its_handler_and_every_handler_its_route() -> None:
+    """The service routes by api.ROUTES and calls Endpoints.do_<name>: a route with no
+    handler would be a 500, a handler with no route dead code."""
+    from sandbox_agent.broker.endpoints import Endpoints
+
+    handlers = {name.removeprefix("do_") for name in dir(Endpoints) if name.startswith("do_")}
+    assert handlers == {route.name for route in api.ROUTES}

@@ -18,6 +18,7 @@ jobagent token, and the signature over the record's bytes: a changed byte fails.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import platform
@@ -33,6 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from sandbox_agent import hostfacts
+from sandbox_agent.handoff import strict_loads
 from sandbox_agent.tokens import Role, TokenError, fingerprint
 from sandbox_agent.tokens.verify import TokenVerifier
 
@@ -41,6 +43,7 @@ VERSION = 1
 RECORD = "audit.json"  # beside the attempt's outputs and logs
 MAX_RECORD = 4 * 1024 * 1024  # bytes of a record file read back
 REDACTED = "<redacted>"
+LISTED = 1000  # outputs, logs and problems listed in a record; past that, a count and digest
 
 
 class AuditError(ValueError):
@@ -125,8 +128,8 @@ def parse(data: bytes, where: str) -> dict[str, Any]:
     """A signed record's parts from its bytes (read from a file, or a broker's answer)."""
     if len(data) > MAX_RECORD:
         raise AuditError(f"{where}: over {MAX_RECORD} bytes; not an audit record")
-    try:
-        signed = json.loads(data)
+    try:  # strict: no duplicate key, no NaN (a record has neither)
+        signed = strict_loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise AuditError(f"{where}: not JSON ({exc})") from None
     if not isinstance(signed, dict) or not isinstance(signed.get("record"), dict) or \
@@ -223,12 +226,22 @@ def build(*, job: dict[str, Any], agent_name: str, agent_token: x509.Certificate
         "usage": usage,
         "states": states,
         "history": history,
-        "outputs": [{"name": f["name"], "size": f["size"], "sha256": f["sha256"]}
-                    for f in (manifest.files if manifest else [])],
-        "logs": list(manifest.logs) if manifest else [],
-        "problems": list(manifest.problems) if manifest else [],
+        **_listed("outputs", [{"name": f["name"], "size": f["size"], "sha256": f["sha256"]}
+                              for f in (manifest.files if manifest else [])]),
+        **_listed("logs", list(manifest.logs) if manifest else []),
+        **_listed("problems", list(manifest.problems) if manifest else []),
         "teardown": teardown_view(session.teardown if session else None, namespaces, workdir),
     }  # fmt: skip
+
+
+def _listed(key: str, items: list[Any]) -> dict[str, Any]:
+    """``key``: the first LISTED items (the payload chooses how many outputs it makes,
+    and a record over the broker's cap would not be kept); past that, how many there
+    were and the SHA-256 of the whole list, which the manifest beside it lists."""
+    if len(items) <= LISTED:
+        return {key: items}
+    whole = hashlib.sha256(canonical({"items": items})).hexdigest()
+    return {key: items[:LISTED], f"{key}_count": len(items), f"{key}_sha256": whole}
 
 
 def _redacted_row(row: dict[str, Any]) -> dict[str, Any]:

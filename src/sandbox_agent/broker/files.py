@@ -106,20 +106,28 @@ class FileStore:
 
     def put_record(self, job_id: int, resubmission: int, data: bytes) -> None:
         """An attempt's audit record (checked by the caller), kept once: the same bytes
-        again are done, other bytes are refused."""
+        again are done, other bytes are refused. Written whole under a temporary name,
+        then linked into place (never replacing): a crash leaves no half record."""
         where = self.attempt(job_id, resubmission)
         with self._lock:
             where.mkdir(mode=0o700, parents=True, exist_ok=True)
+            temporary = where / f".{RECORD}.{os.getpid()}.{threading.get_ident()}"
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(temporary, flags, 0o600)
             try:
-                fd = os.open(where / RECORD, flags, 0o600)
-            except FileExistsError:
-                if self.get_record(job_id, resubmission) == data:
-                    return
-                raise FileRefused(409, f"job {job_id}.{resubmission} has an audit record "
-                                  "already; records are never replaced") from None  # fmt: skip
-            with os.fdopen(fd, "wb") as file:
-                file.write(data)
+                with os.fdopen(fd, "wb") as file:
+                    file.write(data)
+                    file.flush()
+                    os.fsync(file.fileno())
+                try:
+                    os.link(temporary, where / RECORD)
+                except FileExistsError:
+                    if self.get_record(job_id, resubmission) != data:
+                        raise FileRefused(409, f"job {job_id}.{resubmission} has an audit "
+                                          "record already; records are never "
+                                          "replaced") from None  # fmt: skip
+            finally:
+                temporary.unlink(missing_ok=True)
 
     def get_record(self, job_id: int, resubmission: int) -> bytes:
         path = self.attempt(job_id, resubmission) / RECORD

@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import socket
 import ssl
 import sys
@@ -377,7 +378,7 @@ class _Handler(BaseHTTPRequestHandler):
         length_text = self.headers.get("Content-Length")
         if length_text is None:
             raise Refused(411, "a Content-Length is required")
-        if not length_text.isdigit():
+        if not re.fullmatch(r"[0-9]{1,12}", length_text):  # ASCII digits only: not '²'
             raise Refused(400, "Content-Length is not a number")
         length = int(length_text)
         if length > route.cap:

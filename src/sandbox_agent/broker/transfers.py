@@ -6,15 +6,17 @@ Endpoints, whose scope checks (``job``, ``own_job``, ``spec``) they use."""
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
 
 from sandbox_agent.broker.caller import Caller, Refused
 from sandbox_agent.broker.files import FileRefused, FileStore
 from sandbox_agent.broker.inputs import InputRefused, Inputs
-from sandbox_agent.handoff import strict_loads
 from sandbox_agent.queue import State, Store, states
-from sandbox_agent.tokens import TokenAuthority
+from sandbox_agent.tokens import TokenAuthority, fingerprint
 
 if TYPE_CHECKING:
     from sandbox_agent.jdl import JobSpec
@@ -104,8 +106,8 @@ class Transfers:
     def do_put_audit(self, caller: Caller, job_id: int | None, body: dict[str, Any],
                      _query: Mapping[str, str]) -> dict[str, Any]:  # fmt: skip
         """An attempt's record, from the agent that ran it: signed by the caller's own
-        token (checked against the CA), about this job, an attempt the queue's history
-        says this agent held, and that attempt over."""
+        token (compared first, then checked against the CA), about this job, an attempt
+        the queue's history says this agent was matched to, and that attempt over."""
         from sandbox_agent.agent import audit
 
         job = self.job(job_id)
@@ -113,23 +115,28 @@ class Transfers:
         if hashlib.sha256(data).hexdigest() != str(body["sha256"]).lower():
             raise Refused(400, "the body's SHA-256 is not the one announced")
         try:
-            signed = strict_loads(data.decode("utf-8"))
-            if not isinstance(signed, dict):
-                raise ValueError("not a JSON object")
-            verified = audit.verify(signed, [self.authority.root])
-            record = verified.record
-            resubmission, name = int(record["job"]["resubmission"]), str(record["agent"]["name"])
-            about = int(record["job"]["id"])
-        except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            signed = audit.parse(data, "the body")
+            certificate = x509.load_pem_x509_certificate(
+                str(signed["signature"]["certificate"]).encode()
+            )
+            if fingerprint(certificate) != caller.fingerprint:  # cheap, before the chain
+                raise Refused(403, "the record is signed by another token than this caller's")
+            record = audit.verify(signed, [self.authority.root]).record
+            about, resubmission = record["job"]["id"], record["job"]["resubmission"]
+            name = record["agent"]["name"]
+            if type(about) is not int or type(resubmission) is not int or \
+                    not isinstance(name, str):  # fmt: skip
+                raise ValueError("job.id and job.resubmission must be integers, agent.name text")
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:  # AuditError too
             shown = "".join(c if c.isprintable() else "?" for c in str(exc))[:300]
             raise Refused(400, f"not a valid audit record: {shown}") from None
-        if verified.fingerprint != caller.fingerprint:
-            raise Refused(403, "the record is signed by another token than this caller's")
         if about != job.id:
             raise Refused(400, f"the record is about job {about}, not job {job.id}")
         holder = caller.holder(name)
-        if not any(c.resubmission == resubmission and c.agent == holder
-                   for c in self.store.history(job.id)):  # fmt: skip
+        # the match itself: a lease that ended also writes a row, with the next
+        # resubmission and the old holder, which must not count as having run it
+        if not any(c.state is State.ASSIGNED and c.resubmission == resubmission
+                   and c.agent == holder for c in self.store.history(job.id)):  # fmt: skip
             raise Refused(403, f"this agent did not run job {job.id}.{resubmission}")
         if resubmission == job.resubmission and job.state not in states.FINAL:
             raise Refused(409, f"job {job.id} is {job.state.value}: its record comes when "
@@ -145,7 +152,7 @@ class Transfers:
         job = self.job(job_id)
         self.own_job(caller, job)
         wanted = query.get("resubmission", str(job.resubmission))
-        if not wanted.isdigit() or len(wanted) > 9:
+        if not re.fullmatch(r"[0-9]{1,9}", wanted):
             raise Refused(400, "resubmission: give a number")
         try:
             content = self.files.get_record(job.id, int(wanted))
