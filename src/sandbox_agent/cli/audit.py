@@ -157,7 +157,7 @@ def _lines(record: dict[str, Any], signer: str) -> list[str]:
         f"policy {record['policy']['name']} ({', '.join(record['policy']['files'])})",
         f"runtime {runtime['name']}: {' '.join(runtime['argv'][:12])}"
         + (" ..." if len(runtime["argv"]) > 12 else ""),
-        f"seccomp program sha256 {record['seccomp_sha256']}; landlock: {record['landlock']}",
+        f"seccomp program {record['seccomp_sha256']}; landlock: {record['landlock']}",
         f"host: Linux {record['host']['kernel']} ({record['host']['machine']})",
         f"enforced by the kernel: {', '.join(enforcement['kernel']) or 'none'}; monitored by "
         f"the agent: {', '.join(enforcement['monitored']) or 'none'}; not enforced: "
@@ -165,7 +165,7 @@ def _lines(record: dict[str, Any], signer: str) -> list[str]:
         "wrapper states: " + (" -> ".join(record["states"]) or "none"),
         "usage: " + ", ".join(f"{k} {v}" for k, v in record["usage"].items()),
     ]
-    lines += [f"output {o['name']}: {o['size']} bytes, sha256 {o['sha256']}"
+    lines += [f"output {o['name']}: {o['size']} bytes, {o['sha256']}"
               for o in record["outputs"]]  # fmt: skip
     survivors = teardown.get("survivors") or []
     lines.append(f"teardown: {len(survivors)} process(es) left and killed; cgroup "
