@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox_agent.broker.client import BrokerClient
+import pytest
+
+from sandbox_agent.broker.client import BrokerClient, BrokerError
 from sandbox_agent.broker.service import BrokerServer, make_server
 from sandbox_agent.queue import Store
 
@@ -104,3 +106,10 @@ def lease_testuser_jobs(broker: Broker, count: int = 8,
     agent = broker.client("jobagent")
     for _ in range(count):
         agent.match("node-1", SLOT, 600)
+
+
+def refused(call: Callable[[], object]) -> BrokerError:
+    """The broker's refusal of ``call``; the test fails if it was carried out."""
+    with pytest.raises(BrokerError) as caught:
+        call()
+    return caught.value

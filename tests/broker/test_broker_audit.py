@@ -11,11 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker_support import CERTS, SLOT, Broker, lease_testuser_jobs, private_copy, running_broker
+from broker_support import (
+    CERTS,
+    SLOT,
+    Broker,
+    lease_testuser_jobs,
+    private_copy,
+    refused,
+    running_broker,
+)
 
 from sandbox_agent.agent import audit
 from sandbox_agent.broker.api import AUDIT_CAP
-from sandbox_agent.broker.client import BrokerError
 from sandbox_agent.tokens import Identity, Role, TokenAuthority, files, new_key
 from sandbox_agent.tokens.keys import load_private_key
 
@@ -23,12 +30,6 @@ from sandbox_agent.tokens.keys import load_private_key
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
     yield from running_broker(tmp_path)
-
-
-def refused(call: Callable[[], object]) -> BrokerError:
-    with pytest.raises(BrokerError) as caught:
-        call()
-    return caught.value
 
 
 def record_bytes(job_id: int, resubmission: int, agent: str, signer: str = "jobagent",

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from broker_support import CERTS, Broker, lease_testuser_jobs, running_broker
+from broker_support import CERTS, Broker, lease_testuser_jobs, refused, running_broker
 
 from sandbox_agent.agent.attempt import NODE_ERRORS
 from sandbox_agent.agent.backends import BrokerQueue, job_of
 from sandbox_agent.broker import service
-from sandbox_agent.broker.client import BrokerClient, BrokerError
+from sandbox_agent.broker.client import BrokerClient
 from sandbox_agent.broker.files import FILE_CAP
 from sandbox_agent.catalogue import OBJECTS, Catalogue, CatalogueError
 
@@ -23,12 +23,6 @@ from sandbox_agent.catalogue import OBJECTS, Catalogue, CatalogueError
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Broker]:
     yield from running_broker(tmp_path)
-
-
-def refused(call: Callable[[], object]) -> BrokerError:
-    with pytest.raises(BrokerError) as caught:
-        call()
-    return caught.value
 
 
 def naming(lfn: str) -> str:

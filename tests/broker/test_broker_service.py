@@ -20,6 +20,7 @@ from broker_support import (
     Broker,
     lease_testuser_jobs,
     private_copy,
+    refused,
     running_broker,
 )
 from cryptography.hazmat.primitives import serialization
@@ -30,12 +31,6 @@ from sandbox_agent.queue import State, StoreError
 from sandbox_agent.tokens import Identity, Role, TokenAuthority, files, new_key
 from sandbox_agent.tokens.request import new_job_request
 from sandbox_agent.tokens.roles import JobScope
-
-
-def refused(call: Callable[[], object]) -> BrokerError:
-    with pytest.raises(BrokerError) as caught:
-        call()
-    return caught.value
 
 
 @pytest.fixture
