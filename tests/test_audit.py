@@ -3,11 +3,13 @@ it holds, that it verifies, and that a changed byte, another CA or a damaged fil
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,18 +26,32 @@ CERTS_TEST = Path(__file__).resolve().parents[1] / "certs-test"
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 
 
+@contextlib.contextmanager
+def one_job(jdl: str | None = None) -> Iterator[tuple[Path, subprocess.CompletedProcess[str]]]:
+    """A fresh home whose pilot ran job 1 (``jdl``'s text, or samples/hello.jdl) once:
+    the home and what `run --once --json` printed; removed after."""
+    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="sandbox-agent-audit-"))
+    try:
+        base.chmod(0o711)  # the sandbox's uid (as root) reaches the work area under it
+        env = cli_env(base / "home")
+        path = Path("samples/hello.jdl")
+        if jdl is not None:
+            path = base / "job.jdl"
+            path.write_text(jdl)
+        assert run_cli(env, "submit", path).returncode == 0
+        done = run_cli(env, "run", "--once", "--json")
+        assert_no_traceback(done)
+        assert done.returncode == 0, done.stderr
+        yield base / "home", done
+    finally:
+        shutil.rmtree(base)
+
+
 @pytest.fixture(scope="module")
 def ran() -> Iterator[Path]:
     """A home whose pilot ran job 1 (samples/hello.jdl) to DONE."""
-    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="sandbox-agent-audit-"))
-    base.chmod(0o711)  # the sandbox's uid (as root) reaches the work area under it
-    home = base / "home"
-    env = cli_env(home)
-    assert run_cli(env, "submit", "samples/hello.jdl").returncode == 0
-    done = run_cli(env, "run", "--once")
-    assert done.returncode == 0, done.stderr
-    yield home
-    shutil.rmtree(base)
+    with one_job() as (home, _done):
+        yield home
 
 
 def audit(home: Path, *args: object) -> tuple[int, str, str]:
@@ -145,47 +161,29 @@ def test_show_prints_the_record_for_a_person(ran: Path) -> None:
 
 
 def test_an_output_named_like_the_record_cannot_take_its_place() -> None:
-    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="sandbox-agent-audit-"))
-    try:
-        base.chmod(0o711)
-        env = cli_env(base / "home")
-        jdl = base / "forge.jdl"
-        jdl.write_text('Executable = "/bin/sh";\nArguments = "-c \'echo forged > audit.json\'";\n'
-                       'Output = {"audit.json"};\n')  # fmt: skip
-        assert run_cli(env, "submit", jdl).returncode == 0
-        assert run_cli(env, "run", "--once").returncode == 0
-        code, out, err = audit(base / "home", "show", "1", "--json")
+    forge = ('Executable = "/bin/sh";\nArguments = "-c \'echo forged > audit.json\'";\n'
+             'Output = {"audit.json"};\n')  # fmt: skip
+    with one_job(forge) as (home, _done):
+        code, out, err = audit(home, "show", "1", "--json")
         assert code == 0, err
         outputs = {o["name"]: o["sha256"] for o in json.loads(out)["outputs"]}
         assert outputs["audit.json"] == "sha256:" + hashlib.sha256(b"forged\n").hexdigest()
-    finally:
-        shutil.rmtree(base)
 
 
 def test_an_output_name_that_is_not_utf8_is_refused_not_a_crash() -> None:
     """A payload's file name of other bytes matching an Output pattern: the job ends
     ERROR_SV with the reason, the pilot goes on, and the record is signed all the same."""
-    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="sandbox-agent-audit-"))
-    try:
-        base.chmod(0o711)
-        env = cli_env(base / "home")
-        jdl = base / "bytes.jdl"
-        jdl.write_text('Executable = "/bin/sh";\n'
-                       "Arguments = \"-c 'echo x > \\\"$(printf bad\\\\\\\\377.txt)\\\"'\";\n"
-                       'Output = {"*.txt"};\n')  # fmt: skip
-        assert run_cli(env, "submit", jdl).returncode == 0
-        ran = run_cli(env, "run", "--once", "--json")
-        assert_no_traceback(ran)
-        assert ran.returncode == 0, ran.stderr
+    odd = ('Executable = "/bin/sh";\n'
+           "Arguments = \"-c 'echo x > \\\"$(printf bad\\\\\\\\377.txt)\\\"'\";\n"
+           'Output = {"*.txt"};\n')  # fmt: skip
+    with one_job(odd) as (home, ran):
         finished = next(e for e in map(json.loads, ran.stdout.splitlines())
                         if e["event"] == "finished")  # fmt: skip
         assert finished["state"] == "ERROR_SV"
         assert "bad\\xff.txt: the name is not UTF-8" in finished["detail"]
-        code, out, err = audit(base / "home", "show", "1", "--json")
+        code, out, err = audit(home, "show", "1", "--json")
         assert code == 0, err
         assert json.loads(out)["job"]["state"] == "ERROR_SV"
-    finally:
-        shutil.rmtree(base)
 
 
 def forged(ran: Path, tmp_path: Path, change: Callable[[dict[str, Any]], None]) -> Path:
