@@ -638,8 +638,10 @@ def test_names_the_payload_chose_are_printed_escaped(cli: CLI, home: Path) -> No
 
 
 def test_an_agent_revoked_while_it_runs_gets_no_more_job_tokens(cli: CLI, home: Path) -> None:
-    """The revocation list is read at every job token, not only when the pilot starts."""
-    first = submit(cli, write_jdl(home, "first", 'Executable = "/bin/sleep"; Arguments = "2";'))
+    """The revocation list is read at every job token, not only when the pilot starts.
+    The first job runs long enough for the revocation (a CLI run, slow on a loaded CI
+    machine) to land before the pilot asks for the second job's token."""
+    first = submit(cli, write_jdl(home, "first", 'Executable = "/bin/sleep"; Arguments = "10";'))
     second = submit(cli, "samples/hello.jdl")
     pilot = start_pilot(home)
     wait_for_state(cli, first, "RUNNING")
