@@ -89,8 +89,8 @@ def test_every_key_appears_once(pdir: Path, name: str) -> None:
 def test_rows_follow_the_sections(pdir: Path) -> None:
     got = rows(effective(pdir))
     order = [section for section, _ in SECTIONS]
-    assert order == ["namespaces", "filesystem", "devices", "process", "limits", "network",
-                     "optional"]  # fmt: skip
+    assert order == ["namespaces", "filesystem", "images", "devices", "process", "limits",
+                     "network", "optional"]  # fmt: skip
     seen = [row["section"] for row in got]
     assert sorted(seen, key=order.index) == seen
     for row in got:

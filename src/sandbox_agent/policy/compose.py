@@ -2,8 +2,9 @@
 
 What a JDL may change is short and fixed: the CPU cores, memory, wall time and work
 directory size it asks for (clamped by nothing: a request above the site's maximum, or
-above what the slot has, rejects the job with the reason), and extra read-only binds
-under the roots the site allows (``ReadOnlyBinds``). Nothing else in a JDL reaches the
+above what the slot has, rejects the job with the reason), extra read-only binds
+under the roots the site allows (``ReadOnlyBinds``), and its image, from the site's
+roots or platforms (``images.select``). Nothing else in a JDL reaches the
 sandbox's shape: no writable bind, capability, namespace, variable or seccomp change.
 """
 
@@ -14,6 +15,7 @@ import posixpath
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from sandbox_agent.images import select
 from sandbox_agent.jdl.expr import ListExpr, Literal
 from sandbox_agent.jdl.spec import JobSpec
 from sandbox_agent.jdl.units import MIB, format_size
@@ -95,6 +97,9 @@ def compose(
         deny.append(Item(os.path.abspath(path), "agent:credentials"))
     settings["filesystem.deny"] = Setting(tuple(deny), settings["filesystem.deny"].origin)
     if spec is not None:
+        chosen = select.choose(policy, spec, [i.value for i in deny])
+        if chosen is not None:
+            settings["filesystem.image"] = chosen
         extra = _requested_binds(policy, spec, [i.value for i in deny])
         if extra:
             binds = list(settings["filesystem.read_only"].value) + extra

@@ -173,6 +173,26 @@ def _environment(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening
     return out
 
 
+def _images(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
+    """A platform on a new image, or a pin dropped or changed: jobs run on images the
+    base policy would not have given them."""
+    out = []
+    platforms = base.mapping("images.platforms")
+    for item in other["images.platforms"].value:
+        name, path = item.value
+        if platforms.get(name) != path:
+            out.append(Widening("images.platforms", f"runs platform {name} on {path}",
+                                item.origin))  # fmt: skip
+    pins = other.mapping("images.pins")
+    for item in base["images.pins"].value:
+        path, digest = item.value
+        if pins.get(path) != digest:
+            now = f"pins it to {pins[path]}" if path in pins else "no longer pins it"
+            origin = other["images.pins"].origin
+            out.append(Widening("images.pins", f"image {path}: {now}", origin))
+    return out
+
+
 def _seccomp(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
     before_path = base.policy.directory / base["process.seccomp"].value
     after_path = other.policy.directory / other["process.seccomp"].value
@@ -197,6 +217,8 @@ _CHECKS: list[Callable[[EffectivePolicy, EffectivePolicy], list[Widening]]] = [
     _readable,
     _paths("writes the host path", "filesystem.writable"),
     _paths("lets a JDL bind paths under", "filesystem.jdl_read_only_roots"),
+    _paths("lets a JDL name images under", "images.roots"),
+    _images,
     _paths("binds the device", "devices.paths"),
     _deny,
     _names("process.capabilities", "keeps the capability"),

@@ -23,6 +23,7 @@ SCHEMA_VERSION = 1
 SECTIONS: list[tuple[str, list[str]]] = [
     ("namespaces", [k for k in FIELDS if k.startswith("namespaces.")]),
     ("filesystem", [k for k in FIELDS if k.startswith("filesystem.")]),
+    ("images", [k for k in FIELDS if k.startswith("images.")]),
     ("devices", [k for k in FIELDS if k.startswith("devices.")]),
     ("process", [k for k in FIELDS if k.startswith("process.")]),
     ("limits", [f"limits.{name}" for name in LIMITS]),

@@ -77,12 +77,18 @@ def bind_reaches_deny(policy: Policy) -> list[Finding]:
                         )
                     )
     image = policy["filesystem.image"]
-    if image.value.startswith("/"):
+    images = [("filesystem.image", image.value, image.origin)]
+    images += [(f"images.platforms.{i.value[0]}", i.value[1], i.origin)
+               for i in policy["images.platforms"].value]  # fmt: skip
+    images += [("images.roots", i.value, i.origin) for i in policy["images.roots"].value]
+    for key, path, origin in images:
+        if not path.startswith("/"):
+            continue
         for denied in deny:
-            if within(image.value, denied.value) or within(denied.value, image.value):
-                out.append(Finding("error", "bind-reaches-deny", image.origin,
-                                   f"filesystem.image '{image.value}' reaches the denied path "
-                                   f"'{denied.value}' ({denied.origin}): it becomes the "
+            if within(path, denied.value) or within(denied.value, path):
+                out.append(Finding("error", "bind-reaches-deny", origin,
+                                   f"{key} '{path}' reaches the denied path "
+                                   f"'{denied.value}' ({denied.origin}): an image becomes the "
                                    "sandbox's root"))  # fmt: skip
     workdir = policy["filesystem.workdir"]
     for denied in deny:

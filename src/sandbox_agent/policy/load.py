@@ -35,6 +35,8 @@ MAX_CHAIN = 16  # policies extending policies: deeper than this is a mistake
 MAX_FILE_BYTES = 1024 * 1024
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_PLATFORM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _CAPABILITY = re.compile(r"CAP_[A-Z_]{2,32}")
 _IMAGE_REF = re.compile(
     r"[a-z0-9][a-z0-9._/-]{0,200}(?::[A-Za-z0-9._-]{1,128})?(?:@sha256:[0-9a-f]{64})?"
@@ -193,9 +195,7 @@ def _merge(old: Setting, spec: Field, raw: Any, file: Path, origin: str) -> Sett
             raise PolicyError(f"{where}: {spec.path} must be {spec.kind.value}")
         merged = {i.value[0]: i for i in old.value}
         for key, value in raw.items():
-            if not _ENV_NAME.fullmatch(key) or not isinstance(value, str) or "\x00" in value:
-                raise PolicyError(f"{where}: {spec.path}.{key} must be a string variable")
-            merged[key] = Item((key, value), origin)
+            merged[key] = Item(_mapping_item(spec, key, value, where), origin)
         return Setting(tuple(merged.values()), origin)
     if spec.kind in LIST_KINDS:
         append = isinstance(raw, dict)
@@ -279,6 +279,23 @@ def _path(spec: Field, raw: Any, where: str) -> str:
         raise PolicyError(f"{where}: {spec.path}: '{raw:.60}' may not hold ',' ':' or controls")
     normal = posixpath.normpath(raw)
     return "/" if normal == "//" else normal
+
+
+def _mapping_item(spec: Field, key: str, value: Any, where: str) -> tuple[str, str]:
+    if spec.path == "images.platforms":
+        if not _PLATFORM.fullmatch(key):
+            raise PolicyError(f"{where}: images.platforms: '{key:.40}' is not a platform name "
+                              "like el9-x86_64")  # fmt: skip
+        return key, _path(spec, value, where)
+    if spec.path == "images.pins":
+        path = _path(spec, key, where)
+        if not isinstance(value, str) or not _DIGEST.fullmatch(value):
+            raise PolicyError(f"{where}: images.pins: the pin of {path:.60} must be "
+                              '"sha256:" and 64 hex digits (image pin prints it)')  # fmt: skip
+        return path, value
+    if not _ENV_NAME.fullmatch(key) or not isinstance(value, str) or "\x00" in value:
+        raise PolicyError(f"{where}: {spec.path}.{key} must be a string variable")
+    return key, value
 
 
 def _list_item(spec: Field, item: Any, where: str) -> Any:

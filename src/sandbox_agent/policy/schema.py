@@ -81,8 +81,30 @@ def _fields() -> dict[str, Field]:
             Kind.STRING,
             "host",
             '"host": the host\'s userland (filesystem.host_userland), read-only; the absolute '
-            'path of a directory image; or "docker://REFERENCE", an OCI image (Apptainer, '
-            "Docker, Podman).",
+            "path of an image (a directory, a squashfs file or a SIF file: docs/images.md), "
+            'the site default when a job asks for none; or "docker://REFERENCE", an OCI '
+            "image (Apptainer, Docker, Podman).",
+        ),
+        Field(
+            "images.roots",
+            Kind.PATHS,
+            (),
+            'Roots under which a JDL may name its own image (Image = "/cvmfs/..."); with none '
+            "a job cannot choose an image by path.",
+        ),
+        Field(
+            "images.platforms",
+            Kind.MAPPING,
+            (),
+            'Platforms a JDL may ask for (Platform = "el9-x86_64"), each with the image it '
+            "runs on.",
+        ),
+        Field(
+            "images.pins",
+            Kind.MAPPING,
+            (),
+            'Image paths and the digest each must have ("sha256:..."; `image pin PATH` prints '
+            "the line); a job on an image whose digest differs does not run.",
         ),
         Field(
             "filesystem.host_userland",
