@@ -37,6 +37,7 @@ from sandbox_agent.agent.jobrun import (
 from sandbox_agent.agent.outputs import remove_workdir
 from sandbox_agent.agent.storage import SUCCESS_STATES, Manifest, Storage
 from sandbox_agent.catalogue import CatalogueError
+from sandbox_agent.images import ImageRefused
 from sandbox_agent.jdl import JobSpec
 from sandbox_agent.limits.cgroups import CgroupError
 from sandbox_agent.limits.monitor import StopRequest
@@ -272,9 +273,17 @@ class Attempt:
             emit({"event": "started", "job": job.id, "resubmission": job.resubmission,
                   "workdir": str(workdir)})  # fmt: skip
             cgroup = cgroup_name(self.agent.home_tag, job.id, job.resubmission)
-            result = run_job(self.effective, fields, workdir, environ=os.environ,
-                             interval=self.agent.interval, stop=self.stop, on_frame=self.relay,
-                             name=cgroup)  # fmt: skip
+            try:
+                result = run_job(self.effective, fields, workdir, environ=os.environ,
+                                 interval=self.agent.interval, stop=self.stop,
+                                 on_frame=self.relay, name=cgroup)  # fmt: skip
+            except ImageRefused as exc:
+                # the job's own choice fails it; the site's image fails every job here
+                if self.effective["filesystem.image"].origin.startswith("jdl:"):
+                    report = self.finish("ERROR_IB", f"its image: {exc}", None, started,
+                                         workdir, None)  # fmt: skip
+                    return report
+                raise self.node_problem(f"the site's image: {exc}") from None
             self.result = result
             report = self.conclude(result, started, workdir)
             if self.storage_fault:  # the job is reported; the next one would fare no better
@@ -316,7 +325,8 @@ class Attempt:
                 argv=result.argv if result else (), states=report.states,
                 history=self.history,
                 usage=dict(manifest.usage) if manifest else _usage(result),
-                manifest=manifest, workdir=workdir)  # fmt: skip
+                manifest=manifest, workdir=workdir,
+                image=result.image if result else None)  # fmt: skip
             signed = audit.sign(record, token.key, token.certificate, token.chain)
             where = agent.storage.attempt(job.id, job.resubmission)
             where.mkdir(mode=0o700, parents=True, exist_ok=True)

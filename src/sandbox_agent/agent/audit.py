@@ -4,9 +4,10 @@ jobagent token's key, for a reviewer to check afterwards.
 A record (schema ``sandbox-agent/audit-record``, version 1; docs/audit.md) holds the
 job and its final state, the agent's and the job token's fingerprints (never a key),
 the effective policy with the origin of every value, the runtime's argv (variable
-values redacted), the seccomp program's hash, the host's posture, what the kernel
-enforced and what the agent only monitored, resource use, the states the wrapper
-reported, the outputs with their SHA-256, and the teardown report.
+values redacted), the image it ran on with its digest, the seccomp program's hash,
+the host's posture, what the kernel enforced and what the agent only monitored,
+resource use, the states the wrapper reported, the outputs with their SHA-256, and
+the teardown report.
 
 Signing: the record's canonical JSON (sorted keys, no spaces, UTF-8) is signed with the
 agent's key (ECDSA P-256/384 with SHA-256, or RSA PKCS#1 v1.5 with SHA-256), and the
@@ -195,7 +196,7 @@ def teardown_view(teardown: Any, namespaces: dict[str, str], workdir: str) -> di
 def build(*, job: dict[str, Any], agent_name: str, agent_token: x509.Certificate,
           job_token_pem: str | None, effective: Any, session: Any, argv: tuple[str, ...],
           states: list[str], history: list[dict[str, Any]], usage: dict[str, Any], manifest: Any,
-          workdir: str) -> dict[str, Any]:  # fmt: skip
+          workdir: str, image: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """The unsigned record of one attempt (see the module's docstring)."""
     from sandbox_agent.policy.explain import rows
 
@@ -215,6 +216,7 @@ def build(*, job: dict[str, Any], agent_name: str, agent_token: x509.Certificate
                    "files": [str(f) for f in effective.policy.files],
                    "settings": [_redacted_row(r) for r in rows(effective)]},
         "runtime": {"name": "bwrap", "argv": redact(argv)},
+        "image": image,
         "seccomp_sha256": session.seccomp_sha256 if session else None,
         "landlock": session.landlock if session else None,
         "host": host_summary(),

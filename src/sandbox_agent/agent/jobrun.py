@@ -17,6 +17,7 @@ from subprocess import PIPE, Popen
 from typing import IO, Any
 
 from sandbox_agent import handoff
+from sandbox_agent.images import prepare
 from sandbox_agent.jdl import JobSpec
 from sandbox_agent.limits.monitor import StopRequest
 from sandbox_agent.policy.compose import EffectivePolicy
@@ -43,6 +44,7 @@ class JobResult:
     session: session.SessionResult | None = None
     wrapper_log: bytes = b""  # the first LOG_CAP bytes the wrapper wrote on its stderr
     argv: tuple[str, ...] = ()  # what the sandbox was started with (for the audit record)
+    image: dict[str, Any] | None = None  # the image it ran on (images.prepare); None: the host's
 
 
 def handoff_fields(
@@ -138,16 +140,18 @@ def run_job(
     """Run the job the handoff ``fields`` describe in the sandbox ``effective`` composes,
     ``workdir`` writable; ``on_frame`` sees
     each status frame as it comes (from another thread); ``stop`` may end it early."""
-    plan = bwrap.render(effective, bwrap.WRAPPER_ARGV, workdir=str(workdir),
-                        environ=dict(environ or {}), wrapper=True)  # fmt: skip
-    talk = _Conversation(handoff.encode("handoff", fields), on_frame)
-    outcome = session.run(plan, effective, workdir=workdir, stdin=PIPE, stdout=PIPE,
-                          stderr=PIPE, interval=interval, on_start=talk.start, stop=stop,
-                          name=name)  # fmt: skip
-    talk.join()
+    with prepare.ready(effective) as image:  # ImageRefused: the image must not be used
+        plan = bwrap.render(effective, bwrap.WRAPPER_ARGV, workdir=str(workdir),
+                            environ=dict(environ or {}), wrapper=True, image=image)  # fmt: skip
+        talk = _Conversation(handoff.encode("handoff", fields), on_frame)
+        outcome = session.run(plan, effective, workdir=workdir, stdin=PIPE, stdout=PIPE,
+                              stderr=PIPE, interval=interval, on_start=talk.start, stop=stop,
+                              name=name)  # fmt: skip
+        talk.join()
     result = decide(outcome, talk.frames, talk.problem)
     result.wrapper_log = talk.log
     result.argv = plan.argv
+    result.image = image.record() if image is not None else None
     return result
 
 

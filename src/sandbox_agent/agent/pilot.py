@@ -38,6 +38,7 @@ from sandbox_agent.agent.backends import Backend, BrokerQueue, LocalQueue
 from sandbox_agent.agent.storage import Storage
 from sandbox_agent.broker.client import BrokerClient
 from sandbox_agent.catalogue import Catalogue, CatalogueError
+from sandbox_agent.images import prepare
 from sandbox_agent.jdl import JDLError, JobSpec, Slot, load_job
 from sandbox_agent.limits.cgroups import CgroupError, discover
 from sandbox_agent.limits.monitor import StopRequest
@@ -115,6 +116,7 @@ class Pilot:
                 raise PilotError(str(exc)) from None
             queue = LocalQueue(store, authority, token, home / "certs", name, catalogue)
         work_area = (self.config.work_area or home / "work").absolute()
+        prepare.keep_hashes_in(home / "cache" / "image-hashes.json")  # across pilot runs
         try:
             made = make_work_area(work_area)
         except OSError as exc:

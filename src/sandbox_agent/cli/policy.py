@@ -10,6 +10,7 @@ import typer
 
 from sandbox_agent import exitcodes
 from sandbox_agent.cli.app import JsonOption, fail, home_of
+from sandbox_agent.images import ImageRefused, prepare
 from sandbox_agent.jdl import JDLError, JobSpec, Slot, load_job
 from sandbox_agent.jdl.parser import MAX_BYTES
 from sandbox_agent.policy import (
@@ -218,7 +219,15 @@ def _plan(
     if runtime not in RUNTIMES:
         fail(f"--runtime {runtime}: use one of {', '.join(RUNTIMES)}")
     payload = [spec.executable, *spec.arguments] if spec else ["/bin/true"]
-    return render(runtime, effective, payload, workdir=workdir)
+    if runtime != "bwrap":
+        return render(runtime, effective, payload, workdir=workdir)
+    # bwrap binds the image's top level: a file image is mounted to read it (the plan
+    # shows that mount point; every job gets its own)
+    try:
+        with prepare.ready(effective) as image:
+            return render(runtime, effective, payload, workdir=workdir, image=image)
+    except ImageRefused as exc:
+        fail(f"the image cannot be used: {exc}", exitcodes.ENVIRONMENT)
 
 
 @policy_app.command("render")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,7 @@ import typer
 
 from sandbox_agent import exitcodes
 from sandbox_agent.cli.app import fail, home_of
+from sandbox_agent.images import ImageRefused, prepare
 from sandbox_agent.policy import PolicyError, PolicyRejection, compose, load_policy, policy_dirs
 from sandbox_agent.runtime import session
 from sandbox_agent.runtime.agentproc import Terminated, harden, stop_signals_raise
@@ -59,14 +61,16 @@ def sandbox_exec(
             credentials=[str(home_of(ctx) / "certs")],
         )
         plan_workdir = check_workdir(workdir, effective)
-        # the host's userland runs on bwrap only: auto does not try image runtimes for it
-        host = effective.word("filesystem.image") == "host"
-        found = choose(runtime, order=("bwrap",) if host else AUTO_ORDER)
-        plan = render(found.runtime, effective, command, workdir=plan_workdir,
-                      environ=dict(os.environ), binary=found.binary)  # fmt: skip
+        # the host's userland and image files run on bwrap; OCI images need an engine
+        oci = effective.word("filesystem.image").startswith("docker://")
+        found = choose(runtime, order=AUTO_ORDER if oci else ("bwrap",))
+        bwrap = found.runtime == "bwrap"
         harden()  # this process is the agent for the job: undumpable, a subreaper
-        with stop_signals_raise():
-            result = session.run(plan, effective, workdir=Path(plan_workdir))
+        with prepare.ready(effective) if bwrap else nullcontext() as image:
+            plan = render(found.runtime, effective, command, workdir=plan_workdir,
+                          environ=dict(os.environ), binary=found.binary, image=image)  # fmt: skip
+            with stop_signals_raise():
+                result = session.run(plan, effective, workdir=Path(plan_workdir))
     except Terminated as exc:
         fail(f"stopped by {exc}: the job was killed and its cgroup removed", 128 + exc.signum)
     except PolicyError as exc:
@@ -75,6 +79,8 @@ def sandbox_exec(
         fail(f"rejected: {exc}", exitcodes.FAILED)
     except WorkdirRefused as exc:
         fail(str(exc))
+    except ImageRefused as exc:
+        fail(f"the image cannot be used: {exc}", exitcodes.ENVIRONMENT)
     except (Unenforceable, RuntimeMissing, RuntimeUnavailable, CompileError) as exc:
         fail(f"cannot enforce: {exc}", exitcodes.ENVIRONMENT)
     except subprocess.SubprocessError as exc:

@@ -13,6 +13,7 @@ import typer
 from sandbox_agent import exitcodes
 from sandbox_agent.cli.app import JsonOption, app, fail, home_of, printable
 from sandbox_agent.cli.pilot import PILOT_RUNTIMES
+from sandbox_agent.images import ImageRefused
 from sandbox_agent.policy import PolicyError, PolicyRejection, load_policy, policy_dirs
 from sandbox_agent.runtime.choose import RuntimeUnavailable, choose
 from sandbox_agent.runtime.launch import RuntimeMissing, WorkdirRefused
@@ -82,6 +83,8 @@ def selftest(
         fail(f"the policy rejects the selftest's job: {exc}", exitcodes.FAILED)
     except SelftestError as exc:
         fail(f"selftest: {exc}", exitcodes.ENVIRONMENT)
+    except ImageRefused as exc:
+        fail(f"the policy's image cannot be used: {exc}", exitcodes.ENVIRONMENT)
     except (Unenforceable, RuntimeMissing, CompileError, WorkdirRefused) as exc:
         fail(f"cannot enforce the policy here: {exc}", exitcodes.ENVIRONMENT)
     except (subprocess.SubprocessError, OSError) as exc:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
+from sandbox_agent.images.hostpython import PRIVATE, NoHostPython
 from sandbox_agent.policy.compose import EffectivePolicy, within
 from sandbox_agent.policy.schema import LIMITS
 from sandbox_agent.runtime import confinestep
@@ -25,6 +27,9 @@ from sandbox_agent.runtime.plan import (
     Unenforceable,
     environment,
 )
+
+if TYPE_CHECKING:
+    from sandbox_agent.images.prepare import ReadyImage
 
 SECCOMP_FD = 10  # the descriptor the seccomp program is passed on
 CONFINE_FD = 11  # the descriptor the landlock step's source is passed on
@@ -51,8 +56,10 @@ def render(
     environ: Mapping[str, str] | None = None,
     binary: str = "bwrap",
     wrapper: bool = False,
+    image: ReadyImage | None = None,
 ) -> LaunchPlan:
-    """The bwrap command that runs ``argv`` under ``effective`` with ``workdir`` writable.
+    """The bwrap command that runs ``argv`` under ``effective`` with ``workdir`` writable;
+    ``image``: the policy's image, made ready (images.prepare), unless it is "host".
 
     ``environ`` is the agent's environment, for the allowed variables; without it the
     plan shows a placeholder instead of their values (``policy render``)."""
@@ -101,15 +108,21 @@ def render(
     variables = [*environment(effective, environ), ("HOME", inside), ("TMPDIR", inside)]
 
     # -- filesystem --------------------------------------------------------------------
-    if effective.word("filesystem.image") != "host":
-        raise Unenforceable(
-            "filesystem.image: bwrap runs on the host's userland here; directory images "
-            "come with image support, and OCI images need Apptainer, Docker or Podman"
-        )
     # Binds and tmpfs mounts in one order, parents before children: a bind inside a
     # tmpfs (/tmp/data under /tmp) must come after it, or the tmpfs would hide it.
     mounts: list[tuple[str, list[str]]] = []
-    userland = effective.strings("filesystem.host_userland")
+    python = [confinestep.PYTHON]  # how the sandbox starts the wrapper's interpreter
+    if effective.word("filesystem.image") == "host":
+        userland = effective.strings("filesystem.host_userland")
+        has_python = host.kind(confinestep.PYTHON) != "missing" and any(
+            within(confinestep.PYTHON, root) for root in userland
+        )
+    else:
+        userland = ()
+        python = _image_mounts(effective, image, host, mounts, requirements)
+        has_python = True
+        if wrapper:  # the agent's interpreter, not one the image may lack
+            argv = [*python, *argv[1:]]
     for path in userland + effective.strings("filesystem.read_only"):
         kind = host.kind(path)
         if kind.startswith("symlink:"):
@@ -139,12 +152,9 @@ def render(
                 *effective.strings("filesystem.writable")]  # fmt: skip
     if effective.word("filesystem.dev") == "minimal":
         writable.append("/dev")  # read-only mount; its devices (/dev/null) stay usable
-    python = host.kind(confinestep.PYTHON) != "missing" and any(
-        within(confinestep.PYTHON, root) for root in effective.strings("filesystem.host_userland")
-    )
     landlock = confinestep.landlock_words(
         effective, host.landlock_abi(), writable, requirements,
-        no_python="" if python else f"the sandbox has no {confinestep.PYTHON} to apply "
+        no_python="" if has_python else f"the sandbox has no {confinestep.PYTHON} to apply "
         "landlock with",
     )  # fmt: skip
     confine: list[str] = []
@@ -152,7 +162,7 @@ def render(
         out += ["--perms", "0444", "--ro-bind-data", str(CONFINE_FD), CONFINE_PATH]
         # the JobWrapper runs in the step's interpreter: one Python start, not two
         confine = confinestep.step(CONFINE_PATH, landlock, variables, confirm_fd=CONFIRM_FD,
-                                   in_process=wrapper)  # fmt: skip
+                                   in_process=wrapper, python=python)  # fmt: skip
     else:
         for name, value in variables:
             out += ["--setenv", name, value]
@@ -191,6 +201,47 @@ def render(
         requirements=tuple(requirements),
         seccomp_profile=str(effective.policy.directory / profile),
     )
+
+
+# Top-level names of an image the sandbox makes itself rather than binds from it.
+_OWN_TOP = frozenset({"proc", "dev", ".sandbox-agent"})
+
+
+def _image_mounts(
+    effective: EffectivePolicy, image: ReadyImage | None, host: HostView,
+    mounts: list[tuple[str, list[str]]], requirements: list[Requirement],
+) -> list[str]:  # fmt: skip
+    """The image's top level bound read-only into the sandbox's root (which stays bwrap's
+    own tmpfs, so the sandbox's mount points need not exist in the image), and the
+    host's python3 at its private path; returns the argv prefix that starts it."""
+    name = effective.word("filesystem.image")
+    if not name.startswith("/"):
+        raise Unenforceable(f"filesystem.image: bwrap cannot pull the OCI image {name:.80}; "
+                            "Apptainer, Docker or Podman run those")  # fmt: skip
+    if image is None:
+        raise Unenforceable(f"filesystem.image: {name:.80} was not made ready (checked, and "
+                            "mounted if a file) before the sandbox was rendered")  # fmt: skip
+    made = {path for path, _ in effective.tmpfs()} | {effective.word("filesystem.workdir")}
+    for entry, kind in host.entries(image.root):
+        target = f"/{entry}"
+        if entry in _OWN_TOP or target in made:
+            continue
+        if kind.startswith("symlink:"):
+            mounts.append((target, ["--symlink", kind.split(":", 1)[1], target]))
+        elif kind in ("dir", "file"):
+            mounts.append((target, ["--ro-bind", f"{image.root}/{entry}", target]))
+    try:
+        carried = host.python()
+    except NoHostPython as error:
+        raise Unenforceable(f"filesystem.image: the wrapper's interpreter: {error}") from None
+    for source, inside in carried.binds:
+        mounts.append((inside, ["--ro-bind", source, inside]))
+    pinned = ", pinned" if image.pinned else ""
+    requirements.append(Requirement(
+        "filesystem.image", f"the {image.kind} image {image.path} ({image.digest}{pinned}), "
+        f"its top level bound read-only; the wrapper on the host's python3 at {PRIVATE}",
+    ))  # fmt: skip
+    return list(carried.command)
 
 
 def _depth(path: str) -> tuple[int, str]:

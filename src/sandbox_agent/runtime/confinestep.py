@@ -55,13 +55,14 @@ def landlock_words(
 
 def step(
     path: str, words: Sequence[str], variables: Sequence[tuple[str, str]], *,
-    confirm_fd: int = -1, in_process: bool = False,
+    confirm_fd: int = -1, in_process: bool = False, python: Sequence[str] = (PYTHON,),
 ) -> list[str]:  # fmt: skip
     """The whole prefix before the payload's argv. The step starts with an empty
     environment and hands ``variables`` to the payload only: they could steer the
     loader of its interpreter (LD_PRELOAD). ``in_process``: the command is a Python
-    script (the JobWrapper) the step runs in its own interpreter."""
-    prefix = [PYTHON, "-I", "-S", path]
+    script (the JobWrapper) the step runs in its own interpreter. ``python``: how the
+    sandbox starts that interpreter (inside an image, the host's, through its loader)."""
+    prefix = [*python, "-I", "-S", path]
     if confirm_fd >= 0:
         prefix += ["--confirm-fd", str(confirm_fd)]
     if in_process:

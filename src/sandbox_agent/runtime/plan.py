@@ -13,6 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from sandbox_agent.images import hostpython
+from sandbox_agent.images.hostpython import HostPython
+
 if TYPE_CHECKING:
     from sandbox_agent.policy.compose import EffectivePolicy
 
@@ -28,8 +31,23 @@ class HostView(Protocol):
         """The kernel's landlock ABI version; 0 without landlock."""
         ...
 
+    def entries(self, directory: str) -> list[tuple[str, str]]:
+        """(name, kind) of each entry of ``directory`` (an image's root), kinds as kind()."""
+        ...
+
+    def python(self) -> HostPython:
+        """The host interpreter the wrapper runs on inside an image; NoHostPython."""
+        ...
+
 
 class RealHost:
+    def entries(self, directory: str) -> list[tuple[str, str]]:
+        return sorted((name, self.kind(os.path.join(directory, name)))
+                      for name in os.listdir(directory))  # fmt: skip
+
+    def python(self) -> HostPython:
+        return hostpython.find()
+
     def landlock_abi(self) -> int:
         from sandbox_agent.wrapper.confine import abi
 
@@ -50,14 +68,25 @@ class RealHost:
 class FixedHost:
     """A host described by a table, for exact rendering tests."""
 
-    entries: dict[str, str]
+    table: dict[str, str]
     landlock: int = 6
+    interpreter: HostPython | None = None
 
     def landlock_abi(self) -> int:
         return self.landlock
 
+    def entries(self, directory: str) -> list[tuple[str, str]]:
+        prefix = directory.rstrip("/") + "/"
+        return sorted((path[len(prefix):], kind) for path, kind in self.table.items()
+                      if path.startswith(prefix) and "/" not in path[len(prefix):])  # fmt: skip
+
+    def python(self) -> HostPython:
+        if self.interpreter is None:
+            raise hostpython.NoHostPython("this fixed host has no python3")
+        return self.interpreter
+
     def kind(self, path: str) -> str:
-        return self.entries.get(path, "missing")
+        return self.table.get(path, "missing")
 
 
 @dataclass(frozen=True)

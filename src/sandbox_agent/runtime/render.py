@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.runtime import apptainer, bwrap, docker
 from sandbox_agent.runtime.choose import RUNTIMES
 from sandbox_agent.runtime.plan import HostView, LaunchPlan
+
+if TYPE_CHECKING:
+    from sandbox_agent.images.prepare import ReadyImage
 
 
 def render(
@@ -21,14 +25,16 @@ def render(
     environ: Mapping[str, str] | None = None,
     binary: str | None = None,
     host: HostView | None = None,
+    image: ReadyImage | None = None,
 ) -> LaunchPlan:
     """The plan of ``runtime`` (one of RUNTIMES); raises Unenforceable. ``binary``: the
-    runtime's path when it was found."""
+    runtime's path when it was found; ``image``: the policy's image made ready, which
+    bwrap binds (the image runtimes take the path itself)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}")
     if runtime == "bwrap":
         return bwrap.render(effective, argv, workdir=workdir, environ=environ,
-                            binary=binary or "bwrap", host=host)  # fmt: skip
+                            binary=binary or "bwrap", host=host, image=image)  # fmt: skip
     if runtime in ("apptainer", "singularity"):
         return apptainer.render(effective, argv, workdir=workdir, environ=environ,
                                 binary=binary or runtime, host=host)  # fmt: skip

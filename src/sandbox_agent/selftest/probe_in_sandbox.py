@@ -24,6 +24,7 @@ from typing import Any
 
 from sandbox_agent.agent.jobrun import handoff_fields, run_job
 from sandbox_agent.agent.outputs import remove_workdir
+from sandbox_agent.images import hostpython
 from sandbox_agent.jdl import load_job
 from sandbox_agent.policy import compose
 from sandbox_agent.policy.model import Policy
@@ -118,10 +119,11 @@ def run_probe(policy: Policy, *, certs: Path, credentials: list[str], work_area:
         config = stage.config()
         config["key_paths"] += [hexed(path) for path in key_paths or ()]
         _copy_probe(workdir, config)
-        arguments = ["-I", "-S", f"{PROBE}/{RUNNER}", "--config", f"{PROBE}/{CONFIG}",
-                     *(attacks or ())]  # fmt: skip
-        spec = load_job(f'Executable = "{PYTHON}";\nArguments = "{" ".join(arguments)}";\n'
-                        "TTL = 60;\n", source="the selftest's job")  # fmt: skip
+        interpreter = _interpreter(policy)
+        arguments = [*interpreter[1:], "-I", "-S", f"{PROBE}/{RUNNER}", "--config",
+                     f"{PROBE}/{CONFIG}", *(attacks or ())]  # fmt: skip
+        spec = load_job(f'Executable = "{interpreter[0]}";\nArguments = "{" ".join(arguments)}";'
+                        "\nTTL = 60;\n", source="the selftest's job")  # fmt: skip
         effective = compose(policy, spec, credentials=credentials)
         check_workdir(workdir, effective)
         host_env = {**os.environ, **stage.environment()}
@@ -142,6 +144,17 @@ def run_probe(policy: Policy, *, certs: Path, credentials: list[str], work_area:
         remove_workdir(workdir)
     return Outcome(policy.name, _rows(answer, table, attacks or list(table)), host_saw,
                    time.monotonic() - started)  # fmt: skip
+
+
+def _interpreter(policy: Policy) -> list[str]:
+    """How the probe's payload starts Python: the host's, from the host's userland, or
+    inside an image the one the wrapper runs on (an image may have none of its own)."""
+    if policy["filesystem.image"].value == "host":
+        return [PYTHON]
+    try:
+        return list(hostpython.find().command)
+    except hostpython.NoHostPython as error:
+        raise SelftestError(str(error)) from None
 
 
 def _rows(answer: dict[str, Any], table: dict[str, dict[str, str]],

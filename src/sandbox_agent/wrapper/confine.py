@@ -283,8 +283,9 @@ def main(argv: list[str]) -> int:
     command = options.command
     # this step's own environment (empty under the launcher) plus the command's
     environment = {**os.environ, **options.variables}
-    if options.in_process and _is_python_script(command):
-        return _run_here(command[3], command[4:], environment)
+    script = _python_script(command) if options.in_process else None
+    if script is not None:
+        return _run_here(script[0], script[1], environment)
     try:
         os.execvpe(command[0], command, environment)  # noqa: S606 (an argv list, no shell)
     except FileNotFoundError as error:
@@ -293,10 +294,14 @@ def main(argv: list[str]) -> int:
         return _fail(EXIT_CANNOT_EXECUTE, f"cannot run {command[0]}: {error.strerror}")
 
 
-def _is_python_script(command: list[str]) -> bool:
-    """Whether ``command`` is this interpreter, run as this step is, on a script."""
-    return (len(command) >= 4 and os.path.realpath(command[0]) == os.path.realpath(sys.executable)
-            and command[1:3] == ["-I", "-S"] and command[3].endswith(".py"))  # fmt: skip
+def _python_script(command: list[str]) -> tuple[str, list[str]] | None:
+    """The script and its arguments when ``command`` is this interpreter, run as this
+    step is (directly, or through the loader inside an image), on a script."""
+    words = command[3:] if len(command) > 3 and command[1] == "--library-path" else command
+    if (len(words) >= 4 and os.path.realpath(words[0]) == os.path.realpath(sys.executable)
+            and words[1:3] == ["-I", "-S"] and words[3].endswith(".py")):  # fmt: skip
+        return words[3], words[4:]
+    return None
 
 
 def _cached_code(script: str) -> CodeType | None:

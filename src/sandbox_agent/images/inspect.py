@@ -1,0 +1,142 @@
+"""What an image is, for a site deciding whether to offer it (``image inspect``): its
+kind, size and digest, the OS release and architecture found inside, and whether the
+pilot could run jobs on it here.
+
+Paths inside the image are resolved inside it: an image's /etc/os-release is often a
+symlink to ../usr/lib/os-release, and an absolute link must lead into the image, not
+to the host's file of the same name.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+import struct
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sandbox_agent.images import ImageRefused, prepare
+
+# ELF e_machine -> the name `uname -m` gives
+MACHINES = {3: "i686", 62: "x86_64", 40: "arm", 183: "aarch64", 21: "ppc64le", 243: "riscv64",
+            22: "s390x"}  # fmt: skip
+_PROGRAMS = ("bin/sh", "usr/bin/env", "bin/busybox", "bin/bash")  # whose ELF says the arch
+_RELEASE_FILES = ("etc/os-release", "usr/lib/os-release")
+_OLD_RELEASE_FILES = ("etc/redhat-release", "etc/system-release", "etc/debian_version")
+_MAX_LINKS = 40
+
+
+@dataclass
+class Inspection:
+    path: str
+    kind: str = ""
+    size: int = 0
+    digest: str = ""
+    entries: int = 0
+    os_release: str = ""  # PRETTY_NAME, or an older release file's first line
+    architecture: str = ""
+    usable: bool = False
+    problems: list[str] = field(default_factory=list)  # why the pilot could not use it
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def inspect(path: str) -> Inspection:
+    """The image at ``path``, read afresh (no cached hash: a pin is made from this)."""
+    out = Inspection(path)
+    try:
+        with prepare.opened(path) as image:
+            out.path, out.kind, out.size = image.path, image.kind, image.found.size
+            out.digest, out.entries = image.found.digest, image.found.entries
+            out.os_release = release(image.root)
+            out.architecture = architecture(image.root)
+    except ImageRefused as error:
+        out.problems.append(str(error))
+        return out
+    host = os.uname().machine
+    if not out.architecture:
+        out.problems.append(f"no {', '.join('/' + p for p in _PROGRAMS)} to run a payload with")
+    elif out.architecture != host:
+        out.problems.append(f"built for {out.architecture}; this host is {host}")
+    out.usable = not out.problems
+    return out
+
+
+def resolve(root: str, relative: str) -> str | None:
+    """The host path of ``relative`` inside the image at ``root``, following symlinks
+    as the sandbox would (inside the image); None when it leads nowhere."""
+    parts = [p for p in relative.split("/") if p]
+    done: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        here = os.path.join(root, *done, part)
+        try:
+            info = os.lstat(here)
+        except OSError:
+            return None
+        if stat.S_ISLNK(info.st_mode):
+            hops += 1
+            if hops > _MAX_LINKS:
+                return None
+            target = os.readlink(here)
+            if target.startswith("/"):
+                done = []
+            parts = [p for p in posixpath.normpath(target).split("/") if p] + parts
+            continue
+        done.append(part)
+    return os.path.join(root, *done)
+
+
+def release(root: str) -> str:
+    for name in _RELEASE_FILES:
+        text = _read(root, name)
+        if text is not None:
+            fields = dict(_assignment(line) for line in text.splitlines() if "=" in line)
+            return fields.get("PRETTY_NAME") or fields.get("NAME") or "an os-release without a name"
+    for name in _OLD_RELEASE_FILES:
+        text = _read(root, name)
+        if text is not None and text.strip():
+            return text.strip().splitlines()[0][:120]
+    return ""
+
+
+def _assignment(line: str) -> tuple[str, str]:
+    key, _, value = line.partition("=")
+    return key.strip(), value.strip().strip("\"'")[:120]
+
+
+def _read(root: str, name: str) -> str | None:
+    where = resolve(root, name)
+    if where is None or not os.path.isfile(where):
+        return None
+    try:
+        with open(where, "rb") as file:
+            return file.read(8192).decode(errors="replace")
+    except OSError:
+        return None
+
+
+def architecture(root: str) -> str:
+    for name in _PROGRAMS:
+        where = resolve(root, name)
+        if where is None or not os.path.isfile(where):
+            continue
+        try:
+            with open(where, "rb") as file:
+                head = file.read(20)
+        except OSError:
+            continue
+        if len(head) == 20 and head[:4] == b"\x7fELF":
+            order = "<" if head[5] == 1 else ">"
+            machine = struct.unpack_from(order + "H", head, 18)[0]
+            return MACHINES.get(machine, f"ELF machine {machine}")
+    return ""

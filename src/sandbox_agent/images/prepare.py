@@ -1,0 +1,152 @@
+"""An image made ready for one sandbox: checked, named by its digest, held to its pin,
+and (a single file) mounted. What the renderer binds and the audit record names.
+
+Checks, in order, each failing closed with one line:
+- the image and every directory above it are writable by their owner only (a sticky
+  directory owned by root, such as /tmp, is allowed above it): nobody else may swap
+  or change it between the check and the job;
+- it is a directory, a squashfs file or a SIF file with a squashfs root partition;
+- its digest equals the pin the site policy gives for it (``images.pins``), if any.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sandbox_agent.images import ImageRefused, identity, kinds, mount
+
+if TYPE_CHECKING:
+    from sandbox_agent.policy.compose import EffectivePolicy
+
+# Content hashes shared by every job this process runs; a pilot keeps them in its home.
+_CACHE = identity.HashCache()
+
+
+def keep_hashes_in(path: Path) -> None:
+    """Keep this process's content hashes in ``path`` (the agent's home) across runs."""
+    global _CACHE
+    _CACHE = identity.HashCache(path)
+
+
+@dataclass(frozen=True)
+class ReadyImage:
+    path: str  # the image, as resolved (no symlinks)
+    named: str  # as the policy or the JDL named it
+    origin: str  # which setting chose it: a policy file's line, jdl:Image, jdl:Platform
+    kind: str  # directory, squashfs or sif
+    digest: str
+    size: int
+    pinned: bool  # the policy pins it, and the digest matched
+    root: str  # the host directory that becomes the sandbox's /: the image or its mount
+
+    @property
+    def from_job(self) -> bool:
+        return self.origin.startswith("jdl:")
+
+    def record(self) -> dict[str, Any]:
+        """What the audit record says of it."""
+        return {"path": self.path, "named": self.named, "chosen_by": self.origin,
+                "kind": self.kind, "digest": self.digest, "size": self.size,
+                "pinned": self.pinned}  # fmt: skip
+
+
+def wanted(effective: EffectivePolicy) -> str | None:
+    """The image path the effective policy runs on, or None for the host's userland
+    or an OCI reference (which bwrap refuses itself)."""
+    image = effective.word("filesystem.image")
+    return image if image.startswith("/") else None
+
+
+@dataclass(frozen=True)
+class Opened:
+    path: str  # resolved
+    kind: str
+    found: identity.Identity
+    root: str  # the directory that becomes the sandbox's /
+
+
+@contextmanager
+def opened(named: str, cache: identity.HashCache | None = None) -> Iterator[Opened]:
+    """The image at ``named`` checked, named by its digest and, a file, mounted while
+    the context lasts. ImageRefused when it must not be used."""
+    path = os.path.realpath(named)
+    _check_above(named, path)
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        raise ImageRefused(f"{named}: {error.strerror}") from None
+    if stat.S_ISDIR(info.st_mode):
+        _check_own(path, info, "directory")
+        found = identity.of_directory(path, cache)
+        yield Opened(path, "directory", found, path)
+        return
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as error:
+        raise ImageRefused(f"{named}: {error.strerror}") from None
+    try:
+        _check_own(path, os.fstat(descriptor), "file")
+        kind = kinds.of_file(named, descriptor)
+        found = identity.of_file(descriptor, cache)
+        with mount.mounted(named, descriptor, kind.offset) as point:
+            yield Opened(path, kind.name, found, point)
+    finally:
+        os.close(descriptor)
+
+
+@contextmanager
+def ready(effective: EffectivePolicy) -> Iterator[ReadyImage | None]:
+    """The effective policy's image, ready while the context lasts; None for none."""
+    named = wanted(effective)
+    if named is None:
+        yield None
+        return
+    origin = effective["filesystem.image"].origin
+    pins = effective.mapping("images.pins")
+    try:
+        with opened(named, _CACHE) as image:
+            _CACHE.save()
+            pin = pins.get(named, pins.get(image.path))
+            pinned = _match(named, image.found.digest, pin)
+            yield ReadyImage(image.path, named, origin, image.kind, image.found.digest,
+                             image.found.size, pinned, image.root)  # fmt: skip
+    except ImageRefused as error:
+        raise ImageRefused(f"{error} ({origin})") from None
+
+
+def _match(named: str, digest: str, pin: str | None) -> bool:
+    if pin is None:
+        return False
+    if pin != digest:
+        raise ImageRefused(f"{named}: its digest is {digest}, but images.pins pins it to {pin}: "
+                           "the image changed; pin the new one (image pin) only if you made "
+                           "it")  # fmt: skip
+    return True
+
+
+def _check_own(path: str, info: os.stat_result, what: str) -> None:
+    if stat.S_IMODE(info.st_mode) & 0o002:
+        raise ImageRefused(f"{path}: the image {what} is writable by every user; make it "
+                           "writable by its owner only (chmod o-w)")  # fmt: skip
+
+
+def _check_above(named: str, path: str) -> None:
+    """Every directory above the image: no user but its owner (or root, for a sticky
+    one) may rename or replace what is in it."""
+    parent = os.path.dirname(path)
+    while True:
+        info = os.stat(parent)
+        mode = stat.S_IMODE(info.st_mode)
+        shared = mode & 0o002 and not (mode & stat.S_ISVTX and info.st_uid == 0)
+        if shared:
+            raise ImageRefused(f"{named}: {parent}, above the image, is writable by every "
+                               "user, who could replace the image; move the image")  # fmt: skip
+        if parent == "/":
+            return
+        parent = os.path.dirname(parent)
