@@ -67,7 +67,13 @@ version=$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_i
 # bubblewrap: the native sandbox; libseccomp2: seccomp filters are compiled with it;
 # libcap-dev and gcc: python-prctl builds against libcap; postgresql: the tests run the
 # queue and the broker on a throwaway server of their own as well as on SQLite.
-wanted=(bubblewrap libseccomp2 libcap-dev gcc postgresql)
+# squashfuse and fuse3: bwrap runs single-file images (squashfs, SIF) from a FUSE mount;
+# busybox-static and squashfs-tools: the tests and the demo build small images with them.
+wanted=(bubblewrap libseccomp2 libcap-dev gcc postgresql squashfuse busybox-static squashfs-tools)
+# fusermount unmounts; fuse3 replaces an installed fuse (2), so only when neither is there
+if ! command -v fusermount3 >/dev/null 2>&1 && ! command -v fusermount >/dev/null 2>&1; then
+    wanted+=(fuse3)
+fi
 # The interpreter must be able to make a virtual environment and build C extensions.
 if ! "$python" -c 'import ensurepip, venv' >/dev/null 2>&1; then
     wanted+=("python${version}-venv")

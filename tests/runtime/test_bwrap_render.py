@@ -118,7 +118,7 @@ def test_landlock_step_comes_before_the_payload(tmp_path: Path) -> None:
 
 
 def test_landlock_without_tcp_rules_on_an_older_kernel(tmp_path: Path) -> None:
-    old = FixedHost(HOST.entries, landlock=3)
+    old = FixedHost(HOST.table, landlock=3)
     plan = landlock_plan('extends = "default"\n', old, tmp_path)
     assert "--no-tcp" not in plan.argv and bwrap.CONFINE_PATH in plan.argv
 
@@ -131,8 +131,8 @@ def test_network_host_keeps_tcp(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("host", "why"),
-    [(FixedHost(HOST.entries, landlock=0), "this kernel has no landlock"),
-     (FixedHost({k: v for k, v in HOST.entries.items() if k != "/usr/bin/python3"}),
+    [(FixedHost(HOST.table, landlock=0), "this kernel has no landlock"),
+     (FixedHost({k: v for k, v in HOST.table.items() if k != "/usr/bin/python3"}),
       "the sandbox has no /usr/bin/python3 to apply landlock with")],
 )  # fmt: skip
 def test_landlock_fails_closed_or_is_noted(tmp_path: Path, host: FixedHost, why: str) -> None:
@@ -148,7 +148,7 @@ def test_a_bind_inside_a_tmpfs_comes_after_it(tmp_path: Path) -> None:
     text = ('extends = "default"\n[filesystem]\nwritable = ["/tmp/shared"]\n'
             'read_only = ["/srv/data/ro"]\ntmpfs = [{ path = "/tmp", size = "1GB" }, '
             '{ path = "/srv/data", size = "1MB" }]\n')  # fmt: skip
-    host = FixedHost({**HOST.entries, "/srv/data/ro": "dir", "/tmp/shared": "dir"})
+    host = FixedHost({**HOST.table, "/srv/data/ro": "dir", "/tmp/shared": "dir"})
     argv = list(landlock_plan(text, host, tmp_path).argv)
 
     def at(*words: str) -> int:

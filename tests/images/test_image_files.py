@@ -1,0 +1,277 @@
+"""Image files as the agent reads them: kinds from their bytes, digests, the checks that
+refuse what another user could change, pins, and `image inspect` / `image pin`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_support import cli_env, run_cli
+from image_support import (
+    FS_EXT3,
+    PART_DATA,
+    busybox_root,
+    need_fuse,
+    shared_dir,
+    sif,
+    squashfs,
+)
+
+from sandbox_agent.images import ImageRefused, identity, kinds, prepare
+from sandbox_agent.images.inspect import inspect, resolve
+from sandbox_agent.policy import compose, load_policy
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    where = shared_dir()
+    yield where
+    shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.fixture
+def root(base: Path) -> Path:
+    return busybox_root(base / "root")
+
+
+def digest(path: Path, cache: identity.HashCache | None = None) -> str:
+    return identity.of_directory(str(path), cache).digest
+
+
+# -- kinds ----------------------------------------------------------------------------------
+
+
+def test_kinds_come_from_the_bytes_and_a_sif_names_its_squashfs_offset(
+    base: Path, root: Path
+) -> None:
+    packed = squashfs(root, base / "image.sqfs")
+    wrapped = sif(packed, base / "image.sif")
+    assert kinds.of_path(str(root)).name == "directory"
+    assert kinds.of_path(str(packed)) == kinds.Kind("squashfs", 0, packed.stat().st_size)
+    found = kinds.of_path(str(wrapped))
+    assert found.name == "sif" and found.offset % 4096 == 0 and found.offset > 0
+    assert wrapped.read_bytes()[found.offset : found.offset + found.size] == packed.read_bytes()
+    renamed = base / "image.sif.sqfs"  # the name says nothing
+    shutil.copy(wrapped, renamed)
+    assert kinds.of_path(str(renamed)).name == "sif"
+
+
+@pytest.mark.parametrize(
+    ("build", "said"),
+    [
+        (lambda p, b: (b / "x.img").write_bytes(b"not an image at all"), "neither a squashfs nor"),
+        (lambda p, b: (b / "x.img").write_bytes(b"sqsh" + bytes(200)), "big-endian"),
+        (lambda p, b: sif(p, b / "x.img", fs_type=FS_EXT3), "root partition is ext3"),
+        (lambda p, b: sif(p, b / "x.img", part_type=PART_DATA), "has no root"),
+    ],
+)  # fmt: skip
+def test_files_that_are_not_usable_images_are_refused_with_the_reason(
+    base: Path,
+    root: Path,
+    build,
+    said: str,  # type: ignore[no-untyped-def]
+) -> None:
+    build(squashfs(root, base / "image.sqfs"), base)
+    with pytest.raises(ImageRefused, match=said):
+        kinds.of_path(str(base / "x.img"))
+
+
+def test_a_sif_whose_partition_runs_past_its_end_is_refused(base: Path, root: Path) -> None:
+    wrapped = sif(squashfs(root, base / "image.sqfs"), base / "image.sif")
+    data = wrapped.read_bytes()
+    wrapped.write_bytes(data[: len(data) - 100])
+    with pytest.raises(ImageRefused, match="outside the file"):
+        kinds.of_path(str(wrapped))
+
+
+# -- digests ----------------------------------------------------------------------------------
+
+
+def test_a_directory_digest_changes_with_one_byte_a_mode_or_a_link(root: Path) -> None:
+    first = digest(root)
+    assert digest(root) == first  # stable
+    release = root / "usr" / "lib" / "os-release"
+    text = release.read_bytes()
+    release.write_bytes(text.replace(b"1.0", b"1.1"))  # same size
+    changed = digest(root)
+    assert changed != first
+    release.write_bytes(text)
+    assert digest(root) == first
+    (root / "etc" / "hostname").chmod(0o600)
+    assert digest(root) != first
+    (root / "etc" / "hostname").chmod(0o644)
+    (root / "bin" / "cat").unlink()
+    (root / "bin" / "cat").symlink_to("/bin/busybox")
+    assert digest(root) != first
+
+
+def test_a_cached_hash_is_read_again_when_a_file_is_rewritten_with_its_old_mtime(
+    root: Path, tmp_path: Path
+) -> None:
+    cache = identity.HashCache(tmp_path / "hashes.json")
+    first = digest(root, cache)
+    release = root / "usr" / "lib" / "os-release"
+    info = release.stat()
+    text = release.read_bytes()
+    release.write_bytes(text.replace(b"1.0", b"6.6"))
+    os.utime(release, ns=(info.st_atime_ns, info.st_mtime_ns))  # the old mtime back
+    assert release.stat().st_mtime_ns == info.st_mtime_ns
+    assert digest(root, cache) != first  # ctime moved: the content was read again
+    cache.save()
+    assert (tmp_path / "hashes.json").stat().st_mode & 0o777 == 0o600
+    assert identity.HashCache(tmp_path / "hashes.json").hashes == cache.hashes
+
+
+def test_a_cache_file_others_may_write_is_not_trusted(root: Path, tmp_path: Path) -> None:
+    cache = identity.HashCache(tmp_path / "hashes.json")
+    digest(root, cache)
+    cache.save()
+    (tmp_path / "hashes.json").chmod(0o666)
+    assert identity.HashCache(tmp_path / "hashes.json").hashes == {}
+
+
+def test_a_file_image_digest_is_the_sha256_of_its_bytes(base: Path, root: Path) -> None:
+    import hashlib
+
+    packed = squashfs(root, base / "image.sqfs")
+    descriptor = os.open(packed, os.O_RDONLY)
+    try:
+        found = identity.of_file(descriptor)
+    finally:
+        os.close(descriptor)
+    assert found.digest == "sha256:" + hashlib.sha256(packed.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("where", ["bin", "usr/lib/os-release"])
+def test_an_image_with_something_every_user_may_write_is_refused(root: Path, where: str) -> None:
+    (root / where).chmod(0o777 if (root / where).is_dir() else 0o666)
+    with pytest.raises(ImageRefused, match=f"/{where} is a .* every user may write to"):
+        digest(root)
+
+
+def test_a_sticky_shared_directory_inside_is_allowed(root: Path) -> None:
+    assert (root / "tmp").stat().st_mode & 0o1777 == 0o1777
+    assert digest(root).startswith("sha256:")
+
+
+# -- preparing for a job ----------------------------------------------------------------------
+
+
+def effective_for(base: Path, image: str, pins: str = "") -> object:
+    policies = base / "policies"
+    policies.mkdir(exist_ok=True)
+    shipped = Path(__file__).resolve().parents[2] / "policies"
+    for name in ("base.toml", "default.toml"):
+        shutil.copy(shipped / name, policies / name)
+    shutil.copytree(shipped / "seccomp", policies / "seccomp", dirs_exist_ok=True)
+    (policies / "site.toml").write_text(
+        f'extends = "default"\n[filesystem]\nimage = "{image}"\n[images]\npins = {{ {pins} }}\n'
+    )
+    return compose(load_policy("site", [policies]))
+
+
+def test_a_pinned_image_with_one_byte_changed_is_refused_naming_both_digests(
+    base: Path, root: Path
+) -> None:
+    need_fuse()
+    packed = squashfs(root, base / "image.sqfs")
+    with prepare.opened(str(packed)) as image:
+        pin = image.found.digest
+    effective = effective_for(base, str(packed), f'"{packed}" = "{pin}"')
+    with prepare.ready(effective) as ready:  # type: ignore[arg-type]
+        assert ready is not None and ready.pinned and ready.kind == "squashfs"
+        assert os.path.ismount(ready.root)
+        assert (Path(ready.root) / "bin" / "busybox").is_file()
+        mounted = ready.root
+    assert not os.path.exists(mounted)  # unmounted and removed
+    data = bytearray(packed.read_bytes())
+    data[-1] ^= 0xFF
+    packed.write_bytes(bytes(data))
+    with pytest.raises(ImageRefused) as refused, prepare.ready(effective):  # type: ignore[arg-type]
+        pass
+    said = str(refused.value)
+    assert pin in said and "its digest is sha256:" in said and "site.toml" in said
+
+
+def test_an_unpinned_image_runs_unpinned_and_a_directory_is_its_own_root(
+    base: Path, root: Path
+) -> None:
+    with prepare.ready(effective_for(base, str(root))) as ready:  # type: ignore[arg-type]
+        assert ready is not None
+        assert (ready.kind, ready.root, ready.pinned) == ("directory", str(root), False)
+        assert ready.record()["digest"] == digest(root)
+
+
+def test_an_image_others_may_replace_is_refused(base: Path, root: Path) -> None:
+    root.chmod(0o777)
+    with pytest.raises(ImageRefused, match="writable by every user"), prepare.opened(str(root)):
+        pass
+    root.chmod(0o755)
+    shared = base / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    moved = shared / "root"
+    root.rename(moved)
+    with pytest.raises(ImageRefused, match="above the image, is writable by every user"), \
+            prepare.opened(str(moved)):  # fmt: skip
+        pass
+
+
+def test_without_squashfuse_a_file_image_is_refused_with_the_package_to_install(
+    base: Path, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sandbox_agent.images import mount
+
+    packed = squashfs(root, base / "image.sqfs")
+    real = shutil.which
+    monkeypatch.setattr(mount.shutil, "which", lambda name: None if "squashfuse" in name
+                        else real(name))  # fmt: skip
+    with pytest.raises(ImageRefused, match=r"squashfuse is not installed \(apt-get install"), \
+            prepare.opened(str(packed)):  # fmt: skip
+        pass
+
+
+# -- inspect and pin ----------------------------------------------------------------------------
+
+
+def test_paths_inside_an_image_resolve_inside_it(root: Path) -> None:
+    # /etc/os-release -> /usr/lib/os-release: the image's, never the host's
+    assert resolve(str(root), "etc/os-release") == str(root / "usr" / "lib" / "os-release")
+    (root / "etc" / "escape").symlink_to("../../../../../../etc/passwd")
+    assert resolve(str(root), "etc/escape") is None  # the image has no /etc/passwd
+    found = inspect(str(root))
+    assert found.os_release == "Busybox Test Image 1.0"
+    assert found.architecture == os.uname().machine and found.usable, found.problems
+
+
+def test_image_inspect_and_pin_on_the_command_line(base: Path, root: Path, tmp_path: Path) -> None:
+    need_fuse()
+    wrapped = sif(squashfs(root, base / "image.sqfs"), base / "image.sif")
+    env = cli_env(tmp_path / "home")
+    shown = run_cli(env, "image", "inspect", wrapped, "--json")
+    assert shown.returncode == 0, shown.stderr
+    found = json.loads(shown.stdout)
+    assert (found["kind"], found["os_release"], found["usable"]) == (
+        "sif",
+        "Busybox Test Image 1.0",
+        True,
+    )
+    pinned = run_cli(env, "image", "pin", wrapped)
+    assert pinned.returncode == 0, pinned.stderr
+    assert pinned.stdout == f'[images.pins]\n"{wrapped}" = "{found["digest"]}"\n'
+    # the printed lines are a policy table that loads and pins the image
+    policies = base / "policies"
+    shipped = Path(__file__).resolve().parents[2] / "policies"
+    shutil.copytree(shipped, policies)
+    (policies / "site.toml").write_text(f'extends = "default"\n{pinned.stdout}')
+    assert compose(load_policy("site", [policies])).mapping("images.pins") == {
+        str(wrapped): found["digest"]
+    }
+    refused = run_cli(env, "image", "inspect", base / "image.sqfs.missing")
+    assert refused.returncode == 1 and "No such file" in refused.stdout
+    bad = run_cli(env, "image", "pin", "relative/image")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
