@@ -271,8 +271,13 @@ class Stage:
                            self.marker)  # fmt: skip
 
     def _write(self, path: Path, text: str) -> Path:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        # listed before it exists: a SIGTERM between the two would leave it untracked
         self.planted.append(path)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError:
+            self.planted.remove(path)  # not ours: never removed by close()
+            raise
         with os.fdopen(fd, "w") as file:
             file.write(text)
         return path
