@@ -55,8 +55,7 @@ def busybox_root(where: Path, release: str = OS_RELEASE) -> Path:
     (root / "bin").mkdir(parents=True)
     (root / "usr" / "lib").mkdir(parents=True)
     (root / "etc").mkdir()
-    (root / "tmp").mkdir(mode=0o1777)
-    (root / "tmp").chmod(0o1777)
+    (root / "tmp").mkdir()  # 0755: on a writable filesystem a shared /tmp is refused
     shutil.copy2(BUSYBOX, root / "bin" / "busybox")
     for applet in APPLETS:
         (root / "bin" / applet).symlink_to("busybox")
@@ -64,7 +63,7 @@ def busybox_root(where: Path, release: str = OS_RELEASE) -> Path:
     (root / "etc" / "os-release").symlink_to("/usr/lib/os-release")
     (root / "etc" / "hostname").write_text("image\n")
     for path in [root, *root.rglob("*")]:
-        if path.is_dir() and not path.is_symlink() and path.name != "tmp":
+        if path.is_dir() and not path.is_symlink():
             path.chmod(0o755)
     return root
 

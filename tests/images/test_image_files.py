@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -140,22 +143,98 @@ def test_a_file_image_digest_is_the_sha256_of_its_bytes(base: Path, root: Path) 
     packed = squashfs(root, base / "image.sqfs")
     descriptor = os.open(packed, os.O_RDONLY)
     try:
-        found = identity.of_file(descriptor)
+        found = identity.of_file(descriptor, str(packed))
     finally:
         os.close(descriptor)
     assert found.digest == "sha256:" + hashlib.sha256(packed.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("where", ["bin", "usr/lib/os-release"])
-def test_an_image_with_something_every_user_may_write_is_refused(root: Path, where: str) -> None:
-    (root / where).chmod(0o777 if (root / where).is_dir() else 0o666)
-    with pytest.raises(ImageRefused, match=f"/{where} is a .* every user may write to"):
+@pytest.mark.parametrize(
+    ("where", "mode"),
+    [("bin", 0o777), ("usr/lib/os-release", 0o666), ("etc", 0o775), ("tmp", 0o1777)],
+)
+def test_an_image_with_something_another_user_may_write_is_refused(
+    root: Path, where: str, mode: int
+) -> None:
+    (root / where).chmod(mode)
+    with pytest.raises(ImageRefused, match=f"/{where} \\(mode {mode:04o}, owner uid 0\\) could "
+                       "be changed by another user"):  # fmt: skip
         digest(root)
 
 
-def test_a_sticky_shared_directory_inside_is_allowed(root: Path) -> None:
-    assert (root / "tmp").stat().st_mode & 0o1777 == 0o1777
-    assert digest(root).startswith("sha256:")
+def test_an_image_entry_owned_by_another_user_is_refused(root: Path) -> None:
+    os.chown(root / "etc" / "hostname", 12345, 0)
+    with pytest.raises(ImageRefused, match=r"/etc/hostname \(mode 0644, owner uid 12345"):
+        digest(root)
+
+
+def test_on_a_read_only_filesystem_modes_are_only_recorded(base: Path, root: Path) -> None:
+    need_fuse()
+    (root / "tmp").chmod(0o1777)
+    (root / "etc" / "hostname").chmod(0o664)
+    with pytest.raises(ImageRefused):
+        digest(root)  # on this writable disk, refused
+    packed = squashfs(root, base / "image.sqfs")
+    with prepare.opened(str(packed)) as image:  # the same tree, mounted read-only
+        assert identity.read_only(image.root)
+        lines = identity.manifest(image.root)
+    assert "d 1777 - - /tmp" in lines and any(line.startswith("f 0664 ") for line in lines)
+
+
+def test_a_mounted_image_keeps_its_own_modes_for_other_users(base: Path, root: Path) -> None:
+    need_fuse()
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("reading as another user needs root and setpriv")
+    (root / "etc" / "secret").write_text("not for jobs\n")
+    (root / "etc" / "secret").chmod(0o600)
+    packed = squashfs(root, base / "image.sqfs")
+    with prepare.opened(str(packed)) as image:
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "cat"]
+        public = subprocess.run([*as_nobody, f"{image.root}/etc/hostname"], capture_output=True,
+                                text=True, check=False)  # fmt: skip
+        private = subprocess.run([*as_nobody, f"{image.root}/etc/secret"], capture_output=True,
+                                 text=True, check=False)  # fmt: skip
+    assert public.returncode == 0 and public.stdout == "image\n"  # allow_other
+    assert private.returncode != 0 and "Permission denied" in private.stderr
+
+
+def test_a_mount_whose_squashfuse_died_is_still_unmounted_and_removed(
+    base: Path, root: Path
+) -> None:
+    need_fuse()
+    from sandbox_agent.images.mount import mounted_at
+
+    packed = squashfs(root, base / "image.sqfs")
+    with prepare.opened(str(packed)) as image:
+        point = image.root
+        daemons = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()
+                   and point.encode() in _cmdline(d)]  # fmt: skip
+        assert daemons
+        for pid in daemons:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in daemons):
+            time.sleep(0.05)
+        assert mounted_at(point) and not os.path.ismount(point)  # dead: ismount cannot tell
+    assert not mounted_at(point)
+    assert not os.path.exists(os.path.dirname(point))
+
+
+def _cmdline(directory: Path) -> bytes:
+    try:
+        return (directory / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_a_fifo_or_a_missing_parent_is_one_line_not_a_hang(base: Path) -> None:
+    os.mkfifo(base / "pipe.sif")
+    with pytest.raises(ImageRefused, match="a directory, a squashfs file or a SIF file"), \
+            prepare.opened(str(base / "pipe.sif")):  # fmt: skip
+        pass
+    with pytest.raises(ImageRefused, match="No such file"), \
+            prepare.opened(str(base / "no" / "such" / "image.sif")):  # fmt: skip
+        pass
 
 
 # -- preparing for a job ----------------------------------------------------------------------
@@ -208,17 +287,24 @@ def test_an_unpinned_image_runs_unpinned_and_a_directory_is_its_own_root(
 
 def test_an_image_others_may_replace_is_refused(base: Path, root: Path) -> None:
     root.chmod(0o777)
-    with pytest.raises(ImageRefused, match="writable by every user"), prepare.opened(str(root)):
+    with pytest.raises(ImageRefused, match="could be changed by another user"), \
+            prepare.opened(str(root)):  # fmt: skip
         pass
     root.chmod(0o755)
     shared = base / "shared"
     shared.mkdir()
-    shared.chmod(0o777)
     moved = shared / "root"
     root.rename(moved)
-    with pytest.raises(ImageRefused, match="above the image, is writable by every user"), \
-            prepare.opened(str(moved)):  # fmt: skip
-        pass
+    for mode, owner in ((0o777, 0), (0o1777, 12345), (0o755, 12345)):
+        shared.chmod(mode)
+        os.chown(shared, owner, 0)
+        with pytest.raises(ImageRefused, match=r"above the image .* lets another user replace"), \
+                prepare.opened(str(moved)):  # fmt: skip
+            pass
+    shared.chmod(0o1777)  # sticky, owned by root (as /tmp): nobody else may replace it
+    os.chown(shared, 0, 0)
+    with prepare.opened(str(moved)) as image:
+        assert image.kind == "directory"
 
 
 def test_without_squashfuse_a_file_image_is_refused_with_the_package_to_install(

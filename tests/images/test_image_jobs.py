@@ -114,6 +114,8 @@ def test_a_job_runs_on_the_images_userland_not_the_hosts(
     shown = json.loads(cli("image", "inspect", images[kind], "--json").stdout)
     assert (image["kind"], image["digest"], image["pinned"]) == (kind, shown["digest"], False)
     assert image["chosen_by"].startswith("jdl:Platform busybox (")
+    audit = cli("audit", "show", job).stdout
+    assert f"image: {kind} {images[kind]}, {shown['digest']} (unpinned; chosen by jdl:" in audit
     assert leftovers() == before  # unmounted, mount point removed
 
 
@@ -137,6 +139,20 @@ def test_a_pinned_site_image_with_one_byte_changed_stops_the_pilot_before_any_jo
     assert result.stderr.count("\n") == 1, result.stderr
     assert "pins it to sha256:" in result.stderr and "the image changed" in result.stderr
     assert [h["state"] for h in status(cli, second_job)["history"]] == ["WAITING"]
+
+
+def test_a_changed_platform_image_hands_the_job_back_and_stops_the_pilot(
+    cli: CLI, base: Path, images: dict[str, Path]
+) -> None:
+    root = images["directory"]
+    pin = cli("image", "pin", root).stdout
+    site_policy(base, f'[images]\nplatforms = {{ busybox = "{root}" }}\n{pin}')
+    (root / "etc" / "hostname").write_text("changed\n")
+    job = submit(cli, base, "look", LOOK + 'Platform = "busybox";')
+    result = pilot(cli)
+    assert result.returncode == 3, result.stderr  # the site's image: every job here would fail
+    assert "the site's image:" in result.stderr and "the image changed" in result.stderr
+    assert status(cli, job)["state"] == "WAITING"  # given back, not failed
 
 
 def test_a_job_on_a_pinned_image_it_chose_ends_error_ib_when_the_image_changed(

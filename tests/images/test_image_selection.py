@@ -66,6 +66,8 @@ def test_the_jdl_image_comes_first_then_the_platform_then_the_site_default(site:
         ('Image = "images/el7";', "must be an absolute path"),
         ('Image = "{site}/images/link";', "leads through a symlink to .*elsewhere/rootfs"),
         ('Image = "{site}/images/missing";', "does not exist on this node"),
+        ('Image = "{site}/images";', "is the image root .* itself"),
+        ('Image = "{site}/images/";', "is the image root .* itself"),
         ('Image = {{"a", "b"}};', "Image must be a string"),
         ('Platform = "sl6";', r"no image for 'sl6' \(it offers: el7-x86_64\)"),
     ],
@@ -86,6 +88,20 @@ def test_a_jdl_image_may_not_reach_the_agents_credentials(site: Path) -> None:
     job = load_job(f'Executable = "/bin/true"; Image = "{site}/images/el7";')
     with pytest.raises(PolicyRejection, match="reaches the denied path"):
         compose(images_policy(site), job, credentials=[str(site / "images" / "el7" / "bin")])
+    # a credential path reached through a symlink is compared resolved, as the image is
+    (site / "certs-link").symlink_to(site / "images" / "el7" / "bin")
+    with pytest.raises(PolicyRejection, match="reaches the denied path"):
+        compose(images_policy(site), job, credentials=[str(site / "certs-link")])
+
+
+def test_image_paths_in_a_policy_may_hold_a_tag_colon(site: Path) -> None:
+    tagged = "/cvmfs/unpacked.cern.ch/registry.hub.docker.com/library/centos:centos7"
+    loaded = policy(site, f'[filesystem]\nimage = "{tagged}"\n[images]\n'
+                          f'platforms = {{ el7 = "{tagged}" }}\n'
+                          f'pins = {{ "{tagged}" = "sha256:{"0" * 64}" }}\n')  # fmt: skip
+    assert loaded["filesystem.image"].value == tagged
+    with pytest.raises(PolicyError, match="may not hold ','"):
+        policy(site, '[filesystem]\nimage = "/cvmfs/a,b"\n')
 
 
 @pytest.mark.parametrize(

@@ -278,8 +278,9 @@ class Attempt:
                                  interval=self.agent.interval, stop=self.stop,
                                  on_frame=self.relay, name=cgroup)  # fmt: skip
             except ImageRefused as exc:
-                # the job's own choice fails it; the site's image fails every job here
-                if self.effective["filesystem.image"].origin.startswith("jdl:"):
+                # the image the job named fails it (any node has the same one); the site's
+                # images (default, platforms) and this node's mounts fail every job here
+                if self.effective["filesystem.image"].origin == "jdl:Image" and not exc.node:
                     report = self.finish("ERROR_IB", f"its image: {exc}", None, started,
                                          workdir, None)  # fmt: skip
                     return report

@@ -144,6 +144,14 @@ def _attempts(directory: Path) -> list[Path]:
     return [p for p in directory.iterdir() if p.name.isdigit() and (p / "audit.json").exists()]
 
 
+def _image_line(image: Any) -> str:
+    if not isinstance(image, dict):
+        return "image: the host's userland"
+    held = "pinned" if image.get("pinned") else "unpinned"
+    return (f"image: {image.get('kind')} {image.get('path')}, {image.get('digest')} ({held}; "
+            f"chosen by {image.get('chosen_by')})")  # fmt: skip
+
+
 def _lines(record: dict[str, Any], signer: str) -> list[str]:
     job, agent, runtime = record["job"], record["agent"], record["runtime"]
     enforcement, teardown = record["enforcement"], record["teardown"]
@@ -157,6 +165,7 @@ def _lines(record: dict[str, Any], signer: str) -> list[str]:
         f"policy {record['policy']['name']} ({', '.join(record['policy']['files'])})",
         f"runtime {runtime['name']}: {' '.join(runtime['argv'][:12])}"
         + (" ..." if len(runtime["argv"]) > 12 else ""),
+        _image_line(record.get("image")),
         f"seccomp program {record['seccomp_sha256']}; landlock: {record['landlock']}",
         f"host: Linux {record['host']['kernel']} ({record['host']['machine']})",
         f"enforced by the kernel: {', '.join(enforcement['kernel']) or 'none'}; monitored by "

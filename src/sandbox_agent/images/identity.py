@@ -4,13 +4,22 @@ A file image (squashfs, SIF) is named by the SHA-256 of its bytes, read from the
 descriptor the mount then uses. A directory image (an unpacked root, as on CVMFS) is
 named by the SHA-256 of its manifest: one line per entry, sorted by path, giving its
 type, mode, size, and the SHA-256 of a file's content or a symlink's target. Content
-hashes are cached by (device, inode, size, mtime, ctime): a second job on the same image
-stats every entry again but reads no unchanged file twice. ctime is in the key because
-no user can set it: a file rewritten with its old mtime restored is still read again.
+hashes are cached by the file's path, device, inode, size, mtime and ctime, and the
+boot: a second job on the same image stats every entry again but reads no unchanged
+file twice. ctime is in the key because no user can set it on a local filesystem: a
+file rewritten with its old mtime restored is read again. The path and the boot are in
+it because a FUSE filesystem (CVMFS, squashfuse) numbers its devices and inodes anew
+at each mount, and may report any ctime.
+
+On a filesystem mounted read-only (CVMFS, a squashfs) nobody can change an image, and
+its modes and owners are only recorded. On a writable one, every entry must be owned
+by root or the agent's user and writable by its owner only: anyone else could change
+the image between its check and the job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,6 +33,7 @@ from sandbox_agent.images import ImageRefused
 DIGEST_PREFIX = "sha256:"
 _CHUNK = 1 << 20
 _CACHE_CAP = 2_000_000  # entries kept on disk; a bigger cache is dropped, not trusted
+MAX_ENTRIES = 1_000_000  # in a directory image: more is refused (pack it as a squashfs)
 _TYPES = {stat.S_IFDIR: "d", stat.S_IFREG: "f", stat.S_IFLNK: "l", stat.S_IFCHR: "c",
           stat.S_IFBLK: "b", stat.S_IFIFO: "p", stat.S_IFSOCK: "s"}  # fmt: skip
 
@@ -35,8 +45,20 @@ class Identity:
     entries: int  # 1 for a file image; the manifest's lines for a directory
 
 
-def stat_key(info: os.stat_result) -> str:
-    return f"{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"
+def _boot() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as file:
+            return file.read().strip()
+    except OSError:
+        return "unknown-boot"
+
+
+_BOOT = _boot()
+
+
+def stat_key(info: os.stat_result, where: str) -> str:
+    return (f"{_BOOT}:{info.st_dev}:{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:"
+            f"{info.st_ctime_ns}:{where}")  # fmt: skip
 
 
 class HashCache:
@@ -51,25 +73,32 @@ class HashCache:
         if path is not None:
             self.hashes = _load(path)
 
-    def get(self, info: os.stat_result) -> str | None:
-        return self.hashes.get(stat_key(info))
+    def get(self, info: os.stat_result, where: str) -> str | None:
+        return self.hashes.get(stat_key(info, where))
 
-    def put(self, info: os.stat_result, value: str) -> None:
-        key = stat_key(info)
+    def put(self, info: os.stat_result, where: str, value: str) -> None:
+        key = stat_key(info, where)
         if self.hashes.get(key) != value:
             self.hashes[key] = value
             self.dirty = True
 
     def save(self) -> None:
+        """Keep the hashes on disk, if there is room; a cache that cannot be written
+        only costs the next pilot the reading again."""
         if self.path is None or not self.dirty or len(self.hashes) > _CACHE_CAP:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
-                             0o600)  # fmt: skip
-        with os.fdopen(descriptor, "w") as file:
-            json.dump(self.hashes, file, separators=(",", ":"))
-        os.replace(temporary, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                                 | os.O_NOFOLLOW, 0o600)  # fmt: skip
+            with os.fdopen(descriptor, "w") as file:
+                json.dump(self.hashes, file, separators=(",", ":"))
+            os.replace(temporary, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            return
         self.dirty = False
 
 
@@ -92,10 +121,10 @@ def _load(path: Path) -> dict[str, str]:
     return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
 
 
-def file_sha256(descriptor: int, cache: HashCache | None = None) -> str:
-    """The hex SHA-256 of the open file's bytes, from its start."""
+def file_sha256(descriptor: int, where: str, cache: HashCache | None = None) -> str:
+    """The hex SHA-256 of the open file's bytes, from its start (``where``: its path)."""
     info = os.fstat(descriptor)
-    known = cache.get(info) if cache else None
+    known = cache.get(info, where) if cache else None
     if known is not None:
         return known
     digest = hashlib.sha256()
@@ -105,18 +134,34 @@ def file_sha256(descriptor: int, cache: HashCache | None = None) -> str:
         offset += len(chunk)
     value = digest.hexdigest()
     if cache is not None:
-        cache.put(info, value)
+        cache.put(info, where, value)
     return value
 
 
-def of_file(descriptor: int, cache: HashCache | None = None) -> Identity:
-    return Identity(DIGEST_PREFIX + file_sha256(descriptor, cache), os.fstat(descriptor).st_size, 1)
+def of_file(descriptor: int, where: str, cache: HashCache | None = None) -> Identity:
+    try:
+        value = file_sha256(descriptor, where, cache)
+    except OSError as error:
+        raise ImageRefused(f"{where}: cannot read it: {error.strerror}") from None
+    return Identity(DIGEST_PREFIX + value, os.fstat(descriptor).st_size, 1)
+
+
+def read_only(path: str) -> bool:
+    """Whether ``path`` is on a filesystem mounted read-only (CVMFS, a squashfs)."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def trusted_owner(uid: int) -> bool:
+    return uid in (0, os.geteuid())
 
 
 def manifest(root: str, cache: HashCache | None = None) -> list[str]:
-    """The manifest's lines, sorted by path. Refuses what any user could change: a
-    directory or file every user may write to (a sticky directory, such as an image's
-    /tmp, is allowed: nobody may replace another's files there)."""
+    """The manifest's lines, sorted by path. On a writable filesystem, refuses an
+    entry that someone other than root or this agent's user owns or may write."""
+    strict = not read_only(root)
     stack = [""]
     lines: list[tuple[str, str]] = []  # (path, line)
     while stack:
@@ -125,37 +170,46 @@ def manifest(root: str, cache: HashCache | None = None) -> list[str]:
         try:
             with os.scandir(here) as listing:
                 children = list(listing)
+            for entry in children:
+                path = f"{relative}/{entry.name}" if relative else entry.name
+                named = "/" + quote(os.fsencode(path), safe="/")
+                line, directory = _line(root, entry, named, strict, cache)
+                lines.append((named, line))
+                if directory:
+                    stack.append(path)
         except OSError as error:
             raise ImageRefused(f"{root}: cannot read {relative or '/'}: {error.strerror}") from None
-        for entry in children:
-            path = f"{relative}/{entry.name}" if relative else entry.name
-            info = entry.stat(follow_symlinks=False)
-            kind = _TYPES.get(stat.S_IFMT(info.st_mode), "?")
-            mode = stat.S_IMODE(info.st_mode)
-            if kind == "d" and mode & 0o002 and not mode & stat.S_ISVTX:
-                raise ImageRefused(f"{root}: /{path} is a directory every user may write to; "
-                                   "an image must be writable by its owner only")  # fmt: skip
-            if kind == "f" and mode & 0o002:
-                raise ImageRefused(f"{root}: /{path} is a file every user may write to; an "
-                                   "image must be writable by its owner only")  # fmt: skip
-            if kind == "f":
-                detail = f"{info.st_size} {_content(entry.path, info, cache)}"
-            elif kind == "l":
-                target = os.fsencode(os.readlink(entry.path))
-                detail = f"{len(target)} {quote(target, safe='/')}"
-            elif kind in ("c", "b"):
-                detail = f"{os.major(info.st_rdev)}:{os.minor(info.st_rdev)} -"
-            else:
-                detail = "- -"
-            named = "/" + quote(os.fsencode(path), safe="/")
-            lines.append((named, f"{kind} {mode:04o} {detail} {named}"))
-            if kind == "d":
-                stack.append(path)
+        if len(lines) > MAX_ENTRIES:
+            raise ImageRefused(f"{root}: more than {MAX_ENTRIES:,} entries; pack it as a "
+                               "squashfs file (mksquashfs) and use that")  # fmt: skip
     return [line for _, line in sorted(lines)]
 
 
+def _line(root: str, entry: os.DirEntry[str], named: str, strict: bool,
+          cache: HashCache | None) -> tuple[str, bool]:  # fmt: skip
+    """One entry's manifest line, and whether it is a directory to walk."""
+    info = entry.stat(follow_symlinks=False)
+    kind = _TYPES.get(stat.S_IFMT(info.st_mode), "?")
+    mode = stat.S_IMODE(info.st_mode)
+    if strict and kind != "l" and (mode & 0o022 or not trusted_owner(info.st_uid)):
+        raise ImageRefused(f"{root}: {named} (mode {mode:04o}, owner uid {info.st_uid}) could "
+                           "be changed by another user; an image on a writable filesystem "
+                           "must be owned by root or this agent's user and writable by its "
+                           "owner only (chown, chmod go-w)")  # fmt: skip
+    if kind == "f":
+        detail = f"{info.st_size} {_content(entry.path, info, cache)}"
+    elif kind == "l":
+        target = os.fsencode(os.readlink(entry.path))
+        detail = f"{len(target)} {quote(target, safe='/')}"
+    elif kind in ("c", "b"):
+        detail = f"{os.major(info.st_rdev)}:{os.minor(info.st_rdev)} -"
+    else:
+        detail = "- -"
+    return f"{kind} {mode:04o} {detail} {named}", kind == "d"
+
+
 def _content(path: str, info: os.stat_result, cache: HashCache | None) -> str:
-    known = cache.get(info) if cache else None
+    known = cache.get(info, path) if cache else None
     if known is not None:
         return known
     try:
@@ -163,7 +217,7 @@ def _content(path: str, info: os.stat_result, cache: HashCache | None) -> str:
     except OSError as error:
         raise ImageRefused(f"cannot read {path}: {error.strerror}") from None
     try:
-        value = file_sha256(descriptor, cache)
+        value = file_sha256(descriptor, path, cache)
     finally:
         os.close(descriptor)
     return value

@@ -1,18 +1,20 @@
-"""A single-file image made a directory for bwrap: squashfuse, read-only, in a private
-mount point the agent makes and removes.
+"""A single-file image made a directory for bwrap: squashfuse, read-only, at a mount
+point the agent makes (in a directory of its own that others may pass but not list)
+and removes.
 
 squashfuse reads the very file whose digest was checked: it is given the agent's open
 descriptor (``/dev/fd/N``), not the path, so a file swapped after the check is not the
 one mounted. A SIF's squashfs partition is mounted at its offset. When the agent is
 root the sandbox runs as another uid (65534), which FUSE keeps out unless the mount
-says ``allow_other``; the mount point's directory is the agent's, and the image is
-only what any job on the node may read anyway.
+says ``allow_other``; ``default_permissions`` then has the kernel apply the image's own
+modes, so a file the image keeps private stays private to its owner inside.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -50,10 +52,13 @@ def mounted(path: str, descriptor: int, offset: int) -> Iterator[str]:
     read-only; yields the mount point, unmounted and removed on the way out."""
     why = unusable()
     if why is not None:
-        raise ImageRefused(f"{path}: a single-file image needs a FUSE mount for bwrap, and {why}")
-    point = tempfile.mkdtemp(prefix="sandbox-agent-image-")
-    os.chmod(point, 0o755)  # noqa: S103 (the sandbox's uid binds from it; the image is not secret)
-    options = ["ro", "nodev", "nosuid"]
+        raise ImageRefused(f"{path}: a single-file image needs a FUSE mount for bwrap, and {why}",
+                           node=True)  # fmt: skip
+    holder = tempfile.mkdtemp(prefix="sandbox-agent-image-")
+    os.chmod(holder, 0o711)  # noqa: S103 (the sandbox's uid passes through; nobody lists it)
+    point = os.path.join(holder, "root")
+    os.mkdir(point, 0o755)
+    options = ["ro", "nodev", "nosuid", "default_permissions"]
     if offset:
         options.append(f"offset={offset}")
     if os.geteuid() == 0:
@@ -64,22 +69,43 @@ def mounted(path: str, descriptor: int, offset: int) -> Iterator[str]:
                               timeout=MOUNT_TIMEOUT, check=False,
                               env={"PATH": os.defpath})  # fmt: skip
     except (OSError, subprocess.SubprocessError) as error:
-        os.rmdir(point)
-        raise ImageRefused(f"{path}: squashfuse did not mount it: {error}") from None
-    if done.returncode != 0 or not os.path.ismount(point):
+        _unmount(point)
+        raise ImageRefused(f"{path}: squashfuse did not mount it: {error}", node=True) from None
+    if done.returncode != 0 or not mounted_at(point):
         said = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
         _unmount(point)
-        raise ImageRefused(f"{path}: squashfuse did not mount it: {said[:200]}")
+        raise ImageRefused(f"{path}: squashfuse did not mount it: {said[:200]}", node=True)
     try:
         yield point
     finally:
         _unmount(point)
 
 
+def mounted_at(point: str) -> bool:
+    """Whether something is mounted at ``point``: read from the mount table, which also
+    lists a FUSE mount whose daemon died (where stat fails and ismount says no)."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as file:
+            table = file.read()
+    except OSError:
+        return os.path.ismount(point)
+    wanted = os.fsencode(point)
+    for line in table.splitlines():
+        fields = line.split(b" ")
+        if len(fields) > 4 and _unescape(fields[4]) == wanted:
+            return True
+    return False
+
+
+def _unescape(field: bytes) -> bytes:
+    """A mountinfo path: space, tab, newline and backslash are written as octal."""
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
+
+
 def _unmount(point: str) -> None:
-    """Unmount (lazily when busy: a process the kill missed must not keep the agent
-    waiting) and remove the mount point."""
-    if os.path.ismount(point):
+    """Unmount (lazily when busy or dead: a process the kill missed, or a daemon that
+    died, must not keep the agent waiting) and remove the mount point and its holder."""
+    if mounted_at(point):
         tool = _fusermount() or "fusermount"
         for flags in (["-u"], ["-u", "-z"]):
             try:
@@ -90,7 +116,8 @@ def _unmount(point: str) -> None:
             if done.returncode == 0:
                 break
         deadline = time.monotonic() + MOUNT_TIMEOUT
-        while os.path.ismount(point) and time.monotonic() < deadline:
+        while mounted_at(point) and time.monotonic() < deadline:
             time.sleep(0.01)
     with contextlib.suppress(OSError):  # still mounted: left for the site to see, never
         os.rmdir(point)  # removed with its contents
+        os.rmdir(os.path.dirname(point))

@@ -2,9 +2,10 @@
 and (a single file) mounted. What the renderer binds and the audit record names.
 
 Checks, in order, each failing closed with one line:
-- the image and every directory above it are writable by their owner only (a sticky
-  directory owned by root, such as /tmp, is allowed above it): nobody else may swap
-  or change it between the check and the job;
+- on a writable filesystem, the image and every directory above it are owned by root
+  or this agent's user and writable by their owner only (a sticky directory owned by
+  root, such as /tmp, is allowed above it): nobody else may swap or change it between
+  the check and the job. A read-only filesystem (CVMFS) needs no such check;
 - it is a directory, a squashfs file or a SIF file with a squashfs root partition;
 - its digest equals the pin the site policy gives for it (``images.pins``), if any.
 """
@@ -45,10 +46,6 @@ class ReadyImage:
     pinned: bool  # the policy pins it, and the digest matched
     root: str  # the host directory that becomes the sandbox's /: the image or its mount
 
-    @property
-    def from_job(self) -> bool:
-        return self.origin.startswith("jdl:")
-
     def record(self) -> dict[str, Any]:
         """What the audit record says of it."""
         return {"path": self.path, "named": self.named, "chosen_by": self.origin,
@@ -76,8 +73,8 @@ def opened(named: str, cache: identity.HashCache | None = None) -> Iterator[Open
     """The image at ``named`` checked, named by its digest and, a file, mounted while
     the context lasts. ImageRefused when it must not be used."""
     path = os.path.realpath(named)
-    _check_above(named, path)
     try:
+        _check_above(named, path)
         info = os.stat(path)
     except OSError as error:
         raise ImageRefused(f"{named}: {error.strerror}") from None
@@ -87,13 +84,17 @@ def opened(named: str, cache: identity.HashCache | None = None) -> Iterator[Open
         yield Opened(path, "directory", found, path)
         return
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # no FIFO may hang us: opened without blocking, then it must be a regular file
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as error:
         raise ImageRefused(f"{named}: {error.strerror}") from None
     try:
-        _check_own(path, os.fstat(descriptor), "file")
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageRefused(f"{named}: an image is a directory, a squashfs file or a SIF file")
+        _check_own(path, info, "file")
         kind = kinds.of_file(named, descriptor)
-        found = identity.of_file(descriptor, cache)
+        found = identity.of_file(descriptor, path, cache)
         with mount.mounted(named, descriptor, kind.offset) as point:
             yield Opened(path, kind.name, found, point)
     finally:
@@ -117,7 +118,7 @@ def ready(effective: EffectivePolicy) -> Iterator[ReadyImage | None]:
             yield ReadyImage(image.path, named, origin, image.kind, image.found.digest,
                              image.found.size, pinned, image.root)  # fmt: skip
     except ImageRefused as error:
-        raise ImageRefused(f"{error} ({origin})") from None
+        raise ImageRefused(f"{error} ({origin})", node=error.node) from None
 
 
 def _match(named: str, digest: str, pin: str | None) -> bool:
@@ -131,22 +132,29 @@ def _match(named: str, digest: str, pin: str | None) -> bool:
 
 
 def _check_own(path: str, info: os.stat_result, what: str) -> None:
-    if stat.S_IMODE(info.st_mode) & 0o002:
-        raise ImageRefused(f"{path}: the image {what} is writable by every user; make it "
-                           "writable by its owner only (chmod o-w)")  # fmt: skip
+    if identity.read_only(path):
+        return
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o022 or not identity.trusted_owner(info.st_uid):
+        raise ImageRefused(f"{path}: the image {what} (mode {mode:04o}, owner uid "
+                           f"{info.st_uid}) could be changed by another user; it must be owned "
+                           "by root or this agent's user and writable by its owner only (chown, "
+                           "chmod go-w)")  # fmt: skip
 
 
 def _check_above(named: str, path: str) -> None:
-    """Every directory above the image: no user but its owner (or root, for a sticky
-    one) may rename or replace what is in it."""
+    """Every directory above the image: no user but root or this agent's (or anyone, in
+    a sticky directory root owns) may rename or replace what is in it."""
     parent = os.path.dirname(path)
     while True:
         info = os.stat(parent)
         mode = stat.S_IMODE(info.st_mode)
-        shared = mode & 0o002 and not (mode & stat.S_ISVTX and info.st_uid == 0)
-        if shared:
-            raise ImageRefused(f"{named}: {parent}, above the image, is writable by every "
-                               "user, who could replace the image; move the image")  # fmt: skip
+        sticky_root = mode & stat.S_ISVTX and info.st_uid == 0
+        others = mode & 0o022 or not identity.trusted_owner(info.st_uid)
+        if others and not sticky_root and not identity.read_only(parent):
+            raise ImageRefused(f"{named}: {parent}, above the image (mode {mode:04o}, owner uid "
+                               f"{info.st_uid}), lets another user replace the image; keep "
+                               "images where only root or this agent's user may write")  # fmt: skip
         if parent == "/":
             return
         parent = os.path.dirname(parent)

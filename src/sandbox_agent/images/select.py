@@ -35,7 +35,8 @@ def choose(policy: Policy, spec: JobSpec, deny: list[str]) -> Setting | None:
     path = _asked(spec, IMAGE_KEY)
     if path is not None:
         real = by_path(policy, path)
-        blocked = next((d for d in deny if _within(real, d) or _within(d, real)), None)
+        denied = [os.path.realpath(d) for d in deny]  # compared as the image is: resolved
+        blocked = next((d for d in denied if _within(real, d) or _within(d, real)), None)
         if blocked is not None:
             raise PolicyRejection(f"{IMAGE_KEY}: '{path:.80}' reaches the denied path {blocked}")
         return Setting(real, f"jdl:{IMAGE_KEY}")
@@ -62,6 +63,9 @@ def by_path(policy: Policy, path: str) -> str:
     if not _within(real, real_root):
         raise PolicyRejection(f"{IMAGE_KEY}: '{path:.80}' leads through a symlink to "
                               f"{real:.80}, outside the image root {root}")  # fmt: skip
+    if real == real_root:  # the root holds images; it is none (and hashing it is unbounded)
+        raise PolicyRejection(f"{IMAGE_KEY}: '{path:.80}' is the image root {root} itself; "
+                              "name one image under it")  # fmt: skip
     if not os.path.exists(real):
         raise PolicyRejection(f"{IMAGE_KEY}: '{path:.80}' does not exist on this node")
     return real

@@ -239,7 +239,7 @@ def _scalar(spec: Field, raw: Any, where: str) -> Any:
                         f"{where}: filesystem.image: '{raw:.60}' is not an image reference"
                     )
                 return raw
-            return _path(spec, raw, where)
+            return _path(spec, raw, where, colon=True)
         if spec.path == "process.seccomp" and (raw.startswith("/") or ".." in raw.split("/")):
             raise PolicyError(
                 f"{where}: process.seccomp names a profile inside the policy directory, "
@@ -269,12 +269,14 @@ def _number(spec: Field, raw: Any, where: str) -> int:
     raise PolicyError(f"{where}: {spec.path} must be {spec.describe_type()}, not {raw!r:.40}")
 
 
-def _path(spec: Field, raw: Any, where: str) -> str:
+def _path(spec: Field, raw: Any, where: str, *, colon: bool = False) -> str:
+    """An absolute path, normalised. ``colon``: an image path, which bwrap and Apptainer
+    take whole (CVMFS names images by tag: .../centos:centos7), so ':' is allowed."""
     if not isinstance(raw, str) or not raw.startswith("/") or "\x00" in raw:
         raise PolicyError(f"{where}: {spec.path}: '{raw!s:.60}' must be an absolute path")
     if ".." in raw.split("/"):
         raise PolicyError(f"{where}: {spec.path}: '{raw:.60}' must not contain '..'")
-    if any(c in raw for c in ",:") or not raw.isprintable():
+    if any(c in raw for c in ("," if colon else ",:")) or not raw.isprintable():
         # runtimes split bind specs on ',' and ':' (Apptainer, Docker)
         raise PolicyError(f"{where}: {spec.path}: '{raw:.60}' may not hold ',' ':' or controls")
     normal = posixpath.normpath(raw)
@@ -286,9 +288,9 @@ def _mapping_item(spec: Field, key: str, value: Any, where: str) -> tuple[str, s
         if not _PLATFORM.fullmatch(key):
             raise PolicyError(f"{where}: images.platforms: '{key:.40}' is not a platform name "
                               "like el9-x86_64")  # fmt: skip
-        return key, _path(spec, value, where)
+        return key, _path(spec, value, where, colon=True)
     if spec.path == "images.pins":
-        path = _path(spec, key, where)
+        path = _path(spec, key, where, colon=True)
         if not isinstance(value, str) or not _DIGEST.fullmatch(value):
             raise PolicyError(f"{where}: images.pins: the pin of {path:.60} must be "
                               '"sha256:" and 64 hex digits (image pin prints it)')  # fmt: skip

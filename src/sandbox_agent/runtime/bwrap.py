@@ -222,7 +222,12 @@ def _image_mounts(
         raise Unenforceable(f"filesystem.image: {name:.80} was not made ready (checked, and "
                             "mounted if a file) before the sandbox was rendered")  # fmt: skip
     made = {path for path, _ in effective.tmpfs()} | {effective.word("filesystem.workdir")}
-    for entry, kind in host.entries(image.root):
+    try:
+        entries = host.entries(image.root)
+    except OSError as error:
+        raise Unenforceable(f"filesystem.image: cannot list {image.root}: "
+                            f"{error.strerror}") from None
+    for entry, kind in entries:
         target = f"/{entry}"
         if entry in _OWN_TOP or target in made:
             continue

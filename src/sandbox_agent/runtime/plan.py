@@ -1,9 +1,11 @@
 """What a runtime is given to run a job: the argv, the files beside it, and why.
 
-A launch plan is data: rendering it needs no root and touches nothing, so reviewers
-can read it (``policy render``) and tests can compare it exactly. Each requirement of
-the policy is listed with how this runtime meets it, or why it cannot (then the job
-fails closed unless the site marked the requirement optional).
+A launch plan is data: rendering it needs no root and changes nothing, so reviewers
+can read it (``policy render``) and tests can compare it exactly (an image is made
+ready first, by images.prepare: hashed, and a single file mounted to list its top
+level). Each requirement of the policy is listed with how this runtime meets it, or
+why it cannot (then the job fails closed unless the site marked the requirement
+optional).
 """
 
 from __future__ import annotations
