@@ -33,16 +33,25 @@ test: lint typecheck unit
 # The pilot on the embedded default: the sample jobs submitted to a fresh queue (in a
 # new directory under /tmp each time: as root the sandbox runs as uid 65534, which must
 # reach the work area) and run in the sandbox with a local test authority, then their
-# states, outputs, logs and the signed audit record of the production job. fail.jdl is
-# meant to fail: it shows ERROR_E and OutputErrorE.
+# states, outputs, logs and the signed audit record of the image job. fail.jdl is
+# meant to fail: it shows ERROR_E and OutputErrorE. busybox.jdl runs on an image: a
+# busybox root built here, offered as Platform "busybox" by a site policy in the home
+# (the default, plus that one platform).
 demo: setup
 	$(BIN)/sandbox-agent jdl check samples/*.jdl samples/production/production.jdl > /dev/null
 	@base=$$(mktemp -d /tmp/sandbox-agent-demo.XXXXXX) && chmod 711 "$$base" && \
-	  home="$$base/home" && mkdir -p "$$home" && cp samples/slot.toml "$$home/slot.toml" && \
+	  home="$$base/home" && mkdir -p "$$home/policies" && cp samples/slot.toml "$$home/slot.toml" && \
+	  bash scripts/busybox-image.sh "$$base/images/busybox" && chmod 755 "$$base/images" && \
+	  cp -r policies/base.toml policies/default.toml policies/seccomp "$$home/policies/" && \
+	  printf 'extends = "default"\n[images]\nplatforms = { busybox = "%s" }\n' \
+	    "$$base/images/busybox" > "$$home/policies/site.toml" && \
 	  sa() { echo "$$ sandbox-agent $$*"; $(BIN)/sandbox-agent --home "$$home" "$$@"; } && \
+	  sa image inspect "$$base/images/busybox" && \
 	  sa submit samples/hello.jdl && sa submit samples/production/production.jdl && \
 	  sa submit samples/sleep.jdl && sa submit samples/fail.jdl && \
-	  sa run && sa jobs && sa status 2 && sa outputs 2 && sa logs 1 && sa audit show 2 && \
+	  sa submit samples/busybox.jdl --policy site && \
+	  sa run --policy site && sa jobs && sa status 2 && sa outputs 2 && sa logs 1 && \
+	  sa logs 5 && sa audit show 5 && \
 	  echo "the demo's state is in $$home (remove it with: rm -rf $$base)"
 
 clean:
