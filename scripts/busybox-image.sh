@@ -12,7 +12,13 @@ if [ -z "$busybox" ] || ! "$busybox" --list >/dev/null 2>&1; then
     echo "busybox-image: no busybox (apt-get install busybox-static)" >&2
     exit 3
 fi
-version=$("$busybox" 2>&1 | head -1 | awk '{print $2}')
+# the image has no libraries: a dynamically linked busybox could not start in it
+if ldd "$busybox" >/dev/null 2>&1; then
+    echo "busybox-image: $busybox is dynamically linked; install busybox-static" >&2
+    exit 3
+fi
+# awk reads all of busybox's help (no SIGPIPE under pipefail), keeping the version
+version=$("$busybox" 2>&1 | awk 'NR == 1 {print $2}')
 
 rm -rf "$dest"
 mkdir -p "$dest/bin" "$dest/etc" "$dest/tmp"

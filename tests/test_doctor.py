@@ -118,3 +118,38 @@ def test_the_sandboxs_python_is_checked() -> None:
     found = doctor.python()
     assert (found.status, found.name) == (OK, "python3 in the sandbox")
     assert found.found.startswith("/usr/bin/python3 is Python 3.")
+
+
+def test_the_policys_images_are_checked_and_a_missing_default_image_stops_jobs(
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    from image_support import busybox_root, shared_dir
+
+    base = shared_dir()
+    try:
+        root = busybox_root(base / "busybox")
+        pin = "sha256:" + "0" * 64
+        home = tmp_path / "home"
+        shutil.copytree(Path(__file__).resolve().parents[1] / "policies", home / "policies")
+        (home / "policies" / "images.toml").write_text(
+            f'extends = "default"\n[images]\nplatforms = {{ bb = "{root}", old = "{base}/old" }}\n'
+            f'pins = {{ "{root}" = "{pin}" }}\n')
+        (home / "policies" / "gone.toml").write_text(
+            f'extends = "default"\n[filesystem]\nimage = "{base}/gone.sif"\n')
+        env = cli_env(home)
+        done = run_cli(env, "doctor", "--policy", "images", "--json")
+        assert done.returncode == 0, done.stderr
+        checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+        assert checks["single-file images"]["status"] in (OK, WEAK)
+        assert checks["policy images: images.platforms.bb"]["status"] == OK
+        assert checks["policy images: images.platforms.bb"]["found"] == f"directory {root}, pinned"
+        old = checks["policy images: images.platforms.old"]
+        assert (old["status"], old["blocking"]) == (MISSING, False)  # only jobs asking for it
+        done = run_cli(env, "doctor", "--policy", "gone")
+        assert done.returncode == 3
+        assert "MISSING  policy gone: filesystem.image" in done.stdout
+        assert done.stdout.splitlines()[-1].endswith("policy gone: filesystem.image")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

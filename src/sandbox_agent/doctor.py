@@ -10,6 +10,7 @@ is). Nothing is assumed from the distribution or the kernel version alone.
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 from collections.abc import Callable
@@ -226,10 +227,52 @@ def python() -> Check:
     return Check(name, OK, found)
 
 
+def images(policy_name: str, dirs: list[Path]) -> list[Check]:
+    """Whether single-file images can be mounted here, and whether each image the
+    policy names (its default and its platforms) is there and of a usable kind. Their
+    digests are not computed here: a large image takes a while (`image inspect`)."""
+    from sandbox_agent.images import ImageRefused, kinds, mount, prepare
+    from sandbox_agent.policy import load_policy
+
+    why = mount.unusable()
+    out = [Check("single-file images", OK, "squashfuse, fusermount and /dev/fuse are here")
+           if why is None else Check("single-file images", WEAK, f"directory images only: {why}",
+                                     "needed only for squashfs and SIF images")]  # fmt: skip
+    policy = load_policy(policy_name, dirs)
+    named = [("filesystem.image", str(policy["filesystem.image"].value))]
+    named += [(f"images.platforms.{i.value[0]}", str(i.value[1]))
+              for i in policy["images.platforms"].value]  # fmt: skip
+    pins = {str(i.value[0]) for i in policy["images.pins"].value}
+    for key, path in named:
+        if not path.startswith("/"):
+            continue
+        name = f"policy {policy_name}: {key}"
+        default = key == "filesystem.image"
+        try:
+            prepare.check_place(path)
+            kind = kinds.of_path(path)
+        except (OSError, ImageRefused) as exc:
+            said = exc.strerror if isinstance(exc, OSError) else str(exc)
+            out.append(Check(name, MISSING, f"{path}: {said}", "every job on it stops the "
+                             "pilot: fix the path or the policy", blocking=default))  # fmt: skip
+            continue
+        if kind.name != "directory" and why is not None:
+            out.append(Check(name, MISSING, f"a {kind.name} image, and {why}",
+                             "make FUSE usable here, or use a directory image",
+                             blocking=default))  # fmt: skip
+            continue
+        pinned = path in pins or os.path.realpath(path) in pins
+        held = "pinned" if pinned else "not pinned (image pin prints a pin)"
+        out.append(Check(name, OK if pinned else WEAK, f"{kind.name} {path}, {held}",
+                         "" if pinned else "pin the site's images"))  # fmt: skip
+    return out
+
+
 def checks(policy_name: str, dirs: list[Path]) -> list[Check]:
     """Every check, in the order a site admin reads them."""
     found = [kernel(), *user_namespaces(), cgroups(), seccomp(), landlock(), *sysctls(),
-             python(), *runtimes(), *policy_fallbacks(policy_name, dirs)]  # fmt: skip
+             python(), *runtimes(), *policy_fallbacks(policy_name, dirs),
+             *images(policy_name, dirs)]  # fmt: skip
     return overruled(found)
 
 

@@ -307,6 +307,55 @@ def test_an_image_others_may_replace_is_refused(base: Path, root: Path) -> None:
         assert image.kind == "directory"
 
 
+def test_a_corrupt_squashfs_is_the_images_fault_not_the_nodes(base: Path) -> None:
+    need_fuse()
+    broken = base / "broken.sqfs"
+    broken.write_bytes(b"hsqs" + os.urandom(4092))
+    broken.chmod(0o644)
+    with pytest.raises(ImageRefused, match="squashfuse did not mount it") as refused, \
+            prepare.opened(str(broken)):  # fmt: skip
+        pass
+    assert not refused.value.node
+    assert not list(Path("/tmp").glob("sandbox-agent-image-*/*"))  # nothing left mounted
+
+
+def test_the_mount_point_is_a_name_nobody_can_guess(base: Path, root: Path) -> None:
+    need_fuse()
+    with prepare.opened(str(squashfs(root, base / "image.sqfs"))) as image:
+        holder = Path(image.root).parent
+        assert len(Path(image.root).name) == 32
+        assert holder.stat().st_mode & 0o777 == 0o711
+
+
+def test_a_read_only_bind_of_a_writable_directory_is_still_checked(
+    base: Path, root: Path
+) -> None:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a read-only bind mount needs root")
+    (root / "etc" / "hostname").chmod(0o666)
+    view = base / "view"
+    view.mkdir()
+    subprocess.run(["mount", "--bind", str(root), str(view)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(view)], check=True)
+        assert os.statvfs(view).f_flag & os.ST_RDONLY
+        assert not identity.read_only(str(view))  # the directory stays writable elsewhere
+        with pytest.raises(ImageRefused, match="could be changed by another user"):
+            digest(view)
+    finally:
+        subprocess.run(["umount", str(view)], check=False)
+
+
+def test_require_pin_refuses_an_unpinned_image(base: Path, root: Path) -> None:
+    effective = effective_for(base, str(root))
+    (base / "policies" / "site.toml").write_text(
+        f'extends = "default"\n[filesystem]\nimage = "{root}"\n[images]\nrequire_pin = true\n')
+    effective = compose(load_policy("site", [base / "policies"]))
+    with pytest.raises(ImageRefused, match=r"images\.require_pin is set and no pin names"), \
+            prepare.ready(effective):  # fmt: skip
+        pass
+
+
 def test_without_squashfuse_a_file_image_is_refused_with_the_package_to_install(
     base: Path, root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

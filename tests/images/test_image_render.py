@@ -95,6 +95,36 @@ def test_bwrap_refuses_oci_images_and_images_not_made_ready(policies: Path) -> N
                      workdir="/srv/work/7", host=HOST)  # fmt: skip
 
 
+def test_binds_under_the_images_top_level_need_a_place_in_the_image(policies: Path) -> None:
+    from sandbox_agent.images import ImageRefused
+    from sandbox_agent.jdl import load_job
+
+    host = FixedHost({**HOST.table, "/img/cvmfs": "dir", "/img/opt": "dir",
+                      "/img/opt/tools": "dir", "/img/opt/README": "file",
+                      "/cvmfs/alice.cern.ch": "dir", "/opt/tools": "dir", "/opt/data": "dir"},
+                     interpreter=CARRIED)  # fmt: skip
+    (policies / "site.toml").write_text(
+        'extends = "default"\n[filesystem]\nimage = "/cvmfs/el9.sif"\n'
+        'jdl_read_only_roots = ["/cvmfs", "/opt"]\n')
+    policy = load_policy("site", [policies])
+
+    def plan(binds: str):  # type: ignore[no-untyped-def]
+        job = load_job(f'Executable = "/bin/true"; ReadOnlyBinds = {{ {binds} }};')
+        return bwrap.render(compose(policy, job), ["/bin/true"], workdir="/srv/work/7",
+                            host=host, image=READY)  # fmt: skip
+
+    # the image's empty /cvmfs (a mount point) is left out: bwrap makes it for the bind
+    made = pairs(plan('"/cvmfs/alice.cern.ch"').argv, "--ro-bind")
+    assert ("/img/cvmfs", "/cvmfs") not in made
+    assert ("/cvmfs/alice.cern.ch", "/cvmfs/alice.cern.ch") in made
+    assert ("/img/opt", "/opt") in made
+    # /opt has content: a bind needs its mount point there, which /opt/tools is
+    assert ("/opt/tools", "/opt/tools") in pairs(plan('"/opt/tools"').argv, "--ro-bind")
+    with pytest.raises(ImageRefused, match="has no /opt/data to bind onto") as refused:
+        plan('"/opt/data"')
+    assert refused.value.job and not refused.value.node  # the job's own bind
+
+
 def test_without_a_host_python_an_image_cannot_run_the_wrapper(policies: Path) -> None:
     bare = FixedHost(HOST.table)
     with pytest.raises(Unenforceable, match=r"the wrapper's interpreter: .*no python3"):

@@ -139,3 +139,18 @@ def test_diff_reports_new_roots_remapped_platforms_and_dropped_pins(site: Path) 
     assert "runs platform el7 on /cvmfs/other" in said
     assert "image /cvmfs/el7: no longer pins it" in said
     assert not diff(before, before)[0]
+
+
+def test_a_jdl_file_image_is_not_matched_on_a_node_without_fuse(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sandbox_agent.images import mount
+
+    (site / "images" / "el8.sif").write_bytes(b"SIF")
+    job = load_job(f'Executable = "/bin/true"; Image = "{site}/images/el8.sif";')
+    real = shutil.which
+    monkeypatch.setattr(mount.shutil, "which", lambda name: None if "squashfuse" in name
+                        else real(name))  # fmt: skip
+    with pytest.raises(PolicyRejection, match=r"single-file image, which this node cannot "
+                       r"mount \(squashfuse is not installed"):  # fmt: skip
+        compose(images_policy(site), job)

@@ -280,7 +280,8 @@ class Attempt:
             except ImageRefused as exc:
                 # the image the job named fails it (any node has the same one); the site's
                 # images (default, platforms) and this node's mounts fail every job here
-                if self.effective["filesystem.image"].origin == "jdl:Image" and not exc.node:
+                chose = self.effective["filesystem.image"].origin == "jdl:Image"
+                if (chose or exc.job) and not exc.node:
                     report = self.finish("ERROR_IB", f"its image: {exc}", None, started,
                                          workdir, None)  # fmt: skip
                     return report

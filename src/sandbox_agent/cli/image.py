@@ -50,13 +50,14 @@ def image_pin(path: PathArgument) -> None:
     """Print the policy lines that pin the image to its digest as it is now."""
     from sandbox_agent.images import ImageRefused, prepare
 
-    if not path.startswith("/") or any(c in path for c in ',"\\') or not path.isprintable():
+    if (not path.startswith("/") or any(c in path for c in ',"\\') or not path.isprintable()
+            or ".." in path.split("/")):  # fmt: skip
         fail(f"{printable(path)}: give the image's absolute path, as the policy names it "
-             "(no ',', quotes or backslashes)")  # fmt: skip
+             "(no '..', ',', quotes or backslashes)")  # fmt: skip
     try:
         with prepare.opened(path) as image:
             digest = image.found.digest
     except ImageRefused as exc:
-        fail(str(exc), exitcodes.FAILED)
+        fail(printable(str(exc)), exitcodes.FAILED)
     typer.echo("[images.pins]")
     typer.echo(f'"{path}" = "{digest}"')

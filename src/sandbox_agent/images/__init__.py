@@ -10,8 +10,10 @@ them, ``inspect`` describes one for a site.
 
 class ImageRefused(ValueError):
     """An image the job must not run on: one line naming it and why. ``node``: the
-    cause is this node (no FUSE, a mount that failed), not the image."""
+    cause is this node (no FUSE, no mount point), not the image; ``job``: the job's own
+    request (a bind the image has no place for), whoever chose the image."""
 
-    def __init__(self, message: str, *, node: bool = False) -> None:
+    def __init__(self, message: str, *, node: bool = False, job: bool = False) -> None:
         super().__init__(message)
         self.node = node
+        self.job = job

@@ -11,10 +11,10 @@ file rewritten with its old mtime restored is read again. The path and the boot 
 it because a FUSE filesystem (CVMFS, squashfuse) numbers its devices and inodes anew
 at each mount, and may report any ctime.
 
-On a filesystem mounted read-only (CVMFS, a squashfs) nobody can change an image, and
-its modes and owners are only recorded. On a writable one, every entry must be owned
-by root or the agent's user and writable by its owner only: anyone else could change
-the image between its check and the job.
+On a filesystem nobody can change (squashfs, or CVMFS and squashfuse mounted by root or
+this agent) an image's modes and owners are only recorded. On any other, every entry
+must be owned by root or the agent's user and writable by its owner only: anyone else
+could change the image between its check and the job.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,12 +147,43 @@ def of_file(descriptor: int, where: str, cache: HashCache | None = None) -> Iden
     return Identity(DIGEST_PREFIX + value, os.fstat(descriptor).st_size, 1)
 
 
+# Filesystems nobody can write: squashfs and its kin in the kernel, and CVMFS or
+# squashfuse mounted by root or this agent (another user could remount their own).
+_IMMUTABLE = frozenset({"squashfs", "erofs", "iso9660"})
+_IMMUTABLE_FUSE = frozenset({"fuse.cvmfs", "fuse.squashfuse", "fuse.squashfuse_ll"})
+
+
 def read_only(path: str) -> bool:
-    """Whether ``path`` is on a filesystem mounted read-only (CVMFS, a squashfs)."""
-    try:
-        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
-    except OSError:
+    """Whether ``path`` is on a filesystem nobody can change: one of a read-only kind
+    (a read-only mount of a writable one is not: it may be writable elsewhere)."""
+    mount = _mount_of(os.path.realpath(path))
+    if mount is None:
         return False
+    fstype, options = mount
+    if fstype in _IMMUTABLE:
+        return True
+    owner = next((o.split("=", 1)[1] for o in options if o.startswith("user_id=")), None)
+    return fstype in _IMMUTABLE_FUSE and owner is not None and trusted_owner(int(owner))
+
+
+def _mount_of(path: str) -> tuple[str, list[str]] | None:
+    """The filesystem type and super options of the mount ``path`` lies on."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as file:
+            table = file.read().decode(errors="replace")
+    except OSError:
+        return None
+    best: tuple[int, str, list[str]] | None = None
+    for line in table.splitlines():
+        before, _, after = line.partition(" - ")
+        fields, tail = before.split(" "), after.split(" ")
+        if len(fields) < 5 or len(tail) < 3:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        inside = point == "/" or path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= best[0]):
+            best = (len(point), tail[0], tail[2].split(","))
+    return None if best is None else (best[1], best[2])
 
 
 def trusted_owner(uid: int) -> bool:

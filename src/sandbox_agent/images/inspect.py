@@ -87,7 +87,10 @@ def resolve(root: str, relative: str) -> str | None:
             hops += 1
             if hops > _MAX_LINKS:
                 return None
-            target = os.readlink(here)
+            try:
+                target = os.readlink(here)
+            except OSError:
+                return None
             if target.startswith("/"):
                 done = []
             parts = [p for p in posixpath.normpath(target).split("/") if p] + parts

@@ -1,6 +1,6 @@
 """A single-file image made a directory for bwrap: squashfuse, read-only, at a mount
-point the agent makes (in a directory of its own that others may pass but not list)
-and removes.
+point the agent makes (a random name in a directory of its own that others may pass
+but not list) and removes.
 
 squashfuse reads the very file whose digest was checked: it is given the agent's open
 descriptor (``/dev/fd/N``), not the path, so a file swapped after the check is not the
@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -54,10 +55,14 @@ def mounted(path: str, descriptor: int, offset: int) -> Iterator[str]:
     if why is not None:
         raise ImageRefused(f"{path}: a single-file image needs a FUSE mount for bwrap, and {why}",
                            node=True)  # fmt: skip
-    holder = tempfile.mkdtemp(prefix="sandbox-agent-image-")
-    os.chmod(holder, 0o711)  # noqa: S103 (the sandbox's uid passes through; nobody lists it)
-    point = os.path.join(holder, "root")
-    os.mkdir(point, 0o755)
+    try:
+        holder = tempfile.mkdtemp(prefix="sandbox-agent-image-")
+        os.chmod(holder, 0o711)  # noqa: S103 (the sandbox's uid passes; nobody lists it)
+        # a name nobody can guess: a root agent's mount is readable by every uid
+        point = os.path.join(holder, secrets.token_hex(16))
+        os.mkdir(point, 0o755)
+    except OSError as error:
+        raise ImageRefused(f"{path}: no mount point: {error.strerror}", node=True) from None
     options = ["ro", "nodev", "nosuid", "default_permissions"]
     if offset:
         options.append(f"offset={offset}")
@@ -72,9 +77,10 @@ def mounted(path: str, descriptor: int, offset: int) -> Iterator[str]:
         _unmount(point)
         raise ImageRefused(f"{path}: squashfuse did not mount it: {error}", node=True) from None
     if done.returncode != 0 or not mounted_at(point):
+        # FUSE works here (checked above): a file squashfuse cannot read is the image's fault
         said = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
         _unmount(point)
-        raise ImageRefused(f"{path}: squashfuse did not mount it: {said[:200]}", node=True)
+        raise ImageRefused(f"{path}: squashfuse did not mount it: {said[:200]}")
     try:
         yield point
     finally:

@@ -68,6 +68,18 @@ class Opened:
     root: str  # the directory that becomes the sandbox's /
 
 
+def check_place(named: str) -> str:
+    """The image's resolved path, once it and the directories above it are shown safe
+    from other users (no hashing: ``doctor`` uses this). ImageRefused if not."""
+    path = os.path.realpath(named)
+    try:
+        _check_above(named, path)
+        _check_own(path, os.stat(path), "directory" if os.path.isdir(path) else "file")
+    except OSError as error:
+        raise ImageRefused(f"{named}: {error.strerror}") from None
+    return path
+
+
 @contextmanager
 def opened(named: str, cache: identity.HashCache | None = None) -> Iterator[Opened]:
     """The image at ``named`` checked, named by its digest and, a file, mounted while
@@ -93,7 +105,10 @@ def opened(named: str, cache: identity.HashCache | None = None) -> Iterator[Open
         if not stat.S_ISREG(info.st_mode):
             raise ImageRefused(f"{named}: an image is a directory, a squashfs file or a SIF file")
         _check_own(path, info, "file")
-        kind = kinds.of_file(named, descriptor)
+        try:
+            kind = kinds.of_file(named, descriptor)
+        except OSError as error:
+            raise ImageRefused(f"{named}: cannot read it: {error.strerror}") from None
         found = identity.of_file(descriptor, path, cache)
         with mount.mounted(named, descriptor, kind.offset) as point:
             yield Opened(path, kind.name, found, point)
@@ -114,11 +129,14 @@ def ready(effective: EffectivePolicy) -> Iterator[ReadyImage | None]:
         with opened(named, _CACHE) as image:
             _CACHE.save()
             pin = pins.get(named, pins.get(image.path))
+            if pin is None and effective.flag("images.require_pin"):
+                raise ImageRefused(f"{named}: images.require_pin is set and no pin names this "
+                                   "image; pin it (image pin) once you have vetted it")  # fmt: skip
             pinned = _match(named, image.found.digest, pin)
             yield ReadyImage(image.path, named, origin, image.kind, image.found.digest,
                              image.found.size, pinned, image.root)  # fmt: skip
     except ImageRefused as error:
-        raise ImageRefused(f"{error} ({origin})", node=error.node) from None
+        raise ImageRefused(f"{error} ({origin})", node=error.node, job=error.job) from None
 
 
 def _match(named: str, digest: str, pin: str | None) -> bool:

@@ -51,9 +51,10 @@ def by_path(policy: Policy, path: str) -> str:
     if not roots:
         raise PolicyRejection(f"{IMAGE_KEY}: this site lets no job name its image (images.roots "
                               f"is empty); ask for a {PLATFORM_KEY}, or for none")  # fmt: skip
-    if not path.startswith("/") or ".." in path.split("/") or not path.isprintable():
+    if (not path.startswith("/") or ".." in path.split("/") or not path.isprintable()
+            or "," in path):  # fmt: skip
         raise PolicyRejection(f"{IMAGE_KEY}: '{path:.80}' must be an absolute path without "
-                              "'..' or control characters")  # fmt: skip
+                              "'..', ',' or control characters")  # fmt: skip
     path = posixpath.normpath(path)
     root = next((r for r in roots if _within(path, r)), None)
     if root is None:
@@ -68,6 +69,13 @@ def by_path(policy: Policy, path: str) -> str:
                               "name one image under it")  # fmt: skip
     if not os.path.exists(real):
         raise PolicyRejection(f"{IMAGE_KEY}: '{path:.80}' does not exist on this node")
+    if not os.path.isdir(real):
+        from sandbox_agent.images.mount import unusable
+
+        why = unusable()
+        if why is not None:  # another node may mount it: not matched here, never failed
+            raise PolicyRejection(f"{IMAGE_KEY}: '{path:.80}' is a single-file image, which "
+                                  f"this node cannot mount ({why})")  # fmt: skip
     return real
 
 

@@ -100,6 +100,13 @@ def _fields() -> dict[str, Field]:
             "runs on.",
         ),
         Field(
+            "images.require_pin",
+            Kind.BOOL,
+            False,
+            "Run jobs only on pinned images: an image (the site's or a job's) with no pin in "
+            "images.pins is refused.",
+        ),
+        Field(
             "images.pins",
             Kind.MAPPING,
             (),

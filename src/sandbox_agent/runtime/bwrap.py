@@ -14,6 +14,7 @@ import posixpath
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from sandbox_agent.images import ImageRefused
 from sandbox_agent.images.hostpython import PRIVATE, NoHostPython
 from sandbox_agent.policy.compose import EffectivePolicy, within
 from sandbox_agent.policy.schema import LIMITS
@@ -227,9 +228,10 @@ def _image_mounts(
     except OSError as error:
         raise Unenforceable(f"filesystem.image: cannot list {image.root}: "
                             f"{error.strerror}") from None
+    holders = _bind_holders(effective, image, host, entries)
     for entry, kind in entries:
         target = f"/{entry}"
-        if entry in _OWN_TOP or target in made:
+        if entry in _OWN_TOP or target in made or entry in holders:
             continue
         if kind.startswith("symlink:"):
             mounts.append((target, ["--symlink", kind.split(":", 1)[1], target]))
@@ -247,6 +249,30 @@ def _image_mounts(
         f"its top level bound read-only; the wrapper on the host's python3 at {PRIVATE}",
     ))  # fmt: skip
     return list(carried.command)
+
+
+def _bind_holders(effective: EffectivePolicy, image: ReadyImage, host: HostView,
+                  entries: list[tuple[str, str]]) -> set[str]:  # fmt: skip
+    """Top-level directories of the image left out, so that binds under them can be
+    made: an empty one (a mount point such as /cvmfs) is made by bwrap instead. A bind
+    under a top-level directory with content needs its mount point in the image (bwrap
+    cannot make one in a read-only bind): ImageRefused otherwise, the job's fault when
+    the bind is the job's own."""
+    tops = {name for name, kind in entries if kind == "dir"}
+    binds = [(i.value, i.origin) for key in ("filesystem.read_only", "filesystem.writable",
+             "devices.paths") for i in effective[key].value]  # fmt: skip
+    left_out: set[str] = set()
+    for path, origin in binds:
+        top = path.strip("/").split("/", 1)[0]
+        if top not in tops or path.strip("/") == top:
+            continue
+        if not host.entries(f"{image.root}/{top}"):
+            left_out.add(top)
+        elif host.kind(f"{image.root}{path}") == "missing":
+            raise ImageRefused(f"the image {image.named} has no {path} to bind onto (/{top} "
+                               f"comes from the image); bind elsewhere ({origin})",
+                               job=origin.startswith("jdl:"))  # fmt: skip
+    return left_out
 
 
 def _depth(path: str) -> tuple[int, str]:
