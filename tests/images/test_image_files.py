@@ -410,3 +410,24 @@ def test_image_inspect_and_pin_on_the_command_line(base: Path, root: Path, tmp_p
     assert refused.returncode == 1 and "No such file" in refused.stdout
     bad = run_cli(env, "image", "pin", "relative/image")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+def test_image_inspect_says_when_a_policys_sandbox_cannot_run_on_the_image(
+    base: Path, root: Path, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "policies", home / "policies")
+    # the host's /etc/ssl bound read-only: the image's /etc has content, and no ssl in it
+    (home / "policies" / "site.toml").write_text(
+        'extends = "default"\n[filesystem]\nread_only = ["/etc/ssl"]\n')
+    env = cli_env(home)
+    fine = run_cli(env, "image", "inspect", root)
+    assert fine.returncode == 0 and "usable here:  yes (policy default)" in fine.stdout
+    refused = run_cli(env, "image", "inspect", root, "--policy", "site")
+    assert refused.returncode == 1
+    assert "the site policy cannot run on it: the image " in refused.stdout
+    assert "has no /etc/ssl to bind onto" in refused.stdout
+    (root / "etc" / "ssl").mkdir()
+    assert run_cli(env, "image", "inspect", root, "--policy", "site").returncode == 0
+    unknown = run_cli(env, "image", "inspect", root, "--policy", "nope")
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1

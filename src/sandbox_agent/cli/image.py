@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from sandbox_agent import exitcodes
-from sandbox_agent.cli.app import JsonOption, fail, printable
+from sandbox_agent.cli.app import JsonOption, fail, home_of, printable
+from sandbox_agent.policy import policy_dirs
 
 image_app = typer.Typer(
     help="Inspect an image (a directory, squashfs or SIF file) and pin it in a policy.",
@@ -20,12 +21,23 @@ PathArgument = Annotated[str, typer.Argument(help="A directory, a squashfs or a 
 
 
 @image_app.command("inspect")
-def image_inspect(path: PathArgument, as_json: JsonOption = False) -> None:
+def image_inspect(
+    ctx: typer.Context,
+    path: PathArgument,
+    policy: Annotated[str, typer.Option("--policy", help="The policy to try it with.")] = "default",
+    as_json: JsonOption = False,
+) -> None:
     """Kind, size, digest, the OS release and architecture inside, and whether the
-    pilot can run jobs on it here. Exit 1 when it cannot."""
+    policy's sandbox can run jobs on it here. Exit 1 when it cannot."""
     from sandbox_agent.images.inspect import inspect
+    from sandbox_agent.policy import PolicyError, load_policy
 
-    found = inspect(path)
+    dirs = policy_dirs(home_of(ctx))
+    try:
+        load_policy(policy, dirs)
+    except PolicyError as exc:
+        fail(printable(str(exc)))
+    found = inspect(path, policy, dirs)
     if as_json:
         typer.echo(json.dumps(found.as_json(), indent=1))
     else:
@@ -36,7 +48,7 @@ def image_inspect(path: PathArgument, as_json: JsonOption = False) -> None:
                      ("size", f"{found.size / 2**20:.1f} MiB ({found.size} bytes){entries}"),
                      ("digest", found.digest), ("os release", found.os_release or "(none found)"),
                      ("architecture", found.architecture or "(unknown)")]  # fmt: skip
-        rows.append(("usable here", "yes" if found.usable else "no"))
+        rows.append(("usable here", f"{'yes' if found.usable else 'no'} (policy {found.policy})"))
         for name, value in rows:
             typer.echo(f"{name + ':':<14}{printable(value)}")
         for problem in found.problems:
