@@ -202,7 +202,7 @@ def test_a_mount_whose_squashfuse_died_is_still_unmounted_and_removed(
     base: Path, root: Path
 ) -> None:
     need_fuse()
-    from sandbox_agent.images.mount import mounted_at
+    from sandbox_agent.images.mounttable import mounted_at
 
     packed = squashfs(root, base / "image.sqfs")
     with prepare.opened(str(packed)) as image:
@@ -315,8 +315,9 @@ def test_a_corrupt_squashfs_is_the_images_fault_not_the_nodes(base: Path) -> Non
     with pytest.raises(ImageRefused, match="squashfuse did not mount it") as refused, \
             prepare.opened(str(broken)):  # fmt: skip
         pass
-    assert not refused.value.node
-    assert not list(Path("/tmp").glob("sandbox-agent-image-*/*"))  # nothing left mounted
+    assert not refused.value.node  # squashfuse said the file is bad, not FUSE
+    table = Path("/proc/self/mountinfo").read_text()
+    assert "sandbox-agent-image-" not in table  # nothing left mounted
 
 
 def test_the_mount_point_is_a_name_nobody_can_guess(base: Path, root: Path) -> None:
@@ -426,8 +427,34 @@ def test_image_inspect_says_when_a_policys_sandbox_cannot_run_on_the_image(
     refused = run_cli(env, "image", "inspect", root, "--policy", "site")
     assert refused.returncode == 1
     assert "the site policy cannot run on it: the image " in refused.stdout
-    assert "has no /etc/ssl to bind onto" in refused.stdout
+    assert "has nothing at /etc/ssl, where a dir is to be mounted" in refused.stdout
     (root / "etc" / "ssl").mkdir()
     assert run_cli(env, "image", "inspect", root, "--policy", "site").returncode == 0
     unknown = run_cli(env, "image", "inspect", root, "--policy", "nope")
     assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1
+
+
+def test_the_mount_table_names_immutable_filesystems_and_no_other(tmp_path: Path) -> None:
+    from sandbox_agent.images.mounttable import holding
+
+    spaced = tmp_path / "with space"
+    spaced.mkdir()
+    device = os.stat(spaced).st_dev
+    here = f"{os.major(device)}:{os.minor(device)}"
+    point = str(spaced).replace(" ", "\\040")
+
+    def line(fstype: str, source: str, options: str, dev: str = here, at: str = point) -> bytes:
+        return f"36 35 {dev} / {at} ro,relatime shared:1 - {fstype} {source} {options}\n".encode()
+
+    root = b"1 0 8:1 / / rw - ext4 /dev/sda1 rw\n"
+    cases = [
+        (line("fuse", "cvmfs2", "ro,user_id=0,group_id=0"), True),  # CVMFS as it mounts itself
+        (line("squashfs", "/dev/loop3", "ro"), True),
+        (line("fuse.squashfuse", "/dev/fd/9", f"ro,user_id={os.geteuid()},group_id=0"), True),
+        (line("fuse", "cvmfs2", "ro,user_id=12345,group_id=0"), False),  # another user's
+        (line("ext4", "/dev/sdb1", "ro"), False),  # a read-only mount of a writable kind
+        (line("squashfs", "/dev/loop3", "ro", dev="7:99"), False),  # hidden: not this device
+    ]
+    for mount, immutable in cases:
+        assert identity.read_only(str(spaced), root + mount) is immutable, mount
+    assert holding(str(spaced), root + cases[0][0]).point == str(spaced).encode()

@@ -101,7 +101,8 @@ def test_binds_under_the_images_top_level_need_a_place_in_the_image(policies: Pa
 
     host = FixedHost({**HOST.table, "/img/cvmfs": "dir", "/img/opt": "dir",
                       "/img/opt/tools": "dir", "/img/opt/README": "file",
-                      "/cvmfs/alice.cern.ch": "dir", "/opt/tools": "dir", "/opt/data": "dir"},
+                      "/cvmfs/alice.cern.ch": "dir", "/opt/tools": "dir", "/opt/data": "dir",
+                      "/opt/README": "dir"},
                      interpreter=CARRIED)  # fmt: skip
     (policies / "site.toml").write_text(
         'extends = "default"\n[filesystem]\nimage = "/cvmfs/el9.sif"\n'
@@ -120,9 +121,30 @@ def test_binds_under_the_images_top_level_need_a_place_in_the_image(policies: Pa
     assert ("/img/opt", "/opt") in made
     # /opt has content: a bind needs its mount point there, which /opt/tools is
     assert ("/opt/tools", "/opt/tools") in pairs(plan('"/opt/tools"').argv, "--ro-bind")
-    with pytest.raises(ImageRefused, match="has no /opt/data to bind onto") as refused:
+    with pytest.raises(ImageRefused, match="has nothing at /opt/data, where a dir is to be "
+                       "mounted") as refused:  # fmt: skip
         plan('"/opt/data"')
     assert refused.value.job and not refused.value.node  # the job's own bind
+    with pytest.raises(ImageRefused, match="has a file at /opt/README, where a dir is"):
+        plan('"/opt/README"')
+    assert pairs(plan('"/opt/missing-on-host"').argv, "--ro-bind")  # nothing to bind: no refusal
+
+
+def test_a_site_tmpfs_under_an_image_directory_needs_its_place_too(policies: Path) -> None:
+    from sandbox_agent.images import ImageRefused
+
+    host = FixedHost({**HOST.table, "/img/var": "dir", "/img/var/lib": "dir"},
+                     interpreter=CARRIED)  # fmt: skip
+    (policies / "site.toml").write_text(
+        'extends = "default"\n[filesystem]\nimage = "/cvmfs/el9.sif"\n'
+        'tmpfs = { append = [{ path = "/var/tmp", size = "64MB" }] }\n')
+    effective = compose(load_policy("site", [policies]))
+    with pytest.raises(ImageRefused, match="has nothing at /var/tmp") as refused:
+        bwrap.render(effective, ["/bin/true"], workdir="/srv/work/7", host=host, image=READY)
+    assert not refused.value.job  # the site's own tmpfs: not the job's fault
+    roomy = FixedHost({**host.table, "/img/var/tmp": "dir"}, interpreter=CARRIED)
+    plan = bwrap.render(effective, ["/bin/true"], workdir="/srv/work/7", host=roomy, image=READY)
+    assert "/var/tmp" in plan.argv
 
 
 def test_without_a_host_python_an_image_cannot_run_the_wrapper(policies: Path) -> None:

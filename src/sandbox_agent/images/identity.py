@@ -23,13 +23,12 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from sandbox_agent.images import ImageRefused
+from sandbox_agent.images import ImageRefused, mounttable
 
 DIGEST_PREFIX = "sha256:"
 _CHUNK = 1 << 20
@@ -150,40 +149,23 @@ def of_file(descriptor: int, where: str, cache: HashCache | None = None) -> Iden
 # Filesystems nobody can write: squashfs and its kin in the kernel, and CVMFS or
 # squashfuse mounted by root or this agent (another user could remount their own).
 _IMMUTABLE = frozenset({"squashfs", "erofs", "iso9660"})
-_IMMUTABLE_FUSE = frozenset({"fuse.cvmfs", "fuse.squashfuse", "fuse.squashfuse_ll"})
+_IMMUTABLE_FUSE = frozenset({"fuse.cvmfs", "fuse.cvmfs2", "fuse.squashfuse", "fuse.squashfuse_ll"})
 
 
-def read_only(path: str) -> bool:
+def read_only(path: str, table: bytes | None = None) -> bool:
     """Whether ``path`` is on a filesystem nobody can change: one of a read-only kind
-    (a read-only mount of a writable one is not: it may be writable elsewhere)."""
-    mount = _mount_of(os.path.realpath(path))
+    (a read-only mount of a writable one is not: it may be writable elsewhere). CVMFS
+    names itself "fuse" with the source "cvmfs2"."""
+    mount = mounttable.holding(path, table)
     if mount is None:
         return False
-    fstype, options = mount
-    if fstype in _IMMUTABLE:
+    if mount.fstype in _IMMUTABLE:
         return True
-    owner = next((o.split("=", 1)[1] for o in options if o.startswith("user_id=")), None)
-    return fstype in _IMMUTABLE_FUSE and owner is not None and trusted_owner(int(owner))
-
-
-def _mount_of(path: str) -> tuple[str, list[str]] | None:
-    """The filesystem type and super options of the mount ``path`` lies on."""
-    try:
-        with open("/proc/self/mountinfo", "rb") as file:
-            table = file.read().decode(errors="replace")
-    except OSError:
-        return None
-    best: tuple[int, str, list[str]] | None = None
-    for line in table.splitlines():
-        before, _, after = line.partition(" - ")
-        fields, tail = before.split(" "), after.split(" ")
-        if len(fields) < 5 or len(tail) < 3:
-            continue
-        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-        inside = point == "/" or path == point or path.startswith(point.rstrip("/") + "/")
-        if inside and (best is None or len(point) >= best[0]):
-            best = (len(point), tail[0], tail[2].split(","))
-    return None if best is None else (best[1], best[2])
+    cvmfs = mount.fstype == "fuse" and mount.source == "cvmfs2"
+    if mount.fstype not in _IMMUTABLE_FUSE and not cvmfs:
+        return False
+    owner = next((o.split("=", 1)[1] for o in mount.options if o.startswith("user_id=")), "")
+    return owner.isdigit() and trusted_owner(int(owner))
 
 
 def trusted_owner(uid: int) -> bool:

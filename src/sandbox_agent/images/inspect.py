@@ -91,6 +91,8 @@ def _policy_refusal(name: str, dirs: list[Path] | None, path: str, image: prepar
                      wrapper=True, image=ready)  # fmt: skip
     except (Unenforceable, ImageRefused) as error:
         return str(error)
+    except OSError as error:
+        return f"cannot read it: {error.strerror}"
     return ""
 
 

@@ -23,10 +23,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sandbox_agent.images import ImageRefused
+from sandbox_agent.images import ImageRefused, mounttable
 
 MOUNT_TIMEOUT = 30.0  # seconds for squashfuse to mount or fusermount to unmount
 _INSTALL = "apt-get install squashfuse fuse3"
+# what FUSE itself (not the image) says when it fails: "fuse: device not found",
+# "fusermount3: mount failed: Operation not permitted"
+_FUSE_FAULT = re.compile(r"\bfuse\b|fusermount|Operation not permitted|Permission denied",
+                         re.IGNORECASE)
 
 
 def unusable() -> str | None:
@@ -76,42 +80,23 @@ def mounted(path: str, descriptor: int, offset: int) -> Iterator[str]:
     except (OSError, subprocess.SubprocessError) as error:
         _unmount(point)
         raise ImageRefused(f"{path}: squashfuse did not mount it: {error}", node=True) from None
-    if done.returncode != 0 or not mounted_at(point):
-        # FUSE works here (checked above): a file squashfuse cannot read is the image's fault
+    if done.returncode != 0 or not mounttable.mounted_at(point):
+        # a file squashfuse cannot read is the image's fault; FUSE itself failing (a
+        # container where fusermount cannot act) is this node's
         said = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
         _unmount(point)
-        raise ImageRefused(f"{path}: squashfuse did not mount it: {said[:200]}")
+        node = bool(_FUSE_FAULT.search(done.stderr))
+        raise ImageRefused(f"{path}: squashfuse did not mount it: {said[:200]}", node=node)
     try:
         yield point
     finally:
         _unmount(point)
 
 
-def mounted_at(point: str) -> bool:
-    """Whether something is mounted at ``point``: read from the mount table, which also
-    lists a FUSE mount whose daemon died (where stat fails and ismount says no)."""
-    try:
-        with open("/proc/self/mountinfo", "rb") as file:
-            table = file.read()
-    except OSError:
-        return os.path.ismount(point)
-    wanted = os.fsencode(point)
-    for line in table.splitlines():
-        fields = line.split(b" ")
-        if len(fields) > 4 and _unescape(fields[4]) == wanted:
-            return True
-    return False
-
-
-def _unescape(field: bytes) -> bytes:
-    """A mountinfo path: space, tab, newline and backslash are written as octal."""
-    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), field)
-
-
 def _unmount(point: str) -> None:
     """Unmount (lazily when busy or dead: a process the kill missed, or a daemon that
     died, must not keep the agent waiting) and remove the mount point and its holder."""
-    if mounted_at(point):
+    if mounttable.mounted_at(point):
         tool = _fusermount() or "fusermount"
         for flags in (["-u"], ["-u", "-z"]):
             try:
@@ -122,7 +107,7 @@ def _unmount(point: str) -> None:
             if done.returncode == 0:
                 break
         deadline = time.monotonic() + MOUNT_TIMEOUT
-        while mounted_at(point) and time.monotonic() < deadline:
+        while mounttable.mounted_at(point) and time.monotonic() < deadline:
             time.sleep(0.01)
     with contextlib.suppress(OSError):  # still mounted: left for the site to see, never
         os.rmdir(point)  # removed with its contents

@@ -14,11 +14,9 @@ import posixpath
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from sandbox_agent.images import ImageRefused
-from sandbox_agent.images.hostpython import PRIVATE, NoHostPython
 from sandbox_agent.policy.compose import EffectivePolicy, within
 from sandbox_agent.policy.schema import LIMITS
-from sandbox_agent.runtime import confinestep
+from sandbox_agent.runtime import confinestep, imageroot
 from sandbox_agent.runtime.plan import (
     AGENT_FILES,
     HostView,
@@ -120,7 +118,7 @@ def render(
         )
     else:
         userland = ()
-        python = _image_mounts(effective, image, host, mounts, requirements)
+        python = imageroot.mounts(effective, image, host, mounts, requirements)
         has_python = True
         if wrapper:  # the agent's interpreter, not one the image may lack
             argv = [*python, *argv[1:]]
@@ -202,77 +200,6 @@ def render(
         requirements=tuple(requirements),
         seccomp_profile=str(effective.policy.directory / profile),
     )
-
-
-# Top-level names of an image the sandbox makes itself rather than binds from it.
-_OWN_TOP = frozenset({"proc", "dev", ".sandbox-agent"})
-
-
-def _image_mounts(
-    effective: EffectivePolicy, image: ReadyImage | None, host: HostView,
-    mounts: list[tuple[str, list[str]]], requirements: list[Requirement],
-) -> list[str]:  # fmt: skip
-    """The image's top level bound read-only into the sandbox's root (which stays bwrap's
-    own tmpfs, so the sandbox's mount points need not exist in the image), and the
-    host's python3 at its private path; returns the argv prefix that starts it."""
-    name = effective.word("filesystem.image")
-    if not name.startswith("/"):
-        raise Unenforceable(f"filesystem.image: bwrap cannot pull the OCI image {name:.80}; "
-                            "Apptainer, Docker or Podman run those")  # fmt: skip
-    if image is None:
-        raise Unenforceable(f"filesystem.image: {name:.80} was not made ready (checked, and "
-                            "mounted if a file) before the sandbox was rendered")  # fmt: skip
-    made = {path for path, _ in effective.tmpfs()} | {effective.word("filesystem.workdir")}
-    try:
-        entries = host.entries(image.root)
-    except OSError as error:
-        raise Unenforceable(f"filesystem.image: cannot list {image.root}: "
-                            f"{error.strerror}") from None
-    holders = _bind_holders(effective, image, host, entries)
-    for entry, kind in entries:
-        target = f"/{entry}"
-        if entry in _OWN_TOP or target in made or entry in holders:
-            continue
-        if kind.startswith("symlink:"):
-            mounts.append((target, ["--symlink", kind.split(":", 1)[1], target]))
-        elif kind in ("dir", "file"):
-            mounts.append((target, ["--ro-bind", f"{image.root}/{entry}", target]))
-    try:
-        carried = host.python()
-    except NoHostPython as error:
-        raise Unenforceable(f"filesystem.image: the wrapper's interpreter: {error}") from None
-    for source, inside in carried.binds:
-        mounts.append((inside, ["--ro-bind", source, inside]))
-    pinned = ", pinned" if image.pinned else ""
-    requirements.append(Requirement(
-        "filesystem.image", f"the {image.kind} image {image.path} ({image.digest}{pinned}), "
-        f"its top level bound read-only; the wrapper on the host's python3 at {PRIVATE}",
-    ))  # fmt: skip
-    return list(carried.command)
-
-
-def _bind_holders(effective: EffectivePolicy, image: ReadyImage, host: HostView,
-                  entries: list[tuple[str, str]]) -> set[str]:  # fmt: skip
-    """Top-level directories of the image left out, so that binds under them can be
-    made: an empty one (a mount point such as /cvmfs) is made by bwrap instead. A bind
-    under a top-level directory with content needs its mount point in the image (bwrap
-    cannot make one in a read-only bind): ImageRefused otherwise, the job's fault when
-    the bind is the job's own."""
-    tops = {name for name, kind in entries if kind == "dir"}
-    binds = [(i.value, i.origin) for key in ("filesystem.read_only", "filesystem.writable",
-             "devices.paths") for i in effective[key].value]  # fmt: skip
-    left_out: set[str] = set()
-    for path, origin in binds:
-        top = path.strip("/").split("/", 1)[0]
-        if top not in tops or path.strip("/") == top:
-            continue
-        if not host.entries(f"{image.root}/{top}"):
-            left_out.add(top)
-        elif host.kind(f"{image.root}{path}") == "missing":
-            raise ImageRefused(f"the image {image.named} has no {path} to bind onto (/{top} "
-                               f"comes from the image); bind elsewhere ({origin})",
-                               job=origin.startswith("jdl:"))  # fmt: skip
-    return left_out
 
 
 def _depth(path: str) -> tuple[int, str]:

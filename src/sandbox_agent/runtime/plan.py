@@ -41,6 +41,11 @@ class HostView(Protocol):
         """The host interpreter the wrapper runs on inside an image; NoHostPython."""
         ...
 
+    def resolve(self, root: str, path: str) -> str | None:
+        """The host path of ``path`` inside the image at ``root``, its symlinks followed
+        inside the image; None when it leads nowhere."""
+        ...
+
 
 class RealHost:
     def entries(self, directory: str) -> list[tuple[str, str]]:
@@ -49,6 +54,11 @@ class RealHost:
 
     def python(self) -> HostPython:
         return hostpython.find()
+
+    def resolve(self, root: str, path: str) -> str | None:
+        from sandbox_agent.images.inspect import resolve
+
+        return resolve(root, path)
 
     def landlock_abi(self) -> int:
         from sandbox_agent.wrapper.confine import abi
@@ -81,6 +91,10 @@ class FixedHost:
         prefix = directory.rstrip("/") + "/"
         return sorted((path[len(prefix):], kind) for path, kind in self.table.items()
                       if path.startswith(prefix) and "/" not in path[len(prefix):])  # fmt: skip
+
+    def resolve(self, root: str, path: str) -> str | None:
+        inside = root.rstrip("/") + path
+        return inside if inside in self.table else None
 
     def python(self) -> HostPython:
         if self.interpreter is None:
