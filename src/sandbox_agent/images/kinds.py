@@ -30,12 +30,9 @@ _FS_NAMES = {1: "squashfs", 2: "ext3", 3: "an immutable object", 4: "raw data",
              5: "encrypted squashfs"}  # fmt: skip
 _MAX_DESCRIPTORS = 4096  # Singularity makes 48; more is not a SIF we read
 
-KINDS = ("directory", "squashfs", "sif")
-
-
 @dataclass(frozen=True)
 class Kind:
-    name: str  # one of KINDS
+    name: str  # "directory", "squashfs" or "sif"
     offset: int = 0  # where the squashfs starts in the file
     size: int = 0  # the squashfs's bytes (a file image's; 0 for a directory)
 

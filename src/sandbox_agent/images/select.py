@@ -14,7 +14,7 @@ import posixpath
 
 from sandbox_agent.jdl.expr import Expr, Literal
 from sandbox_agent.jdl.spec import JobSpec
-from sandbox_agent.policy.model import Policy, PolicyRejection, Setting
+from sandbox_agent.policy.model import Policy, PolicyRejection, Setting, within
 
 IMAGE_KEY = "Image"
 PLATFORM_KEY = "Platform"
@@ -36,7 +36,7 @@ def choose(policy: Policy, spec: JobSpec, deny: list[str]) -> Setting | None:
     if path is not None:
         real = by_path(policy, path)
         denied = [os.path.realpath(d) for d in deny]  # compared as the image is: resolved
-        blocked = next((d for d in denied if _within(real, d) or _within(d, real)), None)
+        blocked = next((d for d in denied if within(real, d) or within(d, real)), None)
         if blocked is not None:
             raise PolicyRejection(f"{IMAGE_KEY}: '{path:.80}' reaches the denied path {blocked}")
         return Setting(real, f"jdl:{IMAGE_KEY}")
@@ -56,12 +56,12 @@ def by_path(policy: Policy, path: str) -> str:
         raise PolicyRejection(f"{IMAGE_KEY}: '{path:.80}' must be an absolute path without "
                               "'..', ',' or control characters")  # fmt: skip
     path = posixpath.normpath(path)
-    root = next((r for r in roots if _within(path, r)), None)
+    root = next((r for r in roots if within(path, r)), None)
     if root is None:
         raise PolicyRejection(f"{IMAGE_KEY}: '{path:.80}' is not under an image root this site "
                               f"allows ({', '.join(roots)})")  # fmt: skip
     real, real_root = os.path.realpath(path), os.path.realpath(root)
-    if not _within(real, real_root):
+    if not within(real, real_root):
         raise PolicyRejection(f"{IMAGE_KEY}: '{path:.80}' leads through a symlink to "
                               f"{real:.80}, outside the image root {root}")  # fmt: skip
     if real == real_root:  # the root holds images; it is none (and hashing it is unbounded)
@@ -87,7 +87,3 @@ def by_platform(policy: Policy, platform: str) -> Setting:
         raise PolicyRejection(f"{PLATFORM_KEY}: this site has no image for '{platform:.40}' "
                               f"(it offers: {offered or 'none'})")  # fmt: skip
     return Setting(str(item.value[1]), f"jdl:{PLATFORM_KEY} {item.value[0]} ({item.origin})")
-
-
-def _within(path: str, root: str) -> bool:
-    return root == "/" or path == root or path.startswith(root.rstrip("/") + "/")

@@ -19,7 +19,7 @@ from sandbox_agent.images import select
 from sandbox_agent.jdl.expr import ListExpr, Literal
 from sandbox_agent.jdl.spec import JobSpec
 from sandbox_agent.jdl.units import MIB, format_size
-from sandbox_agent.policy.model import Item, Policy, PolicyRejection, Setting
+from sandbox_agent.policy.model import Item, Policy, PolicyRejection, Setting, within
 from sandbox_agent.policy.schema import LIMITS, Kind
 
 # The JDL key a job uses to ask for extra read-only binds (under filesystem.jdl_read_only_roots).
@@ -206,10 +206,3 @@ def _requested_binds(policy: Policy, spec: JobSpec, deny: list[str]) -> list[Ite
             raise PolicyRejection(f"{BINDS_KEY}: '{path:.60}' reaches the denied path {blocked}")
         out.append(Item(path, f"jdl:{BINDS_KEY}"))
     return out
-
-
-def within(path: str, root: str) -> bool:
-    """Whether ``path`` is ``root`` or lies under it (by path components, not text)."""
-    if root == "/":
-        return True
-    return path == root or path.startswith(root.rstrip("/") + "/")

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox_agent.policy.compose import EffectivePolicy, within
+from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.policy.explain import show_value
+from sandbox_agent.policy.model import within
 from sandbox_agent.policy.schema import FIELDS, LIMITS, NAMESPACES
 from sandbox_agent.seccomp.profile import ProfileError, SeccompProfile
 

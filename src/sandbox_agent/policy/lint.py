@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sandbox_agent.policy.compose import within
-from sandbox_agent.policy.model import BUILTIN, Policy
+from sandbox_agent.policy.model import BUILTIN, Policy, within
 from sandbox_agent.policy.schema import LIMITS, NAMESPACES
 from sandbox_agent.seccomp.profile import (
     REQUIRED_ALLOWED,

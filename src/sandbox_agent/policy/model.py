@@ -60,3 +60,10 @@ class Policy:
         if path == "process.environment.set":
             return dict(plain)
         return plain
+
+
+def within(path: str, root: str) -> bool:
+    """Whether ``path`` is ``root`` or lies under it (by path components, not text)."""
+    if root == "/":
+        return True
+    return path == root or path.startswith(root.rstrip("/") + "/")

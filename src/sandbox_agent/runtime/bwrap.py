@@ -14,7 +14,8 @@ import posixpath
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from sandbox_agent.policy.compose import EffectivePolicy, within
+from sandbox_agent.policy.compose import EffectivePolicy
+from sandbox_agent.policy.model import within
 from sandbox_agent.policy.schema import LIMITS
 from sandbox_agent.runtime import confinestep, imageroot
 from sandbox_agent.runtime.plan import (

@@ -29,7 +29,8 @@ from typing import IO
 import prctl
 
 from sandbox_agent.limits.cgroups import JobCgroup
-from sandbox_agent.policy.compose import EffectivePolicy, within
+from sandbox_agent.policy.compose import EffectivePolicy
+from sandbox_agent.policy.model import within
 from sandbox_agent.runtime.plan import AGENT_FILES, LaunchPlan, Requirement, Unenforceable
 from sandbox_agent.seccomp.compile import bpf_fd, compile_profile, data_fd
 from sandbox_agent.wrapper import confine
