@@ -90,7 +90,7 @@ def test_rows_follow_the_sections(pdir: Path) -> None:
     got = rows(effective(pdir))
     order = [section for section, _ in SECTIONS]
     assert order == ["namespaces", "filesystem", "images", "devices", "process", "limits",
-                     "network", "optional"]  # fmt: skip
+                     "outputs", "disk", "network", "optional"]  # fmt: skip
     seen = [row["section"] for row in got]
     assert sorted(seen, key=order.index) == seen
     for row in got:

@@ -27,6 +27,8 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("devices", [k for k in FIELDS if k.startswith("devices.")]),
     ("process", [k for k in FIELDS if k.startswith("process.")]),
     ("limits", [f"limits.{name}" for name in LIMITS]),
+    ("outputs", [k for k in FIELDS if k.startswith("outputs.")]),
+    ("disk", [k for k in FIELDS if k.startswith("disk.")]),
     ("network", ["network.mode"]),
     ("optional", ["optional.requirements"]),
 ]

@@ -276,6 +276,19 @@ def _fields() -> dict[str, Field]:
             ),
         ]
     out += [
+        Field("outputs.max_file", Kind.SIZE, 1024**3,
+              "The most one kept output may hold, counted by its apparent size (a sparse "
+              "file counts whole); a larger one is refused.", minimum=1),
+        Field("outputs.max_total", Kind.SIZE, 4 * 1024**3,
+              "The most all of a job's kept outputs may hold together (apparent sizes), "
+              "and never more than the job's workdir_size.", minimum=1),
+        Field("outputs.max_log", Kind.SIZE, 16 * 1024**2,
+              "The most of each of stdout and stderr that is kept; the rest is cut, and "
+              "the cut is recorded as a problem of the job.", minimum=1),
+        Field("disk.reserve", Kind.SIZE, 256 * 1024**2,
+              "Free space the agent keeps for its own state (queue, outputs, audit records) "
+              "on its home's and its work area's filesystems: a job is not started, and "
+              "outputs are not kept, where that would eat into it.", minimum=0),
         Field("network.mode", Kind.CHOICE, "none",
               "none: a network namespace with loopback only; host: the host's network.",
               ("none", "host")),
