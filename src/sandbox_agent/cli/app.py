@@ -10,6 +10,7 @@ import typer
 
 from sandbox_agent import __version__, exitcodes
 from sandbox_agent.home import default_home
+from sandbox_agent.printable import printable as printable  # re-exported for the commands
 
 app = typer.Typer(
     name="sandbox-agent",
@@ -53,12 +54,6 @@ def fail(message: str, code: int = exitcodes.USAGE) -> NoReturn:
     """Print one error line to stderr and exit with ``code``."""
     typer.echo(f"sandbox-agent: {message}", err=True)
     raise typer.Exit(code)
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters escaped: details and names a payload (or a
-    wrapper it subverted) chose must not forge lines of our output or drive a terminal."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def home_of(ctx: typer.Context) -> Path:
