@@ -133,10 +133,14 @@ def collect(
     *,
     max_file: int,
     max_total: int,
+    cut: bool = False,
     use_openat2: bool | None = None,
 ) -> tuple[list[Collected], list[str]]:
     """Copy each output into ``store`` (made here, 0700) with its SHA-256. Returns what
-    was collected and one line per output refused; never follows a link out."""
+    was collected and one line per output refused (or, with ``cut``, kept only in part);
+    never follows a link out. Sizes are apparent (st_size: a sparse file counts whole),
+    checked against the caps before a byte is copied, and never more than the caps is
+    copied. With ``cut`` (logs), a file over the caps keeps its first bytes up to them."""
     use_openat2 = has_openat2() if use_openat2 is None else use_openat2
     store.mkdir(mode=0o700, parents=True, exist_ok=False)
     collected: list[Collected] = []
@@ -152,11 +156,14 @@ def collect(
                 continue
             try:
                 size = os.fstat(fd).st_size
-                if size > max_file or total + size > max_total:
-                    problems.append(f"{name}: {size} bytes is over the output caps")
-                    continue
+                room = min(max_file, max_total - total)
+                if size > room:
+                    if not cut or room <= 0:
+                        problems.append(f"{name}: {size} bytes is over the output caps")
+                        continue
+                    problems.append(f"{name}: {size} bytes; only the first {room} were kept")
                 target = store / f"{index:04d}"
-                digest, written = _copy(fd, target, max_file)
+                digest, written = _copy(fd, target, room)
                 total += written
                 collected.append(Collected(name, written, digest, target))
             finally:

@@ -11,6 +11,19 @@ OutputErrorE entries when it ended in an error the payload caused. An archive en
 names the zip the wrapper made; a plain entry's patterns are matched against the work
 directory's regular files, listed without following any link and never below the
 job token's directory.
+
+How much: the job's policy (``Caps.from_policy``): ``outputs.max_file`` per output,
+``outputs.max_total`` for all of them and never more than the job's
+``limits.workdir_size``, ``outputs.max_log`` for each of stdout and stderr. Sizes are
+apparent (a sparse file counts whole) and checked before anything is copied; an output
+over a cap is refused, a log over its cap is cut, and both are problems of the job.
+
+An archive is kept only when it is a zip the wrapper could have made for its entry:
+every member a relative name without ``..``, NUL, backslash or control character, one
+the entry's patterns match, a regular file, not encrypted, read back whole (its header
+name, size and CRC as the directory says), no more than MAX_MEMBERS members and
+``max_total`` bytes uncompressed. A payload's process could have swapped it before the
+wrapper killed it (or in a sandbox whose PID namespace was off), so it is checked here.
 """
 
 from __future__ import annotations
@@ -22,19 +35,55 @@ import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sandbox_agent.agent import outputs
 from sandbox_agent.jdl import OutputSpec
+from sandbox_agent.policy.schema import FIELDS, LIMITS
 from sandbox_agent.wrapper.jobwrapper import TOKEN_DIR
 from sandbox_agent.wrapper.packaging import MAX_DEPTH, matches  # the wrapper's rules
 
+if TYPE_CHECKING:
+    import zipfile
+
+    from sandbox_agent.policy.compose import EffectivePolicy
+
 MANIFEST = "manifest.json"
-MAX_FILE = 1 << 30  # one output
-MAX_TOTAL = 4 << 30  # all of a job's outputs
-MAX_LOG = 16 << 20  # each of stdout and stderr
 MAX_LISTED = 100_000  # names a work directory may hold before the listing gives up
+MAX_MEMBERS = MAX_LISTED  # an archive holds files of the work directory: no more than that
 LOGS = ("stdout", "stderr")
 SUCCESS_STATES = frozenset({"DONE", "DONE_WARN"})
+
+
+@dataclass(frozen=True)
+class Caps:
+    """What one job may keep in the store, in apparent bytes (st_size: a sparse file
+    counts whole): one output, all its outputs together, each of its two logs."""
+
+    max_file: int
+    max_total: int
+    max_log: int
+
+    def __post_init__(self) -> None:
+        for name in ("max_file", "max_total", "max_log"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 0:
+                raise ValueError(f"Caps.{name} must be a whole number of bytes, not {value!r}")
+
+    @classmethod
+    def from_policy(cls, effective: EffectivePolicy) -> Caps:
+        """The job's caps: outputs.max_file, outputs.max_total (never more than its
+        limits.workdir_size) and outputs.max_log of its effective policy."""
+        return cls(max_file=effective.number("outputs.max_file"),
+                   max_total=min(effective.number("outputs.max_total"),
+                                 effective.limit("workdir_size")),
+                   max_log=effective.number("outputs.max_log"))  # fmt: skip
+
+
+# The builtin policy's caps, for a caller without a job's policy.
+DEFAULT_CAPS = Caps(max_file=FIELDS["outputs.max_file"].default,
+                    max_total=min(FIELDS["outputs.max_total"].default, LIMITS["workdir_size"][1]),
+                    max_log=FIELDS["outputs.max_log"].default)  # fmt: skip
 
 
 class StorageError(ValueError):
@@ -116,6 +165,84 @@ def chosen(entries: Sequence[OutputSpec], present: Iterable[str]) -> tuple[list[
     return list(dict.fromkeys(names)), missing
 
 
+def _archive_patterns(entries: Sequence[OutputSpec]) -> dict[str, list[str]]:
+    """Each archive the entries name, with the patterns its members must match."""
+    found: dict[str, list[str]] = {}
+    for entry in entries:
+        if entry.archive is not None:
+            found.setdefault(entry.archive, []).extend(entry.patterns)
+    return found
+
+
+def archive_problem(path: Path, archive: str, patterns: Sequence[str], max_total: int,
+                    max_members: int = MAX_MEMBERS) -> str | None:  # fmt: skip
+    """Why the zip at ``path`` (the agent's own copy of the job's ``archive``) must not
+    be kept, in one line; None when every member is one the wrapper could have written
+    for ``patterns``. Declared sizes are summed before anything is inflated; every
+    member is then read back, which checks its local header's name, its size and its
+    CRC against the central directory."""
+    import zipfile
+    import zlib
+
+    try:
+        with zipfile.ZipFile(path) as zipped:
+            members = zipped.infolist()
+            if len(members) > max_members:
+                return f"{archive}: more than {max_members} members; the archive was not kept"
+            seen: set[str] = set()
+            declared = 0
+            for info in members:
+                why = member_problem(info, patterns)
+                if why is None and info.orig_filename in seen:
+                    why = "is in the archive twice"
+                if why is not None:
+                    shown = repr(info.orig_filename)[1:-1][:200]
+                    return f"{archive}: member '{shown}' {why}; the archive was not kept"
+                seen.add(info.orig_filename)
+                declared += info.file_size
+                if declared > max_total:
+                    return (f"{archive}: its members hold more than {max_total} bytes "
+                            "uncompressed (the output caps); the archive was not kept")  # fmt: skip
+            for info in members:
+                with zipped.open(info) as member:
+                    while member.read(1 << 20):
+                        pass
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError,
+            ValueError, RuntimeError, NotImplementedError) as exc:  # fmt: skip
+        shown = "".join(c if c.isprintable() else "?" for c in str(exc))[:200]
+        return f"{archive}: not a zip the wrapper made ({shown}); the archive was not kept"
+    return None
+
+
+def member_problem(info: zipfile.ZipInfo, patterns: Sequence[str]) -> str | None:
+    """What is wrong with one member of a job's archive, or None. The name is judged as
+    it stands in the file (``orig_filename``: zipfile cuts ``filename`` at a NUL)."""
+    name = info.orig_filename
+    if "\x00" in name:
+        return "holds a NUL (a name cut short for some readers)"
+    if "\\" in name:
+        return "holds a backslash (a directory separator for some readers)"
+    if name.startswith("/"):
+        return "is an absolute path"
+    parts = name.split("/")
+    if ".." in parts:
+        return "climbs out with '..'"
+    if "" in parts or "." in parts:
+        return "has an empty or '.' component (a directory entry, or a name made odd)"
+    if not name.isprintable():
+        return "holds a control character"
+    if parts[0] == TOKEN_DIR:
+        return "lies in the job token's directory"
+    if not any(matches(name, pattern) for pattern in patterns):
+        return f"matches none of the entry's patterns ({','.join(patterns)[:200]})"
+    if info.flag_bits & 0x1:
+        return "is encrypted"
+    mode = info.external_attr >> 16
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a link or a device for some readers)"
+    return None
+
+
 class Storage:
     """Outputs and logs of the embedded default's jobs, under ``directory``."""
 
@@ -134,9 +261,11 @@ class Storage:
         entries: Sequence[OutputSpec],
         wrapper_log: bytes = b"",
         usage: dict[str, object] | None = None,
+        caps: Caps = DEFAULT_CAPS,
     ) -> Manifest:
-        """Keep the outputs ``entries`` name and the job's logs; call only once every
-        process of the job is gone."""
+        """Keep the outputs ``entries`` name and the job's logs within ``caps`` (give
+        ``Caps.from_policy`` of the job's policy); call only once every process of the
+        job is gone."""
         where = self.attempt(job_id, resubmission)
         if where.exists():  # a previous save of this attempt was cut short: start over
             shutil.rmtree(where)
@@ -147,8 +276,15 @@ class Storage:
             names, manifest.problems = chosen(entries, list_files(workdir) if entries else [])
         except TooManyFiles as exc:
             names, manifest.problems, manifest.refused = [], [str(exc)], [str(exc)]
-        kept, refused = outputs.collect(workdir, names, where / "files", max_file=MAX_FILE,
-                                        max_total=MAX_TOTAL)  # fmt: skip
+        kept, refused = outputs.collect(workdir, names, where / "files", max_file=caps.max_file,
+                                        max_total=caps.max_total)  # fmt: skip
+        archives = _archive_patterns(entries)
+        for item in [c for c in kept if c.name in archives]:
+            why = archive_problem(item.stored, item.name, archives[item.name], caps.max_total)
+            if why is not None:
+                item.stored.unlink()
+                kept.remove(item)
+                refused.append(why)
         manifest.problems += refused
         manifest.refused += refused
         manifest.files = [
@@ -156,8 +292,15 @@ class Storage:
              "stored": str(c.stored.relative_to(where))}
             for c in kept
         ]  # fmt: skip
-        logs, _ = outputs.collect(workdir, list(LOGS), where / "logs" / "job", max_file=MAX_LOG,
-                                  max_total=2 * MAX_LOG)  # fmt: skip
+        logs, cut = outputs.collect(workdir, list(LOGS), where / "logs" / "job",
+                                    max_file=caps.max_log, max_total=2 * caps.max_log,
+                                    cut=True)  # fmt: skip
+        # a log cut at its cap, or not kept (a link, a FIFO): the job's problem, shown by
+        # `outputs`; a log the job never made (it never ran) is none
+        never_made = {f"{name}: missing" for name in LOGS}
+        cap = f" (outputs.max_log is {caps.max_log} bytes)"
+        manifest.problems += [f"log {line}" + (cap if line.endswith("were kept") else "")
+                              for line in cut if line not in never_made]  # fmt: skip
         for log in logs:
             log.stored.rename(where / "logs" / log.name)
             manifest.logs.append(log.name)
