@@ -46,16 +46,27 @@ def install(directory: Path) -> Path:
     return directory / "jobwrapper.py"
 
 
-def start_wrapper(workdir: Path, write_end: int) -> subprocess.Popen[bytes]:
+# The wrapper as the agent's sandbox runs it: pid 2 of a PID namespace of its own, under
+# bwrap's init, with that namespace's /proc; the host's file system otherwise. Only
+# there may it kill the job's other processes, and so make archives.
+OWN_PID_NAMESPACE = ["bwrap", "--dev-bind", "/", "/", "--unshare-pid", "--proc", "/proc",
+                     "--die-with-parent", "--"]  # fmt: skip
+needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is missing")
+
+
+def start_wrapper(workdir: Path, write_end: int, *,
+                  own_pids: bool = False) -> subprocess.Popen[bytes]:  # fmt: skip
     script = install(workdir.parent / "wrapper")
-    return subprocess.Popen([PYTHON, "-I", "-S", str(script), "--status-fd", str(write_end)],
-                            cwd=workdir, stdin=subprocess.PIPE, stderr=subprocess.PIPE,
-                            pass_fds=(write_end,))  # fmt: skip
+    prefix = OWN_PID_NAMESPACE if own_pids else []
+    return subprocess.Popen([*prefix, PYTHON, "-I", "-S", str(script), "--status-fd",
+                             str(write_end)], cwd=workdir, stdin=subprocess.PIPE,
+                            stderr=subprocess.PIPE, pass_fds=(write_end,))  # fmt: skip
 
 
-def run_wrapper(workdir: Path, data: bytes) -> tuple[int, list[dict[str, Any]], str]:
+def run_wrapper(workdir: Path, data: bytes, *,
+                own_pids: bool = False) -> tuple[int, list[dict[str, Any]], str]:  # fmt: skip
     read_end, write_end = os.pipe()
-    process = start_wrapper(workdir, write_end)
+    process = start_wrapper(workdir, write_end, own_pids=own_pids)
     os.close(write_end)
     _, stderr = process.communicate(data, timeout=60)
     with os.fdopen(read_end, "rb") as status:
@@ -78,11 +89,11 @@ def written(path: Path) -> None:
         time.sleep(0.02)
 
 
-def ended(pidfile: Path) -> bool:
+def ended(pidfile: Path, wait: float = 20) -> bool:
     """Whether the process ``pidfile`` names has ended (gone, or a zombie nobody reaped
     yet), waiting for it a while: a signal takes effect when the process next runs."""
     stat = Path(f"/proc/{int(pidfile.read_text())}/stat")
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         try:
             if stat.read_text().rpartition(")")[2].split()[0] in ("Z", "X"):
@@ -199,6 +210,7 @@ def test_the_validation_writes_to_files_and_times_out(workdir: Path) -> None:
     assert (workdir / "validation.err").read_text() == "complaint\n"
 
 
+@needs_bwrap
 def test_a_successful_job_archives_its_outputs_in_sorted_order(workdir: Path) -> None:
     script = ("echo a > b.log; mkdir QC; echo c > QC/a.log; echo q > QC/q.root; "
               "echo d > data.root; echo out")  # fmt: skip
@@ -206,7 +218,7 @@ def test_a_successful_job_archives_its_outputs_in_sorted_order(workdir: Path) ->
                "data.root@disk=1"]  # fmt: skip
     _code, frames, _stderr = run_wrapper(
         workdir, frame(arguments=["-c", script], outputs=outputs,
-                       output_errors=["error.zip:stderr"]))  # fmt: skip
+                       output_errors=["error.zip:stderr"]), own_pids=True)  # fmt: skip
     assert [f["state"] for f in frames] == [*SAVED, "DONE"]
     assert members(workdir / "log_archive.zip") == {"QC/a.log": b"c\n", "b.log": b"a\n",
                                                     "stdout": b"out\n"}  # fmt: skip
@@ -223,11 +235,12 @@ def test_patterns_match_one_path_component_at_a_time() -> None:
     assert not packaging.matches("QC/a.root", "QC/*/*.root")
 
 
+@needs_bwrap
 def test_a_failed_job_archives_its_output_errors(workdir: Path) -> None:
     script = "echo result > a.root; echo trace > crash.log; echo oops >&2; exit 3"
     spec = {"arguments": ["-c", script], "outputs": ["results.zip:*.root"],
             "output_errors": ["error_logs.zip:stderr,*.log@disk=1", "core*"]}  # fmt: skip
-    _code, frames, _stderr = run_wrapper(workdir, frame(**spec))
+    _code, frames, _stderr = run_wrapper(workdir, frame(**spec), own_pids=True)
     assert [f["state"] for f in frames] == [*SAVED, "ERROR_E"]
     assert frames[-1]["exit_code"] == 3
     # problems saving OutputErrorE are told, but the job's state stays its error
@@ -237,15 +250,17 @@ def test_a_failed_job_archives_its_output_errors(workdir: Path) -> None:
     assert not (workdir / "results.zip").exists()
 
 
+@needs_bwrap
 def test_a_failed_validation_archives_the_output_errors(workdir: Path) -> None:
     spec = {"validation": ["/bin/sh", "-c", "echo bad >&2; exit 2"],
             "outputs": ["out.zip:stdout"], "output_errors": ["val.zip:validation.*"]}  # fmt: skip
-    _code, frames, _stderr = run_wrapper(workdir, frame(**spec))
+    _code, frames, _stderr = run_wrapper(workdir, frame(**spec), own_pids=True)
     assert [f["state"] for f in frames] == [*SAVED, "ERROR_V"]
     assert members(workdir / "val.zip") == {"validation.err": b"bad\n", "validation.out": b""}
     assert not (workdir / "out.zip").exists()
 
 
+@needs_bwrap
 def test_archives_hold_neither_the_token_nor_what_symlinks_point_at(
     workdir: Path, tmp_path: Path
 ) -> None:
@@ -258,7 +273,8 @@ def test_archives_hold_neither_the_token_nor_what_symlinks_point_at(
     script = (f"ln -s {secret} leak.txt; ln -s {tmp_path}/secrets linked; "
               f"ln -s {victim} all.zip; mkfifo pipe; echo kept > kept.txt")  # fmt: skip
     outputs = ["all.zip:*", "token.zip:.jalien-token/*", ".jalien-token/key.pem"]
-    _code, frames, _stderr = run_wrapper(workdir, frame(arguments=["-c", script], outputs=outputs))
+    _code, frames, _stderr = run_wrapper(workdir, frame(arguments=["-c", script], outputs=outputs),
+                                         own_pids=True)  # fmt: skip
     assert [f["state"] for f in frames] == [*SAVED, "ERROR_S"]
     assert frames[-1]["detail"] == (
         "output .jalien-token/key.pem is missing or not a regular file; "
@@ -275,8 +291,7 @@ def test_archives_hold_neither_the_token_nor_what_symlinks_point_at(
 
 def test_sigterm_to_the_wrapper_stops_the_payload_and_still_reports(workdir: Path) -> None:
     script = "echo working; sleep 30 & echo $! > sleeper; wait; echo finished"
-    spec = {"arguments": ["-c", script],
-            "output_errors": ["error.zip:stdout,stderr"]}  # fmt: skip
+    spec = {"arguments": ["-c", script], "output_errors": ["stdout", "stderr"]}
     read_end, write_end = os.pipe()
     process = start_wrapper(workdir, write_end)
     os.close(write_end)
@@ -296,8 +311,7 @@ def test_sigterm_to_the_wrapper_stops_the_payload_and_still_reports(workdir: Pat
         frames[-1]["detail"]
         == "the executable was killed by signal 15 after the wrapper got SIGTERM"
     )
-    assert set(members(workdir / "error.zip")) == {"stderr", "stdout"}
-    assert members(workdir / "error.zip")["stdout"] == b"working\n"
+    assert (workdir / "stdout").read_bytes() == b"working\n"
     assert ended(workdir / "sleeper")  # SIGTERM went to the payload's process group
 
 
@@ -349,6 +363,7 @@ def test_the_wrapper_runs_inside_the_real_sandbox(tmp_path: Path) -> None:
         shutil.rmtree(workdir.parent, ignore_errors=True)
 
 
+@needs_bwrap
 def test_a_tree_a_thousand_levels_deep_does_not_break_the_packing(workdir: Path) -> None:
     """The payload's `mkdir d && cd d` loop: the wrapper's walk is iterative and stops
     at MAX_DEPTH, so the job still ends with its own verdict (a recursive walk raised
@@ -358,9 +373,59 @@ def test_a_tree_a_thousand_levels_deep_does_not_break_the_packing(workdir: Path)
     script = "i=0; while [ $i -lt 1100 ]; do mkdir d && cd d || exit 1; i=$((i+1)); done"
     try:
         _code, frames, stderr = run_wrapper(
-            workdir, frame(arguments=["-c", script], outputs=["all.zip:*", "*/*.none"])
-        )
+            workdir, frame(arguments=["-c", script], outputs=["all.zip:*", "*/*.none"]),
+            own_pids=True)  # fmt: skip
         assert [f["state"] for f in frames] == [*SAVED, "DONE_WARN"], stderr
         assert "Traceback" not in stderr
     finally:  # pytest's own clean-up of old temporary directories would recurse
         assert remove_workdir(workdir / "d") is None
+
+
+# -- SAVING once the job's other processes are gone --------------------------------------------
+
+FORGE = """python3 - <<'END'
+import zipfile
+with zipfile.ZipFile("forged.zip", "w") as z:
+    z.writestr("../x", "FORGED"); z.writestr("/etc/x", "FORGED")
+END
+setsid sh -c 'while :; do cp forged.zip .t.zip; mv -f .t.zip out.zip; done' </dev/null \
+    >/dev/null 2>&1 &
+sleep 0.3; echo made
+"""
+
+
+@needs_bwrap
+def test_a_process_the_payload_left_cannot_swap_the_archive(workdir: Path) -> None:
+    """A process of its own session renames a forged zip over the archive in a loop:
+    it is killed before SAVING, so the archive is the wrapper's own."""
+    _code, frames, stderr = run_wrapper(
+        workdir, frame(arguments=["-c", FORGE], outputs=["out.zip:stdout"]), own_pids=True)
+    assert [f["state"] for f in frames] == [*SAVED, "DONE"], stderr
+    assert members(workdir / "out.zip") == {"stdout": b"made\n"}
+
+
+def test_outside_a_pid_namespace_of_its_own_no_process_is_killed_and_no_archive_made(
+    workdir: Path,
+) -> None:
+    """On the host (as with namespaces.pid off) kill(-1) would reach every process of the
+    uid, the pilot's too: the wrapper kills nothing, and fails the archives closed."""
+    script = "setsid sleep 60 </dev/null >/dev/null 2>&1 & echo $! > sleeper; echo made"
+    _code, frames, _stderr = run_wrapper(
+        workdir, frame(arguments=["-c", script], outputs=["out.zip:stdout", "stdout"]))
+    try:
+        assert [f["state"] for f in frames] == [*SAVED, "ERROR_S"]
+        assert frames[-1]["detail"].startswith(
+            "archive out.zip: not made: the sandbox has no PID namespace of its own (the "
+            "wrapper is pid ")  # fmt: skip
+        assert not (workdir / "out.zip").exists()
+        assert not ended(workdir / "sleeper", wait=0.5)  # alive: no kill(-1) here
+    finally:
+        os.kill(int((workdir / "sleeper").read_text()), signal.SIGKILL)
+
+
+def test_a_proc_of_another_namespace_proves_nothing(tmp_path: Path) -> None:
+    fake = tmp_path / "proc"
+    (fake / "self").mkdir(parents=True)
+    (fake / "self" / "status").write_text(f"Name:\tx\nNSpid:\t{os.getpid() + 1}\t2\n")
+    assert jobwrapper.own_pid_namespace(str(fake)) is not None  # not pid 1's child here
+    assert "no PID namespace of its own" in str(jobwrapper.end_other_processes(proc=str(fake)))

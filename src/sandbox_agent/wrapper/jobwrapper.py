@@ -22,6 +22,14 @@ A failed job packages the JDL's OutputErrorE instead of its Output. SIGTERM (the
 stopping the job) is passed on to the running child's process group and the wrapper
 carries on, so what finished is still reported.
 
+SAVING starts only once every other process of the job is gone: a process the payload
+left behind could otherwise swap an archive for its own while it is written. Inside the
+sandbox's own PID namespace (the wrapper is its pid 1, or a child of its init, and /proc
+is that namespace's) the wrapper sends SIGKILL to all of it (kill(-1)) and waits until
+/proc lists no one but pid 1 and itself. Where it cannot prove that (namespaces.pid
+off: kill(-1) would reach the host's processes of the same uid, the pilot's included)
+it kills nothing and makes no archive: ERROR_S, with the reason.
+
 Standard library only, and the sibling modules handoff.py and packaging.py found next
 to this file: the agent copies them into the sandbox, where start-up time counts.
 """
@@ -32,6 +40,7 @@ import os
 import select
 import stat
 import sys
+import time
 
 TYPE_CHECKING = False  # typing costs milliseconds at every job's start; only mypy needs it
 if TYPE_CHECKING:
@@ -55,6 +64,7 @@ else:  # run as a file inside the sandbox: its siblings lie next to it (-I drops
 TOKEN_DIR = ".jalien-token"  # noqa: S105 (a directory name) in the work directory, 0700
 EXIT_BAD_HANDOFF = 3
 VALIDATION_TIME = 3600  # seconds, when the handoff's limits have no wall_time
+ALONE_TIME = 10.0  # seconds the job's other processes get to vanish after SIGKILL
 
 
 class Reporter:
@@ -222,6 +232,69 @@ def validate(argv: list[str], workdir: str, env: dict[str, str], timeout: int,
     return None
 
 
+def own_pid_namespace(proc: str = "/proc") -> str | None:
+    """None when the wrapper can show it is in a PID namespace of the sandbox's own, seen
+    whole in ``proc``; else why not, in words. Its own pid is 1, or its parent's is (the
+    runtime's init: bwrap's, docker's): outside such a namespace the wrapper's parent is
+    the runtime, never pid 1. And ``proc`` must be that namespace's: the first pid its
+    NSpid line gives the wrapper is the wrapper's own."""
+    pid, parent = os.getpid(), os.getppid()
+    if pid != 1 and parent != 1:
+        return (f"the sandbox has no PID namespace of its own (the wrapper is pid {pid}, its "
+                f"parent pid {parent}; is namespaces.pid off?)")  # fmt: skip
+    try:
+        with open(os.path.join(proc, "self", "status"), "rb") as status:
+            lines = status.read().decode("ascii", "replace").splitlines()
+    except OSError as exc:
+        return f"{proc}/self/status cannot be read ({exc.strerror})"
+    ids = next((line.split()[1:] for line in lines if line.startswith("NSpid:")), [])
+    if not ids or ids[0] != str(pid):
+        return f"{proc} is not the sandbox's own (it gives the wrapper pid {ids[:1] or '?'})"
+    return None
+
+
+def others(proc: str = "/proc") -> list[int]:
+    """The pids ``proc`` lists besides pid 1 and the wrapper (zombies included)."""
+    mine = os.getpid()
+    return [int(name) for name in os.listdir(proc)
+            if name.isdigit() and int(name) not in (1, mine)]  # fmt: skip
+
+
+def _reap() -> None:
+    """Collect the wrapper's own ended children (zombies are listed in /proc)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def end_other_processes(timeout: float = ALONE_TIME, proc: str = "/proc") -> str | None:
+    """Kill every process of the job but the wrapper and its namespace's init, and wait
+    until they are gone; None once they are, else why not (then no archive is made).
+    kill(-1) is sent only inside the sandbox's own PID namespace (own_pid_namespace):
+    elsewhere it would reach every process of this uid on the host."""
+    why = own_pid_namespace(proc)
+    if why is not None:
+        return why
+    deadline = time.monotonic() + timeout
+    while True:
+        try:  # noqa: SIM105 (contextlib costs milliseconds at start)
+            os.kill(-1, signal.SIGKILL)  # again each round: one forked as the first went
+        except ProcessLookupError:
+            pass  # nobody else: the usual case
+        _reap()
+        left = others(proc)
+        if not left:
+            return None
+        if time.monotonic() > deadline:
+            return (f"{len(left)} process(es) of the job outlived SIGKILL for {timeout:g} s "
+                    f"(pid {left[0]} among them)")  # fmt: skip
+        time.sleep(0.005)
+
+
 def run_job(frame: dict[str, Any], workdir: str, report: Reporter,
             children: Children | None = None) -> int:  # fmt: skip
     """Run the job the frame describes; report its states; return its exit code."""
@@ -255,10 +328,14 @@ def run_job(frame: dict[str, Any], workdir: str, report: Reporter,
         wall = frame["limits"].get("wall_time", 0)
         failure = validate(spec["validation"], workdir, env,
                            wall if wall > 0 else VALIDATION_TIME, children)  # fmt: skip
+    # nothing the payload left may run while the archives are made (a process renaming
+    # its own zip over one): the job's other processes are killed first, or no archive
+    alone = end_other_processes()
     # DONE and every error after the payload ran go through SAVING (the state table)
     report.state("SAVING")
     entries = spec["output_errors"] if failure else spec["outputs"]
-    errors, warnings = packaging.save(workdir, entries, {TOKEN_DIR})
+    errors, warnings = packaging.save(workdir, entries, {TOKEN_DIR},
+                                      no_archives="" if alone is None else alone)  # fmt: skip
     if failure:
         state, detail = failure
         problems = errors + warnings

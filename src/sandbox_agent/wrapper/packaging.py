@@ -88,10 +88,13 @@ def regular_files(workdir: str, private: Collection[str]) -> list[str]:
     return sorted(found)
 
 
-def save(workdir: str, entries: list[str], private: Collection[str]) -> tuple[list[str], list[str]]:
+def save(workdir: str, entries: list[str], private: Collection[str], *,
+         no_archives: str = "") -> tuple[list[str], list[str]]:  # fmt: skip
     """Make the archives ``entries`` name and check their plain files: (errors, warnings).
     A missing literal file or an archive that cannot be written is an error; a
-    wildcard, or an archive, that matches nothing is a warning."""
+    wildcard, or an archive, that matches nothing is a warning. ``no_archives`` says why
+    no archive may be made (another process of the job may still be running): each
+    archive entry is then an error with that reason."""
     parsed = [parse(entry) for entry in entries]
     archives = {archive for archive, _ in parsed if archive is not None}
     # never an archive (or its part file) inside another, nor a stale copy of itself
@@ -110,6 +113,9 @@ def save(workdir: str, entries: list[str], private: Collection[str]) -> tuple[li
         members = [f for f in files if any(matches(f, p) for p in patterns)]
         if not members:
             warnings.append(f"archive {archive}: no file matches {','.join(patterns)}")
+            continue
+        if no_archives:
+            errors.append(f"archive {archive}: not made: {no_archives}")
             continue
         try:
             write_archive(workdir, archive, members)
