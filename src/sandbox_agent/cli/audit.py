@@ -11,7 +11,7 @@ import typer
 
 from sandbox_agent import exitcodes
 from sandbox_agent.broker.client import BrokerError
-from sandbox_agent.cli.app import JsonOption, fail, home_of, printable
+from sandbox_agent.cli.app import JsonOption, fail, home_of
 from sandbox_agent.cli.remote import (
     BrokerOption,
     CaOption,
@@ -20,6 +20,7 @@ from sandbox_agent.cli.remote import (
     broker_client,
     broker_failed,
 )
+from sandbox_agent.printable import printable
 
 audit_app = typer.Typer(
     help="Check and read the signed audit record of a job.", no_args_is_help=True,
@@ -131,10 +132,10 @@ def _same_job(record: dict[str, Any], job_id: int, resubmission: int | None) -> 
 
 
 def _print(checked: Any, as_json: bool) -> None:
-    if as_json:
+    if as_json:  # ASCII only: every control character as \uXXXX
         typer.echo(json.dumps(checked.record, indent=1, sort_keys=True))
         return
-    for line in _lines(checked.record, checked.agent):
+    for line in _lines(checked.record, checked.agent):  # details, names, wrapper states
         typer.echo(printable(line))
 
 

@@ -13,7 +13,7 @@ import typer
 from sandbox_agent import exitcodes
 from sandbox_agent.agent import slot as slots
 from sandbox_agent.agent.pilot import Pilot, PilotConfig, PilotError
-from sandbox_agent.cli.app import app, fail, home_of, printable
+from sandbox_agent.cli.app import app, fail, home_of
 from sandbox_agent.cli.remote import (
     BrokerOption,
     CaOption,
@@ -22,6 +22,7 @@ from sandbox_agent.cli.remote import (
     broker_client,
 )
 from sandbox_agent.policy import PolicyError, load_policy, policy_dirs
+from sandbox_agent.printable import printable
 from sandbox_agent.queue import StoreError
 from sandbox_agent.runtime.agentproc import Terminated
 from sandbox_agent.runtime.choose import RuntimeUnavailable, choose
@@ -86,8 +87,8 @@ def run(
     except Terminated as exc:
         fail(f"stopped at once by a second {exc}: the job was killed; its lease returns it "
              "to the queue", 128 + exc.signum)  # fmt: skip
-    except (PilotError, StoreError) as exc:
-        fail(str(exc), exitcodes.ENVIRONMENT)
+    except (PilotError, StoreError) as exc:  # may quote what a wrapper said
+        fail(printable(str(exc)), exitcodes.ENVIRONMENT)
     except (Unenforceable, RuntimeMissing, CompileError) as exc:
         fail(f"cannot enforce the policy here: {exc}", exitcodes.ENVIRONMENT)
     except subprocess.SubprocessError as exc:
@@ -98,11 +99,15 @@ def run(
 
 
 def _json_line(event: dict[str, Any]) -> None:
-    typer.echo(json.dumps(event))
+    typer.echo(json.dumps(event))  # ASCII only: every control character as \uXXXX
     sys.stdout.flush()
 
 
 def _text_line(event: dict[str, Any]) -> None:
+    # details, states and names can come from the wrapper, which shares the sandbox with
+    # the payload: every string of the event is made printable before it is shown
+    event = {key: printable(value) if isinstance(value, str) else value
+             for key, value in event.items()}  # fmt: skip
     kind = event["event"]
     if kind == "agent":
         line = f"agent {event['name']}: home {event['home']}, work area {event['work_area']}"
@@ -120,7 +125,7 @@ def _text_line(event: dict[str, Any]) -> None:
         )
     elif kind in ("finished", "handed_back"):
         code = f" exit {event['exit_code']}" if event["exit_code"] is not None else ""
-        detail = f" ({printable(event['detail'])})" if event["detail"] else ""
+        detail = f" ({event['detail']})" if event["detail"] else ""
         line = (
             f"job {event['job']}: {event['state']}{code} in {event['wall_seconds']:.2f} s{detail}"
         )

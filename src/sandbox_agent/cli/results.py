@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -15,7 +16,7 @@ import typer
 from sandbox_agent import exitcodes
 from sandbox_agent.agent.storage import Storage, StorageError
 from sandbox_agent.broker.client import BrokerClient, BrokerError
-from sandbox_agent.cli.app import JsonOption, app, fail, home_of, printable
+from sandbox_agent.cli.app import JsonOption, app, fail, home_of
 from sandbox_agent.cli.remote import (
     BrokerOption,
     CaOption,
@@ -24,7 +25,13 @@ from sandbox_agent.cli.remote import (
     broker_client,
     broker_failed,
 )
+from sandbox_agent.printable import printable
 from sandbox_agent.queue import StoreError, TransitionError
+
+STREAMS = ("stdout", "stderr", "wrapper.log")
+# A payload's line that starts like one of our headers ('==> stderr <==') is shown with
+# its first '=' escaped: in the text `logs` prints, only the headers begin with '==>'.
+_LIKE_A_HEADER = re.compile("^==>", re.MULTILINE)
 
 
 @app.command("outputs")
@@ -49,19 +56,21 @@ def outputs(
     storage = Storage(home_of(ctx) / "outputs")
     try:
         manifest = storage.export(job_id, to) if to else storage.manifest(job_id)
-    except StorageError as exc:
-        fail(str(exc), exitcodes.FAILED)
+    except StorageError as exc:  # may name a file the payload named
+        fail(printable(str(exc)), exitcodes.FAILED)
     except OSError as exc:
         fail(f"{to}: {exc.strerror}")
-    if as_json:
+    if as_json:  # JSON-escaped: json.dumps writes ASCII only, every control as \uXXXX
         typer.echo(json.dumps({"job": job_id, "state": manifest.state,
                                "files": manifest.files, "problems": manifest.problems},
                               indent=2))  # fmt: skip
         return
-    typer.echo(f"job {job_id} (resubmission {manifest.resubmission}): {manifest.state}, "
-               f"{len(manifest.files)} file(s)" + (f", copied to {to}" if to else ""))  # fmt: skip
+    typer.echo(f"job {job_id} (resubmission {manifest.resubmission}): "
+               f"{printable(str(manifest.state))}, {len(manifest.files)} file(s)"
+               + (f", copied to {to}" if to else ""))  # fmt: skip
     for item in manifest.files:  # names the payload chose: no control characters out
-        typer.echo(f"  {item['sha256']}  {item['size']:>10}  {printable(str(item['name']))}")
+        typer.echo(f"  {printable(str(item['sha256']))}  {printable(str(item['size'])):>10}  "
+                   f"{printable(str(item['name']))}")  # fmt: skip
     for problem in manifest.problems:
         typer.echo(f"  not kept: {printable(problem)}")
 
@@ -73,29 +82,55 @@ def logs(
     stream: Annotated[
         str, typer.Option("--stream", help="stdout, stderr, wrapper.log, or all.")
     ] = "all",
+    raw: Annotated[
+        bool,
+        typer.Option("--raw", help="The exact bytes of one --stream, control sequences and all."),
+    ] = False,
     broker: BrokerOption = None,
     cert: CertOption = None,
     key: KeyOption = None,
     ca: CaOption = None,
 ) -> None:
-    """What a job's payload wrote on stdout and stderr (and the JobWrapper's own log)."""
-    names = ("stdout", "stderr", "wrapper.log")
-    if stream != "all" and stream not in names:
+    """What a job's payload wrote on stdout and stderr (and the JobWrapper's own log),
+    made printable: control characters, escape sequences, bidi controls and invalid
+    UTF-8 shown as escapes (\\x1b, \\u202e). With --raw, one stream's exact bytes."""
+    # Printable whether stdout is a terminal or not. A pipe or a file most often ends on
+    # a terminal too (`logs 7 | less -R`, `logs 7 > f; cat f`), and we cannot see where;
+    # plain text passes unchanged, so printable costs a reader nothing. Whoever wants
+    # the payload's bytes asks for them with --raw, and gets exactly them.
+    if stream != "all" and stream not in STREAMS:
         fail(f"--stream {stream}: choose stdout, stderr, wrapper.log or all")
+    if raw and stream == "all":
+        fail("--raw writes the exact bytes of one stream: add --stream stdout, --stream "
+             "stderr or --stream wrapper.log")  # fmt: skip
     client = broker_client(broker, cert, key, ca)
     storage = Storage(home_of(ctx) / "outputs")
     try:
-        for name in names if stream == "all" else (stream,):
+        for name in STREAMS if stream == "all" else (stream,):
             data = _remote_log(client, job_id, name) if client else storage.log(job_id, name)
             if data is None:
                 continue
-            if stream == "all":
-                typer.echo(f"==> {name} <==")
             sys.stdout.flush()
-            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.write(data if raw else _shown(name, data, stream == "all"))
             sys.stdout.buffer.flush()
     except StorageError as exc:
-        fail(str(exc), exitcodes.FAILED)
+        fail(printable(str(exc)), exitcodes.FAILED)
+    except BrokenPipeError:  # `logs 7 | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(exitcodes.OK) from None
+
+
+def _shown(name: str, data: bytes, headed: bool) -> bytes:
+    """A log as `logs` prints it: printable, and with ``headed`` under its header, its
+    lines unable to pass for one, and ended by a newline so the next header starts a
+    line of its own."""
+    text = printable(data, lines=True)
+    if not headed:
+        return text.encode()
+    text = _LIKE_A_HEADER.sub(r"\\x3d=>", text)
+    if text and not text.endswith("\n"):
+        text += "\n"
+    return f"==> {name} <==\n{text}".encode()
 
 
 def _remote_outputs(client: BrokerClient, job_id: int, to: Path | None, as_json: bool) -> None:
@@ -116,11 +151,13 @@ def _remote_outputs(client: BrokerClient, job_id: int, to: Path | None, as_json:
                               indent=2))  # fmt: skip
         return
     copied = f", copied to {to}" if to else ""
-    typer.echo(f"job {job_id} (resubmission {listing['resubmission']}): {listing['state']}, "
-               f"{len(files)} file(s) at the broker{copied}")
+    typer.echo(f"job {job_id} (resubmission {printable(str(listing['resubmission']))}): "
+               f"{printable(str(listing['state']))}, {len(files)} file(s) at the "
+               f"broker{copied}")  # fmt: skip
     for item in files:
         name = str(item["name"]).removeprefix("outputs/")
-        typer.echo(f"  sha256:{item['sha256']}  {item['size']:>10}  {printable(name)}")
+        typer.echo(f"  sha256:{printable(str(item['sha256']))}  "
+                   f"{printable(str(item['size'])):>10}  {printable(name)}")  # fmt: skip
 
 
 def _write_new(to: Path, name: str, data: bytes) -> None:
