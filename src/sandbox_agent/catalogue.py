@@ -13,6 +13,7 @@ indexed one, so a corrupted object never reaches a job.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
@@ -223,10 +224,27 @@ class Catalogue:
 
     def add_named(self, path: Path, name: Callable[[str], str], owner: str) -> Entry:
         """Like ``add_file``, under the LFN ``name(sha256)``: a name made from the content
-        that was read, never from a second read that could see other bytes."""
+        that was read, never from a second read that could see other bytes. ``path`` is
+        opened without following a symlink as its last component; a path someone else
+        named goes through policy.reach first, and then ``add_opened``."""
+        try:
+            # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+            src = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+                          | os.O_NOCTTY)  # fmt: skip
+        except OSError as exc:
+            why = "a symlink; name the file itself" if exc.errno == errno.ELOOP else exc.strerror
+            raise CatalogueError(f"{path}: cannot read the file ({why})") from None
+        try:
+            return self.add_opened(src, str(path), name, owner)
+        finally:
+            os.close(src)
+
+    def add_opened(self, src: int, shown: str, name: Callable[[str], str], owner: str) -> Entry:
+        """Like ``add_named``, from the descriptor ``src`` of a file already opened (and
+        judged) by the caller; ``shown`` names it in messages."""
         if not owner or "\x00" in owner:
-            raise CatalogueError(f"adding {path}: the owner is empty; name the user adding it")
-        return self._register(*self._copy_in(Path(path)), name, owner, str(path))
+            raise CatalogueError(f"adding {shown}: the owner is empty; name the user adding it")
+        return self._register(*self._copy_in(src, shown), name, owner, shown)
 
     def add_data(self, data: bytes, name: Callable[[str], str], owner: str) -> Entry:
         """Like ``add_named``, for bytes already in memory (a file sent to the broker)."""
@@ -290,50 +308,43 @@ class Catalogue:
             if tmp is not None:
                 _unlink(tmp, self._objects_fd)
 
-    def _copy_in(self, path: Path) -> tuple[str, str, int]:
-        """Copy ``path`` to a temporary object; its name, sha256 and size."""
+    def _copy_in(self, src: int, path: str) -> tuple[str, str, int]:
+        """Copy the file open on ``src`` to a temporary object; its name, sha256 and
+        size. ``path`` names it in messages."""
+        info = os.fstat(src)
+        if not stat.S_ISREG(info.st_mode):
+            raise CatalogueError(
+                f"{path} is not a regular file; only regular files can be catalogued"
+            )
+        if info.st_size > self.max_file:
+            raise CatalogueError(self._too_big(path, info.st_size))
+        os.set_blocking(src, True)
+        tmp = f"{_TMP_PREFIX}{secrets.token_hex(8)}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
-            src = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            dst = os.open(tmp, flags, 0o600, dir_fd=self._objects_fd)
         except OSError as exc:
-            raise CatalogueError(f"{path}: cannot read the file ({exc.strerror})") from None
+            raise CatalogueError(
+                f"cannot write into {self.directory / OBJECTS}: {exc.strerror}; "
+                "check the catalogue directory is writable"
+            ) from None
         try:
-            info = os.fstat(src)
-            if not stat.S_ISREG(info.st_mode):
-                raise CatalogueError(
-                    f"{path} is not a regular file; only regular files can be catalogued"
-                )
-            if info.st_size > self.max_file:
-                raise CatalogueError(self._too_big(path, info.st_size))
-            os.set_blocking(src, True)
-            tmp = f"{_TMP_PREFIX}{secrets.token_hex(8)}"
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-            try:
-                dst = os.open(tmp, flags, 0o600, dir_fd=self._objects_fd)
-            except OSError as exc:
-                raise CatalogueError(
-                    f"cannot write into {self.directory / OBJECTS}: {exc.strerror}; "
-                    "check the catalogue directory is writable"
-                ) from None
-            try:
-                digest, size = _copy(src, dst, self.max_file)
-                os.fsync(dst)
-            except OSError as exc:
-                _unlink(tmp, self._objects_fd)
-                raise CatalogueError(f"{path}: cannot copy it ({exc.strerror})") from None
-            except BaseException:
-                _unlink(tmp, self._objects_fd)
-                raise
-            finally:
-                os.close(dst)
-            if size > self.max_file:
-                _unlink(tmp, self._objects_fd)
-                raise CatalogueError(self._too_big(path, size))
-            return tmp, digest, size
+            digest, size = _copy(src, dst, self.max_file)
+            os.fsync(dst)
+        except OSError as exc:
+            _unlink(tmp, self._objects_fd)
+            raise CatalogueError(f"{path}: cannot copy it ({exc.strerror})") from None
+        except BaseException:
+            _unlink(tmp, self._objects_fd)
+            raise
         finally:
-            os.close(src)
+            os.close(dst)
+        if size > self.max_file:
+            _unlink(tmp, self._objects_fd)
+            raise CatalogueError(self._too_big(path, size))
+        return tmp, digest, size
 
-    def _too_big(self, path: Path, size: int) -> str:
+    def _too_big(self, path: Path | str, size: int) -> str:
         return (
             f"{path} is {size} bytes, above the catalogue's limit of {self.max_file} bytes; "
             "put large data on grid storage and name it in InputData"

@@ -15,14 +15,17 @@ What each key may name:
   a relative path, a file next to the JDL, staged.
 * ``InputFile``: ``LF:/...`` (must be in the catalogue); a local path, absolute or
   relative to the JDL's directory, staged.
+
+Staging runs with the rights of whoever submits, the pilot's own account included, and
+the JDL is someone else's text: every local file is opened through policy.reach, which
+keeps a relative name beneath the JDL's directory and refuses any file that reaches a
+credential or the sandbox's deny list, and it is copied from that descriptor.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import posixpath
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +33,7 @@ from typing import Protocol
 
 from sandbox_agent.catalogue import CatalogueError, Entry, check_lfn
 from sandbox_agent.jdl.spec import InputFile, JobSpec
+from sandbox_agent.policy.reach import Deny, PathRefused, UserFile, open_user_file
 
 LOCAL_ROOT = "/local"
 DIGEST_CHARS = 16
@@ -46,7 +50,7 @@ class _File:
     key: str  # the JDL key: Executable, ValidationCommand, InputFile
     text: str  # as the JDL wrote it
     lfn: str | None  # a catalogue name already
-    local: Path | None  # a local file to stage
+    local: UserFile | None  # a local file to stage, opened and judged
     basename: str | None  # where it lands in the work directory; None: not placed
 
 
@@ -61,27 +65,47 @@ class Stash(Protocol):
     def get(self, lfn: str) -> object:
         """Nothing, or CatalogueError when ``lfn`` is not there."""
 
-    def add_named(self, path: Path, name: Callable[[str], str], owner: str) -> Entry: ...
+    def add_opened(self, src: int, shown: str, name: Callable[[str], str],
+                   owner: str) -> Entry: ...  # fmt: skip
 
 
-def stage(spec: JobSpec, jdl_dir: Path, catalogue: Stash, owner: str) -> JobSpec:
+def stage(spec: JobSpec, jdl_dir: Path, catalogue: Stash, owner: str, deny: Deny) -> JobSpec:
     """``spec`` with its local files added to ``catalogue`` and named by their LFNs.
 
     Everything is checked before anything is added: catalogue names exist, local files
-    exist and are regular files, no two files land on one name.  Raises StagingError."""
+    are regular files that ``deny`` lets them reach, no two files land on one name.
+    Raises StagingError."""
     if owner in ("", ".", "..") or "/" in owner or not owner.isprintable():
         raise StagingError(
             f"owner '{owner}' cannot be part of a catalogue name; submit as a user whose "
             "name has no '/' or control characters"
         )
-    executable = _program("Executable", spec.executable, jdl_dir)
+    files: list[_File] = []
+    try:
+        return _stage(spec, jdl_dir, catalogue, owner, deny, files)
+    except PathRefused as exc:
+        raise StagingError(str(exc)) from None
+    finally:
+        for f in files:
+            if f.local is not None:
+                f.local.close()
+
+
+def _stage(spec: JobSpec, jdl_dir: Path, catalogue: Stash, owner: str, deny: Deny,
+           files: list[_File]) -> JobSpec:  # fmt: skip
+    """``stage``'s work; every file it opens is in ``files`` for the caller to close."""
+
+    def opened(f: _File) -> _File:
+        files.append(f)
+        return f
+
+    executable = opened(_program("Executable", spec.executable, jdl_dir, deny))
     validation = (
-        _program("ValidationCommand", spec.validation_command, jdl_dir)
+        opened(_program("ValidationCommand", spec.validation_command, jdl_dir, deny))
         if spec.validation_command is not None
         else None
     )
-    inputs = [_input(f, jdl_dir) for f in spec.input_files]
-    files = [f for f in (executable, validation, *inputs) if f is not None]
+    inputs = [opened(_input(f, jdl_dir, deny)) for f in spec.input_files]
     for f in files:
         _check(f, catalogue)
     _check_names(files)
@@ -104,41 +128,26 @@ def _lf_name(text: str) -> str | None:
     return text[3:] if text[:3].casefold() == "lf:" else None
 
 
-def _program(key: str, text: str, jdl_dir: Path) -> _File:
+def _program(key: str, text: str, jdl_dir: Path, deny: Deny) -> _File:
     lfn = _lf_name(text)
     if lfn is not None:
         return _File(key, text, lfn, None, posixpath.basename(lfn))
     if text.startswith("/"):
         return _File(key, text, None, None, None)  # inside the sandbox: not placed
-    path = jdl_dir / text
-    if not _exists(path):
+    if not (jdl_dir / text).exists() and not (jdl_dir / text).is_symlink():
         raise StagingError(
             f"{key} {text}: no such file next to the JDL ({jdl_dir}); give an absolute "
             "path for a program inside the sandbox, or an LF: name"
         )
-    return _File(key, text, None, path, posixpath.basename(text))
+    local = open_user_file(text, base=jdl_dir, deny=deny, key=key)
+    return _File(key, text, None, local, posixpath.basename(text))
 
 
-def _input(entry: InputFile, jdl_dir: Path) -> _File:
+def _input(entry: InputFile, jdl_dir: Path, deny: Deny) -> _File:
     if entry.catalogue:
         return _File("InputFile", entry.jdl(), entry.name, None, posixpath.basename(entry.name))
-    path = Path(entry.name) if entry.name.startswith("/") else jdl_dir / entry.name
-    if not _exists(path):
-        where = "" if entry.name.startswith("/") else f" next to the JDL ({jdl_dir})"
-        raise StagingError(
-            f"InputFile {entry.name}: no such file{where}; check the path, or give an LF: name"
-        )
-    return _File("InputFile", entry.name, None, path, posixpath.basename(entry.name))
-
-
-def _exists(path: Path) -> bool:
-    try:
-        os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
-    except OSError:
-        return True  # it is there; _check says why it cannot be read
-    return True
+    local = open_user_file(entry.name, base=jdl_dir, deny=deny, key="InputFile")
+    return _File("InputFile", entry.name, None, local, posixpath.basename(entry.name))
 
 
 def _check(f: _File, catalogue: Stash) -> None:
@@ -148,16 +157,6 @@ def _check(f: _File, catalogue: Stash) -> None:
             catalogue.get(f.lfn)
         except CatalogueError as exc:
             raise StagingError(f"{f.key}: {exc}") from None
-    if f.local is not None:
-        try:
-            info = os.stat(f.local)
-        except OSError as exc:
-            raise StagingError(f"{f.key} {f.text}: cannot read it ({exc.strerror})") from None
-        if not stat.S_ISREG(info.st_mode):
-            raise StagingError(
-                f"{f.key} {f.text}: {f.local} is not a regular file; name a file, not a "
-                "directory or a device"
-            )
 
 
 def _check_names(files: list[_File]) -> None:
@@ -182,12 +181,14 @@ def _check_names(files: list[_File]) -> None:
         seen[name] = f
 
 
-def _add(f: _File, path: Path, catalogue: Stash, owner: str) -> str:
-    """Add ``path`` to the catalogue under its staged name; that name."""
+def _add(f: _File, local: UserFile, catalogue: Stash, owner: str) -> str:
+    """Add the opened file to the catalogue under its staged name; that name."""
     basename = f.basename
     assert basename is not None
     try:
-        entry = catalogue.add_named(path, lambda digest: staged_lfn(owner, digest, basename), owner)
+        entry = catalogue.add_opened(local.fd, f.text,
+                                     lambda digest: staged_lfn(owner, digest, basename),
+                                     owner)  # fmt: skip
     except CatalogueError as exc:
         raise StagingError(f"{f.key} {f.text}: {exc}") from None
     return entry.lfn

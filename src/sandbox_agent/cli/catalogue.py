@@ -6,19 +6,38 @@ import getpass
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from sandbox_agent import exitcodes
-from sandbox_agent.catalogue import Catalogue, CatalogueError, Entry
+from sandbox_agent.catalogue import Catalogue, CatalogueError, Entry, check_lfn
 from sandbox_agent.cli.app import JsonOption, fail, home_of
+
+if TYPE_CHECKING:
+    from sandbox_agent.policy.reach import Deny
 
 catalogue_app = typer.Typer(
     help="The file catalogue of the embedded default (HOME/catalogue): LF: names for jobs.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
+
+
+def user_deny(ctx: typer.Context, policy: str = "default", extra: tuple[str, ...] = ()) -> Deny:
+    """What a path this user names (in a JDL, on the command line) may not reach: the
+    deny list of ``policy``, this home's credentials, ``extra`` ones (a broker token's
+    files) and the user's own (policy.reach). A policy that cannot be read is exit 2."""
+    from sandbox_agent.policy import PolicyError, compose, load_policy, policy_dirs
+    from sandbox_agent.policy.reach import Deny, user_credentials
+
+    home = home_of(ctx)
+    try:
+        effective = compose(load_policy(policy, policy_dirs(home)),
+                            credentials=[str(home / "certs"), *extra])  # fmt: skip
+    except PolicyError as exc:
+        fail(str(exc))
+    return Deny.of(effective["filesystem.deny"].value, user_credentials())
 
 
 def open_catalogue(ctx: typer.Context) -> Catalogue:
@@ -43,11 +62,25 @@ def catalogue_add(
 ) -> None:
     """Add FILE under LFN; jobs then name it LF:LFN. Adding the same content under the
     same name again is fine; other content under a name already taken is refused."""
+    from sandbox_agent.policy.reach import PathRefused, open_user_file
+
+    try:
+        name = check_lfn(_lfn(lfn))
+    except CatalogueError as exc:
+        fail(str(exc))
+    deny = user_deny(ctx)
     with open_catalogue(ctx) as catalogue:
         try:
-            entry = catalogue.add_file(file, _lfn(lfn), getpass.getuser())
+            opened = open_user_file(str(file), base=Path.cwd(), deny=deny, key="catalogue add")
+        except PathRefused as exc:
+            fail(str(exc))
+        try:
+            entry = catalogue.add_opened(opened.fd, str(file), lambda _digest: name,
+                                         getpass.getuser())  # fmt: skip
         except CatalogueError as exc:
             fail(str(exc))
+        finally:
+            opened.close()
     if as_json:
         typer.echo(json.dumps(_entry_json(entry), indent=2))
     else:

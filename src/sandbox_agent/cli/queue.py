@@ -68,10 +68,13 @@ def submit(
     client = broker_client(broker, cert, key, ca)
     if client is not None:
         from sandbox_agent.agent.staging import StagingError, stage
+        from sandbox_agent.cli.catalogue import user_deny
 
+        token_files = tuple(str(p) for p in (cert, key) if p is not None)
+        deny = user_deny(ctx, policy, token_files)
         try:
             # the broker names each sent file after the token's user: no owner here
-            spec = stage(spec, jdl.absolute().parent, SentToBroker(client), "-")
+            spec = stage(spec, jdl.absolute().parent, SentToBroker(client), "-", deny)
             job_id = client.submit(render_jdl(spec), priority)
         except StagingError as exc:
             fail(str(exc))
@@ -79,7 +82,7 @@ def submit(
             broker_failed(exc)
         typer.echo(json.dumps({"id": job_id}) if as_json else str(job_id))
         return
-    spec = _stage(ctx, spec, jdl.absolute().parent)
+    spec = _stage(ctx, spec, jdl.absolute().parent, policy)
     _refuse_unrunnable(ctx, spec, policy)
     requirements = render(spec.requirements) if spec.requirements is not None else None
     with open_store(ctx) as store:
@@ -91,14 +94,16 @@ def submit(
     typer.echo(json.dumps({"id": job_id}) if as_json else str(job_id))
 
 
-def _stage(ctx: typer.Context, spec: JobSpec, jdl_dir: Path) -> JobSpec:
-    """``spec`` with its local files in the catalogue; a file that cannot be is exit 2."""
+def _stage(ctx: typer.Context, spec: JobSpec, jdl_dir: Path, policy: str) -> JobSpec:
+    """``spec`` with its local files in the catalogue; a file that cannot be (or that
+    reaches what ``policy``'s deny list or a credential holds) is exit 2."""
     from sandbox_agent.agent.staging import StagingError, stage
-    from sandbox_agent.cli.catalogue import open_catalogue
+    from sandbox_agent.cli.catalogue import open_catalogue, user_deny
 
+    deny = user_deny(ctx, policy)
     with open_catalogue(ctx) as catalogue:
         try:
-            return stage(spec, jdl_dir, catalogue, getpass.getuser())
+            return stage(spec, jdl_dir, catalogue, getpass.getuser(), deny)
         except StagingError as exc:
             fail(str(exc))
 

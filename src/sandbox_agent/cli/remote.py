@@ -4,6 +4,7 @@ a broker instead of the embedded queue: its URL and this caller's token."""
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 import time
 from collections.abc import Callable
@@ -86,16 +87,25 @@ class SentToBroker:
     def get(self, lfn: str) -> None:
         pass  # the broker checks its catalogue when the job is submitted
 
-    def add_named(self, path: Path, name: Callable[[str], str], owner: str) -> Entry:
+    def add_opened(self, src: int, shown: str, name: Callable[[str], str],
+                   owner: str) -> Entry:  # fmt: skip
+        """Send the file open on ``src`` (opened and judged by staging)."""
         from sandbox_agent.broker.files import FILE_CAP
 
+        chunks: list[bytes] = []
+        size = 0
         try:
-            with open(path, "rb") as file:
-                data = file.read(FILE_CAP + 1)
+            while size <= FILE_CAP:
+                chunk = os.read(src, min(1 << 20, FILE_CAP + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
         except OSError as exc:
-            raise CatalogueError(f"{path}: cannot read the file ({exc.strerror})") from None
+            raise CatalogueError(f"{shown}: cannot read the file ({exc.strerror})") from None
+        data = b"".join(chunks)
         if len(data) > FILE_CAP:
-            raise CatalogueError(f"{path} is over {FILE_CAP} bytes, a broker's limit for one "
+            raise CatalogueError(f"{shown} is over {FILE_CAP} bytes, a broker's limit for one "
                                  "file; put large data on grid storage (InputData)")  # fmt: skip
         digest = hashlib.sha256(data).hexdigest()
         lfn = self.client.send_input(posixpath.basename(name(digest)), data)

@@ -15,6 +15,7 @@ import posixpath
 from sandbox_agent.jdl.expr import Expr, Literal
 from sandbox_agent.jdl.spec import JobSpec
 from sandbox_agent.policy.model import Policy, PolicyRejection, Setting, within
+from sandbox_agent.policy.reach import Deny, PathRefused, judge
 
 IMAGE_KEY = "Image"
 PLATFORM_KEY = "Platform"
@@ -29,16 +30,17 @@ def _asked(spec: JobSpec, key: str) -> str | None:
     return node.value
 
 
-def choose(policy: Policy, spec: JobSpec, deny: list[str]) -> Setting | None:
-    """The job's own choice of image, checked; None when it makes none. ``deny``: paths
-    no image may be at, under or above (the agent's credentials among them)."""
+def choose(policy: Policy, spec: JobSpec, deny: Deny) -> Setting | None:
+    """The job's own choice of image, checked; None when it makes none. ``deny``: what
+    no image may be at, under or above (the agent's credentials among them), judged as
+    every path a user names is (policy.reach)."""
     path = _asked(spec, IMAGE_KEY)
     if path is not None:
         real = by_path(policy, path)
-        denied = [os.path.realpath(d) for d in deny]  # compared as the image is: resolved
-        blocked = next((d for d in denied if within(real, d) or within(d, real)), None)
-        if blocked is not None:
-            raise PolicyRejection(f"{IMAGE_KEY}: '{path:.80}' reaches the denied path {blocked}")
+        try:
+            judge(real, None, deny, key=IMAGE_KEY, named=path, base=None, whole_tree=True)
+        except PathRefused as exc:
+            raise PolicyRejection(str(exc)) from None
         return Setting(real, f"jdl:{IMAGE_KEY}")
     platform = _asked(spec, PLATFORM_KEY)
     if platform is not None:

@@ -20,6 +20,7 @@ from sandbox_agent.jdl.expr import ListExpr, Literal
 from sandbox_agent.jdl.spec import JobSpec
 from sandbox_agent.jdl.units import MIB, format_size
 from sandbox_agent.policy.model import Item, Policy, PolicyRejection, Setting, within
+from sandbox_agent.policy.reach import Deny, PathRefused, check_bind
 from sandbox_agent.policy.schema import LIMITS, Kind
 
 # The JDL key a job uses to ask for extra read-only binds (under filesystem.jdl_read_only_roots).
@@ -97,10 +98,11 @@ def compose(
         deny.append(Item(os.path.abspath(path), "agent:credentials"))
     settings["filesystem.deny"] = Setting(tuple(deny), settings["filesystem.deny"].origin)
     if spec is not None:
-        chosen = select.choose(policy, spec, [i.value for i in deny])
+        denied = Deny.of(deny)
+        chosen = select.choose(policy, spec, denied)
         if chosen is not None:
             settings["filesystem.image"] = chosen
-        extra = _requested_binds(policy, spec, [i.value for i in deny])
+        extra = _requested_binds(policy, spec, denied)
         if extra:
             binds = list(settings["filesystem.read_only"].value) + extra
             settings["filesystem.read_only"] = Setting(tuple(binds), f"jdl:{BINDS_KEY}")
@@ -168,7 +170,7 @@ def _shower(kind: Kind):  # type: ignore[no-untyped-def]
     return str
 
 
-def _requested_binds(policy: Policy, spec: JobSpec, deny: list[str]) -> list[Item]:
+def _requested_binds(policy: Policy, spec: JobSpec, deny: Deny) -> list[Item]:
     """The job's ReadOnlyBinds, each checked: absolute, no '..', under an allowed root,
     reaching nothing denied."""
     value = next((v for k, v in spec.extra if k.casefold() == BINDS_KEY.casefold()), None)
@@ -189,20 +191,14 @@ def _requested_binds(policy: Policy, spec: JobSpec, deny: list[str]) -> list[Ite
             # runtimes split bind specs on ',' and ':' (Apptainer, Docker)
             raise PolicyRejection(f"{BINDS_KEY}: '{path:.60}' may not hold ',' ':' or controls")
         path = posixpath.normpath(path)
-        real = os.path.realpath(path)
-        if real != path:
-            # the runtime would follow the link: judge, and bind, only the real path
-            raise PolicyRejection(
-                f"{BINDS_KEY}: '{path:.60}' goes through a symlink (to {real:.60}); "
-                "ask for the real path"
-            )
         if not any(within(path, root) for root in roots):
             allowed = ", ".join(roots) if roots else "none (this policy allows no extra binds)"
             raise PolicyRejection(
                 f"{BINDS_KEY}: '{path:.60}' is not under a root the site allows ({allowed})"
             )
-        blocked = next((d for d in deny if within(path, d) or within(d, path)), None)
-        if blocked is not None:
-            raise PolicyRejection(f"{BINDS_KEY}: '{path:.60}' reaches the denied path {blocked}")
-        out.append(Item(path, f"jdl:{BINDS_KEY}"))
+        try:
+            real = check_bind(path, deny=deny, key=BINDS_KEY)
+        except PathRefused as exc:
+            raise PolicyRejection(str(exc)) from None
+        out.append(Item(real, f"jdl:{BINDS_KEY}"))
     return out

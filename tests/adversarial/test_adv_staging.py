@@ -1,0 +1,155 @@
+"""A JDL that names the pilot's key, submitted on the pilot's own account (the README's
+quick-start flow), as root and as an unprivileged pilot: `submit` refuses it with one
+line naming the entry and the reason, and neither the catalogue nor the queue ever holds
+a byte of the key. The same for `catalogue add` and for a submit to a broker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cli_support import cli_env, nobody_program, run_cli
+
+NOBODY = 65534
+
+
+@dataclass
+class Pilot:
+    """The pilot's account: its home (with its authority and jobagent token), a user's
+    job directory it was handed, and how it runs the CLI."""
+
+    base: Path
+    home: Path
+    jobs: Path
+    run: Callable[..., object]
+
+    def secrets(self) -> list[bytes]:
+        return [(self.home / "certs" / n).read_bytes() for n in ("jobagent.key", "ca.key")]
+
+    def stored(self) -> list[bytes]:
+        """Every byte the home's catalogue and queue hold."""
+        found = []
+        for path in self.home.rglob("*"):
+            if path.is_file() and not path.is_symlink() and "certs" not in path.parts:
+                found.append(path.read_bytes())
+        return found
+
+
+@pytest.fixture(params=["root", "nobody"])
+def pilot(request: pytest.FixtureRequest) -> Iterator[Pilot]:
+    program: list[str] | None = None
+    extra: dict[str, str] = {}
+    if request.param == "nobody":
+        found = nobody_program()
+        if isinstance(found, str):
+            pytest.skip(found)
+        program, extra = found
+    elif os.geteuid() != 0:
+        pytest.skip("the root pilot needs root")
+    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="sandbox-agent-staging-"))
+    base.chmod(0o755)
+    home, jobs = base / "home", base / "jobs"
+    jobs.mkdir()
+    (jobs / "data.txt").write_text("the user's data\n")
+    if request.param == "nobody":
+        os.chown(base, NOBODY, NOBODY)
+        os.chown(jobs, NOBODY, NOBODY)
+        os.chown(jobs / "data.txt", NOBODY, NOBODY)
+    env = cli_env(home, **extra)
+
+    def run(*args: object):  # type: ignore[no-untyped-def]
+        return run_cli(env, *args, program=program)
+
+    made = run("certs", "init")
+    assert made.returncode == 0, made.stderr  # type: ignore[attr-defined]
+    try:
+        yield Pilot(base, home, jobs, run)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def submit_refused(pilot: Pilot, jdl_text: str, *words: str) -> str:
+    jdl = pilot.jobs / "steal.jdl"
+    jdl.write_text(jdl_text)
+    result = pilot.run("submit", jdl)
+    assert result.returncode == 2, result.stdout  # type: ignore[attr-defined]
+    (line,) = result.stderr.splitlines()  # type: ignore[attr-defined]
+    for word in words:
+        assert word in line
+    listed = pilot.run("jobs", "--json")
+    assert listed.stdout.strip() == "[]"  # type: ignore[attr-defined]
+    stored = pilot.stored()
+    for secret in pilot.secrets():
+        assert not any(secret in data for data in stored)
+    return str(line)
+
+
+def test_an_input_naming_the_key_by_its_absolute_path_is_refused(pilot: Pilot) -> None:
+    for name in ("jobagent.key", "ca.key"):
+        key = pilot.home / "certs" / name
+        submit_refused(pilot, f'Executable = "/bin/cat";\nInputFile = {{"{key}"}};\n',
+                       f"InputFile {key}", "a credential no job may read")  # fmt: skip
+
+
+def test_an_input_reaching_the_key_through_dotdot_is_refused(pilot: Pilot) -> None:
+    submit_refused(pilot, 'Executable = "/bin/cat";\nInputFile = {"../home/certs/jobagent.key"};\n',
+                   "InputFile ../home/certs/jobagent.key", "leaves")  # fmt: skip
+
+
+def test_an_innocent_name_that_is_a_symlink_to_the_key_is_refused(pilot: Pilot) -> None:
+    link = pilot.jobs / "innocent.txt"
+    link.symlink_to(pilot.home / "certs" / "jobagent.key")
+    submit_refused(pilot, 'Executable = "/bin/cat";\nInputFile = {"innocent.txt"};\n',
+                   "InputFile innocent.txt", "leaves")  # fmt: skip
+    # and as the executable the agent stages and places
+    submit_refused(pilot, 'Executable = "innocent.txt";\n', "Executable innocent.txt", "leaves")
+
+
+def test_a_hard_link_to_the_key_is_refused(pilot: Pilot) -> None:
+    if pilot.home.stat().st_dev != pilot.jobs.stat().st_dev:
+        pytest.skip("the job directory is on another filesystem than the home")
+    os.link(pilot.home / "certs" / "jobagent.key", pilot.jobs / "linked.txt")
+    submit_refused(pilot, 'Executable = "/bin/cat";\nInputFile = {"linked.txt"};\n',
+                   "InputFile linked.txt", "is a hard link to")  # fmt: skip
+
+
+def test_the_users_own_files_are_still_staged(pilot: Pilot) -> None:
+    jdl = pilot.jobs / "fine.jdl"
+    jdl.write_text('Executable = "/bin/cat";\nArguments = "data.txt";\nInputFile = {"data.txt"};\n')
+    result = pilot.run("submit", jdl)
+    assert result.returncode == 0, result.stderr  # type: ignore[attr-defined]
+    assert any(b"the user's data" in data for data in pilot.stored())
+
+
+def test_catalogue_add_of_the_key_is_refused(pilot: Pilot) -> None:
+    for named in (pilot.home / "certs" / "jobagent.key", pilot.jobs / "innocent.txt"):
+        if named.name == "innocent.txt":
+            named.symlink_to(pilot.home / "certs" / "jobagent.key")
+        result = pilot.run("catalogue", "add", named, "/local/x/stolen.key")
+        assert result.returncode == 2  # type: ignore[attr-defined]
+        assert "a credential no job may read" in result.stderr  # type: ignore[attr-defined]
+    assert pilot.run("catalogue", "ls", "--json").stdout.strip() == "[]"  # type: ignore[attr-defined]
+
+
+def test_a_submit_to_a_broker_refuses_the_key_before_sending_anything(pilot: Pilot) -> None:
+    issued = pilot.run("certs", "issue", "--role", "user", "--user", "alice")
+    assert issued.returncode == 0, issued.stderr  # type: ignore[attr-defined]
+    tokens = pilot.home / "tokens"
+    broker = ["--broker", "https://127.0.0.1:9", "--cert", tokens / "user-alice.pem",
+              "--key", tokens / "user-alice.key", "--ca", pilot.home / "certs" / "ca.pem"]  # fmt: skip
+    jdl = pilot.jobs / "steal.jdl"
+    for text in (f'Executable = "/bin/cat";\nInputFile = {{"{pilot.home}/certs/jobagent.key"}};\n',
+                 f'Executable = "/bin/cat";\nInputFile = {{"{tokens}/user-alice.key"}};\n'):  # fmt: skip
+        jdl.write_text(text)
+        result = pilot.run("submit", jdl, *broker)
+        assert result.returncode == 2, result.stderr  # type: ignore[attr-defined]
+        assert "a credential no job may read" in result.stderr  # type: ignore[attr-defined]
+    # the control: a file of the user's own gets past staging, to the (absent) broker
+    jdl.write_text('Executable = "/bin/cat";\nInputFile = {"data.txt"};\n')
+    result = pilot.run("submit", jdl, *broker)
+    assert result.returncode == 3, result.stderr  # type: ignore[attr-defined]
