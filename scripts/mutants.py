@@ -1,0 +1,429 @@
+"""Mutation testing of the security-critical modules: do the tests hold the defences?
+
+Each mutant is one small change to one module (a comparison turned round, a check
+deleted, a flag dropped); the tests that exercise that module must fail on it. A mutant
+they pass on (a survivor) is a defence no test holds.
+
+The working tree is never touched: the tree is copied (the files git knows, committed or
+not, so new tests count) into a temporary directory per worker, and pytest runs there
+with the copy's src first on sys.path. The package's editable install only appends
+/work/main/src after site-packages, so PYTHONPATH wins; a canary mutant (an import that
+raises) proves it before any count is trusted.
+
+    .venv/bin/python scripts/mutants.py                      # every module below
+    .venv/bin/python scripts/mutants.py --module handoff --sample 40 --list-survivors
+
+Score = (killed + timed out) / (mutants - equivalent). An equivalent mutant changes no
+behaviour (it is named in EQUIVALENT below with the reason); a mutant that makes the
+tests hang is killed by the per-mutant timeout and counted apart from the failures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import os
+import queue
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# module (under src/) -> the test files that exercise it (globs, so new tests join).
+MODULES: dict[str, list[str]] = {
+    "sandbox_agent/tokens/verify.py": ["tests/tokens/test_*.py"],
+    "sandbox_agent/handoff.py": ["tests/unit/test_handoff*.py"],
+    "sandbox_agent/agent/outputs.py": ["tests/unit/test_outputs*.py"],
+    "sandbox_agent/policy/compose.py": ["tests/policy/test_compose*.py",
+                                        "tests/policy/test_explain.py"],
+}  # fmt: skip
+
+# Mutants that cannot change behaviour: (module, original line, mutated line) -> why.
+# Lines are compared stripped, so the entries survive code moving up or down.
+_VERIFY = "sandbox_agent/tokens/verify.py"
+_UNREACHED_CA_CHECK = (
+    "the issuing CAs' own validity check never fires: cryptography's verifier has already "
+    "refused any CA (the anchor included) outside its window at an instant within the "
+    "skew of now, so this check and its message are defence in depth no input reaches"
+)
+_CHAIN_HAS_AN_ISSUER = (
+    "a verified chain always holds the token and at least one CA (a CA certificate is "
+    "refused as a token before), so len(chain) > 1 always and the else branch is dead"
+)
+EQUIVALENT: dict[tuple[str, str, str], str] = {
+    (_VERIFY, "for issuer in chain[1:]:", "for issuer in chain[2:]:"): _UNREACHED_CA_CHECK,
+    (_VERIFY, "for issuer in chain[1:]:", "for issuer in chain[0:]:"):
+        "the token itself was checked just before, against the same clock",
+    (_VERIFY, "self._check_validity(issuer, now, f\"issuing CA '{_common_name(issuer)}'\")",
+     "pass"): _UNREACHED_CA_CHECK,
+    (_VERIFY, "return str(names[-1].value) if names else cert.subject.rfc4514_string()",
+     "pass"): "_common_name only names a CA in that unreached message",
+    (_VERIFY, "return str(names[-1].value) if names else cert.subject.rfc4514_string()",
+     "return str(names[-0].value) if names else cert.subject.rfc4514_string()"):
+        "_common_name only names a CA in that unreached message",
+    (_VERIFY, "issuer = chain[1] if len(chain) > 1 else chain[0]",
+     "issuer = chain[1] if len(chain) >= 1 else chain[0]"): _CHAIN_HAS_AN_ISSUER,
+    (_VERIFY, "issuer = chain[1] if len(chain) > 1 else chain[0]",
+     "issuer = chain[1] if len(chain) > 0 else chain[0]"): _CHAIN_HAS_AN_ISSUER,
+    (_VERIFY, "issuer = chain[1] if len(chain) > 1 else chain[0]",
+     "issuer = chain[1] if len(chain) > 1 else chain[1]"): _CHAIN_HAS_AN_ISSUER,
+    (_VERIFY, "issuer = chain[1] if len(chain) > 1 else chain[0]",
+     "issuer = chain[1] if len(chain) > 1 else chain[-1]"): _CHAIN_HAS_AN_ISSUER,
+    (_VERIFY, "return False", "pass"): "_is_ca: None is as false as False to its one caller",
+}  # fmt: skip
+
+PYTEST = ["-x", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "--timeout=0"]
+
+
+# --- the mutants ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mutant:
+    module: str  # as in MODULES
+    index: int  # of the node in walk order: the same node in a fresh parse
+    operator: str
+    line: int
+    original: str  # the source line
+    mutated: str  # the same line with the change spliced in
+    make: Callable[[ast.AST], ast.AST]  # the node -> its replacement
+
+
+COMPARE_SWAPS = {ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Lt: ast.LtE, ast.LtE: ast.Lt,
+                 ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.In: ast.NotIn, ast.NotIn: ast.In,
+                 ast.Is: ast.IsNot, ast.IsNot: ast.Is}  # fmt: skip
+ARITHMETIC_SWAPS = {ast.Add: ast.Sub, ast.Sub: ast.Add}
+
+
+def _walk(tree: ast.AST) -> list[tuple[ast.AST, ast.AST | None]]:
+    """Every node with its parent, in a fixed order (the same for a copy of the tree)."""
+    out: list[tuple[ast.AST, ast.AST | None]] = [(tree, None)]
+    for node, _parent in out:  # grows while it is read: breadth first
+        out.extend((child, node) for child in ast.iter_child_nodes(node))
+    return out
+
+
+def _skipped(tree: ast.AST) -> set[int]:
+    """Nodes no mutant should touch: docstrings and annotations (never evaluated here:
+    every module has `from __future__ import annotations`), type aliases and what only
+    mypy reads (`TYPE_CHECKING`), `__future__` imports."""
+    ids: set[int] = set()
+    for node in ast.walk(tree):
+        if _type_only(node):
+            ids.update(id(n) for n in ast.walk(node))
+        body = getattr(node, "body", None)
+        first = body[0] if isinstance(body, list) and body else None
+        value = first.value if isinstance(first, ast.Expr) else None
+        if isinstance(value, ast.Constant) and isinstance(value.value, str):  # a docstring
+            ids.update(id(n) for n in ast.walk(value))
+        annotations: list[ast.AST | None] = []
+        if isinstance(node, ast.arg | ast.AnnAssign):
+            annotations.append(node.annotation)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            annotations.append(node.returns)
+        if isinstance(node, ast.JoinedStr | ast.ImportFrom):
+            annotations.append(node)  # f-string pieces are text, not values
+        for sub in filter(None, annotations):
+            ids.update(id(n) for n in ast.walk(sub))
+    return ids
+
+
+def _type_only(node: ast.AST) -> bool:
+    if isinstance(node, ast.If) and isinstance(node.test, ast.Name):
+        return node.test.id == "TYPE_CHECKING"
+    if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+        return node.targets[0].id == "TYPE_CHECKING"
+    return isinstance(node, ast.AnnAssign) and ast.unparse(node.annotation) == "TypeAlias"
+
+
+def _with(node: ast.AST, **changes: object) -> ast.AST:
+    new = copy.copy(node)
+    for name, value in changes.items():
+        setattr(new, name, value)
+    return new
+
+
+def _bitor_operands(node: ast.AST) -> list[ast.expr]:
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return _bitor_operands(node.left) + _bitor_operands(node.right)
+    return [node]  # type: ignore[list-item]
+
+
+def _join_bitor(operands: list[ast.expr]) -> ast.expr:
+    joined = operands[0]
+    for operand in operands[1:]:
+        joined = ast.BinOp(joined, ast.BitOr(), operand)
+    return joined
+
+
+def _changes(node: ast.AST, parent: ast.AST | None) -> Iterator[tuple[str, Callable[..., ast.AST]]]:
+    """(operator name, node -> replacement) for each mutant of this one node."""
+    if isinstance(node, ast.Compare):
+        for i, op in enumerate(node.ops):
+            if type(op) in COMPARE_SWAPS:
+                swapped = COMPARE_SWAPS[type(op)]
+
+                def compare(n: ast.Compare, i: int = i, swapped: type = swapped) -> ast.AST:
+                    return _with(n, ops=[*n.ops[:i], swapped(), *n.ops[i + 1:]])
+
+                yield f"{type(op).__name__} -> {swapped.__name__}", compare
+    elif isinstance(node, ast.BoolOp):
+        swap: type[ast.boolop] = ast.Or if isinstance(node.op, ast.And) else ast.And
+        yield f"{type(node.op).__name__} -> {swap.__name__}", lambda n: _with(n, op=swap())
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        yield "not removed", lambda n: n.operand
+    elif isinstance(node, ast.BinOp | ast.AugAssign) and type(node.op) in ARITHMETIC_SWAPS:
+        other = ARITHMETIC_SWAPS[type(node.op)]
+        yield f"{type(node.op).__name__} -> {other.__name__}", lambda n: _with(n, op=other())
+    elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        # a flag chain, once, at its top: each flag dropped in turn
+        if not (isinstance(parent, ast.BinOp) and isinstance(parent.op, ast.BitOr)):
+            operands = _bitor_operands(node)
+            for i, dropped in enumerate(operands):
+                def drop(n: ast.AST, i: int = i) -> ast.AST:
+                    kept = _bitor_operands(n)
+                    return _join_bitor(kept[:i] + kept[i + 1:])
+
+                yield f"| drops {ast.unparse(dropped)}", drop
+    elif isinstance(node, ast.Constant):
+        yield from _constant_changes(node.value)
+    elif isinstance(node, ast.Raise | ast.Return) or (
+        isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+    ):
+        yield f"{type(node).__name__.lower()} deleted", lambda n: _with(ast.Pass(), **_at(n))
+    elif isinstance(node, ast.If):
+        for forced in (True, False):
+            yield f"if forced {forced}", lambda n, f=forced: _with(n, test=ast.Constant(f))
+
+
+def _constant_changes(value: object) -> Iterator[tuple[str, Callable[..., ast.AST]]]:
+    if isinstance(value, bool):
+        yield f"{value} -> {not value}", lambda n: _with(n, value=not value)
+    elif isinstance(value, int):
+        for new in dict.fromkeys((value + 1, value - 1, 0)):
+            if new != value:
+                yield f"{value} -> {new}", lambda n, new=new: _with(n, value=new)
+    elif isinstance(value, str | bytes) and value:
+        yield "string emptied", lambda n: _with(n, value=value[:0])
+
+
+def _at(node: ast.AST) -> dict[str, object]:
+    names = ("lineno", "col_offset", "end_lineno", "end_col_offset")
+    return {name: getattr(node, name) for name in names if hasattr(node, name)}
+
+
+def _spliced(lines: list[str], node: ast.AST, replacement: ast.AST) -> str:
+    """The node's first source line with the replacement's text in the node's place."""
+    raw = lines[node.lineno - 1].encode()  # type: ignore[attr-defined]
+    start = node.col_offset  # type: ignore[attr-defined]  # (offsets count UTF-8 bytes)
+    head = raw[:start].decode()
+    if isinstance(replacement, ast.If):  # only the condition changed: show the header
+        return f"{head}if {ast.unparse(replacement.test)}:"
+    if node.end_lineno != node.lineno:  # type: ignore[attr-defined]
+        return head + ast.unparse(replacement).splitlines()[0]
+    return head + ast.unparse(replacement) + raw[node.end_col_offset:].decode()  # type: ignore[attr-defined]
+
+
+def mutants_of(module: str, source: str) -> list[Mutant]:
+    tree = ast.parse(source)
+    skipped = _skipped(tree)
+    lines = source.splitlines()
+    found = []
+    for index, (node, parent) in enumerate(_walk(tree)):
+        if id(node) in skipped or not hasattr(node, "lineno"):
+            continue
+        for operator, make in _changes(node, parent):
+            mutated = _spliced(lines, node, make(copy.deepcopy(node)))
+            line = node.lineno
+            found.append(Mutant(module, index, operator, line, lines[line - 1], mutated, make))
+    return found
+
+
+def mutated_source(source: str, mutant: Mutant) -> str:
+    """The module with this one mutant applied, from a fresh parse of the original."""
+    tree = ast.parse(source)
+    node, parent = _walk(tree)[mutant.index]
+    replacement = mutant.make(node)
+    assert parent is not None
+    for field, value in ast.iter_fields(parent):
+        if value is node:
+            setattr(parent, field, replacement)
+        elif isinstance(value, list) and any(item is node for item in value):
+            value[[id(item) for item in value].index(id(node))] = replacement
+    return ast.unparse(ast.fix_missing_locations(tree))
+
+
+# --- running the tests in copies -------------------------------------------------------
+
+
+def make_copy(into: Path) -> Path:
+    """The files git knows (tracked, or new and not ignored), as they are now."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                            capture_output=True, check=True).stdout  # fmt: skip
+    for name in filter(None, listed.decode().split("\0")):
+        source = ROOT / name
+        if source.is_file():  # a file deleted but not yet staged is skipped
+            target = into / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return into
+
+
+def run_tests(copy_dir: Path, tests: list[str], timeout: float) -> str:
+    """'passed', 'failed' or 'timeout': pytest in the copy, its src first on sys.path."""
+    env = dict(os.environ, PYTHONPATH=str(copy_dir / "src"), PYTHONDONTWRITEBYTECODE="1")
+    # no bytecode: two mutants of one size written in one second would share a stale .pyc
+    command = [sys.executable, "-m", "pytest", *PYTEST, f"--basetemp={copy_dir}/.tmp", *tests]
+    process = subprocess.Popen(command, cwd=copy_dir, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        code = process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the whole session: threads, children
+        process.wait()
+        return "timeout"
+    return "passed" if code == 0 else "failed"
+
+
+def test_files(module: str) -> list[str]:
+    found = sorted({str(p.relative_to(ROOT)) for g in MODULES[module] for p in ROOT.glob(g)})
+    if not found:
+        raise SystemExit(f"mutants: no tests match {MODULES[module]} for {module}")
+    return found
+
+
+def check_copy(copy_dir: Path, module: str, tests: list[str]) -> float:
+    """Proof that the copy is what the tests import (a canary mutant must fail them),
+    then a clean run of the unmutated (re-unparsed) module; returns its duration."""
+    target = copy_dir / "src" / module
+    original = target.read_text()
+    target.write_text("raise ImportError('mutants: canary')\n" + original)
+    try:
+        if run_tests(copy_dir, tests, 600) != "failed":
+            raise SystemExit(f"mutants: the tests did not import {target}; is PYTHONPATH ignored?")
+    finally:
+        target.write_text(original)
+    target.write_text(ast.unparse(ast.parse(original)))  # as every mutant is written
+    start = time.monotonic()
+    outcome = run_tests(copy_dir, tests, 600)
+    target.write_text(original)
+    if outcome != "passed":
+        raise SystemExit(f"mutants: {' '.join(tests)} fail without any mutant; fix them first")
+    return time.monotonic() - start
+
+
+# --- one module, then the report ------------------------------------------------------
+
+
+Results = dict[str, list[Mutant]]  # killed / timeout / survived / equivalent -> mutants
+
+
+def run_module(module: str, args: argparse.Namespace, copies: list[Path]) -> Results:
+    source = (ROOT / "src" / module).read_text()
+    mutants = mutants_of(module, source)
+    if args.sample and args.sample < len(mutants):
+        chosen = random.Random(args.seed).sample(mutants, args.sample)  # noqa: S311 (no secret)
+        mutants = sorted(chosen, key=lambda m: (m.line, m.index))
+    tests = test_files(module)
+    baseline = check_copy(copies[0], module, tests)
+    # generous: a slow machine must not turn a survivor into a "timeout"
+    timeout = max(20.0, 4 * baseline)
+    print(f"{module}: {len(mutants)} mutants, tests {' '.join(tests)} "
+          f"({baseline:.1f} s clean, timeout {timeout:.0f} s)", flush=True)  # fmt: skip
+    free: queue.Queue[Path] = queue.Queue()
+    for copy_dir in copies:
+        free.put(copy_dir)
+    results: Results = {"killed": [], "timeout": [], "survived": [], "equivalent": []}
+    lock = threading.Lock()
+
+    def one(mutant: Mutant) -> None:
+        copy_dir = free.get()
+        target = copy_dir / "src" / module
+        try:
+            target.write_text(mutated_source(source, mutant))
+            outcome = run_tests(copy_dir, tests, timeout)
+        finally:
+            target.write_text(source)
+            free.put(copy_dir)
+        key = (module, mutant.original.strip(), mutant.mutated.strip())
+        kind = {"failed": "killed", "timeout": "timeout"}.get(outcome, "survived")
+        if kind == "survived" and key in EQUIVALENT:
+            kind = "equivalent"
+        with lock:
+            results[kind].append(mutant)
+            done = sum(len(v) for v in results.values())
+            if args.verbose or kind == "survived":
+                print(f"  [{done}/{len(mutants)}] {kind}: {_where(mutant)}", flush=True)
+
+    with ThreadPoolExecutor(len(copies)) as pool:
+        list(pool.map(one, mutants))
+    return results
+
+
+def _where(mutant: Mutant) -> str:
+    return f"src/{mutant.module}:{mutant.line} {mutant.operator}"
+
+
+def report(module: str, results: Results, list_survivors: bool) -> float:
+    killed, timed_out = len(results["killed"]), len(results["timeout"])
+    survived, equivalent = len(results["survived"]), len(results["equivalent"])
+    counted = killed + timed_out + survived
+    score = 100.0 * (killed + timed_out) / counted if counted else 100.0
+    print(f"{module}: killed {killed}, timed out {timed_out}, survived {survived}, "
+          f"equivalent {equivalent}: score {score:.1f}%")  # fmt: skip
+    if list_survivors:
+        for mutant in sorted(results["survived"], key=lambda m: (m.line, m.index)):
+            print(f"  {_where(mutant)}\n    - {mutant.original.strip()}\n"
+                  f"    + {mutant.mutated.strip()}")  # fmt: skip
+        for mutant in sorted(results["equivalent"], key=lambda m: (m.line, m.index)):
+            why = EQUIVALENT[(module, mutant.original.strip(), mutant.mutated.strip())]
+            print(f"  equivalent {_where(mutant)}: {mutant.mutated.strip()}\n    ({why})")
+    return score
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--module", action="append", metavar="NAME",
+                        help="a module of MODULES, by path or part of it (repeatable)")
+    parser.add_argument("--sample", type=int, metavar="N", help="N mutants at random per module")
+    parser.add_argument("--seed", type=int, default=16, help="for --sample (default 16)")
+    parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1),
+                        help="copies run in parallel")
+    parser.add_argument("--list-survivors", action="store_true")
+    parser.add_argument("--list", action="store_true", help="list the mutants; run nothing")
+    parser.add_argument("--verbose", action="store_true", help="print every mutant's outcome")
+    parser.add_argument("--fail-under", type=float, default=0.0, metavar="PERCENT",
+                        help="exit 1 when a module scores below this")
+    args = parser.parse_args(argv)  # fmt: skip
+    chosen = [m for m in MODULES if not args.module or any(w in m for w in args.module)]
+    if not chosen:
+        parser.error(f"no module matches {args.module}; known: {', '.join(MODULES)}")
+    if args.list:
+        for module in chosen:
+            found = mutants_of(module, (ROOT / "src" / module).read_text())
+            for mutant in sorted(found, key=lambda m: (m.line, m.index)):
+                print(f"{_where(mutant)}: {mutant.mutated.strip()}")
+        return 0
+    scores = {}
+    with tempfile.TemporaryDirectory(prefix="sandbox-agent-mutants.") as base:
+        copies = [make_copy(Path(base) / f"copy{i}") for i in range(max(1, args.jobs))]
+        for module in chosen:
+            results = run_module(module, args, copies)
+            scores[module] = report(module, results, args.list_survivors)
+    print("\nscores: " + ", ".join(f"{m} {s:.1f}%" for m, s in scores.items()))
+    return 1 if any(s < args.fail_under for s in scores.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
