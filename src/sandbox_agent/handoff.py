@@ -87,7 +87,10 @@ def encode(kind: str, fields: Mapping[str, Any]) -> bytes:
     table, cap = _kind(kind)
     message = {"schema": schema_name(kind), "version": VERSION, **fields}
     _check(message, _with_header(table), kind)
-    data = _dumps(message).encode("utf-8")
+    try:
+        data = _dumps(message).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, as os.environ makes of non-UTF-8 bytes
+        raise FrameError(f"{kind} frame holds text that is not UTF-8") from None
     if len(data) > cap:
         raise FrameError(f"{kind} frame of {len(data)} bytes is over its cap of {cap}")
     return HEADER.pack(len(data)) + data
@@ -175,6 +178,8 @@ def _check_value(value: Any, kind: Any, where: str) -> None:
             if not isinstance(value, dict):
                 raise FrameError(f"{where} must be an object of {item.__name__} values")
             for key, element in value.items():
+                if not isinstance(key, str):  # JSON would turn 1 into "1" on the way
+                    raise FrameError(f"{where} keys must be str, not {type(key).__name__}")
                 _check_value(element, item, f"{where}.{_short(key)}")
     elif not _is(value, kind):
         raise FrameError(f"{where} must be {kind.__name__}, not {type(value).__name__}")
