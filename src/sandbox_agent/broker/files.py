@@ -19,6 +19,10 @@ from typing import Any
 
 FILE_CAP = 64 * 1024 * 1024  # bytes of one file sent to the broker
 FILES_CAP = 10_000  # files of one attempt
+# bytes of all of one attempt's files: the builtin policy's outputs.max_total (4 GiB) and
+# room for its logs. The broker cannot see the pilot's policy; a pilot whose site allows
+# more is refused past this (ERROR_SV), never 10,000 files of FILE_CAP (625 GiB).
+ATTEMPT_CAP = 4 * 1024**3 + FILE_CAP
 KINDS = ("outputs", "logs")
 INDEX = "index.json"
 RECORD = "audit.json"  # an attempt's signed audit record, beside its files
@@ -51,8 +55,9 @@ def check_name(name: str) -> list[str]:
 
 
 class FileStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, attempt_cap: int = ATTEMPT_CAP) -> None:
         self.root = root
+        self.attempt_cap = attempt_cap
         self._lock = threading.Lock()
 
     def attempt(self, job_id: int, resubmission: int) -> Path:
@@ -74,6 +79,10 @@ class FileStore:
                 raise FileRefused(409, f"{name} was sent already; files are never replaced")
             if len(index) >= FILES_CAP:
                 raise FileRefused(409, f"an attempt keeps at most {FILES_CAP} files")
+            held = sum(int(entry["size"]) for entry in index.values())
+            if held + len(data) > self.attempt_cap:
+                raise FileRefused(413, f"an attempt keeps at most {self.attempt_cap} bytes in all; "
+                                  f"{held} are kept already")  # fmt: skip
             directory = where
             for part in ["files", *parts[:-1]]:
                 directory = directory / part
