@@ -24,6 +24,9 @@ HOST = FixedHost({
     "/etc/localtime": "symlink:/usr/share/zoneinfo/Etc/UTC", "/etc/nsswitch.conf": "file",
     "/etc/ssl/certs": "dir", "/etc/ca-certificates": "dir", "/cvmfs/alice.cern.ch": "dir",
     "/dev/nvidiactl": "file", "/dev/nvidia0": "file", "/usr/bin/python3": "symlink:python3.11",
+    # of the host-wide /proc files the renderer masks, those this kernel has
+    "/proc/cmdline": "file", "/proc/config.gz": "file", "/proc/kallsyms": "file",
+    "/proc/sys/kernel/random/boot_id": "file", "/proc/keys": "file", "/proc/acpi": "dir",
 })  # fmt: skip
 JOB = load_job(
     'Executable = "/bin/sh"; Arguments = "-c \'echo $ALIEN_PROC_ID\'"; MemorySize = "4GB";\n'
@@ -157,3 +160,86 @@ def test_a_bind_inside_a_tmpfs_comes_after_it(tmp_path: Path) -> None:
     # a tmpfs mounted after a bind inside it would hide the bind
     assert at("--tmpfs", "/tmp") < at("--bind", "/tmp/shared", "/tmp/shared")
     assert at("--tmpfs", "/srv/data") < at("--ro-bind", "/srv/data/ro", "/srv/data/ro")
+
+
+def test_host_wide_proc_files_are_masked_where_the_kernel_has_them(tmp_path: Path) -> None:
+    argv = list(plan_for("default").argv)
+    proc = argv.index("--proc")
+    masks = argv[proc + 2 : argv.index("--bind", proc)]
+    files = [argv[i + 2] for i in range(proc, len(argv) - 2)
+             if argv[i : i + 2] == ["--ro-bind", "/dev/null"]]  # fmt: skip
+    assert files == ["/proc/cmdline", "/proc/config.gz", "/proc/kallsyms",
+                     "/proc/sys/kernel/random/boot_id", "/proc/keys"]  # fmt: skip
+    assert masks[-6:] == ["--perms", "0555", "--tmpfs", "/proc/acpi", "--remount-ro", "/proc/acpi"]
+    assert len(masks) == 3 * len(files) + 6  # nothing else between /proc and the work dir
+    # what this kernel lacks is not masked: bwrap cannot mount over a missing path
+    assert "/proc/sched_debug" in bwrap.MASKED_PROC and "/proc/sched_debug" not in argv
+    # the host's own /proc bound instead of a private one: nothing is masked
+    text = ('extends = "default"\n[namespaces]\npid = "off"\n[filesystem]\nproc = "off"\n'
+            'read_only = ["/proc"]\ndeny = ["/root", "/home", "/sys"]\n')  # fmt: skip
+    plan = landlock_plan(text, FixedHost({**HOST.table, "/proc": "dir"}), tmp_path)
+    assert "/dev/null" not in plan.argv and "/proc/acpi" not in plan.argv
+
+
+@pytest.mark.parametrize("name", ["default", "gpu"])
+def test_bwraps_options_end_at_its_own_double_dash(name: str) -> None:
+    plan = plan_for(name)
+    end = bwrap.options_end(plan.argv)
+    assert plan.argv[end - 2 : end + 1] == ("--info-fd", str(bwrap.INFO_FD), "--")
+    assert plan.argv[end + 1 : end + 4] == ("/usr/bin/python3", "-I", "-S")
+
+
+def test_a_value_that_reads_as_double_dash_does_not_end_the_options() -> None:
+    # without the landlock step the variables are bwrap's --setenv: a value "--" (from
+    # the agent's environment) is a value, not the end of the options
+    effective = compose(load_policy("default", [ROOT / "policies"]), JOB)
+    plan = bwrap.render(effective, ["/bin/true"], workdir="/srv/work/7",
+                        host=FixedHost(HOST.table, landlock=0), environ={"LANG": "--"})  # fmt: skip
+    first = plan.argv.index("--")
+    assert plan.argv[first - 2 : first] == ("--setenv", "LANG")
+    end = bwrap.options_end(plan.argv)
+    assert end > first and plan.argv[end - 2 : end] == ("--info-fd", str(bwrap.INFO_FD))
+    assert plan.argv[end + 1 :] == ("/bin/true",)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(("bwrap", "--unshare-pid", "--bogus", "--", "/bin/true"), "'--bogus' is not one"),
+     (("bwrap", "--unshare-pid", "/bin/true"), "'/bin/true' is not one"),
+     (("bwrap", "--ro-bind", "/usr", "/usr"), "not followed by '--'")],
+)  # fmt: skip
+def test_options_the_launcher_cannot_place_are_refused(argv: tuple[str, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        bwrap.options_end(argv)
+
+
+def test_the_wrappers_files_come_on_descriptors_not_from_a_directory_of_the_agent() -> None:
+    import sys
+
+    from sandbox_agent.runtime.plan import AGENT_FILES
+
+    plan = plan_for("default", wrapper=True)
+    assert plan.agent_files == {} and not any(AGENT_FILES in word for word in plan.argv)
+    end = bwrap.options_end(plan.argv)
+    carried = {plan.argv[i + 2]: int(plan.argv[i + 1]) for i in range(end)
+               if plan.argv[i] == "--ro-bind-data"}  # fmt: skip
+    tag = sys.implementation.cache_tag
+    lib = bwrap.WRAPPER_DIR
+    assert {path: plan.fd_contents[fd] for path, fd in carried.items()} == {
+        bwrap.CONFINE_PATH: "confine",
+        f"{lib}/jobwrapper.py": "wrapper", f"{lib}/__pycache__/jobwrapper.{tag}.pyc": "wrapper.pyc",
+        f"{lib}/handoff.py": "handoff", f"{lib}/__pycache__/handoff.{tag}.pyc": "handoff.pyc",
+        f"{lib}/packaging.py": "packaging",
+        f"{lib}/__pycache__/packaging.{tag}.pyc": "packaging.pyc",
+    }  # fmt: skip
+    # every descriptor is declared, each read-only (0444) in bwrap's own tmpfs
+    assert set(plan.fds) == set(plan.fd_contents)
+    for fd in carried.values():
+        at = plan.argv.index(str(fd), 0, end)
+        assert plan.argv[at - 3 : at - 1] == ("--perms", "0444")
+    # nothing but the host's userland and the work directory is bound from the host
+    sources = {plan.argv[i + 1] for i in range(end) if plan.argv[i] in ("--bind", "--ro-bind")}
+    assert sources == {"/usr", "/cvmfs/alice.cern.ch", "/etc/alternatives",
+                       "/etc/ca-certificates", "/etc/ld.so.cache", "/etc/ld.so.conf",
+                       "/etc/ld.so.conf.d", "/etc/nsswitch.conf", "/etc/ssl/certs", "/dev/null",
+                       "/srv/work/7"}  # fmt: skip

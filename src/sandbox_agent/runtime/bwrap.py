@@ -6,11 +6,19 @@ all capabilities dropped, a new session, death with the agent, a cleared environ
 with only the allowed variables, nested user namespaces disabled, and the seccomp
 program on a file descriptor. Limits are the agent's (cgroup), rlimits and landlock
 the wrapper's: the plan says so per requirement.
+
+Nothing of the agent's own paths is bound in: the landlock step and the JobWrapper's
+files come on descriptors (``--ro-bind-data``, files in bwrap's own tmpfs), and the
+launcher hands bwrap its options on a descriptor too (``--args``, see options_end), so
+neither bwrap's ``/proc/1/cmdline`` nor ``/proc/self/mountinfo`` inside names a host
+path of the agent's. The host-wide files of the sandbox's own /proc that tell about
+the node and its other users rather than the job (MASKED_PROC) are masked.
 """
 
 from __future__ import annotations
 
 import posixpath
+import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -19,7 +27,6 @@ from sandbox_agent.policy.model import within
 from sandbox_agent.policy.schema import LIMITS
 from sandbox_agent.runtime import confinestep, imageroot
 from sandbox_agent.runtime.plan import (
-    AGENT_FILES,
     HostView,
     LaunchPlan,
     RealHost,
@@ -35,12 +42,31 @@ SECCOMP_FD = 10  # the descriptor the seccomp program is passed on
 CONFINE_FD = 11  # the descriptor the landlock step's source is passed on
 INFO_FD = 12  # where bwrap reports the child's pid and the namespaces it made
 CONFIRM_FD = 13  # where the landlock step says it applied landlock, before the payload
+WRAPPER_FD = 20  # the first of the JobWrapper's files (and their bytecode), one each
 WRAPPER_DIR = "/.sandbox-agent/lib"  # where the JobWrapper and its siblings are, read-only
 # The JobWrapper as the payload: its status frames on its stdout (the payload's own
 # output goes to files), the handoff on its stdin.
 WRAPPER_ARGV = ("/usr/bin/python3", "-I", "-S", f"{WRAPPER_DIR}/jobwrapper.py", "--status-fd", "1")
-# The JobWrapper and its stdlib siblings, copied side by side into WRAPPER_DIR.
+# The JobWrapper and its stdlib siblings, side by side in WRAPPER_DIR, each with its
+# bytecode (launch.bytecode) in WRAPPER_DIR/__pycache__ for the agent's Python version.
 WRAPPER_FILES = {"jobwrapper.py": "wrapper", "handoff.py": "handoff", "packaging.py": "packaging"}
+# Host-wide files of the sandbox's own /proc that tell about the node, its hardware and
+# its other users, not about the job: a read-only, nodev bind of /dev/null over each
+# (opening one fails with EACCES), as Docker and Podman mask theirs (the OCI runtime
+# spec's maskedPaths). The kernel's boot command line, its build configuration and
+# symbols; the node's boot id (the same on every job of a node: it links jobs, and
+# pilots, to one machine); every disk's and interrupt's activity counters; the keys of
+# the sandbox's host uid, and which users hold keys; and the timer and scheduler lists,
+# which name the host's processes and their pids. What programs need (cpuinfo, meminfo,
+# stat, loadavg, uptime, version, mounts) stays. Those of the node's kernel only.
+MASKED_PROC = (
+    "/proc/cmdline", "/proc/config.gz", "/proc/kallsyms", "/proc/kcore",
+    "/proc/sys/kernel/random/boot_id", "/proc/diskstats", "/proc/interrupts",
+    "/proc/keys", "/proc/key-users", "/proc/timer_list", "/proc/timer_stats",
+    "/proc/sched_debug", "/proc/latency_stats",
+)  # fmt: skip
+# Directories of it that list the node's hardware: an empty read-only tmpfs over each.
+MASKED_PROC_DIRS = ("/proc/acpi", "/proc/asound", "/proc/scsi")
 CONFINE_PATH = "/.sandbox-agent/confine.py"  # where the sandbox sees it
 DEV_SHM_BYTES = 64 * 1024 * 1024
 _UNSHARE = {"user": "user", "pid": "pid", "ipc": "ipc", "uts": "uts", "net": "net",
@@ -147,6 +173,7 @@ def render(
         out += ["--remount-ro", "/dev"]
     if effective.word("filesystem.proc") == "private":
         out += ["--proc", "/proc"]
+        out += _masks(host)
     out += ["--bind", workdir, inside]
     writable = [inside, *(path for path, _ in effective.tmpfs()),
                 *effective.strings("filesystem.writable")]  # fmt: skip
@@ -166,8 +193,10 @@ def render(
     else:
         for name, value in variables:
             out += ["--setenv", name, value]
-    if wrapper:  # the agent's copies, in a private directory of agent files
-        out += ["--ro-bind", AGENT_FILES, WRAPPER_DIR]
+    fds = {SECCOMP_FD: "the seccomp program compiled from " + effective.word("process.seccomp")}
+    contents = {SECCOMP_FD: "seccomp"}
+    if wrapper:  # the agent's copies, each a read-only file of bwrap's own tmpfs
+        out += _wrapper_files(fds, contents)
     # bwrap builds the root on a tmpfs; without this, / and /etc would be writable
     # (in memory) around the binds: only the work directory and the tmpfs mounts may be.
     out += ["--remount-ro", "/", "--chdir", inside]
@@ -184,9 +213,8 @@ def render(
     out.append("--")
     out += confine
     out += list(argv)
-    fds = {SECCOMP_FD: "the seccomp program compiled from " + profile}
     fds[INFO_FD] = "bwrap's report of the namespaces it made (read by the agent)"
-    contents = {SECCOMP_FD: "seccomp", INFO_FD: "info"}
+    contents[INFO_FD] = "info"
     if confine:
         fds[CONFINE_FD] = f"the landlock step (sandbox_agent.wrapper.confine) at {CONFINE_PATH}"
         contents[CONFINE_FD] = "confine"
@@ -197,10 +225,79 @@ def render(
         argv=tuple(out),
         fds=fds,
         fd_contents=contents,
-        agent_files=dict(WRAPPER_FILES) if wrapper else {},
+        agent_files={},
         requirements=tuple(requirements),
         seccomp_profile=str(effective.policy.directory / profile),
     )
+
+
+def _masks(host: HostView) -> list[str]:
+    """The words that mask MASKED_PROC and MASKED_PROC_DIRS in the sandbox's /proc: those
+    this kernel has (the host's /proc is the same kernel's; bwrap cannot mount over a
+    path that is not there)."""
+    words: list[str] = []
+    for path in MASKED_PROC:
+        if host.kind(path) == "file":
+            words += ["--ro-bind", "/dev/null", path]
+    for path in MASKED_PROC_DIRS:
+        if host.kind(path) == "dir":
+            words += ["--perms", "0555", "--tmpfs", path, "--remount-ro", path]
+    return words
+
+
+def _wrapper_files(fds: dict[int, str], contents: dict[int, str]) -> list[str]:
+    """The JobWrapper's files, each from a descriptor the launcher fills: the source,
+    and its bytecode named for the agent's Python (another Python compiles the source)."""
+    words: list[str] = []
+    number = WRAPPER_FD
+    tag = sys.implementation.cache_tag
+    for name, kind in WRAPPER_FILES.items():
+        files = [(f"{WRAPPER_DIR}/{name}", kind, f"the JobWrapper's {name}")]
+        if tag:
+            files.append((f"{WRAPPER_DIR}/__pycache__/{name[:-3]}.{tag}.pyc", f"{kind}.pyc",
+                          f"{name} compiled by the agent's Python"))  # fmt: skip
+        for inside, content, what in files:
+            words += ["--perms", "0444", "--ro-bind-data", str(number), inside]
+            fds[number] = f"{what}, at {inside}"
+            contents[number] = content
+            number += 1
+    return words
+
+
+# bwrap's options and how many values each takes (bwrap 0.8), those the renderer writes
+# among them: enough to find where they end without mistaking a value for "--".
+_ARITY = {
+    **dict.fromkeys(("--unshare-user", "--unshare-user-try", "--unshare-ipc", "--unshare-pid",
+                     "--unshare-net", "--unshare-uts", "--unshare-cgroup", "--unshare-cgroup-try",
+                     "--unshare-all", "--share-net", "--disable-userns",
+                     "--assert-userns-disabled", "--die-with-parent", "--new-session",
+                     "--as-pid-1", "--clearenv"), 0),
+    **dict.fromkeys(("--uid", "--gid", "--hostname", "--chdir", "--unsetenv", "--cap-add",
+                     "--cap-drop", "--perms", "--size", "--tmpfs", "--dev", "--proc", "--mqueue",
+                     "--dir", "--remount-ro", "--seccomp", "--add-seccomp-fd", "--info-fd",
+                     "--json-status-fd", "--block-fd", "--userns-block-fd", "--sync-fd",
+                     "--lock-file", "--userns", "--userns2", "--pidns"), 1),
+    **dict.fromkeys(("--setenv", "--bind", "--bind-try", "--dev-bind", "--dev-bind-try",
+                     "--ro-bind", "--ro-bind-try", "--bind-fd", "--ro-bind-fd", "--symlink",
+                     "--file", "--bind-data", "--ro-bind-data", "--chmod"), 2),
+}  # fmt: skip
+
+
+def options_end(argv: Sequence[str]) -> int:
+    """The index of the "--" that ends bwrap's options in ``argv`` (argv[0] is bwrap):
+    the launcher passes what lies before it on a descriptor (``--args``), so that
+    bwrap's /proc/<pid>/cmdline, which the sandbox sees as its pid 1's, holds only
+    ``bwrap --args N -- <the command>``. ValueError for an option bwrap does not have
+    or the renderer never writes, or options with no "--" after them."""
+    at = 1
+    while at < len(argv):
+        word = argv[at]
+        if word == "--":
+            return at
+        if word not in _ARITY:
+            raise ValueError(f"bwrap option {word[:40]!r} is not one the launcher knows")
+        at += 1 + _ARITY[word]
+    raise ValueError("bwrap's options are not followed by '--'")
 
 
 def _depth(path: str) -> tuple[int, str]:

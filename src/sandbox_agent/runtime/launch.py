@@ -2,10 +2,18 @@
 inherited.
 
 The runtime process (bwrap here) gets exactly: stdin, stdout and stderr, and the
-seccomp descriptor the plan names. Every other descriptor of the agent is closed in
-the child (``close_fds``), the rlimits of the policy are set before exec (they are
-inherited through the sandbox), and the environment is empty: the sandbox's variables
-are in the argv (``--setenv``), the agent's are not passed on.
+descriptors the plan names (the seccomp program, the files it carries in, the pipes the
+agent reads). Every other descriptor of the agent is closed in the child
+(``close_fds``), the rlimits of the policy are set before exec (they are inherited
+through the sandbox), and the environment is empty: the sandbox's variables are in the
+argv (``--setenv``), the agent's are not passed on.
+
+bwrap gets one more, which it reads and closes before it makes anything: its own
+options, the plan's argv up to its "--", NUL-separated (``bwrap --args FD``). The
+sandbox's pid 1 is a fork of bwrap, so its /proc/1/cmdline would otherwise hold every
+option: the host paths of the work directory, an image's mount point, the values of
+the variables. It now holds ``bwrap --args FD -- <the command>``; ``policy render``
+and the audit record still show the whole argv, which is what bwrap runs.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import prctl
 from sandbox_agent.limits.cgroups import JobCgroup
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.policy.model import within
+from sandbox_agent.runtime import bwrap
 from sandbox_agent.runtime.plan import AGENT_FILES, LaunchPlan, Requirement, Unenforceable
 from sandbox_agent.seccomp.compile import bpf_fd, compile_profile, data_fd
 from sandbox_agent.wrapper import confine
@@ -166,14 +175,19 @@ def start(
                 info, fd = os.pipe2(os.O_CLOEXEC)
             elif content == "confirm":
                 confirm, fd = os.pipe2(os.O_CLOEXEC)
-            else:
-                fd = data_fd("sandbox-agent-confine", _source("confine"))
+            elif content.endswith(".pyc"):  # bytecode of a module, for the agent's Python
+                kind = content.removesuffix(".pyc")
+                fd = data_fd(f"sandbox-agent-{kind}.pyc", bytecode(_name(kind), _source(kind)))
+            else:  # the source of a module the sandbox runs
+                fd = data_fd(f"sandbox-agent-{content}", _source(content))
             fds.append(fd)
             # the plan names a descriptor number; give the runtime the one we have. Found
             # in the plan's own argv: a number already put in could equal a later one.
             argv[_fd_argument(plan.argv, number)] = str(fd)
         limits = rlimits(effective)
         files = _agent_files(plan, argv, compiled.bpf)
+        if plan.runtime == "bwrap":
+            fds.append(_options_on_descriptor(plan, argv))
 
         # bwrap and Apptainer map the payload onto the uid that starts them: a root agent
         # starts them as 65534. Docker's client keeps the agent's uid, which must reach
@@ -219,6 +233,20 @@ def start(
         for fd in fds:
             os.close(fd)
     return Started(process, compiled.sha256, skipped, info, confirm, files)
+
+
+def _options_on_descriptor(plan: LaunchPlan, argv: list[str]) -> int:
+    """bwrap's options (``argv`` up to the "--" that ends them, where the plan's own argv
+    has it) moved to a new descriptor, ``argv`` made ``bwrap --args FD -- ...``; returns
+    the descriptor. bwrap reads it to its end and closes it before it makes the sandbox.
+    A NUL in an option would split it in two there: refused (exec refuses it too)."""
+    end = bwrap.options_end(plan.argv)
+    words = [os.fsencode(word) for word in argv[1:end]]
+    if any(b"\0" in word for word in words):
+        raise ValueError("a bwrap option holds a NUL byte")
+    fd = data_fd("sandbox-agent-bwrap-args", b"".join(word + b"\0" for word in words))
+    argv[1:end] = ["--args", str(fd)]
+    return fd
 
 
 def _agent_files(plan: LaunchPlan, argv: list[str], bpf: bytes) -> str | None:
@@ -269,12 +297,21 @@ def bytecode(name: str, source: bytes) -> bytes:
 def _source(kind: str) -> bytes:
     """The stdlib-only modules the sandbox runs: the confine step, the JobWrapper, the
     protocol it speaks and its output packaging."""
+    return Path(_module_file(kind)).read_bytes()
+
+
+def _name(kind: str) -> str:
+    """The file name of the module ``kind`` names (jobwrapper.py for "wrapper")."""
+    return os.path.basename(_module_file(kind))
+
+
+def _module_file(kind: str) -> str:
     from sandbox_agent import handoff
     from sandbox_agent.wrapper import jobwrapper, packaging
 
     modules = {"confine": confine, "wrapper": jobwrapper, "handoff": handoff,
                "packaging": packaging}  # fmt: skip
-    return Path(str(modules[kind].__file__)).read_bytes()
+    return str(modules[kind].__file__)
 
 
 # The flags that take a descriptor number, in bwrap's and the landlock step's argv.
