@@ -12,7 +12,8 @@ holds the attacks on one defence, as the adversarial tests are organised: creden
 (read the agent's key), processes (reach a host process), ipc (host shared memory),
 privilege (gain one), syscalls (make a denied system call), filesystem (write outside
 the work directory), network (reach the host network), descriptors (use an inherited
-one). Each attack answers ``blocked``, ``LEAKED`` or ``n/a``. ``run.py --table``
+one), hostinfo (what the sandbox shows of the node and of the agent's paths). Each
+attack answers ``blocked``, ``LEAKED`` or ``n/a``. ``run.py --table``
 prints, for each attack, the threat and the defence expected to stop it. The
 adversarial tests (``tests/adversarial/``) and the agent's start-up self-test ship the
 same files.

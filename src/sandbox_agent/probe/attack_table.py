@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # mypy reads the package; the sandbox imports plain names (ru
         attack_credentials,
         attack_descriptors,
         attack_filesystem,
+        attack_hostinfo,
         attack_ipc,
         attack_network,
         attack_privilege,
@@ -28,6 +29,7 @@ else:
     import attack_credentials
     import attack_descriptors
     import attack_filesystem
+    import attack_hostinfo
     import attack_ipc
     import attack_network
     import attack_privilege
@@ -45,6 +47,7 @@ _TABLES = (
     attack_syscalls.ATTACKS,
     attack_filesystem.ATTACKS,
     attack_network.ATTACKS,
+    attack_hostinfo.ATTACKS,
 )
 ATTACKS: dict[str, common.Attack] = {name: a for table in _TABLES for name, a in table.items()}
 if len(ATTACKS) != sum(len(table) for table in _TABLES):  # a name in two modules

@@ -26,6 +26,9 @@ both visible in /proc inside) never holds them:
     key_paths    hex of the host paths of the agent's key files; cert_dirs: hex of its
                  certificate directories. A process inside whose argv or environment
                  names one of them is a leak too.
+    agent_paths  hex of more host paths that name the agent (its work area, its
+                 temporary directory): none may show in a command line or as the
+                 source of a mount inside
     host_pid     a process outside the sandbox, same host uid as the sandbox, holding
                  a secret in its environment; host_marker: hex of a word in its argv
     sysv_key     the key of a host SysV shared memory segment holding a secret
