@@ -12,7 +12,7 @@ import typer
 
 from sandbox_agent import exitcodes
 from sandbox_agent.broker.client import BrokerError
-from sandbox_agent.cli.app import JsonOption, app, fail, home_of, printable
+from sandbox_agent.cli.app import JsonOption, app, fail, home_of
 from sandbox_agent.cli.remote import (
     BrokerOption,
     CaOption,
@@ -24,6 +24,7 @@ from sandbox_agent.cli.remote import (
 )
 from sandbox_agent.jdl import JobSpec, render_jdl
 from sandbox_agent.jdl.expr import render
+from sandbox_agent.printable import printable
 from sandbox_agent.queue import Job, State, StateChange, Store, StoreError
 
 
@@ -165,9 +166,9 @@ def jobs(
         typer.echo(json.dumps([_job_json(job) for job in found], indent=2))
         return
     typer.echo(f"{'ID':>6}  {'STATE':<10} {'RESUB':>5}  {'OWNER':<12} SUBMITTED")
-    for job in found:
-        typer.echo(f"{job.id:>6}  {job.state:<10} {job.resubmission:>5}  {job.owner:<12} "
-                   f"{_when(job.submitted)}")  # fmt: skip
+    for job in found:  # a broker's answer is text from afar: every field made printable
+        typer.echo(f"{job.id:>6}  {printable(str(job.state)):<10} {job.resubmission:>5}  "
+                   f"{printable(job.owner):<12} {_when(job.submitted)}")  # fmt: skip
 
 
 @app.command("status")
@@ -212,29 +213,39 @@ def status(
         typer.echo(json.dumps({**_job_json(job), "jdl": job.jdl_text, "history": changes,
                                "usage": usage}, indent=2))  # fmt: skip
         return
-    typer.echo(f"job {job.id}: {job.state} (resubmission {job.resubmission}, owner {job.owner})")
+    # details and kill reasons carry what the wrapper (sharing the sandbox with the
+    # payload) said: every string is made printable; --json is JSON-escaped, ASCII only
+    typer.echo(f"job {job.id}: {printable(str(job.state))} (resubmission {job.resubmission}, "
+               f"owner {printable(job.owner)})")  # fmt: skip
     for change in history:
         code = f" exit {change.exit_code}" if change.exit_code is not None else ""
         detail = f"  {printable(change.detail)}" if change.detail else ""
-        typer.echo(f"  {_when(change.time)}  {change.state:<10}{code}{detail}")
+        typer.echo(f"  {_when(change.time)}  {printable(str(change.state)):<10}{code}{detail}")
     if usage:
         typer.echo("  last run: " + _usage_text(usage))
 
 
 def _usage_text(usage: dict[str, Any]) -> str:
-    parts = [f"wall {usage.get('wall_seconds', 0):.2f} s"]
-    if usage.get("cpu_seconds") is not None:
-        parts.append(f"cpu {usage['cpu_seconds']:.2f} s")
-    if usage.get("memory_peak_bytes") is not None:
-        parts.append(f"memory peak {usage['memory_peak_bytes'] / (1 << 20):.1f} MB")
-    if usage.get("workdir_bytes_peak") is not None:
-        parts.append(f"work directory peak {usage['workdir_bytes_peak'] / (1 << 20):.1f} MB")
-    if usage.get("processes_peak") is not None:
-        parts.append(f"up to {usage['processes_peak']} processes")
-    if usage.get("oom_kills"):
-        parts.append(f"{usage['oom_kills']} OOM kill(s)")
+    """One printable line of resource use; a value that is not a number (a broker's
+    answer is text from afar) is left out rather than formatted."""
+
+    def number(key: str) -> float | None:
+        value = usage.get(key)
+        return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    parts = [f"wall {number('wall_seconds') or 0:.2f} s"]
+    if (cpu := number("cpu_seconds")) is not None:
+        parts.append(f"cpu {cpu:.2f} s")
+    if (memory := number("memory_peak_bytes")) is not None:
+        parts.append(f"memory peak {memory / (1 << 20):.1f} MB")
+    if (workdir := number("workdir_bytes_peak")) is not None:
+        parts.append(f"work directory peak {workdir / (1 << 20):.1f} MB")
+    if (processes := number("processes_peak")) is not None:
+        parts.append(f"up to {processes} processes")
+    if oom := number("oom_kills"):
+        parts.append(f"{oom} OOM kill(s)")
     if usage.get("kill_reason"):
-        parts.append(f"killed by the agent: {usage['kill_reason']}")
+        parts.append(f"killed by the agent: {printable(str(usage['kill_reason']))}")
     return ", ".join(parts)
 
 

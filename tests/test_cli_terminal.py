@@ -1,0 +1,20 @@
+"""`status`'s resource-use line from a broker's answer: text from afar, printed as one
+printable line, never a traceback. (The commands end to end, through the real pilot and
+a real pseudo-terminal: tests/adversarial/test_adv_terminal.py.)"""
+
+from __future__ import annotations
+
+from sandbox_agent.cli.queue import _usage_text
+
+
+def test_a_usage_line_from_afar_is_printable_and_skips_what_is_not_a_number() -> None:
+    shown = _usage_text({
+        "wall_seconds": "\x1b]0;title\x07", "cpu_seconds": 1.5, "processes_peak": "\x1b[2J",
+        "memory_peak_bytes": True, "oom_kills": 2, "kill_reason": "wall time\x1b[8m\u202e",
+    })  # fmt: skip
+    assert shown == ("wall 0.00 s, cpu 1.50 s, 2 OOM kill(s), killed by the agent: wall "
+                     "time\\x1b[8m\\u202e")  # fmt: skip
+    # the agent's own numbers are shown as before
+    shown = _usage_text({"wall_seconds": 0.061, "cpu_seconds": 0.03,
+                         "memory_peak_bytes": 5955584, "processes_peak": 3})  # fmt: skip
+    assert shown == "wall 0.06 s, cpu 0.03 s, memory peak 5.7 MB, up to 3 processes"
