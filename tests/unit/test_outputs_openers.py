@@ -282,6 +282,10 @@ IN_A_MOUNT = textwrap.dedent("""
     # the last component a mount point: a file of the tmpfs bound over a plain file
     subprocess.run(["mount", "--bind", work + "/mnt/inside.txt", work + "/bound.txt"],
                    check=True)
+    # and out of the tmpfs back onto the work directory's own filesystem: the device at
+    # the end is the work directory's, only the walk shows the crossing
+    os.mkdir(work + "/mnt/back")
+    subprocess.run(["mount", "--bind", work + "/sub", work + "/mnt/back"], check=True)
     fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
     seen = {}
     for opener in (True, False):
@@ -293,7 +297,7 @@ IN_A_MOUNT = textwrap.dedent("""
                 seen[f"{opener} {name}"] = str(exc)
     print(json.dumps(seen))
 """)
-MOUNTED = ("mnt/inside.txt", "mnt/dir/deeper.txt", "bound.txt")
+MOUNTED = ("mnt/inside.txt", "mnt/dir/deeper.txt", "bound.txt", "mnt/back/deep.txt")
 
 
 def test_an_output_on_another_filesystem_is_refused(work: Path) -> None:
