@@ -201,7 +201,7 @@ def test_lease_expiry_returns_the_job_with_resubmission_bumped(store: Store, sta
     )
     last = store.history(job.id)[-1]
     assert (last.state, last.resubmission, last.agent) == (State.WAITING, 1, "a1")
-    assert last.detail == "lease expired (agent a1)"
+    assert last.detail == "node fault 1 of 3: lease expired (agent a1)"
 
     # The vanished agent's late reports are refused, and say why.
     assert not store.heartbeat(job.id, "a1", 0, LEASE, now=T0 + LEASE + 2)
@@ -234,7 +234,7 @@ def test_match_returns_expired_leases_itself(store: Store) -> None:
     again = store.match("a2", anything, LEASE, now=T0 + LEASE + 1)
     assert again is not None and (again.id, again.resubmission, again.agent) == (job.id, 1, "a2")
     details = [h.detail for h in store.history(job.id)]
-    assert details[-2:] == ["lease expired (agent a1)", "matched by agent a2"]
+    assert details[-2:] == ["node fault 1 of 3: lease expired (agent a1)", "matched by agent a2"]
 
 
 def test_resubmissions_run_out_when_a_limit_is_set(tmp_path: Path) -> None:
@@ -255,9 +255,47 @@ def test_release_hands_the_job_back(store: Store) -> None:
     store.release(job.id, "a1", 0, "agent got SIGTERM", now=T0 + 1)
     back = store.get(job.id)
     assert (back.state, back.resubmission, back.agent) == (State.WAITING, 1, None)
-    assert store.history(job.id)[-1].detail == "handed back by agent a1: agent got SIGTERM"
+    assert store.history(job.id)[-1].detail == \
+        "node fault 1 of 3: handed back by agent a1: agent got SIGTERM"  # fmt: skip
     with pytest.raises(LeaseError):
         store.release(job.id, "a1", 0, "twice", now=T0 + 2)
+
+
+def test_a_job_that_meets_a_node_fault_on_every_node_ends_failed_with_the_reason(
+    store: Store,
+) -> None:
+    """A payload that stops every pilot taking it (its lease runs out, or its agent hands
+    it back because the node could not run it) is not handed out for ever."""
+    job_id = store.submit("x", owner="u", now=T0)
+    now = T0
+    for attempt in range(3):
+        matched = store.match(f"a{attempt}", anything, LEASE, now=now)
+        assert matched is not None and matched.id == job_id
+        if attempt == 1:
+            store.release(job_id, "a1", 1, "the disk is full", now=now + 1)
+        else:
+            now += LEASE + 1
+            store.expire_leases(now=now)
+        now += 2
+    ended = store.get(job_id)
+    assert ended.state is State.FAILED
+    last = store.history(job_id)[-1]
+    assert last.detail.startswith("node fault 3 of 3: lease expired (agent a2); 3 of its "
+                                  "attempts ended in a node fault, so it is not handed out "
+                                  "again")  # fmt: skip
+    assert store.match("a9", anything, LEASE, now=now) is None
+
+
+def test_an_agent_that_is_only_stopping_is_no_node_fault(store: Store) -> None:
+    job_id = store.submit("x", owner="u", now=T0)
+    for attempt in range(5):
+        assert store.match("a1", anything, LEASE, now=T0 + attempt) is not None
+        store.release(job_id, "a1", attempt, "the agent was told to stop", now=T0 + attempt,
+                      fault=False)  # fmt: skip
+    back = store.get(job_id)
+    assert (back.state, back.resubmission) == (State.WAITING, 5)
+    assert store.history(job_id)[-1].detail == \
+        "handed back by agent a1: the agent was told to stop"  # fmt: skip
 
 
 def test_release_while_saving_is_refused(store: Store) -> None:

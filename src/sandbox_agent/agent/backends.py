@@ -50,7 +50,9 @@ class Backend(Protocol):
 
     def set_state(self, job: Job, state: str, detail: str, exit_code: int | None) -> None: ...
 
-    def release(self, job: Job, reason: str) -> None: ...
+    def release(self, job: Job, reason: str, *, fault: bool = True) -> None:
+        """Hand the job back: ``fault`` when this node could not run it (counted by the
+        queue), not when the agent is only stopping."""
 
     def holds(self, job: Job) -> bool:
         """Whether this agent still holds the job (True when it cannot tell)."""
@@ -103,8 +105,8 @@ class LocalQueue:
         self.store.set_state(job.id, self.name, job.resubmission, state, detail=detail,
                              exit_code=exit_code)  # fmt: skip
 
-    def release(self, job: Job, reason: str) -> None:
-        self.store.release(job.id, self.name, job.resubmission, reason)
+    def release(self, job: Job, reason: str, *, fault: bool = True) -> None:
+        self.store.release(job.id, self.name, job.resubmission, reason, fault=fault)
 
     def holds(self, job: Job) -> bool:
         try:
@@ -184,7 +186,7 @@ class BrokerQueue:
             why = fits(job)
             if why is None:
                 return job
-            self.release(job, f"this agent cannot run it: {why}")
+            self.release(job, f"this agent cannot run it: {why}", fault=False)
             if job.id in self.refused:  # offered again: beyond what the broker is told
                 return None
             self.refused.add(job.id)
@@ -206,9 +208,9 @@ class BrokerQueue:
         except BrokerError as exc:
             raise _store_error(exc) from None
 
-    def release(self, job: Job, reason: str) -> None:
+    def release(self, job: Job, reason: str, *, fault: bool = True) -> None:
         try:
-            self.client.release(job.id, self.name, job.resubmission, reason)
+            self.client.release(job.id, self.name, job.resubmission, reason, fault=fault)
         except BrokerError as exc:
             raise _store_error(exc) from None
 

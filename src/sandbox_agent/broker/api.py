@@ -86,7 +86,11 @@ ROUTES: tuple[Route, ...] = (
     Route("release", "POST", "/v1/jobs/{id}/release", frozenset({JOBAGENT}),
           "the jobagent holding the lease", "hand the job back to the queue",
           {"agent": _AGENT, "resubmission": _RESUB,
-           "reason": Field("str", cap=500)}),
+           "reason": Field("str", cap=500),
+           "fault": Field("bool", required=False,
+                          doc="the node could not run it (the default); false: the agent is "
+                              "stopping. Node faults are counted: past the queue's bound the "
+                              "job ends FAILED")}),
     Route("submit", "POST", "/v1/jobs", frozenset({USER, ADMIN}),
           "any user; the job is theirs", "queue a job",
           {"jdl": Field("str", cap=JDL_CAP, doc="the job description, normalized or not"),

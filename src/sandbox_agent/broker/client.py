@@ -198,8 +198,10 @@ class BrokerClient:
             body["exit_code"] = exit_code
         self.call("POST", f"/v1/jobs/{job_id}/state", body)
 
-    def release(self, job_id: int, agent: str, resubmission: int, reason: str) -> None:
-        body = {"agent": agent, "resubmission": resubmission, "reason": reason[:500]}
+    def release(self, job_id: int, agent: str, resubmission: int, reason: str, *,
+                fault: bool = True) -> None:  # fmt: skip
+        body = {"agent": agent, "resubmission": resubmission, "reason": reason[:500],
+                "fault": fault}  # fmt: skip
         self.call("POST", f"/v1/jobs/{job_id}/release", body, once=True)
 
     def submit(self, jdl: str, priority: int = 0) -> int:

@@ -305,7 +305,8 @@ class Endpoints(Transfers):
                    _query: Mapping[str, str]) -> dict[str, Any]:  # fmt: skip
         job = self.job(job_id)
         holder = self.holder_of(caller, body)
-        self.store.release(job.id, holder, int(body["resubmission"]), str(body["reason"]))
+        self.store.release(job.id, holder, int(body["resubmission"]), str(body["reason"]),
+                           fault=bool(body.get("fault", True)))
         return {"state": str(self.store.get(job.id).state)}
 
     # -- people --------------------------------------------------------------------------

@@ -15,7 +15,7 @@ class BadRequest(ValueError):
 
 @dataclass(frozen=True)
 class Field:
-    kind: str  # "str", "int", "ints" (list of int), "scalars" (name -> scalar)
+    kind: str  # "str", "int", "bool", "ints" (list of int), "scalars" (name -> scalar)
     required: bool = True
     cap: int = 4096  # characters of a string, items of a list or a map
     doc: str = ""
@@ -52,6 +52,9 @@ def _check_value(value: Any, field: Field, where: str) -> None:
     elif kind == "int":
         if not _is_int(value):
             raise BadRequest(f"{where} must be an integer of 64 bits")
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise BadRequest(f"{where} must be true or false")
     elif kind == "ints":
         if not isinstance(value, list):
             raise BadRequest(f"{where} must be a list")
@@ -93,6 +96,7 @@ def openapi_schema(fields: Mapping[str, Field]) -> dict[str, Any]:
     kinds: dict[str, dict[str, Any]] = {
         "str": {"type": "string"},
         "int": {"type": "integer"},
+        "bool": {"type": "boolean"},
         "ints": {"type": "array", "items": {"type": "integer"}},
         "scalars": {"type": "object"},
     }

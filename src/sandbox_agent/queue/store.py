@@ -33,6 +33,8 @@ from sandbox_agent.queue.states import State, TransitionError
 DB_NAME = "queue.sqlite3"
 SCHEMA_VERSION = 1
 _BATCH = 64  # candidates fetched per round trip while matching
+MAX_NODE_FAULTS = 3  # node faults after which a job ends FAILED (Store.max_faults)
+FAULT_MARK = "node fault"  # how the history marks one, counted by _return
 
 _STATE_LIST = ", ".join(f"'{s.value}'" for s in State)  # fixed enum values, not input
 _LEASED_LIST = ", ".join(f"'{s.value}'" for s in sorted(states.LEASED))
@@ -146,6 +148,7 @@ class Store:
         dsn: str | None = None,
         busy_timeout: float = 30.0,
         max_resubmissions: int | None = None,
+        max_faults: int = MAX_NODE_FAULTS,
     ) -> None:
         if (directory is None) == (dsn is None):
             raise ValueError("give the queue's directory or a postgresql:// DSN, not both")
@@ -153,6 +156,11 @@ class Store:
         # past it the job ends FAILED, so one job that takes its node down cannot
         # take every pilot down in turn.
         self.max_resubmissions = max_resubmissions
+        # Node faults (a lease that ran out, a job handed back because its node could
+        # not run it) are counted apart: a job whose every attempt stops its pilot (a
+        # payload that fills the disk, a poison input) ends FAILED after this many, with
+        # the reason, instead of taking pilot after pilot down for ever.
+        self.max_faults = max_faults
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._pg: postgres.Database | None = None
@@ -466,9 +474,11 @@ class Store:
             self._record(conn, job, target, now, detail, agent=agent, exit_code=exit_code)
 
     def release(
-        self, job_id: int, agent: str, resubmission: int, reason: str, now: float | None = None
+        self, job_id: int, agent: str, resubmission: int, reason: str, now: float | None = None,
+        *, fault: bool = True,
     ) -> None:
-        """Hand a job back before its lease runs out (the agent is stopping).
+        """Hand a job back before its lease runs out: its node could not run it
+        (``fault``, counted as a lease expiry is), or the agent is stopping.
 
         Same effect as a lease expiry: WAITING, resubmission bumped.  Refused while
         SAVING, where the holder must report how saving ended instead.
@@ -482,7 +492,7 @@ class Store:
                     f"job {job_id}: cannot hand back a job in {job.state}; "
                     "report its final state instead"
                 )
-            self._return(conn, job, now, f"handed back by agent {agent}: {reason}")
+            self._return(conn, job, now, f"handed back by agent {agent}: {reason}", fault=fault)
 
     def expire_leases(self, now: float | None = None) -> list[int]:
         """Return the jobs whose lease ran out (see states.LEASE_RETURN); their ids."""
@@ -497,16 +507,28 @@ class Store:
             (now,),
         ).fetchall()
         for job in map(_job, rows):
-            self._return(conn, job, now, f"lease expired (agent {job.agent})")
+            self._return(conn, job, now, f"lease expired (agent {job.agent})", fault=True)
         return [row["id"] for row in rows]
 
-    def _return(self, conn: Any, job: Job, now: float, why: str) -> None:
+    def _return(self, conn: Any, job: Job, now: float, why: str, *, fault: bool) -> None:
         target = states.LEASE_RETURN[job.state]
         resubmission = job.resubmission
+        before = 0  # node faults this job met before this one
+        if fault:
+            before = int(conn.execute(
+                "SELECT count(*) AS faults FROM history WHERE job_id = ? AND detail LIKE ?",
+                (job.id, FAULT_MARK + " %"),
+            ).fetchone()["faults"])
+            why = f"{FAULT_MARK} {before + 1} of {self.max_faults}: {why}"
         if target is State.WAITING:
             resubmission += 1
             limit = self.max_resubmissions
-            if limit is not None and resubmission > limit:
+            if fault and before + 1 >= self.max_faults:
+                target, resubmission = State.FAILED, job.resubmission
+                why += (f"; {self.max_faults} of its attempts ended in a node fault, so it is "
+                        "not handed out again: look at what it does to its nodes (or at the "
+                        "nodes), then resubmit it")  # fmt: skip
+            elif limit is not None and resubmission > limit:
                 target, resubmission = State.FAILED, job.resubmission
                 why += f"; resubmitted {limit} times already, giving up"
         elif target is State.ERROR_SV:
