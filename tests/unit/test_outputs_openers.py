@@ -6,10 +6,12 @@ seccomp filter that takes openat2 away, as an old kernel would."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import os
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -124,7 +126,37 @@ def test_no_name_or_a_directory_is_not_an_output(
     work: Path, root_fd: int, use_openat2: bool, name: str
 ) -> None:
     needs(use_openat2)
-    assert refusal(root_fd, name, use_openat2).startswith(f"{name}: ")
+    # openat2 opens "" as nothing and "." as the directory itself; the walk, left with
+    # no component to open, refuses the name as leaving
+    expected = {"": "missing"} if use_openat2 else {"": LEAVES, ".": LEAVES, "./": LEAVES}
+    why = expected.get(name, "not a regular file")
+    assert refusal(root_fd, name, use_openat2) == f"{name}: {why}"
+
+
+@pytest.mark.parametrize("use_openat2", OPENERS)
+def test_a_name_that_is_not_utf8_is_refused_showing_its_bytes(
+    work: Path, use_openat2: bool
+) -> None:
+    needs(use_openat2)
+    name = os.fsdecode(b"out\xff.txt")  # a payload's name of other bytes
+    (work / name).write_bytes(b"x")
+    got, problems = collect_into(work, [name, "result.txt"], use_openat2)
+    assert [c.name for c in got] == ["result.txt"]
+    assert problems == ["out\\xff.txt: the name is not UTF-8; give outputs UTF-8 names"]
+
+
+def test_what_was_collected_cannot_be_changed_afterwards(work: Path) -> None:
+    (item,), _ = collect_into(work, ["result.txt"], False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        item.sha256 = "sha256:forged"  # type: ignore[misc]
+
+
+def test_the_store_is_made_private_with_its_parents_and_never_reused(work: Path) -> None:
+    store = work.parent / "jobs" / "7" / "outputs"  # the parents are made too
+    collect(work, ["result.txt"], store, max_file=100, max_total=100, use_openat2=False)
+    assert stat.S_IMODE(store.stat().st_mode) == 0o700
+    with pytest.raises(FileExistsError):  # a store already there is not written into
+        collect(work, ["result.txt"], store, max_file=100, max_total=100, use_openat2=False)
 
 
 @pytest.mark.parametrize("use_openat2", OPENERS)
