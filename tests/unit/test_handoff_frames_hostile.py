@@ -229,3 +229,40 @@ def test_the_writer_refuses_text_that_is_not_utf8() -> None:
     # os.environ holds a variable's non-UTF-8 bytes as lone surrogates
     with pytest.raises(FrameError, match=r"^handoff frame holds text that is not UTF-8$"):
         encode("handoff", dict(HANDOFF, environment={"LANG": "C\udcff"}))
+
+
+def test_a_frame_written_is_on_the_pipe_at_once() -> None:
+    # the writer's end is buffered: a frame left in the buffer would leave the wrapper
+    # waiting for its handoff. Nothing is closed before the check, and the wait is bounded.
+    import select
+
+    read_end, write_end = os.pipe()
+    with os.fdopen(write_end, "wb") as writer:
+        handoff.write_frame(writer, "status", {"state": "STARTED"})
+        ready, _, _ = select.select([read_end], [], [], 2)
+        assert ready == [read_end], "the frame is still in the writer's buffer"
+        expected = encode("status", {"state": "STARTED"})
+        assert os.read(read_end, 1000) == expected
+    os.close(read_end)
+
+
+@pytest.mark.parametrize("use", ["encode", "read_frame"])
+def test_an_unknown_frame_kind_is_a_programming_error_named(use: str) -> None:
+    with pytest.raises(ValueError, match=r"^unknown frame kind 'welcome'$") as caught:
+        if use == "encode":
+            encode("welcome", {})
+        else:
+            read_frame(io.BytesIO(b"\0\0\0\x02{}"), "welcome")
+    assert not isinstance(caught.value, FrameError)  # our bug, not the other end's
+
+
+def test_a_hostile_field_name_is_clipped_to_forty_characters() -> None:
+    name = "f" * 39 + "\x1b" + "g" * 20  # 60 characters, one a control
+    data = frame(handoff_message(**{name: 1}))
+    with pytest.raises(FrameError) as caught:
+        read_frame(io.BytesIO(data), "handoff")
+    assert str(caught.value) == f"handoff: unknown field '{'f' * 39}?...'"
+    exact = "h" * 40  # forty is shown whole
+    with pytest.raises(FrameError) as caught:
+        read_frame(io.BytesIO(frame(handoff_message(**{exact: 1}))), "handoff")
+    assert str(caught.value) == f"handoff: unknown field '{exact}'"
