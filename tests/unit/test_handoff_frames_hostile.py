@@ -266,3 +266,31 @@ def test_a_hostile_field_name_is_clipped_to_forty_characters() -> None:
     with pytest.raises(FrameError) as caught:
         read_frame(io.BytesIO(frame(handoff_message(**{exact: 1}))), "handoff")
     assert str(caught.value) == f"handoff: unknown field '{exact}'"
+
+
+def test_a_python_without_the_c_half_writes_and_reads_the_same_bytes(tmp_path: Any) -> None:
+    # the sandbox's Python may lack _json: the json package must then make the very same
+    # frames, and refuse the same ones
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(handoff.__file__, tmp_path / "handoff.py")
+    script = (
+        "import sys; sys.modules['_json'] = None; sys.path.insert(0, sys.argv[1])\n"
+        "import handoff\n"
+        "frame = handoff.encode('handoff', eval(sys.stdin.read()))\n"
+        "back = handoff.read_frame(__import__('io').BytesIO(frame), 'handoff')\n"
+        "try:\n"
+        "    handoff.decode('status', b'{\"a\": 1, \"a\": 2}')\n"
+        "except handoff.FrameError as exc:\n"
+        "    refused = str(exc)\n"
+        "sys.stdout.buffer.write(frame)\n"
+        "sys.stderr.write(refused if back['job_id'] == 7 else 'changed')\n"
+    )
+    fields = dict(HANDOFF, job_id=7, environment={"É": "ü \u2028"})
+    ran = subprocess.run([sys.executable, "-I", "-S", "-c", script, str(tmp_path)],
+                         input=repr(fields).encode(), capture_output=True, timeout=60)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr.decode()
+    assert ran.stdout == encode("handoff", fields)
+    assert ran.stderr.decode() == "status frame is not valid JSON: duplicate key 'a'"
