@@ -49,7 +49,8 @@ MODULES: dict[str, list[str]] = {
     "sandbox_agent/agent/outputs.py": ["tests/unit/test_outputs_*.py",
                                        "tests/unit/test_outputs.py"],
     "sandbox_agent/policy/compose.py": ["tests/policy/test_compose_*.py",
-                                        "tests/policy/test_compose.py"],
+                                        "tests/policy/test_compose.py",
+                                        "tests/images/test_image_selection.py"],
 }  # fmt: skip
 
 # Mutants that cannot change behaviour: (module, original line, mutated line) -> why.
@@ -64,6 +65,19 @@ _CHAIN_HAS_AN_ISSUER = (
     "a verified chain always holds the token and at least one CA (a CA certificate is "
     "refused as a token before), so len(chain) > 1 always and the else branch is dead"
 )
+_HANDOFF, _OUTPUTS = "sandbox_agent/handoff.py", "sandbox_agent/agent/outputs.py"
+_COMPOSE = "sandbox_agent/policy/compose.py"
+_NOT_LIST = "only 'list' is compared: any other shape word means a map"
+_INDENT = "the C encoder's indent level, ignored when no indent is set"
+_SAME_FLAGS = "the added bit is another RESOLVE_ flag of the same mask: the same set"
+_NO_SYMLINKS = (
+    "RESOLVE_NO_SYMLINKS already refuses every link, magic links included, so dropping "
+    "RESOLVE_NO_MAGICLINKS changes nothing while NO_SYMLINKS stays (the tests hold that one)"
+)
+_RDONLY = "O_RDONLY is 0: dropping it from an | changes no bit"
+_CHUNK_SIZE = "the copy's chunk size: fewer or more reads, the same bytes"
+_FD_ZERO = "descriptor 0 is the agent's stdin, always open, so openat2 never returns it"
+_STRERROR = "open_output words its refusal from the errno; this text is never shown"
 EQUIVALENT: dict[tuple[str, str, str], str] = {
     (_VERIFY, "for issuer in chain[1:]:", "for issuer in chain[2:]:"): _UNREACHED_CA_CHECK,
     (_VERIFY, "for issuer in chain[1:]:", "for issuer in chain[0:]:"):
@@ -84,6 +98,61 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     (_VERIFY, "issuer = chain[1] if len(chain) > 1 else chain[0]",
      "issuer = chain[1] if len(chain) > 1 else chain[-1]"): _CHAIN_HAS_AN_ISSUER,
     (_VERIFY, "return False", "pass"): "_is_ca: None is as false as False to its one caller",
+    # handoff.py
+    (_HANDOFF, 'STR_MAP = ("map", str)', "STR_MAP = ('', str)"): _NOT_LIST,
+    (_HANDOFF, 'INT_MAP = ("map", int)', "INT_MAP = ('', int)"): _NOT_LIST,
+    (_HANDOFF, '_WHITESPACE = " \\t\\n\\r"  # what JSON allows around a value',
+     "_WHITESPACE = ''  # what JSON allows around a value"):
+        "without it a frame with whitespace around it falls back to the json package, "
+        "which reads it the same (only slower); our own frames are compact",
+    (_HANDOFF, "raise", "pass"):
+        "strict_loads: a RecursionError not re-raised goes on to json.loads, which "
+        "recurses as deep and raises it again",
+    (_HANDOFF, 'raise TypeError(f"{type(value).__name__} is not JSON")', "pass"):
+        "_unencodable is unreachable: encode checks every value's type and every key "
+        "before it dumps",
+    (_HANDOFF, 'return "".join(encode(message, 0))', 'return "".join(encode(message, 1))'):
+        _INDENT,
+    (_HANDOFF, 'return "".join(encode(message, 0))', 'return "".join(encode(message, -1))'):
+        _INDENT,
+    # agent/outputs.py
+    (_OUTPUTS, "_RESOLVE_NO_MAGICLINKS = 0x02", "_RESOLVE_NO_MAGICLINKS = 3"): _SAME_FLAGS,
+    (_OUTPUTS, "_RESOLVE_NO_MAGICLINKS = 0x02", "_RESOLVE_NO_MAGICLINKS = 1"): _NO_SYMLINKS,
+    (_OUTPUTS, "_RESOLVE_NO_MAGICLINKS = 0x02", "_RESOLVE_NO_MAGICLINKS = 0"): _NO_SYMLINKS,
+    (_OUTPUTS, "_RESOLVE_NO_SYMLINKS = 0x04", "_RESOLVE_NO_SYMLINKS = 5"): _SAME_FLAGS,
+    (_OUTPUTS, "_RESOLVE_BENEATH = 0x08", "_RESOLVE_BENEATH = 9"): _SAME_FLAGS,
+    (_OUTPUTS, "_RESOLVE = _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS | "
+     "_RESOLVE_NO_XDEV", "_RESOLVE = _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | "
+     "_RESOLVE_NO_XDEV"): _NO_SYMLINKS,
+    (_OUTPUTS, "_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | "
+     "os.O_NOCTTY", "_FILE_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY"):
+        _RDONLY,
+    (_OUTPUTS, "_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | "
+     "os.O_NOCTTY", "_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC"):
+        "O_NOCTTY matters only when a terminal device is opened, and an output that is a "
+        "device is refused; a payload cannot make device nodes (nodev, no CAP_MKNOD)",
+    (_OUTPUTS, "_DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC",
+     "_DIR_FLAGS = os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC"): _RDONLY,
+    (_OUTPUTS, "_DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC",
+     "_DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC"):
+        "a component that is not a directory fails the next open relative to it with "
+        "ENOTDIR all the same",
+    (_OUTPUTS, "_CHUNK = 1 << 20", "_CHUNK = 2 << 20"): _CHUNK_SIZE,
+    (_OUTPUTS, "_CHUNK = 1 << 20", "_CHUNK = 1 << 21"): _CHUNK_SIZE,
+    (_OUTPUTS, "_CHUNK = 1 << 20", "_CHUNK = 1 << 19"): _CHUNK_SIZE,
+    (_OUTPUTS, "_CHUNK = 1 << 20", "_CHUNK = 1 << 0"): _CHUNK_SIZE,
+    (_OUTPUTS, "if fd < 0:", "if fd <= 0:"): _FD_ZERO,
+    (_OUTPUTS, "if fd < 0:", "if fd < 1:"): _FD_ZERO,
+    (_OUTPUTS, 'raise OSError(errno.EXDEV, "leaves the work directory", name)',
+     "raise OSError(errno.EXDEV, '', name)"): _STRERROR,
+    (_OUTPUTS, 'raise OSError(errno.EXDEV, "crosses a mount point", name)',
+     "raise OSError(errno.EXDEV, '', name)"): _STRERROR,
+    (_OUTPUTS, 'os.close(_openat2(root, ".", _DIR_FLAGS))',
+     "os.close(_openat2(root, '', _DIR_FLAGS))"):
+        "has_openat2 asks only whether the call exists: ENOENT for '' says so as well",
+    (_OUTPUTS, "return None", "pass"): "a function that ends returns None all the same",
+    # policy/compose.py
+    (_COMPOSE, "return None", "pass"): "a function that ends returns None all the same",
 }  # fmt: skip
 
 PYTEST = ["-x", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "--timeout=0"]

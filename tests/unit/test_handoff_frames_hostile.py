@@ -294,3 +294,11 @@ def test_a_python_without_the_c_half_writes_and_reads_the_same_bytes(tmp_path: A
     assert ran.returncode == 0, ran.stderr.decode()
     assert ran.stdout == encode("handoff", fields)
     assert ran.stderr.decode() == "status frame is not valid JSON: duplicate key 'a'"
+
+
+def test_a_frame_without_a_schema_says_so() -> None:
+    message = handoff_message()
+    del message["schema"]
+    with pytest.raises(FrameError) as caught:
+        read_frame(io.BytesIO(frame(message)), "handoff")
+    assert str(caught.value) == "expected a sandbox-agent/handoff frame, got 'no schema'"
