@@ -69,7 +69,10 @@ version=$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_i
 # queue and the broker on a throwaway server of their own as well as on SQLite.
 # squashfuse and fuse3: bwrap runs single-file images (squashfs, SIF) from a FUSE mount;
 # busybox-static and squashfs-tools: the tests and the demo build small images with them.
-wanted=(bubblewrap libseccomp2 libcap-dev gcc postgresql squashfuse busybox-static squashfs-tools)
+# e2fsprogs (mkfs.ext4) and fuse2fs: a job's work directory is an ext4 image of its size,
+# loop-mounted as root and mounted with fuse2fs by an unprivileged pilot.
+wanted=(bubblewrap libseccomp2 libcap-dev gcc postgresql squashfuse busybox-static squashfs-tools
+        e2fsprogs fuse2fs)
 # fusermount unmounts; fuse3 replaces an installed fuse (2), so only when neither is there
 if ! command -v fusermount3 >/dev/null 2>&1 && ! command -v fusermount >/dev/null 2>&1; then
     wanted+=(fuse3)

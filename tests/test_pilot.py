@@ -320,7 +320,7 @@ def test_a_job_whose_agent_is_killed_returns_to_the_queue_and_runs_once_more(
     assert not [p for root in discover().roots() for p in root.glob(f"{PREFIX}job-{tag}-*")]
     changes = status(cli, job)["history"]
     assert [c["state"] for c in changes].count("ASSIGNED") == 2
-    assert any(c["detail"].startswith("lease expired") for c in changes)
+    assert any(c["detail"].startswith("node fault 1 of 3: lease expired") for c in changes)
 
 
 def test_two_agents_on_one_queue_never_run_a_job_twice(cli: CLI, home: Path) -> None:

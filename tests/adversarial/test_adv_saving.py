@@ -25,13 +25,6 @@ from cli_support import ROOT, cli_env, delegated_cgroup, nobody_program, run_cli
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is missing")
 
-# The job's policy reaches Storage.save only where the attempt passes its caps
-# (agent/attempt.py: caps=Caps.from_policy(self.effective)); until then the builtin
-# caps apply and the policy-driven tests below are expected to fail, strictly.
-WIRED = "Caps.from_policy" in (ROOT / "src/sandbox_agent/agent/attempt.py").read_text()
-needs_policy_caps = pytest.mark.xfail(
-    not WIRED, strict=True, reason="agent/attempt.py does not pass the job's caps yet"
-)
 
 
 class Pilot:
@@ -153,7 +146,6 @@ def allocated(path: Path) -> int:
     return sum(p.lstat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
 
 
-@needs_policy_caps
 def test_a_sparse_output_over_the_work_directory_size_is_refused_not_copied(
     pilot: Pilot,
 ) -> None:
@@ -188,7 +180,6 @@ def test_stdout_over_the_log_cap_is_cut_and_the_cut_shown(pilot: Pilot) -> None:
     assert (pilot.home / "outputs" / str(job) / "0" / "logs" / "stdout").stat().st_size == 1 << 24
 
 
-@needs_policy_caps
 def test_a_site_policy_sets_the_log_cap(pilot: Pilot) -> None:
     pilot.policy("smalllog", 'extends = "default"\n[outputs]\nmax_log = "1KB"\n')
     jdl = pilot.jdl("smalllog", 'Executable = "/bin/sh"; Arguments = "-c \'head -c 5000 '

@@ -140,12 +140,12 @@ def test_a_submit_to_a_broker_refuses_the_key_before_sending_anything(pilot: Pil
     issued = pilot.run("certs", "issue", "--role", "user", "--user", "alice")
     assert issued.returncode == 0, issued.stderr  # type: ignore[attr-defined]
     tokens = pilot.home / "tokens"
+    ca = pilot.home / "certs" / "ca.pem"
     broker = ["--broker", "https://127.0.0.1:9", "--cert", tokens / "user-alice.pem",
-              "--key", tokens / "user-alice.key", "--ca", pilot.home / "certs" / "ca.pem"]  # fmt: skip
+              "--key", tokens / "user-alice.key", "--ca", ca]  # fmt: skip
     jdl = pilot.jobs / "steal.jdl"
-    for text in (f'Executable = "/bin/cat";\nInputFile = {{"{pilot.home}/certs/jobagent.key"}};\n',
-                 f'Executable = "/bin/cat";\nInputFile = {{"{tokens}/user-alice.key"}};\n'):  # fmt: skip
-        jdl.write_text(text)
+    for secret in (pilot.home / "certs" / "jobagent.key", tokens / "user-alice.key"):
+        jdl.write_text(f'Executable = "/bin/cat";\nInputFile = {{"{secret}"}};\n')
         result = pilot.run("submit", jdl, *broker)
         assert result.returncode == 2, result.stderr  # type: ignore[attr-defined]
         assert "a credential no job may read" in result.stderr  # type: ignore[attr-defined]

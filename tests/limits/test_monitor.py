@@ -133,10 +133,16 @@ ALL = frozenset({"memory", "swap", "pids", "cpu_cores"})
 
 def test_kernel_limits_go_to_the_cgroup_and_the_rest_to_the_monitor(tmp_path: Path) -> None:
     plan, effective = plan_and_policy(tmp_path, 'extends = "default"\n')
-    limits = decide(plan, effective, ALL, "the job's cgroup")
-    assert limits.kernel == ALL
-    assert limits.monitored == {"wall_time", "workdir_size"}
+    # the pilot's work directory of its own size holds workdir_size
+    limits = decide(plan, effective, ALL | {"workdir_size"}, "the job's cgroup")
+    assert limits.kernel == ALL | {"workdir_size"}
+    assert limits.monitored == {"wall_time"}
     assert limits.unenforced == () and limits.notes == ()
+    # a plain directory (sandbox exec): the default policy lets the monitor measure it
+    limits = decide(plan, effective, ALL, "the job's cgroup")
+    assert limits.kernel == ALL and limits.monitored == {"wall_time", "workdir_size"}
+    (note,) = limits.notes
+    assert note.startswith("limits.workdir_size: monitored instead (")
 
 
 def test_without_a_cgroup_required_limits_fail_closed(tmp_path: Path) -> None:
@@ -159,9 +165,9 @@ def test_optional_limits_fall_back_to_the_monitor_and_say_so(tmp_path: Path) -> 
 
 
 def test_a_limit_with_no_mechanism_fails_closed(tmp_path: Path) -> None:
-    text = 'extends = "default"\n[limits]\nworkdir_size = { enforcement = "kernel" }\n'
+    text = 'extends = "default"\n[optional]\nrequirements = []\n'
     plan, effective = plan_and_policy(tmp_path, text)
-    with pytest.raises(Unenforceable, match="no kernel mechanism holds workdir_size"):
+    with pytest.raises(Unenforceable, match="^limits.workdir_size: .*filesystem of its own"):
         decide(plan, effective, ALL, "the job's cgroup")
     text = 'extends = "default"\n[limits]\ncpu_cores = { enforcement = "monitored" }\n'
     plan, effective = plan_and_policy(tmp_path, text)

@@ -35,10 +35,11 @@ from sandbox_agent.agent.jobrun import (
     run_job,
 )
 from sandbox_agent.agent.outputs import remove_workdir
-from sandbox_agent.agent.storage import SUCCESS_STATES, Manifest, Storage
+from sandbox_agent.agent.storage import SUCCESS_STATES, Caps, Manifest, Storage
 from sandbox_agent.catalogue import CatalogueError
 from sandbox_agent.images import ImageRefused
 from sandbox_agent.jdl import JobSpec
+from sandbox_agent.limits import workdisk
 from sandbox_agent.limits.cgroups import CgroupError
 from sandbox_agent.limits.monitor import StopRequest
 from sandbox_agent.policy.compose import EffectivePolicy
@@ -65,6 +66,7 @@ from sandbox_agent.wrapper.jobwrapper import EXIT_BAD_HANDOFF
 # Final states after which nothing of the payload's is saved: it never ran to an end.
 NOTHING_TO_SAVE = frozenset({"ERROR_IB", "FAILED", "KILLED"})
 STORAGE_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
+MIB = 1 << 20
 
 
 @dataclass
@@ -135,6 +137,9 @@ class Attempt:
         self.token: dict[str, Any] | None = None  # the job token, once signed
         self.result: JobResult | None = None  # the sandbox's run, once it ran
         self.final: Report | None = None  # what finish() reported, for the audit record
+        self.workdir: Path | None = None  # once made, until removed
+        self.removed = "none was made"  # what became of it, for the audit record
+        self.disk: workdisk.WorkDisk | None = None  # the work directory's own filesystem
         # the states this agent reported to the queue, with when (the audit record's)
         self.history: list[dict[str, Any]] = [{"state": str(job.state), "time": None}]
 
@@ -207,14 +212,55 @@ class Attempt:
     def make_workdir(self) -> Path:
         """A fresh directory for the job in the work area (made by the pilot), the
         sandbox's host uid its owner when we are root (the sandbox then runs as that
-        uid), checked as `sandbox exec` checks one."""
+        uid), checked as `sandbox exec` checks one. Where the policy wants workdir_size
+        held by the kernel and this host can, it is a filesystem of that size of its own
+        (limits/workdisk.py), allocated before anything runs; the work area keeps the
+        policy's disk.reserve free beside it, or the job is handed back (OSError)."""
         job = self.job
         workdir = self.agent.work_area / f"job-{job.id}.{job.resubmission}.{secrets.token_hex(4)}"
+        owner = (SANDBOX_HOST_UID, SANDBOX_HOST_UID) if os.geteuid() == 0 else None
+        wanted = self.effective.limit("workdir_size")
+        own_disk = (self.effective.word("limits.workdir_size.enforcement") == "kernel"
+                    and workdisk.mechanism()[0] is not None)  # fmt: skip
+        self.keep_reserve(workdisk.image_size(wanted) if own_disk else wanted)
         workdir.mkdir(mode=0o700)
-        if os.geteuid() == 0:
-            os.chown(workdir, SANDBOX_HOST_UID, SANDBOX_HOST_UID)
+        self.workdir = workdir
+        if own_disk:
+            self.disk = workdisk.make(workdir, wanted, owner)
+        elif owner is not None:
+            os.chown(workdir, *owner)
         check_workdir(workdir, self.effective)
         return workdir
+
+    def drop_workdir(self) -> str | None:
+        """Unmount and remove the work directory (once); what went wrong, or None."""
+        workdir, self.workdir = self.workdir, None
+        if workdir is None:
+            return None
+        problem = self.disk.release() if self.disk is not None else None
+        problem = problem or remove_workdir(workdir)
+        self.removed = f"not removed: {problem}" if problem else "removed"
+        return problem
+
+    def disk_left(self) -> bool:
+        """Whether the home's output storage still has the policy's disk.reserve free."""
+        try:
+            info = os.statvfs(self.agent.storage.directory)
+        except OSError:
+            return False
+        return info.f_bavail * info.f_frsize >= self.effective.number("disk.reserve")
+
+    def keep_reserve(self, needed: int) -> None:
+        """OSError(ENOSPC) when taking ``needed`` bytes from the work area would leave
+        less than the policy's disk.reserve free there."""
+        reserve = self.effective.number("disk.reserve")
+        info = os.statvfs(self.agent.work_area)
+        free = info.f_bavail * info.f_frsize
+        if free - needed < reserve:
+            raise OSError(errno.ENOSPC, (
+                f"the work area {self.agent.work_area} has {free // MIB} MiB free; the job's "
+                f"work directory needs {needed // MIB} MiB and disk.reserve keeps "
+                f"{reserve // MIB} MiB for the agent's own state"))  # fmt: skip
 
     def place_files(self, workdir: Path) -> JobSpec:
         """The catalogue files the job names, placed in its work directory under their
@@ -259,7 +305,9 @@ class Attempt:
                                          None, None, report=False)  # fmt: skip
                     return report
                 raise self.node_problem(f"no job token: {exc}") from None
-            workdir = self.make_workdir()
+            self.make_workdir()
+            workdir = self.workdir
+            assert workdir is not None
             try:
                 spec = self.place_files(workdir)
             except CatalogueError as exc:
@@ -276,7 +324,8 @@ class Attempt:
             try:
                 result = run_job(self.effective, fields, workdir, environ=os.environ,
                                  interval=self.agent.interval, stop=self.stop,
-                                 on_frame=self.relay, name=cgroup)  # fmt: skip
+                                 on_frame=self.relay, name=cgroup,
+                                 held=frozenset({"workdir_size"} if self.disk else ()))  # fmt: skip
             except ImageRefused as exc:
                 # the image the job named fails it (any node has the same one); the site's
                 # images (default, platforms) and this node's mounts fail every job here
@@ -296,12 +345,10 @@ class Attempt:
         finally:
             done.set()
             beat.join()
-            removed = "none was made"
-            if workdir is not None:
-                problem = remove_workdir(workdir)
-                removed = f"not removed: {problem}" if problem else "removed"
-                if problem and report is not None:
-                    report.detail += f" (the work directory was not removed: {problem})"
+            problem = self.drop_workdir()
+            removed = self.removed
+            if problem and report is not None:
+                report.detail += f" (the work directory was not removed: {problem})"
             report = report or self.final  # a node problem after a final state has one too
             if report is not None and not report.handed_back:
                 unaudited = self.write_audit(report, removed)
@@ -389,7 +436,7 @@ class Attempt:
         agent, job = self.agent, self.job
         with self.lock:
             try:
-                agent.queue.release(job, "the agent was told to stop")
+                agent.queue.release(job, "the agent was told to stop", fault=False)
             except TransitionError:  # SAVING: a rerun would mix two attempts' outputs
                 pass
             except LeaseError:
@@ -397,7 +444,8 @@ class Attempt:
                                    started, workdir, result, report=False)  # fmt: skip
             else:
                 self.agent.storage.save(job.id, job.resubmission, "WAITING", workdir, (),
-                                        result.wrapper_log if result else b"")  # fmt: skip
+                                        result.wrapper_log if result else b"",
+                                        caps=Caps.from_policy(self.effective))  # fmt: skip
                 return Report(job.id, job.resubmission, "WAITING",
                               "handed back to the queue: the agent was told to stop", None,
                               time.monotonic() - started, handed_back=True,
@@ -416,16 +464,25 @@ class Attempt:
                 self.advance("SAVING", "the agent collects the outputs")
             entries = () if state in NOTHING_TO_SAVE else (
                 spec.outputs if state in SUCCESS_STATES else spec.output_errors)  # fmt: skip
+            log = result.wrapper_log if result else b""
+            caps = Caps.from_policy(self.effective)
             try:
                 manifest = self.agent.storage.save(job.id, job.resubmission, state, workdir,
-                                                   entries, result.wrapper_log if result else b"",
-                                                   usage=_usage(result))  # fmt: skip
+                                                   entries, log, usage=_usage(result),
+                                                   caps=caps)  # fmt: skip
             except OSError as exc:
+                full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                if full:
+                    # the job's own files may be what filled the disk: they go first, so
+                    # that its end can still be recorded in the queue and the audit record
+                    self.drop_workdir()
                 if state in NOTHING_TO_SAVE:  # only the logs were lost: the state stands
                     detail += f" (its logs could not be kept: {exc.strerror})"
                 else:
                     state, detail = "ERROR_SV", f"the outputs could not be stored: {exc}"
-                if exc.errno in STORAGE_FAULTS:
+                if exc.errno in STORAGE_FAULTS and not (full and self.disk_left()):
+                    # a disk still full without the job's files, or a broken one: the
+                    # next job would fare no better; a job that filled it stops nothing
                     self.storage_fault = f"the output storage failed: {exc}"
             else:
                 if manifest.refused and state in SUCCESS_STATES:

@@ -136,17 +136,18 @@ def run_job(
     stop: StopRequest | None = None,
     on_frame: Callable[[dict[str, Any]], None] | None = None,
     name: str | None = None,
+    held: frozenset[str] = frozenset(),
 ) -> JobResult:
     """Run the job the handoff ``fields`` describe in the sandbox ``effective`` composes,
-    ``workdir`` writable; ``on_frame`` sees
-    each status frame as it comes (from another thread); ``stop`` may end it early."""
+    ``workdir`` writable; ``on_frame`` sees each status frame as it comes (from another
+    thread); ``stop`` may end it early; ``held``: limits held already (session.run)."""
     with prepare.ready(effective) as image:  # ImageRefused: the image must not be used
         plan = bwrap.render(effective, bwrap.WRAPPER_ARGV, workdir=str(workdir),
                             environ=dict(environ or {}), wrapper=True, image=image)  # fmt: skip
         talk = _Conversation(handoff.encode("handoff", fields), on_frame)
         outcome = session.run(plan, effective, workdir=workdir, stdin=PIPE, stdout=PIPE,
                               stderr=PIPE, interval=interval, on_start=talk.start, stop=stop,
-                              name=name)  # fmt: skip
+                              name=name, held=held)  # fmt: skip
         talk.join()
     result = decide(outcome, talk.frames, talk.problem)
     result.wrapper_log = talk.log

@@ -1,5 +1,6 @@
-"""Who holds each limit of a job on this host: the job's cgroup, the agent's monitor, or
-nobody (allowed only for a limit the site marked optional).
+"""Who holds each limit of a job on this host: the job's cgroup (workdir_size: the work
+directory's own filesystem, limits/workdisk.py), the agent's monitor, or nobody
+(allowed only for a limit the site marked optional).
 
 A limit the policy wants held by the kernel goes to the cgroup when this host gives the
 agent one with the right controller. When it does not, the policy decides: a required
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sandbox_agent.limits import workdisk
 from sandbox_agent.limits.cgroups import CGROUP_LIMITS
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.runtime.plan import LaunchPlan, Unenforceable
@@ -74,6 +76,11 @@ def decide(
 def _why_not(name: str, wanted: str, where: str) -> str:
     if wanted == "monitored":
         return f"the agent cannot measure {name}; set its enforcement to kernel"
+    if name == "workdir_size":
+        kind, why = workdisk.mechanism()
+        if kind is None:
+            return f"the work directory cannot be a filesystem of its own here: {why}"
+        return "this work directory is not a filesystem of its own (only the pilot makes one)"
     if name not in CGROUP_LIMITS:
         return f"no kernel mechanism holds {name}; set its enforcement to monitored"
     return f"{where}: it cannot hold {name}"

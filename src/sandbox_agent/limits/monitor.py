@@ -118,6 +118,12 @@ class Monitor:
                 self.process.wait()
                 break
             self._peak("processes", len(self.cgroup.pids()) if self.cgroup else len(self.tree()))
+        if reason is None and "workdir_size" in self.limits and \
+                self.workdir_over(self.limits["workdir_size"], unmeasurable=False):  # fmt: skip
+            # one last look once it ended: a job that filled its work directory and
+            # exited before the first look must not pass as within its size (one it
+            # left unreadable is not called over now: nothing of it runs to hide data)
+            reason = "workdir_size"
         wall = time.monotonic() - self.started
         if self._pidfd is not None:
             os.close(self._pidfd)
@@ -179,12 +185,13 @@ class Monitor:
                 return "memory"
         return None
 
-    def workdir_over(self, limit: int) -> bool:
+    def workdir_over(self, limit: int, *, unmeasurable: bool = True) -> bool:
         """Whether the work directory holds more than ``limit`` bytes, counting files the
-        job removed but keeps open; one that cannot be measured fully is over."""
+        job removed but keeps open; one that cannot be measured fully is ``unmeasurable``
+        (over, while the job runs)."""
         size = directory_size(self.workdir)
         if size is None:
-            return True
+            return unmeasurable
         if size <= limit:  # deleted files can only add: look at them when it matters less
             pids = self.cgroup.pids() if self.cgroup else {p.pid for p in self.tree()}
             size += deleted_but_open(pids, os.stat(self.workdir).st_dev)

@@ -271,7 +271,8 @@ def _fields() -> dict[str, Field]:
                 f"limits.{name}.enforcement",
                 Kind.CHOICE,
                 "kernel",
-                "kernel: a cgroup or rlimit enforces it; monitored: the agent measures and kills.",
+                "kernel: the job's cgroup enforces it (workdir_size: the work directory is a "
+                "filesystem of that size); monitored: the agent measures and kills.",
                 ENFORCEMENT,
             ),
         ]

@@ -133,9 +133,11 @@ def run(
     prefer_cgroup: str | None = None,
     on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
     stop: StopRequest | None = None,
+    held: frozenset[str] = frozenset(),
 ) -> SessionResult:
     """Run ``plan`` to the end (or until ``stop`` is requested). Raises Unenforceable
-    (nothing started) when a required requirement cannot be held here."""
+    (nothing started) when a required requirement cannot be held here. ``held``: limits
+    the caller holds already (workdir_size, by the work directory's own filesystem)."""
     skipped = unenforced(plan, effective)  # fail before making anything
     # unique across agents, pid namespaces included: two jobs never share a cgroup
     name = name or f"exec-{os.getpid()}-{next(_serial)}-{secrets.token_hex(4)}"
@@ -147,8 +149,8 @@ def run(
     confirmed = None
     started = None
     try:
-        held = group.enforced if group else frozenset()
-        limits = decide(plan, effective, held, where)
+        limits = decide(plan, effective, (group.enforced if group else frozenset()) | held,
+                        where)  # fmt: skip
         started = start(plan, effective, stdin=stdin, stdout=stdout, stderr=stderr,
                         cgroup=group)  # fmt: skip
         if on_start is not None:  # placed in its cgroup already: the job may be told now
@@ -157,7 +159,9 @@ def run(
         made = namespaces_made(report)
         # an optional namespace asked for with -try counts only once bwrap says it made it
         skipped = tuple(k for k in skipped if k.removeprefix("namespaces.") not in made)
-        watched = {limit: effective.limit(limit) for limit in limits.monitored}
+        # a work directory of its own size still has the monitor watch it: the kernel
+        # stops the disk from filling, the monitor ends a job that outgrew its size
+        watched = {limit: effective.limit(limit) for limit in limits.monitored | held}
         monitor = Monitor(started.process, watched, workdir=workdir, cgroup=group,
                           interval=interval, stop=stop)  # fmt: skip
         if isinstance(report.get("child-pid"), int):  # the sandbox's pid 1, bwrap's own

@@ -1,0 +1,109 @@
+"""limits.workdisk: the work directory as a real filesystem of the job's size, made with
+the real mkfs.ext4 and mounted on a real loop device (root), on a small real filesystem
+standing for the node's disk."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandbox_agent.limits import workdisk
+
+MIB = 1 << 20
+
+
+def _loop_usable() -> str | None:
+    if os.geteuid() != 0:
+        return "loop mounts need root"
+    kind, why = workdisk.mechanism()
+    return None if kind == "loop" else why
+
+
+pytestmark = pytest.mark.skipif(_loop_usable() is not None, reason=str(_loop_usable()))
+
+
+@pytest.fixture
+def small_disk() -> Iterator[Path]:
+    """A 128 MiB ext4 filesystem on a loop device: the node's disk, small enough to fill."""
+    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="sandbox-agent-workdisk-"))
+    image, mountpoint = base / "node.img", base / "node"
+    mountpoint.mkdir()
+    with open(image, "wb") as file:
+        file.truncate(128 * MIB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def free(path: Path) -> int:
+    info = os.statvfs(path)
+    return info.f_bavail * info.f_frsize
+
+
+def mounted(path: Path) -> bool:
+    with open("/proc/self/mountinfo", encoding="utf-8") as table:
+        return any(line.split()[4] == str(path) for line in table)
+
+
+def test_the_job_gets_its_size_and_not_a_byte_more(small_disk: Path) -> None:
+    workdir = small_disk / "job-1"
+    workdir.mkdir()
+    before = free(small_disk)
+    disk = workdisk.make(workdir, 20 * MIB, (65534, 65534))
+    try:
+        assert mounted(workdir) and disk.kind == "loop"
+        # the whole image was taken from the node's disk up front
+        assert before - free(small_disk) >= disk.size - MIB
+        assert free(workdir) >= 20 * MIB  # the job has its size ...
+        info = os.stat(workdir)
+        assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (65534, 65534, 0o700)
+        assert os.listdir(workdir) == []  # no lost+found
+        # ... and past it a write is ENOSPC at once, not seen later by a monitor
+        with open(workdir / "big", "wb") as file, pytest.raises(OSError) as info_:
+            os.posix_fallocate(file.fileno(), 0, 64 * MIB)
+        assert info_.value.errno == errno.ENOSPC
+        node_free = free(small_disk)
+        with open(workdir / "filler", "wb") as file, pytest.raises(OSError) as info_:
+            for _ in range(64):
+                file.write(b"\xff" * MIB)
+                file.flush()
+                os.fsync(file.fileno())
+        assert info_.value.errno == errno.ENOSPC
+        assert free(small_disk) == node_free  # the node's disk did not move
+        # nosuid, nodev: the job cannot plant a setuid binary or a device there
+        table = Path("/proc/self/mountinfo").read_text(encoding="utf-8").splitlines()
+        options = next(line.split()[5] for line in table if line.split()[4] == str(workdir))
+        assert {"nosuid", "nodev"} <= set(options.split(","))
+    finally:
+        problem = disk.release()
+    assert problem is None
+    assert not mounted(workdir) and not disk.image.exists()
+    assert free(small_disk) >= before - MIB  # all of it given back
+
+
+def test_a_node_without_the_room_refuses_before_anything_is_made(small_disk: Path) -> None:
+    workdir = small_disk / "job-2"
+    workdir.mkdir()
+    with pytest.raises(workdisk.DiskError) as info:
+        workdisk.make(workdir, 512 * MIB, None)
+    assert info.value.errno == errno.ENOSPC
+    assert "cannot allocate" in str(info.value) and str(small_disk) in str(info.value)
+    assert not mounted(workdir)
+    assert sorted(os.listdir(small_disk)) == ["job-2", "lost+found"]  # no image left
+
+
+def test_the_image_is_sized_so_the_job_gets_what_it_asked_for() -> None:
+    for asked in (1, 20 * MIB, 10 << 30):
+        size = workdisk.image_size(asked)
+        assert size % MIB == 0 and size >= asked + asked // 64 + 4 * MIB
