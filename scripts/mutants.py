@@ -69,6 +69,10 @@ _HANDOFF, _OUTPUTS = "sandbox_agent/handoff.py", "sandbox_agent/agent/outputs.py
 _COMPOSE = "sandbox_agent/policy/compose.py"
 _NOT_LIST = "only 'list' is compared: any other shape word means a map"
 _INDENT = "the C encoder's indent level, ignored when no indent is set"
+_CHECKED_FIRST = (
+    "skipkeys and allow_nan: encode has checked every key (text) and every value (no "
+    "float) before it dumps, so no key is skipped and no NaN is there to allow"
+)
 _SAME_FLAGS = "the added bit is another RESOLVE_ flag of the same mask: the same set"
 _NO_SYMLINKS = (
     "RESOLVE_NO_SYMLINKS already refuses every link, magic links included, so dropping "
@@ -111,6 +115,13 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     (_HANDOFF, 'raise TypeError(f"{type(value).__name__} is not JSON")', "pass"):
         "_unencodable is unreachable: encode checks every value's type and every key "
         "before it dumps",
+    (_HANDOFF, 'return json.dumps(message, ensure_ascii=False, allow_nan=False, '
+     'separators=(",", ":"))', 'return json.dumps(message, ensure_ascii=False, '
+     'allow_nan=True, separators=(",", ":"))'): _CHECKED_FIRST,
+    (_HANDOFF, "False, False, False)  # fmt: skip", "False, True, False)  # fmt: skip"):
+        _CHECKED_FIRST,
+    (_HANDOFF, "False, False, False)  # fmt: skip", "False, False, True)  # fmt: skip"):
+        _CHECKED_FIRST,
     (_HANDOFF, 'return "".join(encode(message, 0))', 'return "".join(encode(message, 1))'):
         _INDENT,
     (_HANDOFF, 'return "".join(encode(message, 0))', 'return "".join(encode(message, -1))'):

@@ -155,8 +155,9 @@ def test_the_store_is_made_private_with_its_parents_and_never_reused(work: Path)
     store = work.parent / "jobs" / "7" / "outputs"  # the parents are made too
     collect(work, ["result.txt"], store, max_file=100, max_total=100, use_openat2=False)
     assert stat.S_IMODE(store.stat().st_mode) == 0o700
-    with pytest.raises(FileExistsError):  # a store already there is not written into
-        collect(work, ["result.txt"], store, max_file=100, max_total=100, use_openat2=False)
+    with pytest.raises(FileExistsError):  # a store already there is not written into,
+        # not even with nothing to add (the O_EXCL of each stored file is a second guard)
+        collect(work, [], store, max_file=100, max_total=100, use_openat2=False)
 
 
 @pytest.mark.parametrize("use_openat2", OPENERS)
