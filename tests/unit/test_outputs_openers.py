@@ -321,6 +321,7 @@ IN_A_MOUNT = textwrap.dedent("""
     subprocess.run(["mount", "--bind", work + "/sub", work + "/mnt/back"], check=True)
     fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY)
     seen = {}
+    before = sorted(os.listdir("/proc/self/fd"))
     for opener in (True, False):
         for name in NAMES:
             try:
@@ -328,6 +329,7 @@ IN_A_MOUNT = textwrap.dedent("""
                 seen[f"{opener} {name}"] = "opened"
             except OutputRefused as exc:
                 seen[f"{opener} {name}"] = str(exc)
+    seen["descriptors left"] = sorted(set(os.listdir("/proc/self/fd")) - set(before))
     print(json.dumps(seen))
 """)
 MOUNTED = ("mnt/inside.txt", "mnt/dir/deeper.txt", "bound.txt", "mnt/back/deep.txt")
@@ -353,6 +355,7 @@ def test_an_output_on_another_filesystem_is_refused(work: Path) -> None:
     import json
 
     seen = json.loads(ran.stdout)
+    assert seen.pop("descriptors left") == []  # a refusal at the mount closes what it opened
     assert seen == {f"{opener} {name}": f"{name}: {LEAVES}"
                     for opener in (True, False)
                     for name in MOUNTED}  # fmt: skip
