@@ -104,6 +104,8 @@ def test_what_is_not_a_number_for_the_attribute_caps_nothing(slot) -> None:  # t
 
 def test_the_slot_range_ends_just_below_two_to_the_53() -> None:
     assert compose(DEFAULT, job(), {"TTL": 2**53 - 1}).limit("wall_time") == 3600
+    with pytest.raises(PolicyRejection, match=r"^slot TTL = -0\.5 is not a usable amount$"):
+        compose(DEFAULT, job(), {"TTL": -0.5})  # below zero, however little
     with pytest.raises(PolicyRejection) as caught:
         compose(DEFAULT, job(), {"TTL": 2**53})
     assert str(caught.value) == f"slot TTL = {2**53} is not a usable amount"
