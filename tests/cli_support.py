@@ -8,6 +8,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 SCRIPT = Path(sys.executable).parent / "sandbox-agent"
@@ -109,6 +112,58 @@ def delegated_cgroup(name: str) -> tuple[list[str], list[Path]] | str:
         made.append(directory)
     script = "".join(f"echo $$ > {d}/cgroup.procs; " for d in made) + 'exec "$@"'
     return ["sh", "-c", script, "sh"], made
+
+
+@dataclass
+class Unprivileged:
+    """How to run the CLI as an unprivileged pilot (uid 65534) in a cgroup delegated to
+    it: ``prefix + program`` for the pilot itself, ``program`` for the other commands,
+    ``extra`` for the environment; ``remove()`` the cgroups after."""
+
+    prefix: list[str]
+    program: list[str]
+    extra: dict[str, str]
+    cgroups: list[Path]
+
+    def remove(self) -> None:
+        for directory in self.cgroups:
+            directory.rmdir()
+
+
+def unprivileged_or_skip(name: str) -> Unprivileged:
+    """An unprivileged pilot's way to run, or the test skipped with the reason."""
+    import pytest
+
+    how = nobody_program()
+    if isinstance(how, str):
+        pytest.skip(how)
+    delegated = delegated_cgroup(f"{name}-{os.getpid()}")
+    if isinstance(delegated, str):
+        pytest.skip(delegated)
+    return Unprivileged(delegated[0], how[0], how[1], delegated[1])
+
+
+@contextmanager
+def loop_filesystem(mib: int) -> Iterator[Path]:
+    """A fresh ext4 filesystem of ``mib`` MiB on a loop device, mounted on a directory
+    under /tmp (0711): a small real disk to fill. Root only; the caller skips else."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="sandbox-agent-loopfs-"))
+    base.chmod(0o711)
+    image, mountpoint = base / "disk.img", base / "disk"
+    mountpoint.mkdir()
+    with open(image, "wb") as file:
+        file.truncate(mib << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
+    try:
+        mountpoint.chmod(0o711)
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def running(marker: str) -> list[int]:

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import ROOT, SCRIPT, cli_env, delegated_cgroup, nobody_program, run_cli
+from cli_support import (
+    ROOT,
+    SCRIPT,
+    cli_env,
+    run_cli,
+    unprivileged_or_skip,
+)
 
 from sandbox_agent.limits.cgroups import PREFIX, discover
 from sandbox_agent.tokens import Role, TokenAuthority, load_token
@@ -522,14 +528,8 @@ def test_outputs_are_never_copied_over_an_existing_file(cli: CLI, home: Path) ->
 def test_an_unprivileged_pilot_removes_what_its_payload_locked(home: Path) -> None:
     """As a site runs it without root: the agent as uid 65534 in a delegated cgroup,
     the payload as the same uid, leaving directories it made unreadable."""
-    how = nobody_program()
-    if isinstance(how, str):
-        pytest.skip(how)
-    delegated = delegated_cgroup(f"pilot-{os.getpid()}")
-    if isinstance(delegated, str):
-        pytest.skip(delegated)
-    prefix, cgroups = delegated
-    program, extra = how
+    nobody = unprivileged_or_skip("pilot")
+    prefix, program, extra = nobody.prefix, nobody.program, nobody.extra
     try:
         home.mkdir()
         os.chown(home, 65534, 65534)
@@ -546,8 +546,7 @@ def test_an_unprivileged_pilot_removes_what_its_payload_locked(home: Path) -> No
         assert logs.stdout == "1000\n"  # the policy's uid inside; 65534 outside
         assert list((home / "work").iterdir()) == []
     finally:
-        for directory in cgroups:
-            directory.rmdir()
+        nobody.remove()
 
 
 def test_a_sandbox_that_cannot_start_stops_the_pilot_before_it_takes_a_job(

@@ -17,13 +17,12 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cli_support import cli_env, delegated_cgroup, nobody_program, run_cli
+from cli_support import cli_env, loop_filesystem, run_cli, unprivileged_or_skip
 
 MIB = 1 << 20
 FILL = ('i=0; while fallocate -l 4M fill$i 2>/dev/null; do i=$((i+1)); done; '
@@ -60,33 +59,16 @@ def node(request: pytest.FixtureRequest) -> Iterator[Node]:
     extra: dict[str, str] = {}
     cleanup: list[Path] = []
     if request.param == "nobody":
-        how = nobody_program()
-        if isinstance(how, str):
-            pytest.skip(how)
-        delegated = delegated_cgroup(f"disk-{os.getpid()}")
-        if isinstance(delegated, str):
-            pytest.skip(delegated)
-        prefix, cleanup = delegated
-        program = prefix + how[0]
-        extra = how[1]
-    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="sandbox-agent-disk-"))
-    base.chmod(0o711)
-    image, disk = base / "node.img", base / "node"
-    disk.mkdir()
-    with open(image, "wb") as file:
-        file.truncate(512 * MIB)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(disk)], check=True)
-    disk.chmod(0o711)
-    home = disk / "home"
-    home.mkdir()
-    if request.param == "nobody":
-        os.chown(home, 65534, 65534)
+        nobody = unprivileged_or_skip("disk")
+        program, extra, cleanup = nobody.prefix + nobody.program, nobody.extra, nobody.cgroups
     try:
-        yield Node(disk, home, program, cli_env(home, **extra))
+        with loop_filesystem(512) as disk:
+            home = disk / "home"
+            home.mkdir()
+            if request.param == "nobody":
+                os.chown(home, 65534, 65534)
+            yield Node(disk, home, program, cli_env(home, **extra))
     finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
-        shutil.rmtree(base, ignore_errors=True)
         for directory in cleanup:
             directory.rmdir()
 
@@ -109,7 +91,7 @@ def test_a_payload_that_fills_the_disk_and_exits_stops_no_pilot(node: Node) -> N
         assert submitted.returncode == 0, submitted.stderr
     before = free(node.disk)
     result = node.cli("run", "--json", "--lease", "30")
-    assert result.returncode == 0, result.stderr  # the pilot went on: never exit 3
+    assert result.returncode == 0, result.stderr + result.stdout  # the pilot went on: never exit 3
     ended = {e["job"]: e for e in map(json.loads, result.stdout.splitlines())
              if e.get("event") == "finished"}  # fmt: skip
     assert set(ended) == {1, 2}, result.stdout

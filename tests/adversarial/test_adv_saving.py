@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import ROOT, cli_env, delegated_cgroup, nobody_program, run_cli
+from cli_support import ROOT, cli_env, run_cli, unprivileged_or_skip
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is missing")
 
@@ -38,14 +38,9 @@ class Pilot:
         self.cgroups: list[Path] = []
         extra: dict[str, str] = {}
         if as_nobody:
-            how = nobody_program()
-            if isinstance(how, str):
-                pytest.skip(how)
-            delegated = delegated_cgroup(f"saving-{os.getpid()}")
-            if isinstance(delegated, str):
-                pytest.skip(delegated)
-            self.prefix, self.cgroups = delegated
-            self.program, extra = how
+            nobody = unprivileged_or_skip("saving")
+            self.prefix, self.cgroups = nobody.prefix, nobody.cgroups
+            self.program, extra = nobody.program, nobody.extra
             os.chown(self.home, 65534, 65534)
         self.env = cli_env(self.home, **extra)
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cli_support import ROOT, SCRIPT, cli_env, delegated_cgroup, nobody_program, run_cli
+from cli_support import ROOT, SCRIPT, cli_env, run_cli, unprivileged_or_skip
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is missing")
 
@@ -164,17 +164,11 @@ def ran(request: pytest.FixtureRequest) -> Iterator[Ran]:
         if request.param == "agent-as-root":
             env, program, prefix = cli_env(home), None, []
         else:
-            how = nobody_program()
-            if isinstance(how, str):
-                pytest.skip(how)
-            delegated = delegated_cgroup(f"terminal-{os.getpid()}")
-            if isinstance(delegated, str):
-                pytest.skip(delegated)
-            prefix, cleanup = delegated
-            program, extra = how
+            nobody = unprivileged_or_skip("terminal")
+            prefix, cleanup, program = nobody.prefix, nobody.cgroups, nobody.program
             home.mkdir()
             os.chown(home, 65534, 65534)
-            env = cli_env(home, **extra)
+            env = cli_env(home, **nobody.extra)
         submitted = run_cli(env, "submit", jdl_dir / "hostile.jdl",
                             program=prefix + (program or [str(SCRIPT)]))  # fmt: skip
         assert submitted.returncode == 0, submitted.stderr

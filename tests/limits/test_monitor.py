@@ -167,7 +167,7 @@ def test_optional_limits_fall_back_to_the_monitor_and_say_so(tmp_path: Path) -> 
 def test_a_limit_with_no_mechanism_fails_closed(tmp_path: Path) -> None:
     text = 'extends = "default"\n[optional]\nrequirements = []\n'
     plan, effective = plan_and_policy(tmp_path, text)
-    with pytest.raises(Unenforceable, match="^limits.workdir_size: .*filesystem of its own"):
+    with pytest.raises(Unenforceable, match=r"^limits\.workdir_size: .*filesystem of its own"):
         decide(plan, effective, ALL, "the job's cgroup")
     text = 'extends = "default"\n[limits]\ncpu_cores = { enforcement = "monitored" }\n'
     plan, effective = plan_and_policy(tmp_path, text)

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_support import loop_filesystem
 
 from sandbox_agent.limits import workdisk
 
@@ -32,18 +30,8 @@ pytestmark = pytest.mark.skipif(_loop_usable() is not None, reason=str(_loop_usa
 @pytest.fixture
 def small_disk() -> Iterator[Path]:
     """A 128 MiB ext4 filesystem on a loop device: the node's disk, small enough to fill."""
-    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="sandbox-agent-workdisk-"))
-    image, mountpoint = base / "node.img", base / "node"
-    mountpoint.mkdir()
-    with open(image, "wb") as file:
-        file.truncate(128 * MIB)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-        shutil.rmtree(base, ignore_errors=True)
+    with loop_filesystem(128) as disk:
+        yield disk
 
 
 def free(path: Path) -> int:

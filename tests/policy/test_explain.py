@@ -235,6 +235,7 @@ def test_optional_flags(pdir: Path) -> None:
     assert {key for key, row in table.items() if row["optional"]} == {
         "process.landlock",
         "namespaces.cgroup",
+        "limits.workdir_size",
     }
     assert not any(row["optional"] for row in rows(effective(pdir, "strict")))
 

@@ -219,16 +219,9 @@ class Attempt:
         job = self.job
         workdir = self.agent.work_area / f"job-{job.id}.{job.resubmission}.{secrets.token_hex(4)}"
         owner = (SANDBOX_HOST_UID, SANDBOX_HOST_UID) if os.geteuid() == 0 else None
-        wanted = self.effective.limit("workdir_size")
-        own_disk = (self.effective.word("limits.workdir_size.enforcement") == "kernel"
-                    and workdisk.mechanism()[0] is not None)  # fmt: skip
-        self.keep_reserve(workdisk.image_size(wanted) if own_disk else wanted)
-        workdir.mkdir(mode=0o700)
-        self.workdir = workdir
-        if own_disk:
-            self.disk = workdisk.make(workdir, wanted, owner)
-        elif owner is not None:
-            os.chown(workdir, *owner)
+        self.keep_reserve(workdisk.image_size(self.effective.limit("workdir_size")))
+        self.workdir = workdir  # removed whatever happens next
+        self.disk = workdisk.prepare(workdir, self.effective, owner)
         check_workdir(workdir, self.effective)
         return workdir
 
@@ -244,8 +237,11 @@ class Attempt:
 
     def disk_left(self) -> bool:
         """Whether the home's output storage still has the policy's disk.reserve free."""
+        where = self.agent.storage.directory
+        while not where.exists() and where != where.parent:  # not made yet: its disk
+            where = where.parent
         try:
-            info = os.statvfs(self.agent.storage.directory)
+            info = os.statvfs(where)
         except OSError:
             return False
         return info.f_bavail * info.f_frsize >= self.effective.number("disk.reserve")
@@ -325,7 +321,7 @@ class Attempt:
                 result = run_job(self.effective, fields, workdir, environ=os.environ,
                                  interval=self.agent.interval, stop=self.stop,
                                  on_frame=self.relay, name=cgroup,
-                                 held=frozenset({"workdir_size"} if self.disk else ()))  # fmt: skip
+                                 held=workdisk.held(self.disk))  # fmt: skip
             except ImageRefused as exc:
                 # the image the job named fails it (any node has the same one); the site's
                 # images (default, platforms) and this node's mounts fail every job here
@@ -476,7 +472,11 @@ class Attempt:
                     # the job's own files may be what filled the disk: they go first, so
                     # that its end can still be recorded in the queue and the audit record
                     self.drop_workdir()
-                if state in NOTHING_TO_SAVE:  # only the logs were lost: the state stands
+                outgrew = result is not None and result.session is not None and \
+                    result.session.outcome.reason == "workdir_size"  # fmt: skip
+                if state in NOTHING_TO_SAVE or (full and outgrew):
+                    # only the logs were lost (a job that outgrew its work directory
+                    # filled the disk itself): the state stands, with why
                     detail += f" (its logs could not be kept: {exc.strerror})"
                 else:
                     state, detail = "ERROR_SV", f"the outputs could not be stored: {exc}"

@@ -80,7 +80,8 @@ def _why_not(name: str, wanted: str, where: str) -> str:
         kind, why = workdisk.mechanism()
         if kind is None:
             return f"the work directory cannot be a filesystem of its own here: {why}"
-        return "this work directory is not a filesystem of its own (only the pilot makes one)"
+        return ("the work directory given is a plain directory (the pilot makes each job's "
+                "a filesystem of its own)")
     if name not in CGROUP_LIMITS:
         return f"no kernel mechanism holds {name}; set its enforcement to monitored"
     return f"{where}: it cannot hold {name}"

@@ -29,6 +29,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox_agent.policy.compose import EffectivePolicy
+
 MIB = 1 << 20
 # ext4's own tables (inodes, bitmaps, group descriptors) take about 1/64 of an image
 # with one inode per 16 KiB; the image is that much larger, so the job gets its size.
@@ -81,6 +83,26 @@ def mechanism() -> tuple[str | None, str]:
     if not os.access("/dev/fuse", os.R_OK | os.W_OK) or _fusermount() is None:
         return None, "an unprivileged pilot needs /dev/fuse and fusermount for fuse2fs"
     return "fuse2fs", "an ext4 image of the job's size, mounted with fuse2fs"
+
+
+def prepare(workdir: Path, effective: EffectivePolicy, owner: tuple[int, int] | None
+            ) -> WorkDisk | None:  # fmt: skip
+    """Make the new directory ``workdir`` as the pilot makes a job's: a filesystem of
+    the job's workdir_size where the policy wants that limit held by the kernel and
+    this host can (its WorkDisk, to release), else a plain 0700 directory (None); owned
+    by ``owner`` (uid, gid; None: ours) either way. DiskError (an OSError) when the
+    filesystem cannot be made; limits.enforcement decides what a plain one means."""
+    workdir.mkdir(mode=0o700)
+    if effective.word("limits.workdir_size.enforcement") == "kernel" and mechanism()[0]:
+        return make(workdir, effective.limit("workdir_size"), owner)
+    if owner is not None:
+        os.chown(workdir, *owner)
+    return None
+
+
+def held(disk: WorkDisk | None) -> frozenset[str]:
+    """The limits a work directory holds itself, for session.run."""
+    return frozenset({"workdir_size"}) if disk is not None else frozenset()
 
 
 def image_size(workdir_size: int) -> int:
@@ -163,4 +185,4 @@ def _run(argv: list[str]) -> str | None:
     return said[-1][:300] if said else f"exit {done.returncode}"
 
 
-__all__ = ["DiskError", "WorkDisk", "image_size", "make", "mechanism"]
+__all__ = ["DiskError", "WorkDisk", "held", "image_size", "make", "mechanism", "prepare"]

@@ -26,6 +26,7 @@ from sandbox_agent.agent.jobrun import handoff_fields, run_job
 from sandbox_agent.agent.outputs import remove_workdir
 from sandbox_agent.images import hostpython
 from sandbox_agent.jdl import load_job
+from sandbox_agent.limits import workdisk
 from sandbox_agent.policy import compose
 from sandbox_agent.policy.model import Policy
 from sandbox_agent.probe import RUNNER, probe_files
@@ -37,6 +38,7 @@ PYTHON = "/usr/bin/python3"  # the sandbox's interpreter (the host's /usr, bound
 PROBE = "probe"  # where the probe's files go in the work directory
 CONFIG = "probe-config.json"
 ANSWER_CAP = 1 << 20  # bytes of the job's stdout read for the probe's answer
+PROBE_DISK = 64 << 20  # the probe's work directory: ample, and cheap to allocate
 BLOCKED, LEAKED, NOT_APPLICABLE = "blocked", "LEAKED", "n/a"
 
 
@@ -112,26 +114,33 @@ def run_probe(policy: Policy, *, certs: Path, credentials: list[str], work_area:
         raise SelftestError(f"no such attack: {', '.join(unknown)}; `selftest --list` "
                             "lists them")  # fmt: skip
     started = time.monotonic()
-    workdir = _make_workdir(work_area)
+    interpreter = _interpreter(policy)
+    arguments = [*interpreter[1:], "-I", "-S", f"{PROBE}/{RUNNER}", "--config",
+                 f"{PROBE}/{CONFIG}", *(attacks or ())]  # fmt: skip
+    disk_size = min(PROBE_DISK, int(policy["limits.workdir_size.max"].value))
+    spec = load_job(f'Executable = "{interpreter[0]}";\nArguments = "{" ".join(arguments)}";'
+                    f'\nTTL = 60;\nWorkDirectorySize = "{max(1, disk_size >> 20)}MB";\n',
+                    source="the selftest's job")  # fmt: skip
+    effective = compose(policy, spec, credentials=credentials)
+    workdir = work_area / f"selftest-{secrets.token_hex(4)}"
+    disk: workdisk.WorkDisk | None = None
     stage: Stage | None = None
     try:
+        # made as the pilot makes a job's: its own filesystem where the pilot's would be
+        owner = (SANDBOX_HOST_UID, SANDBOX_HOST_UID) if os.geteuid() == 0 else None
+        disk = workdisk.prepare(workdir, effective, owner)
         stage = Stage(certs, PYTHON)
         config = stage.config()
         config["key_paths"] += [hexed(path) for path in key_paths or ()]
         _copy_probe(workdir, config)
-        interpreter = _interpreter(policy)
-        arguments = [*interpreter[1:], "-I", "-S", f"{PROBE}/{RUNNER}", "--config",
-                     f"{PROBE}/{CONFIG}", *(attacks or ())]  # fmt: skip
-        spec = load_job(f'Executable = "{interpreter[0]}";\nArguments = "{" ".join(arguments)}";'
-                        "\nTTL = 60;\n", source="the selftest's job")  # fmt: skip
-        effective = compose(policy, spec, credentials=credentials)
         check_workdir(workdir, effective)
         host_env = {**os.environ, **stage.environment()}
         env = dict(environment(effective, host_env))
         token = {"certificate": "selftest: no job token\n", "chain": [], "key": ""}
         fields = handoff_fields(spec, 0, 0, token, env, effective)
         name = f"job-{home_tag}-0-0-{secrets.token_hex(4)}"  # job 0: never a real job
-        result = run_job(effective, fields, workdir, environ=host_env, name=name)
+        result = run_job(effective, fields, workdir, environ=host_env, name=name,
+                         held=workdisk.held(disk))  # fmt: skip
         answer = _answer(workdir / "stdout")
         if answer is None:
             said = result.wrapper_log.decode(errors="replace").strip().splitlines()
@@ -141,7 +150,10 @@ def run_probe(policy: Policy, *, certs: Path, credentials: list[str], work_area:
     finally:
         if stage is not None:
             stage.close()
-        remove_workdir(workdir)
+        if disk is not None:
+            disk.release()
+        if workdir.exists():
+            remove_workdir(workdir)
     return Outcome(policy.name, _rows(answer, table, attacks or list(table)), host_saw,
                    time.monotonic() - started)  # fmt: skip
 
@@ -182,16 +194,6 @@ def _rows(answer: dict[str, Any], table: dict[str, dict[str, str]],
         rows.append(Row(name, row["mechanism"], row["threat"], row["defence"], got["result"],
                         str(got.get("detail", "")), ms))  # fmt: skip
     return rows
-
-
-def _make_workdir(work_area: Path) -> Path:
-    """A fresh work directory as the pilot makes one: 0700, the sandbox's host uid its
-    owner when we are root."""
-    workdir = work_area / f"selftest-{secrets.token_hex(4)}"
-    workdir.mkdir(mode=0o700)
-    if os.geteuid() == 0:
-        os.chown(workdir, SANDBOX_HOST_UID, SANDBOX_HOST_UID)
-    return workdir
 
 
 def _copy_probe(workdir: Path, config: dict[str, Any]) -> None:
