@@ -186,8 +186,8 @@ def test_explain_jdl_bind_cannot_reach_the_agent_credentials(
     assert_no_traceback(result)
     (line,) = result.stderr.splitlines()
     assert line.startswith("rejected: ReadOnlyBinds: '")
-    assert line.endswith(f"': reaches {home / 'certs'}, a credential no job may read; "
-                         "ask for a path that reaches none")
+    assert line.endswith(f"': reaches {home / 'certs'}, a credential (or the agent's own "
+                         "state) no job may read; ask for a path that reaches none")
 
 
 # -- policy lint -------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ def test_an_input_naming_the_key_by_its_absolute_path_is_refused(pilot: Pilot) -
     for name in ("jobagent.key", "ca.key"):
         key = pilot.home / "certs" / name
         submit_refused(pilot, f'Executable = "/bin/cat";\nInputFile = {{"{key}"}};\n',
-                       f"InputFile {key}", "a credential no job may read")  # fmt: skip
+                       f"InputFile {key}", "no job may read")  # fmt: skip
 
 
 def test_an_input_reaching_the_key_through_dotdot_is_refused(pilot: Pilot) -> None:
@@ -132,7 +132,7 @@ def test_catalogue_add_of_the_key_is_refused(pilot: Pilot) -> None:
             named.symlink_to(pilot.home / "certs" / "jobagent.key")
         result = pilot.run("catalogue", "add", named, "/local/x/stolen.key")
         assert result.returncode == 2  # type: ignore[attr-defined]
-        assert "a credential no job may read" in result.stderr  # type: ignore[attr-defined]
+        assert "no job may read" in result.stderr  # type: ignore[attr-defined]
     assert pilot.run("catalogue", "ls", "--json").stdout.strip() == "[]"  # type: ignore[attr-defined]
 
 
@@ -148,8 +148,24 @@ def test_a_submit_to_a_broker_refuses_the_key_before_sending_anything(pilot: Pil
         jdl.write_text(f'Executable = "/bin/cat";\nInputFile = {{"{secret}"}};\n')
         result = pilot.run("submit", jdl, *broker)
         assert result.returncode == 2, result.stderr  # type: ignore[attr-defined]
-        assert "a credential no job may read" in result.stderr  # type: ignore[attr-defined]
+        assert "no job may read" in result.stderr  # type: ignore[attr-defined]
     # the control: a file of the user's own gets past staging, to the (absent) broker
     jdl.write_text('Executable = "/bin/cat";\nInputFile = {"data.txt"};\n')
     result = pilot.run("submit", jdl, *broker)
     assert result.returncode == 3, result.stderr  # type: ignore[attr-defined]
+
+
+def test_nothing_of_the_agents_home_is_staged(pilot: Pilot) -> None:
+    """Beyond its authority: other users' token keys, the queue (every user's JDLs),
+    other jobs' outputs. A relative name from a JDL kept inside the home is judged too."""
+    issued = pilot.run("certs", "issue", "--role", "user", "--user", "bob")
+    assert issued.returncode == 0, issued.stderr  # type: ignore[attr-defined]
+    for target in (pilot.home / "tokens" / "user-bob.key", pilot.home / "queue" / "queue.sqlite3"):
+        assert target.exists(), target
+        submit_refused(pilot, f'Executable = "/bin/cat";\nInputFile = {{"{target}"}};\n',
+                       f"InputFile {target}", f"reaches {pilot.home}", "no job may read")  # fmt: skip
+    inside = pilot.home / "tokens" / "x.jdl"
+    inside.write_text('Executable = "/bin/cat";\nInputFile = {"user-bob.key"};\n')
+    result = pilot.run("submit", inside)
+    assert result.returncode == 2  # type: ignore[attr-defined]
+    assert "no job may read" in result.stderr  # type: ignore[attr-defined]

@@ -122,7 +122,7 @@ def test_agent_credentials_join_the_deny_list_and_cannot_be_bound() -> None:
     effective = compose(DEFAULT, credentials=["/cvmfs/agent/certs"])
     denied = effective["filesystem.deny"].value
     assert denied[-1].value == "/cvmfs/agent/certs" and denied[-1].origin == "agent:credentials"
-    refused = "reaches /cvmfs/agent/certs, a credential no job may read"
+    refused = "reaches /cvmfs/agent/certs, a credential"
     with pytest.raises(PolicyRejection, match=refused):
         compose(DEFAULT, job('ReadOnlyBinds = "/cvmfs/agent";'), credentials=["/cvmfs/agent/certs"])
 

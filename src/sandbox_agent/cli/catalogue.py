@@ -26,8 +26,9 @@ catalogue_app = typer.Typer(
 
 def user_deny(ctx: typer.Context, policy: str = "default", extra: tuple[str, ...] = ()) -> Deny:
     """What a path this user names (in a JDL, on the command line) may not reach: the
-    deny list of ``policy``, this home's credentials, ``extra`` ones (a broker token's
-    files) and the user's own (policy.reach). A policy that cannot be read is exit 2."""
+    deny list of ``policy``, this whole home (its authority, the users' tokens, other
+    jobs' outputs, the queue), ``extra`` credentials (a broker token's files) and the
+    user's own (policy.reach). A policy that cannot be read is exit 2."""
     from sandbox_agent.policy import PolicyError, compose, load_policy, policy_dirs
     from sandbox_agent.policy.reach import Deny, user_credentials
 
@@ -37,7 +38,8 @@ def user_deny(ctx: typer.Context, policy: str = "default", extra: tuple[str, ...
                             credentials=[str(home / "certs"), *extra])  # fmt: skip
     except PolicyError as exc:
         fail(str(exc))
-    return Deny.of(effective["filesystem.deny"].value, user_credentials())
+    # the home's own credentials named first, so a refusal names them rather than the home
+    return Deny.of(effective["filesystem.deny"].value, [*user_credentials(), str(home)])
 
 
 def open_catalogue(ctx: typer.Context) -> Catalogue:

@@ -63,10 +63,10 @@ class Deny:
         """From an effective policy's filesystem.deny items (the agent's credentials are
         the items compose marked as such) and more ``credentials``."""
         paths: list[str] = []
-        secret = list(credentials)
+        secret: list[str] = []  # the agent's own first: a refusal names the closest
         for item in items:
             (secret if item.origin == CREDENTIALS_ORIGIN else paths).append(str(item.value))
-        return cls(tuple(paths), tuple(secret))
+        return cls(tuple(paths), (*secret, *credentials))
 
     def credential_inodes(self) -> dict[tuple[int, int], str]:
         """(device, inode) of every regular file under the credentials: a hard link to
@@ -179,12 +179,12 @@ def judge(real: str, info: os.stat_result | None, deny: Deny, *, key: str, named
     other = "name another file" if not whole_tree else "ask for a path that reaches none"
     for secret in deny.credentials:
         if reaches(secret):
-            raise PathRefused(f"{shown}: reaches {_show(secret)}, a credential no job may "
-                              f"read; {other}")  # fmt: skip
+            raise PathRefused(f"{shown}: reaches {_show(secret)}, a credential (or the "
+                              f"agent's own state) no job may read; {other}")  # fmt: skip
     owner = info and deny.credential_inodes().get((info.st_dev, info.st_ino))
     if owner and info and stat.S_ISREG(info.st_mode):
-        raise PathRefused(f"{shown}: is a hard link to {_show(owner)}, a credential no job "
-                          "may read; name another file")  # fmt: skip
+        raise PathRefused(f"{shown}: is a hard link to {_show(owner)}, a credential (or the "
+                          "agent's own state) no job may read; name another file")  # fmt: skip
     for entry in deny.paths:
         if not reaches(entry):
             continue
@@ -245,22 +245,27 @@ def _real_path(fd: int, named: str, key: str) -> str:
 
 
 def _inodes(paths: Iterable[str]) -> dict[tuple[int, int], str]:
-    """(device, inode) -> path of the regular files at or under ``paths`` (bounded)."""
+    """(device, inode) -> path of the regular files at or under ``paths``, each path
+    walked in turn (its own bound: a large home must not crowd out the key files)."""
     found: dict[tuple[int, int], str] = {}
-    pending = [p for p in paths]
-    while pending and len(found) < MAX_CREDENTIAL_FILES:
-        path = pending.pop()
-        try:
-            info = os.stat(path)
-        except OSError:
-            continue
-        if stat.S_ISREG(info.st_mode):
-            found[(info.st_dev, info.st_ino)] = path
-        elif stat.S_ISDIR(info.st_mode):
+    for top in paths:
+        pending, seen = [top], 0
+        while pending and seen < MAX_CREDENTIAL_FILES:
+            path = pending.pop()
+            seen += 1
             try:
-                pending += [os.path.join(path, name) for name in os.listdir(path)]
+                info = os.lstat(path)  # a link inside is not followed out of the tree
+                if path == top and stat.S_ISLNK(info.st_mode):
+                    info = os.stat(path)
             except OSError:
                 continue
+            if stat.S_ISREG(info.st_mode):
+                found.setdefault((info.st_dev, info.st_ino), path)
+            elif stat.S_ISDIR(info.st_mode):
+                try:
+                    pending += [os.path.join(path, name) for name in os.listdir(path)]
+                except OSError:
+                    continue
     return found
 
 
