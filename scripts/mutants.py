@@ -351,7 +351,9 @@ def mutated_source(source: str, mutant: Mutant) -> str:
 
 
 def make_copy(into: Path) -> Path:
-    """The files git knows (tracked, or new and not ignored), as they are now."""
+    """The files git knows (tracked, or new and not ignored), as they are now. Readable
+    by every uid (directories 0755, files a+r; the parent is made 0711): tests that run
+    the agent as uid 65534 import the copy's src as that uid."""
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
                             capture_output=True, check=True).stdout  # fmt: skip
     for name in filter(None, listed.decode().split("\0")):
@@ -360,6 +362,9 @@ def make_copy(into: Path) -> Path:
             target = into / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
+            target.chmod(target.stat().st_mode & 0o7777 | 0o444)
+    for directory in [into, *(p for p in into.rglob("*") if p.is_dir())]:
+        directory.chmod(0o755)
     return into
 
 
@@ -501,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     scores = {}
     with tempfile.TemporaryDirectory(prefix="sandbox-agent-mutants.") as base:
+        Path(base).chmod(0o711)  # others may pass through to the copies, not list them
         copies = [make_copy(Path(base) / f"copy{i}") for i in range(max(1, args.jobs))]
         for module in chosen:
             results = run_module(module, args, copies)

@@ -203,14 +203,14 @@ def remove_workdir(workdir: Path) -> str | None:
     ran as the agent's own uid may have left directories it cannot enter or write: each
     is made 0700 first, through a descriptor opened without following links."""
     fix_modes = os.geteuid() != 0  # root needs no permission to remove
+    if fix_modes:  # first: a top the payload left 000 could not even be opened
+        _chmod_dir(None, str(workdir))
     try:
         top = os.open(workdir, _DIR_FLAGS)
     except OSError as exc:
         return f"{workdir}: {exc.strerror}"
     hoisted = 0
     try:
-        if fix_modes:
-            _chmod_dir(top, ".")
         while True:
             names = os.listdir(top)
             if not names:
@@ -227,7 +227,13 @@ def remove_workdir(workdir: Path) -> str | None:
                         if _is_directory(child, inner):  # up to the top: the depth stays 2
                             if fix_modes:  # moving a directory writes its ".."
                                 _chmod_dir(child, inner)
-                            hoisted += 1
+                            while True:  # a name the payload did not leave there
+                                hoisted += 1
+                                try:
+                                    os.stat(f".removing-{hoisted}", dir_fd=top,
+                                            follow_symlinks=False)  # fmt: skip
+                                except FileNotFoundError:
+                                    break
                             os.rename(inner, f".removing-{hoisted}", src_dir_fd=child,
                                       dst_dir_fd=top)  # fmt: skip
                         else:
@@ -250,8 +256,8 @@ def _is_directory(dir_fd: int, name: str) -> bool:
     return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
 
 
-def _chmod_dir(dir_fd: int, name: str) -> None:
-    """``name`` under ``dir_fd`` made 0700 when it is a directory: opened with
+def _chmod_dir(dir_fd: int | None, name: str) -> None:
+    """``name`` under ``dir_fd`` (None: a path) made 0700 when it is a directory: opened with
     O_PATH|O_NOFOLLOW|O_DIRECTORY and changed through /proc/self/fd, so a symlink is
     never followed."""
     flags = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
