@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,3 +96,27 @@ def test_the_image_is_sized_so_the_job_gets_what_it_asked_for() -> None:
     for asked in (1, 20 * MIB, 10 << 30):
         size = workdisk.image_size(asked)
         assert size % MIB == 0 and size >= asked + asked // 64 + 4 * MIB
+
+
+@pytest.mark.skipif(shutil.which("fuse2fs") is None or not os.path.exists("/dev/fuse"),
+                    reason="fuse2fs or /dev/fuse is missing (apt-get install fuse2fs)")
+def test_the_unprivileged_pilots_way_holds_the_size_too(small_disk: Path) -> None:
+    """fuse2fs is how a pilot without root mounts the image; here as root, which may
+    open /dev/fuse on any host (an unprivileged user may not, on this one)."""
+    workdir = small_disk / "job-3"
+    workdir.mkdir()
+    disk = workdisk.make(workdir, 20 * MIB, None, kind="fuse2fs")
+    try:
+        assert mounted(workdir) and disk.kind == "fuse2fs"
+        node_free = free(small_disk)
+        with open(workdir / "filler", "wb") as file, pytest.raises(OSError) as info:
+            for _ in range(64):
+                file.write(b"\xff" * MIB)
+                file.flush()
+                os.fsync(file.fileno())
+        assert info.value.errno == errno.ENOSPC
+        assert free(small_disk) == node_free
+    finally:
+        problem = disk.release()
+    assert problem is None
+    assert not mounted(workdir) and not disk.image.exists()

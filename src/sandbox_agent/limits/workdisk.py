@@ -113,11 +113,15 @@ def image_size(workdir_size: int) -> int:
     return -(-size // MIB) * MIB
 
 
-def make(workdir: Path, workdir_size: int, owner: tuple[int, int] | None) -> WorkDisk:
+def make(workdir: Path, workdir_size: int, owner: tuple[int, int] | None, *,
+         kind: str | None = None) -> WorkDisk:  # fmt: skip
     """Mount a fresh filesystem of ``workdir_size`` on the empty directory ``workdir``,
-    its root owned by ``owner`` (uid, gid; None: ours) and private (0700). DiskError
-    when it cannot be made; the image is gone again then."""
-    kind, why = mechanism()
+    its root owned by ``owner`` (uid, gid; None: ours) and private (0700), the way
+    ``mechanism()`` says (or ``kind``, "loop" or "fuse2fs"). DiskError when it cannot
+    be made; the image is gone again then."""
+    why = f"{kind} was asked for"
+    if kind is None:
+        kind, why = mechanism()
     if kind is None:
         raise DiskError(errno.ENOTSUP, f"the work directory cannot have a size of its own: {why}")
     size = image_size(workdir_size)
