@@ -162,10 +162,27 @@ def test_nothing_of_the_agents_home_is_staged(pilot: Pilot) -> None:
     assert issued.returncode == 0, issued.stderr  # type: ignore[attr-defined]
     for target in (pilot.home / "tokens" / "user-bob.key", pilot.home / "queue" / "queue.sqlite3"):
         assert target.exists(), target
-        submit_refused(pilot, f'Executable = "/bin/cat";\nInputFile = {{"{target}"}};\n',
-                       f"InputFile {target}", f"reaches {pilot.home}", "no job may read")  # fmt: skip
+        jdl = f'Executable = "/bin/cat";\nInputFile = {{"{target}"}};\n'
+        submit_refused(pilot, jdl, f"InputFile {target}", f"reaches {pilot.home}",
+                       "no job may read")  # fmt: skip
     inside = pilot.home / "tokens" / "x.jdl"
     inside.write_text('Executable = "/bin/cat";\nInputFile = {"user-bob.key"};\n')
     result = pilot.run("submit", inside)
     assert result.returncode == 2  # type: ignore[attr-defined]
     assert "no job may read" in result.stderr  # type: ignore[attr-defined]
+
+
+def test_the_submitters_environment_and_private_files_elsewhere_are_refused(pilot: Pilot) -> None:
+    """/proc/self/environ is the submitter's environment (a WLCG BEARER_TOKEN with it);
+    a private file outside the job's directory is no job's input, whatever list of
+    secrets it is missing from (shadow's backups, ~/.git-credentials)."""
+    submit_refused(pilot, 'Executable = "/bin/cat";\nInputFile = {"/proc/self/environ"};\n',
+                   "InputFile /proc/self/environ", "a file of the kernel's (/proc)")  # fmt: skip
+    private = pilot.base / "private.conf"
+    private.write_text("password = hunter2\n")
+    private.chmod(0o600)
+    if pilot.home.stat().st_uid != 0:
+        os.chown(private, NOBODY, NOBODY)
+    submit_refused(pilot, f'Executable = "/bin/cat";\nInputFile = {{"{private}"}};\n',
+                   f"InputFile {private}", "is private to its owner (mode 0600)")  # fmt: skip
+    assert not any(b"hunter2" in data for data in pilot.stored())

@@ -194,3 +194,41 @@ def test_binds_are_judged_both_ways_and_never_through_a_symlink(opener: str, sit
         check_bind(str(site / "open" / "certs" / "later"), deny=deny, key="ReadOnlyBinds")
     assert check_bind(str(site / "open" / "later"), deny=deny, key="ReadOnlyBinds") == \
         str(site / "open" / "later")  # fmt: skip
+
+
+def test_the_kernels_files_are_nobodys_input(opener: str, site: Path) -> None:
+    for named in ("/proc/self/environ", "/proc/self/cmdline", "/proc/version"):
+        message = refused(site, named)
+        assert "is a file of the kernel's (/proc)" in message or "magic link" in message
+    assert "(/sys)" in refused(site, "/sys/kernel/uevent_seqnum") or \
+        not Path("/sys/kernel/uevent_seqnum").exists()  # fmt: skip
+
+
+def test_a_private_file_is_staged_only_as_the_jobs_own(opener: str, site: Path) -> None:
+    """What no deny list can name (shadow's backups, ~/.git-credentials): a file others
+    may not read comes only from beneath the JDL's directory, not through a hidden
+    name, and not when that directory is (or holds) the submitter's home."""
+    job = site / "users" / "alice" / "job"
+    (job / "mine.txt").write_bytes(b"private but the job's own\n")
+    (job / "mine.txt").chmod(0o600)
+    assert read(site, "mine.txt") == b"private but the job's own\n"
+    backup = site / "open" / "shadow-"
+    backup.write_bytes(b"root:$6$hash\n")
+    backup.chmod(0o640)
+    assert "is private to its owner (mode 0640) and lies outside" in refused(site, str(backup))
+    (job / ".git-credentials").write_bytes(b"https://alice:token@example\n")
+    (job / ".git-credentials").chmod(0o600)
+    assert "and hidden ('.git-credentials')" in refused(site, ".git-credentials")
+    (job / ".config").mkdir()
+    (job / ".config" / "public.txt").write_bytes(b"readable by all\n")
+    assert read(site, ".config/public.txt") == b"readable by all\n"  # public: fine
+    # a JDL kept in the home directory itself stages nothing private from there
+    home = site / "users" / "alice"
+    deny = Deny(homes=(str(home),))
+    (home / "notes.txt").write_bytes(b"alice's notes\n")
+    (home / "notes.txt").chmod(0o600)
+    with pytest.raises(PathRefused, match=r"is \(or holds\) the home directory"):
+        open_user_file("notes.txt", base=home, deny=deny, key="InputFile")
+    # the same file from a directory that is nobody's home is the job's own
+    elsewhere = Deny(homes=(str(site / "elsewhere"),))
+    open_user_file("job/mine.txt", base=home, deny=elsewhere, key="InputFile").close()

@@ -109,6 +109,40 @@ def cgroup_name(home_tag: str, job_id: int, resubmission: int) -> str:
 CGROUP_NAME = re.compile(r"job-([0-9a-f]{8})-([0-9]{1,18})-([0-9]{1,9})-[0-9a-f]{8}")
 
 
+class NoRoom(OSError):
+    """The node's disk has not the room a job needs beside disk.reserve (ENOSPC)."""
+
+
+def disk_shortfall(effective: EffectivePolicy, work_area: Path, storage: Path) -> str | None:
+    """Why this node's disk cannot take the job ``effective`` describes now, or None:
+    its work directory (an image of its size, allocated up front) in the work area,
+    and room for its kept outputs and logs in the storage, each filesystem keeping
+    the policy's disk.reserve free for the agent's queue, outputs and audit records.
+    Asked at match (a job that does not fit is left for another node) and again
+    before the work directory is made."""
+    reserve = effective.number("disk.reserve")
+    size = effective.limit("workdir_size")
+    caps = Caps.from_policy(effective)
+    needs = {"its work directory": (work_area, workdisk.image_size(size)),
+             "its outputs and logs": (storage, caps.max_total + 2 * caps.max_log)}
+    taken: dict[int, int] = {}  # by filesystem: the two may share one
+    for what, (where, amount) in needs.items():
+        while not where.exists() and where != where.parent:  # not made yet: its disk
+            where = where.parent
+        try:
+            info = os.statvfs(where)
+            device = os.stat(where).st_dev
+        except OSError as exc:
+            return f"cannot measure the free space of {where}: {exc.strerror}"
+        taken[device] = taken.get(device, 0) + amount
+        free = info.f_bavail * info.f_frsize
+        if free - taken[device] < reserve:
+            return (f"{where} has {free // MIB} MiB free; the job needs "
+                    f"{taken[device] // MIB} MiB there ({what} included) and disk.reserve "
+                    f"keeps {reserve // MIB} MiB for the agent's own state")  # fmt: skip
+    return None
+
+
 class NodeProblem(Exception):
     """This node cannot run jobs now (the sandbox does not start, no job token, the
     disk is full, processes outlive their kill): the job was given back; stop."""
@@ -219,7 +253,9 @@ class Attempt:
         job = self.job
         workdir = self.agent.work_area / f"job-{job.id}.{job.resubmission}.{secrets.token_hex(4)}"
         owner = (SANDBOX_HOST_UID, SANDBOX_HOST_UID) if os.geteuid() == 0 else None
-        self.keep_reserve(workdisk.image_size(self.effective.limit("workdir_size")))
+        short = disk_shortfall(self.effective, self.agent.work_area, self.agent.storage.directory)
+        if short is not None:  # the match saw room; another job took it since
+            raise NoRoom(errno.ENOSPC, short)
         self.workdir = workdir  # removed whatever happens next
         self.disk = workdisk.prepare(workdir, self.effective, owner)
         check_workdir(workdir, self.effective)
@@ -246,17 +282,6 @@ class Attempt:
             return False
         return info.f_bavail * info.f_frsize >= self.effective.number("disk.reserve")
 
-    def keep_reserve(self, needed: int) -> None:
-        """OSError(ENOSPC) when taking ``needed`` bytes from the work area would leave
-        less than the policy's disk.reserve free there."""
-        reserve = self.effective.number("disk.reserve")
-        info = os.statvfs(self.agent.work_area)
-        free = info.f_bavail * info.f_frsize
-        if free - needed < reserve:
-            raise OSError(errno.ENOSPC, (
-                f"the work area {self.agent.work_area} has {free // MIB} MiB free; the job's "
-                f"work directory needs {needed // MIB} MiB and disk.reserve keeps "
-                f"{reserve // MIB} MiB for the agent's own state"))  # fmt: skip
 
     def place_files(self, workdir: Path) -> JobSpec:
         """The catalogue files the job names, placed in its work directory under their
@@ -336,6 +361,8 @@ class Attempt:
             if self.storage_fault:  # the job is reported; the next one would fare no better
                 raise NodeProblem(f"job {job.id} ended {report.state}; {self.storage_fault}")
             return report
+        except NoRoom as exc:  # the node's disk, not the job: no fault of the job's
+            raise self.node_problem(str(exc), fault=False) from None
         except NODE_ERRORS as exc:
             raise self.node_problem(str(exc)) from None
         finally:
@@ -387,8 +414,8 @@ class Attempt:
     def still_ours(self) -> bool:
         return self.agent.queue.holds(self.job)  # cannot tell: the node's problem
 
-    def node_problem(self, why: str) -> NodeProblem:
-        self.give_back(f"the agent could not run it: {why}")
+    def node_problem(self, why: str, *, fault: bool = True) -> NodeProblem:
+        self.give_back(f"the agent could not run it: {why}", fault=fault)
         return NodeProblem(f"job {self.job.id} was handed back: {why}")
 
     def conclude(self, result: JobResult, started: float, workdir: Path) -> Report:
@@ -421,12 +448,12 @@ class Attempt:
                                said.get("exit_code"), started, workdir, result)  # fmt: skip
         return self.finish(result.state, result.detail, result.exit_code, started, workdir, result)
 
-    def give_back(self, reason: str) -> None:
+    def give_back(self, reason: str, *, fault: bool = True) -> None:
         """Return the job to the queue at once (this node cannot run it now), rather than
-        leave it to wait out its lease."""
+        leave it to wait out its lease; a ``fault`` counts against the job."""
         agent, job = self.agent, self.job
         with self.lock, contextlib.suppress(StoreError, TransitionError):  # the lease decides
-            agent.queue.release(job, reason[:500])
+            agent.queue.release(job, reason[:500], fault=fault)
 
     def hand_back(self, result: JobResult | None, started: float, workdir: Path) -> Report:
         agent, job = self.agent, self.job

@@ -33,6 +33,7 @@ from sandbox_agent.agent.attempt import (
     Attempt,
     NodeProblem,
     Report,
+    disk_shortfall,
 )
 from sandbox_agent.agent.backends import Backend, BrokerQueue, LocalQueue
 from sandbox_agent.agent.storage import Storage
@@ -93,7 +94,8 @@ class Pilot:
         self.current: Attempt | None = None
         self.woken = threading.Event()  # a stop cuts the wait between matches short
         self._specs: dict[tuple[int, str], JobSpec | str] = {}
-        self._rejected: dict[int, str | None] = {}  # job id -> the policy's refusal
+        # job id -> the policy's refusal, or the job's effective policy
+        self._rejected: dict[int, str | EffectivePolicy] = {}
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -154,26 +156,33 @@ class Pilot:
                 self._specs[key] = f"its JDL does not parse: {exc}"
         return self._specs[key]
 
-    def refusal(self, job: Job, slot: Slot) -> str | None:
+    def refusal(self, job: Job, slot: Slot, agent: Agent | None = None) -> str | None:
         """Why this slot cannot run ``job``, or None. The policy's verdict does not
         change while the pilot runs: it is worked out once per job (match asks under
-        the queue's write lock)."""
+        the queue's write lock). The room on ``agent``'s disk does, so it is measured
+        each time: a job too big for it now is left to another node, never started to
+        be handed back (attempt.disk_shortfall)."""
         spec = self.job_spec(job)
         if isinstance(spec, str):
             return spec
         why = slots.refusal(spec, slot)
-        if why is None:
-            if job.id not in self._rejected:
-                try:
-                    self.compose(spec)
-                    self._rejected[job.id] = None
-                except PolicyRejection as exc:
-                    self._rejected[job.id] = f"the policy rejects it: {exc}"
-            why = self._rejected[job.id]
-        return why
+        if why is not None:
+            return why
+        if job.id not in self._rejected:
+            try:
+                self._rejected[job.id] = self.compose(spec)
+            except PolicyRejection as exc:
+                self._rejected[job.id] = f"the policy rejects it: {exc}"
+        verdict = self._rejected[job.id]
+        if isinstance(verdict, str):
+            return verdict
+        if agent is None:
+            return None
+        short = disk_shortfall(verdict, agent.work_area, agent.storage.directory)
+        return f"not on this node's disk now: {short}" if short else None
 
-    def fits(self, offered: Slot) -> Callable[[Job], str | None]:
-        return lambda job: self.refusal(job, offered)
+    def fits(self, offered: Slot, agent: Agent) -> Callable[[Job], str | None]:
+        return lambda job: self.refusal(job, offered, agent)
 
     def compose(self, spec: JobSpec) -> EffectivePolicy:
         return compose(self.config.policy, spec, credentials=self.credentials())
@@ -235,11 +244,11 @@ class Pilot:
                 offered = slots.describe(self.config.home, agent.work_area, left)
             except ValueError as exc:  # the site's slot.toml, edited while we run
                 raise PilotError(str(exc)) from None
-            job = agent.queue.match(offered, self.fits(offered), agent.lease)
+            job = agent.queue.match(offered, self.fits(offered, agent), agent.lease)
             if job is None:
                 empty += 1
                 if empty >= EMPTY_MATCHES_TO_STOP or self.config.once:
-                    return self.nothing_to_do(agent.queue, offered)
+                    return self.nothing_to_do(agent, offered)
                 self.woken.wait(self.config.poll)
                 continue
             empty = 0
@@ -302,13 +311,14 @@ class Pilot:
             self.current = None
             attempt.stop.close()
 
-    def nothing_to_do(self, queue: Backend, offered: Slot) -> str:
+    def nothing_to_do(self, agent: Agent, offered: Slot) -> str:
+        queue = agent.queue
         waiting = queue.waiting()
         if waiting is None:
             return f"the broker {queue.where} has no job this slot can run"
         if not waiting:
             return "the queue has no waiting job"
-        reasons = [f"job {j.id}: {self.refusal(j, offered)}" for j in waiting[:3]]
+        reasons = [f"job {j.id}: {self.refusal(j, offered, agent)}" for j in waiting[:3]]
         more = f" (and {len(waiting) - 3} more)" if len(waiting) > 3 else ""
         return (f"{len(waiting)} waiting job(s) this slot cannot run{more}: "
                 + "; ".join(reasons))  # fmt: skip

@@ -30,7 +30,7 @@ def user_deny(ctx: typer.Context, policy: str = "default", extra: tuple[str, ...
     jobs' outputs, the queue), ``extra`` credentials (a broker token's files) and the
     user's own (policy.reach). A policy that cannot be read is exit 2."""
     from sandbox_agent.policy import PolicyError, compose, load_policy, policy_dirs
-    from sandbox_agent.policy.reach import Deny, user_credentials
+    from sandbox_agent.policy.reach import Deny, user_credentials, user_homes
 
     home = home_of(ctx)
     try:
@@ -39,7 +39,8 @@ def user_deny(ctx: typer.Context, policy: str = "default", extra: tuple[str, ...
     except PolicyError as exc:
         fail(str(exc))
     # the home's own credentials named first, so a refusal names them rather than the home
-    return Deny.of(effective["filesystem.deny"].value, [*user_credentials(), str(home)])
+    return Deny.of(effective["filesystem.deny"].value, [*user_credentials(), str(home)],
+                   user_homes())
 
 
 def open_catalogue(ctx: typer.Context) -> Catalogue:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Annotated
 
@@ -30,8 +30,10 @@ from sandbox_agent.queue import StoreError, TransitionError
 
 STREAMS = ("stdout", "stderr", "wrapper.log")
 # A payload's line that starts like one of our headers ('==> stderr <==') is shown with
-# its first '=' escaped: in the text `logs` prints, only the headers begin with '==>'.
-_LIKE_A_HEADER = re.compile("^==>", re.MULTILINE)
+# a visible escape first: in the text `logs` prints, only the headers begin with '==>'.
+# Judged without the characters a terminal draws as nothing or on top of the one before
+# (joiners, combining marks) and without leading blanks, which a reader does not see.
+_UNSEEN = frozenset({"Cf", "Mn", "Me"})
 
 
 @app.command("outputs")
@@ -120,6 +122,14 @@ def logs(
         raise typer.Exit(exitcodes.OK) from None
 
 
+def _unlike_a_header(line: str) -> str:
+    """``line``, prefixed with a visible escape if a reader could take it for a header."""
+    seen = "".join(c for c in line if unicodedata.category(c) not in _UNSEEN).lstrip()
+    if not seen.startswith("==>"):
+        return line
+    return "\\x3d" + (line[1:] if line.startswith("=") else line)  # the '=' shown escaped
+
+
 def _shown(name: str, data: bytes, headed: bool) -> bytes:
     """A log as `logs` prints it: printable, and with ``headed`` under its header, its
     lines unable to pass for one, and ended by a newline so the next header starts a
@@ -127,7 +137,7 @@ def _shown(name: str, data: bytes, headed: bool) -> bytes:
     text = printable(data, lines=True)
     if not headed:
         return text.encode()
-    text = _LIKE_A_HEADER.sub(r"\\x3d=>", text)
+    text = "\n".join(_unlike_a_header(line) for line in text.split("\n"))
     if text and not text.endswith("\n"):
         text += "\n"
     return f"==> {name} <==\n{text}".encode()

@@ -17,7 +17,13 @@ text. So a path is judged by the file it really reaches, never by how it is writ
   bearer token, ~/.globus, ~/.ssh, ...), nor a hard link to one of the agent's;
 * nor at or under a path on the sandbox's deny list (filesystem.deny), except where the
   file lies in the base directory and that deny entry holds the whole base directory:
-  Alice's JDL in /home/alice/job stages its neighbours, and names /home/bob/x in vain.
+  Alice's JDL in /home/alice/job stages its neighbours, and names /home/bob/x in vain;
+* nor a file of the kernel's (/proc, /sys, /dev: the submitter's own environment is
+  /proc/self/environ);
+* and a private file (not readable by others) only from beneath the base, never through
+  a hidden ('.') component, and never where the base is (or holds) the submitter's home
+  directory: no deny list can name every secret a home keeps (~/.git-credentials,
+  ~/.config/rclone, shadow's backups), so what is not public must be the job's own.
 
 A bind is judged the same way, with no exemption, and both ways: a bind above a denied
 path would expose it too.
@@ -25,9 +31,11 @@ path would expose it too.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import posixpath
+import pwd
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -55,18 +63,20 @@ class Deny:
 
     paths: tuple[str, ...] = ()
     credentials: tuple[str, ...] = ()
+    homes: tuple[str, ...] = ()  # the submitter's home directories
     _inodes: dict[tuple[int, int], str] = field(default_factory=dict, compare=False,
                                                  repr=False)  # fmt: skip
 
     @classmethod
-    def of(cls, items: Iterable[Item], credentials: Iterable[str] = ()) -> Deny:
+    def of(cls, items: Iterable[Item], credentials: Iterable[str] = (),
+           homes: Iterable[str] = ()) -> Deny:  # fmt: skip
         """From an effective policy's filesystem.deny items (the agent's credentials are
-        the items compose marked as such) and more ``credentials``."""
+        the items compose marked as such), more ``credentials`` and the ``homes``."""
         paths: list[str] = []
         secret: list[str] = []  # the agent's own first: a refusal names the closest
         for item in items:
             (secret if item.origin == CREDENTIALS_ORIGIN else paths).append(str(item.value))
-        return cls(tuple(paths), (*secret, *credentials))
+        return cls(tuple(paths), (*secret, *credentials), tuple(homes))
 
     def credential_inodes(self) -> dict[tuple[int, int], str]:
         """(device, inode) of every regular file under the credentials: a hard link to
@@ -130,6 +140,9 @@ def open_user_file(named: str, *, base: Path | None, deny: Deny, key: str) -> Us
             raise PathRefused(f"{key} {_show(named)}: {_show(real)} is not a regular file; "
                               "name a file, not a directory, FIFO or device")  # fmt: skip
         judge(real, info, deny, key=key, named=named, base=base_real)
+        _check_kernel_file(real, key, named)
+        if not info.st_mode & 0o004:
+            _check_private(real, info, base_real, deny.homes, key, named)
         try:
             readable = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
         except OSError as exc:
@@ -194,6 +207,46 @@ def judge(real: str, info: os.stat_result | None, deny: Deny, *, key: str, named
                  if not whole_tree else "ask for a path that reaches nothing denied")
         raise PathRefused(f"{shown}: reaches {_show(entry)}, on the sandbox's deny list "
                           f"(filesystem.deny); {where}")  # fmt: skip
+
+
+def user_homes(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The running user's home directories: $HOME and the password database's."""
+    environ = os.environ if environ is None else environ
+    found = [environ.get("HOME", "")]
+    with contextlib.suppress(KeyError):
+        found.append(pwd.getpwuid(os.getuid()).pw_dir)
+    return sorted({os.path.realpath(h) for h in found if h.startswith("/") and h != "/"})
+
+
+KERNEL_TREES = ("/proc", "/sys", "/dev")
+
+
+def _check_kernel_file(real: str, key: str, named: str) -> None:
+    """The kernel's files are nobody's input (/proc/self/environ is the submitter's
+    environment, tokens included)."""
+    tree = next((t for t in KERNEL_TREES if within(real, t)), None)
+    if tree is not None:
+        raise PathRefused(f"{key} {_show(named)}: is a file of the kernel's ({tree}), not "
+                          "a user's; name a regular file")  # fmt: skip
+
+
+def _check_private(real: str, info: os.stat_result, base: str | None, homes: Iterable[str],
+                   key: str, named: str) -> None:  # fmt: skip
+    """A file others may not read is staged only as the job's own: beneath the base,
+    through no hidden component, from a base that is not (nor holds) a home directory."""
+    shown = f"{key} {_show(named)}: is private to its owner (mode {info.st_mode & 0o777:04o})"
+    if base is None or not within(real, base):
+        raise PathRefused(f"{shown} and lies outside the JDL's directory; copy it next to "
+                          "the JDL, or make it readable by others")  # fmt: skip
+    home = next((h for h in homes if within(h, base)), None)
+    if home is not None:
+        raise PathRefused(f"{shown} and the JDL's directory {_show(base)} is (or holds) the "
+                          f"home directory {_show(home)}; keep the job and its files in a "
+                          "directory of their own")  # fmt: skip
+    hidden = next((p for p in real[len(base):].split("/") if p.startswith(".")), None)
+    if hidden is not None:
+        raise PathRefused(f"{shown} and hidden ('{_show(hidden)}'); name a file that is "
+                          "not hidden, or make it readable by others")  # fmt: skip
 
 
 def _open_path(named: str, base: Path | None, relative: bool, key: str) -> int:
@@ -276,4 +329,4 @@ def _show(text: str) -> str:
 
 
 __all__ = ["Deny", "PathRefused", "UserFile", "check_bind", "judge", "open_user_file",
-           "user_credentials"]  # fmt: skip
+           "user_credentials", "user_homes"]  # fmt: skip
