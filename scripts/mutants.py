@@ -82,6 +82,19 @@ _RDONLY = "O_RDONLY is 0: dropping it from an | changes no bit"
 _CHUNK_SIZE = "the copy's chunk size: fewer or more reads, the same bytes"
 _FD_ZERO = "descriptor 0 is the agent's stdin, always open, so openat2 never returns it"
 _STRERROR = "open_output words its refusal from the errno; this text is never shown"
+_PEP_446 = (
+    "os.open makes every descriptor non-inheritable itself (PEP 446 adds O_CLOEXEC); the "
+    "flag matters only where a descriptor comes from the raw openat2 syscall (held there)"
+)
+_ROOT_CHMOD = (
+    "differs only as root (geteuid is never -1), where each chmod is needless but leaves "
+    "nothing changed: a directory of the tree then removed, made 0700 through a descriptor "
+    "that follows no link (the 65534 tests hold every chmod for any other uid)"
+)
+_FRESH_NAME = (
+    "the counter only has to give each move up a name not used before, and each is checked "
+    "free first: any start, any step but 0 (killed), does"
+)
 EQUIVALENT: dict[tuple[str, str, str], str] = {
     (_VERIFY, "for issuer in chain[1:]:", "for issuer in chain[2:]:"): _UNREACHED_CA_CHECK,
     (_VERIFY, "for issuer in chain[1:]:", "for issuer in chain[0:]:"):
@@ -162,6 +175,29 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
      "os.close(_openat2(root, '', _DIR_FLAGS))"):
         "has_openat2 asks only whether the call exists: ENOENT for '' says so as well",
     (_OUTPUTS, "return None", "pass"): "a function that ends returns None all the same",
+    (_OUTPUTS, "while written < cap:", "while written <= cap:"):
+        "at the cap the read asks for 0 bytes, gets b'' and the loop breaks all the same",
+    (_OUTPUTS, "out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | "
+     "os.O_CLOEXEC,", "out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | "
+     "os.O_CLOEXEC,"):
+        "O_CREAT|O_EXCL already refuses any name that is there, a link included, and never "
+        "follows one (the test with a name planted in the store holds O_EXCL)",
+    (_OUTPUTS, "out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | "
+     "os.O_CLOEXEC,", "out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | "
+     "os.O_NOFOLLOW,"): _PEP_446,
+    (_OUTPUTS, "flags = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC",
+     "flags = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY"): _PEP_446,
+    (_OUTPUTS, "fix_modes = os.geteuid() != 0  # root needs no permission to remove",
+     "fix_modes = os.geteuid() != -1  # root needs no permission to remove"): _ROOT_CHMOD,
+    (_OUTPUTS, "if fix_modes:", "if True:"): _ROOT_CHMOD,
+    (_OUTPUTS, 'if fix_modes:  # moving a directory writes its ".."', "if True:"): _ROOT_CHMOD,
+    (_OUTPUTS, "hoisted = 0", "hoisted = 1"): _FRESH_NAME,
+    (_OUTPUTS, "hoisted = 0", "hoisted = -1"): _FRESH_NAME,
+    (_OUTPUTS, "hoisted += 1", "hoisted -= 1"): _FRESH_NAME,
+    (_OUTPUTS, "hoisted += 1", "hoisted += 2"): _FRESH_NAME,
+    (_OUTPUTS, "if _is_directory(child, inner):  # up to the top: the depth stays 2", "if True:"):
+        "a file (or link) below the top moved up as if a directory is unlinked there in the "
+        "next round: removed all the same, and rename moves a link itself, never its target",
     # policy/compose.py
     (_COMPOSE, "return None", "pass"): "a function that ends returns None all the same",
 }  # fmt: skip

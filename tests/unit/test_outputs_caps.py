@@ -6,7 +6,6 @@ the cap it was checked against."""
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 from pathlib import Path
@@ -141,12 +140,34 @@ def test_a_log_is_cut_at_exactly_its_cap(work: Path, size: int) -> None:
                         if size > 100 else [])  # fmt: skip
 
 
-def test_a_log_the_total_leaves_room_for_is_cut_to_that_room(work: Path) -> None:
+@pytest.mark.parametrize("left", [1, 50])
+def test_a_log_the_total_leaves_room_for_is_cut_to_that_room(work: Path, left: int) -> None:
     one, two = made(work, "one", 70), made(work, "two", 90)
     got, problems = collect(work, ["one", "two"], work.parent / "store", max_file=100,
-                            max_total=120, cut=True)  # fmt: skip
-    assert kept(got) == {"one": one, "two": two[:50]}
-    assert problems == ["two: 90 bytes; only the first 50 were kept"]
+                            max_total=70 + left, cut=True)  # fmt: skip
+    assert kept(got) == {"one": one, "two": two[:left]}
+    assert problems == [f"two: 90 bytes; only the first {left} were kept"]
+
+
+def test_a_stored_file_is_never_written_through_a_name_already_there(
+    work: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The store is new and the agent's, so its names are free; were one taken (a link
+    # to a file of the agent's planted there), the copy must fail rather than write
+    # the payload's bytes into that file.
+    made(work, "out", 10)
+    secret = work.parent / "agent.key"
+    secret.write_bytes(b"the agent's key")
+    real_copy = outputs._copy
+
+    def planted_then_copied(fd: int, target: Path, room: int) -> tuple[str, int]:
+        os.link(secret, target)
+        return real_copy(fd, target, room)
+
+    monkeypatch.setattr(outputs, "_copy", planted_then_copied)
+    with pytest.raises(FileExistsError):
+        collect(work, ["out"], work.parent / "store", max_file=100, max_total=100)
+    assert secret.read_bytes() == b"the agent's key"
 
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["written", "sparse"])
@@ -184,35 +205,3 @@ def test_a_file_that_grows_while_it_is_copied_is_cut_at_its_cap(
     assert len(grown[0]) == start + 3 * cap
     assert kept(got) == {"grows": grown[0][:cap]}
     assert problems == ["next: 10 bytes is over the output caps"]  # 9 left after `cap`
-
-
-def test_every_descriptor_collect_opens_is_close_on_exec(
-    work: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A descriptor without FD_CLOEXEC leaks into any process started meanwhile (the
-    # agent runs other jobs' sandboxes). Each is read from the kernel where it is used.
-    (work / "sub").mkdir()
-    made(work, "sub/f", 10)
-    flags: dict[str, list[int]] = {"work directory": [], "stored file": []}
-
-    def cloexec(fd: int) -> int:
-        return fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
-
-    real_open_output, real_write = outputs.open_output, os.write
-
-    def opening(dir_fd: int, name: str, **kwargs: bool) -> int:
-        flags["work directory"].append(cloexec(dir_fd))
-        return real_open_output(dir_fd, name, **kwargs)
-
-    def writing(fd: int, data: bytes) -> int:
-        flags["stored file"].append(cloexec(fd))
-        return real_write(fd, data)
-
-    monkeypatch.setattr(outputs, "open_output", opening)
-    monkeypatch.setattr(os, "write", writing)
-    for use_openat2 in (None, False):  # None: openat2 where the kernel has it
-        got, _ = collect(work, ["sub/f"], work.parent / f"store-{use_openat2}", max_file=100,
-                         max_total=100, use_openat2=use_openat2)  # fmt: skip
-        assert list(kept(got)) == ["sub/f"]
-    assert flags == {"work directory": [fcntl.FD_CLOEXEC] * 2,
-                     "stored file": [fcntl.FD_CLOEXEC] * 2}  # fmt: skip

@@ -212,6 +212,27 @@ def test_the_descriptor_handed_back_is_close_on_exec_and_blocking(
         os.close(fd)
 
 
+def test_the_descriptor_asking_for_openat2_is_close_on_exec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # has_openat2 opens "/" through openat2 itself, a raw syscall: no O_CLOEXEC is added
+    # for it as os.open adds one (PEP 446), so it must be in the flags it passes. However
+    # briefly open, a descriptor without it leaks into a process another thread forks.
+    # The flag is read from the kernel as each descriptor is closed.
+    needs(True)
+    real_close = os.close
+    seen: list[int] = []
+
+    def closing(fd: int) -> None:
+        seen.append(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)
+        real_close(fd)
+
+    monkeypatch.setattr(os, "close", closing)
+    assert has_openat2() is True
+    monkeypatch.undo()
+    assert seen == [fcntl.FD_CLOEXEC] * 2  # the openat2 one, then the "/" it was under
+
+
 @pytest.mark.parametrize("use_openat2", OPENERS)
 def test_a_fifo_is_refused_without_waiting_for_a_writer(
     work: Path, root_fd: int, use_openat2: bool
