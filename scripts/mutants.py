@@ -190,6 +190,8 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     (_OUTPUTS, "fix_modes = os.geteuid() != 0  # root needs no permission to remove",
      "fix_modes = os.geteuid() != -1  # root needs no permission to remove"): _ROOT_CHMOD,
     (_OUTPUTS, "if fix_modes:", "if True:"): _ROOT_CHMOD,
+    (_OUTPUTS, "if fix_modes:  # first: a top the payload left 000 could not even be opened",
+     "if True:"): _ROOT_CHMOD,
     (_OUTPUTS, 'if fix_modes:  # moving a directory writes its ".."', "if True:"): _ROOT_CHMOD,
     (_OUTPUTS, "hoisted = 0", "hoisted = 1"): _FRESH_NAME,
     (_OUTPUTS, "hoisted = 0", "hoisted = -1"): _FRESH_NAME,

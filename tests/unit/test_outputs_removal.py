@@ -28,10 +28,9 @@ PYTHON = "/usr/bin/python3"  # the venv's may live where 65534 cannot read it
 SECRET = b"the agent's own file, outside the work directory\n"
 
 # What the payload (uid 65534) leaves: run as 65534 in the directory given, it makes
-# `outside` (what must survive as it is) and `work` (what must go), and says what the
-# outside looked like.
+# `outside` (what must survive as it is) and `work` (what must go).
 BUILD = textwrap.dedent("""
-    import json, os, sys
+    import os, sys
     os.chdir(sys.argv[1])
     secret = sys.argv[2].encode()
     os.makedirs("outside/vdir/inner")
@@ -72,7 +71,6 @@ BUILD = textwrap.dedent("""
                        ("work/locked", 0), ("work/readonly/sub", 0o500),
                        ("work/readonly", 0o500), ("work/.removing-1", 0), ("work", 0o500)]:
         os.chmod(path, mode)
-    print(json.dumps(sys.argv[3:]))
 """)
 
 REMOVE = textwrap.dedent("""
@@ -307,3 +305,22 @@ def test_the_removal_leaves_no_descriptor_open(tmp_path: Path) -> None:
     assert remove_workdir(work) is None and not work.exists()
     assert remove_workdir(work) == f"{work}: No such file or directory"
     assert set(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_dangling_link_is_a_name_taken_too(tmp_path: Path) -> None:
+    # Links named as the moves will be, dangling (as a link, the name is taken; what it
+    # points at is not looked at), among directories that each make one move. Which is
+    # met first is the directory's order: it is read here as the removal will read it,
+    # to be sure some link is still there when a move wants its name.
+    work = tmp_path / "work"
+    work.mkdir()
+    count = 20
+    for i in range(count):
+        (work / f"d{i}" / "sub").mkdir(parents=True)
+        (work / f".removing-{i + 1}").symlink_to(f"nowhere-{i}")
+    order = os.listdir(work)
+    dirs = [n for n in order if n.startswith("d")]
+    assert any(order.index(f".removing-{k}") > order.index(dirs[k - 1])
+               for k in range(1, count + 1))  # fmt: skip
+    assert remove_workdir(work) is None
+    assert not work.exists()
