@@ -40,6 +40,19 @@ def free(path: Path) -> int:
     return info.f_bavail * info.f_frsize
 
 
+def fills_to_enospc(workdir: Path, node: Path) -> None:
+    """Write 64 MiB into ``workdir``: ENOSPC comes first, and the node's disk around it
+    does not move (the image took its space up front)."""
+    node_free = free(node)
+    with open(workdir / "filler", "wb") as file, pytest.raises(OSError) as info:
+        for _ in range(64):
+            file.write(b"\xff" * MIB)
+            file.flush()
+            os.fsync(file.fileno())
+    assert info.value.errno == errno.ENOSPC
+    assert free(node) == node_free
+
+
 def mounted(path: Path) -> bool:
     with open("/proc/self/mountinfo", encoding="utf-8") as table:
         return any(line.split()[4] == str(path) for line in table)
@@ -62,14 +75,7 @@ def test_the_job_gets_its_size_and_not_a_byte_more(small_disk: Path) -> None:
         with open(workdir / "big", "wb") as file, pytest.raises(OSError) as info_:
             os.posix_fallocate(file.fileno(), 0, 64 * MIB)
         assert info_.value.errno == errno.ENOSPC
-        node_free = free(small_disk)
-        with open(workdir / "filler", "wb") as file, pytest.raises(OSError) as info_:
-            for _ in range(64):
-                file.write(b"\xff" * MIB)
-                file.flush()
-                os.fsync(file.fileno())
-        assert info_.value.errno == errno.ENOSPC
-        assert free(small_disk) == node_free  # the node's disk did not move
+        fills_to_enospc(workdir, small_disk)
         # nosuid, nodev: the job cannot plant a setuid binary or a device there
         table = Path("/proc/self/mountinfo").read_text(encoding="utf-8").splitlines()
         options = next(line.split()[5] for line in table if line.split()[4] == str(workdir))
@@ -108,14 +114,7 @@ def test_the_unprivileged_pilots_way_holds_the_size_too(small_disk: Path) -> Non
     disk = workdisk.make(workdir, 20 * MIB, None, kind="fuse2fs")
     try:
         assert mounted(workdir) and disk.kind == "fuse2fs"
-        node_free = free(small_disk)
-        with open(workdir / "filler", "wb") as file, pytest.raises(OSError) as info:
-            for _ in range(64):
-                file.write(b"\xff" * MIB)
-                file.flush()
-                os.fsync(file.fileno())
-        assert info.value.errno == errno.ENOSPC
-        assert free(small_disk) == node_free
+        fills_to_enospc(workdir, small_disk)
     finally:
         problem = disk.release()
     assert problem is None

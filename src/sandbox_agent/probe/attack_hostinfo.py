@@ -145,35 +145,32 @@ def mount_sources(config: Config) -> Result:
     return common.blocked(f"no mount of {len(mounts)} names a host path of the agent's{skipped}")
 
 
+def _file_read(path: str) -> str:
+    data = common.read(path, 4096)
+    return f"{path} ({len(data)} bytes: {data[:40]!r})" if data else ""
+
+
+def _directory_listed(path: str) -> str:
+    names = os.listdir(path)
+    return f"{path} lists {sorted(names)[:5]}" if names else ""
+
+
 def host_wide_proc(config: Config) -> Result:
     """Read the host-wide files of /proc that describe the node (its kernel's command
     line and configuration, its boot id, disk and interrupt counters, keys, timer and
     scheduler lists naming host processes) and list its hardware directories."""
-    read, seen = [], []
-    for path in HOST_WIDE:
-        try:
-            data = common.read(path, 4096)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            seen.append(common.oserror(path, exc))
-            continue
-        if data:
-            read.append(f"{path} ({len(data)} bytes: {data[:40]!r})")
-        else:
-            seen.append(f"{path}: empty")
-    for path in HOST_WIDE_DIRS:
-        try:
-            names = os.listdir(path)
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            seen.append(common.oserror(path, exc))
-            continue
-        if names:
-            read.append(f"{path} lists {sorted(names)[:5]}")
-        else:
-            seen.append(f"{path}: empty")
+    read: list[str] = []
+    seen: list[str] = []
+    for paths, look in ((HOST_WIDE, _file_read), (HOST_WIDE_DIRS, _directory_listed)):
+        for path in paths:
+            try:
+                shown = look(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                seen.append(common.oserror(path, exc))
+                continue
+            (read if shown else seen).append(shown or f"{path}: empty")
     if not read and not seen:
         return common.na("this kernel has none of them")
     return common.either(read, seen)
