@@ -209,6 +209,15 @@ def test_a_log_over_its_cap_is_cut_there_and_the_cut_is_a_problem(
         "problems"] == manifest.problems  # fmt: skip
 
 
+def test_the_wrappers_log_cut_by_the_agent_is_a_problem_too(workdir: Path, tmp_path: Path) -> None:
+    storage = Storage(tmp_path / "outputs")
+    manifest = storage.save(7, 0, "DONE", workdir, (), b"w" * 100, wrapper_log_size=100)
+    assert manifest.problems == [] and storage.log(7, "wrapper.log") == b"w" * 100
+    manifest = storage.save(8, 0, "DONE", workdir, (), b"w" * 100, wrapper_log_size=5000)
+    assert manifest.problems == ["log wrapper.log: 5000 bytes; only the first 100 were kept"]
+    assert manifest.refused == []
+
+
 def test_a_log_the_payload_replaced_with_a_link_is_a_problem(workdir: Path, tmp_path: Path) -> None:
     (workdir / "stdout").unlink()
     (workdir / "stdout").symlink_to(workdir / "log.txt")

@@ -468,7 +468,9 @@ class Attempt:
             else:
                 self.agent.storage.save(job.id, job.resubmission, "WAITING", workdir, (),
                                         result.wrapper_log if result else b"",
-                                        caps=Caps.from_policy(self.effective))  # fmt: skip
+                                        caps=Caps.from_policy(self.effective),
+                                        wrapper_log_size=result.wrapper_log_size if result
+                                        else 0)  # fmt: skip
                 return Report(job.id, job.resubmission, "WAITING",
                               "handed back to the queue: the agent was told to stop", None,
                               time.monotonic() - started, handed_back=True,
@@ -490,9 +492,9 @@ class Attempt:
             log = result.wrapper_log if result else b""
             caps = Caps.from_policy(self.effective)
             try:
-                manifest = self.agent.storage.save(job.id, job.resubmission, state, workdir,
-                                                   entries, log, usage=_usage(result),
-                                                   caps=caps)  # fmt: skip
+                manifest = self.agent.storage.save(
+                    job.id, job.resubmission, state, workdir, entries, log, usage=_usage(result),
+                    caps=caps, wrapper_log_size=result.wrapper_log_size if result else 0)
             except OSError as exc:
                 full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
                 if full:

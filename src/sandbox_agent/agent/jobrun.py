@@ -43,6 +43,7 @@ class JobResult:
     states: list[str] = field(default_factory=list)  # as the wrapper reported them
     session: session.SessionResult | None = None
     wrapper_log: bytes = b""  # the first LOG_CAP bytes the wrapper wrote on its stderr
+    wrapper_log_size: int = 0  # how many it wrote in all
     argv: tuple[str, ...] = ()  # what the sandbox was started with (for the audit record)
     image: dict[str, Any] | None = None  # the image it ran on (images.prepare); None: the host's
 
@@ -76,6 +77,7 @@ class _Conversation:
         self.frames: list[dict[str, Any]] = []
         self.problem = ""
         self.log = b""
+        self.log_size = 0  # bytes the wrapper wrote on its stderr, kept or not
         self.threads: list[threading.Thread] = []
 
     def start(self, process: Popen[bytes]) -> None:
@@ -116,6 +118,7 @@ class _Conversation:
         try:
             while chunk := stream.read1(65536):  # type: ignore[attr-defined]
                 self.log += chunk[: max(0, LOG_CAP - len(self.log))]
+                self.log_size += len(chunk)
         except OSError:
             pass
         finally:
@@ -150,7 +153,7 @@ def run_job(
                               name=name, held=held)  # fmt: skip
         talk.join()
     result = decide(outcome, talk.frames, talk.problem)
-    result.wrapper_log = talk.log
+    result.wrapper_log, result.wrapper_log_size = talk.log, talk.log_size
     result.argv = plan.argv
     result.image = image.record() if image is not None else None
     return result

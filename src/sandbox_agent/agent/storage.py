@@ -262,10 +262,12 @@ class Storage:
         wrapper_log: bytes = b"",
         usage: dict[str, object] | None = None,
         caps: Caps = DEFAULT_CAPS,
+        wrapper_log_size: int = 0,
     ) -> Manifest:
         """Keep the outputs ``entries`` name and the job's logs within ``caps`` (give
         ``Caps.from_policy`` of the job's policy); call only once every process of the
-        job is gone."""
+        job is gone. ``wrapper_log_size``: the bytes the wrapper wrote on its stderr, of
+        which ``wrapper_log`` is the part the agent kept (a cut is a problem too)."""
         where = self.attempt(job_id, resubmission)
         if where.exists():  # a previous save of this attempt was cut short: start over
             shutil.rmtree(where)
@@ -308,6 +310,9 @@ class Storage:
         if wrapper_log:
             (where / "logs" / "wrapper.log").write_bytes(wrapper_log)
             manifest.logs.append("wrapper.log")
+        if wrapper_log_size > len(wrapper_log):
+            manifest.problems.append(f"log wrapper.log: {wrapper_log_size} bytes; only the "
+                                     f"first {len(wrapper_log)} were kept")  # fmt: skip
         (where / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
         return manifest
 
