@@ -55,3 +55,10 @@ def printable(text: str | bytes, *, lines: bool = False) -> str:
     if isinstance(text, bytes):
         text = text.decode("utf-8", "surrogateescape")
     return (_LINES if lines else _ONE_LINE).sub(_escape, text)
+
+
+def clipped(text: object, limit: int) -> str:
+    """``text`` (anything from elsewhere: a peer, a payload, an exception) as one
+    printable line of at most ``limit`` characters, '...' ending a longer one."""
+    shown = printable(str(text))
+    return shown if len(shown) <= limit else shown[:limit] + "..."

@@ -209,7 +209,7 @@ def test_process_names_in_reports_are_printable() -> None:
             time.sleep(0.01)
     finally:
         report = group.teardown()
-    assert [s.name for s in report.survivors] == ["x?forged: ok"]
+    assert [s.name for s in report.survivors] == ["x\\x0aforged: ok"]
     assert "\n" not in report.summary()
 
 

@@ -45,6 +45,7 @@ from sandbox_agent.limits.cgroups import CgroupError, discover
 from sandbox_agent.limits.monitor import StopRequest
 from sandbox_agent.policy import Policy, PolicyRejection, compose
 from sandbox_agent.policy.compose import EffectivePolicy
+from sandbox_agent.printable import clipped
 from sandbox_agent.queue import Job, Store
 from sandbox_agent.runtime.agentproc import harden, raise_terminated, signals_handled
 from sandbox_agent.runtime.launch import SANDBOX_HOST_UID
@@ -284,14 +285,14 @@ class Pilot:
                    "leaked": outcome.leaked, "seconds": round(outcome.seconds, 2)})  # fmt: skip
         broken = [r for r in outcome.rows if r.detail.startswith("probe error")]
         if broken:
-            said = "".join(c if c.isprintable() else "?" for c in broken[0].detail)[:300]
+            said = clipped(broken[0].detail, 300)
             raise PilotError(f"preflight: the probe failed on {broken[0].attack} ({said}); a "
                              "pilot that cannot prove isolation takes no work")  # fmt: skip
         if outcome.leaked:
             first = next((r for r in outcome.rows if r.result == "LEAKED"), None)
             fix = f"; expected defence: {first.defence}" if first else ""
             # what leaked is the probe's (the payload's) word: one printable line of it
-            said = "".join(c if c.isprintable() else "?" for c in outcome.leaked[0])[:300]
+            said = clipped(outcome.leaked[0], 300)
             raise PilotError(f"preflight: the sandbox leaked ({said}{fix}); this "
                              "pilot takes no work until that is fixed; `sandbox-agent selftest "
                              f"--policy {self.config.policy.name}` shows every attack")  # fmt: skip

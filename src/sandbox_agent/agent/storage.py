@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 from sandbox_agent.agent import outputs
 from sandbox_agent.jdl import OutputSpec
 from sandbox_agent.policy.schema import FIELDS, LIMITS
+from sandbox_agent.printable import clipped
 from sandbox_agent.wrapper.jobwrapper import TOKEN_DIR
 from sandbox_agent.wrapper.packaging import MAX_DEPTH, matches  # the wrapper's rules
 
@@ -209,7 +210,7 @@ def archive_problem(path: Path, archive: str, patterns: Sequence[str], max_total
                         pass
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError,
             ValueError, RuntimeError, NotImplementedError) as exc:  # fmt: skip
-        shown = "".join(c if c.isprintable() else "?" for c in str(exc))[:200]
+        shown = clipped(exc, 200)
         return f"{archive}: not a zip the wrapper made ({shown}); the archive was not kept"
     return None
 

@@ -23,6 +23,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from cryptography import x509
 
 from sandbox_agent.broker.files import FILE_CAP
+from sandbox_agent.printable import clipped
 from sandbox_agent.tokens import Role, TokenError
 from sandbox_agent.tokens.roles import identity_of
 
@@ -297,4 +298,4 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return str(exc.reason).lower().replace("_", " ")
     text = str(exc) or type(exc).__name__
-    return "".join(c if c.isprintable() else "?" for c in text)[:200]
+    return clipped(text, 200)

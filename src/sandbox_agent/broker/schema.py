@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sandbox_agent.printable import clipped
+
 
 class BadRequest(ValueError):
     """A request that is not what its endpoint takes: one line."""
@@ -87,8 +89,7 @@ def _is_int(value: Any) -> bool:
 
 def _shown(text: object, limit: int = 40) -> str:
     """A name from the client, for a message: printable, clipped, quoted."""
-    shown = "".join(c if c.isprintable() else "?" for c in str(text))
-    return repr(shown if len(shown) <= limit else shown[:limit] + "...")
+    return repr(clipped(text, limit))
 
 
 def openapi_schema(fields: Mapping[str, Field]) -> dict[str, Any]:

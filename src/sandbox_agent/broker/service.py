@@ -37,6 +37,7 @@ from sandbox_agent.broker.caller import Caller, Refused
 from sandbox_agent.broker.endpoints import Endpoints
 from sandbox_agent.broker.schema import BadRequest, check
 from sandbox_agent.handoff import strict_loads
+from sandbox_agent.printable import clipped
 from sandbox_agent.tokens import Role, TokenError
 from sandbox_agent.tokens.errors import StaleRevocationList
 from sandbox_agent.tokens.verify import TokenVerifier
@@ -435,8 +436,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def _printable(text: object, limit: int) -> str:
-    shown = "".join(c if c.isprintable() else "?" for c in str(text))
-    return shown if len(shown) <= limit else shown[:limit] + "..."
+    return clipped(text, limit)
 
 
 def _peer(address: Any) -> str:

@@ -15,6 +15,7 @@ from cryptography import x509
 from sandbox_agent.broker.caller import Caller, Refused
 from sandbox_agent.broker.files import FileRefused, FileStore
 from sandbox_agent.broker.inputs import InputRefused, Inputs
+from sandbox_agent.printable import clipped
 from sandbox_agent.queue import State, Store, states
 from sandbox_agent.tokens import TokenAuthority, fingerprint
 
@@ -128,7 +129,7 @@ class Transfers:
                     not isinstance(name, str):  # fmt: skip
                 raise ValueError("job.id and job.resubmission must be integers, agent.name text")
         except (ValueError, KeyError, TypeError, RecursionError) as exc:  # AuditError too
-            shown = "".join(c if c.isprintable() else "?" for c in str(exc))[:300]
+            shown = clipped(exc, 300)
             raise Refused(400, f"not a valid audit record: {shown}") from None
         if about != job.id:
             raise Refused(400, f"the record is about job {about}, not job {job.id}")

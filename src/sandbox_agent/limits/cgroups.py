@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sandbox_agent.printable import clipped
+
 if TYPE_CHECKING:
     from sandbox_agent.policy.compose import EffectivePolicy
 
@@ -254,7 +256,7 @@ def _comm(pid: int) -> str:
     """A process's name as a person may see it: the payload chose it, so no control
     characters (a newline would forge a line of the agent's output)."""
     text = (_read(Path(f"/proc/{pid}/comm")) or "?").strip()
-    return "".join(c if c.isprintable() else "?" for c in text)[:16] or "?"
+    return clipped(text, 16) or "?"
 
 
 def discover(

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from sandbox_agent.printable import printable
 from sandbox_agent.runtime.launch import SANDBOX_HOST_UID
 
 RUNTIMES = ("bwrap", "apptainer", "singularity", "docker", "podman")
@@ -327,7 +328,7 @@ def _first_line(text: str) -> str:
 
 def _printable(text: str) -> str:
     """One printable line: reasons end up on a terminal and in logs."""
-    return "".join(char if char.isprintable() else "?" for char in text)
+    return printable(text)
 
 
 def _clean(text: str) -> str:

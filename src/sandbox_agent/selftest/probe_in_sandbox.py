@@ -29,6 +29,7 @@ from sandbox_agent.jdl import load_job
 from sandbox_agent.limits import workdisk
 from sandbox_agent.policy import compose
 from sandbox_agent.policy.model import Policy
+from sandbox_agent.printable import clipped
 from sandbox_agent.probe import RUNNER, probe_files
 from sandbox_agent.runtime.launch import SANDBOX_HOST_UID, check_workdir
 from sandbox_agent.runtime.plan import environment
@@ -177,7 +178,7 @@ def _rows(answer: dict[str, Any], table: dict[str, dict[str, str]],
     missing = [name for name in asked if name not in answer]
     extra = [name for name in answer if name not in asked]
     if missing or extra:
-        extra = ["".join(c if c.isprintable() else "?" for c in n)[:40] for n in extra]
+        extra = [clipped(n, 40) for n in extra]
         raise SelftestError(f"the probe's answer does not match what was asked (missing: "
                             f"{', '.join(missing[:5]) or 'none'}; not asked: "
                             f"{', '.join(extra[:5]) or 'none'})")  # fmt: skip
