@@ -21,8 +21,8 @@ def test_a_usage_line_from_afar_is_printable_and_skips_what_is_not_a_number() ->
 
 
 def test_a_header_imitated_with_unseen_characters_is_escaped_too() -> None:
-    """A joiner or a combining mark inside '==>', or blanks before it, draw nothing a
-    reader sees: such a line is shown with a visible escape, as a plain '==>' is."""
+    """A joiner or a combining mark inside '==>', or blanks or fillers before it, draw
+    nothing a reader sees: every '==>' a payload wrote is shown with its '=' escaped."""
     from sandbox_agent.cli.results import _shown
 
     forged = ["==> stderr <==", "=\u200d=> stderr <==", "=\u034f=> stderr <==",
@@ -30,5 +30,6 @@ def test_a_header_imitated_with_unseen_characters_is_escaped_too() -> None:
     shown = _shown("stdout", ("\n".join([*forged, "a ==> b"]) + "\n").encode(), True)
     lines = shown.decode().splitlines()
     assert lines[0] == "==> stdout <=="  # our header, the only line that begins with it
-    assert all(line.startswith("\\x3d") or line.startswith("\\u200b") for line in lines[1:6])
-    assert lines[6] == "a ==> b"
+    assert not any("==>" in line for line in lines[1:])
+    assert all("\\x3d" in line for line in lines[1:6])
+    assert lines[6] == "a \\x3d=> b"  # anywhere in a line: nothing before it can hide it

@@ -184,5 +184,5 @@ def test_the_submitters_environment_and_private_files_elsewhere_are_refused(pilo
     if pilot.home.stat().st_uid != 0:
         os.chown(private, NOBODY, NOBODY)
     submit_refused(pilot, f'Executable = "/bin/cat";\nInputFile = {{"{private}"}};\n',
-                   f"InputFile {private}", "is private to its owner (mode 0600)")  # fmt: skip
+                   f"InputFile {private}", "is not readable by others (mode 0600")  # fmt: skip
     assert not any(b"hunter2" in data for data in pilot.stored())

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,9 +41,19 @@ def opener(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> I
 
 
 @pytest.fixture
-def site(tmp_path: Path) -> Path:
+def site() -> Iterator[Path]:
     """A home with the agent's key and CA key, a user's job directory beside it, and a
-    denied tree (like /home) holding someone else's file."""
+    denied tree (like /home) holding someone else's file; under a directory others may
+    search (pytest's own is closed to them: every file in it would count as private)."""
+    tmp_path = Path(tempfile.mkdtemp(dir="/tmp", prefix="sandbox-agent-reach-"))
+    tmp_path.chmod(0o755)
+    try:
+        yield _site(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _site(tmp_path: Path) -> Path:
     certs = tmp_path / "home" / "certs"
     certs.mkdir(parents=True)
     for name in ("jobagent.key", "ca.key"):
@@ -215,7 +228,13 @@ def test_a_private_file_is_staged_only_as_the_jobs_own(opener: str, site: Path) 
     backup = site / "open" / "shadow-"
     backup.write_bytes(b"root:$6$hash\n")
     backup.chmod(0o640)
-    assert "is private to its owner (mode 0640) and lies outside" in refused(site, str(backup))
+    assert "is not readable by others (mode 0640" in refused(site, str(backup))
+    # a file readable by all in a directory others cannot enter is private too
+    closed = site / "open" / "closed"
+    closed.mkdir(mode=0o700)
+    (closed / "pypirc").write_bytes(b"password = x\n")
+    (closed / "pypirc").chmod(0o644)
+    assert "or a directory above it closed to them" in refused(site, str(closed / "pypirc"))
     (job / ".git-credentials").write_bytes(b"https://alice:token@example\n")
     (job / ".git-credentials").chmod(0o600)
     assert "and hidden ('.git-credentials')" in refused(site, ".git-credentials")
@@ -232,3 +251,35 @@ def test_a_private_file_is_staged_only_as_the_jobs_own(opener: str, site: Path) 
     # the same file from a directory that is nobody's home is the job's own
     elsewhere = Deny(homes=(str(site / "elsewhere"),))
     open_user_file("job/mine.txt", base=home, deny=elsewhere, key="InputFile").close()
+
+
+def test_a_directory_others_may_write_cannot_vouch_for_a_private_file(
+    opener: str, site: Path
+) -> None:
+    """A JDL saved straight into /tmp (a Kerberos cache beside it), or under a directory
+    someone else owns (who could swap it for a symlink while the JDL is read)."""
+    shared = site / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    (shared / "krb5cc_0").write_bytes(b"ticket\n")
+    (shared / "krb5cc_0").chmod(0o600)
+    message = refused(site, "krb5cc_0", base=shared)
+    assert f"cannot vouch for it: {shared} is writable by others" in message
+    theirs = site / "theirs"
+    (theirs / "job").mkdir(parents=True)
+    os.chown(theirs, 4242, 4242)
+    (theirs / "job" / "key").write_bytes(b"private\n")
+    (theirs / "job" / "key").chmod(0o600)
+    assert f"{theirs} belongs to uid 4242" in refused(site, "key", base=theirs / "job")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a procfs needs root")
+def test_a_procfs_mounted_elsewhere_is_still_the_kernels(site: Path) -> None:
+    job = site / "users" / "alice" / "job"
+    (job / "proc").mkdir()
+    subprocess.run(["mount", "-t", "proc", "proc", str(job / "proc")], check=True)
+    try:
+        for named in ("proc/self/environ", "proc/sys/kernel/hostname", "proc/version"):
+            assert "is a file of the kernel's (a kernel filesystem)" in refused(site, named)
+    finally:
+        subprocess.run(["umount", "-l", str(job / "proc")], check=False)

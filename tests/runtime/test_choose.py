@@ -235,7 +235,8 @@ def test_a_tool_that_is_not_a_program_is_a_reason_not_an_exception(bindir: Path)
 def test_a_tools_message_becomes_one_printable_line(bindir: Path) -> None:
     fake_bwrap(bindir, "0.8.0", r"printf 'bwrap: bad\033[31m thing\nsecond line\n' >&2; exit 1")
     found = available("bwrap", environ={"PATH": str(bindir)})
-    assert found.reason == f"bwrap could not start a test sandbox{AS_USER}: bwrap: bad\\x1b[31m thing"
+    said = "bwrap: bad\\x1b[31m thing"  # the ESC shown as its escape; one line
+    assert found.reason == f"bwrap could not start a test sandbox{AS_USER}: {said}"
 
 
 # -- Docker, for real; Podman stood in for -------------------------------------------------

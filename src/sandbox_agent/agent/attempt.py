@@ -257,7 +257,12 @@ class Attempt:
         if short is not None:  # the match saw room; another job took it since
             raise NoRoom(errno.ENOSPC, short)
         self.workdir = workdir  # removed whatever happens next
-        self.disk = workdisk.prepare(workdir, self.effective, owner)
+        try:
+            self.disk = workdisk.prepare(workdir, self.effective, owner)
+        except workdisk.DiskError as exc:
+            if exc.errno == errno.ENOSPC:  # another pilot on this disk took the room first
+                raise NoRoom(errno.ENOSPC, str(exc)) from None
+            raise
         check_workdir(workdir, self.effective)
         return workdir
 

@@ -30,6 +30,7 @@ def user_deny(ctx: typer.Context, policy: str = "default", extra: tuple[str, ...
     jobs' outputs, the queue), ``extra`` credentials (a broker token's files) and the
     user's own (policy.reach). A policy that cannot be read is exit 2."""
     from sandbox_agent.policy import PolicyError, compose, load_policy, policy_dirs
+    from sandbox_agent.policy.model import Item
     from sandbox_agent.policy.reach import Deny, user_credentials, user_homes
 
     home = home_of(ctx)
@@ -39,8 +40,10 @@ def user_deny(ctx: typer.Context, policy: str = "default", extra: tuple[str, ...
     except PolicyError as exc:
         fail(str(exc))
     # the home's own credentials named first, so a refusal names them rather than the home
-    return Deny.of(effective["filesystem.deny"].value, [*user_credentials(), str(home)],
-                   user_homes())
+    # the submitter's homes are denied too, but for a JDL's own directory within one
+    homes = user_homes()
+    items = [*effective["filesystem.deny"].value, *(Item(h, "the submitter's home") for h in homes)]
+    return Deny.of(items, [*user_credentials(), str(home)], homes)
 
 
 def open_catalogue(ctx: typer.Context) -> Catalogue:
@@ -74,7 +77,8 @@ def catalogue_add(
     deny = user_deny(ctx)
     with open_catalogue(ctx) as catalogue:
         try:
-            opened = open_user_file(str(file), base=Path.cwd(), deny=deny, key="catalogue add")
+            opened = open_user_file(str(file), base=Path.cwd(), deny=deny, key="catalogue add",
+                                    own_choice=True)  # fmt: skip
         except PathRefused as exc:
             fail(str(exc))
         try:

@@ -29,11 +29,12 @@ from sandbox_agent.printable import printable
 from sandbox_agent.queue import StoreError, TransitionError
 
 STREAMS = ("stdout", "stderr", "wrapper.log")
-# A payload's line that starts like one of our headers ('==> stderr <==') is shown with
-# a visible escape first: in the text `logs` prints, only the headers begin with '==>'.
-# Judged without the characters a terminal draws as nothing or on top of the one before
-# (joiners, combining marks) and without leading blanks, which a reader does not see.
-_UNSEEN = frozenset({"Cf", "Mn", "Me"})
+# A payload's line that reads '==>' anywhere once what a terminal draws as nothing or
+# as a blank is left out (joiners, combining marks, spaces, Hangul fillers) is shown
+# with its first '=' escaped: only our headers ('==> stderr <==') then begin with '==>'.
+_UNSEEN = frozenset({"Cf", "Mn", "Me", "Zs", "Cc"})
+_FILLERS = frozenset({"\u115f", "\u3164", "\uffa0", "\u2800"}) | \
+    {chr(c) for c in (*range(0x1160, 0x1200), *range(0xD7B0, 0xD800))}  # fmt: skip
 
 
 @app.command("outputs")
@@ -123,11 +124,13 @@ def logs(
 
 
 def _unlike_a_header(line: str) -> str:
-    """``line``, prefixed with a visible escape if a reader could take it for a header."""
-    seen = "".join(c for c in line if unicodedata.category(c) not in _UNSEEN).lstrip()
-    if not seen.startswith("==>"):
+    """``line``, its first '=' escaped if a reader could see '==>' in it."""
+    seen = "".join(c for c in line
+                   if c not in _FILLERS and unicodedata.category(c) not in _UNSEEN)  # fmt: skip
+    if "==>" not in seen:
         return line
-    return "\\x3d" + (line[1:] if line.startswith("=") else line)  # the '=' shown escaped
+    at = line.index("=")
+    return line[:at] + "\\x3d" + line[at + 1:]
 
 
 def _shown(name: str, data: bytes, headed: bool) -> bytes:

@@ -32,11 +32,13 @@ path would expose it too.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import posixpath
 import pwd
 import stat
+import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,13 +96,18 @@ def user_credentials(environ: Mapping[str, str] | None = None, uid: int | None =
     the usual directories of keys under the home directory."""
     environ = os.environ if environ is None else environ
     uid = os.getuid() if uid is None else uid
-    home = home if home is not None else environ.get("HOME") or os.path.expanduser("~")
+    homes = [home] if home is not None else user_homes(environ)
     runtime = environ.get("XDG_RUNTIME_DIR") or f"/run/user/{uid}"
-    found = [f"/tmp/x509up_u{uid}", f"/tmp/bt_u{uid}", f"{runtime}/bt_u{uid}"]  # noqa: S108
+    found = [f"/tmp/x509up_u{uid}", f"/tmp/bt_u{uid}", f"/tmp/krb5cc_{uid}",  # noqa: S108
+             runtime]  # fmt: skip
     found += [environ[v] for v in ("X509_USER_PROXY", "X509_USER_KEY", "X509_USER_CERT",
                                    "BEARER_TOKEN_FILE") if environ.get(v)]  # fmt: skip
-    if home and home.startswith("/"):
-        found += [posixpath.join(home, name) for name in USER_SECRETS]
+    kerberos = environ.get("KRB5CCNAME", "")
+    if kerberos.removeprefix("FILE:").startswith("/"):
+        found.append(kerberos.removeprefix("FILE:"))
+    for each in homes:
+        if each.startswith("/") and each != "/":
+            found += [posixpath.join(each, name) for name in USER_SECRETS]
     return [os.path.abspath(p) for p in found]
 
 
@@ -119,10 +126,13 @@ class UserFile:
             self.fd = -1
 
 
-def open_user_file(named: str, *, base: Path | None, deny: Deny, key: str) -> UserFile:
+def open_user_file(named: str, *, base: Path | None, deny: Deny, key: str,
+                   own_choice: bool = False) -> UserFile:  # fmt: skip
     """``named`` (relative to ``base``, or absolute) opened for reading, if it is a
     regular file that ``deny`` lets it reach; PathRefused, naming ``key`` (the JDL key
-    or the command), otherwise. The caller closes it."""
+    or the command), otherwise. ``own_choice``: the user named it on the command line
+    (`catalogue add`), not in a JDL, so a private file of theirs is theirs to give.
+    The caller closes it."""
     relative = not named.startswith("/")
     if relative and base is None:
         raise PathRefused(f"{key} {_show(named)}: give an absolute path")
@@ -140,8 +150,8 @@ def open_user_file(named: str, *, base: Path | None, deny: Deny, key: str) -> Us
             raise PathRefused(f"{key} {_show(named)}: {_show(real)} is not a regular file; "
                               "name a file, not a directory, FIFO or device")  # fmt: skip
         judge(real, info, deny, key=key, named=named, base=base_real)
-        _check_kernel_file(real, key, named)
-        if not info.st_mode & 0o004:
+        _check_kernel_file(fd, real, key, named)
+        if not own_choice and not _public(real, info):
             _check_private(real, info, base_real, deny.homes, key, named)
         try:
             readable = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
@@ -219,25 +229,89 @@ def user_homes(environ: Mapping[str, str] | None = None) -> list[str]:
 
 
 KERNEL_TREES = ("/proc", "/sys", "/dev")
+# statfs(2) magic numbers of the kernel's own filesystems, wherever they are mounted (a
+# build chroot's proc): proc, sysfs, debugfs, tracefs, securityfs, efivarfs, configfs,
+# bpf, cgroup, cgroup2, devpts, pstore, fusectl, binfmt_misc, mqueue
+KERNEL_FILESYSTEMS = frozenset({0x9FA0, 0x62656572, 0x64626720, 0x74726163, 0x73636673,
+                                0xDE5E81E4, 0x62656570, 0xCAFE4A11, 0x27E0EB, 0x63677270,
+                                0x1CD1, 0x6165676C, 0x65735543, 0x42494E4D,
+                                0x19800202})  # fmt: skip
 
 
-def _check_kernel_file(real: str, key: str, named: str) -> None:
+def _check_kernel_file(fd: int, real: str, key: str, named: str) -> None:
     """The kernel's files are nobody's input (/proc/self/environ is the submitter's
-    environment, tokens included)."""
+    environment, tokens included): judged by the filesystem the descriptor is on, and
+    by the usual places (devtmpfs is a tmpfs to statfs)."""
     tree = next((t for t in KERNEL_TREES if within(real, t)), None)
+    if tree is None and _filesystem_type(fd) in KERNEL_FILESYSTEMS:
+        tree = "a kernel filesystem"
     if tree is not None:
         raise PathRefused(f"{key} {_show(named)}: is a file of the kernel's ({tree}), not "
                           "a user's; name a regular file")  # fmt: skip
+
+
+def _filesystem_type(fd: int) -> int | None:
+    """statfs(2)'s f_type of the filesystem ``fd`` is on (None when it cannot say)."""
+    buffer = ctypes.create_string_buffer(256)  # struct statfs, with room to spare
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.fstatfs(fd, buffer) != 0:
+        return None
+    return int(struct.unpack_from("=q", buffer.raw, 0)[0]) & 0xFFFFFFFF
+
+
+def _public(real: str, info: os.stat_result) -> bool:
+    """Whether anyone on the node could read the file: readable by others, and every
+    directory above it searchable by others."""
+    if not info.st_mode & 0o004:
+        return False
+    parent = os.path.dirname(real)
+    while True:
+        try:
+            if not os.stat(parent).st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+        if parent == "/":
+            return True
+        parent = os.path.dirname(parent)
+
+
+def _untrusted_base(base: str) -> str | None:
+    """Why the directory ``base`` cannot vouch for a private file as the job's own: it
+    or a directory above it is writable by others (anyone could have put the file
+    there, or swap the directory while it is read: sticky directories above it aside),
+    or owned by someone but root and the submitter."""
+    uid = os.geteuid()
+    path = base
+    while True:
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            return f"{path} cannot be examined ({exc.strerror})"
+        sticky_above = path != base and info.st_mode & stat.S_ISVTX and info.st_uid == 0
+        if info.st_mode & 0o022 and not sticky_above:
+            return f"{path} is writable by others"
+        if info.st_uid not in (0, uid):
+            return f"{path} belongs to uid {info.st_uid}"
+        if path == "/":
+            return None
+        path = os.path.dirname(path)
 
 
 def _check_private(real: str, info: os.stat_result, base: str | None, homes: Iterable[str],
                    key: str, named: str) -> None:  # fmt: skip
     """A file others may not read is staged only as the job's own: beneath the base,
     through no hidden component, from a base that is not (nor holds) a home directory."""
-    shown = f"{key} {_show(named)}: is private to its owner (mode {info.st_mode & 0o777:04o})"
+    shown = (f"{key} {_show(named)}: is not readable by others (mode "
+             f"{info.st_mode & 0o777:04o}, or a directory above it closed to them)")
     if base is None or not within(real, base):
         raise PathRefused(f"{shown} and lies outside the JDL's directory; copy it next to "
                           "the JDL, or make it readable by others")  # fmt: skip
+    untrusted = _untrusted_base(base)
+    if untrusted is not None:
+        raise PathRefused(f"{shown} and the JDL's directory cannot vouch for it: "
+                          f"{_show(untrusted)}; keep the job in a directory of your "
+                          "own")  # fmt: skip
     home = next((h for h in homes if within(h, base)), None)
     if home is not None:
         raise PathRefused(f"{shown} and the JDL's directory {_show(base)} is (or holds) the "
