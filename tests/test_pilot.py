@@ -324,6 +324,11 @@ def test_a_job_whose_agent_is_killed_returns_to_the_queue_and_runs_once_more(
     swept = events(second)[0]["swept_cgroups"]
     assert len(swept) == 1 and swept[0].startswith(f"job-{tag}-{job}-0-"), swept
     assert not [p for root in discover().roots() for p in root.glob(f"{PREFIX}job-{tag}-*")]
+    # nor its work directory, a filesystem still mounted (as root) with its image
+    swept = events(second)[0]["swept_workdirs"]
+    assert len(swept) == 1 and swept[0].startswith(f"job-{tag}-{job}.0."), swept
+    assert list((home / "work").iterdir()) == []
+    assert str(home) not in Path("/proc/self/mountinfo").read_text()
     changes = status(cli, job)["history"]
     assert [c["state"] for c in changes].count("ASSIGNED") == 2
     assert any(c["detail"].startswith("node fault 1 of 3: lease expired") for c in changes)

@@ -109,6 +109,15 @@ def cgroup_name(home_tag: str, job_id: int, resubmission: int) -> str:
 CGROUP_NAME = re.compile(r"job-([0-9a-f]{8})-([0-9]{1,18})-([0-9]{1,9})-[0-9a-f]{8}")
 
 
+def workdir_name(home_tag: str, job_id: int, resubmission: int) -> str:
+    """The work directory of one attempt, named like its cgroup: whose, which attempt,
+    and a random part (its filesystem's image is this name plus '.disk')."""
+    return f"job-{home_tag}-{job_id}.{resubmission}.{secrets.token_hex(4)}"
+
+
+WORKDIR_NAME = re.compile(r"job-([0-9a-f]{8})-([0-9]{1,18})\.([0-9]{1,9})\.[0-9a-f]{8}")
+
+
 class NoRoom(OSError):
     """The node's disk has not the room a job needs beside disk.reserve (ENOSPC)."""
 
@@ -251,7 +260,8 @@ class Attempt:
         (limits/workdisk.py), allocated before anything runs; the work area keeps the
         policy's disk.reserve free beside it, or the job is handed back (OSError)."""
         job = self.job
-        workdir = self.agent.work_area / f"job-{job.id}.{job.resubmission}.{secrets.token_hex(4)}"
+        workdir = self.agent.work_area / workdir_name(self.agent.home_tag, job.id,
+                                                      job.resubmission)  # fmt: skip
         owner = (SANDBOX_HOST_UID, SANDBOX_HOST_UID) if os.geteuid() == 0 else None
         short = disk_shortfall(self.effective, self.agent.work_area, self.agent.storage.directory)
         if short is not None:  # the match saw room; another job took it since

@@ -29,6 +29,7 @@ from sandbox_agent.agent import slot as slots
 from sandbox_agent.agent.attempt import (
     CGROUP_NAME,
     NODE_ERRORS,
+    WORKDIR_NAME,
     Agent,
     Attempt,
     NodeProblem,
@@ -36,11 +37,13 @@ from sandbox_agent.agent.attempt import (
     disk_shortfall,
 )
 from sandbox_agent.agent.backends import Backend, BrokerQueue, LocalQueue
+from sandbox_agent.agent.outputs import remove_workdir
 from sandbox_agent.agent.storage import Storage
 from sandbox_agent.broker.client import BrokerClient
 from sandbox_agent.catalogue import Catalogue, CatalogueError
 from sandbox_agent.images import prepare
 from sandbox_agent.jdl import JDLError, JobSpec, Slot, load_job
+from sandbox_agent.limits import workdisk
 from sandbox_agent.limits.cgroups import CgroupError, discover
 from sandbox_agent.limits.monitor import StopRequest
 from sandbox_agent.policy import Policy, PolicyRejection, compose
@@ -232,7 +235,8 @@ class Pilot:
         """Match and run jobs while there is time and work; why it stopped."""
         self.emit({"event": "agent", "name": agent.name, "home": str(self.config.home),
                    "work_area": str(agent.work_area),
-                   "swept_cgroups": sweep_cgroups(agent)})  # fmt: skip
+                   "swept_cgroups": sweep_cgroups(agent),
+                   "swept_workdirs": sweep_workdirs(agent)})  # fmt: skip
         self.preflight(agent)
         ran = empty = 0
         while True:
@@ -342,6 +346,30 @@ def sweep_cgroups(agent: Agent) -> list[str]:
         return agent.queue.leased(int(match.group(2)), int(match.group(3))) is False
 
     return hierarchy.sweep(stale)
+
+
+def sweep_workdirs(agent: Agent) -> list[str]:
+    """Unmount and remove the work directories (and their filesystems' images) this
+    home's earlier attempts left when their agent was killed: those of attempts the
+    queue no longer leases. Another home's, and a live attempt's, are never touched."""
+    swept = []
+    try:
+        entries = sorted(os.listdir(agent.work_area))
+    except OSError:
+        return []
+    for name in entries:
+        match = WORKDIR_NAME.fullmatch(name.removesuffix(".disk"))
+        if match is None or match.group(1) != agent.home_tag:
+            continue
+        if agent.queue.leased(int(match.group(2)), int(match.group(3))) is not False:
+            continue  # live, or cannot tell: keep it
+        workdir = agent.work_area / name.removesuffix(".disk")
+        problem = workdisk.sweep(workdir)
+        if problem is None and workdir.is_dir() and not workdir.is_symlink():
+            problem = remove_workdir(workdir)
+        if workdir.name not in swept:
+            swept.append(workdir.name if problem is None else f"{workdir.name}: {problem}")
+    return swept
 
 
 def broker_token(files_given: tuple[Path, Path, Path] | None) -> Token:

@@ -24,6 +24,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -69,6 +70,38 @@ class WorkDisk:
         with contextlib.suppress(FileNotFoundError):
             self.image.unlink()
         return problem
+
+
+def sweep(workdir: Path) -> str | None:
+    """Unmount what an agent that died left mounted on ``workdir`` (it could not) and
+    remove its image; what went wrong, or None. The caller knows the attempt is over."""
+    problem = None
+    if _mounted(workdir):
+        problem = _run(["umount", str(workdir)])
+        if problem is not None and _fusermount():
+            problem = _run([_fusermount() or "fusermount3", "-u", str(workdir)])
+        if problem is not None:
+            problem = _run(["umount", "-l", str(workdir)])
+    with contextlib.suppress(FileNotFoundError):
+        (workdir.parent / f"{workdir.name}.disk").unlink()
+    return problem
+
+
+def _mounted(path: Path) -> bool:
+    """Whether something is mounted on ``path`` (the mount table's own escapes: space,
+    tab, newline and backslash as octal)."""
+    wanted = str(path)
+    try:
+        table = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) > 4:
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            if point == wanted:
+                return True
+    return False
 
 
 def mechanism() -> tuple[str | None, str]:
@@ -194,4 +227,5 @@ def _run(argv: list[str]) -> str | None:
     return said[-1][:300] if said else f"exit {done.returncode}"
 
 
-__all__ = ["DiskError", "WorkDisk", "held", "image_size", "make", "mechanism", "prepare"]
+__all__ = ["DiskError", "WorkDisk", "held", "image_size", "make", "mechanism", "prepare",
+           "sweep"]  # fmt: skip
