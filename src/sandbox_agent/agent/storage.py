@@ -182,6 +182,7 @@ def archive_problem(path: Path, archive: str, patterns: Sequence[str], max_total
     for ``patterns``. Declared sizes are summed before anything is inflated; every
     member is then read back, which checks its local header's name, its size and its
     CRC against the central directory."""
+    # here, not at the top: only jobs with an archive pay for them, not the pilot's start
     import zipfile
     import zlib
 
