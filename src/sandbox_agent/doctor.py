@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox_agent import hostfacts
+from sandbox_agent.toolrun import run_tool
 
 OK, WEAK, MISSING = "OK", "WEAK", "MISSING"
 LANDLOCK_KERNEL = (5, 13)  # the first kernel with landlock
@@ -128,8 +129,9 @@ def cgroups() -> Check:
     try:
         hierarchy = discover()
     except CgroupError as exc:
-        return Check("cgroup", MISSING, f"no job cgroup here: {exc}", "run the pilot as "
-                     "root, or in a delegated cgroup (systemd: Delegate=yes)")  # fmt: skip
+        return Check("cgroup", MISSING, f"no job cgroup here: {exc}", "start the pilot alone "
+                     "in a cgroup delegated to it (systemd: a unit with Delegate=yes, or "
+                     "systemd-run --scope -p Delegate=yes), or as root on cgroup v1")  # fmt: skip
     held = sorted(hierarchy.enforceable)
     found = f"{hierarchy.describe()}; holds {', '.join(held) or 'nothing'}"
     lacking = sorted(set(CGROUP_LIMITS) - set(held))
@@ -216,8 +218,8 @@ def python() -> Check:
 
     name, fix = "python3 in the sandbox", "install python3 3.9 or later: the JobWrapper runs on it"
     try:
-        said = subprocess.run([PYTHON, "-I", "-S", "-c", "import sys; print(*sys.version_info)"],
-                              capture_output=True, text=True, timeout=10, check=True)  # fmt: skip
+        said = run_tool([PYTHON, "-I", "-S", "-c", "import sys; print(*sys.version_info)"],
+                        capture_output=True, text=True, timeout=10, check=True)  # fmt: skip
         version = tuple(int(part) for part in said.stdout.split()[:2])
     except (OSError, subprocess.SubprocessError, ValueError):
         return Check(name, MISSING, f"{PYTHON} does not run", fix, blocking=True)

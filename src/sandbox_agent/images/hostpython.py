@@ -22,6 +22,8 @@ import struct
 import subprocess
 from dataclasses import dataclass
 
+from sandbox_agent.toolrun import run_tool
+
 PYTHON = "/usr/bin/python3"  # the host interpreter the sandbox runs the wrapper on
 PRIVATE = "/.sandbox-agent/python"  # where the sandbox sees it
 _PT_INTERP = 3
@@ -49,7 +51,7 @@ def find(python: str = PYTHON) -> HostPython:
     if loader is None:
         raise NoHostPython(f"{real} names no dynamic loader; a static python3 is not supported")
     try:
-        done = subprocess.run(
+        done = run_tool(
             [real, "-I", "-S", "-c", "import sys, sysconfig; "
              "print(sysconfig.get_path('stdlib')); print('%d.%d' % sys.version_info[:2])"],
             capture_output=True, text=True, timeout=30, check=True, env={},

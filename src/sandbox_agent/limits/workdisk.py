@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox_agent.policy.compose import EffectivePolicy
+from sandbox_agent.toolrun import run_tool
 
 MIB = 1 << 20
 # ext4's own tables (inodes, bitmaps, group descriptors) take about 1/64 of an image
@@ -217,8 +218,7 @@ def _fusermount() -> str | None:
 def _run(argv: list[str]) -> str | None:
     """Run a system tool; its last line of complaint when it fails, else None."""
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT,
-                              check=False)  # fmt: skip
+        done = run_tool(argv, capture_output=True, text=True, timeout=TIMEOUT)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return str(exc)
     if done.returncode == 0:

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from sandbox_agent.printable import printable
 from sandbox_agent.runtime.launch import SANDBOX_HOST_UID
+from sandbox_agent.toolrun import run_tool
 
 RUNTIMES = ("bwrap", "apptainer", "singularity", "docker", "podman")
 
@@ -282,16 +283,14 @@ def _run(
     agent is root."""
     uid = SANDBOX_HOST_UID if drop else None
     try:
-        return subprocess.run(
-            list(argv),
+        return run_tool(
+            argv,
             env=env,
-            stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
             errors="replace",
             timeout=TIMEOUT,
             close_fds=True,
-            check=False,
             user=uid,
             group=uid,
             extra_groups=[] if drop else None,
