@@ -4,6 +4,7 @@ placed in it before exec, its use read back, and torn down with a report."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -255,3 +256,79 @@ def test_a_sweep_removes_only_empty_cgroups_it_is_told_are_stale(version: str) -
         sleeper.wait()
         for group in (busy, other):
             group.teardown()
+
+
+def _fake_v2(tmp_path: Path, procs: list[int], name: str = "pilot") -> tuple[str, str, Path]:
+    """A directory laid out as a delegated v2 cgroup (this host is v1): the agent's
+    /proc/self/cgroup and mountinfo lines that place it there."""
+    mount = tmp_path / "cgroup"
+    own = mount / name
+    own.mkdir(parents=True)
+    for file, text in (("cgroup.procs", "".join(f"{p}\n" for p in procs)),
+                       ("cgroup.type", "domain\n"), ("cgroup.subtree_control", ""),
+                       ("cgroup.controllers", "cpu memory pids\n")):  # fmt: skip
+        (own / file).write_text(text)
+    mountinfo = f"40 23 0:38 / {mount} rw,relatime - cgroup2 cgroup2 rw\n"
+    return f"0::/{name}\n", mountinfo, own
+
+
+def test_a_v2_agent_that_shares_its_cgroup_moves_nothing_and_names_the_others(
+    tmp_path: Path,
+) -> None:
+    from sandbox_agent.limits import cgroup_v2
+
+    proc_cgroup, mountinfo, own = _fake_v2(tmp_path, [1, os.getpid()])
+    assert cgroup_v2.enter_leaf(proc_cgroup=proc_cgroup, mountinfo=mountinfo) is None
+    assert not (own / cgroup_v2.AGENT_LEAF).exists()  # another's process: nothing moved
+    with pytest.raises(CgroupError, match=r"holds 1 process\(es\) that are not the agent's "
+                       r"\(.*\[1\]\).*Delegate=yes"):  # fmt: skip
+        discover(proc_cgroup=proc_cgroup, mountinfo=mountinfo)
+
+
+def test_a_pure_v2_host_is_not_explained_in_v1_terms(tmp_path: Path) -> None:
+    proc_cgroup, mountinfo, _ = _fake_v2(tmp_path, [1, os.getpid()])
+    with pytest.raises(CgroupError) as raised:
+        discover(proc_cgroup=proc_cgroup, mountinfo=mountinfo)
+    assert "v1" not in str(raised.value)
+
+
+def test_a_systemd_unit_not_delegated_to_the_agent_is_refused(tmp_path: Path) -> None:
+    """systemd rewrites the controllers of a unit it did not delegate: job limits would
+    vanish mid-job. Its mark of delegation (the trusted.delegate attribute) is needed."""
+    from sandbox_agent.limits import cgroup_v2
+
+    proc_cgroup, mountinfo, own = _fake_v2(tmp_path, [os.getpid()], "pilot.service")
+    with pytest.raises(CgroupError, match=r"systemd unit not delegated.*Delegate=yes"):
+        discover(proc_cgroup=proc_cgroup, mountinfo=mountinfo)
+    assert cgroup_v2.enter_leaf(proc_cgroup=proc_cgroup, mountinfo=mountinfo) is None
+    assert not (own / cgroup_v2.AGENT_LEAF).exists()
+    try:
+        os.setxattr(own, "trusted.delegate", b"1")
+    except OSError as exc:
+        pytest.skip(f"no trusted.* attributes here ({exc.strerror}): the delegated case")
+    assert discover(proc_cgroup=proc_cgroup, mountinfo=mountinfo).version == "v2"
+
+
+def test_names_that_are_not_utf8_are_read_not_fatal(tmp_path: Path) -> None:
+    """A mount point a user named, a process name a payload chose: every command reads
+    /proc/self/mountinfo at its start, and teardown names leftovers."""
+    from sandbox_agent.limits.cgroups import comm, read_text
+
+    raw = tmp_path / "mountinfo"
+    raw.write_bytes(b"50 23 0:50 / /tmp/\xff rw - fuse.x x rw\n")
+    assert "/tmp/" in (read_text(raw) or "")
+    program = tmp_path / os.fsdecode(b"\xfe\xffname")
+    shutil.copy("/bin/sleep", program)
+    process = subprocess.Popen([program, "30"])
+    try:
+        time.sleep(0.1)
+        shown = comm(process.pid)
+        assert "name" in shown and shown.isprintable(), shown
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_cgroup_outside_the_agents_namespace_is_not_located() -> None:
+    memory = mounts(MOUNTINFO)[1]
+    assert located(memory, "/pilot/../../etc") is None

@@ -10,6 +10,7 @@ import typer
 
 from sandbox_agent import __version__, exitcodes
 from sandbox_agent.home import default_home
+from sandbox_agent.limits.cgroup_v2 import enter_leaf
 from sandbox_agent.printable import printable as printable  # re-exported for the commands
 
 app = typer.Typer(
@@ -64,6 +65,10 @@ def home_of(ctx: typer.Context) -> Path:
 
 def main() -> None:
     """The console script: usage errors become one line, never a box or a traceback."""
+    # Started alone in a delegated cgroup v2 (systemd's Delegate=yes), the agent steps
+    # into a leaf of it before it starts anything: only then may that cgroup hand its
+    # controllers to job cgroups. Elsewhere this changes nothing.
+    enter_leaf()
     try:
         code = app(standalone_mode=False)
     except typer.Abort:

@@ -237,13 +237,17 @@ def _usage_text(usage: dict[str, Any]) -> str:
     if (cpu := number("cpu_seconds")) is not None:
         parts.append(f"cpu {cpu:.2f} s")
     if (memory := number("memory_peak_bytes")) is not None:
-        parts.append(f"memory peak {memory / (1 << 20):.1f} MB")
+        sampled = " (sampled: no memory.peak in this kernel)" if usage.get("memory_peak_sampled") \
+            else ""  # fmt: skip
+        parts.append(f"memory peak {memory / (1 << 20):.1f} MB{sampled}")
     if (workdir := number("workdir_bytes_peak")) is not None:
         parts.append(f"work directory peak {workdir / (1 << 20):.1f} MB")
     if (processes := number("processes_peak")) is not None:
         parts.append(f"up to {processes} processes")
     if oom := number("oom_kills"):
         parts.append(f"{oom} OOM kill(s)")
+    if refused := number("forks_refused"):
+        parts.append(f"{refused} fork(s) refused at the process limit")
     if usage.get("kill_reason"):
         parts.append(f"killed by the agent: {printable(str(usage['kill_reason']))}")
     return ", ".join(parts)

@@ -110,6 +110,10 @@ class V1Cgroup(JobCgroup):
             write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
             write(cpu / "cpu.cfs_quota_us", str(limits.cpu_cores * CPU_PERIOD_US))
 
+    def memory_now(self) -> int | None:
+        path = self._file("memory", "memory.usage_in_bytes")
+        return read_int(path) if path else None
+
     def usage(self) -> Usage:
         def number(controller: str, name: str) -> int | None:
             path = self._file(controller, name)

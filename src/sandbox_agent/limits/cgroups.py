@@ -65,6 +65,9 @@ class Usage:
     pids: int | None = None
     oom_kills: int | None = None
     forks_refused: int | None = None  # forks that hit pids.max
+    # memory_peak_bytes is the highest memory.current the monitor read (once a second),
+    # not the kernel's own peak: cgroup v2 has memory.peak only from Linux 5.19
+    memory_peak_sampled: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,9 @@ class JobCgroup(abc.ABC):
     """One job's cgroup, in every hierarchy directory the version needs."""
 
     version: str
+    # What the kernel kills when the job reaches its memory limit, for the report: the
+    # job's processes share one limit, and the versions differ in what they end.
+    memory_kill = "the kernel killed the process that allocated; the rest of the job went on"
 
     def __init__(self, directories: Iterable[Path], enforced: Iterable[str]) -> None:
         self.directories = tuple(dict.fromkeys(directories))  # co-mounted: once each
@@ -115,12 +121,16 @@ class JobCgroup(abc.ABC):
     def pids(self) -> set[int]:
         found: set[int] = set()
         for directory in self.directories:
-            text = _read(directory / "cgroup.procs")
+            text = read_text(directory / "cgroup.procs")
             found.update(int(p) for p in (text or "").split())
         return found
 
     @abc.abstractmethod
     def usage(self) -> Usage: ...
+
+    @abc.abstractmethod
+    def memory_now(self) -> int | None:
+        """The job's memory use this moment (the monitor samples it for a peak)."""
 
     @abc.abstractmethod
     def kill(self) -> None:
@@ -135,7 +145,7 @@ class JobCgroup(abc.ABC):
         while self.pids() and time.monotonic() < grace:
             time.sleep(0.005)
         left = self.pids()
-        report.survivors = [Survivor(pid, _comm(pid)) for pid in sorted(left)]
+        report.survivors = [Survivor(pid, comm(pid)) for pid in sorted(left)]
         deadline = time.monotonic() + timeout
         while self.pids():
             if time.monotonic() > deadline:
@@ -199,19 +209,24 @@ def located(mount: Mount, path: str) -> Path | None:
     """The agent's directory in this mount, or None when the mount does not show it."""
     if path != mount.root and not path.startswith(mount.root.rstrip("/") + "/"):
         return None
+    if ".." in path.split("/"):  # a cgroup outside the agent's namespace shows as /../x
+        return None
     relative = path[len(mount.root.rstrip("/")) :].lstrip("/")
     return mount.point / relative if relative else mount.point
 
 
-def _read(path: Path) -> str | None:
+def read_text(path: Path) -> str | None:
+    """A kernel file's text, or None. Bytes that are not UTF-8 (a mount point a user
+    named, a process name a payload chose) are kept as surrogates, never an error:
+    every command reads /proc/self/mountinfo first."""
     try:
-        return path.read_text()
+        return path.read_bytes().decode("utf-8", "surrogateescape")
     except OSError:
         return None
 
 
 def read_int(path: Path) -> int | None:
-    text = _read(path)
+    text = read_text(path)
     try:
         return int(text.split()[0]) if text else None
     except ValueError:
@@ -220,7 +235,7 @@ def read_int(path: Path) -> int | None:
 
 def read_keyed(path: Path, key: str) -> int | None:
     """A value from a flat keyed file such as memory.events ('oom_kill 3')."""
-    for line in (_read(path) or "").splitlines():
+    for line in (read_text(path) or "").splitlines():
         name, _, value = line.partition(" ")
         if name == key and value.strip().isdigit():
             return int(value)
@@ -252,10 +267,10 @@ def kill_listed(group: JobCgroup) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _comm(pid: int) -> str:
+def comm(pid: int) -> str:
     """A process's name as a person may see it: the payload chose it, so no control
     characters (a newline would forge a line of the agent's output)."""
-    text = (_read(Path(f"/proc/{pid}/comm")) or "?").strip()
+    text = (read_text(Path(f"/proc/{pid}/comm")) or "?").strip()
     return clipped(text, 16) or "?"
 
 
@@ -265,15 +280,18 @@ def discover(
     """Where this agent may make job cgroups: raises CgroupError saying why not."""
     from sandbox_agent.limits import cgroup_v1, cgroup_v2
 
-    proc_cgroup = proc_cgroup if proc_cgroup is not None else _read(Path("/proc/self/cgroup"))
-    mountinfo = mountinfo if mountinfo is not None else _read(Path("/proc/self/mountinfo"))
+    proc_cgroup = proc_cgroup if proc_cgroup is not None else read_text(Path("/proc/self/cgroup"))
+    mountinfo = mountinfo if mountinfo is not None else read_text(Path("/proc/self/mountinfo"))
     where = membership(proc_cgroup or "")
     found = mounts(mountinfo or "")
     candidates: list[Hierarchy] = []
     reasons = []
-    for module in (cgroup_v2, cgroup_v1):
+    present = {m.fstype for m in found}
+    for module, fstype in ((cgroup_v2, "cgroup2"), (cgroup_v1, "cgroup")):
         if prefer and prefer != module.VERSION:
             continue
+        if not prefer and fstype not in present:
+            continue  # a pure v2 host has no v1 to explain, and the reverse
         try:
             candidates.append(module.hierarchy(where, found))
         except CgroupError as exc:
@@ -324,7 +342,7 @@ class Hierarchy(abc.ABC):
                     young = now - child.stat().st_mtime < older_than
                 except OSError:
                     continue
-                if young or (_read(child / "cgroup.procs") or "").strip():
+                if young or (read_text(child / "cgroup.procs") or "").strip():
                     continue
                 with contextlib.suppress(OSError):  # busy, or gone: the next sweep sees it
                     child.rmdir()

@@ -9,6 +9,7 @@ one, through the process tree under the runtime process.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import select
 import signal
@@ -88,6 +89,7 @@ class Monitor:
         # spares them, since their death would kill the job without its grace.
         self.runtime_pids = {process.pid}
         self.peaks: dict[str, int] = {}
+        self.memory_seen = 0  # the most memory.current read while the job ran
         self.limits = dict(limits)  # monitored limit -> its value
         self.workdir = workdir
         self.cgroup = cgroup
@@ -118,6 +120,8 @@ class Monitor:
                 self.process.wait()
                 break
             self._peak("processes", len(self.cgroup.pids()) if self.cgroup else len(self.tree()))
+            if self.cgroup is not None and (now := self.cgroup.memory_now()) is not None:
+                self.memory_seen = max(self.memory_seen, now)  # where the kernel keeps no peak
         if reason is None and "workdir_size" in self.limits and \
                 self.workdir_over(self.limits["workdir_size"], unmeasurable=False):  # fmt: skip
             # one last look once it ended: a job that filled its work directory and
@@ -129,9 +133,13 @@ class Monitor:
             os.close(self._pidfd)
             self._pidfd = None
         usage = self.cgroup.usage() if self.cgroup else None
-        if reason is None and usage and usage.oom_kills:
-            reason = "memory"  # the kernel killed it at the cgroup's limit
+        if usage and usage.memory_peak_bytes is None and self.memory_seen:
+            usage = dataclasses.replace(usage, memory_peak_bytes=self.memory_seen,
+                                        memory_peak_sampled=True)  # fmt: skip
         detail = self.describe(reason)
+        if reason is None and usage and usage.oom_kills and self.cgroup is not None:
+            reason = "memory"  # the kernel killed at the cgroup's limit: say what it ended
+            detail = f"{self.describe(reason)}; {self.cgroup.memory_kill}"
         return Outcome(self.process.returncode, reason, detail, wall, usage, dict(self.peaks))
 
     def _exited(self, timeout: float) -> bool:
