@@ -71,8 +71,14 @@ version=$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_i
 # busybox-static and squashfs-tools: the tests and the demo build small images with them.
 # e2fsprogs (mkfs.ext4) and fuse2fs: a job's work directory is an ext4 image of its size,
 # loop-mounted as root and mounted with fuse2fs by an unprivileged pilot.
+# qemu-system-x86: tests/vm boots Debian's cgroup v2 kernels (this machine may be v1), on
+# x86_64 only; the kernels themselves are fetched by the tests, into
+# /var/cache/sandbox-agent-vm.
 wanted=(bubblewrap libseccomp2 libcap-dev gcc postgresql squashfuse busybox-static squashfs-tools
         e2fsprogs fuse2fs)
+if [ "$(uname -m)" = x86_64 ]; then
+    wanted+=(qemu-system-x86)
+fi
 # fusermount unmounts; fuse3 replaces an installed fuse (2), so only when neither is there
 if ! command -v fusermount3 >/dev/null 2>&1 && ! command -v fusermount >/dev/null 2>&1; then
     wanted+=(fuse3)

@@ -5,6 +5,7 @@ state directory, and the check that no answer is ever a traceback."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -15,6 +16,13 @@ from pathlib import Path
 
 SCRIPT = Path(sys.executable).parent / "sandbox-agent"
 ROOT = Path(__file__).resolve().parents[1]
+# On a cgroup v2 test machine (tests/vm boots one): the cgroup under which each command
+# gets one of its own, alone in it, as systemd starts a service with Delegate=yes or
+# `systemd-run --scope -p Delegate=yes` does. Unset: commands share the test's cgroup.
+SCOPES = os.environ.get("SANDBOX_AGENT_TEST_SCOPES")
+# How many times slower than this machine the test machine runs (an emulated CPU)
+SLOW = float(os.environ.get("SANDBOX_AGENT_TEST_SLOW", "1"))
+_scopes = itertools.count(1)
 
 
 def cli_env(home: Path, **extra: str) -> dict[str, str]:
@@ -32,18 +40,71 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run the console script (or ``program``) with ``args``; never a traceback."""
     command = (program or [str(SCRIPT)]) + [str(a) for a in args]
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        encoding="utf-8",
-        errors="replace",
-        cwd=ROOT,
-        env=env,
-        check=False,
-        timeout=120,
-    )
+    scope = None
+    if SCOPES and not any("cgroup.procs" in word for word in command[:3]):
+        scope = new_scope("cli")  # a command not already started in a delegated cgroup
+        command = scope_prefix([scope]) + command
+    try:
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            cwd=ROOT,
+            env=env,
+            check=False,
+            timeout=120 * SLOW,
+        )
+    finally:
+        if scope is not None:
+            close_scopes([scope])
     assert_no_traceback(result)
     return result
+
+
+def new_scope(name: str, owner: int | None = None) -> Path:
+    """A fresh cgroup under SCOPES for one command, delegated to ``owner`` as systemd
+    delegates one: the directory and its cgroup.procs, cgroup.subtree_control and
+    cgroup.threads are the owner's, the limit files stay root's."""
+    assert SCOPES, "scopes exist on a cgroup v2 test machine only"
+    directory = Path(SCOPES) / f"sandbox-agent-test-{name}-{os.getpid()}-{next(_scopes)}"
+    directory.mkdir()
+    if owner is not None:
+        for entry in (directory, *(directory / f for f in DELEGATED_FILES)):
+            os.chown(entry, owner, owner)
+    return directory
+
+
+DELEGATED_FILES = ("cgroup.procs", "cgroup.subtree_control", "cgroup.threads")
+
+
+def scope_prefix(directories: list[Path]) -> list[str]:
+    """The argv prefix that starts a command in ``directories`` (one per hierarchy)."""
+    script = "".join(f"echo $$ > {d}/cgroup.procs; " for d in directories) + 'exec "$@"'
+    return ["sh", "-c", script, "sh"]
+
+
+def close_scopes(directories: list[Path]) -> None:
+    """Remove a command's cgroups once it has ended, and fail the test when the command
+    left anything there: a process still running, or a cgroup but the agent's own
+    leaf (``sandbox-agent-agent``, where a v2 agent moves itself)."""
+    problems = []
+    for directory in directories:
+        for below in sorted(directory.rglob("*"), key=lambda p: -len(p.parts)):
+            if not below.is_dir():
+                continue
+            running = (below / "cgroup.procs").read_text().split()
+            if running:
+                problems.append(f"{below} still runs {running}")
+            elif below.name != "sandbox-agent-agent" or below.parent != directory:
+                problems.append(f"{below} was left behind")
+            below.rmdir()
+        left = (directory / "cgroup.procs").read_text().split()
+        if left:
+            problems.append(f"{directory} still runs {left}")
+        else:
+            directory.rmdir()
+    assert not problems, "; ".join(problems)
 
 
 def shared_workdir() -> Path:
@@ -91,12 +152,15 @@ def nobody_program() -> tuple[list[str], dict[str, str]] | str:
 
 def delegated_cgroup(name: str) -> tuple[list[str], list[Path]] | str:
     """A cgroup delegated to uid 65534, as a site gives its unprivileged pilot one: the
-    argv prefix that starts a command inside it, and the directories to remove after.
-    Or why it cannot be made here (not root, no writable cgroup)."""
+    argv prefix that starts a command inside it, and the directories to remove after
+    (``close_scopes``). Or why it cannot be made here (not root, no writable cgroup)."""
     from sandbox_agent.limits.cgroups import CgroupError, discover
 
     if os.geteuid() != 0:
         return "delegating a cgroup needs root"
+    if SCOPES:
+        made = [new_scope(name, owner=65534)]
+        return scope_prefix(made), made
     try:
         hierarchy = discover()
     except CgroupError as exc:
@@ -106,12 +170,10 @@ def delegated_cgroup(name: str) -> tuple[list[str], list[Path]] | str:
         directory = parent / f"sandbox-agent-test-{name}"
         directory.mkdir(exist_ok=True)
         for entry in [directory, *directory.iterdir()]:
-            if entry.name in (directory.name, "cgroup.procs", "tasks", "cgroup.subtree_control",
-                              "cgroup.threads"):  # fmt: skip
+            if entry.name in (directory.name, "tasks", *DELEGATED_FILES):
                 os.chown(entry, 65534, 65534)
         made.append(directory)
-    script = "".join(f"echo $$ > {d}/cgroup.procs; " for d in made) + 'exec "$@"'
-    return ["sh", "-c", script, "sh"], made
+    return scope_prefix(made), made
 
 
 @dataclass
@@ -126,8 +188,7 @@ class Unprivileged:
     cgroups: list[Path]
 
     def remove(self) -> None:
-        for directory in self.cgroups:
-            directory.rmdir()
+        close_scopes(self.cgroups)
 
 
 def unprivileged_or_skip(name: str) -> Unprivileged:

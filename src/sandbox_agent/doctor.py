@@ -123,22 +123,40 @@ def user_namespaces() -> list[Check]:
     return checks
 
 
-def cgroups() -> Check:
+def cgroups() -> list[Check]:
     from sandbox_agent.limits.cgroups import CGROUP_LIMITS, CgroupError, discover
 
     try:
         hierarchy = discover()
     except CgroupError as exc:
-        return Check("cgroup", MISSING, f"no job cgroup here: {exc}", "start the pilot alone "
-                     "in a cgroup delegated to it (systemd: a unit with Delegate=yes, or "
-                     "systemd-run --scope -p Delegate=yes), or as root on cgroup v1")  # fmt: skip
+        return [Check("cgroup", MISSING, f"no job cgroup here: {exc}", "start the pilot alone "
+                      "in a cgroup delegated to it (systemd: a unit with Delegate=yes, or "
+                      "systemd-run --scope -p Delegate=yes), or as root on cgroup v1")]  # fmt: skip
     held = sorted(hierarchy.enforceable)
     found = f"{hierarchy.describe()}; holds {', '.join(held) or 'nothing'}"
     lacking = sorted(set(CGROUP_LIMITS) - set(held))
+    extra = [nsdelegate()] if hierarchy.version == "v2" else []
     if not lacking:
-        return Check("cgroup", OK, found)
-    return Check("cgroup", WEAK, found, f"cannot hold {', '.join(lacking)}: delegate those "
-                 "controllers to the pilot's cgroup (cgroup.subtree_control)")  # fmt: skip
+        return [Check("cgroup", OK, found), *extra]
+    return [Check("cgroup", WEAK, found, f"cannot hold {', '.join(lacking)}: delegate those "
+                  "controllers to the pilot's cgroup (cgroup.subtree_control)"),
+            *extra]  # fmt: skip
+
+
+def nsdelegate() -> Check:
+    """Whether a job's cgroup namespace is a delegation boundary: with nsdelegate, a
+    process inside can neither move out of it nor write its root's limits, whatever it
+    reaches; without, only the sandbox keeps cgroupfs from the payload."""
+    from sandbox_agent.limits.cgroups import mounts, read_text
+
+    found = mounts(read_text(Path("/proc/self/mountinfo")) or "")
+    unified = next((m for m in found if m.fstype == "cgroup2"), None)
+    if unified is not None and "nsdelegate" in unified.controllers:
+        return Check("nsdelegate", OK, f"{unified.point} is mounted with nsdelegate")
+    return Check("nsdelegate", WEAK, "the cgroup v2 hierarchy is mounted without nsdelegate",
+                 "a job's cgroup namespace is then no boundary to the kernel: only the sandbox "
+                 "keeps the cgroup filesystem from it; mount it with nsdelegate (systemd "
+                 "does)")  # fmt: skip
 
 
 def seccomp() -> Check:
@@ -272,7 +290,7 @@ def images(policy_name: str, dirs: list[Path]) -> list[Check]:
 
 def checks(policy_name: str, dirs: list[Path]) -> list[Check]:
     """Every check, in the order a site admin reads them."""
-    found = [kernel(), *user_namespaces(), cgroups(), seccomp(), landlock(), *sysctls(),
+    found = [kernel(), *user_namespaces(), *cgroups(), seccomp(), landlock(), *sysctls(),
              python(), *runtimes(), *policy_fallbacks(policy_name, dirs),
              *images(policy_name, dirs)]  # fmt: skip
     return overruled(found)

@@ -50,6 +50,7 @@ from cli_support import (
     ROOT,
     SCRIPT,
     cli_env,
+    close_scopes,
     delegated_cgroup,
     nobody_program,
     run_cli,
@@ -350,8 +351,7 @@ def _run(profile: str, policy: str, names: list[str], host_uid: int | None) -> R
                 os.close(fd)
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(outside, ignore_errors=True)
-        for directory in cgroups:
-            directory.rmdir()
+        close_scopes(list(cgroups))
     assert listeners is not None
     return Report(
         profile, policy, results, listeners.arrived, terminal, signals, decoy_alive,

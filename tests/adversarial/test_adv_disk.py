@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cli_support import cli_env, loop_filesystem, run_cli, unprivileged_or_skip
+from cli_support import cli_env, close_scopes, loop_filesystem, run_cli, unprivileged_or_skip
 
 MIB = 1 << 20
 FILL = ('i=0; while fallocate -l 4M fill$i 2>/dev/null; do i=$((i+1)); done; '
@@ -69,8 +69,7 @@ def node(request: pytest.FixtureRequest) -> Iterator[Node]:
                 os.chown(home, 65534, 65534)
             yield Node(disk, home, program, cli_env(home, **extra))
     finally:
-        for directory in cleanup:
-            directory.rmdir()
+        close_scopes(list(cleanup))
 
 
 def free(path: Path) -> int:

@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 from adversary import PROBE, PROFILES, PYTHON, attack, names_of, requirements, unsandboxed
-from cli_support import ROOT, SCRIPT, cli_env, delegated_cgroup, nobody_program, run_cli
+from cli_support import (
+    ROOT,
+    SCRIPT,
+    cli_env,
+    close_scopes,
+    delegated_cgroup,
+    nobody_program,
+    run_cli,
+)
 
 from sandbox_agent.policy import compose, load_policy
 from sandbox_agent.probe import RUNNER, probe_files
@@ -63,8 +71,7 @@ def _pilot_selftest(profile: str, base: Path) -> dict[str, str]:
         done = run_cli(cli_env(home, TMPDIR=str(tmp), **extra), "selftest", "--json", *NAMES,
                        program=program)  # fmt: skip
     finally:
-        for directory in cgroups:
-            directory.rmdir()
+        close_scopes(list(cgroups))
     assert done.returncode in (0, 1), done.stderr
     answer = json.loads(done.stdout)
     return {row["attack"]: f"{row['result']}: {row['detail']}" for row in answer["attacks"]}

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import ROOT, cli_env, run_cli, unprivileged_or_skip
+from cli_support import ROOT, cli_env, close_scopes, run_cli, unprivileged_or_skip
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is missing")
 
@@ -77,8 +77,7 @@ class Pilot:
         return dict(ends[0])
 
     def close(self) -> None:
-        for directory in self.cgroups:
-            directory.rmdir()
+        close_scopes(list(self.cgroups))
 
 
 @pytest.fixture(params=["agent-as-root", "agent-as-nobody"])

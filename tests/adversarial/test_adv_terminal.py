@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cli_support import ROOT, SCRIPT, cli_env, run_cli, unprivileged_or_skip
+from cli_support import ROOT, SCRIPT, cli_env, close_scopes, run_cli, unprivileged_or_skip
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is missing")
 
@@ -176,8 +176,7 @@ def ran(request: pytest.FixtureRequest) -> Iterator[Ran]:
         assert code == 0, run_shown
         yield Ran(env, program, int(submitted.stdout), run_shown)
     finally:
-        for directory in cleanup:
-            directory.rmdir()
+        close_scopes(list(cleanup))
         shutil.rmtree(base, ignore_errors=True)
 
 

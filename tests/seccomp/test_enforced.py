@@ -15,6 +15,7 @@ import pytest
 from cli_support import (
     ROOT,
     cli_env,
+    close_scopes,
     delegated_cgroup,
     nobody_program,
     run_cli,
@@ -72,8 +73,7 @@ def run_probe(tmp_path: Path, *, seccomp: bool, as_nobody: bool = False) -> dict
                          program=program)  # fmt: skip
     finally:
         shutil.rmtree(workdir.parent, ignore_errors=True)
-        for directory in cgroups:
-            directory.rmdir()
+        close_scopes(list(cgroups))
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
