@@ -67,7 +67,7 @@ def test_production_mc() -> None:
     assert env["ALIEN_JDL_ANCHOR_SIM_OPTIONS"] == (
         "-gen pythia8 -proc inel -confKey Diamond.width[2]=6.0"
     )
-    assert env["ALIEN_JDL_PACKAGES"] == ",".join(spec.packages)
+    assert env["ALIEN_JDL_PACKAGES"] == "##".join(spec.packages)  # as JAliEn joins lists
     assert spec.validation_command == "/alice/validation/validation.sh"
     # unmodelled keys are kept, JDL variables among them (their values stay typed)
     extra = dict(spec.extra)

@@ -120,27 +120,38 @@ def extra_entries(draw: st.DrawFn) -> tuple[tuple[str, Expr], ...]:
 
 
 def _not_a_string(node: Expr) -> bool:
-    # A quoted Requirements is refused (the user meant an expression), so never generated.
-    return not (isinstance(node, Literal) and isinstance(node.value, str))
+    # A quoted Requirements is refused (the user meant an expression), and a braced one
+    # is a list to JAliEn and not used: neither is generated.
+    return not (isinstance(node, Literal) and isinstance(node.value, str)) and \
+        not isinstance(node, ListExpr)  # fmt: skip
+
+
+def _written(item: InputFile | InputData | OutputSpec) -> str:
+    return item.jdl()
 
 
 @st.composite
 def job_specs(draw: st.DrawFn) -> JobSpec:
     extra = draw(extra_entries())
     optional = st.none() | text
-    many = st.lists(text, max_size=3).map(tuple)
+    # JAliEn keeps a list as a set in order: an item written twice is read once
+    many = st.lists(text, max_size=3, unique=True).map(tuple)
     spec = JobSpec(
         executable=draw(nonblank),
         arguments=draw(many),
-        input_files=tuple(draw(st.lists(input_files, max_size=3))),
-        input_data=tuple(draw(st.lists(input_data, max_size=3))),
+        input_files=tuple(draw(st.lists(input_files, max_size=3, unique_by=_written))),
+        input_data=tuple(draw(st.lists(input_data, max_size=3, unique_by=_written))),
         input_data_collection=tuple(draw(st.lists(input_data, max_size=1))),
         # grouped by key, as a parsed JDL has them
         outputs=tuple(
-            sorted(draw(st.lists(outputs, max_size=4)), key=lambda o: OUTPUT_ORDER[o.source])
+            sorted(
+                draw(st.lists(outputs, max_size=4, unique_by=_written)),
+                key=lambda o: OUTPUT_ORDER[o.source],
+            )
         ),
         output_errors=tuple(
-            replace(o, source="OutputErrorE") for o in draw(st.lists(outputs, max_size=2))
+            replace(o, source="OutputErrorE")
+            for o in draw(st.lists(outputs, max_size=2, unique_by=_written))
         ),
         output_dir=draw(optional),
         validation_command=draw(optional),

@@ -94,7 +94,12 @@ def tokenize(src: Source) -> list[Token]:
     while pos < end:
         m = match(text, pos)
         if m is None:
-            _refuse(src, pos)  # raises
+            raw = _unquoted_list(text, tokens, pos)
+            if raw is None:
+                _refuse(src, pos)  # raises
+            else:
+                pos = raw
+                continue
         group = m.lastgroup
         if group == "space" or group == "comment" or group == "block":
             pass
@@ -122,6 +127,33 @@ def tokenize(src: Source) -> list[Token]:
         pos = m.end()
     append(Token(Kind.EOF, "", end))
     return tokens
+
+
+def _unquoted_list(text: str, tokens: list[Token], pos: int) -> int | None:
+    """A value ``Key = {stdout@disk=1};`` whose braces hold no quote at all is one item,
+    its text as written (JAliEn reads ``{std*}`` so). Only for what no token can take:
+    such a list is otherwise refused, and every list that tokenizes keeps its meaning.
+    The tokens since the ``{`` become one string; the offset of the ``}``, or None."""
+    opened = next((i for i in range(len(tokens) - 1, -1, -1)
+                   if tokens[i].kind is Kind.OP and tokens[i].text in "{}"), None)  # fmt: skip
+    if opened is None or tokens[opened].text != "{" or opened == 0:
+        return None
+    before = tokens[opened - 1]
+    if before.kind is not Kind.OP or before.text != "=":
+        return None  # only a statement's whole value, never inside an expression
+    start = tokens[opened].offset + 1
+    close = text.find("}", pos)
+    if close < 0:
+        return None
+    body = text[start:close]
+    if any(c in body for c in '"{;#') or "//" in body or "/*" in body:
+        return None
+    item = body.strip()
+    if not item or FORBIDDEN_CHARACTERS.search(item):
+        return None  # one line of text, no control characters: as a string must be
+    del tokens[opened + 1 :]
+    tokens.append(Token(Kind.STRING, item, start))
+    return close
 
 
 def _refuse(src: Source, pos: int) -> NoReturn:

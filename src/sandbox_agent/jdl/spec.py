@@ -75,12 +75,16 @@ class OutputSpec:
     qos: tuple[tuple[str, int], ...] = ()
     storage_elements: tuple[str, ...] = ()
     source: str = "Output"  # the key it was written under: Output, OutputArchive, OutputFile
+    # other storage options (noarchive, *SE replication targets), kept as written and
+    # passed on as JAliEn does; this agent's storage does not act on them
+    options: tuple[str, ...] = ()
 
     def jdl(self) -> str:
         text = ",".join(self.patterns)
         if self.archive is not None:
             text = f"{self.archive}:{text}"
-        options = [f"{kind}={count}" for kind, count in self.qos] + list(self.storage_elements)
+        options = [f"{kind}={count}" for kind, count in self.qos]
+        options += [*self.storage_elements, *self.options]
         return f"{text}@{','.join(options)}" if options else text
 
 
@@ -211,6 +215,7 @@ def _output_json(o: OutputSpec) -> dict[str, Any]:
         "patterns": list(o.patterns),
         "qos": dict(o.qos),
         "storage_elements": list(o.storage_elements),
+        "options": list(o.options),
         "source": o.source,
     }
 
@@ -240,9 +245,14 @@ class _Reader:
 
     def __init__(self, parsed: ParsedJDL) -> None:
         self.parsed = parsed
+        self.notes: list[str] = []  # warnings found while reading the values
 
     def fail(self, node: Expr | Entry, message: str) -> JDLError:
         return self.parsed.error(message, max(node.offset, 0))
+
+    def note(self, node: Expr | Entry, message: str) -> None:
+        line, col = self.parsed.source.position(max(node.offset, 0))
+        self.notes.append(f"{self.parsed.source.name}:{line}:{col}: warning: {message}")
 
     def scalar(self, entry: Entry) -> Expr:
         """The value, with a one-item list such as {"6000MB"} unwrapped."""
@@ -264,12 +274,20 @@ class _Reader:
         return self.string_of(self.scalar(entry), entry.name)
 
     def strings(self, entry: Entry) -> tuple[str, ...]:
-        """A string or a list of strings, as a tuple."""
+        """A string or a list of strings, as a tuple (an item written twice, once)."""
         if isinstance(entry.value, ListExpr):
-            return tuple(
-                self.string_of(item, f"each item of {entry.name}") for item in entry.value.items
-            )
+            return tuple(text for text, _ in _items(self, entry))
         return (self.string(entry),)
+
+    def unquoted(self, entry: Entry) -> None:
+        """{testflag, t2}: two items here, ONE item 'testflag,t2' to JAliEn, which reads
+        a brace list without any quote as its text. Said, since the readings differ."""
+        value = entry.value
+        if isinstance(value, ListExpr) and len(value.items) > 1 and \
+                all(isinstance(item, AttrRef) and item.scope is None for item in value.items):
+            count = len(value.items)
+            self.note(entry, f"{entry.name}: unquoted items are {count} items here, one item "
+                      "to JAliEn; quote each item so that both read them alike")  # fmt: skip
 
     def whole(self, entry: Entry, minimum: int, maximum: int, unit: str) -> int:
         node = self.scalar(entry)
@@ -327,9 +345,19 @@ class _Reader:
 
 
 def _items(reader: _Reader, entry: Entry) -> list[tuple[str, Expr]]:
-    """The string items of a string-or-list entry, each with its node for error places."""
+    """The string items of a string-or-list entry, each with its node for error places.
+    An item written twice is kept once, as JAliEn keeps its lists (a set in order)."""
+    reader.unquoted(entry)
     nodes = entry.value.items if isinstance(entry.value, ListExpr) else (entry.value,)
-    return [(reader.string_of(node, f"each item of {entry.name}"), node) for node in nodes]
+    items: list[tuple[str, Expr]] = []
+    for node in nodes:
+        text = reader.string_of(node, f"each item of {entry.name}")
+        if any(text == seen for seen, _ in items):
+            reader.note(node, f"'{_clip(text)}' is listed twice in {entry.name}; kept once, "
+                              "as JAliEn keeps it")  # fmt: skip
+            continue
+        items.append((text, node))
+    return items
 
 
 def _input_file(reader: _Reader, text: str, node: Expr) -> InputFile:
@@ -361,48 +389,49 @@ def _strip_lf(text: str) -> tuple[str, bool]:
 
 
 def _output(reader: _Reader, text: str, node: Expr, key: str) -> OutputSpec:
-    """Parse ``archive.zip:pat,pat@disk=2,SE::NAME::X`` or ``file@disk=1``."""
+    """Parse ``archive:pat,pat@disk=2,SE::NAME::X`` or ``file@disk=1`` as JAliEn does: an
+    archive is a zip under whatever name it is given, empty names are skipped, and
+    storage options this agent does not use are kept and passed on."""
     files, _, options = text.strip().partition("@")
     archive: str | None = None
     if ":" in files:
         archive, _, files = files.partition(":")
         archive = archive.strip()
-        if not archive.casefold().endswith(".zip") or "/" in archive or len(archive) <= 4:
-            raise reader.fail(
-                node,
-                f"{key}: archive '{_clip(archive)}' must be a zip file name, "
-                'like "logs.zip:*.log"',
-            )
-    patterns = tuple(p.strip() for p in files.split(","))
+        problem = _bad_output_name(archive)
+        problem = problem or ("must be a file name in the work directory"
+                              if "/" in archive or archive == "." else None)  # fmt: skip
+        if problem:
+            raise reader.fail(node, f"{key}: archive '{_clip(archive)}' {problem}")
+    patterns = tuple(p for p in (p.strip() for p in files.split(",")) if p)
+    if not patterns:
+        raise reader.fail(node, f"{key}: '{_clip(text)}' names no file")
     for pattern in patterns:
         problem = _bad_output_name(pattern)
         if problem:
             raise reader.fail(node, f"{key}: output '{_clip(pattern)}' {problem}")
     qos: list[tuple[str, int]] = []
     elements: list[str] = []
+    kept: list[str] = []
     for option in (o.strip() for o in options.split(",")) if options else ():
         kind, eq, count = option.partition("=")
-        if eq:
-            if (
-                kind.strip().casefold() not in _QOS_KINDS
-                or not re.fullmatch("[0-9]{1,2}", count.strip())
-                or int(count) < 1
-            ):
-                raise reader.fail(
-                    node,
-                    f"{key}: storage option '{_clip(option)}' must be disk=N or tape=N, "
-                    "N from 1 to 99",
-                )
+        if not option:
+            continue  # "@disk=1," as users write it
+        if eq and kind.strip().casefold() in _QOS_KINDS:
+            if not re.fullmatch("[0-9]{1,2}", count.strip()) or int(count) < 1:
+                raise reader.fail(node, f"{key}: storage option '{_clip(option)}' must be "
+                                  "disk=N or tape=N, N from 1 to 99")  # fmt: skip
             qos.append((kind.strip().casefold(), int(count)))
         elif _STORAGE_ELEMENT.fullmatch(option):
             elements.append(option)
+        elif len(option) > 200 or "@" in option or not option.isprintable():
+            raise reader.fail(node, f"{key}: storage option '{_clip(option)}' is not one "
+                              "(printable, no '@', at most 200 characters)")  # fmt: skip
         else:
-            raise reader.fail(
-                node,
-                f"{key}: storage option '{_clip(option)}' is neither disk=N nor a storage element "
-                "such as ALICE::CERN::EOS",
-            )
-    return OutputSpec(patterns, archive, tuple(qos), tuple(elements), source=key)
+            kept.append(option)
+            reader.note(node, f"{key}: storage option '{_clip(option)}' is passed on as "
+                        "JAliEn passes it; this agent's storage does not act on it")  # fmt: skip
+    return OutputSpec(patterns, archive, tuple(qos), tuple(elements), source=key,
+                      options=tuple(kept))  # fmt: skip
 
 
 def _bad_output_name(pattern: str) -> str | None:
@@ -511,9 +540,14 @@ def job_spec(parsed: ParsedJDL) -> JobSpec:
             raise r.fail(
                 entry, "Requirements must be an expression, not a string: remove the quotes"
             )
-        fields["requirements"] = entry.value
+        if isinstance(entry.value, ListExpr):
+            # JAliEn stores a braced value as a list and matches only on a bare expression
+            r.note(entry, "Requirements in braces is a list to JAliEn, not an expression, and "
+                   "is not used; write it without braces: Requirements = member(...);")  # fmt: skip
+        else:
+            fields["requirements"] = entry.value
 
-    warnings = [w.format(parsed.source.name) for w in parsed.warnings]
+    warnings = [w.format(parsed.source.name) for w in parsed.warnings] + r.notes
     fields["extra"] = tuple(
         (entry.name, entry.value)
         for folded, entry in parsed.entries.items()
@@ -541,9 +575,10 @@ def job_spec(parsed: ParsedJDL) -> JobSpec:
 
 
 def variable_value(node: Expr) -> str:
-    """A JDL variable's value as the payload's environment holds it; lists join with ','."""
+    """A JDL variable's value as the payload's environment holds it; list items joined
+    with '##', as JAliEn's JobWrapper joins them (ALIEN_JDL_PACKAGES = "a##b")."""
     if isinstance(node, ListExpr):
-        return ",".join(variable_value(item) for item in node.items)
+        return "##".join(variable_value(item) for item in node.items)
     if isinstance(node, Literal) and isinstance(node.value, str):
         return node.value
     if isinstance(node, Literal) and isinstance(node.value, bool):
