@@ -50,6 +50,15 @@ def test_submit_arguments_are_substituted_before_the_job_is_stored(cli, tmp_path
     assert '"run 544121"' in stored and "$1" not in stored
 
 
+def test_submit_says_where_jalien_would_read_the_jdl_otherwise(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    jdl = tmp_path / "ttl.jdl"
+    jdl.write_text('Executable = "/bin/true";\nTTL = "two days";\nJobTag = {fast, small};\n')
+    done = cli("submit", jdl)
+    assert done.returncode == 0 and done.stdout == "1\n"
+    assert "TTL 'two days' is not a number of seconds" in done.stderr
+    assert "unquoted items are 2 items here, one item to JAliEn" in done.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

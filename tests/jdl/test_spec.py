@@ -66,11 +66,8 @@ def test_ttl_forms(text: str, expected: int) -> None:
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ('TTL = "2h";', "whole number of seconds"),
-        ("TTL = 1.5;", "whole number of seconds"),
         ("TTL = 0;", "TTL must be from 1 to 31622400 seconds, not 0"),
         ("TTL = 31622401;", "TTL must be from 1 to 31622400 seconds"),
-        ('TTL = "\u00b2";', "whole number of seconds"),
         ("CPUCores = 0;", "CPUCores must be from 1 to 4096 cores, not 0"),
         ('CPUCores = { "\u00b3" };', "whole number of cores"),
         ("CPUCores = true;", "whole number of cores"),
@@ -350,3 +347,12 @@ def test_padded_size_is_refused_without_backtracking() -> None:
 )
 def test_absurd_sizes_are_refused(text: str, fragment: str) -> None:
     assert fragment in spec_error(f"MemorySize = {text};").message
+
+
+def test_a_ttl_that_is_not_a_number_is_the_default_as_in_jalien() -> None:
+    spec = job('TTL = "18 hours";', source="t.jdl")
+    assert spec.ttl == DEFAULT_TTL and "TTL" not in spec.explicit  # the site's default rules
+    assert any("TTL '18 hours' is not a number of seconds" in w for w in spec.warnings)
+    assert job("TTL = 7200.9;").ttl == 7200  # whole seconds, as JAliEn's intValue
+    assert "whole number of seconds" in spec_error("TTL = 0.5;").message
+    assert job('TTL = "\u00b2";').ttl == DEFAULT_TTL  # not ASCII digits: not a number

@@ -66,6 +66,8 @@ def submit(
 
     spec = _job(jdl, args or [])
     assert spec is not None
+    for warning in spec.warnings:  # where JAliEn would read it differently, among others
+        typer.echo(printable(warning), err=True)
     client = broker_client(broker, cert, key, ca)
     if client is not None:
         from sandbox_agent.agent.staging import StagingError, stage

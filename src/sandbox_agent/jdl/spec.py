@@ -525,8 +525,20 @@ def job_spec(parsed: ParsedJDL) -> JobSpec:
         if (entry := get(key)) is not None:
             fields[attr] = r.strings(entry)
 
+    dropped: set[str] = set()  # keys written that count as not written (as to JAliEn)
     if (entry := get("TTL")) is not None:
-        fields["ttl"] = r.whole(entry, 1, MAX_TTL, "seconds")
+        node = r.scalar(entry)
+        if isinstance(node, Literal) and isinstance(node.value, str) and \
+                not _DIGITS.fullmatch(node.value.strip()):  # fmt: skip
+            # JAliEn's getInteger gives no number for "18 hours": its default TTL applies
+            r.note(entry, f"TTL '{_clip(node.value)}' is not a number of seconds; the default "
+                   f"({DEFAULT_TTL} s, or the site's) applies, as in JAliEn")  # fmt: skip
+            dropped.add("TTL")
+        elif isinstance(node, Literal) and type(node.value) is float and \
+                1 <= node.value < MAX_TTL + 1:  # fmt: skip
+            fields["ttl"] = int(node.value)  # JAliEn takes the whole seconds of 7200.5
+        else:
+            fields["ttl"] = r.whole(entry, 1, MAX_TTL, "seconds")
     if (entry := get("CPUCores")) is not None:
         fields["cpu_cores"] = r.whole(entry, 1, MAX_CPU_CORES, "cores")
     if (entry := get("MemorySize")) is not None:
@@ -570,7 +582,7 @@ def job_spec(parsed: ParsedJDL) -> JobSpec:
             elif present[name.casefold()] not in names:
                 names.append(present[name.casefold()])
         fields["jdl_variables"] = tuple(names)
-    explicit = frozenset(entry.name for entry in parsed.entries.values())
+    explicit = frozenset(entry.name for entry in parsed.entries.values()) - dropped
     return JobSpec(**fields, warnings=tuple(warnings), explicit=explicit)
 
 
