@@ -85,7 +85,7 @@ def test_keys_are_case_insensitive_with_canonical_casing() -> None:
     entry = parsed.get("ValidationCommand")
     assert entry is not None
     assert entry.name == "ValidationCommand"
-    assert entry.value == Literal("/b")
+    assert entry.value == Literal("/a")  # the first spelling, as JAliEn reads it
     assert parsed.get("Executable") is not None
     assert parsed.get("EXECUTABLE") is parsed.get("executable")
 
@@ -97,11 +97,22 @@ def test_unknown_key_keeps_its_spelling() -> None:
 
 
 def test_duplicate_key_later_wins_with_warning() -> None:
-    spec = load_job('Executable = "a";\nTTL = 100;\nttl = 200;\n', source="job.jdl")
+    spec = load_job('Executable = "a";\nTTL = 100;\nTTL = 200;\n', source="job.jdl")
     assert spec.ttl == 200
     assert len(spec.warnings) == 1
-    assert spec.warnings[0].startswith("job.jdl:3:1: warning: 'ttl' is defined again")
+    assert spec.warnings[0].startswith("job.jdl:3:1: warning: 'TTL' is defined again")
     assert "line 2" in spec.warnings[0]
+
+
+def test_a_key_in_another_spelling_is_ignored_as_jalien_ignores_it() -> None:
+    """JAliEn keeps keys case-sensitively and reads the first spelling: Split then split
+    is Split's value there. Reading the later one would run another job."""
+    spec = load_job('Executable = "a";\nSplit = "se";\nsplit = "production:1-10";\n',
+                    source="job.jdl")  # fmt: skip
+    assert spec.split == "se"
+    assert spec.warnings == ("job.jdl:3:1: warning: 'split' is 'Split' (line 2) in another "
+                             "spelling; the first is used, as JAliEn uses it, and this one is "
+                             "ignored",)  # fmt: skip
 
 
 @pytest.mark.parametrize(

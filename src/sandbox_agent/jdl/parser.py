@@ -79,6 +79,9 @@ class ParsedJDL:
     source: Source
     entries: dict[str, Entry] = field(default_factory=dict)
     warnings: list[Warning_] = field(default_factory=list)
+    # each key's spelling where it was first defined: JAliEn keeps keys case-sensitively
+    # and reads the first spelling, so 'split' after 'Split' does not replace it there
+    spellings: dict[str, str] = field(default_factory=dict)
 
     def get(self, name: str) -> Entry | None:
         return self.entries.get(name.casefold())
@@ -270,6 +273,12 @@ class _Parser:
         if previous is not None:
             line, col = self.src.position(key.offset)
             old_line, _ = self.src.position(previous.offset)
+            first = parsed.spellings[folded]
+            if first != key.text:  # another spelling: JAliEn reads the first one
+                parsed.warnings.append(Warning_(line, col, (
+                    f"'{key.text}' is '{first}' (line {old_line}) in another spelling; "
+                    "the first is used, as JAliEn uses it, and this one is ignored")))  # fmt: skip
+                return
             parsed.warnings.append(
                 Warning_(
                     line,
@@ -279,6 +288,7 @@ class _Parser:
                 )
             )
             del parsed.entries[folded]
+        parsed.spellings.setdefault(folded, key.text)
         parsed.entries[folded] = Entry(canonical_name(key.text), value, start)
 
     # -- expressions ---------------------------------------------------------------
