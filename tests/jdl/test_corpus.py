@@ -141,3 +141,37 @@ def test_broken_file_error(name: str) -> None:
     source_line = (BROKEN / name).read_text().splitlines()[line - 1]
     assert excerpt.strip() and excerpt.strip() in source_line
     assert caret.strip() == "^"
+
+
+# -- spellings real JDLs use, read as JAliEn reads them ---------------------------------
+
+JALIEN = ROOT / "tests" / "jdl" / "corpus" / "jalien"
+SPELLINGS = tomllib.loads((JALIEN / "expected.toml").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(SPELLINGS))
+def test_a_spelling_real_jdls_use(name: str) -> None:
+    expected = SPELLINGS[name]
+    spec = load(JALIEN / f"{name}.jdl")
+    if "outputs" in expected:
+        found = [[o.archive or "", list(o.patterns),
+                  [f"{k}={n}" for k, n in o.qos] + list(o.storage_elements) + list(o.options)]
+                 for o in spec.outputs]  # fmt: skip
+        assert found == expected["outputs"]
+    if "environment" in expected:
+        assert spec.environment() == expected["environment"]
+    if "requirements" in expected:
+        assert (spec.requirements is not None) == expected["requirements"]
+    if "input_files" in expected:
+        assert [f.name for f in spec.input_files] == expected["input_files"]
+    if "ttl" in expected:
+        assert spec.ttl == expected["ttl"]
+    if "split" in expected:
+        assert spec.split == expected["split"]
+    if "warning" in expected:
+        assert any(expected["warning"] in w for w in spec.warnings), spec.warnings
+    assert load_job(render_jdl(spec)).outputs == spec.outputs  # the queue keeps it so
+
+
+def test_every_spelling_has_its_reading() -> None:
+    assert {p.stem for p in JALIEN.glob("*.jdl")} == set(SPELLINGS)
