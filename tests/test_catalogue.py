@@ -355,8 +355,9 @@ def test_a_missing_relative_executable_is_refused(catalogue: Catalogue, tmp_path
          "does; rename one of them"),
         ('Executable = "run.sh"; ValidationCommand = "LF:/alice/run.sh";',
          "ValidationCommand LF:/alice/run.sh: lands on run.sh in the work directory"),
-        ('Executable = "/bin/true"; InputFile = {"run.sh", "run.sh"};',
-         "InputFile run.sh: lands on run.sh in the work directory, as InputFile run.sh"),
+        # (the same name twice is one item, as to JAliEn; two files of one name collide)
+        ('Executable = "/bin/true"; InputFile = {"run.sh", "sub/run.sh"};',
+         "InputFile sub/run.sh: lands on run.sh in the work directory, as InputFile run.sh"),
         ('Executable = "/bin/true"; InputFile = "sub/stdout";',
          "InputFile sub/stdout: its name stdout is reserved in the work directory"),
         ('Executable = "/bin/true"; InputFile = "LF:/alice/stderr";',
