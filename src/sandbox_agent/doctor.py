@@ -19,6 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from sandbox_agent import hostfacts
+from sandbox_agent.limits.cgroups import (
+    CGROUP_LIMITS,
+    CgroupError,
+    discover,
+    mounts,
+    read_text,
+)
 from sandbox_agent.toolrun import run_tool
 
 OK, WEAK, MISSING = "OK", "WEAK", "MISSING"
@@ -124,8 +131,6 @@ def user_namespaces() -> list[Check]:
 
 
 def cgroups() -> list[Check]:
-    from sandbox_agent.limits.cgroups import CGROUP_LIMITS, CgroupError, discover
-
     try:
         hierarchy = discover()
     except CgroupError as exc:
@@ -147,8 +152,6 @@ def nsdelegate() -> Check:
     """Whether a job's cgroup namespace is a delegation boundary: with nsdelegate, a
     process inside can neither move out of it nor write its root's limits, whatever it
     reaches; without, only the sandbox keeps cgroupfs from the payload."""
-    from sandbox_agent.limits.cgroups import mounts, read_text
-
     found = mounts(read_text(Path("/proc/self/mountinfo")) or "")
     unified = next((m for m in found if m.fstype == "cgroup2"), None)
     if unified is not None and "nsdelegate" in unified.controllers:

@@ -392,3 +392,20 @@ def test_too_many_tokens() -> None:
 
     err = error('Executable = "a"; X = {' + "a," * MAX_TOKENS + "};")
     assert "tokens" in err.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # a brace value read as one item must not end the statement or open another
+        "Output = {x@y; Executable = evil};",
+        "Output = {x@y # comment\n};",
+        "Output = {x@y /* c */};",
+        'Output = {"a" @x};',  # a quote inside: the ordinary grammar, which refuses it
+        "Output = {x@y\x07};",  # a control character
+        "Requirements = member({a@b}, 1);",  # only a statement's whole value
+    ],
+)
+def test_an_unquoted_brace_value_cannot_carry_more_than_one_item(text: str) -> None:
+    with pytest.raises(JDLError):
+        load_job('Executable = "/bin/true";\n' + text)

@@ -45,8 +45,9 @@ KERNELS = {
 MIRROR = "http://deb.debian.org/debian"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 CACHE = Path(os.environ.get("SANDBOX_AGENT_VM_CACHE", "/var/cache/sandbox-agent-vm"))
-# virtio and 9p for the root, overlay on it, loop and ext4 for the job's work directory,
-# (ext4 asks the crypto API for crc32c: no depends= names it), fuse for images, zram for swap
+# virtio and 9p for the root, overlay on it; loop, ext4 and crc32c for the job's work
+# directory (ext4 asks the crypto API for crc32c, so no depends= names it); fuse for
+# images; zram for swap
 MODULES = (
     "virtio_pci",
     "9pnet_virtio",
