@@ -60,6 +60,8 @@ KINDS: dict[str, tuple[Table, int]] = {
         {
             "job_id": INT,
             "resubmission": INT,
+            "user": STR,  # who submitted it: ALIEN_USER
+            "site": STR,  # the slot's Site: ALIEN_SITE
             "spec": SPEC,
             "token": TOKEN,
             "environment": STR_MAP,

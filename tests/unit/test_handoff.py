@@ -25,6 +25,8 @@ from sandbox_agent.handoff import FrameError, decode, encode, read_frame, write_
 HANDOFF: dict[str, Any] = {
     "job_id": 7,
     "resubmission": 0,
+    "user": "alice",
+    "site": "local",
     "spec": {"executable": "/bin/sh", "arguments": ["-c", "echo hi"], "input_files": [],
              "outputs": ["stdout@disk=1"], "output_errors": ["errors.zip:stderr,*.log@disk=1"],
              "variables": {"RUN": "544121"}},
@@ -230,7 +232,8 @@ specs = st.fixed_dictionaries(
     optional={"validation": st.lists(texts, max_size=2)},
 )  # fmt: skip
 handoffs = st.fixed_dictionaries({
-    "job_id": st.integers(0, 2**53), "resubmission": st.integers(0, 100), "spec": specs,
+    "job_id": st.integers(0, 2**53), "resubmission": st.integers(0, 100), "user": texts,
+    "site": texts, "spec": specs,
     "token": st.fixed_dictionaries({"certificate": texts, "key": texts,
                                     "chain": st.lists(texts, max_size=2)}),
     "environment": st.dictionaries(texts, texts, max_size=4),

@@ -23,6 +23,8 @@ from sandbox_agent.handoff import FrameError, encode, read_frame
 HANDOFF: dict[str, Any] = {
     "job_id": 7,
     "resubmission": 0,
+    "user": "alice",
+    "site": "local",
     "spec": {"executable": "/bin/true", "arguments": [], "input_files": [], "outputs": [],
              "output_errors": [], "variables": {}},
     "token": {"certificate": "c", "key": "k", "chain": []},

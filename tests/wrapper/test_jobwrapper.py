@@ -25,14 +25,15 @@ PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.execut
 SAVED = ["STARTED", "RUNNING", "SAVING"]  # every job whose payload ran, before its end
 
 
-def frame(limits: dict[str, int] | None = None, **spec: Any) -> bytes:
+def frame(limits: dict[str, int] | None = None, environment: dict[str, str] | None = None,
+          **spec: Any) -> bytes:  # fmt: skip
     fields = {
-        "job_id": 42, "resubmission": 1,
+        "job_id": 42, "resubmission": 1, "user": "alice", "site": "ALICE::Demo",
         "spec": {"executable": "/bin/sh", "arguments": ["-c", "echo hello"], "input_files": [],
                  "outputs": ["stdout"], "output_errors": [], "variables": {"Run": "544121"},
                  **spec},
         "token": {"certificate": "CERT\n", "key": "JOB-KEY\n", "chain": ["CA\n"]},
-        "environment": {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+        "environment": environment or {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
         "limits": {"wall_time": 60} if limits is None else limits,
     }  # fmt: skip
     return handoff.encode("handoff", fields)
@@ -132,6 +133,30 @@ def test_a_job_runs_to_done_with_its_environment_and_token_files(workdir: Path) 
     assert token.stat().st_mode & 0o777 == 0o700
     assert (token / "key.pem").stat().st_mode & 0o777 == 0o600
     assert (token / "cert.pem").read_text() == "CERT\nCA\n"
+
+
+def test_the_payload_gets_the_variables_jaliens_jobwrapper_sets(workdir: Path) -> None:
+    # the policy's environment may not replace them: it comes first
+    policy = {"PATH": "/usr/bin:/bin", "HOME": "/root", "ALIEN_USER": "root", "TMP": "/tmp"}
+    code, _, stderr = run_wrapper(workdir, frame(environment=policy, arguments=["-c", "env"]))
+    assert code == 0, stderr
+    env = dict(line.split("=", 1) for line in (workdir / "stdout").read_text().splitlines())
+    tmp = str(workdir / "tmp")
+    assert {name: env.get(name) for name in ("HOME", "TMP", "TMPDIR", "ALIEN_PROC_ID",
+            "ALIEN_MASTERJOB_ID", "ALIEN_USER", "ALIEN_SITE", "ALIEN_JDL_RUN")} == {
+        "HOME": str(workdir), "TMP": tmp, "TMPDIR": tmp, "ALIEN_PROC_ID": "42",
+        "ALIEN_MASTERJOB_ID": "42", "ALIEN_USER": "alice", "ALIEN_SITE": "ALICE::Demo",
+        "ALIEN_JDL_RUN": "544121"}  # fmt: skip
+    assert (workdir / "tmp").stat().st_mode & 0o777 == 0o700
+    assert env["JALIEN_TOKEN_KEY"] == str(workdir / jobwrapper.TOKEN_DIR / "key.pem")
+
+
+def test_a_staged_file_named_tmp_leaves_tmpdir_in_the_work_directory(workdir: Path) -> None:
+    (workdir / "tmp").write_text("an input of that name")
+    code, _, stderr = run_wrapper(workdir, frame(arguments=["-c", "echo $TMPDIR"]))
+    assert code == 0, stderr
+    assert (workdir / "stdout").read_text() == f"{workdir}\n"
+    assert (workdir / "tmp").read_text() == "an input of that name"
 
 
 NOT_EXECUTABLE = ["-c", "echo exit 0 > check.sh"]  # a validation script without its x bit

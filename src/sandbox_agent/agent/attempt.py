@@ -166,9 +166,10 @@ class Attempt:
     """One job run by ``agent``; ``stop`` ends it early (the agent's SIGTERM)."""
 
     def __init__(self, agent: Agent, job: Job, spec: JobSpec, effective: EffectivePolicy,
-                 stop: StopRequest) -> None:  # fmt: skip
+                 stop: StopRequest, site: str = "local") -> None:  # fmt: skip
         self.agent = agent
         self.job = job
+        self.site = site  # the Site of the slot it was matched to (ALIEN_SITE)
         self.spec = spec
         self.effective = effective
         self.stop = stop
@@ -353,7 +354,8 @@ class Attempt:
                 report = self.hand_back(None, started, workdir)
                 return report
             env = dict(environment(self.effective, os.environ))
-            fields = handoff_fields(spec, job.id, job.resubmission, token, env, self.effective)
+            fields = handoff_fields(spec, job.id, job.resubmission, token, env, self.effective,
+                                    user=job.owner, site=self.site)  # fmt: skip
             emit({"event": "started", "job": job.id, "resubmission": job.resubmission,
                   "workdir": str(workdir)})  # fmt: skip
             cgroup = cgroup_name(self.agent.home_tag, job.id, job.resubmission)

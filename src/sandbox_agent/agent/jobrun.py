@@ -21,6 +21,7 @@ from sandbox_agent.images import prepare
 from sandbox_agent.jdl import JobSpec
 from sandbox_agent.limits.monitor import StopRequest
 from sandbox_agent.policy.compose import EffectivePolicy
+from sandbox_agent.printable import clipped
 from sandbox_agent.runtime import bwrap, session
 
 MAX_FRAMES = 256  # a wrapper has a handful of states to report; more is misbehaviour
@@ -50,8 +51,11 @@ class JobResult:
 
 def handoff_fields(
     spec: JobSpec, job_id: int, resubmission: int, token: Mapping[str, Any],
-    environment: Mapping[str, str], effective: EffectivePolicy,
+    environment: Mapping[str, str], effective: EffectivePolicy, *, user: str, site: str,
 ) -> dict[str, Any]:  # fmt: skip
+    """The handoff frame's fields for one job: what the wrapper needs and nothing more.
+    ``user`` (the job's owner) and ``site`` (the slot's Site) become ALIEN_USER and
+    ALIEN_SITE, one printable line each, as they reach the payload's environment."""
     prefix = "ALIEN_JDL_"
     variables = {name.removeprefix(prefix): value for name, value in spec.environment().items()}
     job: dict[str, Any] = {
@@ -63,7 +67,8 @@ def handoff_fields(
     if spec.validation_command:  # a program to run, never a shell string
         job["validation"] = [spec.validation_command]
     limits = {name: effective.limit(name) for name in ("memory", "wall_time", "workdir_size")}
-    return {"job_id": job_id, "resubmission": resubmission, "spec": job, "token": dict(token),
+    return {"job_id": job_id, "resubmission": resubmission, "user": clipped(user, 200),
+            "site": clipped(site, 200), "spec": job, "token": dict(token),
             "environment": dict(environment), "limits": limits}  # fmt: skip
 
 

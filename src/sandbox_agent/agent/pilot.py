@@ -259,7 +259,7 @@ class Pilot:
             empty = 0
             self.emit({"event": "matched", "job": job.id, "resubmission": job.resubmission,
                        "ttl_left": left})  # fmt: skip
-            report = self.run_one(agent, job)
+            report = self.run_one(agent, job, offered)
             self.emit(report_event(report))
             ran += 1
             if self.config.once:
@@ -301,10 +301,12 @@ class Pilot:
                              "pilot takes no work until that is fixed; `sandbox-agent selftest "
                              f"--policy {self.config.policy.name}` shows every attack")  # fmt: skip
 
-    def run_one(self, agent: Agent, job: Job) -> Report:
+    def run_one(self, agent: Agent, job: Job, offered: Slot) -> Report:
         spec = self.job_spec(job)
         assert not isinstance(spec, str)  # match only hands out jobs that parse
-        attempt = Attempt(agent, job, spec, self.compose(spec), StopRequest())
+        site = offered.get("Site", "local")
+        attempt = Attempt(agent, job, spec, self.compose(spec), StopRequest(),
+                          site=site if isinstance(site, str) else str(site))  # fmt: skip
         self.current = attempt
         try:
             if self.stopping:  # the signal came between the match and now

@@ -138,7 +138,8 @@ def run_probe(policy: Policy, *, certs: Path, credentials: list[str], work_area:
         host_env = {**os.environ, **stage.environment()}
         env = dict(environment(effective, host_env))
         token = {"certificate": "selftest: no job token\n", "chain": [], "key": ""}
-        fields = handoff_fields(spec, 0, 0, token, env, effective)
+        fields = handoff_fields(spec, 0, 0, token, env, effective, user="selftest",
+                                site="selftest")  # fmt: skip
         name = f"job-{home_tag}-0-0-{secrets.token_hex(4)}"  # job 0: never a real job
         result = run_job(effective, fields, workdir, environ=host_env, name=name,
                          held=workdisk.held(disk))  # fmt: skip

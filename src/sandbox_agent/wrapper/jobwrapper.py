@@ -5,8 +5,9 @@
 It reads ONE handoff frame on stdin (nothing else from the agent, ever), writes the job
 token to 0600 files in a private directory of the work directory and exports only
 their paths (JALIEN_TOKEN_CERT, JALIEN_TOKEN_KEY, as JAliEn payloads expect), builds the
-payload's environment (the handoff's, HOME and TMPDIR, ALIEN_PROC_ID, ALIEN_JDL_<name>
-for the JDLVariables), checks the inputs are there, runs the executable with its
+payload's environment (the handoff's, then JAliEn's: ALIEN_JDL_<name> for the
+JDLVariables, HOME, TMP and TMPDIR, ALIEN_PROC_ID, ALIEN_MASTERJOB_ID, ALIEN_USER,
+ALIEN_SITE), checks the inputs are there, runs the executable with its
 arguments (an argv, never a shell) in its own session with stdout and stderr to files,
 runs the validation command, packages the outputs (packaging.py) and reports each state
 on the status descriptor, which the payload does not inherit:
@@ -61,6 +62,7 @@ else:  # run as a file inside the sandbox: its siblings lie next to it (-I drops
     import handoff  # type: ignore[import-not-found,no-redef]
     import packaging  # type: ignore[import-not-found,no-redef,unused-ignore]
 
+TMP_DIR = "tmp"  # the payload's TMP and TMPDIR, in the work directory
 TOKEN_DIR = ".jalien-token"  # noqa: S105 (a directory name) in the work directory, 0700
 EXIT_BAD_HANDOFF = 3
 VALIDATION_TIME = 3600  # seconds, when the handoff's limits have no wall_time
@@ -97,11 +99,29 @@ def write_token(workdir: str, token: dict[str, Any]) -> dict[str, str]:
     return {"JALIEN_TOKEN_CERT": paths["cert.pem"], "JALIEN_TOKEN_KEY": paths["key.pem"]}
 
 
+def temporary_directory(workdir: str) -> str:
+    """``tmp`` in the work directory, 0700, for TMP and TMPDIR (as JAliEn's JobWrapper
+    makes it); the work directory itself when the job staged a file of that name."""
+    path = os.path.join(workdir, TMP_DIR)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        info = os.lstat(path)
+        return path if stat.S_ISDIR(info.st_mode) else workdir
+    return path
+
+
 def environment(frame: dict[str, Any], workdir: str, token: dict[str, str]) -> dict[str, str]:
+    """The payload's environment, JAliEn's JobWrapper's variables last so that nothing
+    the policy passes on can replace them. ALIEN_MASTERJOB_ID is the job's own id: no
+    job here is split into subjobs, and a MasterJobID the JDL writes is not believed."""
     env = dict(frame["environment"])
-    env.update(HOME=workdir, TMPDIR=workdir, ALIEN_PROC_ID=str(frame["job_id"]))
     for name, value in frame["spec"]["variables"].items():
         env[f"ALIEN_JDL_{name.upper()}"] = value
+    tmp = temporary_directory(workdir)
+    job_id = str(frame["job_id"])
+    env.update(HOME=workdir, TMP=tmp, TMPDIR=tmp, ALIEN_PROC_ID=job_id,
+               ALIEN_MASTERJOB_ID=job_id, ALIEN_USER=frame["user"], ALIEN_SITE=frame["site"])
     env.update(token)
     return env
 
