@@ -121,6 +121,18 @@ def shared_workdir() -> Path:
     return workdir
 
 
+def shell_script(directory: Path, name: str, script: str, interpreter: str = "/bin/sh") -> str:
+    """``script`` written as the program ``directory/name`` (``#!interpreter`` first, mode
+    0755: readable by the sandbox's uid), and the JDL line that runs it: a relative
+    Executable is a local file next to the JDL, staged into the work directory at
+    submit. A payload's script is never an ``Arguments = "-c '...'"``: JAliEn splits
+    Arguments on white space alone, quotes kept as plain characters."""
+    path = directory / name
+    path.write_text(f"#!{interpreter}\n{script}\n")
+    path.chmod(0o755)
+    return f'Executable = "{name}";\n'
+
+
 def nobody_program() -> tuple[list[str], dict[str, str]] | str:
     """How to run the CLI as an unprivileged agent (uid 65534): the argv prefix and the
     extra environment, or why it cannot be done here. The venv's interpreter may live

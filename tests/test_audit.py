@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import assert_no_traceback, cli_env, run_cli
+from cli_support import assert_no_traceback, cli_env, run_cli, shell_script
 from cryptography import x509
 
 from sandbox_agent.agent.audit import redact
@@ -27,9 +27,12 @@ pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewra
 
 
 @contextlib.contextmanager
-def one_job(jdl: str | None = None) -> Iterator[tuple[Path, subprocess.CompletedProcess[str]]]:
+def one_job(
+    jdl: str | None = None, script: str | None = None
+) -> Iterator[tuple[Path, subprocess.CompletedProcess[str]]]:
     """A fresh home whose pilot ran job 1 (``jdl``'s text, or samples/hello.jdl) once:
-    the home and what `run --once --json` printed; removed after."""
+    the home and what `run --once --json` printed; removed after. ``script``: a shell
+    script beside the JDL, job.sh, which it runs (its Executable line comes first)."""
     base = Path(tempfile.mkdtemp(dir="/tmp", prefix="sandbox-agent-audit-"))
     try:
         base.chmod(0o711)  # the sandbox's uid (as root) reaches the work area under it
@@ -37,7 +40,7 @@ def one_job(jdl: str | None = None) -> Iterator[tuple[Path, subprocess.Completed
         path = Path("samples/hello.jdl")
         if jdl is not None:
             path = base / "job.jdl"
-            path.write_text(jdl)
+            path.write_text(jdl if script is None else shell_script(base, "job.sh", script) + jdl)
         assert run_cli(env, "submit", path).returncode == 0
         done = run_cli(env, "run", "--once", "--json")
         assert_no_traceback(done)
@@ -161,9 +164,7 @@ def test_show_prints_the_record_for_a_person(ran: Path) -> None:
 
 
 def test_an_output_named_like_the_record_cannot_take_its_place() -> None:
-    forge = ('Executable = "/bin/sh";\nArguments = "-c \'echo forged > audit.json\'";\n'
-             'Output = {"audit.json"};\n')  # fmt: skip
-    with one_job(forge) as (home, _done):
+    with one_job('Output = {"audit.json"};\n', "echo forged > audit.json") as (home, _done):
         code, out, err = audit(home, "show", "1", "--json")
         assert code == 0, err
         outputs = {o["name"]: o["sha256"] for o in json.loads(out)["outputs"]}
@@ -173,10 +174,8 @@ def test_an_output_named_like_the_record_cannot_take_its_place() -> None:
 def test_an_output_name_that_is_not_utf8_is_refused_not_a_crash() -> None:
     """A payload's file name of other bytes matching an Output pattern: the job ends
     ERROR_SV with the reason, the pilot goes on, and the record is signed all the same."""
-    odd = ('Executable = "/bin/sh";\n'
-           "Arguments = \"-c 'echo x > \\\"$(printf bad\\\\\\\\377.txt)\\\"'\";\n"
-           'Output = {"*.txt"};\n')  # fmt: skip
-    with one_job(odd) as (home, ran):
+    odd = "echo x > \"$(printf 'bad\\377.txt')\""  # printf makes the byte \377
+    with one_job('Output = {"*.txt"};\n', odd) as (home, ran):
         finished = next(e for e in map(json.loads, ran.stdout.splitlines())
                         if e["event"] == "finished")  # fmt: skip
         assert finished["state"] == "ERROR_SV"

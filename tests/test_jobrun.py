@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_support import ROOT, shared_workdir
+from cli_support import ROOT, shared_workdir, shell_script
 
 from sandbox_agent.agent.jobrun import handoff_fields, run_job
 from sandbox_agent.jdl import load_job
@@ -37,13 +37,24 @@ def run(workdir: Path, jdl: str, policy_text: str = 'extends = "default"\n', **k
     (policies / "site.toml").write_text(policy_text)
     spec = load_job(jdl)
     effective = compose(load_policy("site", [policies]), spec)
-    fields = handoff_fields(spec, 7, 0, TOKEN, {"PATH": "/usr/bin:/bin"}, effective)
+    fields = handoff_fields(spec, 7, 0, TOKEN, {"PATH": "/usr/bin:/bin"}, effective,
+                            user="alice", site="ALICE::Test")  # fmt: skip
     return run_job(effective, fields, workdir, interval=0.2, **kwargs)  # type: ignore[arg-type]  # fmt: skip
+
+
+def script_job(
+    workdir: Path, script: str, interpreter: str = "/bin/sh", name: str = "job.sh"
+) -> str:
+    """A JDL whose payload is ``script``, run by ``interpreter`` from a file in the work
+    directory (its current directory): run_job stages nothing, and a bare Executable
+    name would be looked up in PATH."""
+    shell_script(workdir, name, script, interpreter)
+    return f'Executable = "{interpreter}"; Arguments = "{name}";'
 
 
 def test_a_job_runs_to_done_inside_the_sandbox(workdir: Path) -> None:
     script = "echo $ALIEN_PROC_ID; id -u; cat $JALIEN_TOKEN_KEY"
-    result = run(workdir, f'Executable = "/bin/sh"; Arguments = "-c \'{script}\'";')
+    result = run(workdir, script_job(workdir, script))
     assert (result.state, result.exit_code) == ("DONE", 0), (result.detail, result.wrapper_log)
     assert result.states == ["STARTED", "RUNNING", "SAVING", "DONE"]
     assert (workdir / "stdout").read_text().split() == ["7", "1000", "JOB-KEY"]
@@ -51,7 +62,7 @@ def test_a_job_runs_to_done_inside_the_sandbox(workdir: Path) -> None:
 
 
 def test_a_failing_payload_ends_in_error_e(workdir: Path) -> None:
-    result = run(workdir, 'Executable = "/bin/sh"; Arguments = "-c \'exit 4\'";')
+    result = run(workdir, script_job(workdir, "exit 4"))
     assert (result.state, result.exit_code) == ("ERROR_E", 4)
 
 
@@ -70,9 +81,10 @@ def test_a_job_past_its_wall_time_is_expired(workdir: Path) -> None:
 
 def test_a_job_past_its_memory_is_in_error(workdir: Path) -> None:
     policy = 'extends = "default"\n[limits]\nmemory = { default = "128MB" }\n'
-    result = run(workdir, 'Executable = "/usr/bin/python3"; '
-                          'Arguments = "-c \'x = bytearray(512 << 20)\'";', policy)  # fmt: skip
+    hog = script_job(workdir, "x = bytearray(512 << 20)", "/usr/bin/python3", "hog.py")
+    result = run(workdir, hog, policy)
     assert result.state == "ERROR_E"
+    assert "used more memory than its limit" in result.detail, result.detail  # not a bad hog.py
 
 
 # -- a wrapper the payload subverted: the real sandbox, the wrapper's source replaced ------
@@ -141,8 +153,7 @@ def test_a_stop_request_gives_the_job_sigterm_then_its_grace(workdir: Path) -> N
     watcher = threading.Thread(target=stop_once_running)
     watcher.start()
     try:
-        result = run(workdir, f'Executable = "/bin/sh"; Arguments = "-c \\"{script}\\"";',
-                     stop=stop)  # fmt: skip
+        result = run(workdir, script_job(workdir, script), stop=stop)
     finally:
         watcher.join()
         stop.close()

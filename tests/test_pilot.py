@@ -7,6 +7,7 @@ uid 65534, which must reach the work directories."""
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import os
@@ -67,6 +68,13 @@ def write_jdl(home: Path, name: str, text: str, **files: str) -> Path:
     path = directory / f"{name}.jdl"
     path.write_text(text)
     return path
+
+
+def sh(script: str) -> str:
+    """A shell script's text, for a ``job.sh`` written beside a JDL (``Executable =
+    "job.sh"``): a payload's script is never an ``Arguments = "-c '...'"``, which JAliEn
+    splits on white space, quotes kept."""
+    return f"#!/bin/sh\n{script}\n"
 
 
 def submit(cli: CLI, jdl: Path | str, *args: str) -> int:
@@ -132,11 +140,13 @@ def test_the_payload_holds_a_job_token_for_its_own_job_and_never_the_agents(
     jdl = write_jdl(
         home,
         "token",
-        f'Executable = "/bin/sh"; Arguments = "-c \'{script}\'";\n'
-        'Output = {"cert.pem", "listing", "env.txt", "leaked", "jobkey"};',
+        'Executable = "job.sh";\nOutput = {"cert.pem", "listing", "env.txt", "leaked", "jobkey"};'
+        "\nMasterJobID = 1;",  # a JDL's claim to be another job's subjob is not believed
+        job_sh=sh(script),
     )
     submit(cli, jdl)
     job = submit(cli, jdl)
+    (home / "slot.toml").write_text('Site = "ALICE::Demo"\n')  # the site's word on its slot
     run_pilot(cli)
     target = home.parent / "out"
     assert cli("outputs", job, "--to", target).returncode == 0
@@ -147,14 +157,20 @@ def test_the_payload_holds_a_job_token_for_its_own_job_and_never_the_agents(
     assert verified.identity.job is not None and verified.identity.job.job_id == job
     agent = load_token(home / "certs" / "jobagent.pem", home / "certs" / "jobagent.key")
     assert certs[0] != agent.certificate
-    env = (target / "env.txt").read_text()
-    assert f"ALIEN_PROC_ID={job}\n" in env
+    text = (target / "env.txt").read_text()
+    env = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    # JAliEn's JobWrapper's variables: the job, its owner, the slot's Site, its tmp/
+    assert {name: env.get(name) for name in ("ALIEN_PROC_ID", "ALIEN_MASTERJOB_ID",
+            "ALIEN_USER", "ALIEN_SITE")} == {"ALIEN_PROC_ID": str(job),
+        "ALIEN_MASTERJOB_ID": str(job), "ALIEN_USER": getpass.getuser(),
+        "ALIEN_SITE": "ALICE::Demo"}  # fmt: skip
+    assert env["TMPDIR"] == env["TMP"] == env["HOME"] + "/tmp"
     # its own key is readable, the agent's is not even there; the token lives in its dir
     assert (target / "jobkey").read_text().startswith("-----BEGIN PRIVATE KEY-----")
     assert "No such file or directory" in (target / "leaked").read_text()
     assert key.read_bytes() not in (target / "leaked").read_bytes()
     assert ".jalien-token" in (target / "listing").read_text().split()
-    assert str(home) not in env.replace(str(home / "work"), "")  # no path to the agent's state
+    assert str(home) not in text.replace(str(home / "work"), "")  # no path to the agent's state
 
 
 def test_the_production_sample_runs_with_staged_inputs_archives_and_validation(
@@ -213,14 +229,14 @@ def test_limits_end_jobs_expired_or_in_error(cli: CLI, home: Path) -> None:
     memory = write_jdl(
         home,
         "memory",
-        'Executable = "/usr/bin/python3"; '
-        'Arguments = "-c \'x = bytearray(600 << 20)\'"; MemorySize = "256MB";',
+        'Executable = "hog.py"; MemorySize = "256MB";',
+        hog_py="#!/usr/bin/python3\nx = bytearray(600 << 20)\n",
     )
     disk = write_jdl(
         home,
         "disk",
-        'Executable = "/bin/sh"; WorkDirectorySize = "20MB"; '
-        "Arguments = \"-c 'head -c 64000000 /dev/zero > big; sleep 30'\";",
+        'Executable = "job.sh"; WorkDirectorySize = "20MB";',
+        job_sh=sh("head -c 64000000 /dev/zero > big; sleep 30"),
     )
     ids = [submit(cli, path) for path in (expired, memory, disk)]
     done = finished(run_pilot(cli))
@@ -381,8 +397,8 @@ def test_an_output_reached_through_a_symlink_to_the_agents_key_is_refused(
     jdl = write_jdl(
         home,
         "symlink",
-        f'Executable = "/bin/sh"; Arguments = "-c \'{script}\'";\n'
-        'Output = {"keys/jobagent.key"};',
+        'Executable = "job.sh";\nOutput = {"keys/jobagent.key"};',
+        job_sh=sh(script),
     )
     job = submit(cli, jdl)
     event = finished(run_pilot(cli))[job]
@@ -402,7 +418,8 @@ def test_a_hard_linked_output_is_refused(cli: CLI, home: Path) -> None:
     jdl = write_jdl(
         home,
         "hardlink",
-        f'Executable = "/bin/sh"; Arguments = "-c \'{script}\'";\nOutput = {{"result.txt"}};',
+        'Executable = "job.sh";\nOutput = {"result.txt"};',
+        job_sh=sh(script),
     )
     job = submit(cli, jdl)
     event = finished(run_pilot(cli))[job]
@@ -480,7 +497,7 @@ def test_the_payload_cannot_reach_the_wrappers_descriptors(
         f'extends = "default"\n[process]\nlandlock = "{landlock}"\n'
     )
     script = "ls /proc/$PPID/fd; printf garbage > /proc/$PPID/fd/1 && echo FORGED; true"
-    jdl = write_jdl(home, "forge", f'Executable = "/bin/sh"; Arguments = "-c \'{script}\'";')
+    jdl = write_jdl(home, "forge", 'Executable = "job.sh";', job_sh=sh(script))
     job = submit(cli, jdl)
     event = finished(run_pilot(cli, "--policy", "site"))[job]
     assert event["state"] == "DONE", event  # the pipe still carries only the wrapper's frames
@@ -541,7 +558,7 @@ def test_an_unprivileged_pilot_removes_what_its_payload_locked(home: Path) -> No
         env = cli_env(home, **extra)
         script = ("mkdir -p locked/deep && echo x > locked/deep/f && chmod 500 locked/deep "
                   "&& chmod 000 locked && id -u")  # fmt: skip
-        jdl = write_jdl(home, "locked", f'Executable = "/bin/sh"; Arguments = "-c \'{script}\'";')
+        jdl = write_jdl(home, "locked", 'Executable = "job.sh";', job_sh=sh(script))
         assert run_cli(env, "submit", jdl, program=prefix + program).returncode == 0
         result = run_cli(env, "run", "--json", program=prefix + program)
         assert result.returncode == 0, result.stderr
@@ -599,8 +616,8 @@ def test_a_work_directory_too_deep_to_search_turns_done_into_error_sv(cli: CLI, 
     whole tree, so it does not vouch for the outputs."""
     script = ("echo x > x.txt; i=0; while [ $i -lt 200 ]; do mkdir d && cd d || exit 1; "
               "i=$((i+1)); done")  # fmt: skip
-    jdl = write_jdl(home, "deep", f'Executable = "/bin/sh"; Arguments = "-c \'{script}\'";\n'
-                    'Output = {"x.txt"};')  # fmt: skip
+    jdl = write_jdl(home, "deep", 'Executable = "job.sh";\nOutput = {"x.txt"};',
+                    job_sh=sh(script))  # fmt: skip
     job = submit(cli, jdl)
     event = finished(run_pilot(cli))[job]
     assert event["wrapper_states"][-1] == "DONE"

@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cli_support import cli_env, close_scopes, loop_filesystem, run_cli, unprivileged_or_skip
+from cli_support import (
+    cli_env,
+    close_scopes,
+    loop_filesystem,
+    run_cli,
+    shell_script,
+    unprivileged_or_skip,
+)
 
 MIB = 1 << 20
 FILL = ('i=0; while fallocate -l 4M fill$i 2>/dev/null; do i=$((i+1)); done; '
@@ -81,8 +88,7 @@ def test_a_payload_that_fills_the_disk_and_exits_stops_no_pilot(node: Node) -> N
     jobs = node.disk / "jobs"
     jobs.mkdir(mode=0o755)
     filler, hello = jobs / "fill.jdl", jobs / "hello.jdl"
-    filler.write_text(f'Executable = "/bin/sh";\nArguments = "-c \'{FILL}\'";\n'
-                      'WorkDirectorySize = "20MB";\n')  # fmt: skip
+    filler.write_text(shell_script(jobs, "fill.sh", FILL) + 'WorkDirectorySize = "20MB";\n')
     hello.write_text('Executable = "/bin/echo";\nArguments = "still here";\n'
                      'WorkDirectorySize = "20MB";\n')  # fmt: skip
     for jdl in (filler, hello):
@@ -119,7 +125,8 @@ def test_as_root_the_disk_never_fills(node: Node) -> None:
     watch = (f"first={avail}; " + FILL.replace("echo filled $i; exit 0",
              f"last={avail}; rm -f fill*; echo filled $i $first $last"))  # fmt: skip
     jdl = jobs / "fill.jdl"
-    jdl.write_text(f'Executable = "/bin/sh";\nArguments = "-c \'{watch}\'";\n'
+    # (the script's own name matches no fill*)
+    jdl.write_text(shell_script(jobs, "watch.sh", watch) +
                    'WorkDirectorySize = "20MB";\nOutputErrorE = {"stdout"};\n')  # fmt: skip
     assert node.cli("submit", jdl).returncode == 0
     before = free(node.disk)
@@ -140,8 +147,8 @@ def test_outputs_kept_on_the_node_make_no_other_job_fail(node: Node) -> None:
     jobs = node.disk / "jobs"
     jobs.mkdir(mode=0o755)
     texts = {
-        "hog": 'Executable = "/bin/sh";\nArguments = "-c \'head -c 140000000 /dev/zero > '
-               'big.bin\'";\nWorkDirectorySize = "150MB";\nOutput = {"big.bin"};\n',
+        "hog": shell_script(jobs, "hog.sh", "head -c 140000000 /dev/zero > big.bin")
+        + 'WorkDirectorySize = "150MB";\nOutput = {"big.bin"};\n',
         "innocent": 'Executable = "/bin/true";\nWorkDirectorySize = "150MB";\n',
         "small": 'Executable = "/bin/true";\nWorkDirectorySize = "20MB";\n',
     }

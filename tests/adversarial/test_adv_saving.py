@@ -26,7 +26,6 @@ from cli_support import ROOT, cli_env, close_scopes, run_cli, unprivileged_or_sk
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is missing")
 
 
-
 class Pilot:
     """A home with a queue, and the console script run as root or as uid 65534."""
 
@@ -143,9 +142,10 @@ def allocated(path: Path) -> int:
 def test_a_sparse_output_over_the_work_directory_size_is_refused_not_copied(
     pilot: Pilot,
 ) -> None:
-    script = "truncate -s 300M big.dat && echo ok"
-    jdl = pilot.jdl("sparse", f'Executable = "/bin/sh"; Arguments = "-c \'{script}\'";\n'
-                    'WorkDirectorySize = "20MB";\nOutput = {"big.dat", "stdout"};')  # fmt: skip
+    script = "#!/bin/sh\ntruncate -s 300M big.dat && echo ok\n"
+    jdl = pilot.jdl("sparse", 'Executable = "sparse.sh";\n'
+                    'WorkDirectorySize = "20MB";\nOutput = {"big.dat", "stdout"};',
+                    **{"sparse.sh": script})  # fmt: skip
     event = pilot.run_one(jdl)
     assert event["state"] == "ERROR_SV", event
     assert event["detail"] == (f"an output was refused: big.dat: {300 << 20} bytes is over "
@@ -162,8 +162,8 @@ def test_a_sparse_output_over_the_work_directory_size_is_refused_not_copied(
 
 def test_stdout_over_the_log_cap_is_cut_and_the_cut_shown(pilot: Pilot) -> None:
     """The builtin cap (16 MiB): no policy needed."""
-    jdl = pilot.jdl("biglog", 'Executable = "/bin/sh"; Arguments = "-c \'head -c 17000000 '
-                    '/dev/zero\'";')  # fmt: skip
+    script = "#!/bin/sh\nhead -c 17000000 /dev/zero\n"
+    jdl = pilot.jdl("biglog", 'Executable = "biglog.sh";', **{"biglog.sh": script})
     event = pilot.run_one(jdl)
     job = event["job"]
     assert event["state"] == "DONE", event
@@ -176,8 +176,8 @@ def test_stdout_over_the_log_cap_is_cut_and_the_cut_shown(pilot: Pilot) -> None:
 
 def test_a_site_policy_sets_the_log_cap(pilot: Pilot) -> None:
     pilot.policy("smalllog", 'extends = "default"\n[outputs]\nmax_log = "1KB"\n')
-    jdl = pilot.jdl("smalllog", 'Executable = "/bin/sh"; Arguments = "-c \'head -c 5000 '
-                    '/dev/zero; echo oops >&2\'";')  # fmt: skip
+    script = "#!/bin/sh\nhead -c 5000 /dev/zero; echo oops >&2\n"
+    jdl = pilot.jdl("smalllog", 'Executable = "smalllog.sh";', **{"smalllog.sh": script})
     event = pilot.run_one(jdl, "--policy", "smalllog")
     job = event["job"]
     assert event["state"] == "DONE", event

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cli_support import SCRIPT, assert_no_traceback, cli_env, run_cli
+from cli_support import SCRIPT, assert_no_traceback, cli_env, run_cli, shell_script
 
 CLI = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -79,10 +79,8 @@ def site() -> Iterator[Site]:
 
 def echo_jdl(site: Site) -> Path:
     jdl = site.base / "echo.jdl"
-    jdl.write_text(
-        'Executable = "/bin/sh";\nArguments = "-c \'echo hello from the broker '
-        '| tee greeting.txt\'";\nOutput = {"greeting.txt"};\n'
-    )
+    script = shell_script(site.base, "echo.sh", "echo hello from the broker | tee greeting.txt")
+    jdl.write_text(script + 'Output = {"greeting.txt"};\n')
     return jdl
 
 
@@ -139,7 +137,9 @@ def test_a_user_token_cannot_run_a_pilot(site: Site) -> None:
 
 def test_a_jobagent_token_cannot_submit(site: Site) -> None:
     users = cli_in(site.base / "alice-home")
-    submitted = users("submit", echo_jdl(site), *site.token("jobagent"))
+    jdl = site.base / "true.jdl"
+    jdl.write_text('Executable = "/bin/true";\n')  # nothing to send first: submit itself
+    submitted = users("submit", jdl, *site.token("jobagent"))
     assert submitted.returncode == 2
     assert submitted.stderr.startswith("sandbox-agent: a jobagent token may not call submit")
 

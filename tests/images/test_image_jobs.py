@@ -16,23 +16,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import cli_env, run_cli, shared_workdir
+from cli_support import cli_env, run_cli, shared_workdir, shell_script
 from image_support import busybox_root, need_fuse, sif, squashfs
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is missing")
 
 SHIPPED = Path(__file__).resolve().parents[2] / "policies"
 CLI = Callable[..., subprocess.CompletedProcess[str]]
-# What the payload prints: the image's release, and whether host files are visible.
-LOOK = ("Executable = \"/bin/sh\"; Arguments = \"-c 'cat /etc/os-release; "
-        "test -e /etc/debian_version && echo HOST-ETC || echo no-host-etc; "
-        "test -e /usr/bin/python3 && echo HOST-PYTHON || echo no-host-python'\";\n")  # fmt: skip
+# What the payload prints: the image's release, and whether host files are visible. The
+# script is base/look.sh, beside every JDL here (the base fixture writes it).
+LOOK_SH = ("cat /etc/os-release\n"
+           "test -e /etc/debian_version && echo HOST-ETC || echo no-host-etc\n"
+           "test -e /usr/bin/python3 && echo HOST-PYTHON || echo no-host-python")  # fmt: skip
+LOOK = 'Executable = "look.sh";\n'
 
 
 @pytest.fixture
 def base() -> Iterator[Path]:
     where = Path(tempfile.mkdtemp(dir="/tmp", prefix="sandbox-agent-imagejobs-"))
     where.chmod(0o711)
+    assert shell_script(where, "look.sh", LOOK_SH) == LOOK
     yield where
     shutil.rmtree(where, ignore_errors=True)
 

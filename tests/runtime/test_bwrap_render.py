@@ -29,16 +29,16 @@ HOST = FixedHost({
     "/proc/sys/kernel/random/boot_id": "file", "/proc/keys": "file", "/proc/acpi": "dir",
 })  # fmt: skip
 JOB = load_job(
-    'Executable = "/bin/sh"; Arguments = "-c \'echo $ALIEN_PROC_ID\'"; MemorySize = "4GB";\n'
-    'ReadOnlyBinds = { "/cvmfs/alice.cern.ch" };'
+    'Executable = "/bin/sh"; MemorySize = "4GB";\nReadOnlyBinds = { "/cvmfs/alice.cern.ch" };'
 )
+# The payload's argv as the renderer gets it: a shell snippet, which no JDL Arguments
+# spells (JAliEn splits them on white space, quotes kept).
+PAYLOAD = [JOB.executable, "-c", "echo $ALIEN_PROC_ID"]
 
 
 def plan_for(name: str, **kwargs: object):  # type: ignore[no-untyped-def]
     effective = compose(load_policy(name, [ROOT / "policies"]), JOB)
-    return bwrap.render(
-        effective, [JOB.executable, *JOB.arguments], workdir="/srv/work/7", host=HOST, **kwargs
-    )
+    return bwrap.render(effective, PAYLOAD, workdir="/srv/work/7", host=HOST, **kwargs)
 
 
 @pytest.mark.parametrize("name", ["default", "strict", "gpu"])

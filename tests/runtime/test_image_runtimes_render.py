@@ -21,9 +21,11 @@ LANDLOCK_6 = FixedHost({}, landlock=6)  # the golden plan does not depend on thi
 GOLDEN = Path(__file__).parent / "golden"
 HERE = Path(__file__).parent / "policies"
 JOB = load_job(
-    'Executable = "/bin/sh"; Arguments = "-c \'echo $ALIEN_PROC_ID\'"; MemorySize = "4GB";\n'
-    'ReadOnlyBinds = { "/cvmfs/alice.cern.ch" };'
+    'Executable = "/bin/sh"; MemorySize = "4GB";\nReadOnlyBinds = { "/cvmfs/alice.cern.ch" };'
 )
+# The payload's argv as the renderer gets it: a shell snippet, which no JDL Arguments
+# spells (JAliEn splits them on white space, quotes kept).
+PAYLOAD = [JOB.executable, "-c", "echo $ALIEN_PROC_ID"]
 
 
 @pytest.fixture
@@ -44,7 +46,7 @@ def effective(policies: Path, name: str):  # type: ignore[no-untyped-def]
 
 
 def test_apptainer_golden(policies: Path) -> None:
-    plan = apptainer.render(effective(policies, "images"), [JOB.executable, *JOB.arguments],
+    plan = apptainer.render(effective(policies, "images"), PAYLOAD,
                             workdir="/srv/work/7", host=LANDLOCK_6)  # fmt: skip
     expected = (GOLDEN / "apptainer-user.argv").read_text().splitlines()
     assert words(plan.argv, policies) == expected
@@ -66,7 +68,7 @@ def test_apptainer_golden(policies: Path) -> None:
 
 @pytest.mark.parametrize("engine", ["docker", "podman"])
 def test_engine_golden(policies: Path, engine: str) -> None:
-    plan = docker.render(effective(policies, "docker"), [JOB.executable, *JOB.arguments],
+    plan = docker.render(effective(policies, "docker"), PAYLOAD,
                          workdir="/srv/work/7", engine=engine)  # fmt: skip
     expected = (GOLDEN / f"{engine}.argv").read_text().splitlines()
     assert words(plan.argv, policies) == expected

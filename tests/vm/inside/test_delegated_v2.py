@@ -31,6 +31,7 @@ from cli_support import (
     nobody_program,
     run_cli,
     scope_prefix,
+    shell_script,
 )
 
 GUEST = os.environ.get("SANDBOX_AGENT_VM_GUEST")
@@ -105,13 +106,13 @@ class Site:
                 os.chown(path, 65534, 65534)
 
     def jdl(self, name: str, script: str, extra: str = "") -> Path:
+        """``name``.jdl running ``script`` from ``name``.sh beside it (staged at submit)."""
         path = self.jdls / f"{name}.jdl"
-        assert "'" not in script, "the script is single-quoted for sh -c: use double quotes"
-        quoted = script.replace('"', '\\"')
-        path.write_text(f'Executable = "/bin/sh";\nArguments = "-c \'{quoted}\'";\n'
-                        f'Output = {{"stdout@disk=1"}};\nTTL = 600;\n{extra}')  # fmt: skip
+        executable = shell_script(self.jdls, f"{name}.sh", script)
+        path.write_text(f'{executable}Output = {{"stdout@disk=1"}};\nTTL = 600;\n{extra}')
         if self.owner is not None:
-            os.chown(path, self.owner, self.owner)
+            for made in (path, self.jdls / f"{name}.sh"):
+                os.chown(made, self.owner, self.owner)
         return path
 
     def cli(self, *args: object) -> subprocess.CompletedProcess[str]:
