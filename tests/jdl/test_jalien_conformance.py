@@ -1,7 +1,7 @@
 """The real JDLs of ../shared/jdl-real, held to JAliEn's own reading of each, field by
 field: what JAliEn's JDL.java (compiled unmodified) made of the same file and submit
-arguments is in jalien/NAME.json. A field not held here yet (argument words, the
-payload's fixed variables) is named in docs/jdl.md with the reason."""
+arguments is in jalien/NAME.json. The payload's fixed variables (ALIEN_PROC_ID, HOME...)
+are held in tests/test_jobrun.py, since they come from the job, not from its JDL."""
 
 from __future__ import annotations
 
@@ -90,6 +90,24 @@ def test_the_executable_and_the_input(pair: tuple[dict[str, Any], JobSpec]) -> N
     assert [f.name for f in spec.input_files] == (accessors["InputFiles"] or [])
     data = [d.name for d in spec.input_data] or [d.name for d in spec.input_data_collection]
     assert data == (accessors["InputData"] or [])
+
+
+def test_the_argument_words(pair: tuple[dict[str, Any], JobSpec]) -> None:
+    """JAliEn's JobWrapper splits Arguments on white space; quotes are characters."""
+    reading, spec = pair
+    assert list(spec.arguments) == reading["jalien_parse"]["accessors"]["ArgumentWords"]
+
+
+def test_the_packages_cores_and_price(pair: tuple[dict[str, Any], JobSpec]) -> None:
+    reading, spec = pair
+    accessors = reading["jalien_parse"]["accessors"]
+    # JAliEn's map of packages: name::version, keyed by name, the VO_ALICE@ prefix gone
+    assert sorted(p.removeprefix("VO_ALICE@") for p in spec.packages) == \
+        sorted(accessors["PackagesMap"] or [])  # fmt: skip
+    cores, price = accessors["CPUCores"], accessors["Price"]
+    assert spec.cpu_cores == (int(cores) if cores is not None else 1)
+    assert ("CPUCores" in spec.explicit) == (cores is not None)
+    assert spec.price == (float(price) if price is not None else 1.0)
 
 
 def test_the_outputs(pair: tuple[dict[str, Any], JobSpec]) -> None:

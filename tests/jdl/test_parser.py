@@ -137,10 +137,18 @@ def test_string_escapes() -> None:
     assert value(r'X = "a\"b\\c\nd\te";') == Literal('a"b\\c\nd\te')
 
 
-def test_unknown_escape_points_at_backslash() -> None:
-    err = error('Executable = "a\\qb";')
-    assert (err.line, err.col) == (1, 16)
-    assert "unknown escape '\\q'" in err.message
+def test_a_backslash_before_another_character_stays_as_jalien_keeps_it() -> None:
+    node = value(r'X = "a\qb\n";')
+    assert node == Literal("a\\qb\n") and isinstance(node, Literal) and node.raw == r"a\qb\n"
+
+
+@pytest.mark.parametrize(("text", "shown"), [('X = "a\\ b";', "a space"),
+                                            ('X = "a\\\tb";', "a space"),
+                                            ('X = "a\\\n";', "end of line")])  # fmt: skip
+def test_a_backslash_before_white_space_points_at_it(text: str, shown: str) -> None:
+    err = error(text)
+    assert (err.line, err.col) == (1, 7)
+    assert f"a backslash before {shown}" in err.message
 
 
 def test_single_quotes_are_refused_with_the_fix() -> None:
@@ -334,10 +342,22 @@ def test_missing_argument_is_located() -> None:
 
 
 def test_argument_cannot_change_the_structure() -> None:
+    # JAliEn writes arguments into the text, where this one would set the Executable:
+    # refused here, at the string it would have broken
     hostile = '"; Executable = "/bin/evil'
-    spec = load_job('Executable = "/bin/echo"; Arguments = "$1";', args=[hostile])
+    err = error('Executable = "/bin/echo";\nArguments = "$1";', args=[hostile])
+    assert (err.line, err.col) == (2, 13)
+    assert "submit argument 1 holds '\"'" in err.message
+    # anything else in an argument is data: ';' and '=' are words of Arguments
+    spec = load_job('Executable = "/bin/echo"; Arguments = "$1";', args=["; Executable = x"])
     assert spec.executable == "/bin/echo"
-    assert spec.arguments == ("; Executable = /bin/evil",)
+    assert spec.arguments == (";", "Executable", "=", "x")
+
+
+def test_an_argument_may_not_leave_a_backslash_at_the_end() -> None:
+    err = error('Executable = "a"; Arguments = "$1";', args=["x\\"])
+    assert "leaves a backslash" in err.message
+    assert load_job('Executable = "a"; Arguments = "$1";', args=["x\\d"]).arguments == ("x\\d",)
 
 
 def test_nul_in_a_string_is_refused() -> None:
@@ -409,3 +429,65 @@ def test_too_many_tokens() -> None:
 def test_an_unquoted_brace_value_cannot_carry_more_than_one_item(text: str) -> None:
     with pytest.raises(JDLError):
         load_job('Executable = "/bin/true";\n' + text)
+
+
+# -- spellings of real JDLs that JAliEn reads ---------------------------------------------
+
+
+def test_a_placeholder_outside_quotes_is_the_arguments_value() -> None:
+    # JAliEn writes the argument into the text: TTL = 72000; is a number there
+    text = 'Executable = "a";\nTTL = $1; Price = $2; Requirements = other.TTL > $1;\nX = $3;'
+    spec = load_job(text, args=["72000", "1.5", "run"])
+    assert (spec.ttl, spec.price) == (72000, 1.5)
+    assert spec.requirements == BinOp(">", AttrRef("other", "TTL"), Literal(72000))
+    assert dict(spec.extra)["X"] == Literal("run")
+    err = error(text, args=["72000"])
+    assert (err.line, err.col) == (2, 19) and "'$2' needs at least 2" in err.message
+    err = error(text, args=["1", "2", 'a"b'])
+    assert "submit argument 3 holds '\"'" in err.message
+
+
+def test_list_items_without_a_comma_are_two_items_with_a_warning() -> None:
+    spec = load_job('Executable = "a";\nInputFile = {"LF:/a/x.dat"\n "LF:/a/y.dat"};')
+    assert [f.name for f in spec.input_files] == ["/a/x.dat", "/a/y.dat"]
+    assert spec.warnings == ("<jdl>:3:2: warning: no ',' before this list item; it is read "
+                             "as the next item, as JAliEn reads it; add the comma",)  # fmt: skip
+    # only between two quoted strings: an expression list still needs its commas
+    assert "expected ',' or '}'" in error('Executable = "a"; X = {1 "b"};').message
+
+
+def test_an_unquoted_path_value_is_its_text_with_a_warning() -> None:
+    spec = load_job('Executable = "a";\nJDLPath = /alice/cern.ch/user/j/jdoe/mc.jdl;\n')
+    assert dict(spec.extra)["JDLPath"] == Literal("/alice/cern.ch/user/j/jdoe/mc.jdl")
+    assert "unquoted value '/alice/cern.ch/user/j/jdoe/mc.jdl'" in spec.warnings[0]
+    # anything that is not one path-like word keeps its error
+    for text, fragment in (("X = /a b;", "unexpected character '/'"),
+                           ("X = a == 'b';", "single quotes"),
+                           ("X = member(a, /b);", "unexpected character '/'")):  # fmt: skip
+        assert fragment in error(f'Executable = "a"; {text}').message
+
+
+def test_found_in_review_quotes_digits_and_booleans_in_arguments() -> None:
+    # a quote is refused wherever the argument lands, an unquoted list too
+    err = error('Executable = "a"; X = {$1/x};', args=['a"; Executable = "/bin/sh'])
+    assert "submit argument 1 holds '\"'" in err.message
+    # thousands of digits are no argument number (int() would refuse them with a traceback)
+    err = error('Executable = "a"; X = "$' + "1" * 5000 + '";', args=["a"])
+    assert "needs at least 11111111 submit argument(s)" in err.message
+    # only ASCII digits count: $ and an Arabic-Indic one is text, as to JAliEn
+    spec = load_job('Executable = "a"; OutputDir = "/$\u0661";', args=["x"])
+    assert spec.output_dir == "/$\u0661"
+    # a boolean argument outside quotes is a boolean there
+    spec = load_job('Executable = "a"; X = $1;', args=["TRUE"])
+    assert dict(spec.extra)["X"] == Literal(True)
+
+
+def test_an_argument_is_read_as_written_into_the_string() -> None:
+    # JAliEn writes it into the text: a backslash and t are an escape in a value here,
+    # kept as written for Arguments and the exported variables
+    spec = load_job('Executable = "a"; Arguments = "$1"; OutputDir = "/$1"; Tag = "$1";\n'
+                    'JDLVariables = {"Tag"};', args=["A\\tB"])  # fmt: skip
+    assert spec.arguments == ("A\\tB",)
+    assert spec.output_dir == "/A\tB"
+    assert spec.environment() == {"ALIEN_JDL_TAG": "A\\tB"}
+    assert "escapes decoded" in " ".join(spec.differences)

@@ -33,19 +33,31 @@ def test_defaults() -> None:
 # -- arguments ------------------------------------------------------------------------
 
 
-def test_arguments_are_split_like_a_posix_shell_but_never_run() -> None:
-    spec = job('Arguments = "--name \'a b\' \\"c d\\" $(rm -rf /) ; x";')
-    assert spec.arguments == ("--name", "a b", "c d", "$(rm", "-rf", "/)", ";", "x")
+def test_arguments_are_split_on_white_space_as_jaliens_jobwrapper_splits_them() -> None:
+    # JAliEn's JobWrapper: a StringTokenizer on " \t\n\r\f"; quotes, backslashes and
+    # shell syntax are plain characters, and no shell ever sees the words
+    spec = job('Arguments = " --name \'a b\' \\"c\\" $(rm -rf /) ;\tx\\d  ";')
+    assert spec.arguments == ("--name", "\'a", "b\'", '\\"c\\"', "$(rm", "-rf", "/)", ";", "x\\d")
+    assert "quotes and backslashes are plain characters" in spec.warnings[0]
 
 
-def test_arguments_as_a_list_are_taken_as_words() -> None:
-    assert job('Arguments = { "a b", "c" };').arguments == ("a b", "c")
+def test_an_apostrophe_in_arguments_is_a_character() -> None:
+    spec = job('Arguments = "--title it\'s";')  # refused as an open quote when split as a shell
+    assert spec.arguments == ("--title", "it\'s")
 
 
-def test_unbalanced_quote_in_arguments() -> None:
-    err = spec_error('Arguments = "a \'b";')
-    assert (err.line, err.col) == (2, 13)
-    assert "cannot be split into words" in err.message
+def test_arguments_as_a_list_are_joined_then_split() -> None:
+    assert job('Arguments = { "a b", "c" };').arguments == ("a", "b", "c")
+
+
+def test_arguments_without_quotes_carry_no_warning() -> None:
+    assert job('Arguments = "--run 5 --out=x.root";').warnings == ()
+
+
+def test_a_backslash_before_a_space_is_refused_with_the_fix() -> None:
+    err = spec_error('Arguments = "a\\ b";')
+    assert (err.line, err.col) == (2, 15)
+    assert "a backslash before a space" in err.message and "'\\\\'" in err.message
 
 
 # -- numbers and sizes --------------------------------------------------------------------
@@ -356,3 +368,10 @@ def test_a_ttl_that_is_not_a_number_is_the_default_as_in_jalien() -> None:
     assert job("TTL = 7200.9;").ttl == 7200  # whole seconds, as JAliEn's intValue
     assert "whole number of seconds" in spec_error("TTL = 0.5;").message
     assert job('TTL = "\u00b2";').ttl == DEFAULT_TTL  # not ASCII digits: not a number
+
+
+def test_a_jdl_variable_is_exported_as_written_as_jalien_exports_it() -> None:
+    spec = job('JDLVariables = {"Tag", "Cut"}; Tag = "a\\"b"; Cut = "x\\\\d\\n";')
+    expected = {"ALIEN_JDL_TAG": 'a\\"b', "ALIEN_JDL_CUT": "x\\\\d\\n"}
+    assert spec.environment() == expected
+    assert load_job(render_jdl(spec)).environment() == expected  # the normal form keeps it

@@ -50,13 +50,19 @@ def _error_json(path: Path, err: JDLError) -> dict[str, Any]:
 def jdl_check(
     files: Annotated[list[Path], typer.Argument(help="JDL files to check.", show_default=False)],
     arg: ArgOption = None,
+    compat: Annotated[
+        bool,
+        typer.Option("--compat", help="Print only where JAliEn would read or run the JDL "
+                     "otherwise than this agent; exit 1 when anything is."),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Check JDL files and print each one's normalized form (or the error).
 
-    Exit 0 when all are valid, 2 when any is not."""
+    Exit 0 when all are valid, 2 when any is not; with --compat, 1 when a valid one
+    would be read otherwise by JAliEn."""
     results: list[dict[str, Any]] = []
-    bad = 0
+    bad = differ = 0
     for path in files:
         try:
             spec = _read_jdl(path, arg)
@@ -67,6 +73,7 @@ def jdl_check(
             else:
                 typer.echo(str(err), err=True)
             continue
+        differ += bool(spec.differences)
         if as_json:
             results.append(
                 {
@@ -74,8 +81,15 @@ def jdl_check(
                     "ok": True,
                     "spec": spec.to_json(),
                     "warnings": list(spec.warnings),
+                    "jalien_differences": list(spec.differences),
                 }
             )
+            continue
+        if compat:
+            for difference in spec.differences:
+                typer.echo(difference)
+            typer.echo(f"# {path}: read otherwise by JAliEn at {len(spec.differences)} "
+                       "place(s)" if spec.differences else f"# {path}: JAliEn reads it alike")
             continue
         for warning in spec.warnings:
             typer.echo(warning, err=True)
@@ -85,6 +99,8 @@ def jdl_check(
         typer.echo(json.dumps(results, indent=2))
     if bad:
         raise typer.Exit(exitcodes.USAGE)
+    if compat and differ:
+        raise typer.Exit(exitcodes.FAILED)
 
 
 @jdl_app.command("match")

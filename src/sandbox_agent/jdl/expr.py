@@ -30,6 +30,9 @@ Scalar = str | int | float | bool | Undefined
 class Literal:
     value: Scalar
     offset: int = field(default=-1, compare=False)
+    # a quoted string's text as written: JAliEn keeps it so (backslashes and all), splits
+    # Arguments from it and exports it; rendered as it is, so the normal form keeps it
+    raw: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ def quote(value: str) -> str:
 def render(node: Expr) -> str:
     """JDL text for ``node``, with only the parentheses the grammar needs."""
     if isinstance(node, Literal):
-        return render_scalar(node.value)
+        return f'"{node.raw}"' if node.raw is not None else render_scalar(node.value)
     if isinstance(node, ListExpr):
         return "{ " + ", ".join(render(item) for item in node.items) + " }" if node.items else "{}"
     if isinstance(node, AttrRef):

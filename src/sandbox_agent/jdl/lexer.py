@@ -20,6 +20,7 @@ class Kind(Enum):
     INT = "integer"
     FLOAT = "number"
     WORD = "sized value"  # a number glued to a unit, such as 8GB: read as a string
+    PLACEHOLDER = "submit argument"  # $1 outside quotes: JAliEn puts the argument there
     OP = "operator"
     EOF = "end of input"
 
@@ -28,6 +29,7 @@ class Token(NamedTuple):
     kind: Kind
     text: str  # the operator or identifier as written; the decoded value of a string
     offset: int  # character offset of the token's first character
+    raw: str | None = None  # a quoted string's text as written, escapes and all
 
     def describe(self) -> str:
         """How an error message names this token."""
@@ -39,6 +41,13 @@ class Token(NamedTuple):
 
 
 _ESCAPES = {'"': '"', "\\": "\\", "'": "'", "n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+# What a string holds between its quotes: no raw control character (tab aside) or
+# bidirectional override, and a backslash only before a visible character. A backslash
+# before another character than those of _ESCAPES stays in the value, as JAliEn, which
+# keeps every backslash, reads it: "a\d" is a, backslash, d.
+_CONTROLS = r"\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"  # tab (\x09) aside
+_BODY = rf"""(?:[^"\\{_CONTROLS}]|\\[^\s{_CONTROLS}])*"""
+STRING_BODY = re.compile(_BODY)
 
 # One pass of one regex finds every well-formed token; anything it cannot take (an
 # unterminated string, a bad escape, a stray character) goes to the slow path below,
@@ -48,11 +57,14 @@ _TOKEN = re.compile(
     (?P<space>[ \t\r\n\f\v]+)
   | (?P<comment>(?:\#|//)[^\n]*)
   | (?P<block>/\*.*?\*/)
-  | (?P<string>"(?:[^"\\\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]|\\["\\'ntrbf])*")
+  | (?P<string>"(?P<body>"""
+    + _BODY
+    + r""")")
   | (?P<float>[0-9]+(?:\.[0-9]+)?[eE][+-]?[0-9]+(?![A-Za-z0-9_]))
   | (?P<sized>[0-9]+(?:\.[0-9]+)?[A-Za-z_][A-Za-z0-9_]*)
   | (?P<number>[0-9]+(?:\.[0-9]+)?)
   | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<placeholder>\$[0-9]{1,4}(?![A-Za-z0-9_]))
   | (?P<op>==|!=|<=|>=|&&|\|\||[=;,{}\[\]()<>!.\-])
     """,
     re.VERBOSE | re.DOTALL,
@@ -73,6 +85,9 @@ class Source:
         self.text = text
         self.name = name
         self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
+        # (offset, message): where JAliEn would read the text differently; see tokenize
+        self.differences: list[tuple[int, str]] = []
+        self.notes: list[tuple[int, str]] = []  # (offset, message): read alike, said
 
     def position(self, offset: int) -> tuple[int, int]:
         index = bisect.bisect_right(self._line_starts, offset) - 1
@@ -94,24 +109,29 @@ def tokenize(src: Source) -> list[Token]:
     while pos < end:
         m = match(text, pos)
         if m is None:
-            raw = _unquoted_list(text, tokens, pos)
-            if raw is None:
+            resume = _unquoted_list(src, tokens, pos)
+            resume = resume if resume is not None else _unquoted_value(src, tokens, pos)
+            if resume is None:
                 _refuse(src, pos)  # raises
             else:
-                pos = raw
+                pos = resume
                 continue
         group = m.lastgroup
-        if group == "space" or group == "comment" or group == "block":
+        if group == "space":
             pass
+        elif group == "comment" or group == "block":
+            _comment_difference(src, m.group(), pos)
         elif group == "string":
-            body = m.group()[1:-1]
+            raw = body = m.group("body")
             if "\\" in body:
-                body = _UNESCAPE.sub(lambda e: _ESCAPES[e.group(1)], body)
-            append(Token(Kind.STRING, body, pos))
+                body = unescape(body)
+            append(Token(Kind.STRING, body, pos, raw))
         elif group == "op":
             append(Token(Kind.OP, m.group(), pos))
         elif group == "ident":
             append(Token(Kind.IDENT, m.group(), pos))
+        elif group == "placeholder":
+            append(Token(Kind.PLACEHOLDER, m.group(), pos))
         else:
             text_ = m.group()
             if len(text_) > MAX_NUMBER_LENGTH:
@@ -129,13 +149,35 @@ def tokenize(src: Source) -> list[Token]:
     return tokens
 
 
-def _unquoted_list(text: str, tokens: list[Token], pos: int) -> int | None:
+def _comment_difference(src: Source, comment: str, pos: int) -> None:
+    """JAliEn drops only lines that start with '#': it refuses a file with '//' or
+    '/* */' ("Illegal character '/' in key"), and a '#' after a value on its line is
+    read into the statement that follows. Said, since this parser reads them all."""
+    if not comment.startswith("#"):
+        kind = "'//'" if comment.startswith("//") else "'/* */'"
+        src.differences.append((pos, f"JAliEn refuses {kind} comments ('Illegal character "
+                                     "in key'); use a line that starts with '#'"))  # fmt: skip
+        return
+    line_start = src.text.rfind("\n", 0, pos) + 1
+    if src.text[line_start:pos].strip():
+        src.differences.append((pos, "JAliEn reads a '#' only at the start of a line as a "
+                                     "comment; move this one to a line of its own"))  # fmt: skip
+
+
+def unescape(raw: str) -> str:
+    """A string's value from its text between the quotes: \\n is a newline, \\d stays."""
+    return _UNESCAPE.sub(lambda e: _ESCAPES.get(e.group(1), e.group()), raw)
+
+
+def _unquoted_list(src: Source, tokens: list[Token], pos: int) -> int | None:
     """A value ``Key = {stdout@disk=1};`` whose braces hold no quote at all is one item,
     its text as written (JAliEn reads ``{std*}`` so). Only for what no token can take:
     such a list is otherwise refused, and every list that tokenizes keeps its meaning.
     The tokens since the ``{`` become one string; the offset of the ``}``, or None."""
+    text = src.text
+    # back to the statement's start at most: many such values must not cost n^2
     opened = next((i for i in range(len(tokens) - 1, -1, -1)
-                   if tokens[i].kind is Kind.OP and tokens[i].text in "{}"), None)  # fmt: skip
+                   if tokens[i].kind is Kind.OP and tokens[i].text in "{};["), None)  # fmt: skip
     if opened is None or tokens[opened].text != "{" or opened == 0:
         return None
     before = tokens[opened - 1]
@@ -149,10 +191,44 @@ def _unquoted_list(text: str, tokens: list[Token], pos: int) -> int | None:
     if any(c in body for c in '"{;#') or "//" in body or "/*" in body:
         return None
     item = body.strip()
-    if not item or FORBIDDEN_CHARACTERS.search(item):
+    if not item or not STRING_BODY.fullmatch(item):
         return None  # one line of text, no control characters: as a string must be
     del tokens[opened + 1 :]
-    tokens.append(Token(Kind.STRING, item, start))
+    # its text as written and its value, as a quoted string's: the normal form keeps both
+    tokens.append(Token(Kind.STRING, unescape(item), start, item))
+    src.notes.append((start, f"unquoted item '{item[:40]}' is read as the text written, as "
+                             "JAliEn reads it; quote it"))  # fmt: skip
+    return close
+
+
+# What an unquoted statement value may hold to be read as its text: a path or a name
+# (JAliEn writes JDLPath = /alice/.../x.jdl; so), never expression or quote characters.
+_UNQUOTED_VALUE = re.compile(r"[A-Za-z0-9_./:@+*%~,-]+")
+
+
+def _unquoted_value(src: Source, tokens: list[Token], pos: int) -> int | None:
+    """``JDLPath = /alice/x/mc.jdl;``: a statement's whole value that no token can take
+    and that is one path-like word is that text, one string, as JAliEn reads it. Only
+    for what is otherwise refused. The tokens since the '=' become one string; the offset
+    of the ';' or line end after it, or None."""
+    text = src.text
+    eq = next((i for i in range(len(tokens) - 1, -1, -1)
+               if tokens[i].kind is Kind.OP and tokens[i].text in "=;{}()[],"), None)  # fmt: skip
+    if eq is None or eq == 0 or tokens[eq].text != "=" or tokens[eq - 1].kind is not Kind.IDENT:
+        return None
+    if eq >= 2 and not (tokens[eq - 2].kind is Kind.OP and tokens[eq - 2].text in ";["):
+        return None  # the key must start its statement
+    start = tokens[eq].offset + 1
+    ends = [i for i in (text.find(";", pos), text.find("\n", pos)) if i >= 0]
+    close = min(ends) if ends else len(text)
+    item = text[start:close].strip()
+    if not _UNQUOTED_VALUE.fullmatch(item) or "//" in item or "/*" in item:
+        return None
+    offset = text.index(item, start)
+    del tokens[eq + 1 :]
+    tokens.append(Token(Kind.STRING, item, offset, item))  # no backslash: value as written
+    src.notes.append((offset, f"unquoted value '{item[:40]}' is read as the text written, "
+                              "as JAliEn reads it; quote it"))  # fmt: skip
     return close
 
 
@@ -185,13 +261,14 @@ def _string(src: Source, start: int) -> NoReturn:
         if ch == '"':
             raise AssertionError("the token regex accepts every well-formed string")
         if ch == "\\":
-            if pos + 1 >= len(text) or text[pos + 1] not in _ESCAPES:
-                shown = text[pos + 1 : pos + 2]
-                shown = shown if shown.isprintable() else f"U+{ord(shown):04X}" if shown else ""
+            after = text[pos + 1 : pos + 2]
+            if not after or not STRING_BODY.fullmatch(text[pos : pos + 2]):
+                shown = "end of line" if after in ("", "\n") else \
+                    "a space" if after.isspace() else f"U+{ord(after):04X}"  # fmt: skip
                 raise src.error(
-                    f"unknown escape '\\{shown}' in a string; write '\\\\' for a backslash",
+                    f"a backslash before {shown} in a string; write '\\\\' for a backslash",
                     pos,
-                    expected="one of \\\" \\\\ \\' \\n \\t \\r \\b \\f",
+                    expected="a visible character after the backslash",
                 )
             pos += 2
             continue

@@ -36,7 +36,15 @@ from sandbox_agent.jdl.expr import (
     Not,
     Scalar,
 )
-from sandbox_agent.jdl.lexer import FORBIDDEN_CHARACTERS, Kind, Source, Token, tokenize
+from sandbox_agent.jdl.lexer import (
+    FORBIDDEN_CHARACTERS,
+    STRING_BODY,
+    Kind,
+    Source,
+    Token,
+    tokenize,
+    unescape,
+)
 from sandbox_agent.jdl.tags import canonical_name
 
 MAX_BYTES = 2 * 1024 * 1024  # production JDLs with long InputData lists stay far below
@@ -49,7 +57,8 @@ MAX_STATEMENTS = 10_000
 FUNCTIONS = {"member": 2, "isdefined": 1, "isundefined": 1}
 _SCOPES = {"other": "other", "target": "other", "my": "my", "self": "my"}
 _KEYWORDS: dict[str, Scalar] = {"true": True, "false": False, "undefined": UNDEFINED}
-_PLACEHOLDER = re.compile(r"\$(\d+)")
+_PLACEHOLDER = re.compile(r"\$([0-9]+)")  # ASCII digits: \d would take any script's
+_NUMBER = re.compile(r"-?[0-9]{1,18}(?:\.[0-9]{1,18})?")
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,7 @@ class ParsedJDL:
     # each key's spelling where it was first defined: JAliEn keeps keys case-sensitively
     # and reads the first spelling, so 'split' after 'Split' does not replace it there
     spellings: dict[str, str] = field(default_factory=dict)
+    placeholders: set[int] = field(default_factory=set)  # where $N stands outside quotes
 
     def get(self, name: str) -> Entry | None:
         return self.entries.get(name.casefold())
@@ -158,6 +168,8 @@ class _Parser:
         self.tokens = tokens
         self.i = 0
         self.depth = 0
+        self.missing_commas: list[int] = []  # offsets of list items with no comma before
+        self.placeholders: set[int] = set()  # offsets of $N written outside quotes
         # id(node) -> (height, node); holding the node keeps its id from being reused by
         # a new node after a duplicate key dropped the old tree.
         self.heights: dict[int, tuple[int, Expr]] = {}
@@ -244,6 +256,11 @@ class _Parser:
                 self.advance()
         if self.tok.kind is not Kind.EOF:
             raise self.fail(f"unexpected {self.tok.describe()} after the end of the JDL")
+        parsed.placeholders = self.placeholders
+        for offset in self.missing_commas:
+            parsed.warnings.append(Warning_(*self.src.position(offset), (
+                "no ',' before this list item; it is read as the next item, as JAliEn "
+                "reads it; add the comma")))  # fmt: skip
         return parsed
 
     def statement(self, parsed: ParsedJDL) -> None:
@@ -349,6 +366,10 @@ class _Parser:
         kind = token.kind
         if kind is Kind.STRING or kind is Kind.WORD:
             self.advance()
+            return Literal(token.text, token.offset, token.raw)
+        if kind is Kind.PLACEHOLDER:  # TTL = $1;  the argument's value, once given
+            self.advance()
+            self.placeholders.add(token.offset)
             return Literal(token.text, token.offset)
         if kind is Kind.INT:
             self.advance()
@@ -437,6 +458,12 @@ class _Parser:
             if self.at(","):
                 self.advance()  # a trailing comma before '}' is accepted, as users write it
                 continue
+            if self.tok.kind is Kind.STRING and isinstance(items[-1], Literal) and \
+                    items[-1].raw is not None:  # fmt: skip
+                # "a" "b" with no comma between: two items to JAliEn too (a generator of
+                # real JDLs, DelphesO2's grid script, writes them so)
+                self.missing_commas.append(self.tok.offset)
+                continue
             if not self.at("}"):
                 line, col = self.src.position(brace.offset)
                 raise self.fail(
@@ -452,11 +479,21 @@ def _substitute(parsed: ParsedJDL, args: list[str]) -> None:
     """Replace $1..$N in every string value with the submit arguments.
 
     Done on parsed strings, never on the text, so an argument cannot change the
-    structure of the JDL (a quote in an argument stays a quote character)."""
+    structure of the JDL. Within a string it is read as JAliEn reads it, written into
+    the text: the text as written takes the argument, and the value is that text read
+    (so the normal form, read again, gives the same value). JAliEn's text substitution
+    lets a '"' in an argument end the string and the rest become JDL: such an argument
+    is refused, since no reading of it would be the same in both."""
 
     def visit(node: Expr) -> Expr:
+        if isinstance(node, Literal) and node.offset in parsed.placeholders:
+            match = _PLACEHOLDER.fullmatch(str(node.value))
+            assert match is not None  # the lexer made it of $ and digits
+            return _argument_value(lookup(match, node), node.offset)
         if isinstance(node, Literal) and isinstance(node.value, str) and "$" in node.value:
-            return replace(node, value=_PLACEHOLDER.sub(lambda m: lookup(m, node), node.value))
+            written = node.raw if node.raw is not None else node.value
+            raw = _PLACEHOLDER.sub(lambda m: lookup(m, node), written)
+            return Literal(unescape(_lexable(raw, node.offset)), node.offset, raw)
         if isinstance(node, ListExpr):
             return replace(node, items=tuple(visit(item) for item in node.items))
         if isinstance(node, Call):
@@ -468,15 +505,38 @@ def _substitute(parsed: ParsedJDL, args: list[str]) -> None:
         return node
 
     def lookup(match: re.Match[str], node: Literal) -> str:
-        index = int(match.group(1))
-        if index == 0:
+        digits = match.group(1)
+        if digits == "0":
             return match.group(0)
-        if index > len(args):
+        if len(digits) > 5 or int(digits) > len(args):
             raise parsed.error(
-                f"'${index}' needs at least {index} submit argument(s), {len(args)} given",
+                f"'${digits[:8]}' needs at least {digits[:8]} submit argument(s), "
+                f"{len(args)} given",
                 node.offset,
             )
-        return args[index - 1]
+        text = args[int(digits) - 1]
+        if '"' in text:
+            raise parsed.error(
+                f"submit argument {digits} holds '\"'; JAliEn writes submit arguments into "
+                "the JDL's text, where a quote ends or opens a string: leave it out",
+                node.offset,
+            )
+        return text
+
+    def _lexable(raw: str, offset: int) -> str:
+        if not STRING_BODY.fullmatch(raw):
+            raise parsed.error("a submit argument leaves a backslash before white space "
+                               "or at the end of this string", offset)  # fmt: skip
+        return raw
+
+    def _argument_value(text: str, offset: int) -> Literal:
+        """``TTL = $1;``: the argument as JAliEn reads it written there: a number, a
+        boolean, or else a word (as an unquoted value is read)."""
+        if _NUMBER.fullmatch(text):
+            return Literal(float(text) if "." in text else int(text), offset)
+        if text.casefold() in ("true", "false"):
+            return Literal(text.casefold() == "true", offset)
+        return Literal(unescape(_lexable(text, offset)), offset, text)
 
     for folded, entry in parsed.entries.items():
         parsed.entries[folded] = replace(entry, value=visit(entry.value))

@@ -11,7 +11,6 @@ Keys the spec does not model are kept in ``extra`` with their values, and keys n
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +23,7 @@ from sandbox_agent.jdl.expr import (
     Undefined,
     render,
 )
+from sandbox_agent.jdl.lexer import STRING_BODY
 from sandbox_agent.jdl.parser import Entry, ParsedJDL, parse_jdl
 from sandbox_agent.jdl.units import format_size, parse_size
 
@@ -114,6 +114,8 @@ class JobSpec:
     type: str | None = None
     extra: tuple[tuple[str, Expr], ...] = ()
     warnings: tuple[str, ...] = field(default=(), compare=False)
+    # the warnings that say JAliEn would read (or run) this JDL otherwise: jdl check --compat
+    differences: tuple[str, ...] = field(default=(), compare=False)
     # The keys the JDL wrote, so a default (TTL 3600, 1 core) is not taken for a request.
     explicit: frozenset[str] = field(default=frozenset(), compare=False)
 
@@ -149,7 +151,9 @@ class JobSpec:
         put("Type", text(self.type))
         put("User", text(self.user))
         put("Executable", Literal(self.executable))
-        put("Arguments", text(shlex.join(self.arguments)) if self.arguments else None)
+        # written as JAliEn reads it: the words with one space between, kept as written
+        joined = " ".join(self.arguments)
+        put("Arguments", Literal(joined, raw=joined) if self.arguments else None)
         put("Packages", texts(self.packages))
         put("InputFile", texts(tuple(f.jdl() for f in self.input_files)))
         put("InputData", texts(tuple(d.jdl() for d in self.input_data)))
@@ -245,14 +249,21 @@ class _Reader:
 
     def __init__(self, parsed: ParsedJDL) -> None:
         self.parsed = parsed
-        self.notes: list[str] = []  # warnings found while reading the values
+        # warnings found while reading the values, with their (line, column)
+        self.notes: list[tuple[tuple[int, int], str]] = []
+        self.differences: list[tuple[tuple[int, int], str]] = []  # where JAliEn differs
 
     def fail(self, node: Expr | Entry, message: str) -> JDLError:
         return self.parsed.error(message, max(node.offset, 0))
 
-    def note(self, node: Expr | Entry, message: str) -> None:
-        line, col = self.parsed.source.position(max(node.offset, 0))
-        self.notes.append(f"{self.parsed.source.name}:{line}:{col}: warning: {message}")
+    def note(self, node: Expr | Entry | int, message: str, *, differs: bool = False) -> None:
+        """A warning at ``node`` (or an offset); ``differs``: JAliEn reads it otherwise."""
+        offset = node if isinstance(node, int) else node.offset
+        line, col = self.parsed.source.position(max(offset, 0))
+        self.notes.append(((line, col), f"{self.parsed.source.name}:{line}:{col}: warning: "
+                                        f"{message}"))  # fmt: skip
+        if differs:
+            self.differences.append(self.notes[-1])
 
     def scalar(self, entry: Entry) -> Expr:
         """The value, with a one-item list such as {"6000MB"} unwrapped."""
@@ -261,8 +272,12 @@ class _Reader:
             return value.items[0]
         return value
 
-    def string_of(self, node: Expr, what: str) -> str:
+    def string_of(self, node: Expr, what: str, *, as_written: bool = False) -> str:
         if isinstance(node, Literal) and isinstance(node.value, str):
+            if node.raw is not None and node.raw != node.value and not as_written:
+                self.note(node, f"{what}: '{_clip(node.raw)}' is '{_clip(node.value)}' here, "
+                          "escapes decoded; JAliEn keeps the text as written, backslashes "
+                          "and all", differs=True)  # fmt: skip
             return node.value
         if isinstance(node, AttrRef) and node.scope is None:
             return node.name  # an unquoted word, as in {testflag, t2}
@@ -287,7 +302,8 @@ class _Reader:
                 all(isinstance(item, AttrRef) and item.scope is None for item in value.items):
             count = len(value.items)
             self.note(entry, f"{entry.name}: unquoted items are {count} items here, one item "
-                      "to JAliEn; quote each item so that both read them alike")  # fmt: skip
+                      "to JAliEn; quote each item so that both read them alike",
+                      differs=True)  # fmt: skip
 
     def whole(self, entry: Entry, minimum: int, maximum: int, unit: str) -> int:
         node = self.scalar(entry)
@@ -344,20 +360,55 @@ class _Reader:
         return value
 
 
-def _items(reader: _Reader, entry: Entry) -> list[tuple[str, Expr]]:
+def _items(reader: _Reader, entry: Entry, *, as_written: bool = False) -> list[tuple[str, Expr]]:
     """The string items of a string-or-list entry, each with its node for error places.
-    An item written twice is kept once, as JAliEn keeps its lists (a set in order)."""
+    An item written twice is kept once, as JAliEn keeps its lists (a set in order).
+    ``as_written``: the caller reads each item's raw text, as JAliEn does."""
     reader.unquoted(entry)
     nodes = entry.value.items if isinstance(entry.value, ListExpr) else (entry.value,)
     items: list[tuple[str, Expr]] = []
     for node in nodes:
-        text = reader.string_of(node, f"each item of {entry.name}")
+        text = reader.string_of(node, f"each item of {entry.name}", as_written=as_written)
         if any(text == seen for seen, _ in items):
             reader.note(node, f"'{_clip(text)}' is listed twice in {entry.name}; kept once, "
                               "as JAliEn keeps it")  # fmt: skip
             continue
         items.append((text, node))
     return items
+
+
+# JAliEn's JobWrapper splits Arguments with a java.util.StringTokenizer: these five
+# characters, and nothing else, separate words; quotes and backslashes are plain text.
+_WORD_SEPARATORS = re.compile("[ \t\n\r\f]+")
+
+
+def _argument_words(reader: _Reader, entry: Entry) -> tuple[str, ...]:
+    """The argv words of Arguments, as JAliEn's JobWrapper makes them: the text as
+    written (a list's items joined with spaces) split on white space. No shell rule
+    applies and no shell ever sees them."""
+    texts = []
+    for text, node in _items(reader, entry, as_written=True):
+        raw = node.raw if isinstance(node, Literal) and node.raw is not None else text
+        if not STRING_BODY.fullmatch(raw):
+            raise reader.fail(node, "Arguments: a backslash before white space cannot be "
+                              "written back as a JDL string; remove it")  # fmt: skip
+        texts.append(raw)
+    words = tuple(w for w in _WORD_SEPARATORS.split(" ".join(texts)) if w)
+    if any(c in "\"'\\" for word in words for c in word):
+        reader.note(entry, "Arguments: quotes and backslashes are plain characters, as in "
+                    f"JAliEn's JobWrapper, which splits on white space only: the words are "
+                    f"{_clip(' | '.join(words), 80)}")  # fmt: skip
+    return words
+
+
+def _catalogue_path(reader: _Reader, entry: Entry, program: str) -> None:
+    """JAliEn fetches every program from its catalogue; here an absolute path is one in
+    the sandbox (the host's or the image's) and LF:/... is fetched. A program under
+    /alice/, ALICE's catalogue, is one the real JDL meant to be fetched: said."""
+    if program.startswith("/alice/"):
+        reader.note(entry, f"{entry.name}: JAliEn fetches '{_clip(program)}' from its "
+                    "catalogue; here it is a path in the sandbox: write "
+                    f"\"LF:{_clip(program, 160)}\" to have it fetched", differs=True)  # fmt: skip
 
 
 def _input_file(reader: _Reader, text: str, node: Expr) -> InputFile:
@@ -429,7 +480,8 @@ def _output(reader: _Reader, text: str, node: Expr, key: str) -> OutputSpec:
         else:
             kept.append(option)
             reader.note(node, f"{key}: storage option '{_clip(option)}' is passed on as "
-                        "JAliEn passes it; this agent's storage does not act on it")  # fmt: skip
+                        "JAliEn passes it; this agent's storage does not act on it",
+                        differs=True)  # fmt: skip
     return OutputSpec(patterns, archive, tuple(qos), tuple(elements), source=key,
                       options=tuple(kept))  # fmt: skip
 
@@ -479,15 +531,10 @@ def job_spec(parsed: ParsedJDL) -> JobSpec:
     fields["executable"] = r.string(executable)
     if not fields["executable"].strip():
         raise r.fail(executable, "Executable must not be empty")
+    _catalogue_path(r, executable, fields["executable"])
 
     if (entry := get("Arguments")) is not None:
-        if isinstance(entry.value, ListExpr):
-            fields["arguments"] = r.strings(entry)
-        else:
-            try:
-                fields["arguments"] = tuple(shlex.split(r.string(entry)))
-            except ValueError as exc:
-                raise r.fail(entry, f"Arguments cannot be split into words: {exc}") from None
+        fields["arguments"] = _argument_words(r, entry)
 
     if (entry := get("InputFile")) is not None:
         fields["input_files"] = tuple(_input_file(r, t, n) for t, n in _items(r, entry))
@@ -517,6 +564,8 @@ def job_spec(parsed: ParsedJDL) -> JobSpec:
     ):
         if (entry := get(key)) is not None:
             fields[attr] = r.string(entry)
+            if key == "ValidationCommand":
+                _catalogue_path(r, entry, fields[attr])
     for key, attr in (
         ("Packages", "packages"),
         ("JobTag", "job_tags"),
@@ -559,7 +608,11 @@ def job_spec(parsed: ParsedJDL) -> JobSpec:
         else:
             fields["requirements"] = entry.value
 
-    warnings = [w.format(parsed.source.name) for w in parsed.warnings] + r.notes
+    for offset, message in parsed.source.differences:
+        r.note(offset, message, differs=True)
+    for offset, message in parsed.source.notes:
+        r.note(offset, message)
+    r.notes += [((w.line, w.col), w.format(parsed.source.name)) for w in parsed.warnings]
     fields["extra"] = tuple(
         (entry.name, entry.value)
         for folded, entry in parsed.entries.items()
@@ -574,25 +627,25 @@ def job_spec(parsed: ParsedJDL) -> JobSpec:
                     node, f"JDL variable '{name}' is not a valid name (letters, digits, '_')"
                 )
             if name.casefold() not in present:
-                line, col = parsed.source.position(max(node.offset, 0))
-                warnings.append(
-                    f"{parsed.source.name}:{line}:{col}: warning: JDL variable '{_clip(name)}' "
-                    "is listed in JDLVariables but has no value; it is not exported"
-                )
+                r.note(node, f"JDL variable '{_clip(name)}' is listed in JDLVariables but has "
+                       "no value; it is not exported")  # fmt: skip
             elif present[name.casefold()] not in names:
                 names.append(present[name.casefold()])
         fields["jdl_variables"] = tuple(names)
     explicit = frozenset(entry.name for entry in parsed.entries.values()) - dropped
-    return JobSpec(**fields, warnings=tuple(warnings), explicit=explicit)
+    return JobSpec(**fields, warnings=tuple(text for _, text in sorted(r.notes)),
+                   differences=tuple(text for _, text in sorted(r.differences)),
+                   explicit=explicit)  # fmt: skip
 
 
 def variable_value(node: Expr) -> str:
-    """A JDL variable's value as the payload's environment holds it; list items joined
-    with '##', as JAliEn's JobWrapper joins them (ALIEN_JDL_PACKAGES = "a##b")."""
+    """A JDL variable's value as the payload's environment holds it: a string as written
+    (JAliEn decodes no escape), list items joined with '##', as JAliEn's JobWrapper joins
+    them (ALIEN_JDL_PACKAGES = "a##b")."""
     if isinstance(node, ListExpr):
         return "##".join(variable_value(item) for item in node.items)
     if isinstance(node, Literal) and isinstance(node.value, str):
-        return node.value
+        return node.raw if node.raw is not None else node.value  # as written, as JAliEn
     if isinstance(node, Literal) and isinstance(node.value, bool):
         return "true" if node.value else "false"
     if isinstance(node, AttrRef) and node.scope is None:
