@@ -375,3 +375,12 @@ def test_a_jdl_variable_is_exported_as_written_as_jalien_exports_it() -> None:
     expected = {"ALIEN_JDL_TAG": 'a\\"b', "ALIEN_JDL_CUT": "x\\\\d\\n"}
     assert spec.environment() == expected
     assert load_job(render_jdl(spec)).environment() == expected  # the normal form keeps it
+
+
+def test_items_that_read_the_same_are_kept_once_and_survive_the_normal_form() -> None:
+    # found in review: " a" and "a" are two strings but one output; kept twice, the
+    # normal form (read again, one text twice: one item) gave another job
+    spec = job('Output = {"a", " a"}; InputFile = {"LF:/x/y", "lf:/x/y"};')
+    assert [o.patterns for o in spec.outputs] == [("a",)]
+    assert [f.name for f in spec.input_files] == ["/x/y"]
+    assert load_job(render_jdl(spec)) == spec

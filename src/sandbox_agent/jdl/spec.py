@@ -11,8 +11,9 @@ Keys the spec does not model are kept in ``extra`` with their values, and keys n
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sandbox_agent.jdl.errors import JDLError
 from sandbox_agent.jdl.expr import (
@@ -411,6 +412,15 @@ def _catalogue_path(reader: _Reader, entry: Entry, program: str) -> None:
                     f"\"LF:{_clip(program, 160)}\" to have it fetched", differs=True)  # fmt: skip
 
 
+_Item = TypeVar("_Item", "InputFile", "InputData", "OutputSpec")
+
+
+def _once(items: Iterable[_Item]) -> tuple[_Item, ...]:
+    """Items that read the same ("a" and " a", "LF:/x" and "lf:/x") kept once: their
+    normal form is one text, which a second reading would keep once anyway."""
+    return tuple(dict.fromkeys(items))
+
+
 def _input_file(reader: _Reader, text: str, node: Expr) -> InputFile:
     name, catalogue = _strip_lf(text)
     if not name or "\x00" in name:
@@ -537,21 +547,21 @@ def job_spec(parsed: ParsedJDL) -> JobSpec:
         fields["arguments"] = _argument_words(r, entry)
 
     if (entry := get("InputFile")) is not None:
-        fields["input_files"] = tuple(_input_file(r, t, n) for t, n in _items(r, entry))
+        fields["input_files"] = _once(_input_file(r, t, n) for t, n in _items(r, entry))
     for key, attr in (
         ("InputData", "input_data"),
         ("InputDataCollection", "input_data_collection"),
     ):
         if (entry := get(key)) is not None:
-            fields[attr] = tuple(_input_data(r, t, n, key) for t, n in _items(r, entry))
+            fields[attr] = _once(_input_data(r, t, n, key) for t, n in _items(r, entry))
 
     outputs: list[OutputSpec] = []
     for key in _OUTPUT_KEYS:
         if (entry := get(key)) is not None:
             outputs.extend(_output(r, t, n, key) for t, n in _items(r, entry))
-    fields["outputs"] = tuple(outputs)
+    fields["outputs"] = _once(outputs)
     if (entry := get("OutputErrorE")) is not None:
-        fields["output_errors"] = tuple(
+        fields["output_errors"] = _once(
             _output(r, t, n, "OutputErrorE") for t, n in _items(r, entry)
         )
 
