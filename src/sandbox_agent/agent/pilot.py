@@ -43,6 +43,7 @@ from sandbox_agent.broker.client import BrokerClient
 from sandbox_agent.catalogue import Catalogue, CatalogueError
 from sandbox_agent.images import prepare
 from sandbox_agent.jdl import JDLError, JobSpec, Slot, load_job
+from sandbox_agent.jdl.fit import refusal
 from sandbox_agent.limits import workdisk
 from sandbox_agent.limits.cgroups import CgroupError, discover
 from sandbox_agent.limits.monitor import StopRequest
@@ -169,7 +170,7 @@ class Pilot:
         spec = self.job_spec(job)
         if isinstance(spec, str):
             return spec
-        why = slots.refusal(spec, slot)
+        why = refusal(spec, slot)
         if why is not None:
             return why
         if job.id not in self._rejected:

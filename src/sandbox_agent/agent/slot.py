@@ -1,5 +1,5 @@
-"""The slot the agent offers, as a job's Requirements see it (``other.*``), and whether
-a job fits it.
+"""The slot the agent offers, as a job's Requirements see it (``other.*``); whether a
+job fits it is ``jdl.fit.refusal``.
 
 The node is measured (cores the agent may run on, memory, free disk where the work
 directories go, platform); a site file ``HOME/slot.toml`` adds what cannot be measured
@@ -15,12 +15,11 @@ import os
 import platform
 import shutil
 import socket
-from collections.abc import Mapping
 from pathlib import Path
 
 import psutil
 
-from sandbox_agent.jdl import JobSpec, Slot, evaluate
+from sandbox_agent.jdl import Slot
 from sandbox_agent.jdl.requirements import SlotValue
 
 SITE_FILE = "slot.toml"
@@ -62,29 +61,3 @@ def describe(home: Path, work_area: Path, ttl_left: int) -> Slot:
         ttl_left = min(ttl_left, int(site_ttl))
     attrs["TTL"] = max(0, int(ttl_left))
     return Slot(attrs)
-
-
-def refusal(spec: JobSpec, slot: Mapping[str, SlotValue]) -> str | None:
-    """Why ``spec`` cannot run in ``slot``, or None when it fits: the resources it asks
-    for first (one line each a person can act on), then its Requirements."""
-    asks = [
-        ("CPUCores", spec.cpu_cores, "cores", 1),
-        ("Memory", spec.memory_bytes, "MB of memory", _MB),
-        ("Disk", spec.workdir_bytes, "MB of work directory", _MB),
-        ("TTL", spec.ttl, "seconds of TTL", 1),
-    ]
-    for name, wanted, unit, scale in asks:
-        offered = slot.get(name)
-        if wanted is None or not isinstance(offered, int | float):
-            continue
-        need = -(-wanted // scale)  # round up: 1.5 MB asked is 2 MB needed
-        if need > offered:
-            return f"it asks for {need} {unit}; the slot offers {offered}"
-    if spec.requirements is None:
-        return None
-    decision = evaluate(spec.requirements, Slot(slot), spec.job_attributes())
-    if decision.outcome == "TRUE":
-        return None
-    inputs = ", ".join(f"{n} = {v}" for n, v in decision.inputs)
-    return (f"its Requirements are {decision.outcome}: {decision.clause} -> "
-            f"{decision.clause_value}" + (f" ({inputs})" if inputs else ""))  # fmt: skip

@@ -17,7 +17,6 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from sandbox_agent.agent.slot import refusal
 from sandbox_agent.broker.api import ADMIN, JOB, JOBAGENT, USER
 from sandbox_agent.broker.caller import Caller, Refused
 from sandbox_agent.broker.files import FILE_CAP, FileStore
@@ -26,6 +25,7 @@ from sandbox_agent.broker.transfers import Transfers
 from sandbox_agent.catalogue import Catalogue
 from sandbox_agent.jdl import JDLError, JobSpec, Slot, load_job, render_jdl
 from sandbox_agent.jdl.expr import render
+from sandbox_agent.jdl.fit import refusal
 from sandbox_agent.queue import (
     Job,
     LeaseError,

@@ -115,6 +115,7 @@ def _refuse_unrunnable(ctx: typer.Context, spec: JobSpec, policy: str) -> None:
     """Exit 1 for a job that would wait for ever: no slot of this node fits it, or the
     policy rejects what it asks for."""
     from sandbox_agent.agent import slot
+    from sandbox_agent.jdl.fit import refusal
     from sandbox_agent.policy import (
         PolicyError,
         PolicyRejection,
@@ -130,7 +131,7 @@ def _refuse_unrunnable(ctx: typer.Context, spec: JobSpec, policy: str) -> None:
         fail(str(exc))
     except OSError as exc:
         fail(f"cannot measure the slot this node offers: {exc}", exitcodes.ENVIRONMENT)
-    reason = slot.refusal(spec, offered)
+    reason = refusal(spec, offered)
     if reason is not None:
         fail(f"job refused: no slot here can run it: {reason}", exitcodes.FAILED)
     try:
