@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_agent.agent.staging import StagingError, stage, staged_lfn
-from sandbox_agent.catalogue import MAX_LFN, Catalogue, CatalogueError, check_lfn
+from sandbox_agent.agent.staging import StagingError, stage
+from sandbox_agent.catalogue import MAX_LFN, Catalogue, CatalogueError, check_lfn, staged_lfn
 from sandbox_agent.jdl import load_job, render_jdl
 from sandbox_agent.policy.reach import Deny
 

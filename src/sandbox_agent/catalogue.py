@@ -32,6 +32,12 @@ DB_NAME = "catalogue.sqlite3"
 OBJECTS = "objects"
 MAX_FILE = 1 << 30  # bytes: one GiB per file unless the Catalogue is told otherwise
 MAX_LFN = 1024  # characters
+# Where files staged at submit go (agent.staging, and a broker's inputs): their names
+# change whenever their content does, so a job always gets the bytes it was sent with.
+LOCAL_ROOT = "/local"
+DIGEST_CHARS = 16
+# Names the work directory already holds: the job token and the job's own streams.
+RESERVED = frozenset({".jalien-token", "stdout", "stderr"})
 _CHUNK = 1 << 20
 _TMP_PREFIX = ".tmp-"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -70,6 +76,11 @@ class Entry:
     size: int
     owner: str
     added: float
+
+
+def staged_lfn(owner: str, sha256: str, basename: str) -> str:
+    """The catalogue name a staged file gets."""
+    return f"{LOCAL_ROOT}/{owner}/{sha256[:DIGEST_CHARS]}/{basename}"
 
 
 def check_lfn(lfn: str) -> str:

@@ -31,14 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from sandbox_agent.catalogue import CatalogueError, Entry, check_lfn
+from sandbox_agent.catalogue import RESERVED, CatalogueError, Entry, check_lfn, staged_lfn
 from sandbox_agent.jdl.spec import InputFile, JobSpec
 from sandbox_agent.policy.reach import Deny, PathRefused, UserFile, open_user_file
-
-LOCAL_ROOT = "/local"
-DIGEST_CHARS = 16
-# Names the work directory already holds: the job token and the job's own streams.
-RESERVED = frozenset({".jalien-token", "stdout", "stderr"})
 
 
 class StagingError(ValueError):
@@ -52,11 +47,6 @@ class _File:
     lfn: str | None  # a catalogue name already
     local: UserFile | None  # a local file to stage, opened and judged
     basename: str | None  # where it lands in the work directory; None: not placed
-
-
-def staged_lfn(owner: str, sha256: str, basename: str) -> str:
-    """The catalogue name a staged file gets."""
-    return f"{LOCAL_ROOT}/{owner}/{sha256[:DIGEST_CHARS]}/{basename}"
 
 
 class Stash(Protocol):

@@ -27,15 +27,17 @@ from __future__ import annotations
 import hashlib
 import posixpath
 
-from sandbox_agent.agent.staging import LOCAL_ROOT, RESERVED, staged_lfn
 from sandbox_agent.broker.files import FILE_CAP
 from sandbox_agent.catalogue import (
+    LOCAL_ROOT,
+    RESERVED,
     Catalogue,
     CatalogueError,
     Damaged,
     Entry,
     NameTaken,
     NotCatalogued,
+    staged_lfn,
 )
 from sandbox_agent.jdl import JobSpec
 
