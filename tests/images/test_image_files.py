@@ -25,7 +25,8 @@ from image_support import (
 )
 
 from sandbox_agent.images import ImageRefused, identity, kinds, prepare
-from sandbox_agent.images.inspect import inspect, resolve
+from sandbox_agent.images.inspect import inspect
+from sandbox_agent.images.tree import resolve
 from sandbox_agent.policy import compose, load_policy
 
 

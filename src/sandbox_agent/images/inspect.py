@@ -10,14 +10,13 @@ to the host's file of the same name.
 from __future__ import annotations
 
 import os
-import posixpath
-import stat
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sandbox_agent.images import ImageRefused, prepare
+from sandbox_agent.images.tree import resolve
 
 # ELF e_machine -> the name `uname -m` gives
 MACHINES = {3: "i686", 62: "x86_64", 40: "arm", 183: "aarch64", 21: "ppc64le", 243: "riscv64",
@@ -25,7 +24,6 @@ MACHINES = {3: "i686", 62: "x86_64", 40: "arm", 183: "aarch64", 21: "ppc64le", 2
 _PROGRAMS = ("bin/sh", "usr/bin/env", "bin/busybox", "bin/bash")  # whose ELF says the arch
 _RELEASE_FILES = ("etc/os-release", "usr/lib/os-release")
 _OLD_RELEASE_FILES = ("etc/redhat-release", "etc/system-release", "etc/debian_version")
-_MAX_LINKS = 40
 
 
 @dataclass
@@ -94,41 +92,6 @@ def _policy_refusal(name: str, dirs: list[Path] | None, path: str, image: prepar
     except OSError as error:
         return f"cannot read it: {error.strerror}"
     return ""
-
-
-def resolve(root: str, relative: str) -> str | None:
-    """The host path of ``relative`` inside the image at ``root``, following symlinks
-    as the sandbox would (inside the image); None when it leads nowhere."""
-    parts = [p for p in relative.split("/") if p]
-    done: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == ".":
-            continue
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        here = os.path.join(root, *done, part)
-        try:
-            info = os.lstat(here)
-        except OSError:
-            return None
-        if stat.S_ISLNK(info.st_mode):
-            hops += 1
-            if hops > _MAX_LINKS:
-                return None
-            try:
-                target = os.readlink(here)
-            except OSError:
-                return None
-            if target.startswith("/"):
-                done = []
-            parts = [p for p in posixpath.normpath(target).split("/") if p] + parts
-            continue
-        done.append(part)
-    return os.path.join(root, *done)
 
 
 def release(root: str) -> str:

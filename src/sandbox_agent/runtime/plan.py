@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from sandbox_agent.images import hostpython
+from sandbox_agent.images import hostpython, tree
 from sandbox_agent.images.hostpython import HostPython
 
 if TYPE_CHECKING:
@@ -56,9 +56,7 @@ class RealHost:
         return hostpython.find()
 
     def resolve(self, root: str, path: str) -> str | None:
-        from sandbox_agent.images.inspect import resolve
-
-        return resolve(root, path)
+        return tree.resolve(root, path)
 
     def landlock_abi(self) -> int:
         from sandbox_agent.wrapper.confine import abi
