@@ -81,7 +81,8 @@ def seccomp() -> Fact:
 def cgroup_limits() -> dict[str, Fact]:
     """For each limit a cgroup can hold: whether the agent can make a job cgroup here
     that holds it (the launcher's own discovery, so explain and launch agree)."""
-    from sandbox_agent.limits.cgroups import CGROUP_LIMITS, CgroupError, discover
+    from sandbox_agent.limits.cgroups import CGROUP_LIMITS, CgroupError
+    from sandbox_agent.limits.discover import discover
 
     try:
         hierarchy = discover()
