@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from cli_support import ROOT, shared_workdir, shell_script
 
-from sandbox_agent.agent.jobrun import handoff_fields, run_job
 from sandbox_agent.jdl import load_job
 from sandbox_agent.policy import compose, load_policy
+from sandbox_agent.runtime.jobrun import handoff_fields, run_job
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is missing")
 

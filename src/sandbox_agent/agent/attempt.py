@@ -27,13 +27,6 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from sandbox_agent.agent.backends import Backend, Placed
-from sandbox_agent.agent.jobrun import (
-    FINAL_FRAME_STATES,
-    PROGRESS_STATES,
-    JobResult,
-    handoff_fields,
-    run_job,
-)
 from sandbox_agent.agent.outputs import remove_workdir
 from sandbox_agent.agent.storage import SUCCESS_STATES, Caps, Manifest, Storage
 from sandbox_agent.catalogue import CatalogueError
@@ -44,6 +37,13 @@ from sandbox_agent.limits.cgroups import CgroupError
 from sandbox_agent.limits.monitor import StopRequest
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.queue import Job, LeaseError, StoreError, TransitionError, states
+from sandbox_agent.runtime.jobrun import (
+    FINAL_FRAME_STATES,
+    PROGRESS_STATES,
+    JobResult,
+    handoff_fields,
+    run_job,
+)
 from sandbox_agent.runtime.launch import (
     SANDBOX_HOST_UID,
     RuntimeMissing,

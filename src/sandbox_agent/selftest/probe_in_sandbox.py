@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox_agent.agent.jobrun import handoff_fields, run_job
 from sandbox_agent.agent.outputs import remove_workdir
 from sandbox_agent.images import hostpython
 from sandbox_agent.jdl import load_job
@@ -31,6 +30,7 @@ from sandbox_agent.policy import compose
 from sandbox_agent.policy.model import Policy
 from sandbox_agent.printable import clipped
 from sandbox_agent.probe import RUNNER, probe_files
+from sandbox_agent.runtime.jobrun import handoff_fields, run_job
 from sandbox_agent.runtime.launch import SANDBOX_HOST_UID, check_workdir
 from sandbox_agent.runtime.plan import environment
 from sandbox_agent.selftest.stage import Stage, hexed
