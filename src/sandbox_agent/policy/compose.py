@@ -4,7 +4,7 @@ What a JDL may change is short and fixed: the CPU cores, memory, wall time and w
 directory size it asks for (clamped by nothing: a request above the site's maximum, or
 above what the slot has, rejects the job with the reason), extra read-only binds
 under the roots the site allows (``ReadOnlyBinds``), and its image, from the site's
-roots or platforms (``images.select``). Nothing else in a JDL reaches the
+roots or platforms (``policy.image``). Nothing else in a JDL reaches the
 sandbox's shape: no writable bind, capability, namespace, variable or seccomp change.
 """
 
@@ -15,10 +15,10 @@ import posixpath
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from sandbox_agent.images import select
 from sandbox_agent.jdl.expr import ListExpr, Literal
 from sandbox_agent.jdl.spec import JobSpec
 from sandbox_agent.jdl.units import MIB, format_size
+from sandbox_agent.policy import image
 from sandbox_agent.policy.model import Item, Policy, PolicyRejection, Setting, within
 from sandbox_agent.policy.reach import Deny, PathRefused, check_bind
 from sandbox_agent.policy.schema import LIMITS, Kind
@@ -99,7 +99,7 @@ def compose(
     settings["filesystem.deny"] = Setting(tuple(deny), settings["filesystem.deny"].origin)
     if spec is not None:
         denied = Deny.of(deny)
-        chosen = select.choose(policy, spec, denied)
+        chosen = image.choose(policy, spec, denied)
         if chosen is not None:
             settings["filesystem.image"] = chosen
         extra = _requested_binds(policy, spec, denied)

@@ -1,6 +1,7 @@
-"""Which image a job runs on, in order: the path its JDL names (``Image``, only under
-the site's ``images.roots``), the platform its JDL asks for (``Platform``, through the
-site's ``images.platforms``), else the site default (``filesystem.image``).
+"""Which image a job runs on, a part of composing its policy, in order: the path its
+JDL names (``Image``, only under the site's ``images.roots``), the platform its JDL
+asks for (``Platform``, through the site's ``images.platforms``), else the site
+default (``filesystem.image``).
 
 A JDL names an image by an absolute path without '..'; the path is judged as the
 runtime would follow it: a symlink in it is resolved, and the real path must still lie
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import posixpath
 
+from sandbox_agent.images.mount import unusable
 from sandbox_agent.jdl.expr import Expr, Literal
 from sandbox_agent.jdl.spec import JobSpec
 from sandbox_agent.policy.model import Policy, PolicyRejection, Setting, within
@@ -72,8 +74,6 @@ def by_path(policy: Policy, path: str) -> str:
     if not os.path.exists(real):
         raise PolicyRejection(f"{IMAGE_KEY}: '{path:.80}' does not exist on this node")
     if not os.path.isdir(real):
-        from sandbox_agent.images.mount import unusable
-
         why = unusable()
         if why is not None:  # another node may mount it: not matched here, never failed
             raise PolicyRejection(f"{IMAGE_KEY}: '{path:.80}' is a single-file image, which "
