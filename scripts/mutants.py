@@ -48,6 +48,7 @@ MODULES: dict[str, list[str]] = {
     "sandbox_agent/handoff.py": ["tests/unit/test_handoff_*.py", "tests/unit/test_handoff.py"],
     "sandbox_agent/agent/outputs.py": ["tests/unit/test_outputs_*.py",
                                        "tests/unit/test_outputs.py"],
+    "sandbox_agent/runtime/workdir.py": ["tests/unit/test_outputs_removal.py"],
     "sandbox_agent/policy/compose.py": ["tests/policy/test_compose_*.py",
                                         "tests/policy/test_compose.py",
                                         "tests/images/test_image_selection.py"],
@@ -66,6 +67,7 @@ _CHAIN_HAS_AN_ISSUER = (
     "refused as a token before), so len(chain) > 1 always and the else branch is dead"
 )
 _HANDOFF, _OUTPUTS = "sandbox_agent/handoff.py", "sandbox_agent/agent/outputs.py"
+_REMOVAL = "sandbox_agent/runtime/workdir.py"
 _COMPOSE = "sandbox_agent/policy/compose.py"
 _NOT_LIST = "only 'list' is compared: any other shape word means a map"
 _INDENT = "the C encoder's indent level, ignored when no indent is set"
@@ -157,6 +159,8 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
         "device is refused; a payload cannot make device nodes (nodev, no CAP_MKNOD)",
     (_OUTPUTS, "_DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC",
      "_DIR_FLAGS = os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC"): _RDONLY,
+    (_REMOVAL, "_DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC",
+     "_DIR_FLAGS = os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC"): _RDONLY,
     (_OUTPUTS, "_DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC",
      "_DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC"):
         "a component that is not a directory fails the next open relative to it with "
@@ -185,19 +189,19 @@ EQUIVALENT: dict[tuple[str, str, str], str] = {
     (_OUTPUTS, "out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | "
      "os.O_CLOEXEC,", "out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | "
      "os.O_NOFOLLOW,"): _PEP_446,
-    (_OUTPUTS, "flags = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC",
+    (_REMOVAL, "flags = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC",
      "flags = os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY"): _PEP_446,
-    (_OUTPUTS, "fix_modes = os.geteuid() != 0  # root needs no permission to remove",
+    (_REMOVAL, "fix_modes = os.geteuid() != 0  # root needs no permission to remove",
      "fix_modes = os.geteuid() != -1  # root needs no permission to remove"): _ROOT_CHMOD,
-    (_OUTPUTS, "if fix_modes:", "if True:"): _ROOT_CHMOD,
-    (_OUTPUTS, "if fix_modes:  # first: a top the payload left 000 could not even be opened",
+    (_REMOVAL, "if fix_modes:", "if True:"): _ROOT_CHMOD,
+    (_REMOVAL, "if fix_modes:  # first: a top the payload left 000 could not even be opened",
      "if True:"): _ROOT_CHMOD,
-    (_OUTPUTS, 'if fix_modes:  # moving a directory writes its ".."', "if True:"): _ROOT_CHMOD,
-    (_OUTPUTS, "hoisted = 0", "hoisted = 1"): _FRESH_NAME,
-    (_OUTPUTS, "hoisted = 0", "hoisted = -1"): _FRESH_NAME,
-    (_OUTPUTS, "hoisted += 1", "hoisted -= 1"): _FRESH_NAME,
-    (_OUTPUTS, "hoisted += 1", "hoisted += 2"): _FRESH_NAME,
-    (_OUTPUTS, "if _is_directory(child, inner):  # up to the top: the depth stays 2", "if True:"):
+    (_REMOVAL, 'if fix_modes:  # moving a directory writes its ".."', "if True:"): _ROOT_CHMOD,
+    (_REMOVAL, "hoisted = 0", "hoisted = 1"): _FRESH_NAME,
+    (_REMOVAL, "hoisted = 0", "hoisted = -1"): _FRESH_NAME,
+    (_REMOVAL, "hoisted += 1", "hoisted -= 1"): _FRESH_NAME,
+    (_REMOVAL, "hoisted += 1", "hoisted += 2"): _FRESH_NAME,
+    (_REMOVAL, "if _is_directory(child, inner):  # up to the top: the depth stays 2", "if True:"):
         "a file (or link) below the top moved up as if a directory is unlinked there in the "
         "next round: removed all the same, and rename moves a link itself, never its target",
     # policy/compose.py

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_agent.agent.outputs import collect, has_openat2, remove_workdir
+from sandbox_agent.agent.outputs import collect, has_openat2
+from sandbox_agent.runtime.workdir import remove_workdir
 
 SECRET = b"-----BEGIN PRIVATE KEY----- agent key\n"
 OPENERS = [pytest.param(True, id="openat2"), pytest.param(False, id="by-components")]

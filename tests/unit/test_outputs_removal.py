@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_agent.agent import outputs
-from sandbox_agent.agent.outputs import remove_workdir
+from sandbox_agent.runtime import workdir as removal
+from sandbox_agent.runtime.workdir import remove_workdir
 
 NOBODY = 65534
-SRC = str(Path(outputs.__file__).resolve().parents[2])  # the src the tests import (a copy's)
+SRC = str(Path(removal.__file__).resolve().parents[2])  # the src the tests import (a copy's)
 PYTHON = "/usr/bin/python3"  # the venv's may live where 65534 cannot read it
 SECRET = b"the agent's own file, outside the work directory\n"
 
@@ -76,7 +76,7 @@ BUILD = textwrap.dedent("""
 REMOVE = textwrap.dedent("""
     import json, os, sys
     from pathlib import Path
-    from sandbox_agent.agent.outputs import remove_workdir
+    from sandbox_agent.runtime.workdir import remove_workdir
     assert os.geteuid() != 0 and os.getuid() != 0
     print(json.dumps({"why": remove_workdir(Path(sys.argv[1]))}))
 """)
@@ -94,7 +94,7 @@ def _why_not_nobody() -> str | None:
         return "switching to uid 65534 needs root and setpriv"
     if not Path(PYTHON).exists():
         return "no system python3 to run the removal as uid 65534"
-    probe = as_nobody("import sandbox_agent.agent.outputs")
+    probe = as_nobody("import sandbox_agent.runtime.workdir")
     if probe.returncode != 0:
         last = (probe.stderr.strip().splitlines() or ["?"])[-1]
         return f"uid 65534 cannot import the agent from {SRC}: {last}"
@@ -264,12 +264,12 @@ def test_making_a_directory_0700_never_follows_a_link_nor_changes_a_file(tmp_pat
     work_fd = os.open(tmp_path / "work", os.O_RDONLY | os.O_DIRECTORY)
     before = set(os.listdir("/proc/self/fd"))
     try:
-        outputs._chmod_dir(fd, "dir")
-        outputs._chmod_dir(fd, "file")  # not a directory: left as it is
-        outputs._chmod_dir(fd, "missing")
-        outputs._chmod_dir(work_fd, "to-dir")
-        outputs._chmod_dir(work_fd, "to-file")
-        outputs._chmod_dir(work_fd, ".")
+        removal._chmod_dir(fd, "dir")
+        removal._chmod_dir(fd, "file")  # not a directory: left as it is
+        removal._chmod_dir(fd, "missing")
+        removal._chmod_dir(work_fd, "to-dir")
+        removal._chmod_dir(work_fd, "to-file")
+        removal._chmod_dir(work_fd, ".")
         assert set(os.listdir("/proc/self/fd")) == before  # each descriptor closed
     finally:
         os.close(fd)

@@ -117,8 +117,8 @@ def test_export_refuses_a_manifest_name_that_leaves_the_target(
 def test_a_tree_a_thousand_levels_deep_is_refused_and_removed(tmp_path: Path) -> None:
     """A payload's `mkdir d && cd d` loop must neither crash the agent (recursion) nor
     survive the removal of its work directory."""
-    from sandbox_agent.agent.outputs import remove_workdir
     from sandbox_agent.agent.storage import MAX_DEPTH, TooManyFiles
+    from sandbox_agent.runtime.workdir import remove_workdir
 
     work = tmp_path / "work"
     work.mkdir()

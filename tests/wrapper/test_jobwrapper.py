@@ -393,7 +393,7 @@ def test_a_tree_a_thousand_levels_deep_does_not_break_the_packing(workdir: Path)
     """The payload's `mkdir d && cd d` loop: the wrapper's walk is iterative and stops
     at MAX_DEPTH, so the job still ends with its own verdict (a recursive walk raised
     RecursionError and the job ended with no final state)."""
-    from sandbox_agent.agent.outputs import remove_workdir
+    from sandbox_agent.runtime.workdir import remove_workdir
 
     script = "i=0; while [ $i -lt 1100 ]; do mkdir d && cd d || exit 1; i=$((i+1)); done"
     try:

@@ -27,7 +27,6 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from sandbox_agent.agent.backends import Backend, Placed
-from sandbox_agent.agent.outputs import remove_workdir
 from sandbox_agent.agent.storage import SUCCESS_STATES, Caps, Manifest, Storage
 from sandbox_agent.catalogue import CatalogueError
 from sandbox_agent.images import ImageRefused
@@ -51,6 +50,7 @@ from sandbox_agent.runtime.launch import (
     check_workdir,
 )
 from sandbox_agent.runtime.plan import Unenforceable, environment
+from sandbox_agent.runtime.workdir import remove_workdir
 from sandbox_agent.seccomp.compile import CompileError
 from sandbox_agent.tokens import (
     IssuanceRefused,

@@ -37,7 +37,6 @@ from sandbox_agent.agent.attempt import (
     disk_shortfall,
 )
 from sandbox_agent.agent.backends import Backend, BrokerQueue, LocalQueue
-from sandbox_agent.agent.outputs import remove_workdir
 from sandbox_agent.agent.storage import Storage
 from sandbox_agent.broker.client import BrokerClient
 from sandbox_agent.catalogue import Catalogue, CatalogueError
@@ -54,6 +53,7 @@ from sandbox_agent.printable import clipped
 from sandbox_agent.queue import Job, Store
 from sandbox_agent.runtime.agentproc import harden, raise_terminated, signals_handled
 from sandbox_agent.runtime.launch import SANDBOX_HOST_UID
+from sandbox_agent.runtime.workdir import remove_workdir
 from sandbox_agent.tokens import (
     Role,
     Token,

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sandbox_agent.agent.outputs import remove_workdir
 from sandbox_agent.images import hostpython
 from sandbox_agent.jdl import load_job
 from sandbox_agent.limits import workdisk
@@ -33,6 +32,7 @@ from sandbox_agent.probe import RUNNER, probe_files
 from sandbox_agent.runtime.jobrun import handoff_fields, run_job
 from sandbox_agent.runtime.launch import SANDBOX_HOST_UID, check_workdir
 from sandbox_agent.runtime.plan import environment
+from sandbox_agent.runtime.workdir import remove_workdir
 from sandbox_agent.selftest.stage import Stage, hexed
 
 PYTHON = "/usr/bin/python3"  # the sandbox's interpreter (the host's /usr, bound read-only)
