@@ -54,6 +54,7 @@ from sandbox_agent.queue import Job, Store
 from sandbox_agent.runtime.agentproc import harden, raise_terminated, signals_handled
 from sandbox_agent.runtime.launch import SANDBOX_HOST_UID
 from sandbox_agent.runtime.workdir import remove_workdir
+from sandbox_agent.selftest.probe_in_sandbox import SelftestError, preflight_attacks, run_probe
 from sandbox_agent.tokens import (
     Role,
     Token,
@@ -271,12 +272,6 @@ class Pilot:
         """The canary part of the selftest (credentials, the agent's processes, inherited
         descriptors, the network) in this pilot's sandbox, before any job is asked
         for: a pilot that cannot prove isolation takes no work (PilotError, exit 3)."""
-        from sandbox_agent.selftest.probe_in_sandbox import (
-            SelftestError,
-            preflight_attacks,
-            run_probe,
-        )
-
         keys = [str(path) for path in self.config.broker_token[:2]] if self.config.broker_token \
             else []  # fmt: skip
         try:
