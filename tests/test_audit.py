@@ -203,7 +203,7 @@ def test_a_signing_time_without_a_time_zone_is_refused(ran: Path, tmp_path: Path
 
 def test_a_record_signed_by_a_job_token_is_not_trusted(tmp_path: Path) -> None:
     """Only a jobagent token signs records: a job token (the payload holds one) cannot."""
-    from sandbox_agent.agent import audit as records
+    from sandbox_agent.audit import record as records
     from sandbox_agent.tokens import files
     from sandbox_agent.tokens.keys import load_private_key
 
@@ -243,7 +243,8 @@ def test_a_valid_record_moved_over_another_attempt_is_not_shown_as_that_attempts
 def test_a_record_lists_at_most_a_thousand_outputs_and_counts_the_rest() -> None:
     """The payload chooses how many outputs it makes: a record must stay under the
     broker's cap, and still pin the whole list (the manifest beside it has it)."""
-    from sandbox_agent.agent.audit import LISTED, _listed, canonical
+    from sandbox_agent.agent.audit import LISTED, _listed
+    from sandbox_agent.audit.record import canonical
 
     items = [{"name": f"f{i}", "size": 1, "sha256": "x"} for i in range(LISTED + 500)]
     listed = _listed("outputs", items)

@@ -21,7 +21,7 @@ from broker_support import (
     running_broker,
 )
 
-from sandbox_agent.agent import audit
+from sandbox_agent.audit import record as audit
 from sandbox_agent.broker.api import AUDIT_CAP
 from sandbox_agent.tokens import Identity, Role, TokenAuthority, files, new_key
 from sandbox_agent.tokens.keys import load_private_key

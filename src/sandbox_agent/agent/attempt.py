@@ -26,8 +26,10 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
+from sandbox_agent.agent import audit
 from sandbox_agent.agent.backends import Backend, Placed
 from sandbox_agent.agent.storage import SUCCESS_STATES, Caps, Manifest, Storage
+from sandbox_agent.audit import record as records
 from sandbox_agent.catalogue import CatalogueError
 from sandbox_agent.images import ImageRefused
 from sandbox_agent.jdl import JobSpec
@@ -399,8 +401,6 @@ class Attempt:
         """Sign the attempt's audit record with the agent's key, keep it beside the
         attempt's outputs and send it where the job came from (agent/audit.py); what
         went wrong, or ""."""
-        from sandbox_agent.agent import audit
-
         job, agent, result, manifest = self.job, self.agent, self.result, report.manifest
         token = agent.token
         try:
@@ -416,14 +416,14 @@ class Attempt:
                 usage=dict(manifest.usage) if manifest else _usage(result),
                 manifest=manifest, workdir=workdir,
                 image=result.image if result else None)  # fmt: skip
-            signed = audit.sign(record, token.key, token.certificate, token.chain)
+            signed = records.sign(record, token.key, token.certificate, token.chain)
             where = agent.storage.attempt(job.id, job.resubmission)
             where.mkdir(mode=0o700, parents=True, exist_ok=True)
-            audit.write(where / audit.RECORD, signed)
+            records.write(where / records.RECORD, signed)
         except (OSError, ValueError) as exc:  # AuditError is a ValueError
             return f"no audit record: {exc}"
         try:
-            agent.queue.keep_audit(job, (where / audit.RECORD).read_bytes())
+            agent.queue.keep_audit(job, (where / records.RECORD).read_bytes())
         except (StoreError, OSError) as exc:
             return f"the audit record is kept on this node only: {exc}"
         return ""

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
+from sandbox_agent.audit import record as records
 from sandbox_agent.broker.caller import Caller, Refused
 from sandbox_agent.broker.files import FileRefused, FileStore
 from sandbox_agent.broker.inputs import InputRefused, Inputs
@@ -109,20 +110,18 @@ class Transfers:
         """An attempt's record, from the agent that ran it: signed by the caller's own
         token (compared first, then checked against the CA), about this job, an attempt
         the queue's history says this agent was matched to, and that attempt over."""
-        from sandbox_agent.agent import audit
-
         job = self.job(job_id)
         data: bytes = body["data"]
         if hashlib.sha256(data).hexdigest() != str(body["sha256"]).lower():
             raise Refused(400, "the body's SHA-256 is not the one announced")
         try:
-            signed = audit.parse(data, "the body")
+            signed = records.parse(data, "the body")
             certificate = x509.load_pem_x509_certificate(
                 str(signed["signature"]["certificate"]).encode()
             )
             if fingerprint(certificate) != caller.fingerprint:  # cheap, before the chain
                 raise Refused(403, "the record is signed by another token than this caller's")
-            record = audit.verify(signed, [self.authority.root]).record
+            record = records.verify(signed, [self.authority.root]).record
             about, resubmission = record["job"]["id"], record["job"]["resubmission"]
             name = record["agent"]["name"]
             if type(about) is not int or type(resubmission) is not int or \

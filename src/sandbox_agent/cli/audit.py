@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from sandbox_agent import exitcodes
+from sandbox_agent.audit import record as records
 from sandbox_agent.broker.client import BrokerError
 from sandbox_agent.cli.app import JsonOption, fail, home_of
 from sandbox_agent.cli.remote import (
@@ -40,16 +41,14 @@ def _anchors(ca: Path) -> list[Any]:
 def _checked(path: Path | str, ca: Path, data: bytes | None = None) -> Any:
     """The verified record (from ``path``, or ``data`` fetched from a broker), or one
     line and exit 1 (not valid) or 2 (not a record)."""
-    from sandbox_agent.agent import audit
-
     anchors = _anchors(ca)
     try:
-        signed = audit.load(Path(path)) if data is None else audit.parse(data, str(path))
-    except audit.AuditError as exc:
+        signed = records.load(Path(path)) if data is None else records.parse(data, str(path))
+    except records.AuditError as exc:
         fail(str(exc))
     try:
-        return audit.verify(signed, anchors)
-    except audit.AuditError as exc:
+        return records.verify(signed, anchors)
+    except records.AuditError as exc:
         fail(f"{path}: NOT valid: {exc}", exitcodes.FAILED)
 
 
@@ -86,8 +85,6 @@ def show(
     """Print a job's audit record for a person, after checking it (as `audit verify`):
     from this home, or with --broker from the broker its agent sent it to (checked
     against --ca, the authority's CA)."""
-    from sandbox_agent.agent import audit
-
     home = home_of(ctx)
     if broker is not None:
         client = broker_client(broker, cert, key, ca)
@@ -113,7 +110,7 @@ def show(
         if later:  # an attempt handed back, or one whose record could not be written
             typer.echo(f"sandbox-agent: attempt {max(later, key=int)} of job {job_id} has no "
                        f"record; showing attempt {tried[0]}", err=True)  # fmt: skip
-    path = attempts / str(resubmission) / audit.RECORD
+    path = attempts / str(resubmission) / records.RECORD
     if not path.exists():
         fail(f"job {job_id}.{resubmission}: no audit record at {path}")
     checked = _checked(path, ca or home / "certs" / "ca.pem")

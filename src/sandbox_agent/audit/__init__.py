@@ -1,0 +1,1 @@
+"""The per-job audit record's format, shared by the pilot, the broker and the CLI."""
