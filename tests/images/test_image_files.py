@@ -25,9 +25,9 @@ from image_support import (
 )
 
 from sandbox_agent.images import ImageRefused, identity, kinds, prepare
-from sandbox_agent.images.inspect import inspect
 from sandbox_agent.images.tree import resolve
 from sandbox_agent.policy import compose, load_policy
+from sandbox_agent.runtime.imagecheck import inspect
 
 
 @pytest.fixture

@@ -29,8 +29,8 @@ def image_inspect(
 ) -> None:
     """Kind, size, digest, the OS release and architecture inside, and whether the
     policy's sandbox can run jobs on it here. Exit 1 when it cannot."""
-    from sandbox_agent.images.inspect import inspect
     from sandbox_agent.policy import PolicyError, load_policy
+    from sandbox_agent.runtime.imagecheck import inspect
 
     dirs = policy_dirs(home_of(ctx))
     try:

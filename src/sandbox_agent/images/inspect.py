@@ -1,6 +1,6 @@
 """What an image is, for a site deciding whether to offer it (``image inspect``): its
-kind, size and digest, the OS release and architecture found inside, and whether the
-pilot could run jobs on it here.
+kind, size and digest, the OS release and architecture found inside. Whether the
+pilot could run jobs on it here is runtime.imagecheck's, which renders its sandbox.
 
 Paths inside the image are resolved inside it: an image's /etc/os-release is often a
 symlink to ../usr/lib/os-release, and an absolute link must lead into the image, not
@@ -12,16 +12,14 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from sandbox_agent.images import ImageRefused, prepare
 from sandbox_agent.images.tree import resolve
 
 # ELF e_machine -> the name `uname -m` gives
 MACHINES = {3: "i686", 62: "x86_64", 40: "arm", 183: "aarch64", 21: "ppc64le", 243: "riscv64",
             22: "s390x"}  # fmt: skip
-_PROGRAMS = ("bin/sh", "usr/bin/env", "bin/busybox", "bin/bash")  # whose ELF says the arch
+PROGRAMS = ("bin/sh", "usr/bin/env", "bin/busybox", "bin/bash")  # whose ELF says the arch
 _RELEASE_FILES = ("etc/os-release", "usr/lib/os-release")
 _OLD_RELEASE_FILES = ("etc/redhat-release", "etc/system-release", "etc/debian_version")
 
@@ -41,57 +39,6 @@ class Inspection:
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def inspect(path: str, policy: str = "default", dirs: list[Path] | None = None) -> Inspection:
-    """The image at ``path``, read afresh (no cached hash: a pin is made from this),
-    and whether ``policy`` could run a job on it here (its sandbox rendered for bwrap
-    with this image as its filesystem.image)."""
-    out = Inspection(path, policy=policy)
-    try:
-        with prepare.opened(path) as image:
-            out.path, out.kind, out.size = image.path, image.kind, image.found.size
-            out.digest, out.entries = image.found.digest, image.found.entries
-            out.os_release = release(image.root)
-            out.architecture = architecture(image.root)
-            why = _policy_refusal(policy, dirs, path, image)
-            if why:
-                out.problems.append(f"the {policy} policy cannot run on it: {why}")
-    except ImageRefused as error:
-        out.problems.append(str(error))
-        return out
-    host = os.uname().machine
-    if not out.architecture:
-        out.problems.append(f"no {', '.join('/' + p for p in _PROGRAMS)} to run a payload with")
-    elif out.architecture != host:
-        out.problems.append(f"built for {out.architecture}; this host is {host}")
-    out.usable = not out.problems
-    return out
-
-
-def _policy_refusal(name: str, dirs: list[Path] | None, path: str, image: prepare.Opened) -> str:
-    """Why the policy ``name`` with this image as its default would not start a job's
-    sandbox here, or ""."""
-    from sandbox_agent.policy import PolicyError, compose, load_policy
-    from sandbox_agent.policy.model import Setting
-    from sandbox_agent.runtime import bwrap
-    from sandbox_agent.runtime.plan import Unenforceable
-
-    try:
-        effective = compose(load_policy(name, dirs))
-    except (PolicyError, ValueError) as error:
-        return str(error)
-    effective.settings["filesystem.image"] = Setting(path, "image inspect")
-    ready = prepare.ReadyImage(image.path, path, "image inspect", image.kind,
-                               image.found.digest, image.found.size, False, image.root)  # fmt: skip
-    try:
-        bwrap.render(effective, bwrap.WRAPPER_ARGV, workdir="/nonexistent/work", environ={},
-                     wrapper=True, image=ready)  # fmt: skip
-    except (Unenforceable, ImageRefused) as error:
-        return str(error)
-    except OSError as error:
-        return f"cannot read it: {error.strerror}"
-    return ""
 
 
 def release(root: str) -> str:
@@ -124,7 +71,7 @@ def _read(root: str, name: str) -> str | None:
 
 
 def architecture(root: str) -> str:
-    for name in _PROGRAMS:
+    for name in PROGRAMS:
         where = resolve(root, name)
         if where is None or not os.path.isfile(where):
             continue
