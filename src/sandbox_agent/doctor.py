@@ -212,7 +212,7 @@ def policy_fallbacks(policy_name: str, dirs: list[Path]) -> list[Check]:
 
     effective = compose(load_policy(policy_name, dirs))
     out = []
-    for row in host_rows(effective):
+    for row in host_rows(effective, hostfacts.facts()):
         name = f"policy {policy_name}: {row['key']}"
         if row["verdict"] == "not used":
             continue

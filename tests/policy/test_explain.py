@@ -10,11 +10,14 @@ from typing import Any
 
 import pytest
 
+from sandbox_agent import hostfacts
 from sandbox_agent.jdl import load_job
 from sandbox_agent.jdl.units import GIB, MIB
 from sandbox_agent.policy import EffectivePolicy, compose, load_policy
 from sandbox_agent.policy.explain import SECTIONS, explain_json, explain_text, rows
 from sandbox_agent.policy.schema import FIELDS, LIMITS, LIST_KINDS, Kind
+
+FOUND = hostfacts.facts()  # this host, as `policy explain` reads it
 
 SHIPPED = Path(__file__).resolve().parents[2] / "policies"
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -68,14 +71,14 @@ def by_key(explained: EffectivePolicy) -> dict[str, dict[str, Any]]:
 
 
 def test_json_envelope(pdir: Path) -> None:
-    document = explain_json(effective(pdir, "gpu"), "job.jdl")
+    document = explain_json(effective(pdir, "gpu"), "job.jdl", FOUND)
     assert set(document) == {"schema", "version", "policy", "files", "job", "rows", "host"}
     assert document["schema"] == "sandbox-agent/policy-explain"
     assert document["version"] == 1
     assert document["policy"] == "gpu"
     assert document["files"] == [str(pdir / f"{n}.toml") for n in ("base", "default", "gpu")]
     assert document["job"] == "job.jdl"
-    assert explain_json(effective(pdir), None)["job"] is None
+    assert explain_json(effective(pdir), None, FOUND)["job"] is None
     assert json.loads(json.dumps(document)) == document  # plain JSON all the way down
 
 
@@ -258,17 +261,17 @@ def test_wall_time_without_ttl_is_the_site_default(pdir: Path) -> None:
 
 
 def test_text_header_and_sections(pdir: Path) -> None:
-    text = explain_text(effective(pdir, "gpu"), None).splitlines()
+    text = explain_text(effective(pdir, "gpu"), None, FOUND).splitlines()
     assert text[0] == "policy gpu (base.toml <- default.toml <- gpu.toml)"
     headers = [line for line in text if line.startswith("[")]
     assert headers[:-1] == [f"[{section}]" for section, _ in SECTIONS]
     assert headers[-1].startswith("[this host]")
-    with_job = explain_text(effective(pdir, "default"), "jobs/x.jdl").splitlines()
+    with_job = explain_text(effective(pdir, "default"), "jobs/x.jdl", FOUND).splitlines()
     assert with_job[0] == "policy default (base.toml <- default.toml), job jobs/x.jdl"
 
 
 def test_text_has_a_line_for_every_key(pdir: Path) -> None:
-    text = explain_text(effective(pdir), None).split("\n[this host]")[0]
+    text = explain_text(effective(pdir), None, FOUND).split("\n[this host]")[0]
     lines = text.splitlines()
     named = {line.split()[0] for line in lines if line.startswith("  ") and line[2] != " "}
     assert named == {key.split(".", 1)[1] for key in ROW_KEYS}
@@ -276,7 +279,7 @@ def test_text_has_a_line_for_every_key(pdir: Path) -> None:
 
 def test_text_list_items_each_on_a_line_with_origin(pdir: Path) -> None:
     explained = effective(pdir, "gpu", credentials=CREDENTIALS)
-    lines = explain_text(explained, None).splitlines()
+    lines = explain_text(explained, None, FOUND).splitlines()
     item_lines = [line.split() for line in lines if line.startswith("      ")]
     for key in ("filesystem.deny", "filesystem.host_userland", "filesystem.read_only",
                 "devices.paths"):  # fmt: skip
@@ -290,7 +293,8 @@ def test_text_list_items_each_on_a_line_with_origin(pdir: Path) -> None:
 
 
 def test_text_limits_and_flags(pdir: Path) -> None:
-    lines = explain_text(effective(pdir, "default", 'MemorySize = "8GB";\n'), None).splitlines()
+    explained = effective(pdir, "default", 'MemorySize = "8GB";\n')
+    lines = explain_text(explained, None, FOUND).splitlines()
     (memory,) = [line for line in lines if line.startswith("  memory ")]
     assert memory.split() == ["memory", "8GB", "jdl:MemorySize", "(kernel,", "max", "16GB)"]
     (wall,) = [line for line in lines if line.startswith("  wall_time ")]
@@ -311,7 +315,7 @@ def test_text_limits_and_flags(pdir: Path) -> None:
 def test_text_single_item_shows_its_own_origin(pdir: Path) -> None:
     (pdir / "site.toml").write_text('extends = "base"\n\n[filesystem]\ndeny = []\n')
     explained = effective(pdir, "site", credentials=["/srv/agent/certs"])
-    lines = explain_text(explained, None).splitlines()
+    lines = explain_text(explained, None, FOUND).splitlines()
     shown = [line for line in lines if "/srv/agent/certs" in line]
     assert len(shown) == 1
     assert "agent:credentials" in shown[0]

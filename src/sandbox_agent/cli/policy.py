@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from sandbox_agent import exitcodes
+from sandbox_agent import exitcodes, hostfacts
 from sandbox_agent.cli.app import JsonOption, fail, home_of
 from sandbox_agent.images import ImageRefused, prepare
 from sandbox_agent.jdl import JDLError, JobSpec, Slot, load_job
@@ -111,7 +111,7 @@ def policy_explain(
         except Unenforceable as exc:
             refusal = f"cannot enforce with {runtime}: {exc}"
     if as_json:
-        report = explain_json(effective, name)
+        report = explain_json(effective, name, hostfacts.facts())
         if runtime is not None:
             report["runtime"] = {
                 "name": runtime,
@@ -120,7 +120,7 @@ def policy_explain(
             }
         typer.echo(json.dumps(report, indent=2))
     else:
-        typer.echo(explain_text(effective, name))
+        typer.echo(explain_text(effective, name, hostfacts.facts()))
         if plan is not None:
             typer.echo("")
             typer.echo(f"[enforced by {runtime}]")

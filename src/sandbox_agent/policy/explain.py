@@ -8,14 +8,15 @@ The JSON form follows ``docs/policy-explain.schema.json``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sandbox_agent import hostfacts
-from sandbox_agent.hostfacts import Fact
 from sandbox_agent.jdl.units import format_size
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.policy.model import Item
 from sandbox_agent.policy.schema import FIELDS, LIMITS, LIST_KINDS, Kind
+
+if TYPE_CHECKING:  # what the kernel provides is the caller's to find (hostfacts.facts)
+    from sandbox_agent.hostfacts import Fact
 
 SCHEMA_VERSION = 1
 
@@ -93,12 +94,10 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def host_rows(
-    effective: EffectivePolicy, found: Mapping[str, Fact] | None = None
-) -> list[dict[str, Any]]:
-    """For each requirement that depends on the kernel: does this host provide it, and
-    what happens if not (the job fails closed, or runs without it when optional)."""
-    found = hostfacts.facts() if found is None else found
+def host_rows(effective: EffectivePolicy, found: Mapping[str, Fact]) -> list[dict[str, Any]]:
+    """For each requirement that depends on the kernel: does this host provide it
+    (``found``: hostfacts.facts() on this host), and what happens if not (the job fails
+    closed, or runs without it when optional)."""
     optional = {i.value for i in effective["optional.requirements"].value}
     out = []
     for key, fact in found.items():
@@ -122,7 +121,7 @@ def host_rows(
 
 
 def explain_json(
-    effective: EffectivePolicy, job: str | None, found: Mapping[str, Fact] | None = None
+    effective: EffectivePolicy, job: str | None, found: Mapping[str, Fact]
 ) -> dict[str, Any]:
     return {
         "schema": "sandbox-agent/policy-explain",
@@ -135,9 +134,7 @@ def explain_json(
     }
 
 
-def explain_text(
-    effective: EffectivePolicy, job: str | None, found: Mapping[str, Fact] | None = None
-) -> str:
+def explain_text(effective: EffectivePolicy, job: str | None, found: Mapping[str, Fact]) -> str:
     """The table: one line per key, list items each on their own line with their origin."""
     chain = " <- ".join(f.name for f in effective.policy.files)
     lines = [f"policy {effective.policy.name} ({chain})" + (f", job {job}" if job else "")]
