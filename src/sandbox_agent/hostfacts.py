@@ -2,7 +2,9 @@
 
 Each fact is probed the cheap way (a /proc or /sys file, one harmless system call) and
 says what it found, so ``policy explain`` can tell a reviewer which requirements this
-node can enforce and which would fail closed (or run unenforced, if optional).
+node can enforce and which would fail closed (or run unenforced, if optional). It asks
+the sandbox layer where job cgroups go (limits.discover), so it sits beside it: policy
+is handed these facts, it does not import them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from sandbox_agent.limits.cgroups import CGROUP_LIMITS, CgroupError
+from sandbox_agent.limits.discover import discover
 
 _LANDLOCK_CREATE_RULESET = 444  # the same number on every architecture (new syscall table)
 _LANDLOCK_CREATE_RULESET_VERSION = 1
@@ -81,9 +86,6 @@ def seccomp() -> Fact:
 def cgroup_limits() -> dict[str, Fact]:
     """For each limit a cgroup can hold: whether the agent can make a job cgroup here
     that holds it (the launcher's own discovery, so explain and launch agree)."""
-    from sandbox_agent.limits.cgroups import CGROUP_LIMITS, CgroupError
-    from sandbox_agent.limits.discover import discover
-
     try:
         hierarchy = discover()
     except CgroupError as exc:
