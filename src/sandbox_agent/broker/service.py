@@ -194,7 +194,7 @@ class BrokerServer(ThreadingHTTPServer):
         not socketserver's traceback on stderr."""
         error = sys.exc_info()[1]
         self.log({"peer": _peer(client_address), "status": "dropped",
-                  "error": _printable(f"{type(error).__name__}: {error}", 160)})  # fmt: skip
+                  "error": clipped(f"{type(error).__name__}: {error}", 160)})  # fmt: skip
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         """On the connection's own thread: the handshake, then the requests."""
@@ -306,7 +306,7 @@ class _Handler(BaseHTTPRequestHandler):
         caller = self.caller(entry)
         parts = urlsplit(self.path)
         route, job_id, name, other = api.find(method, parts.path)
-        entry["path"] = _printable(parts.path, 120)
+        entry["path"] = clipped(parts.path, 120)
         if route is None:
             raise Refused(405 if other else 404, f"no {method} {entry['path']} here; "
                           f"the endpoints are in {api.OPENAPI_PATH}")  # fmt: skip
@@ -408,7 +408,7 @@ class _Handler(BaseHTTPRequestHandler):
         except RecursionError:
             raise Refused(400, "the body is nested too deeply") from None
         except (UnicodeDecodeError, ValueError) as exc:
-            raise Refused(400, f"the body is not JSON: {_printable(exc, 120)}") from None
+            raise Refused(400, f"the body is not JSON: {clipped(exc, 120)}") from None
         try:
             return check(parsed, route.body, route.name)
         except BadRequest as exc:
@@ -435,10 +435,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the client went away
 
 
-def _printable(text: object, limit: int) -> str:
-    return clipped(text, limit)
-
-
 def _peer(address: Any) -> str:
     try:
         return f"{address[0]}:{address[1]}"
@@ -448,10 +444,10 @@ def _peer(address: Any) -> str:
 
 def _tls_reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError):
-        return _printable(exc.reason or exc, 120)
+        return clipped(exc.reason or exc, 120)
     if isinstance(exc, TimeoutError):
         return f"no handshake within {HANDSHAKE_TIMEOUT:g} s"
-    return _printable(exc, 120)
+    return clipped(exc, 120)
 
 
 def make_server(certs: Path, queue: Path | str, listen: tuple[str, int], cert: Path,

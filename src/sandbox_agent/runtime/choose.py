@@ -103,7 +103,7 @@ def choose(
     if requested != "auto":
         if requested not in RUNTIMES:
             raise RuntimeUnavailable(
-                f"--runtime {_printable(requested)}: unknown runtime; choose auto or one of "
+                f"--runtime {printable(requested)}: unknown runtime; choose auto or one of "
                 f"{', '.join(RUNTIMES)}"
             )
         return _explicit(requested, f"--runtime {requested}", environ, probe)
@@ -112,7 +112,7 @@ def choose(
         runtime = value.lower()
         if runtime not in RUNTIMES:
             raise RuntimeUnavailable(
-                f"USE_CONTAINERS={_printable(value)}: unknown container runtime; set it to one of "
+                f"USE_CONTAINERS={printable(value)}: unknown container runtime; set it to one of "
                 f"{', '.join(name.upper() for name in RUNTIMES)}, or unset it for auto"
             )
         return _explicit(runtime, f"USE_CONTAINERS={value}", environ, probe)
@@ -121,14 +121,14 @@ def choose(
         found = probe(runtime, environ=environ)
         if found.ok:
             return found
-        tried.append(f"{runtime}: {_printable(found.reason)}")
+        tried.append(f"{runtime}: {printable(found.reason)}")
     raise RuntimeUnavailable(f"--runtime auto: no runtime works here ({'; '.join(tried)})")
 
 
 def _explicit(runtime: str, asked: str, environ: Mapping[str, str], probe: Probe) -> Availability:
     found = probe(runtime, environ=environ)
     if not found.ok:
-        raise RuntimeUnavailable(f"{_printable(asked)}: {_printable(found.reason)}")
+        raise RuntimeUnavailable(f"{printable(asked)}: {printable(found.reason)}")
     return found
 
 
@@ -325,14 +325,9 @@ def _first_line(text: str) -> str:
     return ""
 
 
-def _printable(text: str) -> str:
-    """One printable line: reasons end up on a terminal and in logs."""
-    return printable(text)
-
-
 def _clean(text: str) -> str:
     """One printable line of bounded length, from a tool's message."""
-    out = _printable(text)
+    out = printable(text)
     if len(out) > _REASON_LIMIT:
         out = out[: _REASON_LIMIT - 3] + "..."
     return out
