@@ -23,7 +23,24 @@ from typing import Any
 from cryptography import x509
 
 from sandbox_agent import hostfacts
-from sandbox_agent.audit.record import SCHEMA, VERSION, canonical, now
+
+# The record's format (signing, reading, checking) is audit.record's; the names this
+# module does not use are kept here for callers of the place they had before.
+from sandbox_agent.audit.record import (  # noqa: F401
+    MAX_RECORD,
+    RECORD,
+    SCHEMA,
+    VERSION,
+    AuditError,
+    Verified,
+    canonical,
+    load,
+    now,
+    parse,
+    sign,
+    verify,
+    write,
+)
 from sandbox_agent.policy.explain import rows
 from sandbox_agent.tokens import fingerprint
 

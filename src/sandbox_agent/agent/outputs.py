@@ -22,6 +22,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox_agent.runtime.workdir import remove_workdir  # noqa: F401 (now runtime.workdir)
+
 _SYS_OPENAT2 = 437  # the same number on every architecture (new syscall table)
 _RESOLVE_NO_XDEV = 0x01
 _RESOLVE_NO_MAGICLINKS = 0x02

@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 
 from sandbox_agent.jdl import Slot
+from sandbox_agent.jdl.fit import refusal  # noqa: F401 (matching's home is jdl.fit now)
 from sandbox_agent.jdl.requirements import SlotValue
 
 SITE_FILE = "slot.toml"

@@ -31,7 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from sandbox_agent.catalogue import RESERVED, CatalogueError, Entry, check_lfn, staged_lfn
+from sandbox_agent.catalogue import (  # noqa: F401 (LOCAL_ROOT, DIGEST_CHARS: catalogue's now)
+    DIGEST_CHARS,
+    LOCAL_ROOT,
+    RESERVED,
+    CatalogueError,
+    Entry,
+    check_lfn,
+    staged_lfn,
+)
 from sandbox_agent.jdl.spec import InputFile, JobSpec
 from sandbox_agent.policy.reach import Deny, PathRefused, UserFile, open_user_file
 
