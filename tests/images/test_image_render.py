@@ -9,14 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from host_support import FixedHost
 from image_support import shared_dir
 
 from sandbox_agent.images.hostpython import HostPython
 from sandbox_agent.images.prepare import ReadyImage
 from sandbox_agent.policy import compose, load_policy
 from sandbox_agent.runtime import bwrap
-from sandbox_agent.runtime.plan import Unenforceable
+from sandbox_agent.runtime.plan import FixedHost, Unenforceable
 
 SHIPPED = Path(__file__).resolve().parents[2] / "policies"
 PY = "/.sandbox-agent/python"

@@ -9,14 +9,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from host_support import FixedHost
 
 from sandbox_agent.limits.diskuse import deleted_but_open, directory_size
 from sandbox_agent.limits.enforcement import decide
 from sandbox_agent.limits.monitor import Monitor
 from sandbox_agent.policy import compose, load_policy
 from sandbox_agent.runtime import bwrap
-from sandbox_agent.runtime.plan import Unenforceable
+from sandbox_agent.runtime.plan import FixedHost, Unenforceable
 
 ROOT = Path(__file__).resolve().parents[2]
 

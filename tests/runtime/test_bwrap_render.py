@@ -8,12 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from host_support import FixedHost
 
 from sandbox_agent.jdl import load_job
 from sandbox_agent.policy import PolicyRejection, compose, load_policy
 from sandbox_agent.runtime import bwrap
-from sandbox_agent.runtime.plan import FROM_AGENT, RealHost, Unenforceable
+from sandbox_agent.runtime.plan import FROM_AGENT, FixedHost, RealHost, Unenforceable
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"

@@ -10,12 +10,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from host_support import FixedHost
 
 from sandbox_agent.jdl import load_job
 from sandbox_agent.policy import compose, load_policy
 from sandbox_agent.runtime import apptainer, docker
-from sandbox_agent.runtime.plan import AGENT_FILES, Unenforceable
+from sandbox_agent.runtime.plan import AGENT_FILES, FixedHost, Unenforceable
 
 ROOT = Path(__file__).resolve().parents[2]
 LANDLOCK_6 = FixedHost({}, landlock=6)  # the golden plan does not depend on this kernel

@@ -93,10 +93,9 @@ def test_bwrap_gets_its_options_on_a_descriptor_and_its_argv_names_none() -> Non
 def test_an_option_with_a_nul_byte_is_refused_not_split() -> None:
     # bwrap splits its --args data at NUL bytes: a value holding one would become two
     # words there (exec would refuse it on the argv).
-    from host_support import FixedHost
-
     from sandbox_agent.policy import compose, load_policy
     from sandbox_agent.runtime.launch import start
+    from sandbox_agent.runtime.plan import FixedHost
     from sandbox_agent.runtime.render import render
 
     effective = compose(load_policy("default", [ROOT / "policies"]))
