@@ -166,8 +166,7 @@ def delegated_cgroup(name: str) -> tuple[list[str], list[Path]] | str:
     """A cgroup delegated to uid 65534, as a site gives its unprivileged pilot one: the
     argv prefix that starts a command inside it, and the directories to remove after
     (``close_scopes``). Or why it cannot be made here (not root, no writable cgroup)."""
-    from sandbox_agent.limits.cgroups import CgroupError
-    from sandbox_agent.limits.discover import discover
+    from sandbox_agent.limits.cgroups import CgroupError, discover
 
     if os.geteuid() != 0:
         return "delegating a cgroup needs root"

@@ -292,8 +292,7 @@ def test_an_image_runtime_is_started_with_its_rendered_argv(sandbox, tmp_path: P
 
 
 def _job_cgroups(agent_pid: int) -> list[Path]:
-    from sandbox_agent.limits.cgroups import CgroupError
-    from sandbox_agent.limits.discover import discover
+    from sandbox_agent.limits.cgroups import CgroupError, discover
 
     try:
         hierarchy = discover()

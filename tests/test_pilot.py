@@ -31,8 +31,7 @@ from cli_support import (
     unprivileged_or_skip,
 )
 
-from sandbox_agent.limits.cgroups import PREFIX
-from sandbox_agent.limits.discover import discover
+from sandbox_agent.limits.cgroups import PREFIX, discover
 from sandbox_agent.tokens import Role, TokenAuthority, load_token
 from sandbox_agent.tokens.files import load_certificates
 

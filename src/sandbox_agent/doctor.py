@@ -19,8 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from sandbox_agent import hostfacts
-from sandbox_agent.limits.cgroups import CGROUP_LIMITS, CgroupError, mounts, read_text
-from sandbox_agent.limits.discover import discover
+from sandbox_agent.limits.cgroups import (
+    CGROUP_LIMITS,
+    CgroupError,
+    discover,
+    mounts,
+    read_text,
+)
 from sandbox_agent.toolrun import run_tool
 
 OK, WEAK, MISSING = "OK", "WEAK", "MISSING"

@@ -15,8 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sandbox_agent.limits.cgroups import CGROUP_LIMITS, CgroupError
-from sandbox_agent.limits.discover import discover
+from sandbox_agent.limits.cgroups import CGROUP_LIMITS, CgroupError, discover
 
 _LANDLOCK_CREATE_RULESET = 444  # the same number on every architecture (new syscall table)
 _LANDLOCK_CREATE_RULESET_VERSION = 1

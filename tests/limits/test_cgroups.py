@@ -15,11 +15,11 @@ from sandbox_agent.limits.cgroups import (
     CgroupError,
     CgroupLimits,
     JobCgroup,
+    discover,
     located,
     membership,
     mounts,
 )
-from sandbox_agent.limits.discover import discover
 
 LIMITS = CgroupLimits(memory=64 * 1024**2, swap=0, pids=32, cpu_cores=1)
 

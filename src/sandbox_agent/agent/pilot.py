@@ -44,8 +44,7 @@ from sandbox_agent.images import prepare
 from sandbox_agent.jdl import JDLError, JobSpec, Slot, load_job
 from sandbox_agent.jdl.fit import refusal
 from sandbox_agent.limits import workdisk
-from sandbox_agent.limits.cgroups import CgroupError
-from sandbox_agent.limits.discover import discover
+from sandbox_agent.limits.cgroups import CgroupError, discover
 from sandbox_agent.limits.monitor import StopRequest
 from sandbox_agent.policy import Policy, PolicyRejection, compose
 from sandbox_agent.policy.compose import EffectivePolicy

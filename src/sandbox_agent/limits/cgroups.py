@@ -7,7 +7,7 @@ pid into it between fork and exec, so every process of the job is inside before 
 payload code runs. Teardown kills through it and reports what was still alive.
 
 The versions differ in files, not in shape: ``cgroup_v1`` and ``cgroup_v2`` implement
-``JobCgroup``; ``limits.discover`` finds which one this host gives the agent.
+``JobCgroup``; ``discover`` finds which one this host gives the agent.
 """
 
 from __future__ import annotations
@@ -272,6 +272,34 @@ def comm(pid: int) -> str:
     characters (a newline would forge a line of the agent's output)."""
     text = (read_text(Path(f"/proc/{pid}/comm")) or "?").strip()
     return clipped(text, 16) or "?"
+
+
+def discover(
+    *, prefer: str | None = None, proc_cgroup: str | None = None, mountinfo: str | None = None
+) -> Hierarchy:
+    """Where this agent may make job cgroups: raises CgroupError saying why not."""
+    from sandbox_agent.limits import cgroup_v1, cgroup_v2
+
+    proc_cgroup = proc_cgroup if proc_cgroup is not None else read_text(Path("/proc/self/cgroup"))
+    mountinfo = mountinfo if mountinfo is not None else read_text(Path("/proc/self/mountinfo"))
+    where = membership(proc_cgroup or "")
+    found = mounts(mountinfo or "")
+    candidates: list[Hierarchy] = []
+    reasons = []
+    present = {m.fstype for m in found}
+    for module, fstype in ((cgroup_v2, "cgroup2"), (cgroup_v1, "cgroup")):
+        if prefer and prefer != module.VERSION:
+            continue
+        if not prefer and fstype not in present:
+            continue  # a pure v2 host has no v1 to explain, and the reverse
+        try:
+            candidates.append(module.hierarchy(where, found))
+        except CgroupError as exc:
+            reasons.append(f"{module.VERSION}: {exc}")
+    if not candidates:
+        raise CgroupError("; ".join(reasons) or "no cgroup filesystem is mounted")
+    # the one that can hold the most limits; v2 on a tie
+    return max(candidates, key=lambda h: len(h.enforceable))
 
 
 class Hierarchy(abc.ABC):

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from sandbox_agent.limits.cgroups import CgroupError, CgroupLimits, JobCgroup, Teardown
-from sandbox_agent.limits.discover import discover
+from sandbox_agent.limits.cgroups import CgroupError, CgroupLimits, JobCgroup, Teardown, discover
 from sandbox_agent.limits.enforcement import LimitPlan, decide, wants_cgroup
 from sandbox_agent.limits.monitor import Monitor, Outcome, StopRequest
 from sandbox_agent.policy.compose import EffectivePolicy
