@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from sandbox_agent.limits.cgroups import (
+from sandbox_agent.limits.cgroup_base import (
     CPU_PERIOD_US,
     PREFIX,
     CgroupError,

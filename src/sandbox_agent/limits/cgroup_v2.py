@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from sandbox_agent.limits.cgroups import (
+from sandbox_agent.limits.cgroup_base import (
     CPU_PERIOD_US,
     PREFIX,
     CgroupError,
