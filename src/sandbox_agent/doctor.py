@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox_agent import hostfacts
+from sandbox_agent.images import ImageRefused, kinds, mount, prepare
 from sandbox_agent.limits.cgroups import (
     CGROUP_LIMITS,
     CgroupError,
@@ -26,6 +27,9 @@ from sandbox_agent.limits.cgroups import (
     mounts,
     read_text,
 )
+from sandbox_agent.policy import compose, load_policy
+from sandbox_agent.policy.explain import host_rows
+from sandbox_agent.runtime.choose import RUNTIMES, available
 from sandbox_agent.toolrun import run_tool
 
 OK, WEAK, MISSING = "OK", "WEAK", "MISSING"
@@ -193,8 +197,6 @@ def sysctls(read: Callable[[str], str | None] = _sysctl) -> list[Check]:
 
 
 def runtimes() -> list[Check]:
-    from sandbox_agent.runtime.choose import RUNTIMES, available
-
     out = []
     for runtime in RUNTIMES:
         found = available(runtime)
@@ -212,9 +214,6 @@ def runtimes() -> list[Check]:
 
 def policy_fallbacks(policy_name: str, dirs: list[Path]) -> list[Check]:
     """What the policy needs of the kernel, and what it would run without here."""
-    from sandbox_agent.policy import compose, load_policy
-    from sandbox_agent.policy.explain import host_rows
-
     effective = compose(load_policy(policy_name, dirs))
     out = []
     for row in host_rows(effective, hostfacts.facts()):
@@ -254,9 +253,6 @@ def images(policy_name: str, dirs: list[Path]) -> list[Check]:
     """Whether single-file images can be mounted here, and whether each image the
     policy names (its default and its platforms) is there and of a usable kind. Their
     digests are not computed here: a large image takes a while (`image inspect`)."""
-    from sandbox_agent.images import ImageRefused, kinds, mount, prepare
-    from sandbox_agent.policy import load_policy
-
     why = mount.unusable()
     out = [Check("single-file images", OK, "squashfuse, fusermount and /dev/fuse are here")
            if why is None else Check("single-file images", WEAK, f"directory images only: {why}",

@@ -17,7 +17,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from sandbox_agent.broker.api import ADMIN, JOB, JOBAGENT, USER
+from sandbox_agent.broker.api import ADMIN, JOB, JOBAGENT, USER, openapi
 from sandbox_agent.broker.caller import Caller, Refused
 from sandbox_agent.broker.files import FILE_CAP, FileStore
 from sandbox_agent.broker.inputs import InputRefused, Inputs
@@ -364,8 +364,6 @@ class Endpoints(Transfers):
 
     def do_openapi(self, _caller: Caller, _id: int | None, _body: dict[str, Any],
                    _query: Mapping[str, str]) -> dict[str, Any]:  # fmt: skip
-        from sandbox_agent.broker.api import openapi
-
         return openapi()
 
 

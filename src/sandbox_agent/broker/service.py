@@ -38,7 +38,8 @@ from sandbox_agent.broker.endpoints import Endpoints
 from sandbox_agent.broker.schema import BadRequest, check
 from sandbox_agent.handoff import strict_loads
 from sandbox_agent.printable import clipped
-from sandbox_agent.tokens import Role, TokenError
+from sandbox_agent.queue import open_queue
+from sandbox_agent.tokens import Role, TokenAuthority, TokenError, files
 from sandbox_agent.tokens.errors import StaleRevocationList
 from sandbox_agent.tokens.verify import TokenVerifier
 
@@ -455,9 +456,6 @@ def make_server(certs: Path, queue: Path | str, listen: tuple[str, int], cert: P
     """The broker of the authority in ``certs`` and the queue in ``queue`` (a directory,
     or a postgresql:// DSN), listening on ``listen`` with the broker token
     ``cert``/``key``; serve_forever() runs it."""
-    from sandbox_agent.queue import open_queue
-    from sandbox_agent.tokens import TokenAuthority, files
-
     authority = TokenAuthority.load(certs)
     endpoints = Endpoints(open_queue(queue), authority, certs)
     context = server_context(cert, key, certs / files.CA_CERT)

@@ -36,13 +36,14 @@ from typing import IO
 
 import prctl
 
+from sandbox_agent import handoff
 from sandbox_agent.limits.cgroups import JobCgroup
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.policy.model import within
 from sandbox_agent.runtime import bwrap
 from sandbox_agent.runtime.plan import AGENT_FILES, LaunchPlan, Requirement, Unenforceable
 from sandbox_agent.seccomp.compile import bpf_fd, compile_profile, data_fd
-from sandbox_agent.wrapper import confine
+from sandbox_agent.wrapper import confine, jobwrapper, packaging
 
 _RLIMITS = {
     "core": resource.RLIMIT_CORE,
@@ -306,9 +307,6 @@ def _name(kind: str) -> str:
 
 
 def _module_file(kind: str) -> str:
-    from sandbox_agent import handoff
-    from sandbox_agent.wrapper import jobwrapper, packaging
-
     modules = {"confine": confine, "wrapper": jobwrapper, "handoff": handoff,
                "packaging": packaging}  # fmt: skip
     return str(modules[kind].__file__)

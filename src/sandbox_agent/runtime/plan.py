@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from sandbox_agent.images import hostpython, tree
 from sandbox_agent.images.hostpython import HostPython
+from sandbox_agent.wrapper import confine
 
 if TYPE_CHECKING:
     from sandbox_agent.policy.compose import EffectivePolicy
@@ -59,9 +60,7 @@ class RealHost:
         return tree.resolve(root, path)
 
     def landlock_abi(self) -> int:
-        from sandbox_agent.wrapper.confine import abi
-
-        return abi()
+        return confine.abi()
 
     def kind(self, path: str) -> str:
         try:
