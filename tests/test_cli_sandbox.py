@@ -343,7 +343,7 @@ effective = compose(load_policy("default", [Path({str(ROOT / "policies")!r})]))
 workdir = Path({str(sandbox.workdir)!r})
 plan = render("bwrap", effective, ["/bin/true"], workdir=str(workdir), environ={{}})
 for _ in range(3):
-    assert session.run(plan, effective, workdir=workdir).outcome.returncode == 0
+    assert session.run(plan, workdir=workdir).outcome.returncode == 0
 print(sum(c.status() == psutil.STATUS_ZOMBIE for c in psutil.Process().children()))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

@@ -135,9 +135,11 @@ def test_the_policys_images_are_checked_and_a_missing_default_image_stops_jobs(
         shutil.copytree(Path(__file__).resolve().parents[1] / "policies", home / "policies")
         (home / "policies" / "images.toml").write_text(
             f'extends = "default"\n[images]\nplatforms = {{ bb = "{root}", old = "{base}/old" }}\n'
-            f'pins = {{ "{root}" = "{pin}" }}\n')
+            f'pins = {{ "{root}" = "{pin}" }}\n'
+        )
         (home / "policies" / "gone.toml").write_text(
-            f'extends = "default"\n[filesystem]\nimage = "{base}/gone.sif"\n')
+            f'extends = "default"\n[filesystem]\nimage = "{base}/gone.sif"\n'
+        )
         env = cli_env(home)
         done = run_cli(env, "doctor", "--policy", "images", "--json")
         assert_no_traceback(done)
@@ -156,3 +158,12 @@ def test_the_policys_images_are_checked_and_a_missing_default_image_stops_jobs(
         assert done.stdout.splitlines()[-1].endswith("policy gone: filesystem.image")
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_cgroup_remedy_is_for_this_hosts_cgroup_version() -> None:
+    # a v1 host (Debian 13's kernel booted on v1 has no v1 memory controller) is not
+    # told to write cgroup.subtree_control, which v1 does not have
+    v1 = doctor._cgroup_remedy("v1", ["memory", "swap"])
+    assert "subtree_control" not in v1 and "no memory hierarchy" in v1
+    v2 = doctor._cgroup_remedy("v2", ["memory", "swap", "pids"])
+    assert "delegate the memory, pids controller(s)" in v2 and "subtree_control" in v2

@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 from cli_support import ROOT, SCRIPT, assert_no_traceback, cli_env, run_cli
 
-from sandbox_agent.selftest.probe_in_sandbox import SelftestError, _rows, attack_table
+from sandbox_agent.policy.gate import Answer, Verdict
+from sandbox_agent.selftest.probe_in_sandbox import (
+    SelftestError,
+    _rows,
+    attack_table,
+    defence_here,
+)
 from sandbox_agent.selftest.stage import CANARY_PREFIX
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
@@ -232,3 +238,22 @@ def test_a_work_area_the_preflight_cannot_use_is_one_line_and_exit_3(home: Path)
     ran = run_cli(cli_env(home), "run", "--once", "--work-area", home.parent / "link" / "work")
     assert_no_traceback(ran)
     assert ran.returncode == 3 and len(ran.stderr.splitlines()) == 1, ran.stderr
+
+
+def test_the_expected_defence_is_what_this_host_holds() -> None:
+    # the probe's table is the same everywhere; the column says what the gate's answer
+    # for the plan that ran, and this kernel's landlock ABI, really hold
+    text = "network namespace; landlock: no TCP connect"
+    held = Answer("process.landlock", Verdict.ENFORCED, "landlock ABI 7: ...", "wrapper")
+    assert defence_here(text, held, 7) == text
+    assert defence_here(text, held, 3) == (
+        "network namespace; (landlock: no TCP connect: not here, this kernel's landlock ABI is 3)"
+    )
+    missing = Answer("process.landlock", Verdict.OPTIONAL, "this kernel has no landlock", "wrapper")
+    assert defence_here(text, missing, 0) == (
+        "network namespace; (landlock: not here, this kernel has no landlock)"
+    )
+    assert defence_here(text, None, 7) == "network namespace; (landlock: off in this policy)"
+    assert defence_here("pid namespace; landlock ABI 6 signal scoping", held, 5).endswith(
+        "not here, this kernel's landlock ABI is 5)"
+    )

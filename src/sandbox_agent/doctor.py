@@ -147,9 +147,23 @@ def cgroups() -> list[Check]:
     extra = [nsdelegate()] if hierarchy.version == "v2" else []
     if not lacking:
         return [Check("cgroup", OK, found), *extra]
-    return [Check("cgroup", WEAK, found, f"cannot hold {', '.join(lacking)}: delegate those "
-                  "controllers to the pilot's cgroup (cgroup.subtree_control)"),
-            *extra]  # fmt: skip
+    return [Check("cgroup", WEAK, found, _cgroup_remedy(hierarchy.version, lacking)), *extra]
+
+
+# The controller of each limit a cgroup holds, in both versions.
+_CONTROLLER_OF = {"memory": "memory", "swap": "memory", "pids": "pids", "cpu_cores": "cpu"}
+
+
+def _cgroup_remedy(version: str, lacking: list[str]) -> str:
+    """What makes the agent's cgroups hold ``lacking``, for this host's cgroup version."""
+    controllers = ", ".join(dict.fromkeys(_CONTROLLER_OF[name] for name in lacking))
+    if version == "v2":
+        return (f"cannot hold {', '.join(lacking)}: delegate the {controllers} controller(s) "
+                "to the pilot's cgroup (cgroup.subtree_control)")  # fmt: skip
+    return (f"cannot hold {', '.join(lacking)}: this cgroup v1 host has no {controllers} "
+            "hierarchy the agent may write; mount it writable for the agent (a kernel built "
+            "without it, such as CONFIG_MEMCG_V1 off, has none), or boot with cgroup v2 "
+            "(systemd.unified_cgroup_hierarchy=1) and delegate it")  # fmt: skip
 
 
 def nsdelegate() -> Check:

@@ -132,30 +132,30 @@ ALL = frozenset({"memory", "swap", "pids", "cpu_cores"})
 
 
 def test_kernel_limits_go_to_the_cgroup_and_the_rest_to_the_monitor(tmp_path: Path) -> None:
-    plan, effective = plan_and_policy(tmp_path, 'extends = "default"\n')
+    plan, _ = plan_and_policy(tmp_path, 'extends = "default"\n')
     # the pilot's work directory of its own size holds workdir_size
-    limits = decide(plan, effective, ALL | {"workdir_size"}, "the job's cgroup")
+    limits = decide(plan, ALL | {"workdir_size"}, "the job's cgroup")
     assert limits.kernel == ALL | {"workdir_size"}
     assert limits.monitored == {"wall_time"}
     assert limits.unenforced == () and limits.notes == ()
     # a plain directory (sandbox exec): the default policy lets the monitor measure it
-    limits = decide(plan, effective, ALL, "the job's cgroup")
+    limits = decide(plan, ALL, "the job's cgroup")
     assert limits.kernel == ALL and limits.monitored == {"wall_time", "workdir_size"}
     (note,) = limits.notes
     assert note.startswith("limits.workdir_size: monitored instead (")
 
 
 def test_without_a_cgroup_required_limits_fail_closed(tmp_path: Path) -> None:
-    plan, effective = plan_and_policy(tmp_path, 'extends = "default"\n')
+    plan, _ = plan_and_policy(tmp_path, 'extends = "default"\n')
     with pytest.raises(Unenforceable, match=r"^limits.cpu_cores: no job cgroup \(x\): it cannot"):
-        decide(plan, effective, frozenset(), "no job cgroup (x)")
+        decide(plan, frozenset(), "no job cgroup (x)")
 
 
 def test_optional_limits_fall_back_to_the_monitor_and_say_so(tmp_path: Path) -> None:
     text = ('extends = "default"\n[optional]\nrequirements = { append = ["limits.memory", '
             '"limits.pids", "limits.cpu_cores", "limits.swap"] }\n')  # fmt: skip
-    plan, effective = plan_and_policy(tmp_path, text)
-    limits = decide(plan, effective, frozenset(), "no job cgroup (x)")
+    plan, _ = plan_and_policy(tmp_path, text)
+    limits = decide(plan, frozenset(), "no job cgroup (x)")
     assert limits.kernel == frozenset()
     assert limits.monitored == {"wall_time", "workdir_size", "memory", "pids"}
     assert set(limits.unenforced) == {"limits.cpu_cores", "limits.swap"}
@@ -166,13 +166,13 @@ def test_optional_limits_fall_back_to_the_monitor_and_say_so(tmp_path: Path) -> 
 
 def test_a_limit_with_no_mechanism_fails_closed(tmp_path: Path) -> None:
     text = 'extends = "default"\n[optional]\nrequirements = []\n'
-    plan, effective = plan_and_policy(tmp_path, text)
+    plan, _ = plan_and_policy(tmp_path, text)
     with pytest.raises(Unenforceable, match=r"^limits\.workdir_size: .*filesystem of its own"):
-        decide(plan, effective, ALL, "the job's cgroup")
+        decide(plan, ALL, "the job's cgroup")
     text = 'extends = "default"\n[limits]\ncpu_cores = { enforcement = "monitored" }\n'
-    plan, effective = plan_and_policy(tmp_path, text)
+    plan, _ = plan_and_policy(tmp_path, text)
     with pytest.raises(Unenforceable, match="the agent cannot measure cpu_cores"):
-        decide(plan, effective, ALL, "the job's cgroup")
+        decide(plan, ALL, "the job's cgroup")
 
 
 def test_monitor_is_not_fooled_by_a_renamed_process(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ for fd in range({lowest}, 40):
 effective = compose(load_policy("default", [Path(sys.argv[1])]))
 workdir = Path(sys.argv[2])
 plan = render("bwrap", effective, ["/bin/true"], workdir=str(workdir), environ={{}})
-result = session.run(plan, effective, workdir=workdir)
+result = session.run(plan, workdir=workdir)
 print(result.outcome.returncode, result.payload_ran)
 """
 
@@ -64,7 +64,7 @@ workdir = Path(sys.argv[2])
 plan = render("bwrap", effective, ["/bin/sh", "-c", "cat /proc/1/cmdline > seen"],
               workdir=str(workdir), environ={})
 with open(os.devnull, "wb") as null:
-    result = session.run(plan, effective, workdir=workdir, stdout=null, stderr=null)
+    result = session.run(plan, workdir=workdir, stdout=null, stderr=null)
 print(result.outcome.returncode)
 """
 
@@ -105,5 +105,5 @@ def test_an_option_with_a_nul_byte_is_refused_not_split() -> None:
     assert plan.argv[plan.argv.index("LANG") - 1 :][:3] == ("--setenv", "LANG", "C\0--bind")
     before = len(os.listdir("/proc/self/fd"))
     with pytest.raises(ValueError, match="NUL"):
-        start(plan, effective)
+        start(plan)
     assert len(os.listdir("/proc/self/fd")) == before  # every descriptor made was closed

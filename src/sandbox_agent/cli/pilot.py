@@ -22,12 +22,12 @@ from sandbox_agent.cli.remote import (
     broker_client,
 )
 from sandbox_agent.policy import PolicyError, load_policy, policy_dirs
+from sandbox_agent.policy.gate import Unenforceable
 from sandbox_agent.printable import printable
 from sandbox_agent.queue import StoreError
 from sandbox_agent.runtime.agentproc import Terminated
 from sandbox_agent.runtime.choose import RuntimeUnavailable, choose
 from sandbox_agent.runtime.launch import RuntimeMissing
-from sandbox_agent.runtime.plan import Unenforceable
 from sandbox_agent.seccomp.compile import CompileError
 
 PILOT_RUNTIMES = ("auto", "bwrap")  # the JobWrapper runs on bwrap; image runtimes come later

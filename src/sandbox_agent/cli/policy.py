@@ -24,10 +24,10 @@ from sandbox_agent.policy import (
 )
 from sandbox_agent.policy.diff import diff
 from sandbox_agent.policy.explain import explain_json, explain_text
+from sandbox_agent.policy.gate import Answer, Unenforceable, Verdict
 from sandbox_agent.policy.lint import lint
 from sandbox_agent.runtime.choose import RUNTIMES
-from sandbox_agent.runtime.launch import enforcer_exists
-from sandbox_agent.runtime.plan import AGENT_FILES, LaunchPlan, Requirement, Unenforceable
+from sandbox_agent.runtime.plan import AGENT_FILES, LaunchPlan
 from sandbox_agent.runtime.render import render
 
 policy_app = typer.Typer(
@@ -104,28 +104,32 @@ def policy_explain(
     spec = _job(job, arg)
     effective = _effective(ctx, _policy(ctx, policy), spec, slot)
     name = str(job) if job else None
-    plan, refusal = None, None
+    found = hostfacts.facts()
+    plan, refusal, answers = None, None, []
     if runtime is not None:
         try:
             plan = _plan(effective, spec, runtime, "/var/lib/sandbox-agent/work/JOB")
         except Unenforceable as exc:
             refusal = f"cannot enforce with {runtime}: {exc}"
+        else:  # the gate's answers as a launch on this host would give them
+            answers = plan.answers(found)
+            refusal = _refusal(runtime, answers)
     if as_json:
-        report = explain_json(effective, name, hostfacts.facts())
+        report = explain_json(effective, name, found)
         if runtime is not None:
             report["runtime"] = {
                 "name": runtime,
                 "refused": refusal,
-                "requirements": [r.__dict__ for r in plan.requirements] if plan else [],
+                "requirements": _requirements_json(plan, answers),
             }
         typer.echo(json.dumps(report, indent=2))
     else:
-        typer.echo(explain_text(effective, name, hostfacts.facts()))
+        typer.echo(explain_text(effective, name, found))
         if plan is not None:
             typer.echo("")
-            typer.echo(f"[enforced by {runtime}]")
-            for req in plan.requirements:
-                typer.echo(f"  {req.key:<28} {req.how}{_state(req, plan)}")
+            typer.echo(f"[enforced by {runtime}]  (the gate's answers on this host)")
+            for answer in answers:
+                typer.echo(f"  {answer.key:<28} {answer.how}{_state(answer)}")
     if refusal is not None:
         typer.echo(refusal, err=True)
         raise typer.Exit(exitcodes.ENVIRONMENT)
@@ -200,13 +204,26 @@ _AGENT_FILE = {
 }
 
 
-def _state(req: Requirement, plan: LaunchPlan) -> str:
-    """What stands behind a requirement line: who enforces it, and if that exists yet."""
-    if not req.met:
+def _state(answer: Answer) -> str:
+    """What stands behind a requirement line: the gate's answer, and who enforces it."""
+    if answer.verdict is Verdict.OPTIONAL:
         return "  (NOT MET: optional on this site)"
-    if not enforcer_exists(req, plan):
-        return f"  (by the {req.by}: NOT IMPLEMENTED YET, fails closed unless optional)"
-    return "" if req.by == "runtime" else f"  (by the {req.by})"
+    if answer.verdict is Verdict.REFUSED:
+        return "  (NOT MET: required, fails closed)"
+    return "" if answer.by == "runtime" else f"  (by the {answer.by})"
+
+
+def _refusal(runtime: str, answers: list[Answer]) -> str | None:
+    """The first refusal among ``answers``, as the launch would say it."""
+    refused = [a for a in answers if a.verdict is Verdict.REFUSED]
+    return f"cannot enforce with {runtime}: {refused[0].line}" if refused else None
+
+
+def _requirements_json(plan: LaunchPlan | None, answers: list[Answer]) -> list[dict[str, object]]:
+    if plan is None:
+        return []
+    return [{**req.__dict__, "verdict": str(answer.verdict), "answer": answer.how}
+            for req, answer in zip(plan.requirements, answers, strict=True)]  # fmt: skip
 
 
 def _plan(
@@ -253,14 +270,18 @@ def policy_render(
     except Unenforceable as exc:
         typer.echo(f"cannot enforce with {runtime}: {exc}", err=True)
         raise typer.Exit(exitcodes.ENVIRONMENT) from None
+    answers = plan.answers()  # as rendered: this host is not asked (explain --runtime is)
+    refusal = _refusal(runtime, answers)
     if as_json:
         typer.echo(json.dumps({
             "runtime": plan.runtime, "argv": list(plan.argv),
             "fds": {str(k): v for k, v in plan.fds.items()},
             "agent_files": plan.agent_files,
             "seccomp_profile": plan.seccomp_profile,
-            "requirements": [r.__dict__ for r in plan.requirements],
+            "requirements": _requirements_json(plan, answers),
+            "refused": refusal,
         }, indent=2))  # fmt: skip
+        _exit_refused(refusal)
         return
     typer.echo("argv (one word a line; nothing is run through a shell):")
     for word in plan.argv:
@@ -272,5 +293,13 @@ def policy_render(
         typer.echo(f"{AGENT_FILES}/{name}: {what} (a private read-only directory, per job)")
     typer.echo(f"seccomp profile: {plan.seccomp_profile}")
     typer.echo("requirements:")
-    for req in plan.requirements:
-        typer.echo(f"  {req.key:<28} {req.how}{_state(req, plan)}")
+    for answer in answers:
+        typer.echo(f"  {answer.key:<28} {answer.how}{_state(answer)}")
+    _exit_refused(refusal)
+
+
+def _exit_refused(refusal: str | None) -> None:
+    """The plan is shown whole; then, if the gate refuses it, the line and exit 3."""
+    if refusal is not None:
+        typer.echo(refusal, err=True)
+        raise typer.Exit(exitcodes.ENVIRONMENT)

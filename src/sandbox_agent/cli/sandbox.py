@@ -14,11 +14,11 @@ from sandbox_agent import exitcodes
 from sandbox_agent.cli.app import fail, home_of
 from sandbox_agent.images import ImageRefused, prepare
 from sandbox_agent.policy import PolicyError, PolicyRejection, compose, load_policy, policy_dirs
+from sandbox_agent.policy.gate import Unenforceable
 from sandbox_agent.runtime import session
 from sandbox_agent.runtime.agentproc import Terminated, harden, stop_signals_raise
 from sandbox_agent.runtime.choose import AUTO_ORDER, RuntimeUnavailable, choose
 from sandbox_agent.runtime.launch import RuntimeMissing, WorkdirRefused, check_workdir
-from sandbox_agent.runtime.plan import Unenforceable
 from sandbox_agent.runtime.render import render
 from sandbox_agent.seccomp.compile import CompileError
 
@@ -70,7 +70,7 @@ def sandbox_exec(
             plan = render(found.runtime, effective, command, workdir=plan_workdir,
                           environ=dict(os.environ), binary=found.binary, image=image)  # fmt: skip
             with stop_signals_raise():
-                result = session.run(plan, effective, workdir=Path(plan_workdir))
+                result = session.run(plan, workdir=Path(plan_workdir))
     except Terminated as exc:
         fail(f"stopped by {exc}: the job was killed and its cgroup removed", 128 + exc.signum)
     except PolicyError as exc:

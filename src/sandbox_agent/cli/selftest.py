@@ -15,9 +15,9 @@ from sandbox_agent.cli.app import JsonOption, app, fail, home_of, printable
 from sandbox_agent.cli.pilot import PILOT_RUNTIMES
 from sandbox_agent.images import ImageRefused
 from sandbox_agent.policy import PolicyError, PolicyRejection, load_policy, policy_dirs
+from sandbox_agent.policy.gate import Unenforceable
 from sandbox_agent.runtime.choose import RuntimeUnavailable, choose
 from sandbox_agent.runtime.launch import RuntimeMissing, WorkdirRefused
-from sandbox_agent.runtime.plan import Unenforceable
 from sandbox_agent.seccomp.compile import CompileError
 
 if TYPE_CHECKING:

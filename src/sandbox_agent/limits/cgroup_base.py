@@ -12,15 +12,11 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sandbox_agent.printable import clipped
-
-if TYPE_CHECKING:
-    from sandbox_agent.policy.compose import EffectivePolicy
 
 # The limits a cgroup can hold; wall time and disk are the monitor's.
 CGROUP_LIMITS = ("cpu_cores", "memory", "swap", "pids")
@@ -41,12 +37,13 @@ class CgroupLimits:
     cpu_cores: int
 
     @classmethod
-    def of(cls, effective: EffectivePolicy) -> CgroupLimits:
+    def of(cls, values: Mapping[str, int]) -> CgroupLimits:
+        """From the job's limits by name (LaunchPlan.limit_values)."""
         return cls(
-            memory=effective.limit("memory"),
-            swap=effective.limit("swap"),
-            pids=effective.limit("pids"),
-            cpu_cores=effective.limit("cpu_cores"),
+            memory=values["memory"],
+            swap=values["swap"],
+            pids=values["pids"],
+            cpu_cores=values["cpu_cores"],
         )
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from sandbox_agent.limits import workdisk
 from sandbox_agent.limits.cgroups import CGROUP_LIMITS
-from sandbox_agent.policy.compose import EffectivePolicy
-from sandbox_agent.runtime.plan import LaunchPlan, Unenforceable
+from sandbox_agent.policy import gate
+from sandbox_agent.runtime.plan import LaunchPlan
 
 # What the agent's monitor can measure and kill on.
 MONITORABLE = ("wall_time", "workdir_size", "memory", "pids")
@@ -29,23 +29,20 @@ class LimitPlan:
     notes: tuple[str, ...]  # why a limit is monitored instead, or not held
 
 
-def wants_cgroup(plan: LaunchPlan, effective: EffectivePolicy) -> bool:
+def wants_cgroup(plan: LaunchPlan) -> bool:
     """Whether any limit left to the agent asks for the kernel."""
     return any(
         r.by == "agent"
         and r.key.startswith("limits.")
-        and effective.word(f"{r.key}.enforcement") == "kernel"
+        and plan.enforcement(r.key.removeprefix("limits.")) == "kernel"
         for r in plan.requirements
     )
 
 
-def decide(
-    plan: LaunchPlan, effective: EffectivePolicy, held: frozenset[str], where: str
-) -> LimitPlan:
-    """Assign each limit the plan leaves to the agent; raises Unenforceable for a
-    required one nobody can hold. ``held`` are the limits the job's cgroup holds, and
+def decide(plan: LaunchPlan, held: frozenset[str], where: str) -> LimitPlan:
+    """Assign each limit the plan leaves to the agent; the gate refuses (Unenforceable)
+    a required one nobody can hold. ``held`` are the limits the job's cgroup holds, and
     ``where`` describes that cgroup, or says why there is none."""
-    optional = {i.value for i in effective["optional.requirements"].value}
     kernel: set[str] = set()
     monitored: set[str] = set()
     unenforced: list[str] = []
@@ -54,7 +51,7 @@ def decide(
         if requirement.by != "agent" or not requirement.key.startswith("limits."):
             continue
         name = requirement.key.removeprefix("limits.")
-        wanted = effective.word(f"limits.{name}.enforcement")
+        wanted = plan.enforcement(name)
         if wanted == "kernel" and name in held:
             kernel.add(name)
             continue
@@ -62,8 +59,8 @@ def decide(
             monitored.add(name)
             continue
         why = _why_not(name, wanted, where)
-        if requirement.key not in optional and "limits" not in optional:
-            raise Unenforceable(f"{requirement.key}: {why}")
+        gate.admit(gate.judge(requirement.key, why, met=False, optional=plan.optional,
+                              by="agent"))  # fmt: skip
         if name in MONITORABLE:
             monitored.add(name)
             notes.append(f"{requirement.key}: monitored instead ({why})")
@@ -80,8 +77,10 @@ def _why_not(name: str, wanted: str, where: str) -> str:
         kind, why = workdisk.mechanism()
         if kind is None:
             return f"the work directory cannot be a filesystem of its own here: {why}"
-        return ("the work directory given is a plain directory (the pilot makes each job's "
-                "a filesystem of its own)")
+        return (
+            "the work directory given is a plain directory (the pilot makes each job's "
+            "a filesystem of its own)"
+        )
     if name not in CGROUP_LIMITS:
         return f"no kernel mechanism holds {name}; set its enforcement to monitored"
     return f"{where}: it cannot hold {name}"

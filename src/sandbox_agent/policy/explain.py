@@ -11,7 +11,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from sandbox_agent.jdl.units import format_size
+from sandbox_agent.policy import gate
 from sandbox_agent.policy.compose import EffectivePolicy
+from sandbox_agent.policy.gate import Verdict
 from sandbox_agent.policy.model import Item
 from sandbox_agent.policy.schema import FIELDS, LIMITS, LIST_KINDS, Kind
 
@@ -58,7 +60,7 @@ def show_value(key: str, value: Any) -> str:
 
 def rows(effective: EffectivePolicy) -> list[dict[str, Any]]:
     """One row per key: section, key, value, enforcement, optional, origin(s)."""
-    optional = {i.value for i in effective["optional.requirements"].value}
+    optional = gate.optional_keys(effective)
     out = []
     for section, keys in SECTIONS:
         for key in keys:
@@ -69,7 +71,7 @@ def rows(effective: EffectivePolicy) -> list[dict[str, Any]]:
                 "value": _json_value(setting.value),
                 "shown": show_value(key, setting.value),
                 "origin": setting.origin,
-                "optional": key in optional,
+                "optional": gate.is_optional(key, optional),
             }
             if _is_list(key):
                 row["items"] = [
@@ -78,7 +80,6 @@ def rows(effective: EffectivePolicy) -> list[dict[str, Any]]:
             if section == "limits":
                 row["enforcement"] = effective.value(f"{key}.enforcement")
                 row["max"] = effective[f"{key}.max"].value
-                row["optional"] = key in optional
             out.append(row)
     return out
 
@@ -94,27 +95,24 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+# What a gate's answer means for a requirement of the kernel, as explain's host section says it.
+_ON_HOST = {Verdict.ENFORCED: "available", Verdict.OPTIONAL: "runs without it",
+            Verdict.REFUSED: "fails closed"}  # fmt: skip
+
+
 def host_rows(effective: EffectivePolicy, found: Mapping[str, Fact]) -> list[dict[str, Any]]:
     """For each requirement that depends on the kernel: does this host provide it
-    (``found``: hostfacts.facts() on this host), and what happens if not (the job fails
-    closed, or runs without it when optional)."""
-    optional = {i.value for i in effective["optional.requirements"].value}
+    (``found``: hostfacts.facts() on this host), and what happens if not: the gate's
+    answer (the job fails closed, or runs without it when optional)."""
+    optional = gate.optional_keys(effective)
     out = []
     for key, fact in found.items():
-        if key.startswith("limits."):
-            level = "required" if effective.word(f"{key}.enforcement") == "kernel" else "off"
-        elif key == "process.seccomp":
-            level = "required"
+        if not gate.needs_host(effective, key):
+            level, verdict = "off", "not used"
         else:
-            level = effective.word(key)
-        if level != "off" and key in optional:
-            level = "optional"
-        if level == "off":
-            verdict = "not used"
-        elif fact.available:
-            verdict = "available"
-        else:
-            verdict = "runs without it" if level == "optional" else "fails closed"
+            level = "optional" if gate.is_optional(key, optional) else "required"
+            answer = gate.judge(key, fact.detail, met=fact.available, optional=optional)
+            verdict = _ON_HOST[answer.verdict]
         out.append({"key": key, "needed": level, "available": fact.available,
                     "detail": fact.detail, "verdict": verdict})  # fmt: skip
     return out

@@ -11,17 +11,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from sandbox_agent.policy import gate
 from sandbox_agent.policy.compose import EffectivePolicy
-from sandbox_agent.policy.schema import LIMITS
 from sandbox_agent.runtime import confinestep
 from sandbox_agent.runtime.plan import (
     AGENT_FILES,
+    Carried,
     HostView,
     LaunchPlan,
     RealHost,
     Requirements,
-    Unenforceable,
+    agent_limits,
+    as_argv,
     environment,
+    from_policy,
+    optional_keys,
 )
 
 STEP_DIR = "/.sandbox-agent"  # where the container sees the agent's files
@@ -38,12 +42,13 @@ def render(
 ) -> LaunchPlan:
     """``apptainer exec`` for ``argv``, as the launcher starts it: never as root (a root
     agent starts it as uid 65534, as for bwrap), so Apptainer runs unprivileged."""
-    need = Requirements({i.value for i in effective["optional.requirements"].value})
+    need = Requirements(optional_keys(effective))
     image = effective.word("filesystem.image")
     if image == "host":
-        raise Unenforceable(
-            "filesystem.image: Apptainer needs an image (a directory, a SIF file or a "
-            "docker:// reference); the host's userland is what bwrap runs on"
+        gate.refuse(
+            "filesystem.image",
+            "Apptainer needs an image (a directory, a SIF file "
+            "or a docker:// reference); the host's userland is what bwrap runs on",
         )
     out = [binary, "exec", "--containall", "--no-privs", "--no-home", "--cleanenv"]
     out += ["--pid", "--ipc"]
@@ -100,22 +105,21 @@ def render(
     # limits there, as for bwrap. Apptainer's own flags (--apply-cgroups, --memory) would
     # move the container to a cgroup of Apptainer's, out of the agent's sight, and need
     # a delegated cgroup v2 for a user.
-    for name in LIMITS:
-        how = effective.word(f"limits.{name}.enforcement")
-        where = "the job's cgroup" if how == "kernel" else "the agent's monitor"
-        need.met(f"limits.{name}", f"{how}: {where}", by="agent")
+    agent_limits(effective, need)
     need.met("process.rlimits", "set before exec, inherited", by="launcher")
     # The image's own Python runs the step; an image without /usr/bin/python3 makes the
     # run fail before the payload (not known here: the image is not opened to render).
     writable = [inside, *(path for path, _ in effective.tmpfs()),
                 *effective.strings("filesystem.writable"), "/dev"]  # fmt: skip
     abi = (host or RealHost()).landlock_abi()
-    landlock = confinestep.landlock_words(effective, abi, writable, need.items) or []
+    landlock = confinestep.landlock_words(effective, abi, writable, need) or []
     words = [*landlock, "--seccomp", f"{STEP_DIR}/seccomp.bpf"]
     out.append(image)  # Apptainer takes directories, files and docker:// references as they are
     out += confinestep.step(f"{STEP_DIR}/confine.py", words, variables)
     out += list(argv)
+    argv_words, _, files_at = as_argv(out)
     return LaunchPlan(
-        "apptainer", tuple(out), requirements=tuple(need.items), seccomp_profile=profile,
-        agent_files={"confine.py": "confine", "seccomp.bpf": "seccomp"},
+        "apptainer", argv_words, requirements=tuple(need.items), seccomp_profile=profile,
+        agent_files={"confine.py": Carried.CONFINE, "seccomp.bpf": Carried.SECCOMP},
+        files_at=files_at, **from_policy(effective),
     )  # fmt: skip

@@ -17,22 +17,30 @@ the node and its other users rather than the job (MASKED_PROC) are masked.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from sandbox_agent.policy import gate
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.policy.model import within
-from sandbox_agent.policy.schema import LIMITS
 from sandbox_agent.runtime import confinestep, imageroot
 from sandbox_agent.runtime.plan import (
+    COMPILED,
+    SHIPPED,
+    Carried,
+    FdWord,
     HostView,
     LaunchPlan,
     RealHost,
-    Requirement,
-    Unenforceable,
+    Requirements,
+    agent_limits,
+    as_argv,
     environment,
+    from_policy,
+    optional_keys,
 )
 
 if TYPE_CHECKING:
@@ -49,7 +57,7 @@ WRAPPER_DIR = "/.sandbox-agent/lib"  # where the JobWrapper and its siblings are
 WRAPPER_ARGV = ("/usr/bin/python3", "-I", "-S", f"{WRAPPER_DIR}/jobwrapper.py", "--status-fd", "1")
 # The JobWrapper and its stdlib siblings, side by side in WRAPPER_DIR, each with its
 # bytecode (launch.bytecode) in WRAPPER_DIR/__pycache__ for the agent's Python version.
-WRAPPER_FILES = {"jobwrapper.py": "wrapper", "handoff.py": "handoff", "packaging.py": "packaging"}
+WRAPPER_FILES = {os.path.basename(kind.module_file): kind for kind in SHIPPED if kind in COMPILED}
 # Host-wide files of the sandbox's own /proc that tell about the node, its hardware and
 # its other users, not about the job: a read-only, nodev bind of /dev/null over each
 # (opening one fails with EACCES), as Docker and Podman mask theirs (the OCI runtime
@@ -90,7 +98,7 @@ def render(
     ``environ`` is the agent's environment, for the allowed variables; without it the
     plan shows a placeholder instead of their values (``policy render``)."""
     host = host or RealHost()
-    requirements: list[Requirement] = []
+    need = Requirements(optional_keys(effective))
     out: list[str] = [binary]
 
     # -- namespaces ------------------------------------------------------------------
@@ -98,22 +106,20 @@ def render(
     for ns, flag in _UNSHARE.items():
         level = effective.word(f"namespaces.{ns}")
         if ns == "net" and network == "none" and level == "off":
-            raise Unenforceable("network.mode none needs namespaces.net; set it required")
+            gate.refuse("network.mode", "none needs namespaces.net; set it required")
         if ns == "net" and network == "host" and level == "required":
-            raise Unenforceable("network.mode host contradicts namespaces.net required")
+            gate.refuse("network.mode", "host contradicts namespaces.net required")
         if level == "off" or (ns == "net" and network == "host"):
-            requirements.append(Requirement(f"namespaces.{ns}", "off: shares the host's"))
+            need.met(f"namespaces.{ns}", "off: shares the host's")
             continue
         if level == "optional" and ns in ("user", "cgroup"):
             # not guaranteed by the flag: the launcher confirms it from bwrap's report
             out.append(f"--unshare-{flag}-try")
-            requirements.append(
-                Requirement(f"namespaces.{ns}", f"--unshare-{flag}-try (if possible)", met=False)
-            )
+            need.tried(f"namespaces.{ns}", f"--unshare-{flag}-try (if possible)")
         else:
             out.append(f"--unshare-{flag}")
-            requirements.append(Requirement(f"namespaces.{ns}", f"--unshare-{flag}"))
-    requirements.append(Requirement("namespaces.mount", "bwrap always makes one"))
+            need.met(f"namespaces.{ns}", f"--unshare-{flag}")
+    need.met("namespaces.mount", "bwrap always makes one")
     if effective.word("namespaces.user") != "off":
         # No nested user namespace: closes the kernel's user-namespace attack surface.
         out.append("--disable-userns")
@@ -128,7 +134,7 @@ def render(
     out += ["--cap-drop", "ALL"]
     for capability in effective.strings("process.capabilities"):
         out += ["--cap-add", capability]
-    requirements.append(Requirement("process.no_new_privs", "bwrap sets PR_SET_NO_NEW_PRIVS"))
+    need.met("process.no_new_privs", "bwrap sets PR_SET_NO_NEW_PRIVS")
     out.append("--clearenv")
     inside = effective.word("filesystem.workdir")
     variables = [*environment(effective, environ), ("HOME", inside), ("TMPDIR", inside)]
@@ -145,7 +151,7 @@ def render(
         )
     else:
         userland = ()
-        python = imageroot.mounts(effective, image, host, mounts, requirements)
+        python = imageroot.mounts(effective, image, host, mounts, need)
         has_python = True
         if wrapper:  # the agent's interpreter, not one the image may lack
             argv = [*python, *argv[1:]]
@@ -180,54 +186,61 @@ def render(
     if effective.word("filesystem.dev") == "minimal":
         writable.append("/dev")  # read-only mount; its devices (/dev/null) stay usable
     landlock = confinestep.landlock_words(
-        effective, host.landlock_abi(), writable, requirements,
+        effective, host.landlock_abi(), writable, need,
         no_python="" if has_python else f"the sandbox has no {confinestep.PYTHON} to apply "
         "landlock with",
     )  # fmt: skip
     confine: list[str] = []
     if landlock is not None:
-        out += ["--perms", "0444", "--ro-bind-data", str(CONFINE_FD), CONFINE_PATH]
+        step = FdWord(
+            CONFINE_FD,
+            Carried.CONFINE,
+            f"the landlock step (sandbox_agent.wrapper.confine) at {CONFINE_PATH}",
+        )
+        out += ["--perms", "0444", "--ro-bind-data", step, CONFINE_PATH]
         # the JobWrapper runs in the step's interpreter: one Python start, not two
-        confine = confinestep.step(CONFINE_PATH, landlock, variables, confirm_fd=CONFIRM_FD,
+        confirm = FdWord(
+            CONFIRM_FD,
+            Carried.CONFIRM,
+            "the landlock step's word that it applied landlock (read by the agent)",
+        )
+        confine = confinestep.step(CONFINE_PATH, landlock, variables, confirm=confirm,
                                    in_process=wrapper, python=python)  # fmt: skip
     else:
         for name, value in variables:
             out += ["--setenv", name, value]
-    fds = {SECCOMP_FD: "the seccomp program compiled from " + effective.word("process.seccomp")}
-    contents = {SECCOMP_FD: "seccomp"}
     if wrapper:  # the agent's copies, each a read-only file of bwrap's own tmpfs
-        out += _wrapper_files(fds, contents)
+        out += _wrapper_files()
     # bwrap builds the root on a tmpfs; without this, / and /etc would be writable
     # (in memory) around the binds: only the work directory and the tmpfs mounts may be.
     out += ["--remount-ro", "/", "--chdir", inside]
 
     # -- seccomp and the rest ------------------------------------------------------------
-    out += ["--seccomp", str(SECCOMP_FD), "--info-fd", str(INFO_FD)]
     profile = effective.word("process.seccomp")
-    requirements.append(Requirement("process.seccomp", f"--seccomp {SECCOMP_FD}: {profile}"))
-    requirements.append(Requirement("process.rlimits", "set before exec", by="launcher"))
-    for name in LIMITS:
-        how = effective.word(f"limits.{name}.enforcement")
-        where = "the job's cgroup" if how == "kernel" else "the agent's monitor"
-        requirements.append(Requirement(f"limits.{name}", f"{how}: {where}", by="agent"))
+    out += [
+        "--seccomp",
+        FdWord(SECCOMP_FD, Carried.SECCOMP, f"the seccomp program compiled from {profile}"),
+    ]
+    out += [
+        "--info-fd",
+        FdWord(
+            INFO_FD, Carried.INFO, "bwrap's report of the namespaces it made (read by the agent)"
+        ),
+    ]
+    need.met("process.seccomp", f"--seccomp {SECCOMP_FD}: {profile}")
+    need.met("process.rlimits", "set before exec", by="launcher")
+    agent_limits(effective, need)
     out.append("--")
     out += confine
     out += list(argv)
-    fds[INFO_FD] = "bwrap's report of the namespaces it made (read by the agent)"
-    contents[INFO_FD] = "info"
-    if confine:
-        fds[CONFINE_FD] = f"the landlock step (sandbox_agent.wrapper.confine) at {CONFINE_PATH}"
-        contents[CONFINE_FD] = "confine"
-        fds[CONFIRM_FD] = "the landlock step's word that it applied landlock (read by the agent)"
-        contents[CONFIRM_FD] = "confirm"
+    argv_words, descriptors, _ = as_argv(out)
     return LaunchPlan(
         runtime="bwrap",
-        argv=tuple(out),
-        fds=fds,
-        fd_contents=contents,
-        agent_files={},
-        requirements=tuple(requirements),
+        argv=argv_words,
+        descriptors=descriptors,
+        requirements=tuple(need.items),
         seccomp_profile=str(effective.policy.directory / profile),
+        **from_policy(effective),
     )
 
 
@@ -245,23 +258,23 @@ def _masks(host: HostView) -> list[str]:
     return words
 
 
-def _wrapper_files(fds: dict[int, str], contents: dict[int, str]) -> list[str]:
+def _wrapper_files() -> list[str]:
     """The JobWrapper's files, each from a descriptor the launcher fills: the source,
     and its bytecode named for the agent's Python (another Python compiles the source)."""
-    words: list[str] = []
+    out: list[str] = []
     number = WRAPPER_FD
     tag = sys.implementation.cache_tag
     for name, kind in WRAPPER_FILES.items():
         files = [(f"{WRAPPER_DIR}/{name}", kind, f"the JobWrapper's {name}")]
         if tag:
-            files.append((f"{WRAPPER_DIR}/__pycache__/{name[:-3]}.{tag}.pyc", f"{kind}.pyc",
-                          f"{name} compiled by the agent's Python"))  # fmt: skip
+            compiled = f"{WRAPPER_DIR}/__pycache__/{name[:-3]}.{tag}.pyc"
+            what = f"{name} compiled by the agent's Python"
+            files.append((compiled, Carried(f"{kind}.pyc"), what))
         for inside, content, what in files:
-            words += ["--perms", "0444", "--ro-bind-data", str(number), inside]
-            fds[number] = f"{what}, at {inside}"
-            contents[number] = content
+            word = FdWord(number, content, f"{what}, at {inside}")
+            out += ["--perms", "0444", "--ro-bind-data", word, inside]
             number += 1
-    return words
+    return out
 
 
 # bwrap's options and how many values each takes (bwrap 0.8), those the renderer writes

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sandbox_agent.policy.compose import EffectivePolicy
-from sandbox_agent.runtime.plan import Requirement, Unenforceable
+from sandbox_agent.policy.gate import Requirements
 
 # The interpreter that runs the step: the sandbox's own. Without one (an image with no
 # Python), the step cannot run and its requirements say so.
@@ -23,22 +23,19 @@ def landlock_words(
     effective: EffectivePolicy,
     abi: int,
     writable: Sequence[str],
-    requirements: list[Requirement],
+    need: Requirements,
     *,
     no_python: str = "",
 ) -> list[str] | None:
     """The step's landlock arguments, or None where landlock is off or cannot be had
-    (then noted, or Unenforceable when required). ``no_python`` says why the sandbox
+    (then the gate records it, or refuses when it is required). ``no_python`` says why the sandbox
     has no interpreter for the step, when it is known not to."""
     level = effective.word("process.landlock")
     if level == "off":
         return None
     if abi < 1 or no_python:
         why = "this kernel has no landlock" if abi < 1 else no_python
-        optional = {str(i.value) for i in effective["optional.requirements"].value}
-        if level == "required" and "process.landlock" not in optional:
-            raise Unenforceable(f"process.landlock: {why}")
-        requirements.append(Requirement("process.landlock", why, met=False, by="wrapper"))
+        need.unmet("process.landlock", why, by="wrapper")
         return None
     words = []
     for path in writable:
@@ -49,13 +46,13 @@ def landlock_words(
         how += "; no TCP bind or connect"
     if abi >= 6:
         how += "; no abstract unix sockets or signals outside the sandbox"
-    requirements.append(Requirement("process.landlock", how, by="wrapper"))
+    need.met("process.landlock", how, by="wrapper")
     return words
 
 
 def step(
     path: str, words: Sequence[str], variables: Sequence[tuple[str, str]], *,
-    confirm_fd: int = -1, in_process: bool = False, python: Sequence[str] = (PYTHON,),
+    confirm: str = "", in_process: bool = False, python: Sequence[str] = (PYTHON,),
 ) -> list[str]:  # fmt: skip
     """The whole prefix before the payload's argv. The step starts with an empty
     environment and hands ``variables`` to the payload only: they could steer the
@@ -63,8 +60,8 @@ def step(
     script (the JobWrapper) the step runs in its own interpreter. ``python``: how the
     sandbox starts that interpreter (inside an image, the host's, through its loader)."""
     prefix = [*python, "-I", "-S", path]
-    if confirm_fd >= 0:
-        prefix += ["--confirm-fd", str(confirm_fd)]
+    if confirm:  # the descriptor's word (plan.FdWord)
+        prefix += ["--confirm-fd", confirm]
     if in_process:
         prefix.append("--in-process")
     prefix += list(words)

@@ -11,12 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from sandbox_agent.policy import gate
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.policy.schema import LIMITS
-from sandbox_agent.runtime.plan import LaunchPlan, Requirements, Unenforceable, environment
+from sandbox_agent.runtime.plan import (
+    RLIMITS,
+    LaunchPlan,
+    Requirements,
+    environment,
+    from_policy,
+    optional_keys,
+)
 
 ENGINES = ("docker", "podman")
-_RLIMITS = ("core", "nofile", "stack", "fsize")
 
 
 def render(
@@ -29,7 +36,7 @@ def render(
 ) -> LaunchPlan:
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
-    need = Requirements({i.value for i in effective["optional.requirements"].value})
+    need = Requirements(optional_keys(effective))
     image_words = _image(effective.word("filesystem.image"), engine)
     out = [engine, "run", "--rm", "-i", "--init"]
     for ns in ("pid", "ipc", "uts", "mount"):
@@ -91,7 +98,7 @@ def render(
     out += ["--memory", str(memory), "--memory-swap", str(memory + effective.limit("swap"))]
     out += ["--cpus", str(effective.limit("cpu_cores")), "--pids-limit",
             str(effective.limit("pids"))]  # fmt: skip
-    for name in _RLIMITS:
+    for name in RLIMITS:
         limit = effective.number(f"process.rlimits.{name}")
         out += ["--ulimit", f"{name}={limit}:{limit}"]
     need.met("process.rlimits", "--ulimit")
@@ -105,7 +112,8 @@ def render(
 
     out += image_words
     out += list(argv)
-    return LaunchPlan(engine, tuple(out), requirements=tuple(need.items), seccomp_profile=profile)
+    return LaunchPlan(engine, tuple(out), requirements=tuple(need.items), seccomp_profile=profile,
+                      **from_policy(effective))  # fmt: skip
 
 
 def _image(image: str, engine: str) -> list[str]:
@@ -116,6 +124,6 @@ def _image(image: str, engine: str) -> list[str]:
         return ["--rootfs", image]
     where = "the host's userland" if image == "host" else "a directory image"
     hint = " (Podman also runs directories)" if engine == "docker" else ""
-    raise Unenforceable(
-        f"filesystem.image: {engine} cannot run {where}; give a docker:// reference{hint}"
+    gate.refuse(
+        "filesystem.image", f"{engine} cannot run {where}; give a docker:// reference{hint}"
     )

@@ -12,9 +12,9 @@ from pathlib import Path
 from sandbox_agent.images import ImageRefused, prepare
 from sandbox_agent.images.inspect import PROGRAMS, Inspection, architecture, release
 from sandbox_agent.policy import PolicyError, compose, load_policy
+from sandbox_agent.policy.gate import Unenforceable
 from sandbox_agent.policy.model import Setting
 from sandbox_agent.runtime import bwrap
-from sandbox_agent.runtime.plan import Unenforceable
 
 
 def inspect(path: str, policy: str = "default", dirs: list[Path] | None = None) -> Inspection:

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from sandbox_agent.images import ImageRefused
 from sandbox_agent.images.hostpython import PRIVATE, NoHostPython
-from sandbox_agent.runtime.plan import HostView, Requirement, Unenforceable
+from sandbox_agent.policy import gate
+from sandbox_agent.runtime.plan import HostView, Requirements
 
 if TYPE_CHECKING:
     from sandbox_agent.images.prepare import ReadyImage
@@ -27,17 +28,17 @@ OWN_TOP = frozenset({"proc", "dev", ".sandbox-agent"})
 
 def mounts(
     effective: EffectivePolicy, image: ReadyImage | None, host: HostView,
-    out: list[tuple[str, list[str]]], requirements: list[Requirement],
+    out: list[tuple[str, list[str]]], need: Requirements,
 ) -> list[str]:  # fmt: skip
     """Add the image's top level and the carried python3 to ``out`` (bwrap's mounts);
     returns the argv prefix that starts that python3 inside."""
     name = effective.word("filesystem.image")
     if not name.startswith("/"):
-        raise Unenforceable(f"filesystem.image: bwrap cannot pull the OCI image {name:.80}; "
-                            "Apptainer, Docker or Podman run those")  # fmt: skip
+        gate.refuse("filesystem.image", f"bwrap cannot pull the OCI image {name:.80}; "
+                    "Apptainer, Docker or Podman run those")  # fmt: skip
     if image is None:
-        raise Unenforceable(f"filesystem.image: {name:.80} was not made ready (checked, and "
-                            "mounted if a file) before the sandbox was rendered")  # fmt: skip
+        gate.refuse("filesystem.image", f"{name:.80} was not made ready (checked, and "
+                    "mounted if a file) before the sandbox was rendered")  # fmt: skip
     made = _made(effective)
     try:
         entries = host.entries(image.root)
@@ -55,14 +56,14 @@ def mounts(
     try:
         carried = host.python()
     except NoHostPython as error:
-        raise Unenforceable(f"filesystem.image: the wrapper's interpreter: {error}") from None
+        gate.refuse("filesystem.image", f"the wrapper's interpreter: {error}")
     for source, inside in carried.binds:
         out.append((inside, ["--ro-bind", source, inside]))
     pinned = ", pinned" if image.pinned else ""
-    requirements.append(Requirement(
+    need.met(
         "filesystem.image", f"the {image.kind} image {image.path} ({image.digest}{pinned}), "
         f"its top level bound read-only; the wrapper on the host's python3 at {PRIVATE}",
-    ))  # fmt: skip
+    )  # fmt: skip
     return list(carried.command)
 
 

@@ -20,6 +20,7 @@ from sandbox_agent import handoff
 from sandbox_agent.images import prepare
 from sandbox_agent.jdl import JobSpec
 from sandbox_agent.limits.monitor import StopRequest
+from sandbox_agent.policy import gate
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.printable import clipped
 from sandbox_agent.runtime import bwrap, session
@@ -47,6 +48,8 @@ class JobResult:
     wrapper_log_size: int = 0  # how many it wrote in all
     argv: tuple[str, ...] = ()  # what the sandbox was started with (for the audit record)
     image: dict[str, Any] | None = None  # the image it ran on (images.prepare); None: the host's
+    # the gate's answer for each requirement of the plan that ran (policy/gate.py)
+    answers: tuple[gate.Answer, ...] = ()
 
 
 def handoff_fields(
@@ -153,13 +156,14 @@ def run_job(
         plan = bwrap.render(effective, bwrap.WRAPPER_ARGV, workdir=str(workdir),
                             environ=dict(environ or {}), wrapper=True, image=image)  # fmt: skip
         talk = _Conversation(handoff.encode("handoff", fields), on_frame)
-        outcome = session.run(plan, effective, workdir=workdir, stdin=PIPE, stdout=PIPE,
+        outcome = session.run(plan, workdir=workdir, stdin=PIPE, stdout=PIPE,
                               stderr=PIPE, interval=interval, on_start=talk.start, stop=stop,
                               name=name, held=held)  # fmt: skip
         talk.join()
     result = decide(outcome, talk.frames, talk.problem)
     result.wrapper_log, result.wrapper_log_size = talk.log, talk.log_size
     result.argv = plan.argv
+    result.answers = tuple(plan.answers())
     result.image = image.record() if image is not None else None
     return result
 

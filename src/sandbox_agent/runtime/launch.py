@@ -29,21 +29,25 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import prctl
 
-from sandbox_agent import handoff
 from sandbox_agent.limits.cgroups import JobCgroup
+from sandbox_agent.policy import gate
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.policy.model import within
 from sandbox_agent.runtime import bwrap
-from sandbox_agent.runtime.plan import AGENT_FILES, LaunchPlan, Requirement, Unenforceable
+from sandbox_agent.runtime.plan import (
+    AGENT_FILES,
+    COMPILED,
+    Carried,
+    LaunchPlan,
+    Requirement,
+)
 from sandbox_agent.seccomp.compile import bpf_fd, compile_profile, data_fd
-from sandbox_agent.wrapper import confine, jobwrapper, packaging
 
 _RLIMITS = {
     "core": resource.RLIMIT_CORE,
@@ -53,20 +57,9 @@ _RLIMITS = {
 }
 
 
-# Who enforces what: the runtime's flags; the launcher (rlimits, descriptors, the job's
-# cgroup); the agent (limits, assigned to its cgroup or monitor by limits.enforcement);
-# the wrapper's landlock step where the plan runs it. The rest of the wrapper (the
-# payload's own session under Apptainer and Docker) and the agent's kill of an engine's
-# container are not written yet: what they would enforce fails closed unless optional.
 def enforcer_exists(req: Requirement, plan: LaunchPlan) -> bool:
-    if req.by in ("runtime", "launcher"):
-        return True
-    if req.by == "agent" and req.key.startswith("limits."):
-        return True
-    step = "confine" in plan.fd_contents.values() or "confine" in plan.agent_files.values()
-    if req.key == "process.seccomp":  # a runtime that loads none: the step does
-        return step and "seccomp" in plan.agent_files.values()
-    return req.key == "process.landlock" and step
+    """Whether who ``req`` names is there to enforce it in ``plan`` (gate.enforcer_exists)."""
+    return gate.enforcer_exists(req, plan.carried)
 
 
 # When the agent is root, the sandbox is started as this host user, never as root: a
@@ -93,22 +86,10 @@ class Started:
     files: str | None = None  # the private directory of agent files; the caller removes it
 
 
-def unenforced(plan: LaunchPlan, effective: EffectivePolicy) -> tuple[str, ...]:
+def unenforced(plan: LaunchPlan) -> tuple[str, ...]:
     """The optional requirements this launch does not enforce; raises Unenforceable for
-    a required one."""
-    optional = {i.value for i in effective["optional.requirements"].value}
-    skipped = []
-    for req in plan.requirements:
-        if req.by == "agent" and req.key.startswith("limits."):
-            continue  # limits.enforcement.decide assigns these, knowing the host
-        if req.met and enforcer_exists(req, plan):
-            continue
-        if req.key in optional or req.key.rsplit(".", 1)[0] in optional:
-            skipped.append(req.key)
-            continue
-        who = "its runtime" if req.by == "runtime" else f"the {req.by}"
-        raise Unenforceable(f"{req.key}: {req.how}: enforced by {who}, not implemented yet")
-    return tuple(skipped)
+    a required one (the gate decides)."""
+    return gate.check(plan.requirements, plan.carried, plan.optional)
 
 
 def check_workdir(path: Path, effective: EffectivePolicy) -> str:
@@ -139,15 +120,8 @@ def check_workdir(path: Path, effective: EffectivePolicy) -> str:
     return absolute
 
 
-def rlimits(effective: EffectivePolicy) -> dict[int, int]:
-    return {
-        number: effective.number(f"process.rlimits.{name}") for name, number in _RLIMITS.items()
-    }
-
-
 def start(
     plan: LaunchPlan,
-    effective: EffectivePolicy,
     *,
     stdin: int | IO[bytes] | None = None,
     stdout: int | IO[bytes] | None = None,
@@ -156,7 +130,7 @@ def start(
 ) -> Started:
     """Start the plan's argv, inside ``cgroup`` before it runs any code of its own.
     The caller waits for the process and tears the cgroup down."""
-    skipped = unenforced(plan, effective)
+    skipped = unenforced(plan)
     argv = list(plan.argv)
     binary = shutil.which(argv[0])
     if binary is None:
@@ -169,23 +143,22 @@ def start(
     info = confirm = None
     files = None
     try:
-        for number, content in plan.fd_contents.items():
-            if content == "seccomp":
+        for descriptor in plan.descriptors:
+            carries = descriptor.carries
+            if carries is Carried.SECCOMP:
                 fd = bpf_fd(compiled.bpf)
-            elif content == "info":
+            elif carries is Carried.INFO:
                 info, fd = os.pipe2(os.O_CLOEXEC)
-            elif content == "confirm":
+            elif carries is Carried.CONFIRM:
                 confirm, fd = os.pipe2(os.O_CLOEXEC)
-            elif content.endswith(".pyc"):  # bytecode of a module, for the agent's Python
-                kind = content.removesuffix(".pyc")
-                fd = data_fd(f"sandbox-agent-{kind}.pyc", bytecode(_name(kind), _source(kind)))
+            elif carries.is_bytecode:  # for the agent's Python
+                source = carries.source
+                fd = data_fd(f"sandbox-agent-{carries}", bytecode(_name(source), _source(source)))
             else:  # the source of a module the sandbox runs
-                fd = data_fd(f"sandbox-agent-{content}", _source(content))
+                fd = data_fd(f"sandbox-agent-{carries}", _source(carries))
             fds.append(fd)
-            # the plan names a descriptor number; give the runtime the one we have. Found
-            # in the plan's own argv: a number already put in could equal a later one.
-            argv[_fd_argument(plan.argv, number)] = str(fd)
-        limits = rlimits(effective)
+            argv[descriptor.at] = str(fd)  # the plan's number, as the agent has it
+        limits = [(_RLIMITS[name], value) for name, value in plan.rlimits]
         files = _agent_files(plan, argv, compiled.bpf)
         if plan.runtime == "bwrap":
             fds.append(_options_on_descriptor(plan, argv))
@@ -201,7 +174,7 @@ def start(
             for procs in placement:
                 with open(procs, "w") as file:
                     file.write(str(os.getpid()))
-            for which, value in limits.items():
+            for which, value in limits:
                 resource.setrlimit(which, (value, value))
             if drop:
                 os.setgroups([])
@@ -221,7 +194,7 @@ def start(
             pass_fds=tuple(fds),
             preexec_fn=before_exec,
             # no controlling terminal for the payload of any runtime (TIOCSTI, job control)
-            start_new_session=effective.flag("process.new_session"),
+            start_new_session=plan.new_session,
         )
     except BaseException:
         for end in (info, confirm):
@@ -260,7 +233,7 @@ def _agent_files(plan: LaunchPlan, argv: list[str], bpf: bytes) -> str | None:
     os.chmod(directory, 0o755)  # noqa: S103 (the sandbox's uid reads it; nothing secret)
     for name, kind in plan.agent_files.items():
         path = os.path.join(directory, name)
-        source = bpf if kind == "seccomp" else _source(kind)
+        source = bpf if kind is Carried.SECCOMP else _source(kind)
         Path(path).write_bytes(source)
         os.chmod(path, 0o444)
         if kind in COMPILED and sys.implementation.cache_tag:
@@ -270,13 +243,11 @@ def _agent_files(plan: LaunchPlan, argv: list[str], bpf: bytes) -> str | None:
             cached = os.path.join(cache, f"{name[:-3]}.{sys.implementation.cache_tag}.pyc")
             Path(cached).write_bytes(bytecode(name, source))
             os.chmod(cached, 0o444)
-    argv[:] = [word.replace(AGENT_FILES, directory) for word in argv]
+    for at in plan.files_at:
+        argv[at] = argv[at].replace(AGENT_FILES, directory)
     return directory
 
 
-# The agent files the sandbox imports, or runs in the landlock step's interpreter: they
-# get a ready .pyc. The step itself runs as a script, which Python never caches.
-COMPILED = frozenset({"wrapper", "handoff", "packaging"})
 _BYTECODE: dict[tuple[str, bytes], bytes] = {}
 
 
@@ -295,30 +266,11 @@ def bytecode(name: str, source: bytes) -> bytes:
     return _BYTECODE[key]
 
 
-def _source(kind: str) -> bytes:
-    """The stdlib-only modules the sandbox runs: the confine step, the JobWrapper, the
-    protocol it speaks and its output packaging."""
-    return Path(_module_file(kind)).read_bytes()
+def _source(kind: Carried) -> bytes:
+    """The source of a module the sandbox runs (plan.SHIPPED)."""
+    return Path(kind.module_file).read_bytes()
 
 
-def _name(kind: str) -> str:
-    """The file name of the module ``kind`` names (jobwrapper.py for "wrapper")."""
-    return os.path.basename(_module_file(kind))
-
-
-def _module_file(kind: str) -> str:
-    modules = {"confine": confine, "wrapper": jobwrapper, "handoff": handoff,
-               "packaging": packaging}  # fmt: skip
-    return str(modules[kind].__file__)
-
-
-# The flags that take a descriptor number, in bwrap's and the landlock step's argv.
-# The first use wins: the plan's own words come before the payload's.
-_FD_FLAGS = ("--seccomp", "--ro-bind-data", "--info-fd", "--confirm-fd")
-
-
-def _fd_argument(argv: Sequence[str], number: int) -> int:
-    for index in range(len(argv) - 1):
-        if argv[index] in _FD_FLAGS and argv[index + 1] == str(number):
-            return index + 1
-    raise ValueError(f"the plan names fd {number} but its argv does not use it")
+def _name(kind: Carried) -> str:
+    """The file name of the module ``kind`` names (jobwrapper.py for Carried.WRAPPER)."""
+    return os.path.basename(kind.module_file)

@@ -11,16 +11,25 @@ optional).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from enum import StrEnum
+from types import ModuleType
+from typing import Any, Protocol
 
+from sandbox_agent import handoff
 from sandbox_agent.images import hostpython, tree
 from sandbox_agent.images.hostpython import HostPython
-from sandbox_agent.wrapper import confine
+from sandbox_agent.policy import gate
+from sandbox_agent.policy.compose import EffectivePolicy
 
-if TYPE_CHECKING:
-    from sandbox_agent.policy.compose import EffectivePolicy
+# the gate's words, where renderers (and older callers) import them
+from sandbox_agent.policy.gate import Requirement as Requirement
+from sandbox_agent.policy.gate import Requirements as Requirements
+from sandbox_agent.policy.gate import Unenforceable as Unenforceable
+from sandbox_agent.policy.gate import optional_keys as optional_keys
+from sandbox_agent.policy.schema import LIMITS
+from sandbox_agent.wrapper import confine, jobwrapper, packaging
 
 
 class HostView(Protocol):
@@ -102,20 +111,6 @@ class FixedHost:
         return self.table.get(path, "missing")
 
 
-@dataclass(frozen=True)
-class Requirement:
-    key: str  # the policy key
-    how: str  # how it is met, or why it cannot be
-    met: bool = True
-    # who enforces it: the runtime's own flags, the launcher (rlimits, descriptors), the
-    # wrapper inside (landlock, session) or the agent (cgroups, monitors)
-    by: str = "runtime"
-
-
-class Unenforceable(ValueError):
-    """A required setting this runtime cannot express: the job must not run."""
-
-
 # Where argv names the launcher's private directory of agent files, until it exists.
 AGENT_FILES = "<agent files>"
 
@@ -124,36 +119,177 @@ AGENT_FILES = "<agent files>"
 FROM_AGENT = "<from the agent's environment>"
 
 
+class Carried(StrEnum):
+    """What the launcher gives the sandbox, on a descriptor or in the directory of agent
+    files: the compiled seccomp program, a pipe the agent reads, or one of the modules
+    that run inside (SHIPPED: their source, or their bytecode for the agent's Python)."""
+
+    SECCOMP = "seccomp"  # the program compiled from the plan's profile
+    INFO = "info"  # a pipe: bwrap's report of the namespaces it made
+    CONFIRM = "confirm"  # a pipe: the confine step's word that landlock holds
+    CONFINE = "confine"
+    WRAPPER = "wrapper"
+    HANDOFF = "handoff"
+    PACKAGING = "packaging"
+    WRAPPER_PYC = "wrapper.pyc"
+    HANDOFF_PYC = "handoff.pyc"
+    PACKAGING_PYC = "packaging.pyc"
+
+    @property
+    def is_pipe(self) -> bool:
+        return self in (Carried.INFO, Carried.CONFIRM)
+
+    @property
+    def is_bytecode(self) -> bool:
+        return self.value.endswith(".pyc")
+
+    @property
+    def source(self) -> Carried:
+        """The module whose source this is, or whose bytecode."""
+        return Carried(self.value.removesuffix(".pyc"))
+
+    @property
+    def module_file(self) -> str:
+        """The file of the module this carries (SHIPPED)."""
+        return str(SHIPPED[self.source].__file__)
+
+
+# Every module the sandbox runs, written once: the confine step, the JobWrapper, the
+# frames it speaks and its output packaging (all standard library only).
+SHIPPED: Mapping[Carried, ModuleType] = {
+    Carried.CONFINE: confine,
+    Carried.WRAPPER: jobwrapper,
+    Carried.HANDOFF: handoff,
+    Carried.PACKAGING: packaging,
+}
+# Those the sandbox imports, or runs in the confine step's interpreter: they get a
+# ready .pyc. The step itself runs as a script, which Python never caches.
+COMPILED = frozenset({Carried.WRAPPER, Carried.HANDOFF, Carried.PACKAGING})
+
+
+class FdWord(str):
+    """A descriptor number as a renderer writes it into argv: the word, and what the
+    launcher puts on it. The launcher replaces exactly these words."""
+
+    carries: Carried
+    what: str
+
+    def __new__(cls, number: int, carries: Carried, what: str) -> FdWord:
+        word = super().__new__(cls, str(number))
+        word.carries, word.what = carries, what
+        return word
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    number: int  # as the plan's argv names it
+    carries: Carried
+    what: str  # for a reader of the plan
+    at: int  # the index in argv of the word that names it
+
+
+@dataclass(frozen=True)
+class Limit:
+    name: str  # as in limits.NAME
+    value: int
+    enforcement: str  # kernel (the job's cgroup) or monitored (the agent)
+
+
+RLIMITS = ("core", "nofile", "stack", "fsize")
+
+
 @dataclass(frozen=True)
 class LaunchPlan:
+    """Everything the launcher, the session and the monitor need to run one sandbox,
+    taken from one effective policy when the plan is rendered: nothing is read from a
+    policy again afterwards."""
+
     runtime: str
     argv: tuple[str, ...]
-    fds: dict[int, str] = field(default_factory=dict)  # fd inside argv -> what it carries
-    # fd inside argv -> what the launcher writes to it: "seccomp" (the compiled
-    # program) or "confine" (the source of sandbox_agent.wrapper.confine)
-    fd_contents: dict[int, str] = field(default_factory=dict)
-    # file name -> what the launcher writes there ("confine", "seccomp"), in a private
-    # directory that argv names as AGENT_FILES (runtimes that take no descriptors)
-    agent_files: dict[str, str] = field(default_factory=dict)
+    descriptors: tuple[Descriptor, ...] = ()
+    # file name -> what the launcher writes there, in a private directory that argv
+    # names as AGENT_FILES (runtimes that take no descriptors); ``files_at``: where
+    agent_files: Mapping[str, Carried] = field(default_factory=dict)
+    files_at: tuple[int, ...] = ()
     requirements: tuple[Requirement, ...] = ()
     seccomp_profile: str = ""  # the OCI JSON profile the plan enforces
+    rlimits: tuple[tuple[str, int], ...] = ()  # set before exec (RLIMITS)
+    new_session: bool = True  # no controlling terminal
+    optional: frozenset[str] = frozenset()  # what may go unmet (gate.optional_keys)
+    limits: tuple[Limit, ...] = ()
+
+    @property
+    def fds(self) -> dict[int, str]:
+        """fd in argv -> what it carries, for a reader."""
+        return {d.number: d.what for d in self.descriptors}
+
+    @property
+    def fd_contents(self) -> dict[int, Carried]:
+        return {d.number: d.carries for d in self.descriptors}
+
+    @property
+    def carried(self) -> frozenset[str]:
+        """Everything the plan gives the sandbox (the gate asks for the confine step)."""
+        return frozenset({*self.fd_contents.values(), *self.agent_files.values()})
+
+    @property
+    def kernel_limits(self) -> frozenset[str]:
+        """The limits the policy wants held by the job's cgroup."""
+        return frozenset(limit.name for limit in self.limits if limit.enforcement == "kernel")
+
+    def answers(self, found: Mapping[str, gate.Found] | None = None) -> list[gate.Answer]:
+        """The gate's answer for each requirement: as rendered, or with ``found`` (what
+        this host's kernel provides, hostfacts.facts) as a launch here would give it."""
+        if found is None:
+            return gate.answers(self.requirements, self.carried, self.optional)
+        return gate.on_host(self.requirements, self.carried, self.optional, found,
+                            self.kernel_limits)  # fmt: skip
+
+    def limit(self, name: str) -> int:
+        return self.limit_values[name]
+
+    @property
+    def limit_values(self) -> dict[str, int]:
+        return {limit.name: limit.value for limit in self.limits}
+
+    def enforcement(self, name: str) -> str:
+        return next(limit.enforcement for limit in self.limits if limit.name == name)
 
 
-class Requirements:
-    """Collects how each requirement is met; refuses the unmet ones unless optional."""
+def from_policy(effective: EffectivePolicy) -> dict[str, Any]:
+    """The plan's fields that come from the policy whatever the runtime."""
+    return {
+        "rlimits": tuple((name, effective.number(f"process.rlimits.{name}")) for name in RLIMITS),
+        "new_session": effective.flag("process.new_session"),
+        "optional": optional_keys(effective),
+        "limits": tuple(
+            Limit(name, effective.limit(name), effective.word(f"limits.{name}.enforcement"))
+            for name in LIMITS
+        ),
+    }
 
-    def __init__(self, optional: set[str]) -> None:
-        self.optional = optional
-        self.items: list[Requirement] = []
 
-    def met(self, key: str, how: str, by: str = "runtime") -> None:
-        self.items.append(Requirement(key, how, by=by))
+def agent_limits(effective: EffectivePolicy, need: Requirements) -> None:
+    """The limits the agent holds around a runtime that has none of its own (bwrap,
+    Apptainer): the job's cgroup, the work directory's own filesystem, or the monitor."""
+    for name in LIMITS:
+        how = effective.word(f"limits.{name}.enforcement")
+        if how == "monitored":
+            where = "the agent's monitor"
+        elif name == "workdir_size":
+            where = "the work directory's own filesystem"
+        else:
+            where = "the job's cgroup"
+        need.met(f"limits.{name}", f"{how}: {where}", by="agent")
 
-    def unmet(self, key: str, why: str) -> None:
-        """``key`` cannot be enforced here: noted if optional, else the job must not run."""
-        if key not in self.optional:
-            raise Unenforceable(f"{key}: {why}")
-        self.items.append(Requirement(key, why, met=False))
+
+def as_argv(out: Sequence[str]) -> tuple[tuple[str, ...], tuple[Descriptor, ...], tuple[int, ...]]:
+    """A renderer's words as a plan's argv, with the descriptors its FdWords name and
+    the indices of the words that name the directory of agent files."""
+    descriptors = tuple(Descriptor(int(word), word.carries, word.what, at)
+                        for at, word in enumerate(out) if isinstance(word, FdWord))  # fmt: skip
+    files_at = tuple(at for at, word in enumerate(out) if AGENT_FILES in word)
+    return tuple(str(word) for word in out), descriptors, files_at
 
 
 def environment(

@@ -24,7 +24,6 @@ from typing import IO
 from sandbox_agent.limits.cgroups import CgroupError, CgroupLimits, JobCgroup, Teardown, discover
 from sandbox_agent.limits.enforcement import LimitPlan, decide, wants_cgroup
 from sandbox_agent.limits.monitor import Monitor, Outcome, StopRequest
-from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.runtime.agentproc import reap
 from sandbox_agent.runtime.launch import start, unenforced
 from sandbox_agent.runtime.plan import LaunchPlan
@@ -50,12 +49,12 @@ class SessionResult:
 
 
 def job_cgroup(
-    name: str, effective: EffectivePolicy, *, prefer: str | None = None
+    name: str, plan: LaunchPlan, *, prefer: str | None = None
 ) -> tuple[JobCgroup | None, str]:
     """The job's cgroup (made and limited), or None and why there is none."""
     try:
         hierarchy = discover(prefer=prefer)
-        group = hierarchy.create(name, CgroupLimits.of(effective))
+        group = hierarchy.create(name, CgroupLimits.of(plan.limit_values))
     except CgroupError as exc:
         return None, f"no job cgroup ({exc})"
     return group, f"the job's cgroup ({hierarchy.describe()})"
@@ -122,7 +121,6 @@ def _own_namespace(name: str) -> int | None:
 
 def run(
     plan: LaunchPlan,
-    effective: EffectivePolicy,
     *,
     workdir: Path,
     name: str | None = None,
@@ -138,21 +136,19 @@ def run(
     """Run ``plan`` to the end (or until ``stop`` is requested). Raises Unenforceable
     (nothing started) when a required requirement cannot be held here. ``held``: limits
     the caller holds already (workdir_size, by the work directory's own filesystem)."""
-    skipped = unenforced(plan, effective)  # fail before making anything
+    skipped = unenforced(plan)  # fail before making anything
     # unique across agents, pid namespaces included: two jobs never share a cgroup
     name = name or f"exec-{os.getpid()}-{next(_serial)}-{secrets.token_hex(4)}"
     group, where = None, "no limit asked for the kernel"
-    if wants_cgroup(plan, effective):
-        group, where = job_cgroup(name, effective, prefer=prefer_cgroup)
+    if wants_cgroup(plan):
+        group, where = job_cgroup(name, plan, prefer=prefer_cgroup)
     teardown = None
     report: dict[str, object] = {}
     confirmed = None
     started = None
     try:
-        limits = decide(plan, effective, (group.enforced if group else frozenset()) | held,
-                        where)  # fmt: skip
-        started = start(plan, effective, stdin=stdin, stdout=stdout, stderr=stderr,
-                        cgroup=group)  # fmt: skip
+        limits = decide(plan, (group.enforced if group else frozenset()) | held, where)
+        started = start(plan, stdin=stdin, stdout=stdout, stderr=stderr, cgroup=group)
         if on_start is not None:  # placed in its cgroup already: the job may be told now
             on_start(started.process)
         report = read_report(started.info) if started.info is not None else {}
@@ -161,7 +157,7 @@ def run(
         skipped = tuple(k for k in skipped if k.removeprefix("namespaces.") not in made)
         # a work directory of its own size still has the monitor watch it: the kernel
         # stops the disk from filling, the monitor ends a job that outgrew its size
-        watched = {limit: effective.limit(limit) for limit in limits.monitored | held}
+        watched = {limit: plan.limit(limit) for limit in limits.monitored | held}
         monitor = Monitor(started.process, watched, workdir=workdir, cgroup=group,
                           interval=interval, stop=stop)  # fmt: skip
         if isinstance(report.get("child-pid"), int):  # the sandbox's pid 1, bwrap's own

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from sandbox_agent.images import hostpython
 from sandbox_agent.jdl import load_job
 from sandbox_agent.limits import workdisk
 from sandbox_agent.policy import compose
+from sandbox_agent.policy.gate import Answer, Verdict
 from sandbox_agent.policy.model import Policy
 from sandbox_agent.printable import clipped
 from sandbox_agent.probe import RUNNER, probe_files
@@ -34,6 +36,7 @@ from sandbox_agent.runtime.launch import SANDBOX_HOST_UID, check_workdir
 from sandbox_agent.runtime.plan import environment
 from sandbox_agent.runtime.workdir import remove_workdir
 from sandbox_agent.selftest.stage import Stage, hexed
+from sandbox_agent.wrapper import confine
 
 PYTHON = "/usr/bin/python3"  # the sandbox's interpreter (the host's /usr, bound read-only)
 PROBE = "probe"  # where the probe's files go in the work directory
@@ -143,6 +146,7 @@ def run_probe(policy: Policy, *, certs: Path, credentials: list[str], work_area:
         name = f"job-{home_tag}-0-0-{secrets.token_hex(4)}"  # job 0: never a real job
         result = run_job(effective, fields, workdir, environ=host_env, name=name,
                          held=workdisk.held(disk))  # fmt: skip
+        landlock = next((a for a in result.answers if a.key == "process.landlock"), None)
         answer = _answer(workdir / "stdout")
         if answer is None:
             said = result.wrapper_log.decode(errors="replace").strip().splitlines()
@@ -156,8 +160,34 @@ def run_probe(policy: Policy, *, certs: Path, credentials: list[str], work_area:
             disk.release()
         if workdir.exists():
             remove_workdir(workdir)
-    return Outcome(policy.name, _rows(answer, table, attacks or list(table)), host_saw,
-                   time.monotonic() - started)  # fmt: skip
+    abi = confine.abi()
+    rows = _rows(answer, table, attacks or list(table),
+                 lambda defence: defence_here(defence, landlock, abi))  # fmt: skip
+    return Outcome(policy.name, rows, host_saw, time.monotonic() - started)
+
+
+# The landlock ABI a defence of the probe's table needs, by what it names.
+_LANDLOCK_NEEDS = (("ABI 6", 6), ("no TCP", 4))
+
+
+def defence_here(defence: str, landlock: Answer | None, abi: int) -> str:
+    """The probe's expected defence (its table's, the same on every host) as this host
+    holds it: each landlock part is kept only where the gate's answer for the plan that
+    ran enforces landlock (``landlock``; None where the policy turns it off) and the
+    kernel's ABI (``abi``) has what the part names; otherwise it says why not."""
+    parts = []
+    for part in defence.split("; "):
+        if "landlock" not in part:
+            parts.append(part)
+        elif landlock is None:
+            parts.append("(landlock: off in this policy)")
+        elif landlock.verdict is not Verdict.ENFORCED:
+            parts.append(f"(landlock: not here, {landlock.how})")
+        else:
+            need = max((n for words, n in _LANDLOCK_NEEDS if words in part), default=1)
+            parts.append(part if abi >= need else
+                         f"({part}: not here, this kernel's landlock ABI is {abi})")  # fmt: skip
+    return "; ".join(parts)
 
 
 def _interpreter(policy: Policy) -> list[str]:
@@ -171,8 +201,8 @@ def _interpreter(policy: Policy) -> list[str]:
         raise SelftestError(str(error)) from None
 
 
-def _rows(answer: dict[str, Any], table: dict[str, dict[str, str]],
-          asked: list[str]) -> list[Row]:  # fmt: skip
+def _rows(answer: dict[str, Any], table: dict[str, dict[str, str]], asked: list[str],
+          here: Callable[[str], str] = str) -> list[Row]:  # fmt: skip
     """The probe's answer as rows, in the table's order: every attack asked, each with
     one of the three results, or SelftestError (the payload's stdout is the probe's,
     so an answer missing an attack proves nothing about it)."""
@@ -193,7 +223,8 @@ def _rows(answer: dict[str, Any], table: dict[str, dict[str, str]],
         except (TypeError, ValueError):
             ms = 0.0
         row = table[name]
-        rows.append(Row(name, row["mechanism"], row["threat"], row["defence"], got["result"],
+        defence = here(row["defence"])
+        rows.append(Row(name, row["mechanism"], row["threat"], defence, got["result"],
                         str(got.get("detail", "")), ms))  # fmt: skip
     return rows
 
