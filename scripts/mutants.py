@@ -45,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # hang a slower test (a writer thread blocked on a full pipe) is usually killed before.
 MODULES: dict[str, list[str]] = {
     "sandbox_agent/tokens/verify.py": ["tests/tokens/test_*.py"],
-    "sandbox_agent/handoff.py": ["tests/unit/test_handoff_*.py", "tests/unit/test_handoff.py"],
+    "sandbox_agent/wrapper/handoff.py": ["tests/wrapper/test_handoff_*.py",
+                                         "tests/wrapper/test_handoff.py"],
     "sandbox_agent/agent/outputs.py": ["tests/unit/test_outputs_*.py",
                                        "tests/unit/test_outputs.py"],
     "sandbox_agent/runtime/workdir.py": ["tests/unit/test_outputs_removal.py"],

@@ -57,8 +57,8 @@ from cli_support import (
     shared_workdir,
 )
 
-from sandbox_agent.probe import PROBE_DIR, RUNNER, probe_files
 from sandbox_agent.selftest.stage import Decoy, Listeners, SysvSegment, hexed, sandbox_host_uid
+from sandbox_agent.wrapper.probe import PROBE_DIR, RUNNER, probe_files
 
 PROFILES = ["agent-as-root", "agent-as-nobody"]
 PYTHON = "/usr/bin/python3"  # the sandbox's interpreter (the host's, bound read-only)

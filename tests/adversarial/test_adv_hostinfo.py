@@ -27,11 +27,11 @@ from cli_support import (
 )
 
 from sandbox_agent.policy import compose, load_policy
-from sandbox_agent.probe import RUNNER, probe_files
 from sandbox_agent.runtime import bwrap
 from sandbox_agent.runtime.launch import SANDBOX_HOST_UID
 from sandbox_agent.runtime.plan import RealHost
 from sandbox_agent.selftest.stage import hexed
+from sandbox_agent.wrapper.probe import RUNNER, probe_files
 
 pytestmark = requirements
 

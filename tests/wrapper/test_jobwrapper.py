@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 from cli_support import SCRIPT, cli_env, shared_workdir
 
-from sandbox_agent import handoff
-from sandbox_agent.wrapper import jobwrapper, packaging
+from sandbox_agent.wrapper import handoff, jobwrapper, packaging
 
 PYTHON = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
 SAVED = ["STARTED", "RUNNING", "SAVING"]  # every job whose payload ran, before its end

@@ -28,9 +28,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from sandbox_agent.handoff import strict_loads
 from sandbox_agent.tokens import Role, TokenError, fingerprint
 from sandbox_agent.tokens.verify import TokenVerifier
+from sandbox_agent.wrapper.handoff import strict_loads
 
 SCHEMA = "sandbox-agent/audit-record"
 VERSION = 1

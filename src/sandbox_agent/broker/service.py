@@ -36,12 +36,12 @@ from sandbox_agent.broker import api
 from sandbox_agent.broker.caller import Caller, Refused
 from sandbox_agent.broker.endpoints import Endpoints
 from sandbox_agent.broker.schema import BadRequest, check
-from sandbox_agent.handoff import strict_loads
 from sandbox_agent.printable import clipped
 from sandbox_agent.queue import open_queue
 from sandbox_agent.tokens import Role, TokenAuthority, TokenError, files
 from sandbox_agent.tokens.errors import StaleRevocationList
 from sandbox_agent.tokens.verify import TokenVerifier
+from sandbox_agent.wrapper.handoff import strict_loads
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds a client has to finish the TLS handshake
 IO_TIMEOUT = 30.0  # seconds from an answer (or the handshake) to the next whole request

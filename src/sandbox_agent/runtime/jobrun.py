@@ -16,7 +16,6 @@ from pathlib import Path
 from subprocess import PIPE, Popen
 from typing import IO, Any
 
-from sandbox_agent import handoff
 from sandbox_agent.images import prepare
 from sandbox_agent.jdl import JobSpec
 from sandbox_agent.limits.monitor import StopRequest
@@ -24,6 +23,7 @@ from sandbox_agent.policy import gate
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.printable import clipped
 from sandbox_agent.runtime import bwrap, session
+from sandbox_agent.wrapper import handoff
 
 MAX_FRAMES = 256  # a wrapper has a handful of states to report; more is misbehaviour
 # Why the agent killed a job -> the state it ends in (JAliEn: EXPIRED for the TTL).

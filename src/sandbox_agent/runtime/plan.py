@@ -17,7 +17,6 @@ from enum import StrEnum
 from types import ModuleType
 from typing import Any, Protocol
 
-from sandbox_agent import handoff
 from sandbox_agent.images import hostpython, tree
 from sandbox_agent.images.hostpython import HostPython
 from sandbox_agent.policy import gate
@@ -29,7 +28,7 @@ from sandbox_agent.policy.gate import Requirements as Requirements
 from sandbox_agent.policy.gate import Unenforceable as Unenforceable
 from sandbox_agent.policy.gate import optional_keys as optional_keys
 from sandbox_agent.policy.schema import LIMITS
-from sandbox_agent.wrapper import confine, jobwrapper, packaging
+from sandbox_agent.wrapper import confine, handoff, jobwrapper, packaging
 
 
 class HostView(Protocol):

@@ -30,13 +30,13 @@ from sandbox_agent.policy import compose
 from sandbox_agent.policy.gate import Answer, Verdict
 from sandbox_agent.policy.model import Policy
 from sandbox_agent.printable import clipped
-from sandbox_agent.probe import RUNNER, probe_files
 from sandbox_agent.runtime.jobrun import handoff_fields, run_job
 from sandbox_agent.runtime.launch import SANDBOX_HOST_UID, check_workdir
 from sandbox_agent.runtime.plan import environment
 from sandbox_agent.runtime.workdir import remove_workdir
 from sandbox_agent.selftest.stage import Stage, hexed
 from sandbox_agent.wrapper import confine
+from sandbox_agent.wrapper.probe import RUNNER, probe_files
 
 PYTHON = "/usr/bin/python3"  # the sandbox's interpreter (the host's /usr, bound read-only)
 PROBE = "probe"  # where the probe's files go in the work directory

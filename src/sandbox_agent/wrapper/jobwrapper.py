@@ -54,8 +54,7 @@ else:  # the C module: `signal` wraps it in enums, milliseconds at every job's s
 
 
 if __package__:  # imported from the installed package (tests, the agent)
-    from sandbox_agent import handoff
-    from sandbox_agent.wrapper import packaging
+    from sandbox_agent.wrapper import handoff, packaging
 else:  # run as a file inside the sandbox: its siblings lie next to it (-I drops the dir;
     # first on the path, so not the PyPI "packaging" either)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

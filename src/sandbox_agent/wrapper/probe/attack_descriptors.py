@@ -16,8 +16,8 @@ import stat
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # mypy reads the package; the sandbox imports plain names (run.py)
-    from sandbox_agent.probe import attack_common as common
-    from sandbox_agent.probe.attack_common import Config, Result
+    from sandbox_agent.wrapper.probe import attack_common as common
+    from sandbox_agent.wrapper.probe.attack_common import Config, Result
 else:
     import attack_common as common
 

@@ -9,10 +9,10 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # mypy reads the package; the sandbox imports plain names (run.py)
-    from sandbox_agent.probe import (
+    from sandbox_agent.wrapper.probe import (
         attack_common as common,
     )
-    from sandbox_agent.probe import (
+    from sandbox_agent.wrapper.probe import (
         attack_credentials,
         attack_descriptors,
         attack_filesystem,
@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # mypy reads the package; the sandbox imports plain names (ru
         attack_processes,
         attack_syscalls,
     )
-    from sandbox_agent.probe.attack_common import Config, Result
+    from sandbox_agent.wrapper.probe.attack_common import Config, Result
 else:
     import attack_common as common
     import attack_credentials

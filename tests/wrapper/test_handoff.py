@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sandbox_agent import handoff
-from sandbox_agent.handoff import FrameError, decode, encode, read_frame, write_frame
+from sandbox_agent.wrapper import handoff
+from sandbox_agent.wrapper.handoff import FrameError, decode, encode, read_frame, write_frame
 
 HANDOFF: dict[str, Any] = {
     "job_id": 7,

@@ -55,11 +55,11 @@ from typing import TYPE_CHECKING
 sys.path.append(os.path.dirname(os.path.realpath(__file__)))
 sys.dont_write_bytecode = True
 
-# mypy checks these files as the package sandbox_agent.probe and cannot follow the line
+# mypy checks these files as the package sandbox_agent.wrapper.probe and cannot follow the line
 # above: it reads the package's names (never imported), the interpreter the plain ones.
 # Every attack module imports attack_common the same way.
 if TYPE_CHECKING:
-    from sandbox_agent.probe import attack_descriptors, attack_table
+    from sandbox_agent.wrapper.probe import attack_descriptors, attack_table
 else:
     import attack_descriptors
     import attack_table

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from sandbox_agent import handoff
-from sandbox_agent.handoff import FrameError, encode, read_frame
+from sandbox_agent.wrapper import handoff
+from sandbox_agent.wrapper.handoff import FrameError, encode, read_frame
 
 HANDOFF: dict[str, Any] = {
     "job_id": 7,
