@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox_agent import sqlitedb
+from sandbox_agent.printable import clipped
 
 DB_NAME = "catalogue.sqlite3"
 OBJECTS = "objects"
@@ -105,8 +106,8 @@ def check_lfn(lfn: str) -> str:
 
 
 def _clip(text: str, width: int = 80) -> str:
-    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[: width + 1])
-    return shown if len(text) <= width else shown[:width] + "..."
+    """A name as a message quotes it: one printable line of at most ``width``."""
+    return clipped(text, width)
 
 
 def _check_name(name: str) -> None:

@@ -27,6 +27,7 @@ from sandbox_agent.jdl.expr import (
 from sandbox_agent.jdl.lexer import STRING_BODY
 from sandbox_agent.jdl.parser import Entry, ParsedJDL, parse_jdl
 from sandbox_agent.jdl.units import format_size, parse_size
+from sandbox_agent.printable import clipped
 
 DEFAULT_TTL = 3600
 DEFAULT_CPU_CORES = 1
@@ -665,8 +666,7 @@ def variable_value(node: Expr) -> str:
 
 def _clip(text: str, width: int = 40) -> str:
     """A user's value as an error message quotes it: short, and printable."""
-    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[: width + 1])
-    return shown if len(text) <= width else shown[:width] + "..."
+    return clipped(text, width)
 
 
 __all__ = [

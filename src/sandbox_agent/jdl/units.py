@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from sandbox_agent.printable import clipped
+
 KIB = 1024
 MIB = KIB * 1024
 GIB = MIB * 1024
@@ -29,8 +31,7 @@ def parse_size(text: str) -> int:
     # Strip, then match a bounded, anchored pattern: no backtracking on hostile input.
     m = _SIZE.fullmatch(text.strip()) if len(text) <= 64 else None
     if not m:
-        shown = text if len(text) <= 40 else text[:40] + "..."
-        raise ValueError(f'\'{shown}\' is not a size; write it like "8GB" or "11000MB"')
+        raise ValueError(f'\'{clipped(text, 40)}\' is not a size; write it like "8GB" or "11000MB"')
     number, unit = m.group(1), m.group(2).casefold() or "mb"
     if unit not in _UNITS:
         raise ValueError(f"unknown size unit '{m.group(2)}'; use B, KB, MB, GB or TB")

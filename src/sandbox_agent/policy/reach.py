@@ -45,6 +45,7 @@ from pathlib import Path
 
 from sandbox_agent import resolve
 from sandbox_agent.policy.model import Item, within
+from sandbox_agent.printable import clipped
 
 CREDENTIALS_ORIGIN = "agent:credentials"  # how compose marks the agent's own paths
 # Where a user keeps secrets by convention, relative to their home directory.
@@ -398,8 +399,7 @@ def _inodes(paths: Iterable[str]) -> dict[tuple[int, int], str]:
 
 def _show(text: str) -> str:
     """At most 120 printable characters of a path (it may be hostile)."""
-    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:121])
-    return shown if len(text) <= 120 else shown[:120] + "..."
+    return clipped(text, 120)
 
 
 __all__ = ["Deny", "PathRefused", "UserFile", "check_bind", "judge", "open_user_file",
