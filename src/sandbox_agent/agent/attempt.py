@@ -37,7 +37,7 @@ from sandbox_agent.limits import workdisk
 from sandbox_agent.limits.cgroups import CgroupError
 from sandbox_agent.limits.monitor import StopRequest
 from sandbox_agent.policy.compose import EffectivePolicy
-from sandbox_agent.queue import Job, LeaseError, StoreError, TransitionError, states
+from sandbox_agent.queue import Job, LeaseError, State, StoreError, TransitionError, states
 from sandbox_agent.runtime.jobrun import (
     FINAL_FRAME_STATES,
     PROGRESS_STATES,
@@ -66,7 +66,7 @@ from sandbox_agent.tokens.request import new_job_request
 from sandbox_agent.wrapper.jobwrapper import EXIT_BAD_HANDOFF
 
 # Final states after which nothing of the payload's is saved: it never ran to an end.
-NOTHING_TO_SAVE = frozenset({"ERROR_IB", "FAILED", "KILLED"})
+NOTHING_TO_SAVE = frozenset({State.ERROR_IB, State.FAILED, State.KILLED})
 STORAGE_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
 MIB = 1 << 20
 
@@ -340,7 +340,7 @@ class Attempt:
                 token = self.token = self.job_token()
             except (IssuanceRefused, TokenError) as exc:
                 if not self.still_ours():  # killed at the queue since the match
-                    report = self.finish("KILLED", "killed before it started", None, started,
+                    report = self.finish(State.KILLED, "killed before it started", None, started,
                                          None, None, report=False)  # fmt: skip
                     return report
                 raise self.node_problem(f"no job token: {exc}") from None
@@ -350,7 +350,7 @@ class Attempt:
             try:
                 spec = self.place_files(workdir)
             except CatalogueError as exc:
-                report = self.finish("ERROR_IB", str(exc), None, started, workdir, None)
+                report = self.finish(State.ERROR_IB, str(exc), None, started, workdir, None)
                 return report
             if self.stop.reason is not None:  # told to stop before anything ran
                 report = self.hand_back(None, started, workdir)
@@ -371,7 +371,7 @@ class Attempt:
                 # images (default, platforms) and this node's mounts fail every job here
                 chose = self.effective["filesystem.image"].origin == "jdl:Image"
                 if (chose or exc.job) and not exc.node:
-                    report = self.finish("ERROR_IB", f"its image: {exc}", None, started,
+                    report = self.finish(State.ERROR_IB, f"its image: {exc}", None, started,
                                          workdir, None)  # fmt: skip
                     return report
                 raise self.node_problem(f"the site's image: {exc}") from None
@@ -447,13 +447,13 @@ class Attempt:
                 outcome is not None and outcome.outcome.returncode == EXIT_BAD_HANDOFF:  # fmt: skip
             raise self.node_problem("the wrapper could not start" + _last_said(result))
         if outcome is not None and outcome.teardown and not outcome.teardown.emptied:
-            self.finish("FAILED", "processes of the job survived its kill: "
+            self.finish(State.FAILED, "processes of the job survived its kill: "
                         + outcome.teardown.summary(), None, started, workdir, result)  # fmt: skip
             left = outcome.teardown.summary()
             raise NodeProblem(f"job {self.job.id}: processes survived the kill ({left}); "
                               "this node needs a look")  # fmt: skip
         if reason == "killed":  # the queue already says KILLED: keep the logs only
-            return self.finish("KILLED", result.detail, None, started, workdir, result,
+            return self.finish(State.KILLED, result.detail, None, started, workdir, result,
                                report=False)  # fmt: skip
         if reason == "stopped":
             before = self.frames[: self.frames_at_stop]
@@ -480,19 +480,19 @@ class Attempt:
             except TransitionError:  # SAVING: a rerun would mix two attempts' outputs
                 pass
             except LeaseError:
-                return self.finish("KILLED", "the lease was lost while stopping", None,
+                return self.finish(State.KILLED, "the lease was lost while stopping", None,
                                    started, workdir, result, report=False)  # fmt: skip
             else:
-                self.agent.storage.save(job.id, job.resubmission, "WAITING", workdir, (),
+                self.agent.storage.save(job.id, job.resubmission, State.WAITING, workdir, (),
                                         result.wrapper_log if result else b"",
                                         caps=Caps.from_policy(self.effective),
                                         wrapper_log_size=result.wrapper_log_size if result
                                         else 0)  # fmt: skip
-                return Report(job.id, job.resubmission, "WAITING",
+                return Report(job.id, job.resubmission, State.WAITING,
                               "handed back to the queue: the agent was told to stop", None,
                               time.monotonic() - started, handed_back=True,
                               states=self.states())  # fmt: skip
-        return self.finish("KILLED", "the agent was told to stop while the job was saving",
+        return self.finish(State.KILLED, "the agent was told to stop while the job was saving",
                            None, started, workdir, result)  # fmt: skip
 
     def finish(self, state: str, detail: str, exit_code: int | None, started: float,
@@ -503,7 +503,7 @@ class Attempt:
         manifest = None
         if workdir is not None:
             if state not in NOTHING_TO_SAVE and report:
-                self.advance("SAVING", "the agent collects the outputs")
+                self.advance(State.SAVING, "the agent collects the outputs")
             entries = () if state in NOTHING_TO_SAVE else (
                 spec.outputs if state in SUCCESS_STATES else spec.output_errors)  # fmt: skip
             log = result.wrapper_log if result else b""
@@ -525,14 +525,14 @@ class Attempt:
                     # filled the disk itself): the state stands, with why
                     detail += f" (its logs could not be kept: {exc.strerror})"
                 else:
-                    state, detail = "ERROR_SV", f"the outputs could not be stored: {exc}"
+                    state, detail = State.ERROR_SV, f"the outputs could not be stored: {exc}"
                 if exc.errno in STORAGE_FAULTS and not (full and self.disk_left()):
                     # a disk still full without the job's files, or a broken one: the
                     # next job would fare no better; a job that filled it stops nothing
                     self.storage_fault = f"the output storage failed: {exc}"
             else:
                 if manifest.refused and state in SUCCESS_STATES:
-                    state, detail = "ERROR_SV", f"an output was refused: {manifest.refused[0]}"
+                    state, detail = State.ERROR_SV, f"an output was refused: {manifest.refused[0]}"
                     self.agent.storage.record_state(job.id, job.resubmission, state)
                 if state not in NOTHING_TO_SAVE and report and self.token is not None:
                     state, detail = self.send(manifest, state, detail)
@@ -556,7 +556,7 @@ class Attempt:
             self.agent.queue.keep(job, self.token, kept)
         except StoreError as exc:
             if state in SUCCESS_STATES:
-                state, detail = "ERROR_SV", str(exc)
+                state, detail = State.ERROR_SV, str(exc)
                 self.agent.storage.record_state(job.id, job.resubmission, state)
             else:
                 detail += f" ({exc})"

@@ -135,7 +135,7 @@ class LocalQueue:
         return issued.certificate, issued.chain
 
     def waiting(self) -> list[Job] | None:
-        return self.store.jobs("WAITING")
+        return self.store.jobs(State.WAITING)
 
     def keep(self, job: Job, token: dict[str, Any], kept: list[tuple[str, Path]]) -> None:
         pass  # the home's storage is where its owner reads them

@@ -41,6 +41,7 @@ from sandbox_agent.agent import outputs
 from sandbox_agent.jdl import OutputSpec
 from sandbox_agent.policy.schema import FIELDS, LIMITS
 from sandbox_agent.printable import clipped
+from sandbox_agent.queue import State
 from sandbox_agent.wrapper.jobwrapper import TOKEN_DIR
 from sandbox_agent.wrapper.packaging import MAX_DEPTH, matches  # the wrapper's rules
 
@@ -53,7 +54,7 @@ MANIFEST = "manifest.json"
 MAX_LISTED = 100_000  # names a work directory may hold before the listing gives up
 MAX_MEMBERS = MAX_LISTED  # an archive holds files of the work directory: no more than that
 LOGS = ("stdout", "stderr")
-SUCCESS_STATES = frozenset({"DONE", "DONE_WARN"})
+SUCCESS_STATES = frozenset({State.DONE, State.DONE_WARN})
 
 
 @dataclass(frozen=True)

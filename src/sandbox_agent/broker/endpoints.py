@@ -152,7 +152,7 @@ class Endpoints(Transfers):
     def warm(self) -> None:
         """Parse the waiting jobs' JDLs before any match needs them (at start)."""
         try:
-            for job in self.store.jobs("WAITING"):
+            for job in self.store.jobs(State.WAITING):
                 self.spec(job)
         except StoreError:
             pass  # the matches will parse what they meet
@@ -360,7 +360,7 @@ class Endpoints(Transfers):
         self.own_job(caller, job)
         reason = str(body.get("reason") or f"killed by {caller.role} {caller.user}")
         self.store.kill(job.id, reason)
-        return {"state": "KILLED"}
+        return {"state": State.KILLED.value}
 
     def do_openapi(self, _caller: Caller, _id: int | None, _body: dict[str, Any],
                    _query: Mapping[str, str]) -> dict[str, Any]:  # fmt: skip

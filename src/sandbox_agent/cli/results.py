@@ -26,7 +26,7 @@ from sandbox_agent.cli.remote import (
     broker_failed,
 )
 from sandbox_agent.printable import printable
-from sandbox_agent.queue import StoreError, TransitionError
+from sandbox_agent.queue import State, StoreError, TransitionError
 
 STREAMS = ("stdout", "stderr", "wrapper.log")
 # A payload's line that reads '==>' anywhere once what a terminal draws as nothing or
@@ -222,7 +222,7 @@ def kill(
             client.kill(job_id, reason)
         except BrokerError as exc:
             broker_failed(exc)
-        typer.echo(f"job {job_id}: KILLED")
+        typer.echo(f"job {job_id}: {State.KILLED}")
         return
     with open_store(ctx) as store:
         try:
@@ -231,4 +231,4 @@ def kill(
             fail(str(exc), exitcodes.FAILED)
         except StoreError as exc:
             fail(str(exc))
-    typer.echo(f"job {job_id}: KILLED")
+    typer.echo(f"job {job_id}: {State.KILLED}")

@@ -330,13 +330,13 @@ class Store:
         with self._txn() as conn:
             job_id: int = conn.execute(
                 "INSERT INTO jobs (jdl_text, owner, priority, requirements, state, submitted)"
-                " VALUES (?, ?, ?, ?, 'WAITING', ?) RETURNING id",
-                (jdl_text, owner, priority, requirements, now),
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                (jdl_text, owner, priority, requirements, State.WAITING.value, now),
             ).fetchone()["id"]
             conn.execute(
                 "INSERT INTO history (job_id, time, state, resubmission, agent, detail)"
-                " VALUES (?, ?, 'WAITING', 0, NULL, ?)",
-                (job_id, now, f"submitted by {owner}"),
+                " VALUES (?, ?, ?, 0, NULL, ?)",
+                (job_id, now, State.WAITING.value, f"submitted by {owner}"),
             )
         return job_id
 
@@ -350,8 +350,8 @@ class Store:
             job = self._row(conn, job_id, lock=True)
             _check(job, State.KILLED)
             conn.execute(
-                "UPDATE jobs SET state = 'KILLED', agent = NULL, lease_until = NULL WHERE id = ?",
-                (job_id,),
+                "UPDATE jobs SET state = ?, agent = NULL, lease_until = NULL WHERE id = ?",
+                (State.KILLED.value, job_id),
             )
             self._record(conn, job, State.KILLED, now, f"killed: {reason}", agent=job.agent)
 
@@ -406,18 +406,19 @@ class Store:
                 # a batch at a time, locked (PostgreSQL: rows another broker is
                 # matching are skipped, not waited for; ours stay ours till commit)
                 batch = conn.execute(
-                    "SELECT * FROM jobs WHERE state = 'WAITING'"  # noqa: S608 (fixed clauses)
+                    "SELECT * FROM jobs WHERE state = ?"  # noqa: S608 (fixed clauses)
                     " ORDER BY priority DESC, submitted, id LIMIT ? OFFSET ?"
-                    + self._skip_locked, (_BATCH, offset)).fetchall()  # fmt: skip
+                    + self._skip_locked,
+                    (State.WAITING.value, _BATCH, offset)).fetchall()  # fmt: skip
                 chosen = next((j for j in map(_job, batch) if slot_ok(j)), None)
                 if chosen is not None or len(batch) < _BATCH:
                     break
             if chosen is None:
                 return None
             conn.execute(
-                "UPDATE jobs SET state = 'ASSIGNED', agent = ?, lease_until = ?"
-                " WHERE id = ? AND state = 'WAITING'",
-                (agent, now + lease, chosen.id),
+                "UPDATE jobs SET state = ?, agent = ?, lease_until = ?"
+                " WHERE id = ? AND state = ?",
+                (State.ASSIGNED.value, agent, now + lease, chosen.id, State.WAITING.value),
             )
             self._record(
                 conn, chosen, State.ASSIGNED, now, f"matched by agent {agent}", agent=agent
