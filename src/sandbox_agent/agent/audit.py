@@ -88,7 +88,7 @@ def build(*, job: dict[str, Any], agent_name: str, agent_token: x509.Certificate
     job_fp = None
     if job_token_pem:
         job_fp = fingerprint(x509.load_pem_x509_certificate(job_token_pem.encode()))
-    namespaces = {n: effective.word(f"namespaces.{n}") for n in ("ipc", "mount")}
+    namespaces = {"ipc": effective.view.namespaces.ipc, "mount": effective.view.namespaces.mount}
     limits = session.limits if session is not None else None
     unenforced = sorted({*(session.unenforced if session else ()),
                          *(limits.unenforced if limits else ())})  # fmt: skip

@@ -62,7 +62,7 @@ def sandbox_exec(
         )
         plan_workdir = check_workdir(workdir, effective)
         # the host's userland and image files run on bwrap; OCI images need an engine
-        oci = effective.word("filesystem.image").startswith("docker://")
+        oci = effective.view.filesystem.image.startswith("docker://")
         found = choose(runtime, order=AUTO_ORDER if oci else ("bwrap",))
         bwrap = found.runtime == "bwrap"
         harden()  # this process is the agent for the job: undumpable, a subreaper

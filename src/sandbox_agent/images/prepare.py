@@ -56,7 +56,7 @@ class ReadyImage:
 def wanted(effective: EffectivePolicy) -> str | None:
     """The image path the effective policy runs on, or None for the host's userland
     or an OCI reference (which bwrap refuses itself)."""
-    image = effective.word("filesystem.image")
+    image = effective.view.filesystem.image
     return image if image.startswith("/") else None
 
 
@@ -124,12 +124,12 @@ def ready(effective: EffectivePolicy) -> Iterator[ReadyImage | None]:
         yield None
         return
     origin = effective["filesystem.image"].origin
-    pins = effective.mapping("images.pins")
+    pins = dict(effective.view.images.pins)
     try:
         with opened(named, _CACHE) as image:
             _CACHE.save()
             pin = pins.get(named, pins.get(image.path))
-            if pin is None and effective.flag("images.require_pin"):
+            if pin is None and effective.view.images.require_pin:
                 raise ImageRefused(f"{named}: images.require_pin is set and no pin names this "
                                    "image; pin it (image pin) once you have vetted it")  # fmt: skip
             pinned = _match(named, image.found.digest, pin)

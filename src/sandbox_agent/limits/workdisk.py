@@ -129,8 +129,8 @@ def prepare(workdir: Path, effective: EffectivePolicy, owner: tuple[int, int] | 
     by ``owner`` (uid, gid; None: ours) either way. DiskError (an OSError) when the
     filesystem cannot be made; limits.enforcement decides what a plain one means."""
     workdir.mkdir(mode=0o700)
-    if effective.word("limits.workdir_size.enforcement") == "kernel" and mechanism()[0]:
-        return make(workdir, effective.limit("workdir_size"), owner)
+    if effective.view.limits.workdir_size.enforcement == "kernel" and mechanism()[0]:
+        return make(workdir, effective.view.limits.workdir_size.value, owner)
     if owner is not None:
         os.chown(workdir, *owner)
     return None

@@ -10,6 +10,7 @@ sandbox's shape: no writable bind, capability, namespace, variable or seccomp ch
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 from collections.abc import Iterable, Mapping
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from sandbox_agent.jdl.expr import ListExpr, Literal
 from sandbox_agent.jdl.spec import JobSpec
 from sandbox_agent.jdl.units import MIB, format_size
-from sandbox_agent.policy import image
+from sandbox_agent.policy import image, views
 from sandbox_agent.policy.model import Item, Policy, PolicyRejection, Setting, within
 from sandbox_agent.policy.reach import Deny, PathRefused, check_bind
 from sandbox_agent.policy.schema import LIMITS, Kind
@@ -45,6 +46,11 @@ class EffectivePolicy:
 
     def __getitem__(self, path: str) -> Setting:
         return self.settings[path]
+
+    @functools.cached_property
+    def view(self) -> views.View:
+        """Every setting as a typed value (policy/views.py): what renderers read."""
+        return views.of(self)
 
     def value(self, path: str) -> object:
         plain = self.settings[path].plain()

@@ -67,7 +67,7 @@ def optional_keys(effective: EffectivePolicy) -> frozenset[str]:
     """What this site lets run unmet: ``optional.requirements`` and every key whose level
     is "optional"."""
     named = {str(item.value) for item in effective["optional.requirements"].value}
-    named |= {key for key in LEVELLED if effective.word(key) == "optional"}
+    named |= {key for key in LEVELLED if effective.value(key) == "optional"}
     return frozenset(named)
 
 
@@ -185,9 +185,9 @@ def needs_host(effective: EffectivePolicy, key: str) -> bool:
     a limit only when its enforcement is the kernel's, seccomp always, a levelled key
     unless off."""
     if key.startswith("limits."):
-        return effective.word(f"{key}.enforcement") == "kernel"
+        return effective.value(f"{key}.enforcement") == "kernel"
     if key in LEVELLED:
-        return effective.word(key) != "off"
+        return effective.value(key) != "off"
     return True
 
 

@@ -43,7 +43,7 @@ def render(
     """``apptainer exec`` for ``argv``, as the launcher starts it: never as root (a root
     agent starts it as uid 65534, as for bwrap), so Apptainer runs unprivileged."""
     need = Requirements(optional_keys(effective))
-    image = effective.word("filesystem.image")
+    image = effective.view.filesystem.image
     if image == "host":
         gate.refuse(
             "filesystem.image",
@@ -56,46 +56,46 @@ def render(
     need.met("process.no_new_privs", "--no-privs sets no_new_privs")
     for ns, flag in (("pid", "--pid"), ("ipc", "--ipc"), ("mount", "--containall")):
         need.met(f"namespaces.{ns}", flag)
-    if effective.word("namespaces.uts") != "off":
+    if effective.view.namespaces.uts != "off":
         out.append("--uts")
         need.met("namespaces.uts", "--uts")
-    if effective.word("namespaces.user") != "off":
+    if effective.view.namespaces.user != "off":
         # as root too: Apptainer's setuid mode would otherwise make no user namespace
         out.append("--userns")
         need.met("namespaces.user", "--userns")
-    if effective.word("namespaces.cgroup") != "off":
+    if effective.view.namespaces.cgroup != "off":
         need.unmet("namespaces.cgroup", "Apptainer has no flag for a cgroup namespace")
-    if effective.strings("process.capabilities"):
+    if effective.view.process.capabilities:
         need.unmet("process.capabilities", "--no-privs cannot keep a capability")
-    network = effective.word("network.mode")
+    network = effective.view.network.mode
     if network == "none":
         out += ["--net", "--network", "none"]
         need.met("namespaces.net", "--net --network none")
-    profile = str(effective.policy.directory / effective.word("process.seccomp"))
+    profile = str(effective.policy.directory / effective.view.process.seccomp)
     # Apptainer applies a seccomp profile only when run as root, and root Apptainer gives a
     # root agent's payload host uid 0: the confine step loads the agent's compiled program.
     need.met("process.seccomp", "Apptainer applies seccomp only as root: the confine step "
              f"loads the agent's compiled program ({STEP_DIR}/seccomp.bpf) before the payload",
              by="wrapper")  # fmt: skip
-    if effective.flag("process.new_session"):
+    if effective.view.process.new_session:
         need.met("process.new_session", "started in a new session, no terminal", by="launcher")
     need.met("process.die_with_parent", "PR_SET_PDEATHSIG on apptainer; the job's cgroup is "
              "killed at teardown", by="launcher")  # fmt: skip
-    inside = effective.word("filesystem.workdir")
+    inside = effective.view.filesystem.workdir
     variables = [*environment(effective, environ), ("HOME", inside), ("TMPDIR", inside)]
 
     # -- filesystem ----------------------------------------------------------------------
-    for path in effective.strings("filesystem.read_only"):
+    for path in effective.view.filesystem.read_only:
         out += ["--bind", f"{path}:{path}:ro"]
-    for path in effective.strings("filesystem.writable"):
+    for path in effective.view.filesystem.writable:
         out += ["--bind", f"{path}:{path}"]
-    for path in effective.strings("devices.paths"):
+    for path in effective.view.devices.paths:
         out += ["--bind", f"{path}:{path}"]
-    if effective.word("devices.gpu") == "nvidia":
+    if effective.view.devices.gpu == "nvidia":
         out.append("--nv")
     out += ["--bind", f"{workdir}:{inside}", "--pwd", inside]
     out += ["--bind", f"{AGENT_FILES}:{STEP_DIR}:ro"]
-    for path, _size in effective.tmpfs():
+    for path, _size in effective.view.filesystem.tmpfs:
         # Apptainer cannot size a tmpfs: a scratch directory on the work area instead,
         # counted in the work directory's monitored size.
         out += ["--scratch", path]
@@ -109,8 +109,8 @@ def render(
     need.met("process.rlimits", "set before exec, inherited", by="launcher")
     # The image's own Python runs the step; an image without /usr/bin/python3 makes the
     # run fail before the payload (not known here: the image is not opened to render).
-    writable = [inside, *(path for path, _ in effective.tmpfs()),
-                *effective.strings("filesystem.writable"), "/dev"]  # fmt: skip
+    writable = [inside, *(path for path, _ in effective.view.filesystem.tmpfs),
+                *effective.view.filesystem.writable, "/dev"]  # fmt: skip
     abi = (host or RealHost()).landlock_abi()
     landlock = confinestep.landlock_words(effective, abi, writable, need) or []
     words = [*landlock, "--seccomp", f"{STEP_DIR}/seccomp.bpf"]

@@ -77,8 +77,6 @@ MASKED_PROC = (
 MASKED_PROC_DIRS = ("/proc/acpi", "/proc/asound", "/proc/scsi")
 CONFINE_PATH = "/.sandbox-agent/confine.py"  # where the sandbox sees it
 DEV_SHM_BYTES = 64 * 1024 * 1024
-_UNSHARE = {"user": "user", "pid": "pid", "ipc": "ipc", "uts": "uts", "net": "net",
-            "cgroup": "cgroup"}  # fmt: skip
 
 
 def render(
@@ -102,9 +100,11 @@ def render(
     out: list[str] = [binary]
 
     # -- namespaces ------------------------------------------------------------------
-    network = effective.word("network.mode")
-    for ns, flag in _UNSHARE.items():
-        level = effective.word(f"namespaces.{ns}")
+    network = effective.view.network.mode
+    for ns, level in effective.view.namespaces.levels():
+        if ns == "mount":  # bwrap always makes one (below)
+            continue
+        flag = ns
         if ns == "net" and network == "none" and level == "off":
             gate.refuse("network.mode", "none needs namespaces.net; set it required")
         if ns == "net" and network == "host" and level == "required":
@@ -120,23 +120,23 @@ def render(
             out.append(f"--unshare-{flag}")
             need.met(f"namespaces.{ns}", f"--unshare-{flag}")
     need.met("namespaces.mount", "bwrap always makes one")
-    if effective.word("namespaces.user") != "off":
+    if effective.view.namespaces.user != "off":
         # No nested user namespace: closes the kernel's user-namespace attack surface.
         out.append("--disable-userns")
-        out += ["--uid", str(effective.number("process.uid"))]
-        out += ["--gid", str(effective.number("process.gid"))]
+        out += ["--uid", str(effective.view.process.uid)]
+        out += ["--gid", str(effective.view.process.gid)]
 
     # -- process -----------------------------------------------------------------------
-    if effective.flag("process.die_with_parent"):
+    if effective.view.process.die_with_parent:
         out.append("--die-with-parent")
-    if effective.flag("process.new_session"):
+    if effective.view.process.new_session:
         out.append("--new-session")
     out += ["--cap-drop", "ALL"]
-    for capability in effective.strings("process.capabilities"):
+    for capability in effective.view.process.capabilities:
         out += ["--cap-add", capability]
     need.met("process.no_new_privs", "bwrap sets PR_SET_NO_NEW_PRIVS")
     out.append("--clearenv")
-    inside = effective.word("filesystem.workdir")
+    inside = effective.view.filesystem.workdir
     variables = [*environment(effective, environ), ("HOME", inside), ("TMPDIR", inside)]
 
     # -- filesystem --------------------------------------------------------------------
@@ -144,8 +144,8 @@ def render(
     # tmpfs (/tmp/data under /tmp) must come after it, or the tmpfs would hide it.
     mounts: list[tuple[str, list[str]]] = []
     python = [confinestep.PYTHON]  # how the sandbox starts the wrapper's interpreter
-    if effective.word("filesystem.image") == "host":
-        userland = effective.strings("filesystem.host_userland")
+    if effective.view.filesystem.image == "host":
+        userland = effective.view.filesystem.host_userland
         has_python = host.kind(confinestep.PYTHON) != "missing" and any(
             within(confinestep.PYTHON, root) for root in userland
         )
@@ -155,35 +155,35 @@ def render(
         has_python = True
         if wrapper:  # the agent's interpreter, not one the image may lack
             argv = [*python, *argv[1:]]
-    for path in userland + effective.strings("filesystem.read_only"):
+    for path in userland + effective.view.filesystem.read_only:
         kind = host.kind(path)
         if kind.startswith("symlink:"):
             mounts.append((path, ["--symlink", kind.split(":", 1)[1], path]))
         elif kind != "missing":
             mounts.append((path, ["--ro-bind", path, path]))
-    for path in effective.strings("filesystem.writable"):
+    for path in effective.view.filesystem.writable:
         mounts.append((path, ["--bind", path, path]))
-    for path, size in effective.tmpfs():
+    for path, size in effective.view.filesystem.tmpfs:
         mounts.append((path, ["--perms", "1777", "--size", str(size), "--tmpfs", path]))
     for _path, words in sorted(mounts, key=lambda mount: _depth(mount[0])):
         out += words
-    if effective.word("filesystem.dev") == "minimal":
+    if effective.view.filesystem.dev == "minimal":
         # a private /dev, then read-only: no files planted in it, and /dev/shm a sized
         # tmpfs of its own rather than the unbounded one in /dev
         out += ["--dev", "/dev", "--perms", "1777", "--size", str(DEV_SHM_BYTES),
                 "--tmpfs", "/dev/shm"]  # fmt: skip  # noqa: S108 (inside the sandbox)
-    for path in effective.strings("devices.paths"):
+    for path in effective.view.devices.paths:
         if host.kind(path) != "missing":
             out += ["--dev-bind", path, path]
-    if effective.word("filesystem.dev") == "minimal":
+    if effective.view.filesystem.dev == "minimal":
         out += ["--remount-ro", "/dev"]
-    if effective.word("filesystem.proc") == "private":
+    if effective.view.filesystem.proc == "private":
         out += ["--proc", "/proc"]
         out += _masks(host)
     out += ["--bind", workdir, inside]
-    writable = [inside, *(path for path, _ in effective.tmpfs()),
-                *effective.strings("filesystem.writable")]  # fmt: skip
-    if effective.word("filesystem.dev") == "minimal":
+    writable = [inside, *(path for path, _ in effective.view.filesystem.tmpfs),
+                *effective.view.filesystem.writable]  # fmt: skip
+    if effective.view.filesystem.dev == "minimal":
         writable.append("/dev")  # read-only mount; its devices (/dev/null) stay usable
     landlock = confinestep.landlock_words(
         effective, host.landlock_abi(), writable, need,
@@ -216,7 +216,7 @@ def render(
     out += ["--remount-ro", "/", "--chdir", inside]
 
     # -- seccomp and the rest ------------------------------------------------------------
-    profile = effective.word("process.seccomp")
+    profile = effective.view.process.seccomp
     out += [
         "--seccomp",
         FdWord(SECCOMP_FD, Carried.SECCOMP, f"the seccomp program compiled from {profile}"),

@@ -30,7 +30,7 @@ def landlock_words(
     """The step's landlock arguments, or None where landlock is off or cannot be had
     (then the gate records it, or refuses when it is required). ``no_python`` says why the sandbox
     has no interpreter for the step, when it is known not to."""
-    level = effective.word("process.landlock")
+    level = effective.view.process.landlock
     if level == "off":
         return None
     if abi < 1 or no_python:
@@ -41,7 +41,7 @@ def landlock_words(
     for path in writable:
         words += ["--writable", path]
     how = f"landlock ABI {abi}: writes only beneath " + ", ".join(writable)
-    if effective.word("network.mode") == "none" and abi >= 4:
+    if effective.view.network.mode == "none" and abi >= 4:
         words.append("--no-tcp")
         how += "; no TCP bind or connect"
     if abi >= 6:

@@ -15,7 +15,6 @@ from sandbox_agent.policy import gate
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.policy.schema import LIMITS
 from sandbox_agent.runtime.plan import (
-    RLIMITS,
     LaunchPlan,
     Requirements,
     environment,
@@ -37,13 +36,13 @@ def render(
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
     need = Requirements(optional_keys(effective))
-    image_words = _image(effective.word("filesystem.image"), engine)
+    image_words = _image(effective.view.filesystem.image, engine)
     out = [engine, "run", "--rm", "-i", "--init"]
     for ns in ("pid", "ipc", "uts", "mount"):
         need.met(f"namespaces.{ns}", f"{engine} makes one per container")
     out += ["--ipc", "private", "--cgroupns", "private"]
     need.met("namespaces.cgroup", "--cgroupns private")
-    if effective.word("namespaces.user") != "off":
+    if effective.view.namespaces.user != "off":
         if engine == "podman":
             out += ["--userns", "auto"]
             need.met("namespaces.user", "--userns auto")
@@ -53,53 +52,52 @@ def render(
                 "Docker gives no container its own user namespace (only the daemon's "
                 "userns-remap); use Podman or Apptainer, or mark it optional",
             )
-    network = effective.word("network.mode")
+    network = effective.view.network.mode
     out += ["--network", "none" if network == "none" else "host"]
     need.met("namespaces.net", f"--network {'none' if network == 'none' else 'host'}")
     out += ["--cap-drop", "ALL"]
-    for capability in effective.strings("process.capabilities"):
+    for capability in effective.view.process.capabilities:
         out += ["--cap-add", capability.removeprefix("CAP_")]
     need.met("process.capabilities", "--cap-drop ALL")
-    if effective.flag("process.no_new_privs"):
+    if effective.view.process.no_new_privs:
         out += ["--security-opt", "no-new-privileges"]
         need.met("process.no_new_privs", "--security-opt no-new-privileges")
-    profile = str(effective.policy.directory / effective.word("process.seccomp"))
+    profile = str(effective.policy.directory / effective.view.process.seccomp)
     out += ["--security-opt", f"seccomp={profile}"]
     need.met("process.seccomp", f"--security-opt seccomp={profile}")
-    if effective.flag("process.new_session"):
+    if effective.view.process.new_session:
         need.met("process.new_session", "no terminal (-i without -t), in a new session",
                  by="launcher")  # fmt: skip
     # the container belongs to the engine, not to the agent's process tree or cgroup
     need.met("process.die_with_parent", "the agent removes the container at teardown",
              by="agent")  # fmt: skip
-    out += ["--user", f"{effective.number('process.uid')}:{effective.number('process.gid')}"]
+    out += ["--user", f"{effective.view.process.uid}:{effective.view.process.gid}"]
     variables = environment(effective, environ)
     for name, value in variables:
         out += ["--env", f"{name}={value}"]
 
     # -- filesystem ----------------------------------------------------------------------
     out.append("--read-only")
-    for path, size in effective.tmpfs():
+    for path, size in effective.view.filesystem.tmpfs:
         out += ["--tmpfs", f"{path}:rw,nosuid,nodev,size={size},mode=1777"]
-    for path in effective.strings("filesystem.read_only"):
+    for path in effective.view.filesystem.read_only:
         out += ["--volume", f"{path}:{path}:ro"]
-    for path in effective.strings("filesystem.writable"):
+    for path in effective.view.filesystem.writable:
         out += ["--volume", f"{path}:{path}:rw"]
-    for path in effective.strings("devices.paths"):
+    for path in effective.view.devices.paths:
         out += ["--device", path]
-    if effective.word("devices.gpu") == "nvidia":
+    if effective.view.devices.gpu == "nvidia":
         out += ["--gpus", "all"] if engine == "docker" else ["--device", "nvidia.com/gpu=all"]
-    inside = effective.word("filesystem.workdir")
+    inside = effective.view.filesystem.workdir
     out += ["--volume", f"{workdir}:{inside}:rw", "--workdir", inside]
     out += ["--env", f"HOME={inside}", "--env", f"TMPDIR={inside}"]
 
     # -- limits ----------------------------------------------------------------------------
-    memory = effective.limit("memory")
-    out += ["--memory", str(memory), "--memory-swap", str(memory + effective.limit("swap"))]
-    out += ["--cpus", str(effective.limit("cpu_cores")), "--pids-limit",
-            str(effective.limit("pids"))]  # fmt: skip
-    for name in RLIMITS:
-        limit = effective.number(f"process.rlimits.{name}")
+    limits = effective.view.limits
+    memory = limits.memory.value
+    out += ["--memory", str(memory), "--memory-swap", str(memory + limits.swap.value)]
+    out += ["--cpus", str(limits.cpu_cores.value), "--pids-limit", str(limits.pids.value)]
+    for name, limit in effective.view.process.rlimits.items():
         out += ["--ulimit", f"{name}={limit}:{limit}"]
     need.met("process.rlimits", "--ulimit")
     for name in LIMITS:
@@ -107,7 +105,7 @@ def render(
             need.met(f"limits.{name}", f"the container's cgroup (--{name.replace('_', '-')})")
         else:
             need.met(f"limits.{name}", "monitored", by="agent")
-    if effective.word("process.landlock") != "off":
+    if effective.view.process.landlock != "off":
         need.met("process.landlock", "landlock, inside", by="wrapper")
 
     out += image_words

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sandbox_agent.images import ImageRefused, prepare
 from sandbox_agent.images.inspect import PROGRAMS, Inspection, architecture, release
-from sandbox_agent.policy import PolicyError, compose, load_policy
+from sandbox_agent.policy import EffectivePolicy, PolicyError, compose, load_policy
 from sandbox_agent.policy.gate import Unenforceable
 from sandbox_agent.policy.model import Setting
 from sandbox_agent.runtime import bwrap
@@ -47,10 +47,11 @@ def _policy_refusal(name: str, dirs: list[Path] | None, path: str, image: prepar
     """Why the policy ``name`` with this image as its default would not start a job's
     sandbox here, or ""."""
     try:
-        effective = compose(load_policy(name, dirs))
+        composed = compose(load_policy(name, dirs))
     except (PolicyError, ValueError) as error:
         return str(error)
-    effective.settings["filesystem.image"] = Setting(path, "image inspect")
+    settings = {**composed.settings, "filesystem.image": Setting(path, "image inspect")}
+    effective = EffectivePolicy(composed.policy, settings)
     ready = prepare.ReadyImage(image.path, path, "image inspect", image.kind,
                                image.found.digest, image.found.size, False, image.root)  # fmt: skip
     try:

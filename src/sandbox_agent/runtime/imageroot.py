@@ -32,7 +32,7 @@ def mounts(
 ) -> list[str]:  # fmt: skip
     """Add the image's top level and the carried python3 to ``out`` (bwrap's mounts);
     returns the argv prefix that starts that python3 inside."""
-    name = effective.word("filesystem.image")
+    name = effective.view.filesystem.image
     if not name.startswith("/"):
         gate.refuse("filesystem.image", f"bwrap cannot pull the OCI image {name:.80}; "
                     "Apptainer, Docker or Podman run those")  # fmt: skip
@@ -69,7 +69,8 @@ def mounts(
 
 def _made(effective: EffectivePolicy) -> set[str]:
     """What the sandbox mounts itself: the tmpfs mounts and the work directory."""
-    return {path for path, _ in effective.tmpfs()} | {effective.word("filesystem.workdir")}
+    filesystem = effective.view.filesystem
+    return {path for path, _ in filesystem.tmpfs} | {filesystem.workdir}
 
 
 def places(effective: EffectivePolicy, image: ReadyImage, host: HostView,
@@ -81,7 +82,8 @@ def places(effective: EffectivePolicy, image: ReadyImage, host: HostView,
     wanted: list[tuple[str, str, str]] = []  # (path, the kind it needs, origin)
     for key in ("filesystem.read_only", "filesystem.writable", "devices.paths"):
         wanted += [(str(i.value), host.kind(str(i.value)), i.origin) for i in effective[key].value]
-    wanted += [(path, "dir", effective["filesystem.tmpfs"].origin) for path, _ in effective.tmpfs()]
+    tmpfs = effective["filesystem.tmpfs"].origin
+    wanted += [(path, "dir", tmpfs) for path, _ in effective.view.filesystem.tmpfs]
     workdir = effective["filesystem.workdir"]
     wanted.append((str(workdir.value), "dir", workdir.origin))
     left_out: set[str] = set()

@@ -69,7 +69,9 @@ def handoff_fields(
     }  # fmt: skip
     if spec.validation_command:  # a program to run, never a shell string
         job["validation"] = [spec.validation_command]
-    limits = {name: effective.limit(name) for name in ("memory", "wall_time", "workdir_size")}
+    view = effective.view.limits
+    limits = {"memory": view.memory.value, "wall_time": view.wall_time.value,
+              "workdir_size": view.workdir_size.value}  # fmt: skip
     return {"job_id": job_id, "resubmission": resubmission, "user": clipped(user, 200),
             "site": clipped(site, 200), "spec": job, "token": dict(token),
             "environment": dict(environment), "limits": limits}  # fmt: skip

@@ -27,7 +27,6 @@ from sandbox_agent.policy.gate import Requirement as Requirement
 from sandbox_agent.policy.gate import Requirements as Requirements
 from sandbox_agent.policy.gate import Unenforceable as Unenforceable
 from sandbox_agent.policy.gate import optional_keys as optional_keys
-from sandbox_agent.policy.schema import LIMITS
 from sandbox_agent.wrapper import confine, handoff, jobwrapper, packaging
 
 
@@ -258,12 +257,12 @@ class LaunchPlan:
 def from_policy(effective: EffectivePolicy) -> dict[str, Any]:
     """The plan's fields that come from the policy whatever the runtime."""
     return {
-        "rlimits": tuple((name, effective.number(f"process.rlimits.{name}")) for name in RLIMITS),
-        "new_session": effective.flag("process.new_session"),
+        "rlimits": tuple(effective.view.process.rlimits.items()),
+        "new_session": effective.view.process.new_session,
         "optional": optional_keys(effective),
         "limits": tuple(
-            Limit(name, effective.limit(name), effective.word(f"limits.{name}.enforcement"))
-            for name in LIMITS
+            Limit(name, limit.value, limit.enforcement)
+            for name, limit in effective.view.limits.items()
         ),
     }
 
@@ -271,8 +270,8 @@ def from_policy(effective: EffectivePolicy) -> dict[str, Any]:
 def agent_limits(effective: EffectivePolicy, need: Requirements) -> None:
     """The limits the agent holds around a runtime that has none of its own (bwrap,
     Apptainer): the job's cgroup, the work directory's own filesystem, or the monitor."""
-    for name in LIMITS:
-        how = effective.word(f"limits.{name}.enforcement")
+    for name, limit in effective.view.limits.items():
+        how = limit.enforcement
         if how == "monitored":
             where = "the agent's monitor"
         elif name == "workdir_size":
@@ -296,9 +295,9 @@ def environment(
 ) -> list[tuple[str, str]]:
     """The payload's variables: the fixed ones, then the allowed ones the agent has (or a
     placeholder for each when rendering without the agent's environment)."""
-    fixed = effective.mapping("process.environment.set")
+    fixed = dict(effective.view.process.environment.set)
     out = sorted(fixed.items())
-    for name in effective.strings("process.environment.allow"):
+    for name in effective.view.process.environment.allow:
         if name in fixed:
             continue
         if environ is None:
