@@ -156,7 +156,7 @@ def disk_shortfall(effective: EffectivePolicy, work_area: Path, storage: Path) -
 
 class NodeProblem(Exception):
     """This node cannot run jobs now (the sandbox does not start, no job token, the
-    disk is full, processes outlive their kill): the job was given back; stop."""
+    disk is full, processes outlive their kill): the job was handed back; stop."""
 
 
 # What makes a node unfit rather than a job bad.
@@ -327,7 +327,7 @@ class Attempt:
 
     def run(self, emit: Callable[[dict[str, Any]], None]) -> Report:
         """The whole attempt: it ends with the job in a final state or handed back, or
-        with NodeProblem (the job given back) when this node cannot run jobs now."""
+        with NodeProblem (the job handed back) when this node cannot run jobs now."""
         started = time.monotonic()
         job = self.job
         done = threading.Event()
@@ -340,8 +340,8 @@ class Attempt:
                 token = self.token = self.job_token()
             except (IssuanceRefused, TokenError) as exc:
                 if not self.still_ours():  # killed at the queue since the match
-                    report = self.finish(State.KILLED, "killed before it started", None, started,
-                                         None, None, report=False)  # fmt: skip
+                    report = self.finish(State.KILLED, "killed before it started", started,
+                                         report=False)
                     return report
                 raise self.node_problem(f"no job token: {exc}") from None
             self.make_workdir()
@@ -350,10 +350,10 @@ class Attempt:
             try:
                 spec = self.place_files(workdir)
             except CatalogueError as exc:
-                report = self.finish(State.ERROR_IB, str(exc), None, started, workdir, None)
+                report = self.finish(State.ERROR_IB, str(exc), started, workdir=workdir)
                 return report
             if self.stop.reason is not None:  # told to stop before anything ran
-                report = self.hand_back(None, started, workdir)
+                report = self.hand_back_stopped(started, workdir)
                 return report
             env = dict(environment(self.effective, os.environ))
             fields = handoff_fields(spec, job.id, job.resubmission, token, env, self.effective,
@@ -371,8 +371,8 @@ class Attempt:
                 # images (default, platforms) and this node's mounts fail every job here
                 chose = self.effective["filesystem.image"].origin == "jdl:Image"
                 if (chose or exc.job) and not exc.node:
-                    report = self.finish(State.ERROR_IB, f"its image: {exc}", None, started,
-                                         workdir, None)  # fmt: skip
+                    report = self.finish(State.ERROR_IB, f"its image: {exc}", started,
+                                         workdir=workdir)
                     return report
                 raise self.node_problem(f"the site's image: {exc}") from None
             self.result = result
@@ -432,7 +432,7 @@ class Attempt:
         return self.agent.queue.holds(self.job)  # cannot tell: the node's problem
 
     def node_problem(self, why: str, *, fault: bool = True) -> NodeProblem:
-        self.give_back(f"the agent could not run it: {why}", fault=fault)
+        self.hand_back_unfit(f"the agent could not run it: {why}", fault=fault)
         return NodeProblem(f"job {self.job.id} was handed back: {why}")
 
     def conclude(self, result: JobResult, started: float, workdir: Path) -> Report:
@@ -448,31 +448,43 @@ class Attempt:
             raise self.node_problem("the wrapper could not start" + _last_said(result))
         if outcome is not None and outcome.teardown and not outcome.teardown.emptied:
             self.finish(State.FAILED, "processes of the job survived its kill: "
-                        + outcome.teardown.summary(), None, started, workdir, result)  # fmt: skip
+                        + outcome.teardown.summary(), started, workdir=workdir,
+                        result=result)  # fmt: skip
             left = outcome.teardown.summary()
             raise NodeProblem(f"job {self.job.id}: processes survived the kill ({left}); "
                               "this node needs a look")  # fmt: skip
         if reason == "killed":  # the queue already says KILLED: keep the logs only
-            return self.finish(State.KILLED, result.detail, None, started, workdir, result,
-                               report=False)  # fmt: skip
+            return self.finish(State.KILLED, result.detail, started, workdir=workdir,
+                               result=result, report=False)  # fmt: skip
         if reason == "stopped":
             before = self.frames[: self.frames_at_stop]
             finals = [f for f in before if f["state"] in FINAL_FRAME_STATES]
             if not finals:
-                return self.hand_back(result, started, workdir)
+                return self.hand_back_stopped(started, workdir, result=result)
             said = finals[-1]  # the wrapper had finished before the stop: that stands
-            return self.finish(str(said["state"]), str(said.get("detail", "")),
-                               said.get("exit_code"), started, workdir, result)  # fmt: skip
-        return self.finish(result.state, result.detail, result.exit_code, started, workdir, result)
+            return self.finish(str(said["state"]), str(said.get("detail", "")), started,
+                               exit_code=said.get("exit_code"), workdir=workdir,
+                               result=result)  # fmt: skip
+        return self.finish(result.state, result.detail, started, exit_code=result.exit_code,
+                           workdir=workdir, result=result)  # fmt: skip
 
-    def give_back(self, reason: str, *, fault: bool = True) -> None:
+    # Two ways a job goes back to the queue before its end, both "handed back" (as the
+    # NodeProblem and the pilot's "handed_back" event say): this node cannot run it now
+    # (hand_back_unfit), or the agent was told to stop (hand_back_stopped).
+
+    def hand_back_unfit(self, reason: str, *, fault: bool = True) -> None:
         """Return the job to the queue at once (this node cannot run it now), rather than
         leave it to wait out its lease; a ``fault`` counts against the job."""
         agent, job = self.agent, self.job
         with self.lock, contextlib.suppress(StoreError, TransitionError):  # the lease decides
             agent.queue.release(job, reason[:500], fault=fault)
 
-    def hand_back(self, result: JobResult | None, started: float, workdir: Path) -> Report:
+    def hand_back_stopped(self, started: float, workdir: Path, *,
+                          result: JobResult | None = None) -> Report:  # fmt: skip
+        """The agent was told to stop before the job ended: return it to the queue, not
+        counted against it, its logs kept. A job already SAVING is not returned (a rerun
+        would mix two attempts' outputs): it ends KILLED, as does one whose lease was
+        lost meanwhile."""
         agent, job = self.agent, self.job
         with self.lock:
             try:
@@ -480,8 +492,8 @@ class Attempt:
             except TransitionError:  # SAVING: a rerun would mix two attempts' outputs
                 pass
             except LeaseError:
-                return self.finish(State.KILLED, "the lease was lost while stopping", None,
-                                   started, workdir, result, report=False)  # fmt: skip
+                return self.finish(State.KILLED, "the lease was lost while stopping", started,
+                                   workdir=workdir, result=result, report=False)  # fmt: skip
             else:
                 self.agent.storage.save(job.id, job.resubmission, State.WAITING, workdir, (),
                                         result.wrapper_log if result else b"",
@@ -493,12 +505,14 @@ class Attempt:
                               time.monotonic() - started, handed_back=True,
                               states=self.states())  # fmt: skip
         return self.finish(State.KILLED, "the agent was told to stop while the job was saving",
-                           None, started, workdir, result)  # fmt: skip
+                           started, workdir=workdir, result=result)  # fmt: skip
 
-    def finish(self, state: str, detail: str, exit_code: int | None, started: float,
-               workdir: Path | None, result: JobResult | None, *,
+    def finish(self, state: str, detail: str, started: float, *, exit_code: int | None = None,
+               workdir: Path | None = None, result: JobResult | None = None,
                report: bool = True) -> Report:  # fmt: skip
-        """Keep what the final state says to keep, then report that state."""
+        """Keep what the final state says to keep, then report that state: its outputs
+        (or OutputErrorE) and logs from ``workdir``, the wrapper's log from ``result``;
+        with ``report`` False the queue is not told (it knows already)."""
         job, spec = self.job, self.spec
         manifest = None
         if workdir is not None:
