@@ -22,6 +22,7 @@ from sandbox_agent.cli.remote import (
     broker_failed,
 )
 from sandbox_agent.printable import printable
+from sandbox_agent.tokens import TokenError, files
 
 audit_app = typer.Typer(
     help="Check and read the signed audit record of a job.", no_args_is_help=True,
@@ -30,7 +31,6 @@ audit_app = typer.Typer(
 
 
 def _anchors(ca: Path) -> list[Any]:
-    from sandbox_agent.tokens import TokenError, files
 
     try:
         return files.load_certificates(ca)

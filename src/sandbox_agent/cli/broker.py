@@ -14,7 +14,10 @@ from typing import Annotated, Any
 import typer
 
 from sandbox_agent import exitcodes
+from sandbox_agent.broker.service import DRAIN_TIMEOUT, make_server
 from sandbox_agent.cli.app import fail, home_of
+from sandbox_agent.tokens import TokenError
+from sandbox_agent.tokens.keys import load_private_key
 
 broker_app = typer.Typer(help="The broker service: one queue and authority for many pilots.",
                          no_args_is_help=True)  # fmt: skip
@@ -53,9 +56,6 @@ def serve(
 ) -> None:
     """Serve the queue and the token authority of --home over HTTPS with mutual TLS.
     One JSON line per request on stderr; SIGTERM or SIGINT stops it."""
-    from sandbox_agent.broker.service import DRAIN_TIMEOUT, make_server
-    from sandbox_agent.tokens import TokenError
-    from sandbox_agent.tokens.keys import load_private_key
 
     home = home_of(ctx)
     certs = home / "certs"

@@ -13,6 +13,15 @@ import typer
 from sandbox_agent import exitcodes
 from sandbox_agent.catalogue import Catalogue, CatalogueError, Entry, check_lfn
 from sandbox_agent.cli.app import JsonOption, fail, home_of
+from sandbox_agent.policy import PolicyError, compose, load_policy, policy_dirs
+from sandbox_agent.policy.model import Item
+from sandbox_agent.policy.reach import (
+    Deny,
+    PathRefused,
+    open_user_file,
+    user_credentials,
+    user_homes,
+)
 
 if TYPE_CHECKING:
     from sandbox_agent.policy.reach import Deny
@@ -29,9 +38,6 @@ def user_deny(ctx: typer.Context, policy: str = "default", extra: tuple[str, ...
     deny list of ``policy``, this whole home (its authority, the users' tokens, other
     jobs' outputs, the queue), ``extra`` credentials (a broker token's files) and the
     user's own (policy.reach). A policy that cannot be read is exit 2."""
-    from sandbox_agent.policy import PolicyError, compose, load_policy, policy_dirs
-    from sandbox_agent.policy.model import Item
-    from sandbox_agent.policy.reach import Deny, user_credentials, user_homes
 
     home = home_of(ctx)
     try:
@@ -68,7 +74,6 @@ def catalogue_add(
 ) -> None:
     """Add FILE under LFN; jobs then name it LF:LFN. Adding the same content under the
     same name again is fine; other content under a name already taken is refused."""
-    from sandbox_agent.policy.reach import PathRefused, open_user_file
 
     try:
         name = check_lfn(_lfn(lfn))

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from sandbox_agent import doctor as posture
 from sandbox_agent import exitcodes
 from sandbox_agent.cli.app import JsonOption, app, fail, home_of
 from sandbox_agent.policy import PolicyError, policy_dirs
@@ -25,7 +26,6 @@ def doctor(
     namespaces, cgroups, seccomp, landlock, the sysctls that guard the rest of the node,
     the runtimes, and what the policy would have to run without. Each line says OK, WEAK
     or MISSING and what to do. Exit 3 if the pilot cannot run jobs here, else 0."""
-    from sandbox_agent import doctor as posture
 
     try:
         found = posture.checks(policy, policy_dirs(home_of(ctx)))

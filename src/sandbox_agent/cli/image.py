@@ -10,7 +10,9 @@ import typer
 
 from sandbox_agent import exitcodes
 from sandbox_agent.cli.app import JsonOption, fail, home_of, printable
-from sandbox_agent.policy import policy_dirs
+from sandbox_agent.images import ImageRefused, prepare
+from sandbox_agent.policy import PolicyError, load_policy, policy_dirs
+from sandbox_agent.runtime.imagecheck import inspect
 
 image_app = typer.Typer(
     help="Inspect an image (a directory, squashfs or SIF file) and pin it in a policy.",
@@ -29,8 +31,6 @@ def image_inspect(
 ) -> None:
     """Kind, size, digest, the OS release and architecture inside, and whether the
     policy's sandbox can run jobs on it here. Exit 1 when it cannot."""
-    from sandbox_agent.policy import PolicyError, load_policy
-    from sandbox_agent.runtime.imagecheck import inspect
 
     dirs = policy_dirs(home_of(ctx))
     try:
@@ -60,7 +60,6 @@ def image_inspect(
 @image_app.command("pin")
 def image_pin(path: PathArgument) -> None:
     """Print the policy lines that pin the image to its digest as it is now."""
-    from sandbox_agent.images import ImageRefused, prepare
 
     if (not path.startswith("/") or any(c in path for c in ',"\\') or not path.isprintable()
             or ".." in path.split("/")):  # fmt: skip

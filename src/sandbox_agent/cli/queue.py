@@ -11,8 +11,13 @@ from typing import Annotated, Any
 import typer
 
 from sandbox_agent import exitcodes
+from sandbox_agent.agent import slot
+from sandbox_agent.agent.staging import StagingError, stage
+from sandbox_agent.agent.storage import Storage, StorageError
 from sandbox_agent.broker.client import BrokerError
 from sandbox_agent.cli.app import JsonOption, app, fail, home_of
+from sandbox_agent.cli.catalogue import open_catalogue, user_deny
+from sandbox_agent.cli.policy import _job
 from sandbox_agent.cli.remote import (
     BrokerOption,
     CaOption,
@@ -24,6 +29,8 @@ from sandbox_agent.cli.remote import (
 )
 from sandbox_agent.jdl import JobSpec, render_jdl
 from sandbox_agent.jdl.expr import render
+from sandbox_agent.jdl.fit import refusal
+from sandbox_agent.policy import PolicyError, PolicyRejection, compose, load_policy, policy_dirs
 from sandbox_agent.printable import printable
 from sandbox_agent.queue import Job, State, StateChange, Store, StoreError
 
@@ -62,7 +69,6 @@ def submit(
     named by their LF: names, and a job no slot here could run, or that the policy
     rejects, is refused. It is stored in its normalized form, submit arguments
     substituted. With --broker, the job goes to that broker, yours by your token."""
-    from sandbox_agent.cli.policy import _job
 
     spec = _job(jdl, args or [])
     assert spec is not None
@@ -70,8 +76,6 @@ def submit(
         typer.echo(printable(warning), err=True)
     client = broker_client(broker, cert, key, ca)
     if client is not None:
-        from sandbox_agent.agent.staging import StagingError, stage
-        from sandbox_agent.cli.catalogue import user_deny
 
         token_files = tuple(str(p) for p in (cert, key) if p is not None)
         deny = user_deny(ctx, policy, token_files)
@@ -100,8 +104,6 @@ def submit(
 def _stage(ctx: typer.Context, spec: JobSpec, jdl_dir: Path, policy: str) -> JobSpec:
     """``spec`` with its local files in the catalogue; a file that cannot be (or that
     reaches what ``policy``'s deny list or a credential holds) is exit 2."""
-    from sandbox_agent.agent.staging import StagingError, stage
-    from sandbox_agent.cli.catalogue import open_catalogue, user_deny
 
     deny = user_deny(ctx, policy)
     with open_catalogue(ctx) as catalogue:
@@ -114,15 +116,6 @@ def _stage(ctx: typer.Context, spec: JobSpec, jdl_dir: Path, policy: str) -> Job
 def _refuse_unrunnable(ctx: typer.Context, spec: JobSpec, policy: str) -> None:
     """Exit 1 for a job that would wait for ever: no slot of this node fits it, or the
     policy rejects what it asks for."""
-    from sandbox_agent.agent import slot
-    from sandbox_agent.jdl.fit import refusal
-    from sandbox_agent.policy import (
-        PolicyError,
-        PolicyRejection,
-        compose,
-        load_policy,
-        policy_dirs,
-    )
 
     home = home_of(ctx)
     try:
@@ -186,7 +179,6 @@ def status(
 ) -> None:
     """One job: its state, every change with its time, detail and exit code, and the
     last run's resource use and kill reason (with --broker: as its agent last said)."""
-    from sandbox_agent.agent.storage import Storage, StorageError
 
     client = broker_client(broker, cert, key, ca)
     if client is not None:

@@ -15,8 +15,11 @@ import typer
 
 from sandbox_agent import exitcodes
 from sandbox_agent.broker.client import BrokerClient, BrokerError
+from sandbox_agent.broker.files import FILE_CAP
 from sandbox_agent.catalogue import CatalogueError, Entry
 from sandbox_agent.cli.app import fail
+from sandbox_agent.tokens import TokenError
+from sandbox_agent.tokens.keys import load_private_key
 
 BrokerOption = Annotated[
     str | None,
@@ -53,8 +56,6 @@ def broker_client(
         fail(f"--broker needs {', '.join(missing)} (or SANDBOX_AGENT_CERT, SANDBOX_AGENT_KEY "
              "and SANDBOX_AGENT_CA)")  # fmt: skip
     assert cert is not None and key is not None and ca is not None
-    from sandbox_agent.tokens import TokenError
-    from sandbox_agent.tokens.keys import load_private_key
 
     try:
         load_private_key(key)  # refuses a key others may read, as ssh does
@@ -90,7 +91,6 @@ class SentToBroker:
     def add_opened(self, src: int, shown: str, name: Callable[[str], str],
                    owner: str) -> Entry:  # fmt: skip
         """Send the file open on ``src`` (opened and judged by staging)."""
-        from sandbox_agent.broker.files import FILE_CAP
 
         chunks: list[bytes] = []
         size = 0

@@ -17,6 +17,7 @@ from sandbox_agent import exitcodes
 from sandbox_agent.agent.storage import Storage, StorageError
 from sandbox_agent.broker.client import BrokerClient, BrokerError
 from sandbox_agent.cli.app import JsonOption, app, fail, home_of
+from sandbox_agent.cli.queue import open_store
 from sandbox_agent.cli.remote import (
     BrokerOption,
     CaOption,
@@ -130,7 +131,7 @@ def _unlike_a_header(line: str) -> str:
     if "==>" not in seen:
         return line
     at = line.index("=")
-    return line[:at] + "\\x3d" + line[at + 1:]
+    return line[:at] + "\\x3d" + line[at + 1 :]
 
 
 def _shown(name: str, data: bytes, headed: bool) -> bytes:
@@ -214,7 +215,6 @@ def kill(
 ) -> None:
     """Kill a job: a waiting one never runs; a running one is stopped by its agent at the
     next heartbeat, which ends it KILLED. With --broker, a job of yours at that broker."""
-    from sandbox_agent.cli.queue import open_store
 
     client = broker_client(broker, cert, key, ca)
     if client is not None:

@@ -12,6 +12,7 @@ import typer
 
 from sandbox_agent import exitcodes
 from sandbox_agent.cli.app import fail, home_of
+from sandbox_agent.cli.policy import _job
 from sandbox_agent.images import ImageRefused, prepare
 from sandbox_agent.policy import PolicyError, PolicyRejection, compose, load_policy, policy_dirs
 from sandbox_agent.policy.gate import Unenforceable
@@ -51,7 +52,6 @@ def sandbox_exec(
     """Run COMMAND in the sandbox (DIR writable, mounted as the work directory and the
     current directory); stdin, stdout and stderr pass through; its exit code is ours.
     Put `--` before a command that has options of its own."""
-    from sandbox_agent.cli.policy import _job
 
     spec = _job(jdl, None)
     try:

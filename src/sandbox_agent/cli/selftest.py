@@ -11,14 +11,23 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from sandbox_agent import exitcodes
+from sandbox_agent.agent.pilot import make_work_area, unreachable
 from sandbox_agent.cli.app import JsonOption, app, fail, home_of, printable
 from sandbox_agent.cli.pilot import PILOT_RUNTIMES
 from sandbox_agent.images import ImageRefused
 from sandbox_agent.policy import PolicyError, PolicyRejection, load_policy, policy_dirs
 from sandbox_agent.policy.gate import Unenforceable
+from sandbox_agent.runtime.agentproc import Terminated, harden, stop_signals_raise
 from sandbox_agent.runtime.choose import RuntimeUnavailable, choose
 from sandbox_agent.runtime.launch import RuntimeMissing, WorkdirRefused
 from sandbox_agent.seccomp.compile import CompileError
+from sandbox_agent.selftest.probe_in_sandbox import (
+    LEAKED,
+    NOT_APPLICABLE,
+    SelftestError,
+    attack_table,
+    run_probe,
+)
 
 if TYPE_CHECKING:
     from sandbox_agent.selftest.probe_in_sandbox import Outcome
@@ -47,9 +56,6 @@ def selftest(
     host IPC, a process outside, listeners on the host. Prints each attack, the
     defence expected to stop it and what happened: blocked, LEAKED, or n/a here (and
     why). Exit 0 only if nothing leaked; 1 if something did; 3 if it cannot run here."""
-    from sandbox_agent.agent.pilot import make_work_area, unreachable
-    from sandbox_agent.runtime.agentproc import Terminated, harden, stop_signals_raise
-    from sandbox_agent.selftest.probe_in_sandbox import SelftestError, attack_table, run_probe
 
     if listing:
         for name, row in attack_table().items():
@@ -98,7 +104,6 @@ def selftest(
 
 
 def _table(outcome: Outcome) -> None:
-    from sandbox_agent.selftest.probe_in_sandbox import LEAKED, NOT_APPLICABLE
 
     typer.echo(f"{'ATTACK':18} {'RESULT':8} {'MS':>7}  EXPECTED DEFENCE")
     for row in outcome.rows:
