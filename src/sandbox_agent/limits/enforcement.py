@@ -11,14 +11,28 @@ monitor can measure it, and the record says so.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from sandbox_agent.limits import workdisk
 from sandbox_agent.limits.cgroups import CGROUP_LIMITS
 from sandbox_agent.policy import gate
-from sandbox_agent.runtime.plan import LaunchPlan
+from sandbox_agent.policy.gate import Requirement
 
 # What the agent's monitor can measure and kill on.
 MONITORABLE = ("wall_time", "workdir_size", "memory", "pids")
+
+
+class LaunchPlan(Protocol):
+    """What of a launch plan (runtime/plan.py) the limits are decided from: its
+    requirements, what may go unmet, and each limit's enforcement."""
+
+    @property
+    def requirements(self) -> tuple[Requirement, ...]: ...
+
+    @property
+    def optional(self) -> frozenset[str]: ...
+
+    def enforcement(self, name: str) -> str: ...
 
 
 @dataclass(frozen=True)
