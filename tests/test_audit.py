@@ -82,6 +82,14 @@ def test_the_record_says_what_was_enforced_and_what_came_out(ran: Path) -> None:
     times = [h["time"] for h in record["history"][1:]]
     assert times == sorted(times) and all(isinstance(t, float) for t in times)
     assert {"memory", "pids"} <= set(record["enforcement"]["kernel"])
+    # the gate's answer for each requirement, once the job ran: bwrap made the cgroup
+    # namespace it was asked for if possible, and nothing required was left unmet
+    answers = {r["key"]: r for r in record["enforcement"]["requirements"]}
+    assert answers["namespaces.cgroup"]["verdict"] == "enforced"
+    assert answers["process.landlock"]["by"] == "wrapper"
+    assert {r["verdict"] for r in answers.values()} <= {"enforced", "not met, optional"}
+    assert {k for k, r in answers.items() if r["verdict"] != "enforced"} == set(
+        record["enforcement"]["unenforced"])
     # every setting of the effective policy, each with where it came from
     settings = {row["key"]: row for row in record["policy"]["settings"]}
     assert re.fullmatch(r"policies/base.toml:[0-9]+", settings["namespaces.pid"]["origin"])

@@ -149,3 +149,17 @@ def test_only_the_gate_raises_unenforceable() -> None:
                 if name == "Unenforceable":
                     raising.append(str(path.relative_to(SRC)))
     assert sorted(set(raising)) == ["policy/gate.py"]
+
+
+def test_the_answers_once_run_say_what_the_launch_made() -> None:
+    tried = gate.Answer("namespaces.cgroup", OPT, "--unshare-cgroup-try (if possible)")
+    memory = gate.Answer("limits.memory", E, "kernel: the job's cgroup", "agent")
+    # bwrap made the namespace (not left unenforced); the cgroup could not hold memory
+    made = gate.as_run([tried, memory], [], ["limits.memory: monitored instead (v1: no memory)"])
+    assert [(a.key, a.verdict, a.how) for a in made] == [
+        ("namespaces.cgroup", E, "--unshare-cgroup-try (if possible): made"),
+        ("limits.memory", OPT, "monitored instead (v1: no memory)"),
+    ]
+    # bwrap could not make it: it stays optional, as the record's unenforced list says
+    (kept,) = gate.as_run([tried], ["namespaces.cgroup"], [])
+    assert kept == tried

@@ -415,7 +415,8 @@ class Attempt:
                 history=self.history,
                 usage=dict(manifest.usage) if manifest else _usage(result),
                 manifest=manifest, workdir=workdir,
-                image=result.image if result else None)  # fmt: skip
+                image=result.image if result else None,
+                answers=result.answers if result else ())  # fmt: skip
             signed = records.sign(record, token.key, token.certificate, token.chain)
             where = agent.storage.attempt(job.id, job.resubmission)
             where.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -42,6 +42,7 @@ from sandbox_agent.audit.record import (  # noqa: F401
     write,
 )
 from sandbox_agent.policy.explain import rows
+from sandbox_agent.policy.gate import Answer
 from sandbox_agent.tokens import fingerprint
 
 REDACTED = "<redacted>"
@@ -83,7 +84,8 @@ def teardown_view(teardown: Any, namespaces: dict[str, str], workdir: str) -> di
 def build(*, job: dict[str, Any], agent_name: str, agent_token: x509.Certificate,
           job_token_pem: str | None, effective: Any, session: Any, argv: tuple[str, ...],
           states: list[str], history: list[dict[str, Any]], usage: dict[str, Any], manifest: Any,
-          workdir: str, image: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+          workdir: str, image: dict[str, Any] | None = None,
+          answers: tuple[Answer, ...] = ()) -> dict[str, Any]:  # fmt: skip
     """The unsigned record of one attempt (see the module's docstring)."""
     job_fp = None
     if job_token_pem:
@@ -109,6 +111,8 @@ def build(*, job: dict[str, Any], agent_name: str, agent_token: x509.Certificate
                         "monitored": sorted(limits.monitored) if limits else [],
                         "unenforced": unenforced,
                         "notes": list(limits.notes) if limits else [],
+                        "requirements": [{"key": a.key, "verdict": str(a.verdict), "how": a.how,
+                                          "by": a.by} for a in answers],
                         "cgroup": session.cgroup if session else None},
         "usage": usage,
         "states": states,

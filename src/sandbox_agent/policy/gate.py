@@ -170,6 +170,24 @@ def check(requirements: Iterable[Requirement], carried: frozenset[str],
                  if a.verdict is not Verdict.ENFORCED)  # fmt: skip
 
 
+def as_run(answers: Iterable[Answer], unenforced: Iterable[str],
+           notes: Iterable[str]) -> list[Answer]:  # fmt: skip
+    """The answers once a launch is over, for its audit record: one tried if possible
+    (bwrap's -try) is enforced when the runtime made it (it is not in ``unenforced``);
+    a limit the job's cgroup could not hold is optional, and says why (``notes``:
+    "limits.memory: monitored instead (why)")."""
+    left = set(unenforced)
+    why = {note.split(": ", 1)[0]: note.split(": ", 1)[1] for note in notes if ": " in note}
+    out = []
+    for answer in answers:
+        if answer.verdict is Verdict.OPTIONAL and answer.key not in left:
+            answer = Answer(answer.key, Verdict.ENFORCED, f"{answer.how}: made", answer.by)
+        elif answer.key in why:
+            answer = Answer(answer.key, Verdict.OPTIONAL, why[answer.key], answer.by)
+        out.append(answer)
+    return out
+
+
 class Found(Protocol):
     """What the host's kernel provides for one key (hostfacts.Fact)."""
 

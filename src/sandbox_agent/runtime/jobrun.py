@@ -48,7 +48,7 @@ class JobResult:
     wrapper_log_size: int = 0  # how many it wrote in all
     argv: tuple[str, ...] = ()  # what the sandbox was started with (for the audit record)
     image: dict[str, Any] | None = None  # the image it ran on (images.prepare); None: the host's
-    # the gate's answer for each requirement of the plan that ran (policy/gate.py)
+    # the gate's answer for each requirement of the plan that ran, once it ran
     answers: tuple[gate.Answer, ...] = ()
 
 
@@ -165,7 +165,7 @@ def run_job(
     result = decide(outcome, talk.frames, talk.problem)
     result.wrapper_log, result.wrapper_log_size = talk.log, talk.log_size
     result.argv = plan.argv
-    result.answers = tuple(plan.answers())
+    result.answers = tuple(gate.as_run(plan.answers(), outcome.unenforced, outcome.limits.notes))
     result.image = image.record() if image is not None else None
     return result
 
