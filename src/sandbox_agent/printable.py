@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 
 # The format characters (general category Cf) of Unicode 15, without U+200C and U+200D;
-# tests/unit/test_printable.py checks this list against unicodedata.
+# tests/test_printable.py checks this list against unicodedata.
 _FORMAT = (
     "\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b\u200e\u200f"
     "\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd"

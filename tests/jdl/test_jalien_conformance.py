@@ -1,7 +1,7 @@
 """The real JDLs of ../shared/jdl-real, held to JAliEn's own reading of each, field by
 field: what JAliEn's JDL.java (compiled unmodified) made of the same file and submit
 arguments is in jalien/NAME.json. The payload's fixed variables (ALIEN_PROC_ID, HOME...)
-are held in tests/test_jobrun.py, since they come from the job, not from its JDL."""
+are held in tests/runtime/test_jobrun.py, since they come from the job, not from its JDL."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from cryptography import x509
 from sandbox_agent.agent.audit import redact
 from sandbox_agent.tokens import fingerprint
 
-CERTS_TEST = Path(__file__).resolve().parents[1] / "certs-test"
+CERTS_TEST = Path(__file__).resolve().parents[2] / "certs-test"
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 
 

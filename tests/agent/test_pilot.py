@@ -404,7 +404,7 @@ def test_an_output_reached_through_a_symlink_to_the_agents_key_is_refused(
     event = finished(run_pilot(cli))[job]
     assert cli("logs", job, "--stream", "stdout").stdout == "decoy\n"  # the wrapper's view
     # the wrapper refuses the name (ERROR_S); the agent never lists a link, so a wrapper
-    # the payload subverted could not make it keep one either (tests/unit/test_storage.py)
+    # the payload subverted could not make it keep one either (tests/agent/test_storage.py)
     assert event["state"] == "ERROR_S", event
     assert "keys/jobagent.key" in event["detail"]
     secret = (certs / "jobagent.key").read_bytes()

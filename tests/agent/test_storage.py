@@ -75,7 +75,7 @@ def test_an_output_reached_through_a_symlinked_directory_is_not_listed_nor_store
     manifest = storage.save(4, 0, "DONE", workdir, outputs_of('Output = {"keys/jobagent.key"};'))
     assert manifest.files == []
     # not even listed: the listing does not follow links; a swap between the listing and
-    # the open is openat2's to refuse (tests/unit/test_outputs.py)
+    # the open is openat2's to refuse (tests/agent/test_outputs.py)
     assert manifest.problems == ["keys/jobagent.key: no such output"]
     for stored in (tmp_path / "outputs").rglob("*"):
         if stored.is_file():
