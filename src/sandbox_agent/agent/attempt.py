@@ -131,8 +131,8 @@ def disk_shortfall(effective: EffectivePolicy, work_area: Path, storage: Path) -
     the policy's disk.reserve free for the agent's queue, outputs and audit records.
     Asked at match (a job that does not fit is left for another node) and again
     before the work directory is made."""
-    reserve = effective.number("disk.reserve")
-    size = effective.limit("workdir_size")
+    reserve = effective.view.disk.reserve
+    size = effective.view.limits.workdir_size.value
     caps = Caps.from_policy(effective)
     needs = {"its work directory": (work_area, workdisk.image_size(size)),
              "its outputs and logs": (storage, caps.max_total + 2 * caps.max_log)}
@@ -298,7 +298,7 @@ class Attempt:
             info = os.statvfs(where)
         except OSError:
             return False
-        return info.f_bavail * info.f_frsize >= self.effective.number("disk.reserve")
+        return info.f_bavail * info.f_frsize >= self.effective.view.disk.reserve
 
 
     def place_files(self, workdir: Path) -> JobSpec:

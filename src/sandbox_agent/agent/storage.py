@@ -76,10 +76,10 @@ class Caps:
     def from_policy(cls, effective: EffectivePolicy) -> Caps:
         """The job's caps: outputs.max_file, outputs.max_total (never more than its
         limits.workdir_size) and outputs.max_log of its effective policy."""
-        return cls(max_file=effective.number("outputs.max_file"),
-                   max_total=min(effective.number("outputs.max_total"),
-                                 effective.limit("workdir_size")),
-                   max_log=effective.number("outputs.max_log"))  # fmt: skip
+        outputs = effective.view.outputs
+        return cls(max_file=outputs.max_file,
+                   max_total=min(outputs.max_total, effective.view.limits.workdir_size.value),
+                   max_log=outputs.max_log)  # fmt: skip
 
 
 # The builtin policy's caps, for a caller without a job's policy.

@@ -56,7 +56,7 @@ class EffectivePolicy:
         plain = self.settings[path].plain()
         return dict(plain) if path == "process.environment.set" else plain
 
-    # Typed views of one setting, for the renderers.
+    # One setting by its key, for tools and tests; src reads ``view``, which mypy checks.
     def word(self, path: str) -> str:
         return str(self.settings[path].value)
 

@@ -178,13 +178,13 @@ def _images(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
     """A platform on a new image, or a pin dropped or changed: jobs run on images the
     base policy would not have given them."""
     out = []
-    platforms = base.mapping("images.platforms")
+    platforms = base.view.images.platforms
     for item in other["images.platforms"].value:
         name, path = item.value
         if platforms.get(name) != path:
             out.append(Widening("images.platforms", f"runs platform {name} on {path}",
                                 item.origin))  # fmt: skip
-    pins = other.mapping("images.pins")
+    pins = other.view.images.pins
     for item in base["images.pins"].value:
         path, digest = item.value
         if pins.get(path) != digest:
