@@ -12,9 +12,11 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from sandbox_agent.limits import workdisk
 from sandbox_agent.limits.cgroups import CGROUP_LIMITS, CgroupError, discover
 
 _LANDLOCK_CREATE_RULESET = 444  # the same number on every architecture (new syscall table)
@@ -95,6 +97,25 @@ def cgroup_limits() -> dict[str, Fact]:
         else Fact(False, f"{hierarchy.describe()}: cannot hold {name}")
         for name in CGROUP_LIMITS
     }
+
+
+def cgroup_where() -> str:
+    """Where a job's cgroup would be made here, or why there would be none, as the
+    session says it (runtime/session.job_cgroup)."""
+    try:
+        return f"the job's cgroup ({discover().describe()})"
+    except CgroupError as exc:
+        return f"no job cgroup ({exc})"
+
+
+def held_limits(found: Mapping[str, Fact]) -> frozenset[str]:
+    """The limits a job's cgroup would hold here (``found``: facts()), and workdir_size
+    where the pilot can make the work directory a filesystem of its size."""
+    held = {key.removeprefix("limits.") for key, fact in found.items()
+            if key.startswith("limits.") and fact.available}  # fmt: skip
+    if workdisk.mechanism()[0] is not None:
+        held.add("workdir_size")
+    return frozenset(held)
 
 
 @functools.cache

@@ -15,9 +15,9 @@ from sandbox_agent.limits.enforcement import decide
 from sandbox_agent.policy import compose, gate, load_policy
 from sandbox_agent.policy.explain import host_rows
 from sandbox_agent.policy.gate import Requirement, Unenforceable, Verdict
-from sandbox_agent.runtime import bwrap
+from sandbox_agent.runtime import apptainer, bwrap, docker
 from sandbox_agent.runtime.launch import unenforced
-from sandbox_agent.runtime.plan import FixedHost
+from sandbox_agent.runtime.plan import AGENT_FILES, FixedHost, LaunchPlan
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src" / "sandbox_agent"
@@ -105,9 +105,10 @@ def test_a_kernel_limit_gets_one_answer_everywhere(tmp_path: Path, optional: boo
     found = {"limits.memory": Fact(False, "cgroup v1: cannot hold memory")}
     (row,) = host_rows(effective, found)
     plan = bwrap.render(effective, ["/bin/true"], workdir="/w", host=HOST)
-    (answer,) = [a for a in plan.answers(found) if a.key == "limits.memory"]
-    assert answer.how == "cgroup v1: cannot hold memory"
     held = CGROUP_LIMITS - {"memory"}
+    here = plan.answers(found, held=held, where="cgroup v1")
+    (answer,) = [a for a in here if a.key == "limits.memory"]
+    assert answer.how == "cgroup v1: it cannot hold memory"
     if optional:
         assert (row["verdict"], answer.verdict) == ("runs without it", OPT)
         assert "memory" in decide(plan, held, "cgroup v1").monitored
@@ -119,7 +120,8 @@ def test_a_kernel_limit_gets_one_answer_everywhere(tmp_path: Path, optional: boo
     # where the kernel holds it, every place says so
     found = {"limits.memory": Fact(True, "cgroup v2 memory controller")}
     (row,) = host_rows(effective, found)
-    (answer,) = [a for a in plan.answers(found) if a.key == "limits.memory"]
+    here = plan.answers(found, held=CGROUP_LIMITS, where="cgroup v2")
+    (answer,) = [a for a in here if a.key == "limits.memory"]
     assert (row["verdict"], answer.verdict) == ("available", E)
     assert "memory" in decide(plan, CGROUP_LIMITS, "cgroup v2").kernel
 
@@ -163,3 +165,58 @@ def test_the_answers_once_run_say_what_the_launch_made() -> None:
     # bwrap could not make it: it stays optional, as the record's unenforced list says
     (kept,) = gate.as_run([tried], ["namespaces.cgroup"], [])
     assert kept == tried
+
+
+def test_explain_on_a_host_answers_as_the_launch_does(tmp_path: Path) -> None:
+    # a namespace the policy turns off is not refused for a kernel that lacks it
+    effective = effective_of(tmp_path, 'extends = "default"\n[namespaces]\nuser = "off"\n')
+    plan = bwrap.render(effective, ["/bin/true"], workdir="/w", host=HOST)
+    found = {"namespaces.user": Fact(False, "user.max_user_namespaces is 0")}
+    (user,) = [
+        a for a in plan.answers(found, held=ALL_HELD, where="x") if a.key == "namespaces.user"
+    ]
+    assert user.verdict is E and "namespaces.user" not in unenforced(plan)
+    # a limit the monitor cannot measure is refused on every host, as the launch refuses it
+    monitored = 'extends = "default"\n[limits]\ncpu_cores = { enforcement = "monitored" }\n'
+    plan = bwrap.render(effective_of(tmp_path, monitored), ["/bin/true"], workdir="/w", host=HOST)
+    (cores,) = [
+        a for a in plan.answers({}, held=ALL_HELD, where="x") if a.key == "limits.cpu_cores"
+    ]
+    assert cores.verdict is R and "cannot measure cpu_cores" in cores.how
+    with pytest.raises(Unenforceable, match="cannot measure cpu_cores"):
+        decide(plan, ALL_HELD, "x")
+    # a work directory that cannot be a filesystem of its own: refused where required
+    strict = compose(load_policy("strict", [ROOT / "policies"]))
+    plan = bwrap.render(strict, ["/bin/true"], workdir="/w", host=HOST)
+    held = ALL_HELD - {"workdir_size"}
+    (disk,) = [a for a in plan.answers({}, held=held, where="x") if a.key == "limits.workdir_size"]
+    assert disk.verdict is R
+    with pytest.raises(Unenforceable, match=r"^limits\.workdir_size"):
+        decide(plan, held, "x")
+
+
+ALL_HELD = CGROUP_LIMITS | {"workdir_size"}
+
+
+def test_an_engine_holds_its_own_limits_whatever_the_agents_cgroup(tmp_path: Path) -> None:
+    text = 'extends = "default"\n[filesystem]\nimage = "docker://debian:12"\n'
+    plan = docker.render(effective_of(tmp_path, text), ["/bin/true"], workdir="/w",
+                         engine="podman")  # fmt: skip
+    found = {"limits.memory": Fact(False, "no job cgroup: not delegated")}
+    (memory,) = [a for a in plan.answers(found, held=frozenset(), where="x")
+                 if a.key == "limits.memory"]  # fmt: skip
+    assert (memory.verdict, memory.by) == (E, "runtime")
+
+
+def test_a_plan_cannot_be_made_without_its_policys_limits() -> None:
+    with pytest.raises(ValueError, match="from_policy"):
+        LaunchPlan("bwrap", ("bwrap", "--", "/bin/true"))
+
+
+def test_only_the_renderers_own_words_name_the_agent_files(tmp_path: Path) -> None:
+    text = 'extends = "default"\n[filesystem]\nimage = "/srv/images/el9"\n'
+    payload = ["/bin/echo", f"{AGENT_FILES}/seccomp.bpf", "10"]
+    plan = apptainer.render(effective_of(tmp_path, text), payload, workdir="/w", host=HOST)
+    assert plan.argv[-3:] == tuple(payload)
+    assert all(at < len(plan.argv) - len(payload) for at in plan.files_at)
+    assert len(plan.files_at) == 1

@@ -112,7 +112,8 @@ def policy_explain(
         except Unenforceable as exc:
             refusal = f"cannot enforce with {runtime}: {exc}"
         else:  # the gate's answers as a launch on this host would give them
-            answers = plan.answers(found)
+            answers = plan.answers(found, held=hostfacts.held_limits(found),
+                                   where=hostfacts.cgroup_where())  # fmt: skip
             refusal = _refusal(runtime, answers)
     if as_json:
         report = explain_json(effective, name, found)

@@ -41,6 +41,7 @@ class LimitPlan:
     monitored: frozenset[str]  # measured by the agent, which kills on excess
     unenforced: tuple[str, ...]  # optional limits nothing holds here
     notes: tuple[str, ...]  # why a limit is monitored instead, or not held
+    answers: tuple[gate.Answer, ...] = ()  # the gate's, one per limit the agent holds
 
 
 def wants_cgroup(plan: LaunchPlan) -> bool:
@@ -53,35 +54,48 @@ def wants_cgroup(plan: LaunchPlan) -> bool:
     )
 
 
-def decide(plan: LaunchPlan, held: frozenset[str], where: str) -> LimitPlan:
-    """Assign each limit the plan leaves to the agent; the gate refuses (Unenforceable)
-    a required one nobody can hold. ``held`` are the limits the job's cgroup holds, and
-    ``where`` describes that cgroup, or says why there is none."""
+def assign(plan: LaunchPlan, held: frozenset[str], where: str) -> LimitPlan:
+    """Who holds each limit the plan leaves to the agent, with the gate's answer for
+    each (a required one nobody can hold is answered refused; nothing is raised).
+    ``held`` are the limits the job's cgroup holds (and workdir_size when the work
+    directory is a filesystem of its size); ``where`` describes that cgroup, or says
+    why there is none. ``policy explain`` asks it with what this host would give."""
     kernel: set[str] = set()
     monitored: set[str] = set()
     unenforced: list[str] = []
     notes: list[str] = []
+    answers: list[gate.Answer] = []
     for requirement in plan.requirements:
         if requirement.by != "agent" or not requirement.key.startswith("limits."):
             continue
-        name = requirement.key.removeprefix("limits.")
+        key, name = requirement.key, requirement.key.removeprefix("limits.")
         wanted = plan.enforcement(name)
-        if wanted == "kernel" and name in held:
-            kernel.add(name)
-            continue
-        if wanted == "monitored" and name in MONITORABLE:
-            monitored.add(name)
+        if (wanted == "kernel" and name in held) or (wanted == "monitored" and name in MONITORABLE):
+            (kernel if wanted == "kernel" else monitored).add(name)
+            answers.append(gate.judge(key, requirement.how, met=True, optional=plan.optional,
+                                      by="agent"))  # fmt: skip
             continue
         why = _why_not(name, wanted, where)
-        gate.admit(gate.judge(requirement.key, why, met=False, optional=plan.optional,
-                              by="agent"))  # fmt: skip
-        if name in MONITORABLE:
-            monitored.add(name)
-            notes.append(f"{requirement.key}: monitored instead ({why})")
-        else:
-            unenforced.append(requirement.key)
-            notes.append(f"{requirement.key}: not enforced ({why})")
-    return LimitPlan(frozenset(kernel), frozenset(monitored), tuple(unenforced), tuple(notes))
+        answer = gate.judge(key, why, met=False, optional=plan.optional, by="agent")
+        if answer.verdict is gate.Verdict.OPTIONAL:
+            if name in MONITORABLE:
+                monitored.add(name)
+                notes.append(f"{key}: monitored instead ({why})")
+            else:
+                unenforced.append(key)
+                notes.append(f"{key}: not enforced ({why})")
+        answers.append(answer)
+    return LimitPlan(frozenset(kernel), frozenset(monitored), tuple(unenforced), tuple(notes),
+                     tuple(answers))  # fmt: skip
+
+
+def decide(plan: LaunchPlan, held: frozenset[str], where: str) -> LimitPlan:
+    """As assign, for a launch: the gate refuses (Unenforceable) the first required
+    limit nobody can hold."""
+    limits = assign(plan, held, where)
+    for answer in limits.answers:
+        gate.admit(answer)
+    return limits
 
 
 def _why_not(name: str, wanted: str, where: str) -> str:

@@ -8,7 +8,8 @@ doctor all take the answer from here, so they cannot disagree.
 
 A requirement is optional when the site says so: its level is "optional"
 (``namespaces.cgroup = "optional"``), or ``optional.requirements`` names it or a key
-above it ("limits" covers "limits.memory"). Anything else unmet is refused.
+above it ("process.rlimits" covers "process.rlimits.nofile"). Anything else unmet is
+refused.
 """
 
 from __future__ import annotations
@@ -211,21 +212,20 @@ def needs_host(effective: EffectivePolicy, key: str) -> bool:
 
 def on_host(requirements: Iterable[Requirement], carried: frozenset[str],
             optional: frozenset[str], found: Mapping[str, Found],
-            kernel_limits: frozenset[str]) -> list[Answer]:  # fmt: skip
+            needs: frozenset[str]) -> list[Answer]:  # fmt: skip
     """The answers a launch on this host would give, for those who read before anything
-    runs (``policy explain --runtime``, doctor, selftest's expected defences). ``found``:
-    what the kernel provides per key (hostfacts.facts); ``kernel_limits``: the limits
-    the policy wants held by the job's cgroup. A requirement the kernel lacks is not
-    met; one asked for if possible (bwrap's -try) is met where the kernel has it."""
+    runs (``policy explain --runtime``, doctor, selftest's expected defences), limits
+    aside (limits.enforcement.assign answers those, with what the job's cgroup would
+    hold). ``found``: what the kernel provides per key (hostfacts.facts); ``needs``:
+    the keys the policy asks of the kernel (needs_host), so that a namespace the
+    policy turns off is not refused for a kernel that lacks it. A requirement the
+    kernel lacks is not met; one asked for if possible (bwrap's -try) is met where the
+    kernel has it."""
     out = []
     for req in requirements:
-        fact = found.get(req.key)
-        if req.by == "agent" and req.key.startswith("limits."):
-            lacking = (req.key.removeprefix("limits.") in kernel_limits and fact is not None
-                       and not fact.available)  # fmt: skip
-            how = fact.detail if lacking and fact is not None else req.how
-            out.append(judge(req.key, how, met=not lacking, optional=optional, by=req.by))
-            continue
+        # the facts of limits are about the agent's cgroup: an engine holds its own
+        asked = req.key in needs and not req.key.startswith("limits.")
+        fact = found.get(req.key) if asked else None
         if fact is not None and not fact.available and (req.met or req.tried):
             req = Requirement(req.key, fact.detail, met=False, by=req.by)
         elif fact is not None and fact.available and req.tried:

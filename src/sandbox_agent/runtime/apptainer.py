@@ -116,10 +116,9 @@ def render(
     words = [*landlock, "--seccomp", f"{STEP_DIR}/seccomp.bpf"]
     out.append(image)  # Apptainer takes directories, files and docker:// references as they are
     out += confinestep.step(f"{STEP_DIR}/confine.py", words, variables)
-    out += list(argv)
-    argv_words, _, files_at = as_argv(out)
+    own, _, files_at = as_argv(out)  # before the payload's words, which nothing replaces
     return LaunchPlan(
-        "apptainer", argv_words, requirements=tuple(need.items), seccomp_profile=profile,
+        "apptainer", (*own, *argv), requirements=tuple(need.items), seccomp_profile=profile,
         agent_files={"confine.py": Carried.CONFINE, "seccomp.bpf": Carried.SECCOMP},
         files_at=files_at, **from_policy(effective),
     )  # fmt: skip

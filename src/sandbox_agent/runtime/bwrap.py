@@ -232,11 +232,10 @@ def render(
     agent_limits(effective, need)
     out.append("--")
     out += confine
-    out += list(argv)
-    argv_words, descriptors, _ = as_argv(out)
+    own, descriptors, _ = as_argv(out)  # before the payload's words, which nothing replaces
     return LaunchPlan(
         runtime="bwrap",
-        argv=argv_words,
+        argv=(*own, *argv),
         descriptors=descriptors,
         requirements=tuple(need.items),
         seccomp_profile=str(effective.policy.directory / profile),

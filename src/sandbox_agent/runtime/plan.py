@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from sandbox_agent.images import hostpython, tree
 from sandbox_agent.images.hostpython import HostPython
+from sandbox_agent.limits import enforcement
 from sandbox_agent.policy import gate
 from sandbox_agent.policy.compose import EffectivePolicy
 
@@ -27,6 +28,7 @@ from sandbox_agent.policy.gate import Requirement as Requirement
 from sandbox_agent.policy.gate import Requirements as Requirements
 from sandbox_agent.policy.gate import Unenforceable as Unenforceable
 from sandbox_agent.policy.gate import optional_keys as optional_keys
+from sandbox_agent.policy.schema import LIMITS
 from sandbox_agent.wrapper import confine, handoff, jobwrapper, packaging
 
 
@@ -215,6 +217,13 @@ class LaunchPlan:
     new_session: bool = True  # no controlling terminal
     optional: frozenset[str] = frozenset()  # what may go unmet (gate.optional_keys)
     limits: tuple[Limit, ...] = ()
+    needs_host: frozenset[str] = frozenset()  # what the policy asks of the kernel
+
+    def __post_init__(self) -> None:
+        # every field the launcher reads comes from one policy (from_policy): a plan
+        # made without it would run with no rlimits and no limits
+        if len(self.rlimits) != len(RLIMITS) or len(self.limits) != len(LIMITS):
+            raise ValueError("a launch plan needs its policy's rlimits and limits (from_policy)")
 
     @property
     def fds(self) -> dict[int, str]:
@@ -230,18 +239,20 @@ class LaunchPlan:
         """Everything the plan gives the sandbox (the gate asks for the confine step)."""
         return frozenset({*self.fd_contents.values(), *self.agent_files.values()})
 
-    @property
-    def kernel_limits(self) -> frozenset[str]:
-        """The limits the policy wants held by the job's cgroup."""
-        return frozenset(limit.name for limit in self.limits if limit.enforcement == "kernel")
-
-    def answers(self, found: Mapping[str, gate.Found] | None = None) -> list[gate.Answer]:
-        """The gate's answer for each requirement: as rendered, or with ``found`` (what
-        this host's kernel provides, hostfacts.facts) as a launch here would give it."""
+    def answers(
+        self, found: Mapping[str, gate.Found] | None = None, *,
+        held: frozenset[str] = frozenset(), where: str = "",
+    ) -> list[gate.Answer]:  # fmt: skip
+        """The gate's answer for each requirement: as rendered, or as a launch on this
+        host would give it: ``found``, what its kernel provides (hostfacts.facts);
+        ``held``, the limits a job's cgroup (and work disk) would hold here, and
+        ``where`` that cgroup (hostfacts.held_limits, hostfacts.cgroup_where)."""
         if found is None:
             return gate.answers(self.requirements, self.carried, self.optional)
-        return gate.on_host(self.requirements, self.carried, self.optional, found,
-                            self.kernel_limits)  # fmt: skip
+        limits = {a.key: a for a in enforcement.assign(self, held, where).answers}
+        rest = [r for r in self.requirements if r.key not in limits]
+        others = iter(gate.on_host(rest, self.carried, self.optional, found, self.needs_host))
+        return [limits[r.key] if r.key in limits else next(others) for r in self.requirements]
 
     def limit(self, name: str) -> int:
         return self.limit_values[name]
@@ -260,6 +271,10 @@ def from_policy(effective: EffectivePolicy) -> dict[str, Any]:
         "rlimits": tuple(effective.view.process.rlimits.items()),
         "new_session": effective.view.process.new_session,
         "optional": optional_keys(effective),
+        "needs_host": frozenset(
+            key for key in (*gate.LEVELLED, "process.seccomp", *(f"limits.{n}" for n in LIMITS))
+            if gate.needs_host(effective, key)
+        ),
         "limits": tuple(
             Limit(name, limit.value, limit.enforcement)
             for name, limit in effective.view.limits.items()
@@ -282,8 +297,9 @@ def agent_limits(effective: EffectivePolicy, need: Requirements) -> None:
 
 
 def as_argv(out: Sequence[str]) -> tuple[tuple[str, ...], tuple[Descriptor, ...], tuple[int, ...]]:
-    """A renderer's words as a plan's argv, with the descriptors its FdWords name and
-    the indices of the words that name the directory of agent files."""
+    """A renderer's own words (never the payload's, which follow them) as the start of a
+    plan's argv, with the descriptors its FdWords name and the indices of the words that
+    name the directory of agent files: the launcher changes those words and no other."""
     descriptors = tuple(Descriptor(int(word), word.carries, word.what, at)
                         for at, word in enumerate(out) if isinstance(word, FdWord))  # fmt: skip
     files_at = tuple(at for at, word in enumerate(out) if AGENT_FILES in word)
