@@ -71,11 +71,13 @@ version=$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_i
 # busybox-static and squashfs-tools: the tests and the demo build small images with them.
 # e2fsprogs (mkfs.ext4) and fuse2fs: a job's work directory is an ext4 image of its size,
 # loop-mounted as root and mounted with fuse2fs by an unprivileged pilot.
+# nftables and iproute2: a job's own network namespace sends every connection to the
+# agent's relay (runtime/egressns.py); the egress tests build test hosts with veth pairs.
 # qemu-system-x86: tests/vm boots Debian's cgroup v2 kernels (this machine may be v1), on
 # x86_64 only; the kernels themselves are fetched by the tests, into
 # /var/cache/sandbox-agent-vm.
 wanted=(bubblewrap libseccomp2 libcap-dev gcc postgresql squashfuse busybox-static squashfs-tools
-        e2fsprogs fuse2fs)
+        e2fsprogs fuse2fs nftables iproute2)
 if [ "$(uname -m)" = x86_64 ]; then
     wanted+=(qemu-system-x86)
 fi

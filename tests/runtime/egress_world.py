@@ -1,0 +1,186 @@
+"""A small world for the egress tests, made inside a network namespace of its own (run
+under ``unshare -n`` by tests/runtime/test_egress.py): no route leaves it, so even a
+failed defence cannot send a packet off this machine or to a real metadata service.
+
+In it: this "node" (the agent's namespace) with a service on every address; test
+hosts behind veth pairs (an allowed one at 10.77.1.2, a denied one at 10.77.2.2, one
+at a metadata-style link-local address), each serving a file; a job namespace plumbed
+by runtime/egress.py; and a payload in that namespace that tries each of them.
+
+    egress_world.py SRC root|nobody     prints one JSON object: what the payload saw
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+SIZE = 4 << 20  # bytes each test host serves
+SERVE = f"""
+import socket, sys, threading
+data = bytes(range(256)) * ({SIZE} // 256)
+def tcp():
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen()
+    while True:
+        c, _ = s.accept(); c.sendall(data); c.close()
+def dns():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 53))
+    while True:
+        q, a = u.recvfrom(4096); u.sendto(b"answer:" + q, a)
+threading.Thread(target=dns, daemon=True).start()
+tcp()
+"""
+PAYLOAD = """
+import json, socket
+out = {}
+def fetch(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=5) as s:
+            got = 0
+            while True:
+                chunk = s.recv(1 << 16)
+                if not chunk:
+                    return got
+                got += len(chunk)
+    except OSError as e:
+        return type(e).__name__
+for name, host, port in [("allowed", "10.77.1.2", 8000), ("denied", "10.77.2.2", 8000),
+                         ("metadata", "169.254.169.254", 8000), ("node", "10.77.1.1", 7001),
+                         ("node_other", "10.77.2.1", 7001), ("own_loopback", "127.0.0.1", 7001),
+                         ("other_port", "10.77.1.2", 7001)]:
+    out[name] = fetch(host, port)
+out["relay_itself"] = fetch("127.0.0.1", 1080)
+try:
+    socket.create_connection(("2001:db8::1", 80), timeout=5)
+    out["ipv6"] = "connected"
+except OSError as e:
+    out["ipv6"] = type(e).__name__
+try:
+    taken = socket.socket(); taken.bind(("127.0.0.1", 1080)); out["relay_port"] = "bound"
+except OSError as e:
+    out["relay_port"] = type(e).__name__
+import os, subprocess
+if os.getuid() != 0:  # a payload as a sandbox runs it: no capability (not the test's root)
+    flush = subprocess.run(["nft", "flush", "ruleset"], capture_output=True)
+    out["nft_flush"] = flush.returncode
+    out["after_flush"] = fetch("10.77.1.1", 7001)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5)
+u.sendto(b"query", ("192.0.2.53", 53))
+try:
+    out["dns"] = u.recv(100).decode()
+except OSError as e:
+    out["dns"] = type(e).__name__
+print(json.dumps(out))
+"""
+
+
+SERVERS: list[subprocess.Popen[bytes]] = []
+
+
+def sh(*argv: str) -> None:
+    subprocess.run(argv, check=True, capture_output=True)
+
+
+def holder(*prefix: str) -> subprocess.Popen[bytes]:
+    """A process in a new network namespace (and what ``prefix`` adds), kept alive."""
+    user = ["-U", "--map-user=1000", "--map-group=1000"] if prefix else []
+    process = subprocess.Popen([*prefix, "unshare", "-n", *user, "sleep", "600"])
+    mine = os.readlink("/proc/self/ns/net")
+    for _ in range(200):
+        try:
+            if os.readlink(f"/proc/{process.pid}/ns/net") != mine:
+                return process
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise RuntimeError("the holder never got its own network namespace")
+
+
+def host(name: str, node_side: str, address: str, prefix: int) -> subprocess.Popen[bytes]:
+    keeper = holder()
+    pid = str(keeper.pid)
+    sh("ip", "link", "add", f"v{name}", "type", "veth", "peer", "name", "eth0", "netns", pid)
+    sh("ip", "address", "add", f"{node_side}/{prefix}", "dev", f"v{name}")
+    sh("ip", "link", "set", f"v{name}", "up")
+    inside = ["nsenter", "-t", pid, "-n"]
+    sh(*inside, "ip", "link", "set", "lo", "up")
+    sh(*inside, "ip", "link", "set", "eth0", "up")
+    sh(*inside, "ip", "address", "add", f"{address}/{prefix}", "dev", "eth0")
+    sh(*inside, "ip", "route", "add", "default", "via", node_side)
+    SERVERS.append(subprocess.Popen([*inside, sys.executable, "-c", SERVE, "8000"]))
+    return keeper
+
+
+def serve_on_node(port: int) -> None:
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("0.0.0.0", port))
+    server.listen()
+
+    def answer() -> None:
+        while True:
+            client, _ = server.accept()
+            client.sendall(b"the node's own service")
+            client.close()
+
+    import threading
+
+    threading.Thread(target=answer, daemon=True).start()
+
+
+def agent(src: str, job: int, user: bool) -> dict[str, object]:
+    sys.path.insert(0, src)
+    from sandbox_agent.runtime import egress
+
+    rules = egress.Rules(
+        allow=[*egress.parse("10.77.0.0/16:8000"), *egress.parse("169.254.0.0/16")],
+        deny=egress.parse("10.77.2.0/24"),
+        node=egress.node_addresses(),
+    )
+    opened = egress.open_egress(job, rules, user=user, upstream=("10.77.1.2", 53))
+    enter = ["nsenter", "-t", str(job), "-n", *(["-U", "--preserve-credentials"] if user else [])]
+    ran = subprocess.run([*enter, sys.executable, "-I", "-S", "-c", PAYLOAD],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    opened.close()
+    failed = {"error": ran.stderr}
+    seen: dict[str, object] = json.loads(ran.stdout) if ran.returncode == 0 else failed
+    seen["tally"] = {"allowed": opened.tally.allowed, "refused": opened.tally.refused,
+                     "refusals": opened.tally.refusals}  # fmt: skip
+    return seen
+
+
+def main() -> None:
+    src, who = sys.argv[1], sys.argv[2]
+    if who == "agent":  # the unprivileged agent's part, as uid 65534
+        print(json.dumps(agent(src, int(sys.argv[3]), user=True)))
+        return
+    sh("ip", "link", "set", "lo", "up")
+    serve_on_node(7001)
+    keepers = [host("a", "10.77.1.1", "10.77.1.2", 24), host("d", "10.77.2.1", "10.77.2.2", 24),
+               host("m", "169.254.0.1", "169.254.169.254", 16)]  # fmt: skip
+    try:
+        if who == "root":
+            job = holder()
+            keepers.append(job)
+            print(json.dumps(agent(src, job.pid, user=False)))
+        else:
+            nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"]
+            job = holder(*nobody)
+            keepers.append(job)
+            # the system Python: the venv's may live where uid 65534 cannot read it
+            ran = subprocess.run([*nobody, "/usr/bin/python3", "-I", "-S", __file__, src,
+                                  "agent", str(job.pid)], capture_output=True, text=True,
+                                 timeout=180)  # fmt: skip
+            print(ran.stdout.strip() or json.dumps({"error": ran.stderr[-2000:]}))
+    finally:
+        for process in [*SERVERS, *keepers]:
+            process.kill()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Egress through the agent (runtime/egress.py, runtime/egressns.py): the rules as a
+table, and a payload in a real job network namespace, plumbed by a root agent and by an
+unprivileged one, trying the allowed host, a denied one, a metadata-style address, the
+node's own services and the relay itself. The world it runs in is a network namespace of
+its own with no route off this machine (tests/runtime/egress_world.py)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sandbox_agent.runtime import egress, egressns
+from sandbox_agent.runtime.egress import Rules, parse
+
+ROOT = Path(__file__).resolve().parents[2]
+WORLD = Path(__file__).with_name("egress_world.py")
+NODE = [ipaddress.ip_network("10.0.0.5/32"), ipaddress.ip_network("fd12::5/128")]
+RULES = Rules(allow=[*parse("10.1.0.0/16"), *parse("192.0.2.7:1094"), *parse("[2001:db8::9]:443"),
+                     *parse("169.254.169.254"), *parse("10.0.0.5")],
+              deny=[*parse("10.1.9.0/24"), *parse("10.1.0.1:22")], node=NODE)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("address", "port", "allowed"),
+    [
+        ("10.1.2.3", 80, True),
+        ("10.1.9.3", 80, False),  # deny wins over a broader allow
+        ("10.1.0.1", 22, False),  # a denied port of an allowed address
+        ("10.1.0.1", 23, True),
+        ("192.0.2.7", 1094, True),
+        ("192.0.2.7", 1095, False),  # not the allowed port
+        ("2001:db8::9", 443, True),
+        ("198.51.100.1", 443, False),  # not in the allowlist
+        ("169.254.169.254", 80, False),  # metadata: never, even when allowed
+        ("fd00:ec2::254", 80, False),
+        ("::ffff:169.254.169.254", 80, False),  # the same, written as IPv4-mapped IPv6
+        ("127.0.0.1", 7001, False),
+        ("10.0.0.5", 22, False),  # the node's own address, even when allowed
+        ("fd12::5", 22, False),
+        ("0.0.0.0", 80, False),
+        ("224.0.0.1", 80, False),
+    ],
+)
+def test_the_rules(address: str, port: int, allowed: bool) -> None:
+    why = RULES.refusal(ipaddress.ip_address(address), port)
+    assert (why is None) is allowed, why
+
+
+def test_an_empty_allowlist_allows_what_is_not_denied() -> None:
+    rules = Rules(allow=[], deny=parse("10.9.0.0/16"), node=NODE)
+    assert rules.refusal(ipaddress.ip_address("198.51.100.1"), 443) is None
+    assert rules.refusal(ipaddress.ip_address("10.9.1.1"), 443) is not None
+    assert rules.refusal(ipaddress.ip_address("10.0.0.5"), 443) is not None
+
+
+@pytest.mark.parametrize("entry", ["10.1.0.0/16:0", "10.1.2.3:99999", "10.1.2.3:http",
+                                   "[2001:db8::1]:x", "no-such-host.invalid:1094"])  # fmt: skip
+def test_an_entry_that_cannot_be_read_is_named(entry: str) -> None:
+    with pytest.raises(ValueError, match=entry.split(":")[0].strip("[")):
+        parse(entry)
+
+
+def test_the_namespace_rules_send_everything_to_the_agent_and_drop_the_rest() -> None:
+    rules = egressns.ruleset(1080, 53)
+    assert "meta l4proto tcp redirect to :1080" in rules
+    assert "udp dport 53 redirect to :53" in rules
+    assert "policy drop;" in rules and "fib daddr type local accept" in rules
+
+
+def _needs() -> str | None:
+    if os.geteuid() != 0:
+        return "making test hosts with veth pairs needs root"
+    for tool in ("unshare", "nsenter", "setpriv", "ip", "nft"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (nftables, iproute2, util-linux)"
+    if not Path("/usr/bin/python3").exists():
+        return "no system python3 for the unprivileged agent"
+    return None
+
+
+@pytest.mark.skipif(_needs() is not None, reason=str(_needs()))
+@pytest.mark.parametrize("agent", ["root", "nobody"])
+def test_a_payload_reaches_the_allowed_host_and_nothing_of_the_node(agent: str) -> None:
+    ran = subprocess.run(["unshare", "-n", sys.executable, "-I", str(WORLD),
+                          str(ROOT / "src"), agent], capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    seen = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert "error" not in seen, seen.get("error")
+    assert seen["allowed"] == 4 << 20  # the whole file, through the relay
+    for refused in ("denied", "metadata", "node", "node_other", "other_port", "relay_itself"):
+        assert seen[refused] == "ConnectionResetError", (refused, seen)
+    assert seen["own_loopback"] == "ConnectionRefusedError"  # its own, empty loopback
+    assert seen["ipv6"] != "connected"
+    assert seen["relay_port"] != "bound"
+    assert seen["dns"] == "answer:query"  # through the agent's stub to its resolver
+    tally = seen["tally"]
+    assert tally["allowed"] == 1
+    reasons = " | ".join(tally["refusals"])
+    assert "denied by network.deny 10.77.2.0/24" in reasons
+    assert "10.77.1.1 is this node's own address" in reasons
+    assert "169.254.169.254 is in 169.254.0.0/16" in reasons
+    if agent == "nobody":  # a payload with no capability cannot undo the rules
+        assert seen["nft_flush"] != 0
+        assert seen["after_flush"] == "ConnectionResetError"
+
+
+def test_the_helper_imports_nothing_of_the_package() -> None:
+    # it runs as a file under -I -S, for an agent whose Python finds only the stdlib
+    text = Path(egressns.__file__).read_text()
+    assert "sandbox_agent" not in "".join(
+        line for line in text.splitlines() if line.startswith(("import", "from"))
+    )
+    assert egress.SO_ORIGINAL_DST == 80
