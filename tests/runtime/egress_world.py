@@ -31,11 +31,18 @@ def tcp():
 def dns():
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 53))
     while True:
-        q, a = u.recvfrom(4096); u.sendto(b"answer:" + q, a)
+        q, a = u.recvfrom(4096)
+        u.sendto(q[:2] + bytes([q[2] | 0x80]) + q[3:] + b"ANSWER", a)  # an answer, same id
+def hold():  # accepts each connection and keeps it 6 s, saying nothing
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 8002)); s.listen(256)
+    while True:
+        threading.Timer(6, s.accept()[0].close).start()
 threading.Thread(target=dns, daemon=True).start()
+threading.Thread(target=hold, daemon=True).start()
 tcp()
 """
-PAYLOAD = """
+PAYLOAD = r"""
 import json, socket
 out = {}
 def fetch(host, port):
@@ -55,6 +62,32 @@ for name, host, port in [("allowed", "10.77.1.2", 8000), ("denied", "10.77.2.2",
                          ("other_port", "10.77.1.2", 7001)]:
     out[name] = fetch(host, port)
 out["relay_itself"] = fetch("127.0.0.1", 1080)
+# addresses of the node's that came after the rules were made, and a local route
+out["node_later"] = fetch("10.55.0.1", 7001)
+out["node_local_route"] = fetch("10.99.0.5", 7001)
+# more connections at once than a job may hold: the rest are reset, the relay lives on
+held, reset = [], 0
+for _ in range(80):
+    try:
+        c = socket.create_connection(("10.77.1.2", 8002), timeout=5)
+        c.settimeout(0.03)
+        try:
+            if c.recv(1) == b"":
+                reset += 1
+                continue
+        except socket.timeout:
+            pass
+        held.append(c)
+    except OSError:
+        reset += 1
+out["held"], out["reset_past_the_cap"] = len(held), reset
+out["allowed_while_full"] = fetch("10.77.1.2", 8000)
+import time
+time.sleep(6.5)  # the host ends the held ones; the relay frees their places
+for c in held:
+    c.close()
+time.sleep(0.5)
+out["allowed_after"] = fetch("10.77.1.2", 8000)
 try:
     socket.create_connection(("2001:db8::1", 80), timeout=5)
     out["ipv6"] = "connected"
@@ -69,12 +102,21 @@ if os.getuid() != 0:  # a payload as a sandbox runs it: no capability (not the t
     flush = subprocess.run(["nft", "flush", "ruleset"], capture_output=True)
     out["nft_flush"] = flush.returncode
     out["after_flush"] = fetch("10.77.1.1", 7001)
+# a real query for example.test, A, to an address the payload's resolver might have
+query = bytes.fromhex("beef01000001000000000000") + b"\x07example\x04test\x00\x00\x01\x00\x01"
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5)
-u.sendto(b"query", ("192.0.2.53", 53))
+u.sendto(query, ("192.0.2.53", 53))
 try:
-    out["dns"] = u.recv(100).decode()
+    got = u.recv(512)
+    out["dns"] = "answer" if got[:2] == b"\xbe\xef" and got.endswith(b"ANSWER") else repr(got)
 except OSError as e:
     out["dns"] = type(e).__name__
+u.settimeout(2)
+u.sendto(b"\x00ARBITRARY NON-DNS BYTES", ("192.0.2.53", 53))  # not passed on
+try:
+    out["dns_junk"] = repr(u.recv(512))
+except OSError as e:
+    out["dns_junk"] = type(e).__name__
 print(json.dumps(out))
 """
 
@@ -138,17 +180,31 @@ def agent(src: str, job: int, user: bool) -> dict[str, object]:
     from sandbox_agent.runtime import egress
 
     rules = egress.Rules(
-        allow=[*egress.parse("10.77.0.0/16:8000"), *egress.parse("169.254.0.0/16")],
+        allow=[*egress.parse("10.77.0.0/16:8000"), *egress.parse("169.254.0.0/16"),
+               *egress.parse("10.77.1.2:8002"), *egress.parse("10.55.0.0/16"),
+               *egress.parse("10.99.0.0/16")],
         deny=egress.parse("10.77.2.0/24"),
-        node=egress.node_addresses(),
+        # as listed before the node got 10.55.0.1 (main adds it, and a local route)
+        node=[n for n in egress.node_addresses() if not str(n).startswith("10.55.")],
     )
+    import threading
+
+    before = threading.active_count()
+    try:  # never the agent's own namespace
+        egress.open_egress(os.getpid(), rules, user=user).close()
+        own = "plumbed"
+    except egress.EgressError as error:
+        own = str(error)
     opened = egress.open_egress(job, rules, user=user, upstream=("10.77.1.2", 53))
     enter = ["nsenter", "-t", str(job), "-n", *(["-U", "--preserve-credentials"] if user else [])]
     ran = subprocess.run([*enter, sys.executable, "-I", "-S", "-c", PAYLOAD],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     opened.close()
+    time.sleep(1)
     failed = {"error": ran.stderr}
     seen: dict[str, object] = json.loads(ran.stdout) if ran.returncode == 0 else failed
+    seen["own_namespace"] = own
+    seen["threads_left"] = threading.active_count() - before
     seen["tally"] = {"allowed": opened.tally.allowed, "refused": opened.tally.refused,
                      "refusals": opened.tally.refusals}  # fmt: skip
     return seen
@@ -161,6 +217,10 @@ def main() -> None:
         return
     sh("ip", "link", "set", "lo", "up")
     serve_on_node(7001)
+    # an address the node gets after the agent listed its own (agent() leaves it out of
+    # the list), and a local route: the relay must see both as the node's all the same
+    sh("ip", "address", "add", "10.55.0.1/32", "dev", "lo")
+    sh("ip", "route", "add", "local", "10.99.0.0/24", "dev", "lo")
     keepers = [host("a", "10.77.1.1", "10.77.1.2", 24), host("d", "10.77.2.1", "10.77.2.2", 24),
                host("m", "169.254.0.1", "169.254.169.254", 16)]  # fmt: skip
     try:

@@ -46,11 +46,20 @@ RULES = Rules(allow=[*parse("10.1.0.0/16"), *parse("192.0.2.7:1094"), *parse("[2
         ("fd12::5", 22, False),
         ("0.0.0.0", 80, False),
         ("224.0.0.1", 80, False),
+        ("168.63.129.16", 80, False),  # Azure's WireServer
+        ("100.100.100.200", 80, False),  # Alibaba Cloud's metadata
     ],
 )
 def test_the_rules(address: str, port: int, allowed: bool) -> None:
     why = RULES.refusal(ipaddress.ip_address(address), port)
     assert (why is None) is allowed, why
+
+
+def test_an_ipv4_mapped_entry_is_the_ipv4_one() -> None:
+    rules = Rules(allow=[], deny=[*parse("[::ffff:10.1.2.3]:22"), *parse("::ffff:10.9.0.0/112")])
+    assert rules.refusal(ipaddress.ip_address("10.1.2.3"), 22) is not None
+    assert rules.refusal(ipaddress.ip_address("10.9.7.7"), 80) is not None
+    assert rules.refusal(ipaddress.ip_address("10.1.2.3"), 23) is None
 
 
 def test_an_empty_allowlist_allows_what_is_not_denied() -> None:
@@ -61,7 +70,9 @@ def test_an_empty_allowlist_allows_what_is_not_denied() -> None:
 
 
 @pytest.mark.parametrize("entry", ["10.1.0.0/16:0", "10.1.2.3:99999", "10.1.2.3:http",
-                                   "[2001:db8::1]:x", "no-such-host.invalid:1094"])  # fmt: skip
+                                   "[2001:db8::1]:x", "no-such-host.invalid:1094", "10.1",
+                                   "0x0a.1:80", "2130706433", "10.1.2.3:\u00b2",
+                                   "10.1.2.3:\u0661\u0662"])  # fmt: skip
 def test_an_entry_that_cannot_be_read_is_named(entry: str) -> None:
     with pytest.raises(ValueError, match=entry.split(":")[0].strip("[")):
         parse(entry)
@@ -98,11 +109,23 @@ def test_a_payload_reaches_the_allowed_host_and_nothing_of_the_node(agent: str) 
     for refused in ("denied", "metadata", "node", "node_other", "other_port", "relay_itself"):
         assert seen[refused] == "ConnectionResetError", (refused, seen)
     assert seen["own_loopback"] == "ConnectionRefusedError"  # its own, empty loopback
+    # the node's addresses as they are at each connect, not as listed at the start
+    assert seen["node_later"] == seen["node_local_route"] == "ConnectionResetError"
+    # past MAX_CONNECTIONS at once, new connections are reset; the relay lives on
+    assert seen["held"] == egress.MAX_CONNECTIONS
+    assert seen["reset_past_the_cap"] == 80 - egress.MAX_CONNECTIONS
+    assert seen["allowed_while_full"] == "ConnectionResetError"
+    assert seen["allowed_after"] == 4 << 20
+    # close() ends what was still relayed: no thread of the relay is left
+    assert seen["threads_left"] == 0, seen["threads_left"]
+    assert "shares the agent's own network namespace" in str(seen["own_namespace"])
     assert seen["ipv6"] != "connected"
     assert seen["relay_port"] != "bound"
-    assert seen["dns"] == "answer:query"  # through the agent's stub to its resolver
+    assert seen["dns"] == "answer"  # through the agent's stub to its resolver, id kept
+    assert seen["dns_junk"] == "TimeoutError"  # what is no DNS query is not passed on
     tally = seen["tally"]
-    assert tally["allowed"] == 1
+    # the file twice, and each connection held up to the cap
+    assert tally["allowed"] == 2 + egress.MAX_CONNECTIONS
     reasons = " | ".join(tally["refusals"])
     assert "denied by network.deny 10.77.2.0/24" in reasons
     assert "10.77.1.1 is this node's own address" in reasons

@@ -20,15 +20,19 @@ own DNS answers never widen what it may reach.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import ipaddress
 import json
 import os
+import re
+import select
 import socket
 import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -38,14 +42,21 @@ from sandbox_agent.toolrun import run_tool
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
 CONNECT_TIMEOUT = 10.0
 DNS_TIMEOUT = 3.0
+MAX_CONNECTIONS = 64  # a job's connections at once
+MAX_QUERIES = 64  # a job's DNS queries in flight
+IDLE = 600  # seconds a relayed connection may pass no byte either way
 _CHUNK = 1 << 20  # bytes spliced at a time, and the pipe's size for it
 F_SETPIPE_SZ = 1031  # linux/fcntl.h
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Never reachable, whatever the site allows.
 ALWAYS_DENIED = tuple(ipaddress.ip_network(n) for n in (
     "0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "255.255.255.255/32",
-    "::/128", "::1/128", "fe80::/10", "ff00::/8", "fd00:ec2::254/128",
+    "::/128", "::1/128", "fe80::/10", "ff00::/8",
+    # cloud metadata and platform services outside link-local: AWS (IPv6), Azure's
+    # WireServer, Alibaba Cloud
+    "fd00:ec2::254/128", "168.63.129.16/32", "100.100.100.200/32",
 ))  # fmt: skip
 
 
@@ -77,11 +88,15 @@ def parse(entry: str, resolve: bool = True) -> list[Destination]:
         text, written_port = text.split(":")
         port = _port(written_port, entry)
     try:
-        return [Destination(ipaddress.ip_network(text, strict=False), port, entry)]
+        return [Destination(_unmapped(ipaddress.ip_network(text, strict=False)), port, entry)]
     except ValueError:
         pass
-    if not resolve:
-        raise ValueError(f"{entry}: not an address or network")
+    # a name: labels of letters, digits and hyphens, the last starting with a letter, so
+    # that shorthand addresses ("10.1", "0x0a.1", "2130706433") are not taken for names
+    labels = text.split(".")
+    if not resolve or not all(_LABEL.fullmatch(label) for label in labels) or \
+            not labels[-1][:1].isalpha():
+        raise ValueError(f"{entry}: not an address, a network or a host name")
     try:
         found = socket.getaddrinfo(text, None, proto=socket.IPPROTO_TCP)
     except (OSError, UnicodeError) as error:
@@ -90,8 +105,18 @@ def parse(entry: str, resolve: bool = True) -> list[Destination]:
     return [Destination(ipaddress.ip_network(a), port, entry) for a in addresses]
 
 
+def _unmapped(network: IPNetwork) -> IPNetwork:
+    """An IPv4-mapped IPv6 network (::ffff:10.0.0.0/104) as the IPv4 one it is: the
+    relay compares IPv4 destinations."""
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:
+            return ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}")
+    return network
+
+
 def _port(text: str, entry: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise ValueError(f"{entry}: the port must be a number from 1 to 65535")
     return int(text)
 
@@ -99,12 +124,16 @@ def _port(text: str, entry: str) -> int:
 def node_addresses() -> list[IPNetwork]:
     """Every address of the agent's own network namespace (``ip -json address``): the
     node's, which a job must never reach through the relay."""
-    done = run_tool(["ip", "-json", "address"], capture_output=True, text=True, timeout=10,
-                    check=False)  # fmt: skip
-    if done.returncode != 0:
+    try:
+        done = run_tool(["ip", "-json", "address"], capture_output=True, text=True, timeout=10,
+                        check=False)  # fmt: skip
+        links = json.loads(done.stdout or "[]") if done.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError) as error:
+        raise EgressError(f"cannot list this node's addresses (ip -json): {error}") from None
+    if not isinstance(links, list):
         raise EgressError(f"cannot list this node's addresses: {done.stderr.strip()[:200]}")
     out = []
-    for link in json.loads(done.stdout or "[]"):
+    for link in links:
         for info in link.get("addr_info", []):
             with contextlib.suppress(KeyError, ValueError):
                 out.append(ipaddress.ip_network(info["local"]))
@@ -153,89 +182,170 @@ class Tally:
 
 
 class Egress:
-    """The relay and the DNS stub of one job; ``close`` stops both."""
+    """The relay and the DNS stub of one job; ``close`` stops both and ends every
+    connection still open. A job holds at most MAX_CONNECTIONS at once (each costs the
+    agent two threads and six descriptors): past that, new ones are reset and counted,
+    never queued; a connection idle for IDLE seconds is ended. The stub is one thread
+    with at most MAX_QUERIES in flight."""
 
     def __init__(self, relay: socket.socket, dns: socket.socket, rules: Rules,
                  upstream: tuple[str, int]) -> None:  # fmt: skip
         self.relay, self.dns, self.rules, self.upstream = relay, dns, rules, upstream
         self.tally = Tally()
         self.closed = threading.Event()
-        for target in (self._accept, self._answer):
-            threading.Thread(target=target, daemon=True).start()
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.live: set[socket.socket] = set()
+        self.live_lock = threading.Lock()
+        loops = (self._accept, self._answer)
+        self.threads = [threading.Thread(target=loop, daemon=True) for loop in loops]
+        for thread in self.threads:
+            thread.start()
 
     def close(self) -> None:
         self.closed.set()
-        for sock in (self.relay, self.dns):
+        with self.live_lock:
+            ending = [*self.live, self.relay, self.dns]
+        for sock in ending:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+        for thread in self.threads:
+            thread.join(timeout=5)
+        for sock in (self.relay, self.dns):
             sock.close()
 
     def _accept(self) -> None:
         while not self.closed.is_set():
             try:
                 inside, _ = self.relay.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._connection, args=(inside,), daemon=True).start()
+            except OSError as error:
+                if self.closed.is_set() or error.errno in (errno.EBADF, errno.EINVAL):
+                    return
+                self.tally.refuse(f"accept: {error.strerror}")  # out of descriptors: wait
+                time.sleep(0.1)
+                continue
+            if not self.slots.acquire(blocking=False):
+                self._reset(inside, f"more than {MAX_CONNECTIONS} connections at once")
+                inside.close()
+                continue
+            try:
+                threading.Thread(target=self._connection, args=(inside,), daemon=True).start()
+            except RuntimeError:  # no thread to be had
+                self.slots.release()
+                self._reset(inside, "the agent cannot start another thread")
+                inside.close()
 
     def _connection(self, inside: socket.socket) -> None:
-        with inside:
+        try:
+            with inside:
+                self._relay(inside)
+        finally:
+            self.slots.release()
+
+    def _relay(self, inside: socket.socket) -> None:
+        try:
+            raw = inside.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+        except OSError:  # no conntrack entry: nowhere it meant to go
+            return self._reset(inside, "a connection with no destination")
+        port, packed = struct.unpack("!2xH4s8x", raw)
+        address = ipaddress.IPv4Address(packed)
+        why = self.rules.refusal(address, port) or _local(address)
+        if why is not None:
+            return self._reset(inside, f"{address}:{port}: {why}")
+        try:
+            outside = socket.create_connection((str(address), port), CONNECT_TIMEOUT)
+        except OSError as error:
+            return self._reset(inside, f"{address}:{port}: {error.strerror or error}")
+        outside.settimeout(None)  # blocking again: os.splice on a non-blocking socket fails
+        with self.tally.lock:
+            self.tally.allowed += 1
+        with outside:
+            with self.live_lock:
+                if self.closed.is_set():
+                    return None
+                self.live.update((inside, outside))
             try:
-                raw = inside.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
-            except OSError:  # not redirected: a connect to the relay's own port
-                return self._reset(inside, "a connection to the relay itself")
-            port, packed = struct.unpack("!2xH4s8x", raw)
-            address = ipaddress.IPv4Address(packed)
-            why = self.rules.refusal(address, port)
-            if why is not None:
-                return self._reset(inside, f"{address}:{port}: {why}")
-            try:
-                outside = socket.create_connection((str(address), port), CONNECT_TIMEOUT)
-            except OSError as error:
-                return self._reset(inside, f"{address}:{port}: {error.strerror or error}")
-            outside.settimeout(None)  # blocking again: os.splice on a non-blocking socket fails
-            with self.tally.lock:
-                self.tally.allowed += 1
-            with outside:
                 back = threading.Thread(target=_pump, args=(outside, inside), daemon=True)
                 back.start()
                 _pump(inside, outside)
                 back.join()
+            finally:
+                with self.live_lock:
+                    self.live.difference_update((inside, outside))
         return None
 
     def _reset(self, sock: socket.socket, why: str) -> None:
         self.tally.refuse(why)
         # a reset, not an orderly close: the payload's connect fails at once
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
     def _answer(self) -> None:
-        while not self.closed.is_set():
+        """The DNS stub: each query that looks like one goes to the agent's resolver
+        under an id of the stub's, and only that resolver's answers come back."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as upstream:
             try:
-                query, asker = self.dns.recvfrom(4096)
+                upstream.connect(self.upstream)  # answers from anywhere else are not read
             except OSError:
                 return
-            threading.Thread(target=self._forward, args=(query, asker), daemon=True).start()
+            waiting: dict[int, tuple[float, bytes, tuple[str, int]]] = {}
+            serial = 0
+            while not self.closed.is_set():
+                ready, _, _ = select.select([self.dns, upstream], [], [], 0.5)
+                now = time.monotonic()
+                for key in [k for k, (t, _, _) in waiting.items() if now - t > DNS_TIMEOUT]:
+                    del waiting[key]
+                for sock in ready:
+                    try:
+                        data, asker = sock.recvfrom(4096)
+                    except OSError:
+                        if self.closed.is_set():
+                            return
+                        continue
+                    if sock is self.dns:
+                        if not _a_query(data) or len(waiting) >= MAX_QUERIES or asker is None:
+                            continue
+                        serial = (serial + 1) & 0xFFFF
+                        waiting[serial] = (now, data[:2], asker)
+                        with contextlib.suppress(OSError):
+                            upstream.send(serial.to_bytes(2, "big") + data[2:])
+                    elif len(data) >= 12 and int.from_bytes(data[:2], "big") in waiting:
+                        _, original, asker = waiting.pop(int.from_bytes(data[:2], "big"))
+                        with contextlib.suppress(OSError):
+                            self.dns.sendto(original + data[2:], asker)
 
-    def _forward(self, query: bytes, asker: tuple[str, int]) -> None:
-        """One DNS query to the agent's resolver and its answer back, as they are."""
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
-            out.settimeout(DNS_TIMEOUT)
-            try:
-                out.sendto(query, self.upstream)
-                answer = out.recv(65535)
-                self.dns.sendto(answer, asker)
-            except OSError:  # no answer: the payload's resolver times out, as it would
-                return
+
+def _a_query(data: bytes) -> bool:
+    """A DNS query in shape: a header, not an answer, a standard query, one question."""
+    return (len(data) >= 17 and not data[2] & 0x80 and (data[2] >> 3) & 0xF == 0
+            and data[4:6] == b"\x00\x01")  # fmt: skip
+
+
+def _local(address: IPAddress) -> str | None:
+    """Why ``address`` is this node's own at this moment (an address added since the
+    rules were made, or a local route such as ``ip route add local 10.99.0.0/24 dev lo``),
+    or None: only a local address can be bound."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((str(address), 0))
+        except OSError:
+            return None
+    return f"{address} is this node's own address"
 
 
 def _pump(source: socket.socket, sink: socket.socket) -> None:
-    """Bytes from ``source`` to ``sink`` until either ends, through a pipe with
-    os.splice (no copy into Python); then the write half of ``sink`` is shut."""
-    read_end, write_end = os.pipe()
+    """Bytes from ``source`` to ``sink`` until either ends, or none came for IDLE
+    seconds, through a pipe with os.splice (no copy into Python); then the write half
+    of ``sink`` is shut."""
+    try:
+        read_end, write_end = os.pipe()
+    except OSError:
+        return
     with contextlib.suppress(OSError):  # fewer, larger splices (the default pipe is 64 KiB)
         fcntl.fcntl(write_end, F_SETPIPE_SZ, _CHUNK)
+    waiting = select.poll()
+    waiting.register(source.fileno(), select.POLLIN)
     try:
-        while True:
+        while waiting.poll(IDLE * 1000):
             moved = os.splice(source.fileno(), write_end, _CHUNK)
             if moved == 0:
                 break
@@ -248,6 +358,8 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
         os.close(write_end)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):
+            source.shutdown(socket.SHUT_RD)
 
 
 def resolver() -> tuple[str, int]:
@@ -281,12 +393,16 @@ def open_egress(pid: int, rules: Rules, *, user: bool,
             helper.kill()
             raise EgressError(f"the namespace helper did not answer: {error}") from None
         finally:
-            _, said = helper.communicate(timeout=30)
+            try:
+                _, said = helper.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                helper.kill()
+                _, said = helper.communicate()
     if message != b"ok" or len(fds) != 2:
         for fd in fds:
             os.close(fd)
-        why = message.decode(errors="replace") or said.decode(errors="replace").strip()
-        raise EgressError(why[-300:] or "the namespace helper failed")
+        lines = (message or said).decode(errors="replace").strip().splitlines()
+        raise EgressError(lines[-1][-300:] if lines else "the namespace helper failed")
     relay = socket.socket(fileno=fds[0])
     dns = socket.socket(fileno=fds[1])
     return Egress(relay, dns, rules, upstream or resolver())

@@ -82,6 +82,12 @@ def join(pid: int, *, user: bool) -> None:
     # opened before any is joined: /proc/PID stays readable from here
     opened = [(kind, flag, os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC))
               for kind, flag in kinds]  # fmt: skip
+    own = os.stat("/proc/self/ns/net")
+    target = os.fstat(opened[-1][2])
+    if (own.st_dev, own.st_ino) == (target.st_dev, target.st_ino):
+        for _, _, fd in opened:
+            os.close(fd)
+        raise EgressError(f"pid {pid} shares the agent's own network namespace: not a job's")
     try:
         for kind, flag, fd in opened:
             _check(libc.setns(fd, flag), f"setns({kind} of pid {pid})")
@@ -151,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             raise_ambient()
         relay, dns = plumb(options.relay_port, options.dns_port)
         socket.send_fds(back, [b"ok"], [relay.fileno(), dns.fileno()])
-    except (EgressError, OSError, subprocess.SubprocessError) as error:
-        back.sendall(f"egress: {error}".encode()[:1000])
+    except Exception as error:  # whatever it was: one line to the agent
+        said = " ".join(str(error).split())
+        back.sendall(f"egress: {type(error).__name__}: {said}".encode()[:1000])
         return 1
     return 0
 
