@@ -1,7 +1,7 @@
 """The layers of docs/architecture.md, held: no package imports from a layer above its
 own, no two modules import each other (directly or round a circle), and no module of
-src imports another inside a function. Imports only for type checking count for none
-of these (they run nowhere)."""
+src imports another inside a function. Imports only for type checking run nowhere: they
+count only for the rule that two packages never import each other."""
 
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def package(module: str) -> str:
 class Imports(ast.NodeVisitor):
     def __init__(self, known: dict[str, Path]) -> None:
         self.known, self.top, self.inside = known, set[str](), list[tuple[str, int]]()
-        self.depth = 0
+        self.typed: set[str] = set()
+        self.depth, self.typing = 0, False
 
     def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         self.depth += 1
@@ -53,9 +54,13 @@ class Imports(ast.NodeVisitor):
     def visit_If(self, node: ast.If) -> None:
         if "TYPE_CHECKING" not in ast.unparse(node.test):
             self.generic_visit(node)
-        else:
-            for child in node.orelse:
-                self.visit(child)
+            return
+        self.typing = True  # names for mypy alone: held only to the package rule
+        for child in node.body:
+            self.visit(child)
+        self.typing = False
+        for child in node.orelse:
+            self.visit(child)
 
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
@@ -72,16 +77,18 @@ class Imports(ast.NodeVisitor):
         if self.depth:
             self.inside.append((name, line))
         elif name in self.known:
-            self.top.add(name)
+            (self.typed if self.typing else self.top).add(name)
 
 
-def graph() -> tuple[dict[str, set[str]], list[str]]:
+def graph(typed: bool = False) -> tuple[dict[str, set[str]], list[str]]:
+    """Each module's imports of the package at run time (and with ``typed``, those
+    for type checking too), and the imports made inside functions."""
     known = modules()
     edges, inside = {}, []
     for name, path in known.items():
         seen = Imports(known)
         seen.visit(ast.parse(path.read_text(), str(path)))
-        edges[name] = seen.top - {name}
+        edges[name] = (seen.top | (seen.typed if typed else set())) - {name}
         inside += [f"{name}:{line} imports {what}" for what, line in seen.inside]
     return edges, inside
 
@@ -116,7 +123,7 @@ def test_no_import_circle() -> None:
             walk(node, [node])
     assert circles == []
     packages: dict[str, set[str]] = {}
-    for a, targets in edges.items():
+    for a, targets in graph(typed=True)[0].items():  # type-only imports count here too
         for b in targets:
             if package(a) != package(b):
                 packages.setdefault(package(a), set()).add(package(b))

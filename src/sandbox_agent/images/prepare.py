@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sandbox_agent.images import ImageRefused, identity, kinds, mount
-
-if TYPE_CHECKING:
-    from sandbox_agent.policy.compose import EffectivePolicy
 
 # Content hashes shared by every job this process runs; a pilot keeps them in its home.
 _CACHE = identity.HashCache()
@@ -53,10 +50,28 @@ class ReadyImage:
                 "pinned": self.pinned}  # fmt: skip
 
 
-def wanted(effective: EffectivePolicy) -> str | None:
+@dataclass(frozen=True)
+class ImageChoice:
+    """What of a policy an image is made ready by: the image, where that value came
+    from, the pins, and whether an unpinned image is refused."""
+
+    image: str
+    origin: str
+    pins: Mapping[str, str]
+    require_pin: bool
+
+
+class ImagePolicy(Protocol):
+    """A policy that says which image it runs on (policy/compose.EffectivePolicy): images
+    name what they read of it, and never import the policy layer."""
+
+    def image_choice(self) -> ImageChoice: ...
+
+
+def wanted(effective: ImagePolicy) -> str | None:
     """The image path the effective policy runs on, or None for the host's userland
     or an OCI reference (which bwrap refuses itself)."""
-    image = effective.view.filesystem.image
+    image = effective.image_choice().image
     return image if image.startswith("/") else None
 
 
@@ -117,19 +132,19 @@ def opened(named: str, cache: identity.HashCache | None = None) -> Iterator[Open
 
 
 @contextmanager
-def ready(effective: EffectivePolicy) -> Iterator[ReadyImage | None]:
+def ready(effective: ImagePolicy) -> Iterator[ReadyImage | None]:
     """The effective policy's image, ready while the context lasts; None for none."""
     named = wanted(effective)
     if named is None:
         yield None
         return
-    origin = effective["filesystem.image"].origin
-    pins = dict(effective.view.images.pins)
+    choice = effective.image_choice()
+    origin, pins = choice.origin, choice.pins
     try:
         with opened(named, _CACHE) as image:
             _CACHE.save()
             pin = pins.get(named, pins.get(image.path))
-            if pin is None and effective.view.images.require_pin:
+            if pin is None and choice.require_pin:
                 raise ImageRefused(f"{named}: images.require_pin is set and no pin names this "
                                    "image; pin it (image pin) once you have vetted it")  # fmt: skip
             pinned = _match(named, image.found.digest, pin)

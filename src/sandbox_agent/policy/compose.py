@@ -16,6 +16,7 @@ import posixpath
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from sandbox_agent.images.prepare import ImageChoice
 from sandbox_agent.jdl.expr import ListExpr, Literal
 from sandbox_agent.jdl.spec import JobSpec
 from sandbox_agent.jdl.units import MIB, format_size
@@ -46,6 +47,12 @@ class EffectivePolicy:
 
     def __getitem__(self, path: str) -> Setting:
         return self.settings[path]
+
+    def image_choice(self) -> ImageChoice:
+        """What images/prepare.py makes the image ready by."""
+        images = self.view.images
+        return ImageChoice(self.view.filesystem.image, self["filesystem.image"].origin,
+                           images.pins, images.require_pin)  # fmt: skip
 
     @functools.cached_property
     def view(self) -> views.View:
