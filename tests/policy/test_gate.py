@@ -157,10 +157,11 @@ def test_the_answers_once_run_say_what_the_launch_made() -> None:
     tried = gate.Answer("namespaces.cgroup", OPT, "--unshare-cgroup-try (if possible)")
     memory = gate.Answer("limits.memory", E, "kernel: the job's cgroup", "agent")
     # bwrap made the namespace (not left unenforced); the cgroup could not hold memory
-    made = gate.as_run([tried, memory], [], ["limits.memory: monitored instead (v1: no memory)"])
+    held = gate.Answer("limits.memory", OPT, "v1: it cannot hold memory", "agent")
+    made = gate.as_run([tried, memory], [], [held])
     assert [(a.key, a.verdict, a.how) for a in made] == [
         ("namespaces.cgroup", E, "--unshare-cgroup-try (if possible): made"),
-        ("limits.memory", OPT, "monitored instead (v1: no memory)"),
+        ("limits.memory", OPT, "v1: it cannot hold memory"),
     ]
     # bwrap could not make it: it stays optional, as the record's unenforced list says
     (kept,) = gate.as_run([tried], ["namespaces.cgroup"], [])

@@ -122,12 +122,6 @@ class Requirements:
         admit(judge(key, how, met=False, optional=self.optional, by=by))
         self.items.append(Requirement(key, how, met=False, by=by, tried=True))
 
-    def add(self, requirement: Requirement) -> None:
-        if requirement.met:
-            self.items.append(requirement)
-        else:
-            self.unmet(requirement.key, requirement.how, requirement.by)
-
 
 # -- a whole plan ----------------------------------------------------------------------
 
@@ -172,19 +166,19 @@ def check(requirements: Iterable[Requirement], carried: frozenset[str],
 
 
 def as_run(answers: Iterable[Answer], unenforced: Iterable[str],
-           notes: Iterable[str]) -> list[Answer]:  # fmt: skip
+           limits: Iterable[Answer]) -> list[Answer]:  # fmt: skip
     """The answers once a launch is over, for its audit record: one tried if possible
     (bwrap's -try) is enforced when the runtime made it (it is not in ``unenforced``);
-    a limit the job's cgroup could not hold is optional, and says why (``notes``:
-    "limits.memory: monitored instead (why)")."""
+    each limit is answered as the job's cgroup was found to hold it (``limits``: the
+    answers of limits.enforcement for that cgroup)."""
     left = set(unenforced)
-    why = {note.split(": ", 1)[0]: note.split(": ", 1)[1] for note in notes if ": " in note}
+    held = {answer.key: answer for answer in limits}
     out = []
     for answer in answers:
-        if answer.verdict is Verdict.OPTIONAL and answer.key not in left:
+        if answer.key in held:
+            answer = held[answer.key]
+        elif answer.verdict is Verdict.OPTIONAL and answer.key not in left:
             answer = Answer(answer.key, Verdict.ENFORCED, f"{answer.how}: made", answer.by)
-        elif answer.key in why:
-            answer = Answer(answer.key, Verdict.OPTIONAL, why[answer.key], answer.by)
         out.append(answer)
     return out
 

@@ -33,7 +33,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sandbox_agent.runtime import egressns
@@ -406,14 +405,3 @@ def open_egress(pid: int, rules: Rules, *, user: bool,
     relay = socket.socket(fileno=fds[0])
     dns = socket.socket(fileno=fds[1])
     return Egress(relay, dns, rules, upstream or resolver())
-
-
-def rules_for(allow: Iterable[str], deny: Iterable[str]) -> Rules:
-    """The rules of a policy's network.allow and network.deny, with this node's own
-    addresses; EgressError names an entry that cannot be read."""
-    try:
-        allowed = [d for entry in allow for d in parse(entry)]
-        denied = [d for entry in deny for d in parse(entry)]
-    except ValueError as error:
-        raise EgressError(str(error)) from None
-    return Rules(allowed, denied, node_addresses())

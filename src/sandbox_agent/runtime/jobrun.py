@@ -165,7 +165,7 @@ def run_job(
     result = decide(outcome, talk.frames, talk.problem)
     result.wrapper_log, result.wrapper_log_size = talk.log, talk.log_size
     result.argv = plan.argv
-    result.answers = tuple(gate.as_run(plan.answers(), outcome.unenforced, outcome.limits.notes))
+    result.answers = tuple(gate.as_run(plan.answers(), outcome.unenforced, outcome.limits.answers))
     result.image = image.record() if image is not None else None
     return result
 

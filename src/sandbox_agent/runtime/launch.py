@@ -45,7 +45,6 @@ from sandbox_agent.runtime.plan import (
     COMPILED,
     Carried,
     LaunchPlan,
-    Requirement,
 )
 from sandbox_agent.seccomp.compile import bpf_fd, compile_profile, data_fd
 
@@ -55,11 +54,6 @@ _RLIMITS = {
     "stack": resource.RLIMIT_STACK,
     "fsize": resource.RLIMIT_FSIZE,
 }
-
-
-def enforcer_exists(req: Requirement, plan: LaunchPlan) -> bool:
-    """Whether who ``req`` names is there to enforce it in ``plan`` (gate.enforcer_exists)."""
-    return gate.enforcer_exists(req, plan.carried)
 
 
 # When the agent is root, the sandbox is started as this host user, never as root: a
