@@ -6,6 +6,7 @@ the cgroup its site delegated; each checks that the job, not the agent, pays."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -143,7 +144,9 @@ def test_a_daemon_without_a_pid_namespace_is_killed_at_teardown_and_reported(
     result = sandbox.run(daemon(marker), policy="nopidns")
     assert result.returncode == 0, result.stderr
     assert (sandbox.workdir / "started").read_text() == "yes\n"
-    assert "teardown: killed 1 leftover process(es): sleep[" in result.stderr
+    # the daemon, as its sleep or, on a slow emulated kernel, still the bash about to exec
+    # it (this policy has no /proc to wait on); either way its command line holds the marker
+    assert re.search(r"teardown: killed 1 leftover process\(es\): (sleep|bash)\[", result.stderr)
     assert running(marker) == []
 
 
