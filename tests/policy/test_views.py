@@ -20,7 +20,7 @@ TYPE_OF = {
     Kind.CHOICE: str, Kind.STRING: str, Kind.PATH: str, Kind.BOOL: bool, Kind.INT: int,
     Kind.SIZE: int, Kind.SECONDS: int, Kind.PATHS: tuple[str, ...],
     Kind.NAMES: tuple[str, ...], Kind.MAPPING: Mapping[str, str],
-    Kind.TMPFS: tuple[tuple[str, int], ...],
+    Kind.TMPFS: tuple[tuple[str, int], ...], Kind.DESTINATIONS: tuple[str, ...],
 }  # fmt: skip
 
 

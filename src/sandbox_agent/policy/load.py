@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox_agent.jdl.units import parse_size
+from sandbox_agent.policy import destinations
 from sandbox_agent.policy.lines import key_lines
 from sandbox_agent.policy.model import BUILTIN, Item, Policy, PolicyError, Setting
 from sandbox_agent.policy.schema import (
@@ -240,6 +241,8 @@ def _scalar(spec: Field, raw: Any, where: str) -> Any:
                     )
                 return raw
             return _path(spec, raw, where, colon=True)
+        if spec.path == "network.proxy" and raw:
+            return _proxy(raw, where)
         if spec.path == "process.seccomp" and (raw.startswith("/") or ".." in raw.split("/")):
             raise PolicyError(
                 f"{where}: process.seccomp names a profile inside the policy directory, "
@@ -252,6 +255,20 @@ def _scalar(spec: Field, raw: Any, where: str) -> Any:
     if spec.maximum is not None and number > spec.maximum:
         raise PolicyError(f"{where}: {spec.path} must be at most {spec.maximum}, not {number}")
     return number
+
+
+def _proxy(raw: str, where: str) -> str:
+    """``http://HOST:PORT``: the form every http_proxy reader takes, and one the relay
+    can let through."""
+    host = raw.removeprefix("http://").removesuffix("/")
+    try:
+        if host == raw or ":" not in host:
+            raise ValueError(raw)
+        destinations.split(host)
+    except ValueError:
+        raise PolicyError(f'{where}: network.proxy must be "http://HOST:PORT" (the site\'s '
+                          f"squid), not {raw!r:.60}") from None
+    return raw
 
 
 def _number(spec: Field, raw: Any, where: str) -> int:
@@ -310,6 +327,12 @@ def _list_item(spec: Field, item: Any, where: str) -> Any:
         return (_path(spec, item["path"], where), size)
     if not isinstance(item, str):
         raise PolicyError(f"{where}: {spec.path} items must be strings, not {item!r:.40}")
+    if spec.kind is Kind.DESTINATIONS:
+        try:
+            return destinations.check(item)
+        except ValueError as exc:
+            raise PolicyError(f"{where}: {spec.path}: {exc!s:.120} (write host:port, "
+                              "address[:port], [v6]:port or network/prefix[:port])") from None
     if spec.path == "process.capabilities" and not _CAPABILITY.fullmatch(item):
         raise PolicyError(f"{where}: '{item:.40}' is not a capability name like CAP_NET_RAW")
     if spec.path == "process.environment.allow" and not _ENV_NAME.fullmatch(item):

@@ -24,11 +24,12 @@ class Kind(Enum):
     MAPPING = 'a table of NAME = "value"'
     TMPFS = 'a list of { path = "/abs", size = "256MB" }'
     STRING = "a string"
+    DESTINATIONS = 'a list of "host:port", "address[:port]" or "network/prefix[:port]"'
 
 
 # Lists that a child policy may extend with `key = { append = [...] }` instead of
 # replacing them with a plain array.
-LIST_KINDS = (Kind.PATHS, Kind.NAMES, Kind.TMPFS)
+LIST_KINDS = (Kind.PATHS, Kind.NAMES, Kind.TMPFS, Kind.DESTINATIONS)
 
 NAMESPACES = ("user", "pid", "ipc", "uts", "net", "mount", "cgroup")
 REQUIREMENT = ("required", "optional", "off")
@@ -291,8 +292,26 @@ def _fields() -> dict[str, Field]:
               "on its home's and its work area's filesystems: a job is not started, and "
               "outputs are not kept, where that would eat into it.", minimum=0),
         Field("network.mode", Kind.CHOICE, "none",
-              "none: a network namespace with loopback only; host: the host's network.",
-              ("none", "host")),
+              "none: a network namespace with loopback only. egress: a network namespace "
+              "of the job's own whose TCP connections and DNS queries go through the "
+              "agent, which lets through what network.allow names and never the node "
+              "itself (its addresses, loopback among them), link-local or metadata "
+              "addresses (docs/network.md). host: the host's network, the node's own "
+              "services and the cloud metadata address included (lint warns).",
+              ("none", "egress", "host")),
+        Field("network.allow", Kind.DESTINATIONS, (),
+              "In egress mode, where a job may connect: host names (resolved by the agent "
+              "when each job starts), addresses and networks, each with a port or for "
+              'every port ("xrootd.example.org:1094", "10.1.0.0/16", "[2001:db8::1]:443"). '
+              "Empty: nowhere but DNS. A JDL cannot add to it."),
+        Field("network.deny", Kind.DESTINATIONS, (),
+              "In egress mode, what stays closed even inside network.allow, in the same "
+              "form. The node's own addresses, loopback, link-local and metadata addresses "
+              "are closed whatever either list says."),
+        Field("network.proxy", Kind.STRING, "",
+              'The site\'s HTTP proxy (squid), "http://HOST:PORT": given to the job as '
+              "http_proxy, https_proxy, HTTP_PROXY and HTTPS_PROXY, and in egress mode "
+              "reachable whatever network.allow says. Empty: none."),
         Field("optional.requirements", Kind.NAMES, (),
               "Requirements allowed to be unenforceable on a host (by key, such as "
               '"process.landlock" or "limits.swap"); anything else fails closed.'),

@@ -140,6 +140,9 @@ class Disk:
 @dataclass(frozen=True)
 class Network:
     mode: str
+    allow: tuple[str, ...]
+    deny: tuple[str, ...]
+    proxy: str
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ import fcntl
 import ipaddress
 import json
 import os
-import re
 import select
 import socket
 import struct
@@ -35,6 +34,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from sandbox_agent.policy.destinations import (  # noqa: F401 (their old home)
+    ALWAYS_DENIED,
+    Destination,
+    IPAddress,
+    IPNetwork,
+    parse,
+)
 from sandbox_agent.runtime import egressns
 from sandbox_agent.toolrun import run_tool
 
@@ -46,78 +52,10 @@ MAX_QUERIES = 64  # a job's DNS queries in flight
 IDLE = 600  # seconds a relayed connection may pass no byte either way
 _CHUNK = 1 << 20  # bytes spliced at a time, and the pipe's size for it
 F_SETPIPE_SZ = 1031  # linux/fcntl.h
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-# Never reachable, whatever the site allows.
-ALWAYS_DENIED = tuple(ipaddress.ip_network(n) for n in (
-    "0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "255.255.255.255/32",
-    "::/128", "::1/128", "fe80::/10", "ff00::/8",
-    # cloud metadata and platform services outside link-local: AWS (IPv6), Azure's
-    # WireServer, Alibaba Cloud
-    "fd00:ec2::254/128", "168.63.129.16/32", "100.100.100.200/32",
-))  # fmt: skip
 
 
 class EgressError(RuntimeError):
     """Egress cannot be set up: one line saying why."""
-
-
-@dataclass(frozen=True)
-class Destination:
-    """One entry of network.allow or network.deny: addresses and, optionally, a port."""
-
-    network: IPNetwork
-    port: int | None = None  # None: every port
-    written: str = ""  # as the policy wrote it
-
-    def matches(self, address: IPAddress, port: int) -> bool:
-        return address in self.network and (self.port is None or self.port == port)
-
-
-def parse(entry: str, resolve: bool = True) -> list[Destination]:
-    """``host:port``, ``address[:port]``, ``[v6]:port`` or ``network/prefix[:port]``; a
-    host name is resolved here, each of its addresses an entry. ValueError names the
-    entry."""
-    text, port = entry, None
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        text, port = host, _port(rest.removeprefix(":"), entry) if rest else None
-    elif text.count(":") == 1:
-        text, written_port = text.split(":")
-        port = _port(written_port, entry)
-    try:
-        return [Destination(_unmapped(ipaddress.ip_network(text, strict=False)), port, entry)]
-    except ValueError:
-        pass
-    # a name: labels of letters, digits and hyphens, the last starting with a letter, so
-    # that shorthand addresses ("10.1", "0x0a.1", "2130706433") are not taken for names
-    labels = text.split(".")
-    if not resolve or not all(_LABEL.fullmatch(label) for label in labels) or \
-            not labels[-1][:1].isalpha():
-        raise ValueError(f"{entry}: not an address, a network or a host name")
-    try:
-        found = socket.getaddrinfo(text, None, proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError) as error:
-        raise ValueError(f"{entry}: cannot resolve {text}: {error}") from None
-    addresses = sorted({info[4][0] for info in found})
-    return [Destination(ipaddress.ip_network(a), port, entry) for a in addresses]
-
-
-def _unmapped(network: IPNetwork) -> IPNetwork:
-    """An IPv4-mapped IPv6 network (::ffff:10.0.0.0/104) as the IPv4 one it is: the
-    relay compares IPv4 destinations."""
-    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
-        mapped = network.network_address.ipv4_mapped
-        if mapped is not None:
-            return ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}")
-    return network
-
-
-def _port(text: str, entry: str) -> int:
-    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
-        raise ValueError(f"{entry}: the port must be a number from 1 to 65535")
-    return int(text)
 
 
 def node_addresses() -> list[IPNetwork]:
