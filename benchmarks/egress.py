@@ -70,7 +70,7 @@ def world(size: int, runs: int) -> None:
                                "-S", "-c", SEND, str(size)])  # fmt: skip
     job = egress_world.holder()
     rules = egress.Rules(allow=egress.parse("10.77.1.2:8001"), node=egress.node_addresses())
-    relay = egress.open_egress(job.pid, rules, user=False)
+    relay = egress.open_egress(job.pid, rules, user=False, bring_up=True)
     time.sleep(0.3)
     try:
         direct = [read([], size) for _ in range(runs)]

@@ -193,11 +193,11 @@ def agent(src: str, job: int, user: bool) -> dict[str, object]:
 
     before = threading.active_count()
     try:  # never the agent's own namespace
-        egress.open_egress(os.getpid(), rules, user=user).close()
+        egress.open_egress(os.getpid(), rules, user=user, bring_up=True).close()
         own = "plumbed"
     except egress.EgressError as error:
         own = str(error)
-    opened = egress.open_egress(job, rules, user=user, upstream=("10.77.1.2", 53))
+    opened = egress.open_egress(job, rules, user=user, upstream=("10.77.1.2", 53), bring_up=True)
     enter = ["nsenter", "-t", str(job), "-n", *(["-U", "--preserve-credentials"] if user else [])]
     ran = subprocess.run([*enter, sys.executable, "-I", "-S", "-c", PAYLOAD],
                          capture_output=True, text=True, timeout=120)  # fmt: skip

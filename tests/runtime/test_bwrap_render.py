@@ -66,7 +66,11 @@ def test_fail_closed_when_the_network_has_no_namespace(tmp_path: Path) -> None:
     for name in ("base.toml",):
         shutil.copy(ROOT / "policies" / name, tmp_path / name)
     effective = compose(load_policy("site", [tmp_path]))
-    with pytest.raises(Unenforceable, match=r"network\.mode: none needs namespaces\.net"):
+    with pytest.raises(
+        Unenforceable,
+        match=r"network\.mode: none needs the job.s own network namespace; set namespaces"
+        r"\.net = \"required\"",
+    ):
         bwrap.render(effective, ["/bin/true"], workdir="/w", host=HOST)
 
 

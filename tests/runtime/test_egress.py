@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sandbox_agent.runtime import egress, egressns
-from sandbox_agent.runtime.egress import Rules, parse
+from sandbox_agent.runtime.egress import EgressError, Rules, parse, rules_for
 
 ROOT = Path(__file__).resolve().parents[2]
 WORLD = Path(__file__).with_name("egress_world.py")
@@ -56,17 +56,39 @@ def test_the_rules(address: str, port: int, allowed: bool) -> None:
 
 
 def test_an_ipv4_mapped_entry_is_the_ipv4_one() -> None:
-    rules = Rules(allow=[], deny=[*parse("[::ffff:10.1.2.3]:22"), *parse("::ffff:10.9.0.0/112")])
+    rules = Rules(
+        allow=parse("0.0.0.0/0"),
+        deny=[*parse("[::ffff:10.1.2.3]:22"), *parse("::ffff:10.9.0.0/112")],
+    )
     assert rules.refusal(ipaddress.ip_address("10.1.2.3"), 22) is not None
     assert rules.refusal(ipaddress.ip_address("10.9.7.7"), 80) is not None
     assert rules.refusal(ipaddress.ip_address("10.1.2.3"), 23) is None
 
 
-def test_an_empty_allowlist_allows_what_is_not_denied() -> None:
-    rules = Rules(allow=[], deny=parse("10.9.0.0/16"), node=NODE)
-    assert rules.refusal(ipaddress.ip_address("198.51.100.1"), 443) is None
-    assert rules.refusal(ipaddress.ip_address("10.9.1.1"), 443) is not None
-    assert rules.refusal(ipaddress.ip_address("10.0.0.5"), 443) is not None
+def test_an_empty_allowlist_allows_nothing() -> None:
+    # fail closed: a policy that names nowhere reaches nowhere, not everywhere
+    rules = Rules(allow=[], node=NODE)
+    assert rules.refusal(ipaddress.ip_address("198.51.100.1"), 443) == "not in network.allow"
+    everywhere = Rules(allow=parse("0.0.0.0/0"), deny=parse("10.9.0.0/16"), node=NODE)
+    assert everywhere.refusal(ipaddress.ip_address("198.51.100.1"), 443) is None
+    assert everywhere.refusal(ipaddress.ip_address("10.9.1.1"), 443) is not None
+    assert everywhere.refusal(ipaddress.ip_address("10.0.0.5"), 443) is not None
+
+
+def test_rules_for_a_policy_resolve_names_and_let_the_proxy_through() -> None:
+    rules = rules_for(["localhost:1094", "no-such-host.invalid:80"], ["10.9.0.0/16"],
+                      "http://192.0.2.7:3128")  # fmt: skip
+    proxy = ipaddress.ip_address("192.0.2.7")
+    assert rules.refusal(proxy, 3128) is None
+    assert rules.refusal(proxy, 3129) == "not in network.allow"
+    assert any("no-such-host.invalid" in why for why in rules.unresolved)
+    # localhost resolves to loopback, which stays closed whatever allow says
+    assert rules.refusal(ipaddress.ip_address("127.0.0.1"), 1094) is not None
+
+
+def test_a_deny_name_that_cannot_be_resolved_refuses_the_rules() -> None:
+    with pytest.raises(EgressError, match=r"network\.deny no-such-host\.invalid"):
+        rules_for(["0.0.0.0/0"], ["no-such-host.invalid"])
 
 
 @pytest.mark.parametrize("entry", ["10.1.0.0/16:0", "10.1.2.3:99999", "10.1.2.3:http",

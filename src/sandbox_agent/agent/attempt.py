@@ -38,6 +38,7 @@ from sandbox_agent.limits.cgroups import CgroupError
 from sandbox_agent.limits.monitor import StopRequest
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.queue import Job, LeaseError, State, StoreError, TransitionError, states
+from sandbox_agent.runtime.egress import EgressError
 from sandbox_agent.runtime.jobrun import (
     FINAL_FRAME_STATES,
     PROGRESS_STATES,
@@ -161,7 +162,7 @@ class NodeProblem(Exception):
 
 # What makes a node unfit rather than a job bad.
 NODE_ERRORS = (OSError, Unenforceable, RuntimeMissing, CompileError, SubprocessError,
-               CgroupError, WorkdirRefused)  # fmt: skip
+               CgroupError, WorkdirRefused, EgressError)  # fmt: skip
 
 
 class Attempt:

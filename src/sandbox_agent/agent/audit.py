@@ -106,6 +106,7 @@ def build(*, job: dict[str, Any], agent_name: str, agent_token: x509.Certificate
         "image": image,
         "seccomp_sha256": session.seccomp_sha256 if session else None,
         "landlock": session.landlock if session else None,
+        "network": network_view(effective, session),
         "host": host_summary(),
         "enforcement": {"kernel": sorted(limits.kernel) if limits else [],
                         "monitored": sorted(limits.monitored) if limits else [],
@@ -123,6 +124,17 @@ def build(*, job: dict[str, Any], agent_name: str, agent_token: x509.Certificate
         **_listed("problems", list(manifest.problems) if manifest else []),
         "teardown": teardown_view(session.teardown if session else None, namespaces, workdir),
     }  # fmt: skip
+
+
+def network_view(effective: Any, session: Any) -> dict[str, Any]:
+    """The job's network mode, and in egress mode what the agent's relay let through
+    and refused (the first refusals, each naming the destination and why)."""
+    out: dict[str, Any] = {"mode": effective.view.network.mode}
+    tally = getattr(session, "egress", None)
+    if tally is not None:
+        out |= {"connections": tally.allowed, "refused": tally.refused,
+                "refusals": list(tally.refusals)}  # fmt: skip
+    return out
 
 
 def _listed(key: str, items: list[Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from sandbox_agent.policy.gate import Unenforceable
 from sandbox_agent.runtime import session
 from sandbox_agent.runtime.agentproc import Terminated, harden, stop_signals_raise
 from sandbox_agent.runtime.choose import AUTO_ORDER, RuntimeUnavailable, choose
+from sandbox_agent.runtime.egress import EgressError
 from sandbox_agent.runtime.launch import RuntimeMissing, WorkdirRefused, check_workdir
 from sandbox_agent.runtime.render import render
 from sandbox_agent.seccomp.compile import CompileError
@@ -85,6 +86,8 @@ def sandbox_exec(
         fail(f"cannot enforce: {exc}", exitcodes.ENVIRONMENT)
     except subprocess.SubprocessError as exc:
         fail(f"cannot start the sandbox: {exc}", exitcodes.ENVIRONMENT)
+    except EgressError as exc:
+        fail(f"cannot give the job its network: {exc}", exitcodes.ENVIRONMENT)
     _report(result)
     if not result.payload_ran:
         fail("the sandbox failed before the command ran (the reason is above); nothing of "
@@ -101,6 +104,9 @@ def _report(result: session.SessionResult) -> None:
     lines += list(result.limits.notes)
     if result.outcome.reason:
         lines.append(result.outcome.detail)
+    if result.egress is not None and result.egress.refused:
+        shown = "; ".join(result.egress.refusals[:3])
+        lines.append(f"network: {result.egress.refused} connection(s) refused ({shown})")
     if result.teardown and (result.teardown.survivors or not result.teardown.removed):
         lines.append("teardown: " + result.teardown.summary())
     for line in lines:

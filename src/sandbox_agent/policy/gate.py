@@ -130,12 +130,15 @@ def enforcer_exists(req: Requirement, carried: frozenset[str]) -> bool:
     """Whether who the requirement names is there to enforce it: the runtime's flags and
     the launcher always are; the agent holds limits (through limits.enforcement); the
     wrapper's confine step only where the plan carries it (``carried``: what the plan
-    gives the sandbox, "confine" and "seccomp" among them). The payload's own session
+    gives the sandbox, "confine" and "seccomp" among them); the agent's egress relay
+    where the sandbox waits for it to be plumbed ("block"). The payload's own session
     under an engine and the agent's kill of an engine's container are not written yet."""
     if req.by in ("runtime", "launcher"):
         return True
     if req.by == "agent" and req.key.startswith("limits."):
         return True
+    if req.by == "agent" and req.key == "network.mode":  # egress: the sandbox waits for it
+        return "block" in carried
     if req.key == "process.seccomp":  # a runtime that loads none: the step does
         return "confine" in carried and "seccomp" in carried
     return req.key == "process.landlock" and "confine" in carried

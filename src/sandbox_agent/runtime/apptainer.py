@@ -68,9 +68,12 @@ def render(
     if effective.view.process.capabilities:
         need.unmet("process.capabilities", "--no-privs cannot keep a capability")
     network = effective.view.network.mode
-    if network == "none":
+    if network != "host":
         out += ["--net", "--network", "none"]
         need.met("namespaces.net", "--net --network none")
+    if network == "egress":  # the relay plumbs a namespace bwrap made; not Apptainer's yet
+        need.unmet("network.mode", "egress: the agent's relay runs with bwrap only for now; "
+                   "here the job gets --network none", by="agent")  # fmt: skip
     profile = str(effective.policy.directory / effective.view.process.seccomp)
     # Apptainer applies a seccomp profile only when run as root, and root Apptainer gives a
     # root agent's payload host uid 0: the confine step loads the agent's compiled program.

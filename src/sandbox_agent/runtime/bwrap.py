@@ -31,6 +31,7 @@ from sandbox_agent.runtime.plan import (
     COMPILED,
     SHIPPED,
     Carried,
+    EgressPlan,
     FdWord,
     HostView,
     LaunchPlan,
@@ -50,6 +51,7 @@ SECCOMP_FD = 10  # the descriptor the seccomp program is passed on
 CONFINE_FD = 11  # the descriptor the landlock step's source is passed on
 INFO_FD = 12  # where bwrap reports the child's pid and the namespaces it made
 CONFIRM_FD = 13  # where the landlock step says it applied landlock, before the payload
+BLOCK_FD = 14  # bwrap waits to read a byte here before the payload: egress is plumbed
 WRAPPER_FD = 20  # the first of the JobWrapper's files (and their bytecode), one each
 WRAPPER_DIR = "/.sandbox-agent/lib"  # where the JobWrapper and its siblings are, read-only
 # The JobWrapper as the payload: its status frames on its stdout (the payload's own
@@ -105,10 +107,12 @@ def render(
         if ns == "mount":  # bwrap always makes one (below)
             continue
         flag = ns
-        if ns == "net" and network == "none" and level == "off":
-            gate.refuse("network.mode", "none needs namespaces.net; set it required")
+        if ns == "net" and network != "host" and level == "off":
+            gate.refuse("network.mode", f"{network} needs the job's own network namespace; "
+                        'set namespaces.net = "required"')  # fmt: skip
         if ns == "net" and network == "host" and level == "required":
-            gate.refuse("network.mode", "host contradicts namespaces.net required")
+            gate.refuse("network.mode", "host shares the host's network namespace, "
+                        'which namespaces.net = "required" forbids; set it "off"')
         if level == "off" or (ns == "net" and network == "host"):
             need.met(f"namespaces.{ns}", "off: shares the host's")
             continue
@@ -228,6 +232,11 @@ def render(
         ),
     ]
     need.met("process.seccomp", f"--seccomp {SECCOMP_FD}: {profile}")
+    egress = _egress(effective, host, need)
+    if egress is not None:
+        block = FdWord(BLOCK_FD, Carried.BLOCK, "the agent's word that the job's network is "
+                       "plumbed: the sandbox waits for it (written by the agent)")  # fmt: skip
+        out += ["--block-fd", block]
     need.met("process.rlimits", "set before exec", by="launcher")
     agent_limits(effective, need)
     out.append("--")
@@ -239,8 +248,25 @@ def render(
         descriptors=descriptors,
         requirements=tuple(need.items),
         seccomp_profile=str(effective.policy.directory / profile),
+        egress=egress,
         **from_policy(effective),
     )
+
+
+def _egress(effective: EffectivePolicy, host: HostView, need: Requirements) -> EgressPlan | None:
+    """What the agent plumbs for an egress job, or None (another mode, or this host
+    cannot: then the namespace has its loopback only, if the site made it optional)."""
+    network = effective.view.network
+    if network.mode != "egress":
+        return None
+    why = host.egress_unmet(effective.view.namespaces.user != "off")
+    if why is not None:
+        need.unmet("network.mode", f"egress: {why}", by="agent")
+        return None
+    reach = f"{len(network.allow)} network.allow entries" + (", the proxy" if network.proxy else "")
+    need.met("network.mode", f"egress: the job's own network namespace, its TCP and DNS "
+             f"through the agent's relay ({reach}; never the node)", by="agent")  # fmt: skip
+    return EgressPlan(network.allow, network.deny, network.proxy)
 
 
 def _masks(host: HostView) -> list[str]:

@@ -53,8 +53,15 @@ def render(
                 "userns-remap); use Podman or Apptainer, or mark it optional",
             )
     network = effective.view.network.mode
-    out += ["--network", "none" if network == "none" else "host"]
-    need.met("namespaces.net", f"--network {'none' if network == 'none' else 'host'}")
+    if network == "host":
+        out += ["--network", "host"]
+        need.met("namespaces.net", "off: --network host shares the host's")
+    else:
+        out += ["--network", "none"]
+        need.met("namespaces.net", "--network none")
+    if network == "egress":  # the relay plumbs a namespace bwrap made; not an engine's yet
+        need.unmet("network.mode", "egress: the agent's relay runs with bwrap only for now; "
+                   "here the job gets --network none", by="agent")  # fmt: skip
     out += ["--cap-drop", "ALL"]
     for capability in effective.view.process.capabilities:
         out += ["--cap-add", capability.removeprefix("CAP_")]

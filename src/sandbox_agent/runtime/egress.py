@@ -32,9 +32,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sandbox_agent.policy.destinations import (  # noqa: F401 (their old home)
+from sandbox_agent.policy.destinations import (  # their old home was here
     ALWAYS_DENIED,
     Destination,
     IPAddress,
@@ -79,9 +80,10 @@ def node_addresses() -> list[IPNetwork]:
 
 @dataclass
 class Rules:
-    allow: list[Destination]  # empty: anywhere not denied
+    allow: list[Destination]  # empty: nowhere
     deny: list[Destination] = field(default_factory=list)
     node: list[IPNetwork] = field(default_factory=list)
+    unresolved: list[str] = field(default_factory=list)  # allow entries left out: why
 
     def refusal(self, address: IPAddress, port: int) -> str | None:
         """Why the payload may not reach ``address``:``port``, or None."""
@@ -97,7 +99,7 @@ class Rules:
         for entry in self.deny:
             if entry.matches(address, port):
                 return f"denied by network.deny {entry.written}"
-        if self.allow and not any(entry.matches(address, port) for entry in self.allow):
+        if not any(entry.matches(address, port) for entry in self.allow):
             return "not in network.allow"
         return None
 
@@ -309,15 +311,39 @@ def resolver() -> tuple[str, int]:
     return "127.0.0.1", 53
 
 
+def rules_for(allow: Sequence[str], deny: Sequence[str], proxy: str = "") -> Rules:
+    """A job's rules from its policy's network.allow, network.deny and network.proxy
+    (reachable whatever allow says), names resolved now, and this node's addresses.
+    EgressError when a name of the deny list cannot be resolved (what it closes would
+    be unknown); a name of the allow list that cannot be is left out (it opens nothing),
+    and said in ``Rules.unresolved``."""
+    allowed: list[Destination] = []
+    unresolved = []
+    for entry in [*allow, *([proxy.removeprefix("http://").rstrip("/")] if proxy else [])]:
+        try:
+            allowed += parse(entry)
+        except ValueError as error:
+            unresolved.append(str(error))
+    denied: list[Destination] = []
+    for entry in deny:
+        try:
+            denied += parse(entry)
+        except ValueError as error:
+            raise EgressError(f"network.deny {error}: what it closes is unknown") from None
+    return Rules(allowed, denied, node_addresses(), unresolved)
+
+
 def open_egress(pid: int, rules: Rules, *, user: bool,
-                upstream: tuple[str, int] | None = None) -> Egress:  # fmt: skip
+                upstream: tuple[str, int] | None = None, bring_up: bool = False) -> Egress:
     """Plumb the network namespace of ``pid`` (the sandbox's pid 1) and start its relay
-    and DNS stub; ``user``: join its user namespace too (an unprivileged agent)."""
+    and DNS stub; ``user``: join its user namespace too (an unprivileged agent);
+    ``bring_up``: bring its loopback up (bwrap does it for its sandboxes)."""
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with mine:
         # a file of the standard library alone: whatever the agent's Python finds
         argv = [sys.executable, "-I", "-S", egressns.__file__, "--pid", str(pid),
-                "--fd", str(theirs.fileno()), *(["--user"] if user else [])]  # fmt: skip
+                "--fd", str(theirs.fileno()), *(["--user"] if user else []),
+                *(["--bring-up"] if bring_up else [])]  # fmt: skip
         try:
             helper = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), env={},
                                       stderr=subprocess.PIPE)  # fmt: skip

@@ -24,10 +24,14 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import fcntl
 import os
+import shutil
 import socket
+import struct
 import subprocess
 import sys
+import time
 
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
@@ -36,6 +40,11 @@ CLONE_NEWNET = 0x40000000
 # connection.
 SOURCE = "198.18.0.1"
 NFT_TABLE = "sandbox_agent_egress"
+PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # where ip and nft are looked for, and run from
+TOOLS = {"ip": "iproute2", "nft": "nftables"}  # each with its Debian package
+LOOPBACK_WAIT = 10.0  # seconds bwrap may take to bring the namespace's loopback up
+_SIOCGIFFLAGS, _IFF_UP = 0x8913, 0x1
+_NS_GET_USERNS = 0xB701  # linux/nsfs.h: _IO(0xb7, 0x1)
 _CAP_NET_BIND_SERVICE, _CAP_NET_ADMIN = 10, 12
 _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE = 47, 2
 _CAP_VERSION_3 = 0x20080522
@@ -43,6 +52,12 @@ _CAP_VERSION_3 = 0x20080522
 
 class EgressError(RuntimeError):
     """The namespace could not be plumbed: one line saying which step and why."""
+
+
+def missing() -> list[str]:
+    """The tools of TOOLS this host lacks, each as "tool (package)"."""
+    return [f"{tool} ({package})" for tool, package in TOOLS.items()
+            if shutil.which(tool, path=PATH) is None]  # fmt: skip
 
 
 def ruleset(relay_port: int, dns_port: int) -> str:
@@ -75,25 +90,30 @@ def _check(result: int, what: str) -> None:
 
 
 def join(pid: int, *, user: bool) -> None:
-    """Join the namespaces of ``pid``: its user namespace first when ``user``."""
+    """Join the network namespace of ``pid``; when ``user``, first the user namespace
+    that owns it (asked of the network namespace itself: bwrap's --disable-userns puts
+    the sandbox in a user namespace nested below that one, which holds no capability
+    over the network)."""
     libc = _libc()
-    kinds = [("user", CLONE_NEWUSER)] if user else []
-    kinds.append(("net", CLONE_NEWNET))
-    # opened before any is joined: /proc/PID stays readable from here
-    opened = [(kind, flag, os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC))
-              for kind, flag in kinds]  # fmt: skip
-    own = os.stat("/proc/self/ns/net")
-    target = os.fstat(opened[-1][2])
-    if (own.st_dev, own.st_ino) == (target.st_dev, target.st_ino):
-        for _, _, fd in opened:
-            os.close(fd)
-        raise EgressError(f"pid {pid} shares the agent's own network namespace: not a job's")
+    # opened before anything is joined: /proc/PID stays readable from here
+    net = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        for kind, flag, fd in opened:
-            _check(libc.setns(fd, flag), f"setns({kind} of pid {pid})")
+        own = os.stat("/proc/self/ns/net")
+        target = os.fstat(net)
+        if (own.st_dev, own.st_ino) == (target.st_dev, target.st_ino):
+            raise EgressError(f"pid {pid} shares the agent's own network namespace: not a job's")
+        if user:
+            owner = fcntl.ioctl(net, _NS_GET_USERNS)
+            try:
+                _check(
+                    libc.setns(owner, CLONE_NEWUSER),
+                    f"setns(the user namespace of pid {pid}'s network)",
+                )
+            finally:
+                os.close(owner)
+        _check(libc.setns(net, CLONE_NEWNET), f"setns(net of pid {pid})")
     finally:
-        for _, _, fd in opened:
-            os.close(fd)
+        os.close(net)
 
 
 def raise_ambient() -> None:
@@ -122,15 +142,38 @@ def raise_ambient() -> None:
 
 def _run(argv: list[str], stdin: str | None = None) -> None:
     done = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=20,
-                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, check=False)  # fmt: skip
+                          env={"PATH": PATH}, check=False)  # fmt: skip
     if done.returncode != 0:
         said = (done.stderr or done.stdout).strip().splitlines()
         raise EgressError(f"{' '.join(argv[:3])}: {said[0] if said else done.returncode}")
 
 
-def plumb(relay_port: int, dns_port: int) -> tuple[socket.socket, socket.socket]:
-    """Inside the job's namespace: the routes, the rules, and the two sockets."""
-    _run(["ip", "link", "set", "lo", "up"])
+def loopback_up() -> bool:
+    """Whether this namespace's loopback is up."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        answer = fcntl.ioctl(sock.fileno(), _SIOCGIFFLAGS, struct.pack("16sH22x", b"lo", 0))
+    return bool(struct.unpack("16sH22x", answer)[1] & _IFF_UP)
+
+
+def await_loopback() -> None:
+    """Wait for the runtime to bring the loopback up (bwrap does, in the sandbox's
+    first process, and fails if its address is already there): the routes need it up."""
+    deadline = time.monotonic() + LOOPBACK_WAIT
+    while not loopback_up():
+        if time.monotonic() > deadline:
+            raise EgressError(f"the job's loopback was not up after {LOOPBACK_WAIT:.0f} s")
+        time.sleep(0.005)
+
+
+def plumb(
+    relay_port: int, dns_port: int, *, bring_up: bool = False
+) -> tuple[socket.socket, socket.socket]:
+    """Inside the job's namespace: the routes, the rules, and the two sockets.
+    ``bring_up``: the loopback is ours to bring up (no runtime does)."""
+    if bring_up:
+        _run(["ip", "link", "set", "lo", "up"])
+    else:
+        await_loopback()
     _run(["ip", "address", "add", f"{SOURCE}/32", "dev", "lo"])
     _run(["ip", "route", "add", "default", "dev", "lo", "src", SOURCE])
     _run(["nft", "-f", "-"], ruleset(relay_port, dns_port))
@@ -149,13 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True, help="the unix socket to the agent")
     parser.add_argument("--relay-port", type=int, default=1080)
     parser.add_argument("--dns-port", type=int, default=53)
+    parser.add_argument("--bring-up", action="store_true", help="bring the loopback up too")
     options = parser.parse_args(argv)
     back = socket.socket(fileno=options.fd)
     try:
         join(options.pid, user=options.user)
         if options.user:
             raise_ambient()
-        relay, dns = plumb(options.relay_port, options.dns_port)
+        relay, dns = plumb(options.relay_port, options.dns_port, bring_up=options.bring_up)
         socket.send_fds(back, [b"ok"], [relay.fileno(), dns.fileno()])
     except Exception as error:  # whatever it was: one line to the agent
         said = " ".join(str(error).split())

@@ -78,6 +78,7 @@ class Started:
     info: int | None = None  # read end of the runtime's report (bwrap --info-fd)
     confirm: int | None = None  # read end of the landlock step's confirmation
     files: str | None = None  # the private directory of agent files; the caller removes it
+    block: int | None = None  # write end of the pipe the sandbox waits on (egress)
 
 
 def unenforced(plan: LaunchPlan) -> tuple[str, ...]:
@@ -134,7 +135,7 @@ def start(
         )
     compiled = compile_profile(Path(plan.seccomp_profile))
     fds: list[int] = []
-    info = confirm = None
+    info = confirm = block = None
     files = None
     try:
         for descriptor in plan.descriptors:
@@ -145,6 +146,8 @@ def start(
                 info, fd = os.pipe2(os.O_CLOEXEC)
             elif carries is Carried.CONFIRM:
                 confirm, fd = os.pipe2(os.O_CLOEXEC)
+            elif carries is Carried.BLOCK:  # the runtime reads, the agent writes
+                fd, block = os.pipe2(os.O_CLOEXEC)
             elif carries.is_bytecode:  # for the agent's Python
                 source = carries.source
                 fd = data_fd(f"sandbox-agent-{carries}", bytecode(_name(source), _source(source)))
@@ -191,7 +194,7 @@ def start(
             start_new_session=plan.new_session,
         )
     except BaseException:
-        for end in (info, confirm):
+        for end in (info, confirm, block):
             if end is not None:
                 os.close(end)
         if files:
@@ -200,7 +203,7 @@ def start(
     finally:
         for fd in fds:
             os.close(fd)
-    return Started(process, compiled.sha256, skipped, info, confirm, files)
+    return Started(process, compiled.sha256, skipped, info, confirm, files, block)
 
 
 def _options_on_descriptor(plan: LaunchPlan, argv: list[str]) -> int:

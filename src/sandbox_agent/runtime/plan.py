@@ -29,6 +29,7 @@ from sandbox_agent.policy.gate import Requirements as Requirements
 from sandbox_agent.policy.gate import Unenforceable as Unenforceable
 from sandbox_agent.policy.gate import optional_keys as optional_keys
 from sandbox_agent.policy.schema import LIMITS
+from sandbox_agent.runtime import egressns
 from sandbox_agent.wrapper import confine, handoff, jobwrapper, packaging
 
 
@@ -56,6 +57,12 @@ class HostView(Protocol):
         inside the image; None when it leads nowhere."""
         ...
 
+    def egress_unmet(self, user_namespace: bool) -> str | None:
+        """Why the agent cannot plumb a job's network namespace for egress here (its
+        tools are missing; an unprivileged agent needs the job's user namespace), or
+        None. ``user_namespace``: whether the policy makes one."""
+        ...
+
 
 class RealHost:
     def entries(self, directory: str) -> list[tuple[str, str]]:
@@ -70,6 +77,15 @@ class RealHost:
 
     def landlock_abi(self) -> int:
         return confine.abi()
+
+    def egress_unmet(self, user_namespace: bool) -> str | None:
+        lacking = egressns.missing()
+        if lacking:
+            return f"this host lacks {', '.join(lacking)}: install them"
+        if not user_namespace and os.geteuid() != 0:
+            return ("an unprivileged agent plumbs the job's network from the job's own user "
+                    "namespace: namespaces.user must not be off")  # fmt: skip
+        return None
 
     def kind(self, path: str) -> str:
         try:
@@ -89,6 +105,10 @@ class FixedHost:
     table: dict[str, str]
     landlock: int = 6
     interpreter: HostPython | None = None
+    egress: str | None = None  # why egress cannot be had here, or None
+
+    def egress_unmet(self, user_namespace: bool) -> str | None:
+        return self.egress
 
     def landlock_abi(self) -> int:
         return self.landlock
@@ -127,6 +147,7 @@ class Carried(StrEnum):
     SECCOMP = "seccomp"  # the program compiled from the plan's profile
     INFO = "info"  # a pipe: bwrap's report of the namespaces it made
     CONFIRM = "confirm"  # a pipe: the confine step's word that landlock holds
+    BLOCK = "block"  # a pipe the agent writes once the job's network is plumbed (egress)
     CONFINE = "confine"
     WRAPPER = "wrapper"
     HANDOFF = "handoff"
@@ -137,7 +158,7 @@ class Carried(StrEnum):
 
     @property
     def is_pipe(self) -> bool:
-        return self in (Carried.INFO, Carried.CONFIRM)
+        return self in (Carried.INFO, Carried.CONFIRM, Carried.BLOCK)
 
     @property
     def is_bytecode(self) -> bool:
@@ -195,6 +216,16 @@ class Limit:
     enforcement: str  # kernel (the job's cgroup) or monitored (the agent)
 
 
+@dataclass(frozen=True)
+class EgressPlan:
+    """What the agent lets a job reach in egress mode (runtime/egress.rules_for makes
+    the rules of it when the job starts: names are resolved then)."""
+
+    allow: tuple[str, ...]
+    deny: tuple[str, ...]
+    proxy: str = ""
+
+
 RLIMITS = ("core", "nofile", "stack", "fsize")
 
 
@@ -218,6 +249,9 @@ class LaunchPlan:
     optional: frozenset[str] = frozenset()  # what may go unmet (gate.optional_keys)
     limits: tuple[Limit, ...] = ()
     needs_host: frozenset[str] = frozenset()  # what the policy asks of the kernel
+    # egress: the session plumbs the job's network and runs its relay (the plan carries
+    # a BLOCK pipe the sandbox waits on until then); None: no network to plumb
+    egress: EgressPlan | None = None
 
     def __post_init__(self) -> None:
         # every field the launcher reads comes from one policy (from_policy): a plan
@@ -306,12 +340,19 @@ def as_argv(out: Sequence[str]) -> tuple[tuple[str, ...], tuple[Descriptor, ...]
     return tuple(str(word) for word in out), descriptors, files_at
 
 
+# The variables HTTP clients (curl, wget, Python, xrootd's HTTP plugin) read a proxy from.
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")
+
+
 def environment(
     effective: EffectivePolicy, environ: Mapping[str, str] | None
 ) -> list[tuple[str, str]]:
     """The payload's variables: the fixed ones, then the allowed ones the agent has (or a
     placeholder for each when rendering without the agent's environment)."""
     fixed = dict(effective.view.process.environment.set)
+    network = effective.view.network
+    if network.proxy and network.mode != "none":  # the site's squid, as every client reads it
+        fixed |= dict.fromkeys(PROXY_VARIABLES, network.proxy)
     out = sorted(fixed.items())
     for name in effective.view.process.environment.allow:
         if name in fixed:

@@ -9,12 +9,14 @@ even when the agent is interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import secrets
 import select
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +27,8 @@ from sandbox_agent.limits.cgroups import CgroupError, CgroupLimits, JobCgroup, T
 from sandbox_agent.limits.enforcement import LimitPlan, decide, wants_cgroup
 from sandbox_agent.limits.monitor import Monitor, Outcome, StopRequest
 from sandbox_agent.runtime.agentproc import reap
-from sandbox_agent.runtime.launch import start, unenforced
+from sandbox_agent.runtime.egress import Egress, EgressError, Rules, Tally, open_egress, rules_for
+from sandbox_agent.runtime.launch import Started, start, unenforced
 from sandbox_agent.runtime.plan import LaunchPlan
 
 _serial = itertools.count(1)
@@ -42,6 +45,8 @@ class SessionResult:
     # the landlock step's word ("confined: landlock ABI 7"); "" when the plan ran the step and it
     # never said so (the payload did not run); None when the plan has no such step
     landlock: str | None = None
+    # egress: what the agent's relay let through and refused; None in other modes
+    egress: Tally | None = None
 
     @property
     def payload_ran(self) -> bool:
@@ -137,6 +142,9 @@ def run(
     (nothing started) when a required requirement cannot be held here. ``held``: limits
     the caller holds already (workdir_size, by the work directory's own filesystem)."""
     skipped = unenforced(plan)  # fail before making anything
+    # names resolved, the node's addresses read: before anything is made (EgressError)
+    rules = rules_for(plan.egress.allow, plan.egress.deny, plan.egress.proxy) \
+        if plan.egress is not None else None  # fmt: skip
     # unique across agents, pid namespaces included: two jobs never share a cgroup
     name = name or f"exec-{os.getpid()}-{next(_serial)}-{secrets.token_hex(4)}"
     group, where = None, "no limit asked for the kernel"
@@ -146,12 +154,15 @@ def run(
     report: dict[str, object] = {}
     confirmed = None
     started = None
+    relay: Egress | None = None
     try:
         limits = decide(plan, (group.enforced if group else frozenset()) | held, where)
         started = start(plan, stdin=stdin, stdout=stdout, stderr=stderr, cgroup=group)
         if on_start is not None:  # placed in its cgroup already: the job may be told now
             on_start(started.process)
         report = read_report(started.info) if started.info is not None else {}
+        if started.block is not None:
+            relay = plumb(started, report, rules)
         made = namespaces_made(report)
         # an optional namespace asked for with -try counts only once bwrap says it made it
         skipped = tuple(k for k in skipped if k.removeprefix("namespaces.") not in made)
@@ -171,6 +182,8 @@ def run(
         if started.confirm is not None:  # every writer has exited with the job
             confirmed = read_confirmation(started.confirm)
     finally:
+        if relay is not None:  # every connection of the job's ends with it
+            relay.close()
         if group is not None:
             teardown = group.teardown()
         if started is not None and started.files:
@@ -181,4 +194,31 @@ def run(
     return SessionResult(
         outcome, teardown, limits, skipped + limits.unenforced, started.seccomp_sha256, where,
         landlock=confirmed if started.confirm is not None else None,
+        egress=relay.tally if relay is not None else None,
     )  # fmt: skip
+
+
+def plumb(started: Started, report: dict[str, object], rules: Rules | None) -> Egress:
+    """The job's network namespace plumbed for egress and its relay started, then the
+    sandbox let go (a byte on the pipe bwrap waits on). On failure the sandbox is killed
+    before it is let go, so the payload never runs, and EgressError says why."""
+    assert started.block is not None
+    child = report.get("child-pid")
+    try:
+        if not isinstance(child, int) or rules is None:
+            raise EgressError("bwrap reported no sandbox whose network to plumb")
+        relay = open_egress(child, rules, user=os.geteuid() != 0)
+    except BaseException:
+        # killed while it waits: the pipe is closed only once nothing can read it
+        for pid in (child, started.process.pid):
+            if isinstance(pid, int):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        started.process.wait()
+        os.close(started.block)
+        raise
+    try:
+        os.write(started.block, b"1")
+    finally:
+        os.close(started.block)
+    return relay
