@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run with -I: tests/ itself
+from networld import holder, host, serve_on_node, sh
 
 SIZE = 4 << 20  # bytes each test host serves
 SERVE = f"""
@@ -126,57 +129,6 @@ print(json.dumps(out))
 SERVERS: list[subprocess.Popen[bytes]] = []
 
 
-def sh(*argv: str) -> None:
-    subprocess.run(argv, check=True, capture_output=True)
-
-
-def holder(*prefix: str) -> subprocess.Popen[bytes]:
-    """A process in a new network namespace (and what ``prefix`` adds), kept alive."""
-    user = ["-U", "--map-user=1000", "--map-group=1000"] if prefix else []
-    process = subprocess.Popen([*prefix, "unshare", "-n", *user, "sleep", "600"])
-    mine = os.readlink("/proc/self/ns/net")
-    for _ in range(200):
-        try:
-            if os.readlink(f"/proc/{process.pid}/ns/net") != mine:
-                return process
-        except OSError:
-            pass
-        time.sleep(0.01)
-    raise RuntimeError("the holder never got its own network namespace")
-
-
-def host(name: str, node_side: str, address: str, prefix: int) -> subprocess.Popen[bytes]:
-    keeper = holder()
-    pid = str(keeper.pid)
-    sh("ip", "link", "add", f"v{name}", "type", "veth", "peer", "name", "eth0", "netns", pid)
-    sh("ip", "address", "add", f"{node_side}/{prefix}", "dev", f"v{name}")
-    sh("ip", "link", "set", f"v{name}", "up")
-    inside = ["nsenter", "-t", pid, "-n"]
-    sh(*inside, "ip", "link", "set", "lo", "up")
-    sh(*inside, "ip", "link", "set", "eth0", "up")
-    sh(*inside, "ip", "address", "add", f"{address}/{prefix}", "dev", "eth0")
-    sh(*inside, "ip", "route", "add", "default", "via", node_side)
-    SERVERS.append(subprocess.Popen([*inside, sys.executable, "-c", SERVE, "8000"]))
-    return keeper
-
-
-def serve_on_node(port: int) -> None:
-    server = socket.socket()
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("0.0.0.0", port))
-    server.listen()
-
-    def answer() -> None:
-        while True:
-            client, _ = server.accept()
-            client.sendall(b"the node's own service")
-            client.close()
-
-    import threading
-
-    threading.Thread(target=answer, daemon=True).start()
-
-
 def agent(src: str, job: int, user: bool) -> dict[str, object]:
     sys.path.insert(0, src)
     from sandbox_agent.runtime import egress
@@ -228,7 +180,10 @@ def main() -> None:
         for name, node_side, address, prefix in [("a", "10.77.1.1", "10.77.1.2", 24),
                                                  ("d", "10.77.2.1", "10.77.2.2", 24),
                                                  ("m", "169.254.0.1", "169.254.169.254", 16)]:
-            keepers.append(host(name, node_side, address, prefix))
+            keeper, server = host(name, node_side, address, prefix,
+                                  [sys.executable, "-c", SERVE, "8000"])  # fmt: skip
+            keepers.append(keeper)
+            SERVERS.append(server)
         if who == "root":
             job = holder()
             keepers.append(job)
