@@ -4,7 +4,7 @@ the node's own network, in the same run.
     sudo .venv/bin/python benchmarks/egress.py [--megabytes N] [--runs N]
 
 Runs itself in a network namespace of its own (no route leaves it), with a test host
-behind a veth pair (tests/runtime/egress_world.py) that sends N MiB over TCP. The
+behind a veth pair (tests/networld.py) that sends N MiB over TCP. The
 baseline reads them from the node's namespace directly (what host networking gives a
 job); the relay reads them from a job's namespace plumbed by runtime/egress.py, each
 connection checked against the rules and spliced by the agent. Median of the runs.
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "runtime"))
+sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "src"))
 
 READ = """
@@ -60,15 +60,14 @@ def read(prefix: list[str], size: int) -> float:
 
 
 def world(size: int, runs: int) -> None:
-    import egress_world  # tests/runtime: the same world the egress tests make
+    import networld  # tests/: the same world the egress tests make
 
     from sandbox_agent.runtime import egress
 
-    egress_world.sh("ip", "link", "set", "lo", "up")
-    keeper = egress_world.host("a", "10.77.1.1", "10.77.1.2", 24)
-    server = subprocess.Popen(["nsenter", "-t", str(keeper.pid), "-n", sys.executable, "-I",
-                               "-S", "-c", SEND, str(size)])  # fmt: skip
-    job = egress_world.holder()
+    networld.sh("ip", "link", "set", "lo", "up")
+    keeper, server = networld.host("a", "10.77.1.1", "10.77.1.2", 24,
+                                   [sys.executable, "-I", "-S", "-c", SEND, str(size)])  # fmt: skip
+    job = networld.holder()
     rules = egress.Rules(allow=egress.parse("10.77.1.2:8001"), node=egress.node_addresses())
     relay = egress.open_egress(job.pid, rules, user=False, bring_up=True)
     time.sleep(0.3)
@@ -77,7 +76,7 @@ def world(size: int, runs: int) -> None:
         through = [read(["nsenter", "-t", str(job.pid), "-n"], size) for _ in range(runs)]
     finally:
         relay.close()
-        for process in (server, keeper, job, *egress_world.SERVERS):
+        for process in (server, keeper, job):
             process.kill()
     mib = size / (1 << 20)
     base, relayed = statistics.median(direct), statistics.median(through)

@@ -5,9 +5,12 @@
 Measures `/bin/true` run to completion, median of N rounds, as root or not:
   bare     subprocess.run(["/bin/true"]): the baseline the ratios are taken against;
   bwrap    bare bwrap with the same namespaces and a read-only bind of /, no policy;
-  session  the whole path `sandbox exec` takes, in-process, with the default policy:
-           seccomp compiled and loaded, the job's cgroup made, limited and removed,
-           the landlock step, the monitor, teardown;
+  session  the whole path `sandbox exec` takes, in-process, with the default policy and
+           no network (loopback only): seccomp compiled and loaded, the job's cgroup
+           made, limited and removed, the landlock step, the monitor, teardown;
+  egress   the same with the default policy as shipped (network.mode = "egress"): the
+           rules made, the job's namespace plumbed (ip, nft), the relay started and
+           stopped (root, or an unprivileged agent with a user namespace);
   compile  compiling the seccomp profile alone (part of session).
 """
 
@@ -40,19 +43,28 @@ def main() -> None:
         workdir = base / "work"
         workdir.mkdir(mode=0o777)
         workdir.chmod(0o777)
-        effective = compose(load_policy("default", [ROOT / "policies"]))
-        plan = render("bwrap", effective, ["/bin/true"], workdir=str(workdir), environ={})
+        policies = base / "policies"
+        shutil.copytree(ROOT / "policies", policies)
+        (policies / "offline.toml").write_text(
+            'extends = "default"\n[network]\nmode = "none"\nallow = []\n'
+        )
+        plans = {}
+        for name in ("offline", "default"):
+            effective = compose(load_policy(name, [policies]))
+            plans[name] = render("bwrap", effective, ["/bin/true"], workdir=str(workdir),
+                                 environ={})  # fmt: skip
         bare_bwrap = ["bwrap", "--unshare-all", "--ro-bind", "/", "/", "--proc", "/proc",
                       "--dev", "/dev", "--", "/bin/true"]  # fmt: skip
 
-        def whole() -> None:
-            result = session.run(plan, effective, workdir=workdir)
+        def whole(name: str) -> None:
+            result = session.run(plans[name], workdir=workdir)
             assert result.outcome.returncode == 0, result
 
         figures = {
             "bare": median_ms(lambda: subprocess.run(["/bin/true"], check=True), rounds),
             "bwrap": median_ms(lambda: subprocess.run(bare_bwrap, check=True), rounds),
-            "session": median_ms(whole, rounds),
+            "session": median_ms(lambda: whole("offline"), rounds),
+            "egress": median_ms(lambda: whole("default"), rounds),
             "compile": median_ms(
                 lambda: compile_profile(ROOT / "policies" / "seccomp" / "default.json"), rounds
             ),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sandbox_agent.limits import workdisk
 from sandbox_agent.limits.cgroups import CGROUP_LIMITS, CgroupError, discover
+from sandbox_agent.runtime import egressns
 
 _LANDLOCK_CREATE_RULESET = 444  # the same number on every architecture (new syscall table)
 _LANDLOCK_CREATE_RULESET_VERSION = 1
@@ -84,6 +85,14 @@ def seccomp() -> Fact:
     return Fact(False, "no seccomp in this kernel (CONFIG_SECCOMP_FILTER)")
 
 
+def egress() -> Fact:
+    """Whether the agent can plumb a job's network namespace for egress (docs/network.md)."""
+    lacking = egressns.missing()
+    if lacking:
+        return Fact(False, f"this host lacks {', '.join(lacking)}: install them")
+    return Fact(True, "ip and nft are here: the agent can plumb a job's network for egress")
+
+
 def cgroup_limits() -> dict[str, Fact]:
     """For each limit a cgroup can hold: whether the agent can make a job cgroup here
     that holds it (the launcher's own discovery, so explain and launch agree)."""
@@ -126,6 +135,7 @@ def facts() -> dict[str, Fact]:
         "namespaces.cgroup": cgroup_namespace(),
         "process.landlock": landlock(),
         "process.seccomp": seccomp(),
+        "network.mode": egress(),
     }
     for name, fact in cgroup_limits().items():
         out[f"limits.{name}"] = fact

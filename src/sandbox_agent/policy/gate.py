@@ -197,11 +197,13 @@ class Found(Protocol):
 
 
 def needs_host(effective: EffectivePolicy, key: str) -> bool:
-    """Whether the policy asks the kernel for ``key`` at all (hostfacts names the keys):
-    a limit only when its enforcement is the kernel's, seccomp always, a levelled key
-    unless off."""
+    """Whether the policy asks the host for ``key`` at all (hostfacts names the keys):
+    a limit only when its enforcement is the kernel's, the network's tools only for
+    egress, seccomp always, a levelled key unless off."""
     if key.startswith("limits."):
         return effective.value(f"{key}.enforcement") == "kernel"
+    if key == "network.mode":  # the host's tools, for egress alone
+        return effective.value(key) == "egress"
     if key in LEVELLED:
         return effective.value(key) != "off"
     return True

@@ -263,7 +263,9 @@ def _egress(effective: EffectivePolicy, host: HostView, need: Requirements) -> E
     if why is not None:
         need.unmet("network.mode", f"egress: {why}", by="agent")
         return None
-    reach = f"{len(network.allow)} network.allow entries" + (", the proxy" if network.proxy else "")
+    count = len(network.allow)
+    reach = f"{count} network.allow entr{'y' if count == 1 else 'ies'}"
+    reach += ", the proxy" if network.proxy else ""
     need.met("network.mode", f"egress: the job's own network namespace, its TCP and DNS "
              f"through the agent's relay ({reach}; never the node)", by="agent")  # fmt: skip
     return EgressPlan(network.allow, network.deny, network.proxy)

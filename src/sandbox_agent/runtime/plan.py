@@ -299,16 +299,17 @@ class LaunchPlan:
         return next(limit.enforcement for limit in self.limits if limit.name == name)
 
 
+# The keys a policy may ask of the host (hostfacts.facts answers each).
+HOST_KEYS = (*gate.LEVELLED, "process.seccomp", "network.mode", *(f"limits.{n}" for n in LIMITS))
+
+
 def from_policy(effective: EffectivePolicy) -> dict[str, Any]:
     """The plan's fields that come from the policy whatever the runtime."""
     return {
         "rlimits": tuple(effective.view.process.rlimits.items()),
         "new_session": effective.view.process.new_session,
         "optional": optional_keys(effective),
-        "needs_host": frozenset(
-            key for key in (*gate.LEVELLED, "process.seccomp", *(f"limits.{n}" for n in LIMITS))
-            if gate.needs_host(effective, key)
-        ),
+        "needs_host": frozenset(key for key in HOST_KEYS if gate.needs_host(effective, key)),
         "limits": tuple(
             Limit(name, limit.value, limit.enforcement)
             for name, limit in effective.view.limits.items()

@@ -198,27 +198,42 @@ def run(
     )  # fmt: skip
 
 
-def plumb(started: Started, report: dict[str, object], rules: Rules | None) -> Egress:
+def plumb(started: Started, report: dict[str, object], rules: Rules | None) -> Egress | None:
     """The job's network namespace plumbed for egress and its relay started, then the
     sandbox let go (a byte on the pipe bwrap waits on). On failure the sandbox is killed
-    before it is let go, so the payload never runs, and EgressError says why."""
+    before it is let go, so the payload never runs, and EgressError says why; or None
+    when bwrap had failed by itself first (its own words, on its stderr, say why)."""
     assert started.block is not None
     child = report.get("child-pid")
     try:
         if not isinstance(child, int) or rules is None:
             raise EgressError("bwrap reported no sandbox whose network to plumb")
         relay = open_egress(child, rules, user=os.geteuid() != 0)
+    except EgressError:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            started.process.wait(timeout=0.5)
+        failed_first = started.process.returncode is not None
+        _kill_waiting(started, child)  # its sandbox too, should one outlive it
+        if not failed_first:
+            raise
+        return None
     except BaseException:
-        # killed while it waits: the pipe is closed only once nothing can read it
-        for pid in (child, started.process.pid):
-            if isinstance(pid, int):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-        started.process.wait()
-        os.close(started.block)
+        _kill_waiting(started, child)
         raise
     try:
         os.write(started.block, b"1")
     finally:
         os.close(started.block)
     return relay
+
+
+def _kill_waiting(started: Started, child: object) -> None:
+    """Kill the sandbox while it waits on its pipe, then close the pipe: nothing is left
+    to read it, so the payload never runs."""
+    assert started.block is not None
+    for pid in (child, started.process.pid):
+        if isinstance(pid, int):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    started.process.wait()
+    os.close(started.block)

@@ -42,7 +42,12 @@ CGROUP = Path("/sys/fs/cgroup")
 MS_REMOUNT = 32
 
 # Small jobs for a slow machine; swap may be asked up to 256 MB (the node has zram swap).
+# No network: these jobs need none, and the guest loads only the modules machine.py
+# lists (egress would need nf_tables too; tests/agent/test_pilot_network.py covers it).
 SITE = """extends = "default"
+[network]
+mode = "none"
+allow = []
 [limits]
 memory = { default = "64MB" }
 pids = { default = 48 }
