@@ -270,7 +270,9 @@ class Pilot:
     def preflight(self, agent: Agent) -> None:
         """The canary part of the selftest (credentials, the agent's processes, inherited
         descriptors, the network) in this pilot's sandbox, before any job is asked
-        for: a pilot that cannot prove isolation takes no work (PilotError, exit 3)."""
+        for: a pilot that cannot prove isolation takes no work (PilotError, exit 3).
+        What the policy grants (network.mode = "host": the node's network) is no leak:
+        the event lists it under "granted", and the pilot takes work."""
         keys = [str(path) for path in self.config.broker_token[:2]] if self.config.broker_token \
             else []  # fmt: skip
         try:
@@ -282,7 +284,8 @@ class Pilot:
             raise PilotError(f"preflight: cannot run the probe ({exc}); a pilot that cannot "
                              "prove isolation takes no work") from None  # fmt: skip
         self.emit({"event": "preflight", "attacks": len(outcome.rows),
-                   "leaked": outcome.leaked, "seconds": round(outcome.seconds, 2)})  # fmt: skip
+                   "leaked": outcome.leaked, "granted": outcome.granted,
+                   "seconds": round(outcome.seconds, 2)})  # fmt: skip
         broken = [r for r in outcome.rows if r.detail.startswith("probe error")]
         if broken:
             said = clipped(broken[0].detail, 300)

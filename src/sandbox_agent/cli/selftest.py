@@ -1,5 +1,6 @@
 """``sandbox-agent selftest``: the attack probes, run in the sandbox this pilot would
-build for a job, with canaries where its secrets are; exit 0 only if nothing leaked."""
+build for a job, with canaries where its secrets are; exit 0 only if nothing leaked
+(what the policy grants, such as network.mode = "host", is no leak)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from sandbox_agent.runtime.choose import RuntimeUnavailable, choose
 from sandbox_agent.runtime.launch import RuntimeMissing, WorkdirRefused
 from sandbox_agent.seccomp.compile import CompileError
 from sandbox_agent.selftest.probe_in_sandbox import (
+    GRANTED,
     LEAKED,
     NOT_APPLICABLE,
     SelftestError,
@@ -54,8 +56,11 @@ def selftest(
     policy, this home's credentials on its deny list), with canary secrets planted
     where the pilot's are: a key in HOME/certs, its variables, an inherited descriptor,
     host IPC, a process outside, listeners on the host. Prints each attack, the
-    defence expected to stop it and what happened: blocked, LEAKED, or n/a here (and
-    why). Exit 0 only if nothing leaked; 1 if something did; 3 if it cannot run here."""
+    defence expected to stop it and what happened: blocked, LEAKED, granted (it got
+    through as the policy grants: network.mode = "host" shares the node's network), or
+    n/a here (and why). In egress mode the agent's relay must also have refused what
+    the probe tried. Exit 0 only if nothing leaked (granted is no leak); 1 if something
+    did; 3 if it cannot run here."""
 
     if listing:
         for name, row in attack_table().items():
@@ -111,17 +116,29 @@ def _table(outcome: Outcome) -> None:
             row.defence[:DEFENCE_WIDTH - 3] + "..."  # fmt: skip
         typer.echo(f"{row.attack:18} {row.result:8} {row.ms:7.1f}  {defence}")
     leaked = [r for r in outcome.rows if r.result == LEAKED]
+    granted = [r for r in outcome.rows if r.result == GRANTED]
     absent = [r for r in outcome.rows if r.result == NOT_APPLICABLE]
-    for title, rows in (("LEAKED", leaked), ("not applicable here", absent)):
+    for title, rows in (("LEAKED", leaked), ("granted by the policy (no leak)", granted),
+                        ("not applicable here", absent)):  # fmt: skip
         if rows:
             typer.echo(f"\n{title}:")
             for row in rows:
                 typer.echo(f"  {row.attack}: {printable(row.detail)}")
-    if outcome.host_saw:
-        typer.echo("\nthe host saw (each a leak):")
-        for seen in outcome.host_saw:
-            typer.echo(f"  {printable(seen)}")
-    blocked = len(outcome.rows) - len(leaked) - len(absent)
-    typer.echo(f"\n{len(outcome.rows)} attacks: {blocked} blocked, {len(leaked)} LEAKED, "
-               f"{len(absent)} not applicable here; {len(outcome.host_saw)} seen by the host; "
-               f"{outcome.seconds:.1f} s (policy {outcome.policy})")  # fmt: skip
+    for title, lines in (
+        ("the host saw (each a leak)", outcome.host_saw),
+        ("the host saw (granted by the policy)", outcome.host_saw_granted),
+    ):
+        if lines:
+            typer.echo(f"\n{title}:")
+            for seen in lines:
+                typer.echo(f"  {printable(seen)}")
+    if outcome.relay:
+        typer.echo(f"\n{printable(outcome.relay)}")  # egress: "the agent's relay refused ..."
+    blocked = len(outcome.rows) - len(leaked) - len(granted) - len(absent)
+    given = f", {len(granted)} granted by the policy" if granted else ""
+    besides = f" (besides {len(outcome.host_saw_granted)} granted)" \
+        if outcome.host_saw_granted else ""  # fmt: skip
+    typer.echo(f"\n{len(outcome.rows)} attacks: {blocked} blocked, {len(leaked)} LEAKED"
+               f"{given}, {len(absent)} not applicable here; {len(outcome.host_saw)} seen by "
+               f"the host{besides}; {outcome.seconds:.1f} s "
+               f"(policy {outcome.policy})")  # fmt: skip

@@ -7,6 +7,13 @@ one, the JobWrapper handed the job over its stdin in bwrap, the landlock step, t
 payload's environment built from the agent's (canary variables included) by the
 policy's allowlist. What the probe prints is the job's stdout; what reached the host
 (a listener, the decoy) is a leak too, whatever the probe thought.
+
+What the policy grants a job is no leak: under network.mode = "host" the job shares the
+node's network, so the network rows that got through, and what the host's listeners
+received, are reported as granted, naming the setting and where the policy set it. In
+egress mode the agent's relay has its say too: its tally must show each destination
+the probe was given to try (a metadata-style address, network.deny) refused by the
+policy, and no connection let through; anything else is a leak the host found.
 """
 
 from __future__ import annotations
@@ -18,18 +25,20 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from sandbox_agent.images import hostpython
 from sandbox_agent.jdl import load_job
 from sandbox_agent.limits import workdisk
-from sandbox_agent.policy import compose
+from sandbox_agent.policy import compose, destinations
+from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.policy.gate import Answer, Verdict
 from sandbox_agent.policy.model import Policy
 from sandbox_agent.printable import clipped
+from sandbox_agent.runtime.egress import Tally
 from sandbox_agent.runtime.jobrun import handoff_fields, run_job
 from sandbox_agent.runtime.launch import SANDBOX_HOST_UID, check_workdir
 from sandbox_agent.runtime.plan import environment
@@ -43,7 +52,12 @@ PROBE = "probe"  # where the probe's files go in the work directory
 CONFIG = "probe-config.json"
 ANSWER_CAP = 1 << 20  # bytes of the job's stdout read for the probe's answer
 PROBE_DISK = 64 << 20  # the probe's work directory: ample, and cheap to allocate
-BLOCKED, LEAKED, NOT_APPLICABLE = "blocked", "LEAKED", "n/a"
+BLOCKED, LEAKED, NOT_APPLICABLE = "blocked", "LEAKED", "n/a"  # the probe's three words
+GRANTED = "granted"  # the selftest's own: got through, as the policy grants (never the probe's)
+DENIAL_ATTACK = "egress_denied"
+METADATA = ("169.254.169.254", 80)  # the cloud metadata service, a target in egress mode
+DENIAL_ENTRIES = 8  # numeric network.deny entries tried, at most (the relay lists 20 refusals)
+DENIAL_PORT = 80  # the port tried for an entry that names none
 
 
 class SelftestError(Exception):
@@ -56,7 +70,7 @@ class Row:
     mechanism: str
     threat: str
     defence: str
-    result: str  # blocked, LEAKED or n/a
+    result: str  # blocked, LEAKED, n/a, or granted (got through as the policy grants)
     detail: str
     ms: float
 
@@ -67,6 +81,9 @@ class Outcome:
     rows: list[Row]
     host_saw: list[str] = field(default_factory=list)  # leaks the host saw itself
     seconds: float = 0.0
+    # what the host saw that the policy grants (the listeners, under network.mode = "host")
+    host_saw_granted: list[str] = field(default_factory=list)
+    relay: str | None = None  # egress mode: what the agent's relay refused of the probe's
 
     @property
     def leaked(self) -> list[str]:
@@ -74,9 +91,16 @@ class Outcome:
         found = [f"{r.attack}: {r.detail}" for r in self.rows if r.result == LEAKED]
         return found + self.host_saw
 
+    @property
+    def granted(self) -> list[str]:
+        """What got through as the policy grants, one line each: no leak."""
+        found = [f"{r.attack}: {r.detail}" for r in self.rows if r.result == GRANTED]
+        return found + self.host_saw_granted
+
     def as_json(self) -> dict[str, Any]:
         return {"policy": self.policy, "leaked": self.leaked, "seconds": round(self.seconds, 3),
-                "host_saw": self.host_saw,
+                "host_saw": self.host_saw, "granted": self.granted,
+                "host_saw_granted": self.host_saw_granted, "relay": self.relay,
                 "attacks": [{"attack": r.attack, "mechanism": r.mechanism, "threat": r.threat,
                              "defence": r.defence, "result": r.result, "detail": r.detail,
                              "ms": r.ms} for r in self.rows]}  # fmt: skip
@@ -126,6 +150,7 @@ def run_probe(policy: Policy, *, certs: Path, credentials: list[str], work_area:
                     f'\nTTL = 60;\nWorkDirectorySize = "{max(1, disk_size >> 20)}MB";\n',
                     source="the selftest's job")  # fmt: skip
     effective = compose(policy, spec, credentials=credentials)
+    targets, left_out = denial_targets(effective)
     workdir = work_area / f"selftest-{secrets.token_hex(4)}"
     disk: workdisk.WorkDisk | None = None
     stage: Stage | None = None
@@ -136,6 +161,7 @@ def run_probe(policy: Policy, *, certs: Path, credentials: list[str], work_area:
         stage = Stage(certs, PYTHON)
         config = stage.config()
         config["key_paths"] += [hexed(path) for path in key_paths or ()]
+        config["denied"] = [list(target) for target in targets]
         _copy_probe(workdir, config)
         check_workdir(workdir, effective)
         host_env = {**os.environ, **stage.environment()}
@@ -152,7 +178,7 @@ def run_probe(policy: Policy, *, certs: Path, credentials: list[str], work_area:
             said = result.wrapper_log.decode(errors="replace").strip().splitlines()
             raise SelftestError(f"the probe gave no answer (the job ended {result.state}: "
                                 f"{result.detail}{'; ' + said[-1] if said else ''})")  # fmt: skip
-        host_saw = stage.host_saw()
+        saw = stage.host_saw()
     finally:
         if stage is not None:
             stage.close()
@@ -161,9 +187,128 @@ def run_probe(policy: Policy, *, certs: Path, credentials: list[str], work_area:
         if workdir.exists():
             remove_workdir(workdir)
     abi = confine.abi()
-    rows = _rows(answer, table, attacks or list(table),
-                 lambda defence: defence_here(defence, landlock, abi))  # fmt: skip
-    return Outcome(policy.name, rows, host_saw, time.monotonic() - started)
+    asked = attacks or list(table)
+    rows = _rows(answer, table, asked, lambda defence: defence_here(defence, landlock, abi))
+    note = None
+    if effective.view.network.mode == "egress":  # the agent's side: the relay's tally
+        tally = result.session.egress if result.session is not None else None
+        note, relay_leaks = relay_view(targets, tally, DENIAL_ATTACK in asked, left_out)
+        rows = [replace(r, detail=f"{r.detail}; {note}") if r.attack == DENIAL_ATTACK and note
+                else r for r in rows]  # fmt: skip
+        saw["network"] = saw.get("network", []) + relay_leaks
+    rows, host_saw, host_granted = judged(rows, saw, grants(effective))
+    return Outcome(policy.name, rows, host_saw, time.monotonic() - started, host_granted,
+                   note or None)  # fmt: skip
+
+
+def grants(effective: EffectivePolicy) -> dict[str, str]:
+    """The probe's mechanisms whose findings this policy grants a job, each with the
+    setting that grants it and where the policy set it. network.mode = "host" shares
+    the node's network: its loopback, its addresses, its abstract unix sockets."""
+    mode = effective["network.mode"]
+    if mode.value == "host":
+        return {"network": f'network.mode = "host" ({mode.origin})'}
+    return {}
+
+
+def judged(rows: list[Row], saw: dict[str, list[str]],
+           granted: dict[str, str]) -> tuple[list[Row], list[str], list[str]]:  # fmt: skip
+    """The rows, the host's leaks and what the host saw that the policy grants: a
+    LEAKED row, or a sighting, of a mechanism in ``granted`` (grants) is granted, its
+    detail led by what grants it; every other sighting is a leak."""
+    out = []
+    for row in rows:
+        why = granted.get(row.mechanism)
+        if why is not None and row.result == LEAKED:
+            row = replace(row, result=GRANTED, detail=f"granted by {why}: {row.detail}")
+        out.append(row)
+    leaks: list[str] = []
+    allowed: list[str] = []
+    for mechanism, lines in saw.items():
+        why = granted.get(mechanism)
+        if why is None:
+            leaks += lines
+        else:
+            allowed += [f"{line}: granted by {why}" for line in lines]
+    return out, leaks, allowed
+
+
+def denial_targets(effective: EffectivePolicy) -> tuple[list[tuple[str, int]], list[str]]:
+    """Where egress_denied connects, in egress mode only (none in the others: it never
+    aims at an outside address the policy lets it reach): the metadata address, and one
+    IPv4 address of each of the first DENIAL_ENTRIES numeric network.deny entries (the
+    entry's own if it is one, else the first after the network's), on the entry's port
+    or DENIAL_PORT. Also the entries left out: names (resolved by the agent when a job
+    starts), IPv6 (egress drops it before the relay), those past the first."""
+    if effective.view.network.mode != "egress":
+        return [], []
+    targets = [METADATA]
+    left_out: list[str] = []
+    taken = 0
+    for entry in effective.view.network.deny:
+        try:
+            _, port, network = destinations.split(entry)
+        except ValueError:  # loading checked it: never here
+            network = None
+        if network is None or network.version != 4 or taken >= DENIAL_ENTRIES:
+            left_out.append(entry)
+            continue
+        taken += 1
+        first = network.network_address
+        address = first if network.num_addresses == 1 else first + 1
+        if (target := (str(address), port or DENIAL_PORT)) not in targets:
+            targets.append(target)
+    return targets, left_out
+
+
+# How the relay says it refused by the policy (runtime/egress.py: Rules.refusal, and its
+# check of the node's own addresses at each connect); any other reason is a connect of
+# its own that failed: it tried to reach the destination. tests/selftest holds these
+# to what Rules.refusal says.
+_POLICY_REFUSALS = ("never reachable from a job", "is this node's own address",
+                    "not in network.allow")  # fmt: skip
+
+
+def refused_by_policy(why: str) -> bool:
+    return why.endswith(_POLICY_REFUSALS) or why.startswith("denied by network.deny ")
+
+
+def relay_view(targets: list[tuple[str, int]], tally: Tally | None, asked: bool,
+               left_out: Sequence[str] = ()) -> tuple[str, list[str]]:  # fmt: skip
+    """The agent's side of the network attacks in egress mode, from its relay's tally
+    (``tally``; None when no relay ran): a note for the egress_denied row, and the
+    leaks the host found. Each of ``targets`` must have been refused by the policy
+    (``asked``: egress_denied ran), and no connection let through: the probe tries
+    none the relay may let through."""
+    if tally is None:
+        return ("the agent's relay did not run (egress is not met here: the job's network "
+                "namespace has its loopback only)", [])  # fmt: skip
+    leaks = []
+    if tally.allowed:
+        leaks.append(f"the agent's relay let {tally.allowed} connection(s) through; the "
+                     "probe tries none it may let through")  # fmt: skip
+    if not asked:
+        return "", leaks
+    said: dict[str, str] = {}
+    for line in tally.refusals:
+        where, _, reason = line.partition(": ")
+        said.setdefault(where, reason)
+    refused = []
+    for address, port in targets:
+        where = f"{address}:{port}"
+        why = said.get(where)
+        if why is not None and refused_by_policy(why):
+            refused.append(f"{where} ({why})")
+        elif why is not None:
+            leaks.append(f"the agent's relay tried to reach {where}, which the policy "
+                         f"closes ({why})")  # fmt: skip
+        else:
+            leaks.append(f"the agent's relay recorded no refusal of {where}")
+    note = f"the agent's relay refused {len(refused)} of {len(targets)}"
+    note += f": {', '.join(refused)}" if refused else ""
+    if left_out:
+        note += f" (network.deny entries not tried: {', '.join(left_out)})"
+    return note, leaks
 
 
 # The landlock ABI a defence of the probe's table needs, by what it names.

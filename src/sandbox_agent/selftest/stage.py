@@ -310,17 +310,19 @@ class Stage:
             "write_paths": [str(self.outside / "writable")] if self.outside else [],
         }
 
-    def host_saw(self) -> list[str]:
-        """What reached the host while the probe ran, each a leak in itself. The decoy
-        is stopped to read what it saw: call this once, after the probe."""
+    def host_saw(self) -> dict[str, list[str]]:
+        """What reached the host while the probe ran, by the mechanism it went through
+        (network: the listeners; processes: the decoy), each a leak in itself unless
+        the policy grants that mechanism (network.mode = "host"). The decoy is stopped
+        to read what it saw: call this once, after the probe."""
         time.sleep(0.05)  # a datagram or a signal that got out is seen
-        seen = []
+        seen: dict[str, list[str]] = {"network": [], "processes": []}
         if self.listeners is not None:
             for kind, data in self.listeners.arrived.items():
                 if data:
-                    seen.append(f"the host's {kind} listener received {data[0][:40]!r}")
+                    seen["network"].append(f"the host's {kind} listener received {data[0][:40]!r}")
         if self.decoy is not None:
-            seen += [f"the decoy outside the sandbox: {s}" for s in self.decoy.stop()]
+            seen["processes"] += [f"the decoy outside the sandbox: {s}" for s in self.decoy.stop()]
             self.decoy = None
         return seen
 

@@ -1,10 +1,16 @@
 """The host's network from inside: TCP to where the host listens (its loopback: the
 agent's broker, local services; and its own address), UDP to an echo on the host, an
 abstract unix socket of the host (no file, no permissions: X11, dbus, containerd shims).
-Listening inside is reported, not judged.
+Listening inside is reported, not judged. In egress mode, TCP to what the agent's relay
+must refuse: a metadata-style address and what the policy's network.deny names.
 
 Defences: the network namespace, with its own loopback (abstract socket names are per
-namespace too); landlock (no TCP connect; ABI 6 scoping of abstract sockets).
+namespace too); landlock (no TCP connect; ABI 6 scoping of abstract sockets); in egress
+mode, the agent's relay.
+
+A connect that succeeds reaches nothing by itself: in egress mode the relay accepts every
+connection and resets those it refuses. What got through is a byte from the far side
+(and the host's listeners, and the relay's tally, say what reached them).
 """
 
 from __future__ import annotations
@@ -36,9 +42,47 @@ def tcp_connect(config: Config) -> Result:
                 sock.sendall(b"probe\n")
                 sock.settimeout(2)
                 answer = sock.recv(64)
-            leaked.append(f"{label}: connected, the host said {answer!r}")
         except OSError as exc:
             seen.append(common.oserror(label, exc))
+            continue
+        if answer:
+            leaked.append(f"{label}: connected, the host said {answer!r}")
+        else:  # the host's listener answers, and records the connection whatever it is
+            seen.append(f"{label}: connected, then closed with no byte")
+    return common.either(leaked, seen)
+
+
+def egress_denied(config: Config) -> Result:
+    """In egress mode, TCP to what the agent's relay must refuse whatever network.allow
+    says: a metadata-style address, and one address of each numeric network.deny entry
+    (``denied``, given by the selftest in that mode only). A connection is a leak when
+    any byte comes back; the relay's tally, read by the agent after the run, must show
+    each refused. Nothing is sent: were a defence to fail, a real service behind one of
+    these addresses (the cloud's metadata) would get a connection and no request, and
+    the relay's tally would still show the leak."""
+    targets = config.get("denied", [])
+    if not targets:
+        return common.na("no denied destination given (the selftest gives them in egress "
+                         "mode only)")  # fmt: skip
+    leaked: list[str] = []
+    seen: list[str] = []
+    for address, port in targets:
+        label = f"{address}:{port}"
+        try:
+            with socket.create_connection((address, port), timeout=2) as sock:
+                sock.settimeout(2)
+                try:
+                    answer = sock.recv(64)
+                except OSError as exc:
+                    seen.append(common.oserror(f"{label}: connected, then", exc))
+                    continue
+        except OSError as exc:
+            seen.append(common.oserror(label, exc))
+            continue
+        if answer:
+            leaked.append(f"{label}: the far side said {answer!r}")
+        else:
+            seen.append(f"{label}: connected, then closed with no byte")
     return common.either(leaked, seen)
 
 
@@ -103,6 +147,10 @@ ATTACKS = {
     "unix_abstract": common.Attack(MECHANISM, "an abstract unix socket of the host",
                                    "network namespace (abstract names are per namespace); "
                                    "landlock ABI 6 scoping", unix_abstract),
+    "egress_denied": common.Attack(MECHANISM, "TCP to a metadata-style address and to the "
+                                   "policy's network.deny (egress mode)", "egress: the agent's "
+                                   "relay refuses them (a reset) and counts each refusal",
+                                   egress_denied),
     "listen_inside": common.Attack(MECHANISM, "a listening socket inside (reported only)",
                                    "network namespace: nothing outside can reach it",
                                    listen_inside),
