@@ -55,7 +55,6 @@ PROBE_DISK = 64 << 20  # the probe's work directory: ample, and cheap to allocat
 BLOCKED, LEAKED, NOT_APPLICABLE = "blocked", "LEAKED", "n/a"  # the probe's three words
 GRANTED = "granted"  # the selftest's own: got through, as the policy grants (never the probe's)
 DENIAL_ATTACK = "egress_denied"
-METADATA = ("169.254.169.254", 80)  # the cloud metadata service, a target in egress mode
 DENIAL_ENTRIES = 8  # numeric network.deny entries tried, at most (the relay lists 20 refusals)
 DENIAL_PORT = 80  # the port tried for an entry that names none
 
@@ -235,14 +234,16 @@ def judged(rows: list[Row], saw: dict[str, list[str]],
 
 def denial_targets(effective: EffectivePolicy) -> tuple[list[tuple[str, int]], list[str]]:
     """Where egress_denied connects, in egress mode only (none in the others: it never
-    aims at an outside address the policy lets it reach): the metadata address, and one
-    IPv4 address of each of the first DENIAL_ENTRIES numeric network.deny entries (the
+    aims at an outside address the policy lets it reach): one IPv4 address of each of
+    the first DENIAL_ENTRIES numeric network.deny entries, what the site listed (the
     entry's own if it is one, else the first after the network's), on the entry's port
     or DENIAL_PORT. Also the entries left out: names (resolved by the agent when a job
-    starts), IPv6 (egress drops it before the relay), those past the first."""
+    starts), IPv6 (egress drops it before the relay), those past the first. Not the
+    metadata address: were the relay broken, the probe would reach the real one (the
+    relay's rules and tests/agent/test_pilot_network.py hold that it is closed)."""
     if effective.view.network.mode != "egress":
         return [], []
-    targets = [METADATA]
+    targets: list[tuple[str, int]] = []
     left_out: list[str] = []
     taken = 0
     for entry in effective.view.network.deny:

@@ -2,7 +2,7 @@
 agent's broker, local services; and its own address), UDP to an echo on the host, an
 abstract unix socket of the host (no file, no permissions: X11, dbus, containerd shims).
 Listening inside is reported, not judged. In egress mode, TCP to what the agent's relay
-must refuse: a metadata-style address and what the policy's network.deny names.
+must refuse: what the policy's network.deny names.
 
 Defences: the network namespace, with its own loopback (abstract socket names are per
 namespace too); landlock (no TCP connect; ABI 6 scoping of abstract sockets); in egress
@@ -54,16 +54,14 @@ def tcp_connect(config: Config) -> Result:
 
 def egress_denied(config: Config) -> Result:
     """In egress mode, TCP to what the agent's relay must refuse whatever network.allow
-    says: a metadata-style address, and one address of each numeric network.deny entry
-    (``denied``, given by the selftest in that mode only). A connection is a leak when
-    any byte comes back; the relay's tally, read by the agent after the run, must show
-    each refused. Nothing is sent: were a defence to fail, a real service behind one of
-    these addresses (the cloud's metadata) would get a connection and no request, and
-    the relay's tally would still show the leak."""
+    says: one address of each numeric network.deny entry (``denied``, given by the
+    selftest in that mode only; never the metadata address, which a broken relay would
+    reach). A connection is a leak when any byte comes back; the relay's tally, read by
+    the agent after the run, must show each refused. Nothing is sent."""
     targets = config.get("denied", [])
     if not targets:
-        return common.na("no denied destination given (the selftest gives them in egress "
-                         "mode only)")  # fmt: skip
+        return common.na("no denied destination given (the selftest gives one per numeric "
+                         "network.deny entry, in egress mode only)")  # fmt: skip
     leaked: list[str] = []
     seen: list[str] = []
     for address, port in targets:
@@ -147,8 +145,8 @@ ATTACKS = {
     "unix_abstract": common.Attack(MECHANISM, "an abstract unix socket of the host",
                                    "network namespace (abstract names are per namespace); "
                                    "landlock ABI 6 scoping", unix_abstract),
-    "egress_denied": common.Attack(MECHANISM, "TCP to a metadata-style address and to the "
-                                   "policy's network.deny (egress mode)", "egress: the agent's "
+    "egress_denied": common.Attack(MECHANISM, "TCP to what the policy's network.deny lists "
+                                   "(egress mode)", "egress: the agent's "
                                    "relay refuses them (a reset) and counts each refusal",
                                    egress_denied),
     "listen_inside": common.Attack(MECHANISM, "a listening socket inside (reported only)",
