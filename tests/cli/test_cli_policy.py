@@ -186,8 +186,10 @@ def test_explain_jdl_bind_cannot_reach_the_agent_credentials(
     assert_no_traceback(result)
     (line,) = result.stderr.splitlines()
     assert line.startswith("rejected: ReadOnlyBinds: '")
-    assert line.endswith(f"': reaches {home / 'certs'}, a credential (or the agent's own "
-                         "state) no job may read; ask for a path that reaches none")
+    assert line.endswith(
+        f"': reaches {home / 'certs'}, a credential (or the agent's own "
+        "state) no job may read; ask for a path that reaches none"
+    )
 
 
 # -- policy lint -------------------------------------------------------------------------------
@@ -225,16 +227,23 @@ def test_lint_bad_policy(cli, policies: Path) -> None:
     result = cli("policy", "lint", "bad")
     assert result.returncode == 1
     assert_no_traceback(result)
+    base_net = f"policies/base.toml:{line_of(SHIPPED_TEXT['base'], 'net = ')}"
     assert result.stdout.splitlines() == [
         f"policies/bad.toml:{line_of(text, 'capabilities')}: error: process.capabilities grants "
         "CAP_SYS_ADMIN; payloads should keep none [capability]",
+        f"policies/bad.toml:{line_of(text, 'mode')}: error: network.mode is host but "
+        f"namespaces.net is required ({base_net}): host shares the node's network namespace, a "
+        'contradiction the bwrap renderer refuses; set namespaces.net = "off" (or network.mode '
+        '= "egress") [network-namespace]',
         f"policies/bad.toml:{line_of(text, 'mode')}: warning: network.mode is host: the payload "
-        "reaches the node's network, the agent's loopback services included [host-network]",
-        "1 policy: 1 error(s), 1 warning(s)",
+        "shares the node's network: every service listening on the node, its loopback included, "
+        "the cloud metadata address 169.254.169.254, and anything the node can reach; "
+        'network.mode = "egress" lets jobs reach only what network.allow names [host-network]',
+        "1 policy: 2 error(s), 1 warning(s)",
     ]
     by_path = cli("policy", "lint", policies / "bad.toml", "strict")
     assert by_path.returncode == 1
-    assert by_path.stdout.splitlines()[-1] == "2 policies: 1 error(s), 1 warning(s)"
+    assert by_path.stdout.splitlines()[-1] == "2 policies: 2 error(s), 1 warning(s)"
 
 
 def test_lint_json(cli, policies: Path) -> None:
@@ -277,6 +286,51 @@ def test_lint_malformed_profile_is_a_finding_not_a_traceback(cli, policies: Path
 
 
 # -- policy diff -------------------------------------------------------------------------------
+
+
+EGRESS = """
+    extends = "base"
+
+    [network]
+    mode = "egress"
+    allow = ["xrootd.example.org:1094", "127.0.0.1:8080"]
+    proxy = "http://squid.example.org:3128"
+"""
+
+
+def test_explain_lint_and_diff_an_egress_policy(cli, policies: Path) -> None:
+    text = write(policies, "egress.toml", EGRESS)
+    at = f"policies/egress.toml:{line_of(text, 'allow')}"
+    explained = cli("policy", "explain", "--policy", "egress")
+    assert explained.returncode == 0, explained.stderr
+    lines = explained.stdout.splitlines()
+    network = lines[lines.index("[network]") + 1 : lines.index("[optional]")]
+    assert network[0].split() == ["mode", "egress", f"policies/egress.toml:{line_of(text, 'mode')}"]
+    assert ["xrootd.example.org:1094", at] in [line.split() for line in network]
+    said = " ".join(" ".join(network).split())
+    assert (
+        "reachable: DNS, through the agent's resolver; over TCP, xrootd.example.org:1094 " in said
+    )
+    assert "the proxy squid.example.org:3128 (network.proxy)" in said
+    assert "closed whatever the lists say: this node's own addresses" in said
+    assert "named but never reached: 127.0.0.1:8080 (inside 127.0.0.0/8)" in said
+    document = json.loads(cli("policy", "explain", "--json", "--policy", "egress").stdout)
+    allow = {r["key"]: r for r in document["rows"]}["network.allow"]
+    assert allow["items"][0] == {"value": "xrootd.example.org:1094", "origin": at}
+
+    linted = cli("policy", "lint", "egress")
+    assert linted.returncode == 0  # a warning only
+    assert linted.stdout.splitlines() == [
+        f"{at}: warning: network.allow '127.0.0.1:8080' can never be reached, whatever the lists "
+        "say (inside 127.0.0.0/8): remove it [allow-never-reachable]",
+        "1 policy: 0 error(s), 1 warning(s)",
+    ]
+
+    diffed = cli("policy", "diff", "strict", "egress")
+    assert diffed.returncode == 0, diffed.stderr
+    assert f"  + may connect to xrootd.example.org:1094  [network.allow, {at}]" in (
+        diffed.stdout.splitlines()
+    )
 
 
 def test_diff_default_gpu(cli) -> None:

@@ -176,3 +176,34 @@ def test_relative_credentials_are_made_absolute() -> None:
 def test_absurd_slot_values_reject_instead_of_crashing(value: float) -> None:
     with pytest.raises(PolicyRejection, match="is not a usable amount"):
         compose(DEFAULT, job(""), {"Memory": value})
+
+
+def test_a_jdl_cannot_touch_the_network(tmp_path: Path) -> None:
+    """Under an egress policy, a JDL naming a mode, destinations or a proxy in every way a
+    JDL can changes none of the network keys; its memory request, read alongside, does."""
+    for name in ("base.toml", "default.toml"):
+        (tmp_path / name).write_text((SHIPPED / name).read_text())
+    (tmp_path / "site.toml").write_text(
+        'extends = "default"\n[network]\nmode = "egress"\n'
+        'allow = ["xrootd.example.org:1094"]\ndeny = ["10.1.99.0/24"]\n'
+        'proxy = "http://squid.example.org:3128"\n'
+    )
+    site = load_policy("site", [tmp_path])
+    hostile = job(
+        'Network = "host"; NetworkMode = "host"; Mode = "host"; Egress = "none";\n'
+        'NetworkAllow = { "0.0.0.0/0", "169.254.169.254" }; Allow = { "0.0.0.0/0" };\n'
+        'NetworkDeny = {}; Deny = {}; Proxy = "http://evil.example.org:80";\n'
+        'NetworkProxy = "http://evil.example.org:80"; http_proxy = "http://evil.example.org:80";\n'
+        'JDLVariables = { "http_proxy", "Network" }; MemorySize = "4GB";'
+    )
+    # the JDL holds them all, for compose to see
+    assert {"Network", "NetworkAllow", "Proxy", "http_proxy"} <= {k for k, _ in hostile.extra}
+    plain = compose(site)
+    effective = compose(site, hostile)
+    assert effective.limit("memory") == 4 * GIB  # the JDL was read
+    for key in (k for k in FIELDS if k.startswith("network.")):
+        assert effective[key] == plain[key], key
+    assert effective.view.network == plain.view.network
+    assert effective.view.network.mode == "egress"
+    assert effective.view.network.allow == ("xrootd.example.org:1094",)
+    assert effective.view.network.proxy == "http://squid.example.org:3128"

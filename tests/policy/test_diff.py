@@ -417,3 +417,125 @@ def test_seccomp_profiles_in_two_directories(tmp_path: Path, pdir: Path) -> None
     b_allows, a_allows = diff(effective(pdir, "default"), effective(other, "default"))
     assert pairs(b_allows) == [("process.seccomp", "system call no longer denied: fchownat")]
     assert a_allows == []
+
+
+# -- the network -------------------------------------------------------------------------------
+# A is egress on base (which has no network); B extends A and changes one thing.
+
+EGRESS_A = """\
+extends = "base"
+
+[network]
+mode = "egress"
+allow = ["xrootd.example.org:1094", "10.1.0.0/16:443"]
+deny = ["10.1.99.0/24"]
+"""
+
+NETWORK_WIDENING = [
+    ("allow entry added", """
+     [network]
+     allow = { append = ["192.0.2.0/24"] }
+     """, [("network.allow", "may connect to 192.0.2.0/24")]),
+    ("allow entry on another port of a name", """
+     [network]
+     allow = { append = ["xrootd.example.org:1095"] }
+     """, [("network.allow", "may connect to xrootd.example.org:1095")]),
+    ("allow entry on every port of an allowed network", """
+     [network]
+     allow = { append = ["10.1.2.0/24"] }
+     """, [("network.allow", "may connect to 10.1.2.0/24")]),
+    ("deny entry dropped", """
+     [network]
+     deny = []
+     """, [("network.deny", "no longer keeps 10.1.99.0/24 closed")]),
+    ("deny entry narrowed", """
+     [network]
+     deny = ["10.1.99.0/25"]
+     """, [("network.deny", "no longer keeps 10.1.99.0/24 closed")]),
+    ("proxy given", """
+     [network]
+     proxy = "http://squid.example.org:3128"
+     """, [("network.proxy", "gives the job the proxy http://squid.example.org:3128, reachable "
+            "whatever network.allow says")]),
+    ("egress -> host", """
+     [namespaces]
+     net = "off"
+     [network]
+     mode = "host"
+     """, [("namespaces.net", "shares the host's net namespace (required -> off)"),
+           ("network.mode", "reaches the host's network")]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "widenings"),
+    [case[1:] for case in NETWORK_WIDENING],
+    ids=[case[0] for case in NETWORK_WIDENING],
+)
+def test_network_widening(pdir: Path, body: str, widenings: list[tuple[str, str]]) -> None:
+    (pdir / "a.toml").write_text(EGRESS_A)
+    write_b(pdir, "a", body)
+    b_allows, a_allows = diff(effective(pdir, "a"), effective(pdir, "b"))
+    assert pairs(b_allows) == sorted(widenings)
+    assert a_allows == []
+    b_allows, a_allows = diff(effective(pdir, "b"), effective(pdir, "a"))
+    assert (b_allows, pairs(a_allows)) == ([], sorted(widenings))
+
+
+@pytest.mark.parametrize(
+    "allow",
+    ["10.1.2.0/24:443", "10.1.2.3:443", "XROOTD.example.org:1094", "127.0.0.1", "[2001:db8::1]:80"],
+    ids=["network inside", "address inside", "same name", "never reachable", "IPv6"],
+)  # fmt: skip
+def test_network_allow_entries_that_reach_nothing_new(pdir: Path, allow: str) -> None:
+    (pdir / "a.toml").write_text(EGRESS_A)
+    write_b(pdir, "a", f'[network]\nallow = {{ append = ["{allow}"] }}\n')
+    assert diff(effective(pdir, "a"), effective(pdir, "b")) == ([], [])
+    assert allow in effective(pdir, "b").view.network.allow  # B does name it
+
+
+def test_network_widening_origin_is_the_entry_line(pdir: Path) -> None:
+    (pdir / "a.toml").write_text(EGRESS_A)
+    text = write_b(pdir, "a", '\n[network]\nallow = { append = ["192.0.2.7:22"] }\n')
+    (widening,) = diff(effective(pdir, "a"), effective(pdir, "b"))[0]
+    assert widening.format() == (
+        f"may connect to 192.0.2.7:22  [network.allow, pol/b.toml:{line_of(text, 'allow')}]"
+    )
+
+
+def test_none_to_egress_names_the_mode_and_every_destination(pdir: Path) -> None:
+    (pdir / "a.toml").write_text(EGRESS_A)
+    b_allows, a_allows = diff(effective(pdir, "base"), effective(pdir, "a"))
+    assert a_allows == []
+    assert pairs(b_allows) == [
+        ("network.allow", "may connect to 10.1.0.0/16:443"),
+        ("network.allow", "may connect to xrootd.example.org:1094"),
+        ("network.mode", "connects out through the agent's relay (none -> egress): DNS, and "
+         "what network.allow names"),
+    ]  # fmt: skip
+
+
+def test_none_to_egress_with_nothing_allowed_is_dns(pdir: Path) -> None:
+    write_b(pdir, "base", '[network]\nmode = "egress"\n')
+    b_allows, _ = diff(effective(pdir, "base"), effective(pdir, "b"))
+    assert [w.key for w in b_allows] == ["network.mode"]
+
+
+def test_lists_and_proxy_without_egress_widen_nothing(pdir: Path) -> None:
+    """B names destinations and a proxy in mode none: it reaches nothing A does not."""
+    write_b(pdir, "base", """
+        [network]
+        allow = ["0.0.0.0/0"]
+        proxy = "http://squid.example.org:3128"
+    """)  # fmt: skip
+    assert diff(effective(pdir, "base"), effective(pdir, "b")) == ([], [])
+
+
+def test_from_host_egress_reaches_nothing_new(pdir: Path) -> None:
+    (pdir / "a.toml").write_text(
+        'extends = "base"\n[namespaces]\nnet = "off"\n[network]\nmode = "host"\n'
+    )
+    write_b(pdir, "a", '[namespaces]\nnet = "required"\n' + EGRESS_A.split("\n", 1)[1])
+    b_allows, a_allows = diff(effective(pdir, "a"), effective(pdir, "b"))
+    assert b_allows == []
+    assert ("network.mode", "reaches the host's network") in pairs(a_allows)

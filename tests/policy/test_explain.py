@@ -14,7 +14,8 @@ from sandbox_agent import hostfacts
 from sandbox_agent.jdl import load_job
 from sandbox_agent.jdl.units import GIB, MIB
 from sandbox_agent.policy import EffectivePolicy, compose, load_policy
-from sandbox_agent.policy.explain import SECTIONS, explain_json, explain_text, rows
+from sandbox_agent.policy.destinations import ALWAYS_DENIED
+from sandbox_agent.policy.explain import SECTIONS, explain_json, explain_text, network_reach, rows
 from sandbox_agent.policy.schema import FIELDS, LIMITS, LIST_KINDS, Kind
 
 FOUND = hostfacts.facts()  # this host, as `policy explain` reads it
@@ -128,7 +129,8 @@ def test_scalar_origins_are_file_lines(pdir: Path) -> None:
     assert table["devices.gpu"]["origin"] == origin("gpu", GPU_TEXT, "gpu =")
     assert table["process.rlimits.nofile"]["origin"] == origin("default", DEFAULT_TEXT, "nofile")
     assert table["process.rlimits.nofile"]["value"] == 4096
-    assert table["network.mode"]["origin"] == origin("base", BASE_TEXT, "mode =")
+    assert table["network.mode"]["origin"] == origin("default", DEFAULT_TEXT, "mode =")
+    assert table["network.allow"]["origin"] == origin("default", DEFAULT_TEXT, "allow =")
 
 
 def test_builtin_origin_for_keys_no_file_sets(pdir: Path) -> None:
@@ -290,8 +292,9 @@ def test_text_list_items_each_on_a_line_with_origin(pdir: Path) -> None:
             assert [item.value, item.origin] in item_lines, f"{key}: {item}"
     assert ["/srv/agent/certs", "agent:credentials"] in item_lines
     assert ["/dev/nvidia0", origin("gpu", GPU_TEXT, "paths")] in item_lines
-    # the key's own line carries the setting's origin
-    (deny,) = [line for line in lines if line.startswith("  deny ")]
+    # the key's own line carries the setting's origin (network has a deny of its own)
+    filesystem = lines[lines.index("[filesystem]") : lines.index("[images]")]
+    (deny,) = [line for line in filesystem if line.startswith("  deny ")]
     assert deny.split() == ["deny", origin("base", BASE_TEXT, "deny = [")]
 
 
@@ -322,3 +325,173 @@ def test_text_single_item_shows_its_own_origin(pdir: Path) -> None:
     shown = [line for line in lines if "/srv/agent/certs" in line]
     assert len(shown) == 1
     assert "agent:credentials" in shown[0]
+
+
+# -- the network -------------------------------------------------------------------------------
+
+EGRESS_SITE = """\
+extends = "base"
+
+[network]
+mode = "egress"
+allow = ["xrootd.example.org:1094", "10.1.0.0/16"]
+deny = ["10.1.99.0/24"]
+proxy = "http://squid.example.org:3128"
+"""
+
+
+def egress_site(pdir: Path, text: str = EGRESS_SITE) -> EffectivePolicy:
+    (pdir / "site.toml").write_text(text)
+    return effective(pdir, "site")
+
+
+def site_at(needle: str, text: str = EGRESS_SITE) -> str:
+    return origin("site", text, needle)
+
+
+def network_lines(explained: EffectivePolicy) -> list[str]:
+    """The text form's [network] section, up to the next one."""
+    lines = explain_text(explained, None, FOUND).splitlines()
+    return lines[lines.index("[network]") + 1 : lines.index("[optional]") - 1]
+
+
+def test_network_rows_carry_their_origins(pdir: Path) -> None:
+    table = by_key(egress_site(pdir))
+    assert (table["network.mode"]["value"], table["network.mode"]["origin"]) == (
+        "egress", site_at("mode =")
+    )  # fmt: skip
+    assert table["network.allow"]["items"] == [
+        {"value": "xrootd.example.org:1094", "origin": site_at("allow =")},
+        {"value": "10.1.0.0/16", "origin": site_at("allow =")},
+    ]
+    assert table["network.allow"]["shown"] == "xrootd.example.org:1094, 10.1.0.0/16"
+    assert table["network.deny"]["items"] == [
+        {"value": "10.1.99.0/24", "origin": site_at("deny =")}
+    ]
+    proxy = table["network.proxy"]
+    assert (proxy["value"], proxy["shown"], proxy["origin"]) == (
+        "http://squid.example.org:3128", "http://squid.example.org:3128", site_at("proxy =")
+    )  # fmt: skip
+    assert all(table[k]["section"] == "network" for k in FIELDS if k.startswith("network."))
+
+
+def test_network_rows_of_a_policy_that_sets_none(pdir: Path) -> None:
+    table = by_key(effective(pdir, "base"))
+    for key in ("network.allow", "network.deny"):
+        assert (table[key]["value"], table[key]["items"]) == ([], [])
+        assert (table[key]["shown"], table[key]["origin"]) == ("(none)", "builtin")
+    assert (table["network.proxy"]["value"], table["network.proxy"]["shown"]) == ("", "(none)")
+    assert table["network.proxy"]["origin"] == "builtin"
+
+
+def test_appended_allow_entries_keep_each_origin(pdir: Path) -> None:
+    (pdir / "parent.toml").write_text(EGRESS_SITE)
+    child = 'extends = "parent"\n\n[network]\nallow = { append = ["192.0.2.7:443"] }\n'
+    (pdir / "site.toml").write_text(child)
+    items = by_key(effective(pdir, "site"))["network.allow"]["items"]
+    assert items == [
+        {"value": "xrootd.example.org:1094", "origin": origin("parent", EGRESS_SITE, "allow =")},
+        {"value": "10.1.0.0/16", "origin": origin("parent", EGRESS_SITE, "allow =")},
+        {"value": "192.0.2.7:443", "origin": "pol/site.toml:4"},
+    ]
+    lines = explain_text(effective(pdir, "site"), None, FOUND).splitlines()
+    assert ["192.0.2.7:443", "pol/site.toml:4"] in [line.split() for line in lines]
+
+
+def test_egress_says_what_is_reachable_and_what_is_closed(pdir: Path) -> None:
+    said = network_reach(egress_site(pdir))
+    assert said[0].startswith("egress: the job has a network namespace of its own")
+    (reachable,) = [s for s in said if s.startswith("reachable: ")]
+    assert reachable == (
+        "reachable: DNS, through the agent's resolver; over TCP, xrootd.example.org:1094, "
+        "10.1.0.0/16 (network.allow) except 10.1.99.0/24 (network.deny); names are resolved by "
+        "the agent when each job starts; the proxy squid.example.org:3128 (network.proxy), "
+        "whatever network.allow says"
+    )
+    assert (
+        "the job gets network.proxy as http_proxy, https_proxy, HTTP_PROXY and HTTPS_PROXY" in said
+    )
+    (closed,) = [s for s in said if s.startswith("closed whatever the lists say: ")]
+    assert "this node's own addresses, its loopback among them" in closed
+    for network in ALWAYS_DENIED:
+        assert str(network) in closed, network
+    assert "169.254.169.254" in closed
+    assert not any(s.startswith("named but never reached") for s in said)
+
+
+def test_egress_names_entries_it_can_never_reach(pdir: Path) -> None:
+    text = EGRESS_SITE.replace(
+        '"10.1.0.0/16"', '"10.1.0.0/16", "169.254.169.254:80", "[2001:db8::1]:443"'
+    )
+    text = text.replace("squid.example.org", "127.0.0.1")
+    said = network_reach(egress_site(pdir, text))
+    (reachable,) = [s for s in said if s.startswith("reachable: ")]
+    assert "169.254.169.254" not in reachable and "2001:db8" not in reachable
+    assert "proxy" not in reachable
+    assert said[-1] == (
+        "named but never reached: 169.254.169.254:80 (inside 169.254.0.0/16), [2001:db8::1]:443 "
+        "(IPv6, which egress mode does not carry), the proxy 127.0.0.1:3128 (inside 127.0.0.0/8)"
+    )
+
+
+def test_egress_with_nothing_allowed_reaches_dns_only(pdir: Path) -> None:
+    said = network_reach(egress_site(pdir, 'extends = "base"\n[network]\nmode = "egress"\n'))
+    assert said[1] == (
+        "reachable: DNS, through the agent's resolver; nothing else, since network.allow opens "
+        "nothing"
+    )
+
+
+def test_host_names_the_exposure(pdir: Path) -> None:
+    (pdir / "site.toml").write_text(
+        'extends = "base"\n[namespaces]\nnet = "off"\n[network]\nmode = "host"\n'
+        'allow = ["10.0.0.0/8"]\n'
+    )
+    said = network_reach(effective(pdir, "site"))
+    assert said[0] == (
+        "host: the payload shares the node's network: every service listening on the node, its "
+        "loopback included; the cloud metadata address 169.254.169.254; anything the node can "
+        "reach"
+    )
+    assert said[1] == "network.allow: no effect, only egress mode reads it"
+    assert not any(s.startswith(("reachable", "closed")) for s in said)
+
+
+def test_none_reaches_nothing(pdir: Path) -> None:
+    assert network_reach(effective(pdir, "base")) == [
+        "none: the job has a network namespace of its own with its loopback only; it reaches "
+        "nothing outside the sandbox"
+    ]
+    (pdir / "site.toml").write_text(
+        'extends = "base"\n[network]\nproxy = "http://squid.example.org:3128"\n'
+    )
+    assert network_reach(effective(pdir, "site"))[1] == (
+        "the job gets network.proxy as http_proxy, https_proxy, HTTP_PROXY and HTTPS_PROXY, but "
+        "cannot reach it"
+    )
+
+
+def test_text_says_the_reach_under_the_network_rows(pdir: Path) -> None:
+    explained = egress_site(pdir)
+    lines = network_lines(explained)
+    keys = [line.split()[0] for line in lines if line.startswith("  ") and line[2] != " "]
+    assert keys == ["mode", "allow", "deny", "proxy"]
+    (proxy,) = [line for line in lines if line.startswith("  proxy ")]
+    notes = lines[lines.index(proxy) + 1 :]
+    assert notes and all(line.startswith("    ") and len(line) <= 100 for line in notes)
+    # each sentence wrapped, none lost: joined back, the words are the same
+    assert " ".join(" ".join(notes).split()) == " ".join(" ".join(network_reach(explained)).split())
+    # the section's key lines are still the ones the whole table names
+    text = explain_text(explained, None, FOUND).split("\n[this host]")[0]
+    named = {row.split()[0] for row in text.splitlines() if row.startswith("  ") and row[2] != " "}
+    assert named == {key.split(".", 1)[1] for key in ROW_KEYS}
+
+
+def test_json_has_the_network_rows_and_no_other_field(pdir: Path) -> None:
+    document = explain_json(egress_site(pdir), None, FOUND)
+    assert set(document) == {"schema", "version", "policy", "files", "job", "rows", "host"}
+    network = {r["key"]: r for r in document["rows"] if r["section"] == "network"}
+    assert set(network) == {"network.mode", "network.allow", "network.deny", "network.proxy"}
+    assert network["network.allow"]["value"] == ["xrootd.example.org:1094", "10.1.0.0/16"]
+    allowed = {"section", "key", "value", "shown", "origin", "optional", "items"}
+    assert all(set(row) <= allowed for row in network.values())  # as the published schema says

@@ -378,7 +378,10 @@ NAMESPACE_SEVERITY = [
 ]
 
 
-@pytest.mark.parametrize(("namespace", "severity"), NAMESPACE_SEVERITY)
+# net off is judged with network.mode (network-namespace, host-network): tests below
+@pytest.mark.parametrize(
+    ("namespace", "severity"), [(n, s) for n, s in NAMESPACE_SEVERITY if n != "net"]
+)
 def test_namespace_off(pdir: Path, namespace: str, severity: str) -> None:
     text = write(
         pdir,
@@ -465,8 +468,18 @@ def test_process_flags_on(pdir: Path) -> None:
 
 
 def test_host_network(pdir: Path) -> None:
-    text = write(pdir, 'extends = "base"\n\n[network]\nmode = "host"\n')
-    assert triples(pdir) == [("warning", "host-network", at(text, "mode"))]
+    text = write(
+        pdir, 'extends = "base"\n\n[namespaces]\nnet = "off"\n\n[network]\nmode = "host"\n'
+    )
+    (finding,) = findings(pdir)
+    assert (finding.severity, finding.rule, finding.where) == (
+        "warning", "host-network", at(text, "mode")
+    )  # fmt: skip
+    # the exposure, named, and the alternative
+    for words in ("shares the node's network", "every service listening on the node",
+                  "its loopback included", "169.254.169.254", "anything the node can reach",
+                  'network.mode = "egress"'):  # fmt: skip
+        assert words in finding.message, words
 
 
 def test_no_network(pdir: Path) -> None:
@@ -777,7 +790,7 @@ def test_findings_in_file_order(pdir: Path) -> None:
         """,
     )
     assert line_of(text, "net =") < 10 <= line_of(text, "capabilities")
-    assert [f.rule for f in findings(pdir)] == ["namespace-off", "capability"]
+    assert [f.rule for f in findings(pdir)] == ["network-namespace", "capability"]
 
 
 def test_loader_variables_passed_to_the_sandbox(pdir: Path) -> None:
@@ -793,3 +806,204 @@ def test_loader_variables_passed_to_the_sandbox(pdir: Path) -> None:
     ]  # fmt: skip
     assert "passes LD_LIBRARY_PATH" in loader[0].message
     assert "passes GLIBC_TUNABLES" in loader[1].message
+
+
+# -- the network: network-namespace, egress-dns-only, allow-never-reachable, network-unused,
+# proxy-unreachable -------------------------------------------------------------------------
+
+BASE_NET = f"pol/base.toml:{line_of(BASE_TEXT, 'net = ')}"
+BASE_MODE = f"pol/base.toml:{line_of(BASE_TEXT, 'mode = ')}"
+
+
+def network(directory: Path, body: str, parent: str = "base") -> str:
+    """A site policy extending ``parent`` with ``body`` under [network]; its text."""
+    return write(directory, f'extends = "{parent}"\n\n[network]\n' + textwrap.dedent(body))
+
+
+def network_findings(directory: Path) -> list[Finding]:
+    return [f for f in findings(directory) if f.rule != "host-network"]
+
+
+def test_host_with_the_net_namespace_required_is_an_error(pdir: Path) -> None:
+    """base requires the net namespace: host on top of it is what bwrap refuses."""
+    text = network(pdir, 'mode = "host"\n')
+    assert triples(pdir) == [
+        ("error", "network-namespace", at(text, "mode")),
+        ("warning", "host-network", at(text, "mode")),
+    ]
+    (error,) = [f for f in findings(pdir) if f.severity == "error"]
+    assert error.message.startswith(
+        f"network.mode is host but namespaces.net is required ({BASE_NET})"
+    )
+    assert 'set namespaces.net = "off"' in error.message
+    assert "bwrap renderer refuses" in error.message
+
+
+def test_host_with_the_net_namespace_optional_is_no_contradiction(pdir: Path) -> None:
+    write(pdir, 'extends = "base"\n[namespaces]\nnet = "optional"\n[network]\nmode = "host"\n')
+    assert [f.rule for f in findings(pdir)] == ["host-network"]
+
+
+@pytest.mark.parametrize("mode", ["none", "egress"])
+def test_own_namespace_modes_with_the_net_namespace_off_are_an_error(pdir: Path, mode: str) -> None:
+    text = write(pdir, f"""
+        extends = "base"
+
+        [namespaces]
+        net = "off"
+
+        [network]
+        mode = "{mode}"
+        proxy = "http://squid.example.org:3128"
+    """)  # fmt: skip
+    errors = [f for f in findings(pdir) if f.severity == "error"]
+    assert [(f.rule, f.where) for f in errors] == [("network-namespace", at(text, "mode = "))]
+    assert errors[0].message == (
+        f"network.mode is {mode} but namespaces.net is off ({at(text, 'net = ')}): {mode} "
+        "needs the job's own network namespace (the bwrap renderer refuses it without one); "
+        'set namespaces.net = "required"'
+    )
+    assert "namespace-off" not in {f.rule for f in findings(pdir)}
+
+
+def test_net_off_under_the_builtin_none_is_an_error_at_the_net_line(pdir: Path) -> None:
+    """base's mode = "none" is the older line: the finding points at the one that made
+    the contradiction, and names the other's origin."""
+    text = write(pdir, 'extends = "base"\n\n[namespaces]\nnet = "off"\n')
+    (finding,) = findings(pdir)
+    assert (finding.severity, finding.rule, finding.where) == (
+        "error", "network-namespace", at(text, "net = ")
+    )  # fmt: skip
+    assert finding.message.startswith(
+        f"network.mode is none ({BASE_MODE}) but namespaces.net is off:"
+    )
+
+
+def test_contradiction_points_at_the_file_set_last(pdir: Path) -> None:
+    middle = write(pdir, 'extends = "base"\n\n[namespaces]\nnet = "off"\n', name="middle")
+    site = write(pdir, 'extends = "middle"\n\n[network]\nmode = "egress"\nallow = ["10.0.0.0/8"]\n')
+    (finding,) = findings(pdir)
+    assert (finding.rule, finding.where) == ("network-namespace", at(site, "mode"))
+    assert f"namespaces.net is off ({at(middle, 'net = ', 'middle')})" in finding.message
+
+
+def test_egress_with_nothing_allowed_reaches_dns_only(pdir: Path) -> None:
+    text = network(pdir, 'mode = "egress"\n')
+    (finding,) = findings(pdir)
+    assert (finding.severity, finding.rule, finding.where) == (
+        "warning", "egress-dns-only", at(text, "mode")
+    )  # fmt: skip
+    assert "jobs reach DNS only" in finding.message
+
+
+def test_egress_with_an_empty_allow_list_points_at_it(pdir: Path) -> None:
+    text = network(pdir, 'mode = "egress"\nallow = []\n')
+    assert triples(pdir) == [("warning", "egress-dns-only", at(text, "allow"))]
+
+
+@pytest.mark.parametrize(
+    "body",
+    ['allow = ["xrootd.example.org:1094"]\n', 'proxy = "http://squid.example.org:3128"\n'],
+    ids=["an allowed destination", "a proxy"],
+)
+def test_egress_reaching_something_is_not_dns_only(pdir: Path, body: str) -> None:
+    network(pdir, 'mode = "egress"\n' + body)
+    assert findings(pdir) == []
+
+
+def test_clean_egress_site(pdir: Path) -> None:
+    network(pdir, """
+        mode = "egress"
+        allow = ["xrootd.example.org:1094", "10.1.0.0/16", "0.0.0.0/0:443", "::ffff:10.2.0.1"]
+        deny = ["10.1.99.0/24", "127.0.0.1"]
+        proxy = "http://squid.example.org:3128"
+    """)  # fmt: skip
+    assert findings(pdir) == []
+
+
+NEVER_REACHED = [
+    ("127.0.0.1:8080", "inside 127.0.0.0/8"),
+    ("169.254.169.254", "inside 169.254.0.0/16"),
+    ("169.254.169.254/32:80", "inside 169.254.0.0/16"),
+    ("168.63.129.16", "inside 168.63.129.16/32"),
+    ("[::1]:22", "inside ::1/128"),
+    ("::ffff:127.0.0.1", "inside 127.0.0.0/8"),
+    ("localhost:80", "localhost, the node's loopback"),
+    ("Metrics.LOCALHOST", "localhost, the node's loopback"),
+    ("[2001:db8::1]:443", "IPv6, which egress mode does not carry"),
+]
+
+
+@pytest.mark.parametrize(("entry", "why"), NEVER_REACHED, ids=[e for e, _ in NEVER_REACHED])
+def test_allow_entry_never_reachable(pdir: Path, entry: str, why: str) -> None:
+    text = network(pdir, f'mode = "egress"\nallow = ["xrootd.example.org:1094", "{entry}"]\n')
+    (finding,) = findings(pdir)
+    assert (finding.severity, finding.rule, finding.where) == (
+        "warning", "allow-never-reachable", at(text, "allow")
+    )  # fmt: skip
+    assert finding.message == (
+        f"network.allow '{entry}' can never be reached, whatever the lists say ({why}): remove it"
+    )
+
+
+@pytest.mark.parametrize("mode", ["none", "host"])
+def test_lists_without_egress_have_no_effect(pdir: Path, mode: str) -> None:
+    net = '\n[namespaces]\nnet = "off"\n' if mode == "host" else ""
+    text = write(pdir, f"""
+        extends = "base"
+
+        [network]
+        mode = "{mode}"
+        allow = ["10.0.0.0/8"]
+        deny = ["10.1.0.0/16"]
+    """ + net)  # fmt: skip
+    got = network_findings(pdir)
+    assert sorted((f.severity, f.rule, f.where) for f in got) == [
+        ("warning", "network-unused", at(text, "allow")),
+        ("warning", "network-unused", at(text, "deny")),
+    ]
+    assert got[0].message.startswith(f"network.allow is set but network.mode is {mode}: only "
+                                      "egress mode reads it, so it has no effect")  # fmt: skip
+
+
+def test_empty_lists_without_egress_are_clean(pdir: Path) -> None:
+    network(pdir, 'mode = "none"\nallow = []\ndeny = []\n')
+    assert findings(pdir) == []
+
+
+def test_proxy_without_a_network(pdir: Path) -> None:
+    text = network(pdir, 'mode = "none"\nproxy = "http://squid.example.org:3128"\n')
+    (finding,) = findings(pdir)
+    assert (finding.severity, finding.rule, finding.where) == (
+        "warning", "proxy-unreachable", at(text, "proxy")
+    )  # fmt: skip
+    assert finding.message == (
+        "network.proxy http://squid.example.org:3128 is set but network.mode is none: jobs get "
+        "it as http_proxy and https_proxy but cannot reach it"
+    )
+
+
+@pytest.mark.parametrize(
+    ("proxy", "why"),
+    [("http://127.0.0.1:3128", "inside 127.0.0.0/8"),
+     ("http://localhost:3128/", "localhost, the node's loopback")],
+)  # fmt: skip
+def test_proxy_on_the_node_is_unreachable_in_egress_mode(pdir: Path, proxy: str, why: str) -> None:
+    text = network(pdir, f'mode = "egress"\nallow = ["10.0.0.0/8"]\nproxy = "{proxy}"\n')
+    (finding,) = findings(pdir)
+    assert (finding.severity, finding.rule, finding.where) == (
+        "warning", "proxy-unreachable", at(text, "proxy")
+    )  # fmt: skip
+    assert f"cannot be reached in egress mode, whatever the lists say ({why})" in finding.message
+
+
+def test_proxy_on_the_node_is_fine_in_host_mode(pdir: Path) -> None:
+    write(pdir, """
+        extends = "base"
+        [namespaces]
+        net = "off"
+        [network]
+        mode = "host"
+        proxy = "http://127.0.0.1:3128"
+    """)  # fmt: skip
+    assert network_findings(pdir) == []

@@ -2,8 +2,8 @@
 
 ``diff(a, b)`` answers two questions: what does B let a payload do that A does not
 (a new readable or writable path, a namespace dropped, a higher memory cap, a system
-call no longer denied...), and the reverse. Each answer is one line a reviewer can act
-on, with the origin of B's (or A's) value.
+call no longer denied, a destination the job may now connect to...), and the reverse.
+Each answer is one line a reviewer can act on, with the origin of B's (or A's) value.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sandbox_agent.policy import destinations
 from sandbox_agent.policy.compose import EffectivePolicy
-from sandbox_agent.policy.explain import show_value
+from sandbox_agent.policy.explain import show_value, unreachable
 from sandbox_agent.policy.model import within
 from sandbox_agent.policy.schema import FIELDS, LIMITS, NAMESPACES
 from sandbox_agent.seccomp.profile import ProfileError, SeccompProfile
@@ -120,9 +121,6 @@ def _words(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
     for key, allowed in (("filesystem.proc", "private"), ("filesystem.dev", "minimal")):
         if other[key].value == allowed and base[key].value != allowed:
             out.append(Widening(key, f"mounts {key.split('.')[1]} ({allowed})", other[key].origin))
-    if other["network.mode"].value == "host" and base["network.mode"].value != "host":
-        out.append(Widening("network.mode", "reaches the host's network",
-                            other["network.mode"].origin))  # fmt: skip
     if (
         other["devices.gpu"].value != base["devices.gpu"].value
         and other["devices.gpu"].value != "none"
@@ -137,6 +135,63 @@ def _words(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
         if base[key].value and not other[key].value:
             out.append(Widening(key, what, other[key].origin))
     return out
+
+
+def _network(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
+    """Where a job of ``other`` may connect that one of ``base`` may not: none < egress
+    (DNS, network.allow but network.deny, the proxy) < host (everything)."""
+    was, now = base.view.network, other.view.network
+    mode = other["network.mode"].origin
+    out = []
+    if now.mode == "host":
+        if was.mode != "host":
+            out.append(Widening("network.mode", "reaches the host's network", mode))
+    elif now.mode == "egress" and was.mode != "host":
+        if was.mode == "none":
+            out.append(Widening("network.mode", "connects out through the agent's relay "
+                                "(none -> egress): DNS, and what network.allow names",
+                                mode))  # fmt: skip
+        known = was.allow if was.mode == "egress" else ()
+        out += [
+            Widening("network.allow", f"may connect to {item.value}", item.origin)
+            for item in other["network.allow"].value
+            if unreachable(item.value) is None and not _covered(item.value, known)
+        ]
+        if was.mode == "egress":  # a deny entry dropped opens what the allowlist named
+            out += [
+                Widening("network.deny", f"no longer keeps {entry} closed",
+                         other["network.deny"].origin)
+                for entry in was.deny
+                if not _covered(entry, now.deny)
+            ]  # fmt: skip
+    if now.proxy and now.proxy != was.proxy and now.mode != "none":
+        reachable = now.mode == "egress" and unreachable(now.proxy.removeprefix("http://")) is None
+        reach = ", reachable whatever network.allow says" if reachable else ""
+        out.append(Widening("network.proxy", f"gives the job the proxy {now.proxy}{reach}",
+                            other["network.proxy"].origin))  # fmt: skip
+    return out
+
+
+def _covered(entry: str, entries: tuple[str, ...]) -> bool:
+    """Whether one of ``entries`` already names every address and port ``entry`` does: a
+    network inside one of theirs, a name the same name (names are not resolved here)."""
+    try:
+        host, port, network = destinations.split(entry)
+    except ValueError:
+        return False
+    for other in entries:
+        try:
+            other_host, other_port, other_network = destinations.split(other)
+        except ValueError:
+            continue
+        if other_port is not None and other_port != port:
+            continue
+        if network is None or other_network is None:
+            if network is None and other_network is None and host.lower() == other_host.lower():
+                return True
+        elif network.version == other_network.version and network.subnet_of(other_network):  # type: ignore[arg-type]
+            return True
+    return False
 
 
 def _numbers(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
@@ -226,6 +281,7 @@ _CHECKS: list[Callable[[EffectivePolicy, EffectivePolicy], list[Widening]]] = [
     _names("process.environment.allow", "passes the agent's variable"),
     _names("optional.requirements", "tolerates unenforced"),
     _environment,
+    _network,
     _numbers,
     _seccomp,
 ]

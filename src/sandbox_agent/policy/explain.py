@@ -2,16 +2,20 @@
 
 Every row says what is isolated, the value, whether the kernel enforces it or the agent
 only monitors it, whether the site marked it optional, and where the value came from.
-The JSON form follows ``docs/policy-explain.schema.json``.
+The JSON form follows ``docs/policy-explain.schema.json``. Under its network rows, the
+text says in words what the mode lets a job reach and what stays closed
+(``network_reach``).
 """
 
 from __future__ import annotations
 
+import ipaddress
+import textwrap
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from sandbox_agent.jdl.units import format_size
-from sandbox_agent.policy import gate
+from sandbox_agent.policy import destinations, gate
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.policy.gate import Verdict
 from sandbox_agent.policy.model import Item
@@ -32,7 +36,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("limits", [f"limits.{name}" for name in LIMITS]),
     ("outputs", [k for k in FIELDS if k.startswith("outputs.")]),
     ("disk", [k for k in FIELDS if k.startswith("disk.")]),
-    ("network", ["network.mode"]),
+    ("network", [k for k in FIELDS if k.startswith("network.")]),
     ("optional", ["optional.requirements"]),
 ]
 
@@ -55,6 +59,8 @@ def show_value(key: str, value: Any) -> str:
         return f"{value} s"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if kind is Kind.STRING and value == "":
+        return "(none)"
     return str(value)
 
 
@@ -98,6 +104,104 @@ def _json_value(value: Any) -> Any:
 # What a gate's answer means for a requirement of the kernel, as explain's host section says it.
 _ON_HOST = {Verdict.ENFORCED: "available", Verdict.OPTIONAL: "runs without it",
             Verdict.REFUSED: "fails closed"}  # fmt: skip
+
+
+# The cloud metadata address, named where explain says what a mode exposes or closes.
+METADATA = ipaddress.ip_address("169.254.169.254")
+PROXY_VARIABLES = "http_proxy, https_proxy, HTTP_PROXY and HTTPS_PROXY"
+
+
+def network_reach(effective: EffectivePolicy) -> list[str]:
+    """What ``network.mode`` lets a job reach and what stays closed, in sentences: the
+    lines explain's text shows under the network rows."""
+    network = effective.view.network
+    proxy = network.proxy.removeprefix("http://").removesuffix("/")
+    given = f"the job gets network.proxy as {PROXY_VARIABLES}"
+    unused = [k for k, v in (("network.allow", network.allow), ("network.deny", network.deny))
+              if v]  # fmt: skip
+    out = []
+    if network.mode == "none":
+        out.append("none: the job has a network namespace of its own with its loopback "
+                   "only; it reaches nothing outside the sandbox")  # fmt: skip
+        if network.proxy:
+            out.append(f"{given}, but cannot reach it")
+    elif network.mode == "host":
+        out.append("host: the payload shares the node's network: every service listening "
+                   "on the node, its loopback included; the cloud metadata address "
+                   f"{METADATA}; anything the node can reach")  # fmt: skip
+        if network.proxy:
+            out.append(given)
+    else:
+        out.append("egress: the job has a network namespace of its own; the agent relays its "
+                   "TCP connections and its DNS queries, and nothing else leaves it")  # fmt: skip
+        out.append(_egress_reachable(network.allow, network.deny, proxy))
+        if network.proxy:
+            out.append(given)
+        out.append(_egress_closed())
+        dead = _egress_dead(network.allow, proxy)
+        if dead:
+            out.append(dead)
+    if unused and network.mode != "egress":
+        out.append(f"{' and '.join(unused)}: no effect, only egress mode reads "
+                   f"{'them' if len(unused) > 1 else 'it'}")  # fmt: skip
+    return out
+
+
+def _egress_reachable(allow: tuple[str, ...], deny: tuple[str, ...], proxy: str) -> str:
+    parts = ["DNS, through the agent's resolver"]
+    opened = [e for e in allow if unreachable(e) is None]
+    if opened:
+        text = f"over TCP, {', '.join(opened)} (network.allow)"
+        if deny:
+            text += f" except {', '.join(deny)} (network.deny)"
+        if any(destinations.split(e)[2] is None for e in opened):
+            text += "; names are resolved by the agent when each job starts"
+        parts.append(text)
+    if proxy and unreachable(proxy) is None:
+        parts.append(f"the proxy {proxy} (network.proxy), whatever network.allow says")
+    reach = "; ".join(parts)
+    if not opened:
+        reach += "; nothing else, since network.allow opens nothing"
+    return f"reachable: {reach}"
+
+
+def _egress_closed() -> str:
+    ranges = ", ".join(
+        f"{n} (the cloud metadata address {METADATA} among them)" if METADATA in n else str(n)
+        for n in destinations.ALWAYS_DENIED
+    )  # fmt: skip
+    return ("closed whatever the lists say: this node's own addresses, its loopback among "
+            f"them (checked at each connection); {ranges}; and IPv6 beyond the job's own "
+            "loopback (egress mode carries IPv4 only)")  # fmt: skip
+
+
+def _egress_dead(allow: tuple[str, ...], proxy: str) -> str | None:
+    """The entries (and the proxy) egress mode names but can never reach, each with why."""
+    named = [(e, e) for e in allow] + ([(f"the proxy {proxy}", proxy)] if proxy else [])
+    dead = [f"{shown} ({why})" for shown, entry in named if (why := unreachable(entry))]
+    return f"named but never reached: {', '.join(dead)}" if dead else None
+
+
+def unreachable(entry: str) -> str | None:
+    """Why no job of egress mode can reach a network.allow entry or a proxy's HOST:PORT,
+    whatever the lists say, or None: inside an always-denied range
+    (destinations.ALWAYS_DENIED), localhost (the loopback, RFC 6761), or IPv6, which the
+    relay does not carry (docs/network.md). A name is not known before the agent
+    resolves it."""
+    try:
+        host, _port, network = destinations.split(entry)
+    except ValueError:  # loading refuses such an entry
+        return None
+    if network is None:
+        name = host.lower().rstrip(".")
+        return "localhost, the node's loopback" if name == "localhost" or name.endswith(
+            ".localhost") else None  # fmt: skip
+    denied = destinations.never_reachable(network)
+    if denied is not None:
+        return f"inside {denied}"
+    if network.version == 6:
+        return "IPv6, which egress mode does not carry"
+    return None
 
 
 def host_rows(effective: EffectivePolicy, found: Mapping[str, Fact]) -> list[dict[str, Any]]:
@@ -157,10 +261,20 @@ def explain_text(effective: EffectivePolicy, job: str | None, found: Mapping[str
                     lines.append(f"      {shown:<40} {item['origin']}")
             else:
                 lines.append(f"  {key:<24} {row['shown']:<30} {row['origin']}{suffix}")
+        if section == "network":  # in words: what the mode reaches and what stays closed
+            for sentence in network_reach(effective):
+                lines += _wrap(sentence)
     lines += ["", "[this host]  (what the kernel provides; see --runtime for who enforces it)"]
     for row in host_rows(effective, found):
         lines.append(f"  {row['key']:<24} {row['verdict']:<16} {row['detail']}")
     return "\n".join(lines)
+
+
+def _wrap(sentence: str) -> list[str]:
+    """A sentence under a section's rows: indented deeper than a key, its continuation
+    deeper than a list item."""
+    return textwrap.wrap(sentence, 100, initial_indent=" " * 4, subsequent_indent=" " * 8,
+                         break_on_hyphens=False, break_long_words=False)  # fmt: skip
 
 
 def _tuple(value: Any) -> Any:

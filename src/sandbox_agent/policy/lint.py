@@ -1,8 +1,11 @@
 """Lint: what in a policy a security reviewer should look at, each finding at file:line.
 
 Errors are things the engine would let through but no site should ship (a bind onto
-the deny list, a capability, no_new_privs off); warnings are widenings a reviewer must
-have seen (a writable bind, a device, the host network).
+the deny list, a capability, no_new_privs off), and contradictions a renderer refuses at
+run time (the host network with the net namespace required); warnings are widenings a
+reviewer must have seen (a writable bind, a device, the host network). A list entry or a
+proxy that can never take effect, or that no job could ever reach, is a warning too: the
+reviewer should know it does nothing.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sandbox_agent.policy.model import BUILTIN, Policy, within
+from sandbox_agent.policy.explain import unreachable
+from sandbox_agent.policy.model import BUILTIN, Policy, Setting, within
 from sandbox_agent.policy.schema import LIMITS, NAMESPACES
 from sandbox_agent.seccomp.profile import (
     REQUIRED_ALLOWED,
@@ -122,7 +126,9 @@ def namespaces_off(policy: Policy) -> list[Finding]:
     out = []
     for ns in NAMESPACES:
         setting = policy[f"namespaces.{ns}"]
-        if setting.value == "off":
+        # the net namespace goes with network.mode: off is what host means (host-network),
+        # and a contradiction with none or egress (network-namespace)
+        if setting.value == "off" and ns != "net":
             severity = "warning" if ns in ("cgroup", "uts") else "error"
             out.append(Finding(severity, "namespace-off", setting.origin,
                                f"namespaces.{ns} is off: the payload shares the host's {ns} "
@@ -181,9 +187,108 @@ def host_network(policy: Policy) -> list[Finding]:
     setting = policy["network.mode"]
     if setting.value == "host":
         return [Finding("warning", "host-network", setting.origin,
-                        "network.mode is host: the payload reaches the node's network, "
-                        "the agent's loopback services included")]  # fmt: skip
+                        "network.mode is host: the payload shares the node's network: every "
+                        "service listening on the node, its loopback included, the cloud "
+                        "metadata address 169.254.169.254, and anything the node can reach; "
+                        'network.mode = "egress" lets jobs reach only what network.allow '
+                        "names")]  # fmt: skip
     return []
+
+
+@rule
+def network_namespace(policy: Policy) -> list[Finding]:
+    """network.mode and namespaces.net that contradict each other: host shares the node's
+    namespace, none and egress need the job's own (the bwrap renderer refuses both)."""
+    mode, net = policy["network.mode"], policy["namespaces.net"]
+    if mode.value == "host" and net.value == "required":
+        why = ("host shares the node's network namespace, a contradiction the bwrap renderer "
+               'refuses; set namespaces.net = "off" (or network.mode = "egress")')  # fmt: skip
+    elif mode.value in ("none", "egress") and net.value == "off":
+        why = (f"{mode.value} needs the job's own network namespace (the bwrap renderer refuses "
+               'it without one); set namespaces.net = "required"')  # fmt: skip
+    else:
+        return []
+    where = _latest(policy, mode, net)
+    # the finding points at one of the two; the message names the other's origin
+    mode_at, net_at = (
+        ("", f" ({net.origin})") if where == mode.origin else (f" ({mode.origin})", "")
+    )
+    return [Finding("error", "network-namespace", where,
+                    f"network.mode is {mode.value}{mode_at} but namespaces.net is "
+                    f"{net.value}{net_at}: {why}")]  # fmt: skip
+
+
+@rule
+def egress_dns_only(policy: Policy) -> list[Finding]:
+    mode, allow = policy["network.mode"], policy["network.allow"]
+    if mode.value != "egress" or allow.value or policy["network.proxy"].value:
+        return []
+    where = allow.origin if allow.origin != BUILTIN else mode.origin
+    return [Finding("warning", "egress-dns-only", where,
+                    "network.mode is egress but network.allow is empty and there is no "
+                    "network.proxy: jobs reach DNS only; name what they need in "
+                    "network.allow")]  # fmt: skip
+
+
+@rule
+def allow_never_reachable(policy: Policy) -> list[Finding]:
+    return [
+        Finding("warning", "allow-never-reachable", item.origin,
+                f"network.allow '{item.value}' can never be reached, whatever the lists say "
+                f"({why}): remove it")
+        for item in policy["network.allow"].value
+        if (why := unreachable(item.value))
+    ]  # fmt: skip
+
+
+@rule
+def network_unused(policy: Policy) -> list[Finding]:
+    """allow and deny are read in egress mode alone."""
+    mode = policy["network.mode"].value
+    if mode == "egress":
+        return []
+    reach = ("jobs reach the node's whole network whatever it says" if mode == "host"
+             else "jobs reach no network whatever it says")  # fmt: skip
+    return [
+        Finding("warning", "network-unused", policy[key].origin,
+                f"{key} is set but network.mode is {mode}: only egress mode reads it, so it "
+                f"has no effect ({reach})")
+        for key in ("network.allow", "network.deny")
+        if policy[key].value
+    ]  # fmt: skip
+
+
+@rule
+def proxy_unreachable(policy: Policy) -> list[Finding]:
+    mode, proxy = policy["network.mode"], policy["network.proxy"]
+    if not proxy.value:
+        return []
+    if mode.value == "none":
+        return [Finding("warning", "proxy-unreachable", proxy.origin,
+                        f"network.proxy {proxy.value} is set but network.mode is none: jobs "
+                        "get it as http_proxy and https_proxy but cannot reach it")]  # fmt: skip
+    why = unreachable(proxy.value.removeprefix("http://").removesuffix("/"))
+    if mode.value == "egress" and why:
+        return [Finding("warning", "proxy-unreachable", proxy.origin,
+                        f"network.proxy {proxy.value} cannot be reached in egress mode, "
+                        f"whatever the lists say ({why}): give the proxy's IPv4 address or "
+                        "name, off this node")]  # fmt: skip
+    return []
+
+
+def _latest(policy: Policy, *settings: Setting) -> str:
+    """Of settings that contradict each other, the origin of the one the chain set last:
+    the line that made the contradiction (a builtin value comes first)."""
+    names = [path.name for path in policy.files]
+
+    def rank(setting: Setting) -> tuple[int, int]:
+        file, _, line = setting.origin.rpartition(":")
+        name = file.rpartition("/")[2]
+        if not line.isdigit() or name not in names:
+            return (-1, 0)  # builtin
+        return (names.index(name), int(line))
+
+    return max(settings, key=rank).origin
 
 
 @rule
