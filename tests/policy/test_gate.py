@@ -200,7 +200,9 @@ ALL_HELD = CGROUP_LIMITS | {"workdir_size"}
 
 
 def test_an_engine_holds_its_own_limits_whatever_the_agents_cgroup(tmp_path: Path) -> None:
+    # no network: engines refuse egress for now, and this is about limits
     text = 'extends = "default"\n[filesystem]\nimage = "docker://debian:12"\n'
+    text += '[network]\nmode = "none"\nallow = []\n'
     plan = docker.render(effective_of(tmp_path, text), ["/bin/true"], workdir="/w",
                          engine="podman")  # fmt: skip
     found = {"limits.memory": Fact(False, "no job cgroup: not delegated")}
@@ -216,6 +218,7 @@ def test_a_plan_cannot_be_made_without_its_policys_limits() -> None:
 
 def test_only_the_renderers_own_words_name_the_agent_files(tmp_path: Path) -> None:
     text = 'extends = "default"\n[filesystem]\nimage = "/srv/images/el9"\n'
+    text += '[network]\nmode = "none"\nallow = []\n'  # Apptainer refuses egress for now
     payload = ["/bin/echo", f"{AGENT_FILES}/seccomp.bpf", "10"]
     plan = apptainer.render(effective_of(tmp_path, text), payload, workdir="/w", host=HOST)
     assert plan.argv[-3:] == tuple(payload)
