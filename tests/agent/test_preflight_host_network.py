@@ -56,6 +56,12 @@ def test_under_host_network_the_preflight_grants_the_network_and_the_pilot_runs_
     assert all('network.mode = "host" (policies/host-network.toml:' in line for line in granted)
     assert [e["state"] for e in events if e["event"] == "finished"] == ["DONE"]
     assert states(env) == ["DONE"]
+    # for a person: what was granted is said on the preflight's line, never hidden
+    assert run_cli(env, "submit", "samples/hello.jdl").returncode == 0
+    text = run_cli(env, "run", "--once", "--policy", "host-network")
+    assert text.returncode == 0, text.stderr
+    line = next(line for line in text.stdout.splitlines() if line.startswith("preflight: "))
+    assert f"none got through; {len(granted)} granted by the policy: " in line, line
 
 
 def test_under_host_network_a_credential_leak_still_stops_the_pilot(home: Path) -> None:

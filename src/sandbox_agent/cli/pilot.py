@@ -119,9 +119,13 @@ def _text_line(event: dict[str, Any]) -> None:
     elif kind == "started":
         return
     elif kind == "preflight":
+        granted = event.get("granted") or []
+        # what the policy grants (network.mode = "host") is said, never hidden
+        besides = f"; {len(granted)} granted by the policy: {granted[0]}" if granted else ""
         line = (
             f"preflight: {event['attacks']} attacks on credentials, processes, "
-            f"descriptors and the network, none got through ({event['seconds']:.1f} s)"
+            f"descriptors and the network, none got through{besides} "
+            f"({event['seconds']:.1f} s)"
         )
     elif kind in ("finished", "handed_back"):
         code = f" exit {event['exit_code']}" if event["exit_code"] is not None else ""

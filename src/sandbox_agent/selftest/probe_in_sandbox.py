@@ -288,7 +288,7 @@ def relay_view(targets: list[tuple[str, int]], tally: Tally | None, asked: bool,
     if tally.allowed:
         leaks.append(f"the agent's relay let {tally.allowed} connection(s) through; the "
                      "probe tries none it may let through")  # fmt: skip
-    if not asked:
+    if not asked or not targets:  # nothing was aimed at: nothing to hold the relay to
         return "", leaks
     said: dict[str, str] = {}
     for line in tally.refusals:
