@@ -95,6 +95,7 @@ def test_the_host_userland_needs_bwrap(policies: Path, runtime: str) -> None:
 def test_gpu_policy_adds_nv(policies: Path) -> None:
     (policies / "gpu-image.toml").write_text(
         'extends = "gpu"\n[filesystem]\nimage = "docker://registry.example.org/cuda:12"\n'
+        '[network]\nmode = "none"\nallow = []\n'  # Apptainer refuses egress for now
     )
     plan = apptainer.render(compose(load_policy("gpu-image", [policies])), ["/bin/true"],
                             workdir="/w")  # fmt: skip

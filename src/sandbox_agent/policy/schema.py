@@ -302,8 +302,8 @@ def _fields() -> dict[str, Field]:
         Field("network.allow", Kind.DESTINATIONS, (),
               "In egress mode, where a job may connect: host names (resolved by the agent "
               "when each job starts), addresses and networks, each with a port or for "
-              'every port ("xrootd.example.org:1094", "10.1.0.0/16", "[2001:db8::1]:443"). '
-              "Empty: nowhere but DNS. A JDL cannot add to it."),
+              'every port ("xrootd.example.org:1094", "10.1.0.0/16", "192.0.2.7"); IPv4 '
+              "only, for now. Empty: nowhere but DNS. A JDL cannot add to it."),
         Field("network.deny", Kind.DESTINATIONS, (),
               "In egress mode, what stays closed even inside network.allow, in the same "
               "form. The node's own addresses, loopback, link-local and metadata addresses "
