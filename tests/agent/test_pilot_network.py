@@ -148,6 +148,7 @@ def test_a_job_fetches_its_input_and_never_reaches_the_node(
         assert logs.stdout == f"input {hashlib.sha256(INPUT).hexdigest()}\n"
         network = record(env, int(fetch.stdout))["network"]
         assert (network["mode"], network["connections"], network["refused"]) == ("egress", 1, 0)
+        assert network["unresolved"] == []
 
         reach = run_cli(env, "submit", job(home, "reach", REACH), program=program)
         assert reach.returncode == 0, reach.stderr

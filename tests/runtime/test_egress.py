@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -164,3 +165,16 @@ def test_the_helper_imports_nothing_of_the_package() -> None:
         line for line in text.splitlines() if line.startswith(("import", "from"))
     )
     assert egress.SO_ORIGINAL_DST == 80
+
+
+def test_the_tally_names_the_allow_names_that_opened_nothing() -> None:
+    relay = socket.socket()
+    relay.bind(("127.0.0.1", 0))
+    relay.listen()
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dns.bind(("127.0.0.1", 0))
+    rules = rules_for(["no-such-host.invalid:1094"], [])
+    opened = egress.Egress(relay, dns, rules, ("127.0.0.1", 9))
+    opened.close()
+    assert len(opened.tally.unresolved) == 1
+    assert opened.tally.unresolved[0].startswith("no-such-host.invalid:1094: cannot resolve")

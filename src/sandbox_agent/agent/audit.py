@@ -128,12 +128,13 @@ def build(*, job: dict[str, Any], agent_name: str, agent_token: x509.Certificate
 
 def network_view(effective: Any, session: Any) -> dict[str, Any]:
     """The job's network mode, and in egress mode what the agent's relay let through
-    and refused (the first refusals, each naming the destination and why)."""
+    and refused (the first refusals, each naming the destination and why), and the
+    allow names that did not resolve when the job started (they opened nothing)."""
     out: dict[str, Any] = {"mode": effective.view.network.mode}
     tally = getattr(session, "egress", None)
     if tally is not None:
         out |= {"connections": tally.allowed, "refused": tally.refused,
-                "refusals": list(tally.refusals)}  # fmt: skip
+                "refusals": list(tally.refusals), "unresolved": list(tally.unresolved)}  # fmt: skip
     return out
 
 

@@ -111,6 +111,7 @@ class Tally:
     allowed: int = 0
     refused: int = 0
     refusals: list[str] = field(default_factory=list)
+    unresolved: list[str] = field(default_factory=list)  # allow names that opened nothing
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def refuse(self, why: str) -> None:
@@ -130,7 +131,7 @@ class Egress:
     def __init__(self, relay: socket.socket, dns: socket.socket, rules: Rules,
                  upstream: tuple[str, int]) -> None:  # fmt: skip
         self.relay, self.dns, self.rules, self.upstream = relay, dns, rules, upstream
-        self.tally = Tally()
+        self.tally = Tally(unresolved=list(rules.unresolved))
         self.closed = threading.Event()
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self.live: set[socket.socket] = set()
