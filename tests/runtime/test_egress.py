@@ -56,6 +56,28 @@ def test_the_rules(address: str, port: int, allowed: bool) -> None:
     assert (why is None) is allowed, why
 
 
+def test_what_no_allowlist_opens() -> None:
+    everywhere = Rules(
+        allow=parse("0.0.0.0/0"), node=NODE, gateways=[ipaddress.ip_network("10.0.0.1")]
+    )
+    # a gateway of the node's (in a container: the host itself)
+    assert everywhere.refusal(ipaddress.ip_address("10.0.0.1"), 10250) == (
+        "10.0.0.1 is a gateway of this node's, never reachable from a job"
+    )
+    # the job's own loopback source address, which would be relayed out
+    assert "never reachable" in str(everywhere.refusal(ipaddress.ip_address("198.18.0.1"), 80))
+    assert everywhere.refusal(ipaddress.ip_address("10.0.0.2"), 80) is None
+
+
+def test_the_gateways_are_read_from_the_routes() -> None:
+    listed = egress.gateways()
+    shown = subprocess.run(["ip", "-4", "route", "show", "default"], capture_output=True,
+                           text=True, check=False).stdout.split()  # fmt: skip
+    if "via" in shown:
+        assert ipaddress.ip_network(shown[shown.index("via") + 1]) in listed
+    assert all(network.num_addresses == 1 for network in listed)
+
+
 def test_an_ipv4_mapped_entry_is_the_ipv4_one() -> None:
     rules = Rules(
         allow=parse("0.0.0.0/0"),
@@ -106,6 +128,8 @@ def test_the_namespace_rules_send_everything_to_the_agent_and_drop_the_rest() ->
     assert "meta l4proto tcp redirect to :1080" in rules
     assert "udp dport 53 redirect to :53" in rules
     assert "policy drop;" in rules and "fib daddr type local accept" in rules
+    # DNS to a resolver on the job's loopback (127.0.0.53) reaches the stub too
+    assert rules.index("udp dport 53 redirect") < rules.index("ip daddr 127.0.0.0/8 return")
 
 
 def _needs() -> str | None:

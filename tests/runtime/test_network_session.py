@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,3 +62,38 @@ def test_a_failed_plumbing_kills_the_sandbox_before_its_payload(
     with pytest.raises(egress.EgressError, match="injected"):
         run(base, "touch /workdir/ran")
     assert not (base / "work" / "ran").exists()  # the payload never ran
+
+
+def test_the_payloads_first_connection_already_meets_the_relay(base: Path) -> None:
+    # the rules, not only the route, are there before the payload's first instruction:
+    # its first connect, to the node's own address, is refused by the relay
+    node = next((n for n in egress.node_addresses()
+                 if n.version == 4 and not n.network_address.is_loopback), None)  # fmt: skip
+    if node is None:
+        pytest.skip("this node has no IPv4 address besides its loopback")
+    address = node.network_address
+    script = (f"exec /usr/bin/python3 -c 'import socket; socket.create_connection("
+              f'("{address}", 9), timeout=5).recv(1)\'')  # fmt: skip
+    _, result = run(base, script)
+    assert result.outcome.returncode != 0  # reset: the node is not reached
+    assert result.egress is not None
+    assert result.egress.refusals == [f"{address}:9: {address} is this node's own address"]
+
+
+def test_a_reused_pid_is_not_plumbed() -> None:
+    # bwrap reports the job's namespace; a pid that now stands for another is refused
+    holder = subprocess.Popen(["unshare", "-n", "sleep", "30"])
+    try:
+        for _ in range(200):
+            if os.readlink(f"/proc/{holder.pid}/ns/net") != os.readlink("/proc/self/ns/net"):
+                break
+            time.sleep(0.01)
+        rules = egress.Rules(allow=[])
+        with pytest.raises(egress.EgressError, match="no longer in the job's network namespace"):
+            egress.open_egress(holder.pid, rules, user=False, bring_up=True, netns=1)
+        inode = os.stat(f"/proc/{holder.pid}/ns/net").st_ino
+        egress.open_egress(holder.pid, rules, user=False, bring_up=True, netns=inode).close()
+    finally:
+        holder.kill()
+        holder.wait()
+

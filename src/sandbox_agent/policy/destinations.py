@@ -18,9 +18,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 # Never reachable, whatever the site allows: the unspecified, loopback, link-local
-# (cloud metadata at 169.254.169.254), multicast and broadcast addresses.
+# (cloud metadata at 169.254.169.254), benchmarking, multicast and broadcast addresses.
 ALWAYS_DENIED = tuple(ipaddress.ip_network(n) for n in (
     "0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "255.255.255.255/32",
+    # benchmarking: the job's own loopback has 198.18.0.1, which must not be relayed out
+    "198.18.0.0/15",
     "::/128", "::1/128", "fe80::/10", "ff00::/8",
     # cloud metadata and platform services outside link-local: AWS (IPv6), Azure's
     # WireServer, Alibaba Cloud
@@ -51,9 +53,12 @@ def split(entry: str) -> tuple[str, int | None, IPNetwork | None]:
         text, written_port = text.split(":")
         port = _port(written_port, entry)
     try:
-        return text, port, _unmapped(ipaddress.ip_network(text, strict=False))
-    except ValueError:
-        pass
+        return text, port, _unmapped(ipaddress.ip_network(text))
+    except ValueError as error:
+        if "has host bits set" in str(error):  # 10.1.2.3/8: which was meant is unclear
+            wider = ipaddress.ip_network(text, strict=False)
+            raise ValueError(f"{entry}: has bits set past its prefix; write {wider}, or the "
+                             "address alone") from None  # fmt: skip
     # a name: labels of letters, digits and hyphens, the last starting with a letter, so
     # that shorthand addresses ("10.1", "0x0a.1", "2130706433") are not taken for names
     labels = text.split(".")

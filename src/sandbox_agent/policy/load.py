@@ -264,10 +264,15 @@ def _proxy(raw: str, where: str) -> str:
     try:
         if host == raw or ":" not in host:
             raise ValueError(raw)
-        destinations.split(host)
+        _, port, network = destinations.split(host)
+        # one host: the relay lets the proxy through whatever network.allow says
+        if port is None or (network is not None and network.num_addresses != 1):
+            raise ValueError(raw)
     except ValueError:
-        raise PolicyError(f'{where}: network.proxy must be "http://HOST:PORT" (the site\'s '
-                          f"squid), not {raw!r:.60}") from None
+        raise PolicyError(
+            f'{where}: network.proxy must be "http://HOST:PORT" (the site\'s '
+            f"squid), not {raw!r:.60}"
+        ) from None
     return raw
 
 
@@ -331,8 +336,10 @@ def _list_item(spec: Field, item: Any, where: str) -> Any:
         try:
             return destinations.check(item)
         except ValueError as exc:
-            raise PolicyError(f"{where}: {spec.path}: {exc!s:.120} (write host:port, "
-                              "address[:port], [v6]:port or network/prefix[:port])") from None
+            raise PolicyError(
+                f"{where}: {spec.path}: {exc!s:.120} (write host:port, "
+                "address[:port], [v6]:port or network/prefix[:port])"
+            ) from None
     if spec.path == "process.capabilities" and not _CAPABILITY.fullmatch(item):
         raise PolicyError(f"{where}: '{item:.40}' is not a capability name like CAP_NET_RAW")
     if spec.path == "process.environment.allow" and not _ENV_NAME.fullmatch(item):

@@ -111,8 +111,11 @@ def render(
             gate.refuse("network.mode", f"{network} needs the job's own network namespace; "
                         'set namespaces.net = "required"')  # fmt: skip
         if ns == "net" and network == "host" and level == "required":
-            gate.refuse("network.mode", "host shares the host's network namespace, "
-                        'which namespaces.net = "required" forbids; set it "off"')
+            gate.refuse(
+                "network.mode",
+                "host shares the host's network namespace, "
+                'which namespaces.net = "required" forbids; set it "off"',
+            )
         if level == "off" or (ns == "net" and network == "host"):
             need.met(f"namespaces.{ns}", "off: shares the host's")
             continue

@@ -25,6 +25,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import secrets
 import select
 import socket
 import struct
@@ -59,23 +60,41 @@ class EgressError(RuntimeError):
     """Egress cannot be set up: one line saying why."""
 
 
+def _ip_json(argv: list[str], what: str) -> list[dict[str, object]]:
+    """What ``ip -json ARGV`` lists of the agent's own network namespace."""
+    try:
+        done = run_tool(["ip", "-json", *argv], capture_output=True, text=True, timeout=10,
+                        check=False)  # fmt: skip
+        listed = json.loads(done.stdout or "[]") if done.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ValueError) as error:
+        raise EgressError(f"cannot list this node's {what} (ip -json): {error}") from None
+    if not isinstance(listed, list):
+        raise EgressError(f"cannot list this node's {what}: {done.stderr.strip()[:200]}")
+    return [entry for entry in listed if isinstance(entry, dict)]
+
+
 def node_addresses() -> list[IPNetwork]:
     """Every address of the agent's own network namespace (``ip -json address``): the
     node's, which a job must never reach through the relay."""
-    try:
-        done = run_tool(["ip", "-json", "address"], capture_output=True, text=True, timeout=10,
-                        check=False)  # fmt: skip
-        links = json.loads(done.stdout or "[]") if done.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError, ValueError) as error:
-        raise EgressError(f"cannot list this node's addresses (ip -json): {error}") from None
-    if not isinstance(links, list):
-        raise EgressError(f"cannot list this node's addresses: {done.stderr.strip()[:200]}")
     out = []
-    for link in links:
-        for info in link.get("addr_info", []):
-            with contextlib.suppress(KeyError, ValueError):
+    for link in _ip_json(["address"], "addresses"):
+        for info in link.get("addr_info", []):  # type: ignore[attr-defined]
+            with contextlib.suppress(KeyError, TypeError, ValueError):
                 out.append(ipaddress.ip_network(info["local"]))
     return out
+
+
+def gateways() -> list[IPNetwork]:
+    """The gateways of the agent's routes (``ip -json route show table all``): no job
+    has business with a router, and where the pilot runs in a container or a pod its
+    gateway is the host itself (docker0's 172.17.0.1, a CNI bridge)."""
+    out = []
+    for route in _ip_json(["route", "show", "table", "all"], "routes"):
+        hops = [route, *(hop for hop in route.get("nexthops", []) if isinstance(hop, dict))]  # type: ignore[attr-defined]
+        for hop in hops:
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                out.append(ipaddress.ip_network(hop["gateway"]))
+    return sorted(set(out), key=str)
 
 
 @dataclass
@@ -84,6 +103,7 @@ class Rules:
     deny: list[Destination] = field(default_factory=list)
     node: list[IPNetwork] = field(default_factory=list)
     unresolved: list[str] = field(default_factory=list)  # allow entries left out: why
+    gateways: list[IPNetwork] = field(default_factory=list)  # the agent's routes' gateways
 
     def refusal(self, address: IPAddress, port: int) -> str | None:
         """Why the payload may not reach ``address``:``port``, or None."""
@@ -96,6 +116,9 @@ class Rules:
         for network in self.node:
             if address in network:
                 return f"{address} is this node's own address"
+        for network in self.gateways:
+            if address in network:
+                return f"{address} is a gateway of this node's, never reachable from a job"
         for entry in self.deny:
             if entry.matches(address, port):
                 return f"denied by network.deny {entry.written}"
@@ -228,7 +251,6 @@ class Egress:
             except OSError:
                 return
             waiting: dict[int, tuple[float, bytes, tuple[str, int]]] = {}
-            serial = 0
             while not self.closed.is_set():
                 ready, _, _ = select.select([self.dns, upstream], [], [], 0.5)
                 now = time.monotonic()
@@ -236,7 +258,7 @@ class Egress:
                     del waiting[key]
                 for sock in ready:
                     try:
-                        data, asker = sock.recvfrom(4096)
+                        data, asker = sock.recvfrom(65535)
                     except OSError:
                         if self.closed.is_set():
                             return
@@ -244,7 +266,10 @@ class Egress:
                     if sock is self.dns:
                         if not _a_query(data) or len(waiting) >= MAX_QUERIES or asker is None:
                             continue
-                        serial = (serial + 1) & 0xFFFF
+                        # an unpredictable id: an answer forged off the path must guess it
+                        serial = secrets.randbelow(0x10000)
+                        while serial in waiting:
+                            serial = secrets.randbelow(0x10000)
                         waiting[serial] = (now, data[:2], asker)
                         with contextlib.suppress(OSError):
                             upstream.send(serial.to_bytes(2, "big") + data[2:])
@@ -282,6 +307,8 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
         return
     with contextlib.suppress(OSError):  # fewer, larger splices (the default pipe is 64 KiB)
         fcntl.fcntl(write_end, F_SETPIPE_SZ, _CHUNK)
+    with contextlib.suppress(OSError):  # a sink that takes nothing for IDLE s ends it too
+        sink.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", IDLE, 0))
     waiting = select.poll()
     waiting.register(source.fileno(), select.POLLIN)
     try:
@@ -331,20 +358,29 @@ def rules_for(allow: Sequence[str], deny: Sequence[str], proxy: str = "") -> Rul
             denied += parse(entry)
         except ValueError as error:
             raise EgressError(f"network.deny {error}: what it closes is unknown") from None
-    return Rules(allowed, denied, node_addresses(), unresolved)
+    return Rules(allowed, denied, node_addresses(), unresolved, gateways())
 
 
-def open_egress(pid: int, rules: Rules, *, user: bool,
-                upstream: tuple[str, int] | None = None, bring_up: bool = False) -> Egress:
+def open_egress(
+    pid: int,
+    rules: Rules,
+    *,
+    user: bool,
+    upstream: tuple[str, int] | None = None,
+    bring_up: bool = False,
+    netns: int | None = None,
+) -> Egress:
     """Plumb the network namespace of ``pid`` (the sandbox's pid 1) and start its relay
     and DNS stub; ``user``: join its user namespace too (an unprivileged agent);
-    ``bring_up``: bring its loopback up (bwrap does it for its sandboxes)."""
+    ``bring_up``: bring its loopback up (bwrap does it for its sandboxes); ``netns``:
+    the inode of the namespace as the runtime reported it (a reused pid is refused)."""
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with mine:
         # a file of the standard library alone: whatever the agent's Python finds
         argv = [sys.executable, "-I", "-S", egressns.__file__, "--pid", str(pid),
                 "--fd", str(theirs.fileno()), *(["--user"] if user else []),
-                *(["--bring-up"] if bring_up else [])]  # fmt: skip
+                *(["--bring-up"] if bring_up else []),
+                *(["--netns", str(netns)] if netns is not None else [])]  # fmt: skip
         try:
             helper = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), env={},
                                       stderr=subprocess.PIPE)  # fmt: skip

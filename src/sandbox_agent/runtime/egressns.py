@@ -62,14 +62,16 @@ def missing() -> list[str]:
 
 def ruleset(relay_port: int, dns_port: int) -> str:
     """The nftables rules of the job's namespace (the agent enforces where each allowed
-    connection may go; these only make every one of them reach the agent)."""
+    connection may go; these only make every one of them reach the agent). DNS first:
+    a resolv.conf naming a local resolver (systemd-resolved's 127.0.0.53) reaches the
+    agent's stub too."""
     return f"""\
 table inet {NFT_TABLE} {{
     chain to_agent {{
         type nat hook output priority -100; policy accept;
+        meta nfproto ipv4 udp dport 53 redirect to :{dns_port}
         ip daddr 127.0.0.0/8 return
         ip6 daddr ::1 return
-        meta nfproto ipv4 udp dport 53 redirect to :{dns_port}
         meta nfproto ipv4 meta l4proto tcp redirect to :{relay_port}
     }}
     chain nothing_else {{
@@ -89,11 +91,12 @@ def _check(result: int, what: str) -> None:
         raise EgressError(f"{what}: {os.strerror(ctypes.get_errno())}")
 
 
-def join(pid: int, *, user: bool) -> None:
+def join(pid: int, *, user: bool, inode: int | None = None) -> None:
     """Join the network namespace of ``pid``; when ``user``, first the user namespace
     that owns it (asked of the network namespace itself: bwrap's --disable-userns puts
     the sandbox in a user namespace nested below that one, which holds no capability
-    over the network)."""
+    over the network). ``inode``: the job's network namespace as its runtime reported
+    it, so that a pid reused since is refused."""
     libc = _libc()
     # opened before anything is joined: /proc/PID stays readable from here
     net = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -102,6 +105,8 @@ def join(pid: int, *, user: bool) -> None:
         target = os.fstat(net)
         if (own.st_dev, own.st_ino) == (target.st_dev, target.st_ino):
             raise EgressError(f"pid {pid} shares the agent's own network namespace: not a job's")
+        if inode is not None and target.st_ino != inode:  # the pid was reused: not the job
+            raise EgressError(f"pid {pid} is no longer in the job's network namespace")
         if user:
             owner = fcntl.ioctl(net, _NS_GET_USERNS)
             try:
@@ -193,10 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--relay-port", type=int, default=1080)
     parser.add_argument("--dns-port", type=int, default=53)
     parser.add_argument("--bring-up", action="store_true", help="bring the loopback up too")
+    parser.add_argument("--netns", type=int, help="the inode of the job's network namespace")
     options = parser.parse_args(argv)
     back = socket.socket(fileno=options.fd)
     try:
-        join(options.pid, user=options.user)
+        join(options.pid, user=options.user, inode=options.netns)
         if options.user:
             raise_ambient()
         relay, dns = plumb(options.relay_port, options.dns_port, bring_up=options.bring_up)

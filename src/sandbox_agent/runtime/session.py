@@ -155,6 +155,7 @@ def run(
     confirmed = None
     started = None
     relay: Egress | None = None
+    released = False  # the pipe the sandbox waits on (egress) is closed
     try:
         limits = decide(plan, (group.enforced if group else frozenset()) | held, where)
         started = start(plan, stdin=stdin, stdout=stdout, stderr=stderr, cgroup=group)
@@ -162,6 +163,7 @@ def run(
             on_start(started.process)
         report = read_report(started.info) if started.info is not None else {}
         if started.block is not None:
+            released = True  # plumb closes the pipe, whatever happens in it
             relay = plumb(started, report, rules)
         made = namespaces_made(report)
         # an optional namespace asked for with -try counts only once bwrap says it made it
@@ -182,6 +184,9 @@ def run(
         if started.confirm is not None:  # every writer has exited with the job
             confirmed = read_confirmation(started.confirm)
     finally:
+        if started is not None and started.block is not None and not released:
+            # the agent failed between start and plumbing: the payload must never run
+            _kill_waiting(started, report.get("child-pid"))
         if relay is not None:  # every connection of the job's ends with it
             relay.close()
         if group is not None:
@@ -204,11 +209,11 @@ def plumb(started: Started, report: dict[str, object], rules: Rules | None) -> E
     before it is let go, so the payload never runs, and EgressError says why; or None
     when bwrap had failed by itself first (its own words, on its stderr, say why)."""
     assert started.block is not None
-    child = report.get("child-pid")
+    child, netns = report.get("child-pid"), report.get("net-namespace")
     try:
-        if not isinstance(child, int) or rules is None:
+        if not isinstance(child, int) or not isinstance(netns, int) or rules is None:
             raise EgressError("bwrap reported no sandbox whose network to plumb")
-        relay = open_egress(child, rules, user=os.geteuid() != 0)
+        relay = open_egress(child, rules, user=os.geteuid() != 0, netns=netns)
     except EgressError:
         with contextlib.suppress(subprocess.TimeoutExpired):
             started.process.wait(timeout=0.5)
@@ -222,8 +227,12 @@ def plumb(started: Started, report: dict[str, object], rules: Rules | None) -> E
         raise
     try:
         os.write(started.block, b"1")
-    finally:
-        os.close(started.block)
+    except OSError as error:  # bwrap is gone: the relay has no job to serve
+        relay.close()
+        _kill_waiting(started, child)
+        raise EgressError(f"the sandbox ended before its network was handed over: {error}") \
+            from None  # fmt: skip
+    os.close(started.block)
     return relay
 
 
