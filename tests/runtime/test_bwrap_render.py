@@ -108,8 +108,9 @@ def landlock_plan(policy_text: str, host: FixedHost, tmp_path: Path):  # type: i
 
 
 def test_landlock_step_comes_before_the_payload(tmp_path: Path) -> None:
-    plan = landlock_plan('extends = "default"\n[process]\nlandlock = "required"\n', HOST,
-                         tmp_path)  # fmt: skip
+    # no network: landlock denies TCP too (--no-tcp); egress leaves TCP to the relay
+    plan = landlock_plan('extends = "default"\n[process]\nlandlock = "required"\n'
+                         '[network]\nmode = "none"\nallow = []\n', HOST, tmp_path)  # fmt: skip
     tail = list(plan.argv[plan.argv.index("--") + 1 :])
     assert tail[:14] == ["/usr/bin/python3", "-I", "-S", bwrap.CONFINE_PATH, "--confirm-fd",
                          str(bwrap.CONFIRM_FD), "--writable", "/workdir", "--writable", "/tmp",

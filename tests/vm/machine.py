@@ -47,7 +47,8 @@ KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 CACHE = Path(os.environ.get("SANDBOX_AGENT_VM_CACHE", "/var/cache/sandbox-agent-vm"))
 # virtio and 9p for the root, overlay on it; loop, ext4 and crc32c for the job's work
 # directory (ext4 asks the crypto API for crc32c, so no depends= names it); fuse for
-# images; zram for swap
+# images; zram for swap; nftables' NAT, redirect and fib for a job's egress (their
+# depends= bring nfnetlink, nf_nat, nf_conntrack)
 MODULES = (
     "virtio_pci",
     "9pnet_virtio",
@@ -58,6 +59,10 @@ MODULES = (
     "ext4",
     "fuse",
     "zram",
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_redir",
+    "nft_fib_inet",
 )
 MEMORY_MB = 2048
 SWAP_MB = 1024

@@ -223,6 +223,11 @@ def render(
     out += ["--remount-ro", "/", "--chdir", inside]
 
     # -- seccomp and the rest ------------------------------------------------------------
+    egress = _egress(effective, host, need)
+    if egress is not None:
+        block = FdWord(BLOCK_FD, Carried.BLOCK, "the agent's word that the job's network is "
+                       "plumbed: the sandbox waits for it (written by the agent)")  # fmt: skip
+        out += ["--block-fd", block]
     profile = effective.view.process.seccomp
     out += [
         "--seccomp",
@@ -235,11 +240,6 @@ def render(
         ),
     ]
     need.met("process.seccomp", f"--seccomp {SECCOMP_FD}: {profile}")
-    egress = _egress(effective, host, need)
-    if egress is not None:
-        block = FdWord(BLOCK_FD, Carried.BLOCK, "the agent's word that the job's network is "
-                       "plumbed: the sandbox waits for it (written by the agent)")  # fmt: skip
-        out += ["--block-fd", block]
     need.met("process.rlimits", "set before exec", by="launcher")
     agent_limits(effective, need)
     out.append("--")

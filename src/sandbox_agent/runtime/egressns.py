@@ -45,6 +45,7 @@ TOOLS = {"ip": "iproute2", "nft": "nftables"}  # each with its Debian package
 LOOPBACK_WAIT = 10.0  # seconds bwrap may take to bring the namespace's loopback up
 _SIOCGIFFLAGS, _IFF_UP = 0x8913, 0x1
 _NS_GET_USERNS = 0xB701  # linux/nsfs.h: _IO(0xb7, 0x1)
+_NETLINK_NETFILTER = 12  # linux/netlink.h
 _CAP_NET_BIND_SERVICE, _CAP_NET_ADMIN = 10, 12
 _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE = 47, 2
 _CAP_VERSION_3 = 0x20080522
@@ -55,9 +56,15 @@ class EgressError(RuntimeError):
 
 
 def missing() -> list[str]:
-    """The tools of TOOLS this host lacks, each as "tool (package)"."""
-    return [f"{tool} ({package})" for tool, package in TOOLS.items()
-            if shutil.which(tool, path=PATH) is None]  # fmt: skip
+    """What this host lacks to plumb a job's network: the tools of TOOLS, each as
+    "tool (package)", and the kernel's nftables (its netlink family)."""
+    out = [f"{tool} ({package})" for tool, package in TOOLS.items()
+           if shutil.which(tool, path=PATH) is None]  # fmt: skip
+    try:  # the kernel loads nfnetlink on demand; a kernel without it refuses the family
+        socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER).close()
+    except OSError as error:
+        out.append(f"nftables in the kernel (netfilter netlink: {error.strerror})")
+    return out
 
 
 def ruleset(relay_port: int, dns_port: int) -> str:
