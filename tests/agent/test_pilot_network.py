@@ -165,6 +165,9 @@ def test_a_job_fetches_its_input_and_never_reaches_the_node(
         }, said.stdout
         network = record(env, int(reach.stdout))["network"]
         assert (network["connections"], network["refused"]) == (1, 3)
+        shown = run_cli(env, "audit", "show", int(reach.stdout)).stdout
+        assert ("network: egress; 1 connection(s) through the agent's relay, 3 refused "
+                "(10.77.1.1:7001: 10.77.1.1 is this node's own address; ") in shown  # fmt: skip
         assert network["refusals"] == [
             "10.77.1.1:7001: 10.77.1.1 is this node's own address",
             "10.77.2.2:8000: denied by network.deny 10.77.2.0/24",

@@ -150,6 +150,21 @@ def _image_line(image: Any) -> str:
             f"chosen by {image.get('chosen_by')})")  # fmt: skip
 
 
+def _network_line(network: Any) -> str:
+    """The job's network: its mode, and in egress what the agent's relay did."""
+    if not isinstance(network, dict):  # a record from before the network section
+        return "network: not recorded"
+    line = f"network: {network.get('mode')}"
+    if "connections" in network:
+        line += (f"; {network['connections']} connection(s) through the agent's relay, "
+                 f"{network['refused']} refused")  # fmt: skip
+        refusals = network.get("refusals") or []
+        line += f" ({'; '.join(map(str, refusals[:3]))})" if refusals else ""
+        unresolved = network.get("unresolved") or []
+        line += f"; allow names that opened nothing: {len(unresolved)}" if unresolved else ""
+    return line
+
+
 def _lines(record: dict[str, Any], signer: str) -> list[str]:
     job, agent, runtime = record["job"], record["agent"], record["runtime"]
     enforcement, teardown = record["enforcement"], record["teardown"]
@@ -165,6 +180,7 @@ def _lines(record: dict[str, Any], signer: str) -> list[str]:
         + (" ..." if len(runtime["argv"]) > 12 else ""),
         _image_line(record.get("image")),
         f"seccomp program {record['seccomp_sha256']}; landlock: {record['landlock']}",
+        _network_line(record.get("network")),
         f"host: Linux {record['host']['kernel']} ({record['host']['machine']})",
         f"enforced by the kernel: {', '.join(enforcement['kernel']) or 'none'}; monitored by "
         f"the agent: {', '.join(enforcement['monitored']) or 'none'}; not enforced: "
