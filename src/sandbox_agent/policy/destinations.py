@@ -97,6 +97,28 @@ def never_reachable(network: IPNetwork) -> IPNetwork | None:
     return None
 
 
+def unreachable(entry: str) -> str | None:
+    """Why no job of egress mode can reach a network.allow entry or a proxy's HOST:PORT,
+    whatever the lists say, or None: inside an always-denied range
+    (ALWAYS_DENIED), localhost (the loopback, RFC 6761), or IPv6, which the
+    relay does not carry (docs/network.md). A name is not known before the agent
+    resolves it."""
+    try:
+        host, _port, network = split(entry)
+    except ValueError:  # loading refuses such an entry
+        return None
+    if network is None:
+        name = host.lower().rstrip(".")
+        return "localhost, the node's loopback" if name == "localhost" or name.endswith(
+            ".localhost") else None  # fmt: skip
+    denied = never_reachable(network)
+    if denied is not None:
+        return f"inside {denied}"
+    if network.version == 6:
+        return "IPv6, which egress mode does not carry"
+    return None
+
+
 def _unmapped(network: IPNetwork) -> IPNetwork:
     """An IPv4-mapped IPv6 network (::ffff:10.0.0.0/104) as the IPv4 one it is: the
     relay compares IPv4 destinations."""

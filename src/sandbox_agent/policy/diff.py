@@ -14,7 +14,8 @@ from typing import Any
 
 from sandbox_agent.policy import destinations
 from sandbox_agent.policy.compose import EffectivePolicy
-from sandbox_agent.policy.explain import show_value, unreachable
+from sandbox_agent.policy.destinations import unreachable
+from sandbox_agent.policy.explain import show_value
 from sandbox_agent.policy.model import within
 from sandbox_agent.policy.schema import FIELDS, LIMITS, NAMESPACES
 from sandbox_agent.seccomp.profile import ProfileError, SeccompProfile

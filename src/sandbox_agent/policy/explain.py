@@ -149,7 +149,7 @@ def network_reach(effective: EffectivePolicy) -> list[str]:
 
 def _egress_reachable(allow: tuple[str, ...], deny: tuple[str, ...], proxy: str) -> str:
     parts = ["DNS, through the agent's resolver"]
-    opened = [e for e in allow if unreachable(e) is None]
+    opened = [e for e in allow if destinations.unreachable(e) is None]
     if opened:
         text = f"over TCP, {', '.join(opened)} (network.allow)"
         if deny:
@@ -157,7 +157,7 @@ def _egress_reachable(allow: tuple[str, ...], deny: tuple[str, ...], proxy: str)
         if any(destinations.split(e)[2] is None for e in opened):
             text += "; names are resolved by the agent when each job starts"
         parts.append(text)
-    if proxy and unreachable(proxy) is None:
+    if proxy and destinations.unreachable(proxy) is None:
         parts.append(f"the proxy {proxy} (network.proxy), whatever network.allow says")
     reach = "; ".join(parts)
     if not opened:
@@ -178,30 +178,9 @@ def _egress_closed() -> str:
 def _egress_dead(allow: tuple[str, ...], proxy: str) -> str | None:
     """The entries (and the proxy) egress mode names but can never reach, each with why."""
     named = [(e, e) for e in allow] + ([(f"the proxy {proxy}", proxy)] if proxy else [])
-    dead = [f"{shown} ({why})" for shown, entry in named if (why := unreachable(entry))]
+    dead = [f"{shown} ({why})" for shown, entry in named
+            if (why := destinations.unreachable(entry))]  # fmt: skip
     return f"named but never reached: {', '.join(dead)}" if dead else None
-
-
-def unreachable(entry: str) -> str | None:
-    """Why no job of egress mode can reach a network.allow entry or a proxy's HOST:PORT,
-    whatever the lists say, or None: inside an always-denied range
-    (destinations.ALWAYS_DENIED), localhost (the loopback, RFC 6761), or IPv6, which the
-    relay does not carry (docs/network.md). A name is not known before the agent
-    resolves it."""
-    try:
-        host, _port, network = destinations.split(entry)
-    except ValueError:  # loading refuses such an entry
-        return None
-    if network is None:
-        name = host.lower().rstrip(".")
-        return "localhost, the node's loopback" if name == "localhost" or name.endswith(
-            ".localhost") else None  # fmt: skip
-    denied = destinations.never_reachable(network)
-    if denied is not None:
-        return f"inside {denied}"
-    if network.version == 6:
-        return "IPv6, which egress mode does not carry"
-    return None
 
 
 def host_rows(effective: EffectivePolicy, found: Mapping[str, Fact]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sandbox_agent.policy.explain import unreachable
+from sandbox_agent.policy.destinations import unreachable
 from sandbox_agent.policy.model import BUILTIN, Policy, Setting, within
 from sandbox_agent.policy.schema import LIMITS, NAMESPACES
 from sandbox_agent.seccomp.profile import (
