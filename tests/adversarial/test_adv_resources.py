@@ -151,6 +151,8 @@ def test_a_daemon_without_a_pid_namespace_is_killed_at_teardown_and_reported(
 
 
 def daemon(marker: str) -> str:
-    """A detached process in its own session that outlives the job's main process."""
+    """A detached process in its own session that outlives the job's main process, which
+    ends once the daemon has said it started (up to 30 s: an emulated kernel is slow)."""
     inner = f"echo yes > started; exec -a {marker} sleep 300"
-    return f"setsid /bin/bash -c '{inner}' </dev/null >/dev/null 2>&1 & sleep 0.5; exit 0"
+    wait = "i=0; while [ ! -s started ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done"
+    return f"setsid /bin/bash -c '{inner}' </dev/null >/dev/null 2>&1 & {wait}; exit 0"
