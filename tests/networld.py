@@ -6,10 +6,22 @@ this machine or to a real metadata service."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import threading
 import time
+
+
+def needs(*tools: str) -> str | None:
+    """Why the network tests cannot run here (they make veth pairs: root, and the
+    tools), or None."""
+    if os.geteuid() != 0:
+        return "making test hosts with veth pairs needs root"
+    for tool in ("unshare", "nsenter", "ip", "nft", *tools):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (util-linux, iproute2, nftables, {tool})"
+    return None
 
 
 def sh(*argv: str) -> None:

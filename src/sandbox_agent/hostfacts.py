@@ -87,9 +87,9 @@ def seccomp() -> Fact:
 
 def egress() -> Fact:
     """Whether the agent can plumb a job's network namespace for egress (docs/network.md)."""
-    lacking = egressns.missing()
-    if lacking:
-        return Fact(False, f"this host lacks {', '.join(lacking)}: install them")
+    lacking = egressns.lacking()
+    if lacking is not None:
+        return Fact(False, lacking)
     return Fact(True, "ip and nft are here: the agent can plumb a job's network for egress")
 
 

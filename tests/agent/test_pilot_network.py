@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 from cli_support import ROOT, SCRIPT, cli_env, run_cli, unprivileged_or_skip
+from networld import needs
 
 WORLD = Path(__file__).with_name("pilot_world.py")
 INPUT = bytes(range(256)) * 8192  # 2 MiB, the job's input on every test host
@@ -54,16 +54,7 @@ EOF
 """
 
 
-def _needs() -> str | None:
-    if os.geteuid() != 0:
-        return "test hosts on veth pairs need root"
-    for tool in ("unshare", "nsenter", "ip", "nft", "bwrap"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (util-linux, iproute2, nftables, bubblewrap)"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_needs() is not None, reason=str(_needs()))
+pytestmark = pytest.mark.skipif(needs("bwrap") is not None, reason=str(needs("bwrap")))
 
 
 @pytest.fixture

@@ -10,13 +10,14 @@ import pytest
 
 from sandbox_agent.policy import PolicyError, load_policy
 from sandbox_agent.policy.destinations import split
+from sandbox_agent.policy.model import Policy
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load(tmp_path: Path, network: str) -> None:
+def load(tmp_path: Path, network: str) -> Policy:
     (tmp_path / "site.toml").write_text(f'description = "x"\n[network]\n{network}\n')
-    load_policy("site", [tmp_path])
+    return load_policy("site", [tmp_path])
 
 
 def test_a_network_with_bits_past_its_prefix_says_which_it_means() -> None:
@@ -40,7 +41,7 @@ def test_a_proxy_is_one_host_and_a_port(tmp_path: Path, proxy: str) -> None:
 @pytest.mark.parametrize("proxy", ["http://squid.example.org:3128", "http://10.1.0.3:3128/",
                                    "http://[2001:db8::3]:3128"])  # fmt: skip
 def test_a_proxy_that_names_one_host_loads(tmp_path: Path, proxy: str) -> None:
-    load(tmp_path, f'proxy = "{proxy}"')
+    assert load(tmp_path, f'proxy = "{proxy}"')["network.proxy"].value == proxy
 
 
 def test_an_entry_that_cannot_be_read_names_its_place(tmp_path: Path) -> None:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
-import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from networld import needs
 
 from sandbox_agent.runtime import egress, egressns
 from sandbox_agent.runtime.egress import EgressError, Rules, parse, rules_for
@@ -133,14 +132,9 @@ def test_the_namespace_rules_send_everything_to_the_agent_and_drop_the_rest() ->
 
 
 def _needs() -> str | None:
-    if os.geteuid() != 0:
-        return "making test hosts with veth pairs needs root"
-    for tool in ("unshare", "nsenter", "setpriv", "ip", "nft"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed (nftables, iproute2, util-linux)"
     if not Path("/usr/bin/python3").exists():
         return "no system python3 for the unprivileged agent"
-    return None
+    return needs("setpriv")
 
 
 @pytest.mark.skipif(_needs() is not None, reason=str(_needs()))

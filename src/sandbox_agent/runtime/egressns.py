@@ -67,6 +67,12 @@ def missing() -> list[str]:
     return out
 
 
+def lacking() -> str | None:
+    """What this host lacks to plumb a job's network, as one line, or None."""
+    gone = missing()
+    return f"this host lacks {', '.join(gone)}: install them" if gone else None
+
+
 def ruleset(relay_port: int, dns_port: int) -> str:
     """The nftables rules of the job's namespace (the agent enforces where each allowed
     connection may go; these only make every one of them reach the agent). DNS first:

@@ -79,9 +79,9 @@ class RealHost:
         return confine.abi()
 
     def egress_unmet(self, user_namespace: bool) -> str | None:
-        lacking = egressns.missing()
-        if lacking:
-            return f"this host lacks {', '.join(lacking)}: install them"
+        lacking = egressns.lacking()
+        if lacking is not None:
+            return lacking
         if not user_namespace and os.geteuid() != 0:
             return ("an unprivileged agent plumbs the job's network from the job's own user "
                     "namespace: namespaces.user must not be off")  # fmt: skip

@@ -27,29 +27,41 @@ else:
 MECHANISM = "network"
 
 
-def tcp_connect(config: Config) -> Result:
-    """TCP connect to where the host listens: on its loopback (the agent's broker, local
-    services) and on its own non-loopback address."""
-    targets = config.get("tcp", [])
-    if not targets:
-        return common.na("no TCP target given")
+def _connect_each(targets: list[tuple[str, int]], greeting: bytes, said: str) -> Result:
+    """TCP to each target, ``greeting`` sent if any: a leak when the far side says a
+    byte (``said`` names it); refused, reset or closed with no byte is blocked (the
+    relay accepts, then resets; the host's listeners record any real connection)."""
     leaked: list[str] = []
     seen: list[str] = []
     for address, port in targets:
         label = f"{address}:{port}"
         try:
             with socket.create_connection((address, port), timeout=2) as sock:
-                sock.sendall(b"probe\n")
                 sock.settimeout(2)
-                answer = sock.recv(64)
+                try:
+                    if greeting:
+                        sock.sendall(greeting)
+                    answer = sock.recv(64)
+                except OSError as exc:
+                    seen.append(common.oserror(f"{label}: connected, then", exc))
+                    continue
         except OSError as exc:
             seen.append(common.oserror(label, exc))
             continue
         if answer:
-            leaked.append(f"{label}: connected, the host said {answer!r}")
-        else:  # the host's listener answers, and records the connection whatever it is
+            leaked.append(f"{label}: {said} {answer!r}")
+        else:
             seen.append(f"{label}: connected, then closed with no byte")
     return common.either(leaked, seen)
+
+
+def tcp_connect(config: Config) -> Result:
+    """TCP connect to where the host listens: on its loopback (the agent's broker, local
+    services) and on its own non-loopback address."""
+    targets = config.get("tcp", [])
+    if not targets:
+        return common.na("no TCP target given")
+    return _connect_each(targets, b"probe\n", "connected, the host said")
 
 
 def egress_denied(config: Config) -> Result:
@@ -62,26 +74,7 @@ def egress_denied(config: Config) -> Result:
     if not targets:
         return common.na("no denied destination given (the selftest gives one per numeric "
                          "network.deny entry, in egress mode only)")  # fmt: skip
-    leaked: list[str] = []
-    seen: list[str] = []
-    for address, port in targets:
-        label = f"{address}:{port}"
-        try:
-            with socket.create_connection((address, port), timeout=2) as sock:
-                sock.settimeout(2)
-                try:
-                    answer = sock.recv(64)
-                except OSError as exc:
-                    seen.append(common.oserror(f"{label}: connected, then", exc))
-                    continue
-        except OSError as exc:
-            seen.append(common.oserror(label, exc))
-            continue
-        if answer:
-            leaked.append(f"{label}: the far side said {answer!r}")
-        else:
-            seen.append(f"{label}: connected, then closed with no byte")
-    return common.either(leaked, seen)
+    return _connect_each(targets, b"", "the far side said")
 
 
 def udp_send(config: Config) -> Result:
