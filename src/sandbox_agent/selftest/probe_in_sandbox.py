@@ -12,7 +12,7 @@ What the policy grants a job is no leak: under network.mode = "host" the job sha
 node's network, so the network rows that got through, and what the host's listeners
 received, are reported as granted, naming the setting and where the policy set it. In
 egress mode the agent's relay has its say too: its tally must show each destination
-the probe was given to try (a metadata-style address, network.deny) refused by the
+the probe was given to try (one address of each network.deny entry) refused by the
 policy, and no connection let through; anything else is a leak the host found.
 """
 

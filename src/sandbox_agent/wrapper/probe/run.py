@@ -36,7 +36,7 @@ both visible in /proc inside) never holds them:
     tcp, udp     [[address, port], ...] where the host listens (TCP, UDP echo)
     abstract     the name of an abstract unix socket the host listens on
     denied       [[address, port], ...] that the agent's relay must refuse (egress mode):
-                 a metadata-style address, one address of each network.deny entry
+                 one address of each numeric network.deny entry
     canary_fd    a descriptor number the agent held open (must not be inherited)
     write_paths  more host paths to try to create (site-specific, or a test control)
 """
