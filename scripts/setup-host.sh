@@ -76,8 +76,11 @@ version=$("$python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_i
 # qemu-system-x86: tests/vm boots Debian's cgroup v2 kernels (this machine may be v1), on
 # x86_64 only; the kernels themselves are fetched by the tests, into
 # /var/cache/sandbox-agent-vm.
+# podman, runc, catatonit, uidmap and docker.io: the pilot runs the JobWrapper in Podman
+# or Docker too (runtime/docker.py), and the tests run jobs in both; debootstrap builds
+# the tests' image with python3 without a container registry (tests/engines.py).
 wanted=(bubblewrap libseccomp2 libcap-dev gcc postgresql squashfuse busybox-static squashfs-tools
-        e2fsprogs fuse2fs nftables iproute2)
+        e2fsprogs fuse2fs nftables iproute2 podman runc catatonit uidmap docker.io debootstrap)
 if [ "$(uname -m)" = x86_64 ]; then
     wanted+=(qemu-system-x86)
 fi
@@ -98,6 +101,8 @@ for pkg in "${wanted[@]}"; do
     installed "$pkg" || missing+=("$pkg")
 done
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+
+bash "$(dirname "$0")/setup-engines.sh"
 
 if $print_python; then
     command -v "$python"

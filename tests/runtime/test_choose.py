@@ -249,7 +249,7 @@ def test_real_docker_client_without_an_engine() -> None:
     if found.ok:
         pytest.skip(f"a Docker engine answers here ({found.version})")
     assert found.binary == REAL_DOCKER
-    assert found.reason.startswith("the Docker engine is not running (docker info: ")
+    assert found.reason.startswith("the Docker engine is not running (docker version: ")
     assert found.reason.endswith(")")
     assert "\n" not in found.reason
 
@@ -275,7 +275,7 @@ def test_podman_stand_in_that_answers(bindir: Path) -> None:
     assert found == Availability("podman", str(bindir / "podman"), True, "podman engine 4.9.3",
                                  "4.9.3")  # fmt: skip
     arguments, *variables = log.read_text().splitlines()
-    assert arguments == "info --format {{.ServerVersion}}"
+    assert arguments == "version --format {{.Server.Version}}"
     names = {line.split("=", 1)[0] for line in variables}
     # the probe's environment is PATH and the engine's own variables, nothing else
     assert {"PATH", "HOME", "XDG_RUNTIME_DIR", "CONTAINER_HOST"} <= names
@@ -286,12 +286,12 @@ def test_podman_stand_in_that_answers(bindir: Path) -> None:
     ("engine", "message", "reason"),
     [
         ("podman", "Error: cannot set up namespace using \"/usr/bin/newuidmap\": exit status 1",
-         "Podman cannot run containers here (podman info: Error: cannot set up namespace using "
+         "Podman cannot run containers here (podman version: Error: cannot set up namespace using "
          "\"/usr/bin/newuidmap\": exit status 1)"),
         ("docker", "permission denied while trying to connect to the Docker daemon socket",
-         "the Docker engine refuses this user (docker info: permission denied while trying to "
+         "the Docker engine refuses this user (docker version: permission denied while trying to "
          "connect to the Docker daemon socket)"),
-        ("docker", "", "the Docker engine is not running (docker info: exit status 1)"),
+        ("docker", "", "the Docker engine is not running (docker version: exit status 1)"),
     ],
 )  # fmt: skip
 def test_engine_stand_in_that_fails(bindir: Path, engine: str, message: str, reason: str) -> None:
@@ -304,7 +304,7 @@ def test_engine_stand_in_that_fails(bindir: Path, engine: str, message: str, rea
 def test_engine_answering_with_no_version_is_not_available(bindir: Path) -> None:
     script(bindir, "docker", "echo\n")
     found = available("docker", environ={"PATH": str(bindir)})
-    assert found.reason == "the Docker engine is not running (docker info: no server version)"
+    assert found.reason == "the Docker engine is not running (docker version: no server version)"
 
 
 # -- Apptainer and Singularity, stood in for -----------------------------------------------
@@ -530,7 +530,7 @@ def test_use_containers_docker_without_an_engine() -> None:
         choose("auto", environ=environ)
     message = str(error.value)
     assert message.startswith("USE_CONTAINERS=DOCKER: the Docker engine is not running (docker "
-                              "info: ")  # fmt: skip
+                              "version: ")  # fmt: skip
     assert "\n" not in message
     with pytest.raises(RuntimeUnavailable) as explicit:
         choose("docker", environ=environ)

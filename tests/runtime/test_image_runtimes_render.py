@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sandbox_agent.images.hostpython import HostPython
 from sandbox_agent.jdl import load_job
 from sandbox_agent.policy import compose, load_policy
 from sandbox_agent.runtime import apptainer, docker
@@ -66,21 +67,65 @@ def test_apptainer_golden(policies: Path) -> None:
     assert (seccomp.by, seccomp.met) == ("wrapper", True)
 
 
+PY = "/.sandbox-agent/python"
+CARRIED = HostPython(
+    binds=(("/usr/bin/python3.11", f"{PY}/bin/python3"),
+           ("/usr/lib/ld-linux-x86-64.so.2", f"{PY}/so/ld-linux-x86-64.so.2")),
+    command=(f"{PY}/so/ld-linux-x86-64.so.2", "--library-path", f"{PY}/so", f"{PY}/bin/python3"),
+)  # fmt: skip
+ENGINE_HOST = FixedHost({"/cvmfs/alice.cern.ch": "dir"}, landlock=6, interpreter=CARRIED)
+
+
 @pytest.mark.parametrize("engine", ["docker", "podman"])
-def test_engine_golden(policies: Path, engine: str) -> None:
-    plan = docker.render(effective(policies, "docker"), PAYLOAD,
-                         workdir="/srv/work/7", engine=engine)  # fmt: skip
-    expected = (GOLDEN / f"{engine}.argv").read_text().splitlines()
+@pytest.mark.parametrize("wrapper", [False, True], ids=["exec", "wrapper"])
+def test_engine_golden(policies: Path, engine: str, wrapper: bool) -> None:
+    plan = docker.render(effective(policies, "docker"), PAYLOAD, workdir="/srv/work/7",
+                         engine=engine, host=ENGINE_HOST, wrapper=wrapper,
+                         rootless=False)  # fmt: skip
+    name = f"{engine}-wrapper.argv" if wrapper else f"{engine}.argv"
+    expected = (GOLDEN / name).read_text().splitlines()
     assert words(plan.argv, policies) == expected
     user = next(r for r in plan.requirements if r.key == "namespaces.user")
     assert user.met is (engine == "podman")
+    # the JobWrapper is the container's pid 1, alone holding its stdin and stdout
+    assert ("--init" in plan.argv) is not wrapper
+    assert plan.waits_for_agent is wrapper
+    assert set(plan.agent_files) == ({"confine.py", "jobwrapper.py", "handoff.py",
+                                      "packaging.py"} if wrapper else {"confine.py"})  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", ["docker", "podman"])
+def test_the_engine_requirements_name_only_flags_that_exist(policies: Path, engine: str) -> None:
+    """Every flag a requirement of the plan names is one the plan passes (there is no
+    --cpu-cores or --swap)."""
+    plan = docker.render(effective(policies, "docker"), PAYLOAD, workdir="/srv/work/7",
+                         engine=engine, host=ENGINE_HOST, rootless=False)  # fmt: skip
+    named = {word.strip("(),;:") for r in plan.requirements for word in r.how.split()
+             if word.strip("(),;:").startswith("--")}  # fmt: skip
+    passed = {word.split("=")[0] for word in plan.argv if word.startswith("--")}
+    assert named and named <= passed, named - passed
+
+
+def test_rootless_podman_leaves_the_limits_to_the_agent(policies: Path) -> None:
+    """Rootless Podman ignores --memory, --cpus and --pids-limit on cgroup v1 (and
+    without a delegated cgroup): the plan passes none and leaves them to the agent's
+    job cgroup, which the session reads back; the agent's uid is the payload's."""
+    plan = docker.render(effective(policies, "docker"), PAYLOAD, workdir="/srv/work/7",
+                         engine="podman", host=ENGINE_HOST, rootless=True)  # fmt: skip
+    assert not {"--memory", "--cpus", "--pids-limit", "--memory-swap"} & set(plan.argv)
+    held = {r.key: r.by for r in plan.requirements if r.key.startswith("limits.")}
+    assert held["limits.memory"] == held["limits.pids"] == "agent"
+    at = plan.argv.index("--userns")
+    assert plan.argv[at + 1] == "keep-id:uid=1000,gid=1000"
+    assert not [word for word in plan.argv if word.endswith(":rw,U")]
 
 
 def test_docker_fails_closed_when_a_user_namespace_is_required(policies: Path) -> None:
     with pytest.raises(Unenforceable, match="Docker gives no container its own user namespace"):
-        docker.render(effective(policies, "images"), ["/bin/true"], workdir="/w")
+        docker.render(effective(policies, "images"), ["/bin/true"], workdir="/w",
+                      host=ENGINE_HOST)  # fmt: skip
     plan = docker.render(effective(policies, "images"), ["/bin/true"], workdir="/w",
-                         engine="podman")  # fmt: skip
+                         engine="podman", host=ENGINE_HOST)  # fmt: skip
     assert "--userns" in plan.argv
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from sandbox_agent.images.hostpython import HostPython
 from sandbox_agent.policy import compose, load_policy
 from sandbox_agent.policy.gate import Verdict
 from sandbox_agent.runtime import bwrap, render
@@ -23,6 +24,9 @@ from sandbox_agent.runtime.plan import (
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST = FixedHost({"/usr": "dir", "/usr/bin/python3": "file"})
+CARRIED = HostPython(binds=(("/usr/bin/python3", "/.sandbox-agent/python/bin/python3"),),
+                     command=("/.sandbox-agent/python/bin/python3",))  # fmt: skip
+ENGINE_HOST = FixedHost(HOST.table, interpreter=CARRIED)
 
 
 def policy(tmp_path: Path, network: str, extra: str = ""):  # type: ignore[no-untyped-def]
@@ -110,14 +114,37 @@ def test_a_policy_that_contradicts_itself_names_the_fix(
 
 
 @pytest.mark.parametrize("runtime", ["docker", "podman", "apptainer"])
-def test_an_engine_refuses_egress_and_never_gives_the_host_network(
+def test_a_payload_started_with_its_container_gets_no_egress_nor_the_host_network(
     tmp_path: Path, runtime: str
 ) -> None:
+    """``sandbox exec`` on an image runtime starts the payload with its container: the
+    agent cannot plumb the network first. Refused, or --network none where optional."""
     image = '[filesystem]\nimage = "docker://debian:12"\n[namespaces]\nuser = "optional"\n'
     refused = policy(tmp_path, EGRESS, image)
-    with pytest.raises(Unenforceable, match=r"network\.mode: egress: .* bwrap only for now"):
-        render.render(runtime, refused, ["/bin/true"], workdir="/w", host=HOST)
+    says = "before the agent could plumb" if runtime != "apptainer" else "bwrap only for now"
+    with pytest.raises(Unenforceable, match=rf"network\.mode: egress: .*{says}"):
+        render.render(runtime, refused, ["/bin/true"], workdir="/w", host=ENGINE_HOST)
     optional = '[optional]\nrequirements = { append = ["network.mode"] }'
     plan = render.render(runtime, policy(tmp_path, EGRESS, image + optional), ["/bin/true"],
-                         workdir="/w", host=HOST)  # fmt: skip
+                         workdir="/w", host=ENGINE_HOST)  # fmt: skip
     assert "host" not in plan.argv and "none" in plan.argv
+    assert plan.egress is None
+
+
+@pytest.mark.parametrize("engine", ["docker", "podman"])
+def test_an_engine_s_jobwrapper_waits_for_the_agent_to_plumb_egress(
+    tmp_path: Path, engine: str
+) -> None:
+    """The pilot's JobWrapper in a container gets its job only once the agent has
+    plumbed the container's network: the plan carries egress, and says it waits."""
+    image = '[filesystem]\nimage = "docker://debian:12"\n[namespaces]\nuser = "optional"\n'
+    plan = render.render(engine, policy(tmp_path, EGRESS, image), ["/bin/true"], workdir="/w",
+                         host=ENGINE_HOST, wrapper=True, name="job-1")  # fmt: skip
+    assert plan.egress is not None and plan.waits_for_agent
+    assert plan.argv[plan.argv.index("--network") + 1] == "none"
+    mode = next(r for r in plan.requirements if r.key == "network.mode")
+    assert (mode.met, mode.by) == (True, "agent")
+    lacking = FixedHost(ENGINE_HOST.table, interpreter=CARRIED, egress="this host lacks nft")
+    with pytest.raises(Unenforceable, match=r"network\.mode: egress: this host lacks nft"):
+        render.render(engine, policy(tmp_path, EGRESS, image), ["/bin/true"], workdir="/w",
+                      host=lacking, wrapper=True, name="job-1")  # fmt: skip

@@ -38,6 +38,7 @@ from sandbox_agent.limits.cgroups import CgroupError
 from sandbox_agent.limits.monitor import StopRequest
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.queue import Job, LeaseError, State, StoreError, TransitionError, states
+from sandbox_agent.runtime.containers import ContainerError
 from sandbox_agent.runtime.egress import EgressError
 from sandbox_agent.runtime.jobrun import (
     FINAL_FRAME_STATES,
@@ -85,6 +86,8 @@ class Agent:
     grace: float
     interval: float = 1.0
     home_tag: str = ""  # in the names of its jobs' cgroups: whose they are on a shared node
+    runtime: str = "bwrap"  # what runs the JobWrapper: bwrap, podman or docker
+    runtime_binary: str | None = None  # where it was found
 
 
 @dataclass
@@ -162,7 +165,7 @@ class NodeProblem(Exception):
 
 # What makes a node unfit rather than a job bad.
 NODE_ERRORS = (OSError, Unenforceable, RuntimeMissing, CompileError, SubprocessError,
-               CgroupError, WorkdirRefused, EgressError)  # fmt: skip
+               CgroupError, WorkdirRefused, EgressError, ContainerError)  # fmt: skip
 
 
 class Attempt:
@@ -365,6 +368,7 @@ class Attempt:
             try:
                 result = run_job(self.effective, fields, workdir, environ=os.environ,
                                  interval=self.agent.interval, stop=self.stop,
+                                 runtime=self.agent.runtime, binary=self.agent.runtime_binary,
                                  on_frame=self.relay, name=cgroup,
                                  held=workdisk.held(self.disk))  # fmt: skip
             except ImageRefused as exc:
@@ -417,7 +421,8 @@ class Attempt:
                 usage=dict(manifest.usage) if manifest else _usage(result),
                 manifest=manifest, workdir=workdir,
                 image=result.image if result else None,
-                answers=result.answers if result else ())  # fmt: skip
+                answers=result.answers if result else (),
+                runtime=result.runtime if result else self.agent.runtime)  # fmt: skip
             signed = records.sign(record, token.key, token.certificate, token.chain)
             where = agent.storage.attempt(job.id, job.resubmission)
             where.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -63,6 +63,15 @@ def redact(argv: tuple[str, ...] | list[str]) -> list[str]:
     return out
 
 
+def runtime_view(runtime: str, argv: tuple[str, ...], session: Any) -> dict[str, Any]:
+    """The runtime and its argv; for an engine, whether the job's container is gone."""
+    view: dict[str, Any] = {"name": runtime, "argv": redact(argv)}
+    if runtime in ("docker", "podman") and session is not None:
+        view["container"] = ("removed" if not session.container_left
+                             else f"left: {session.container_left}")  # fmt: skip
+    return view
+
+
 def host_summary() -> dict[str, Any]:
     return {"kernel": platform.release(), "machine": platform.machine(),
             "facts": {k: {"available": f.available, "detail": f.detail}
@@ -85,7 +94,7 @@ def build(*, job: dict[str, Any], agent_name: str, agent_token: x509.Certificate
           job_token_pem: str | None, effective: Any, session: Any, argv: tuple[str, ...],
           states: list[str], history: list[dict[str, Any]], usage: dict[str, Any], manifest: Any,
           workdir: str, image: dict[str, Any] | None = None,
-          answers: tuple[Answer, ...] = ()) -> dict[str, Any]:  # fmt: skip
+          answers: tuple[Answer, ...] = (), runtime: str = "bwrap") -> dict[str, Any]:  # fmt: skip
     """The unsigned record of one attempt (see the module's docstring)."""
     job_fp = None
     if job_token_pem:
@@ -102,7 +111,7 @@ def build(*, job: dict[str, Any], agent_name: str, agent_token: x509.Certificate
         "policy": {"name": effective.policy.name,
                    "files": [str(f) for f in effective.policy.files],
                    "settings": [_redacted_row(r) for r in rows(effective)]},
-        "runtime": {"name": "bwrap", "argv": redact(argv)},
+        "runtime": runtime_view(runtime, argv, session),
         "image": image,
         "seccomp_sha256": session.seccomp_sha256 if session else None,
         "landlock": session.landlock if session else None,

@@ -50,6 +50,7 @@ from sandbox_agent.policy import Policy, PolicyRejection, compose
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.printable import clipped
 from sandbox_agent.queue import Job, Store
+from sandbox_agent.runtime import containers
 from sandbox_agent.runtime.agentproc import harden, raise_terminated, signals_handled
 from sandbox_agent.runtime.launch import SANDBOX_HOST_UID
 from sandbox_agent.runtime.workdir import remove_workdir
@@ -85,6 +86,8 @@ class PilotConfig:
     # client certificate) with the CA it is checked against
     broker: BrokerClient | None = None
     broker_token: tuple[Path, Path, Path] | None = None  # cert, key, CA
+    runtime: str = "bwrap"  # what runs the JobWrapper: bwrap, podman or docker
+    runtime_binary: str | None = None  # where it was found (runtime.choose)
 
 
 class PilotError(Exception):
@@ -141,7 +144,8 @@ class Pilot:
             )
         tag = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:8]
         return Agent(name, token, queue, Storage(home / "outputs"), work_area,
-                     self.config.lease, self.config.grace, self.config.interval, tag)  # fmt: skip
+                     self.config.lease, self.config.grace, self.config.interval, tag,
+                     self.config.runtime, self.config.runtime_binary)  # fmt: skip
 
     def ttl_left(self, token: Token) -> int:
         """The configured lifetime left, capped by the jobagent token's validity."""
@@ -237,6 +241,8 @@ class Pilot:
         """Match and run jobs while there is time and work; why it stopped."""
         self.emit({"event": "agent", "name": agent.name, "home": str(self.config.home),
                    "work_area": str(agent.work_area),
+                   "runtime": agent.runtime,
+                   "swept_containers": sweep_containers(agent),
                    "swept_cgroups": sweep_cgroups(agent),
                    "swept_workdirs": sweep_workdirs(agent)})  # fmt: skip
         self.preflight(agent)
@@ -279,7 +285,8 @@ class Pilot:
             outcome = run_probe(self.config.policy, certs=self.config.home / "certs",
                                 credentials=self.credentials(), work_area=agent.work_area,
                                 home_tag=agent.home_tag, attacks=preflight_attacks(),
-                                key_paths=keys)  # fmt: skip
+                                key_paths=keys, runtime=agent.runtime,
+                                binary=agent.runtime_binary)  # fmt: skip
         except (SelftestError, PolicyRejection, ValueError, *NODE_ERRORS) as exc:
             raise PilotError(f"preflight: cannot run the probe ({exc}); a pilot that cannot "
                              "prove isolation takes no work") from None  # fmt: skip
@@ -328,6 +335,17 @@ class Pilot:
         more = f" (and {len(waiting) - 3} more)" if len(waiting) > 3 else ""
         return (f"{len(waiting)} waiting job(s) this slot cannot run{more}: "
                 + "; ".join(reasons))  # fmt: skip
+
+
+def sweep_containers(agent: Agent) -> list[str]:
+    """Remove the containers of agents that are gone (killed mid-job: the engine ran
+    them on); a live agent's, and the engine's others, are never touched."""
+    if agent.runtime not in ("docker", "podman"):
+        return []
+    try:
+        return containers.sweep(agent.runtime_binary or agent.runtime, environ=os.environ)
+    except containers.ContainerError as exc:
+        raise PilotError(f"cannot sweep the containers killed agents left: {exc}") from None
 
 
 def sweep_cgroups(agent: Agent) -> list[str]:

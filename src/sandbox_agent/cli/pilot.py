@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,16 +22,30 @@ from sandbox_agent.cli.remote import (
     KeyOption,
     broker_client,
 )
-from sandbox_agent.policy import PolicyError, load_policy, policy_dirs
+from sandbox_agent.policy import Policy, PolicyError, load_policy, policy_dirs
 from sandbox_agent.policy.gate import Unenforceable
+from sandbox_agent.policy.load import overridden
 from sandbox_agent.printable import printable
 from sandbox_agent.queue import StoreError
 from sandbox_agent.runtime.agentproc import Terminated
-from sandbox_agent.runtime.choose import RuntimeUnavailable, choose
+from sandbox_agent.runtime.choose import Availability, RuntimeUnavailable, for_wrapper
 from sandbox_agent.runtime.launch import RuntimeMissing
 from sandbox_agent.seccomp.compile import CompileError
 
-PILOT_RUNTIMES = ("auto", "bwrap")  # the JobWrapper runs on bwrap; image runtimes come later
+RUNTIME_HELP = ("auto (USE_CONTAINERS=PODMAN|DOCKER if set, else bwrap), bwrap, podman or "
+                "docker.")  # fmt: skip
+
+
+def pilot_sandbox(runtime: str, policy: str, home: Path) -> tuple[Availability, Policy]:
+    """The runtime the JobWrapper runs in (runtime.choose.for_wrapper) and the pilot's
+    policy, its image the site's JOB_CONTAINER_PATH when that is set (as JAliEn's
+    JobAgent takes its container from it). Raises RuntimeUnavailable, PolicyError."""
+    found = for_wrapper(runtime)
+    loaded = load_policy(policy, policy_dirs(home))
+    image = os.environ.get("JOB_CONTAINER_PATH", "").strip()
+    if image:
+        loaded = overridden(loaded, "filesystem.image", image, "environment: JOB_CONTAINER_PATH")
+    return found, loaded
 
 
 @app.command("run")
@@ -43,7 +58,7 @@ def run(
     ttl: Annotated[
         int, typer.Option("--ttl", min=1, help="Seconds this pilot may run jobs for.")
     ] = slots.DEFAULT_TTL,
-    runtime: Annotated[str, typer.Option("--runtime", help="auto or bwrap.")] = "auto",
+    runtime: Annotated[str, typer.Option("--runtime", help=RUNTIME_HELP)] = "auto",
     policy: Annotated[str, typer.Option("--policy", help="A policy name or path.")] = "default",
     lease: Annotated[
         float, typer.Option("--lease", min=2.0, help="Seconds a heartbeat holds a job.")
@@ -65,13 +80,9 @@ def run(
     the queue gives nothing twice in a row, the time left is under what every waiting
     job needs, or SIGTERM (the running job is handed back unless it had finished).
     With --broker, the jobs come from that broker, --cert being a jobagent token."""
-    if runtime not in PILOT_RUNTIMES:
-        fail(f"--runtime {runtime}: the pilot runs the JobWrapper on bwrap only for now; "
-             "use --runtime bwrap (or auto)")  # fmt: skip
     home = home_of(ctx)
     try:
-        choose("bwrap")
-        loaded = load_policy(policy, policy_dirs(home))
+        found, loaded = pilot_sandbox(runtime, policy, home)
     except RuntimeUnavailable as exc:
         fail(f"cannot run jobs here: {exc}", exitcodes.ENVIRONMENT)
     except PolicyError as exc:
@@ -80,7 +91,8 @@ def run(
     token_files = (cert, key, ca) if client and cert and key and ca else None
     config = PilotConfig(home=home, policy=loaded, ttl=ttl, max_jobs=max_jobs, once=once,
                          lease=lease, grace=grace, work_area=work_area, broker=client,
-                         broker_token=token_files)  # fmt: skip
+                         broker_token=token_files, runtime=found.runtime,
+                         runtime_binary=found.binary)  # fmt: skip
     emit = _json_line if as_json else _text_line
     try:
         why = Pilot(config, emit).run()
@@ -111,6 +123,10 @@ def _text_line(event: dict[str, Any]) -> None:
     kind = event["event"]
     if kind == "agent":
         line = f"agent {event['name']}: home {event['home']}, work area {event['work_area']}"
+        if event.get("runtime", "bwrap") != "bwrap":
+            line += f", jobs in {event['runtime']}"
+        if event.get("swept_containers"):
+            line += f"; removed {len(event['swept_containers'])} container(s) a killed agent left"
         if event.get("swept_cgroups"):
             line += f"; removed {len(event['swept_cgroups'])} cgroup(s) a killed agent left"
     elif kind == "matched":

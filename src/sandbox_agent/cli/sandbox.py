@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 from contextlib import nullcontext
 from pathlib import Path
@@ -19,7 +20,10 @@ from sandbox_agent.policy.gate import Unenforceable
 from sandbox_agent.runtime import session
 from sandbox_agent.runtime.agentproc import Terminated, harden, stop_signals_raise
 from sandbox_agent.runtime.choose import AUTO_ORDER, RuntimeUnavailable, choose
+from sandbox_agent.runtime.containers import ContainerError
+from sandbox_agent.runtime.docker import ENGINES
 from sandbox_agent.runtime.egress import EgressError
+from sandbox_agent.runtime.jobrun import image_in_store
 from sandbox_agent.runtime.launch import RuntimeMissing, WorkdirRefused, check_workdir
 from sandbox_agent.runtime.render import render
 from sandbox_agent.seccomp.compile import CompileError
@@ -61,17 +65,21 @@ def sandbox_exec(
             spec,
             credentials=[str(home_of(ctx) / "certs")],
         )
-        plan_workdir = check_workdir(workdir, effective)
         # the host's userland and image files run on bwrap; OCI images need an engine
         oci = effective.view.filesystem.image.startswith("docker://")
         found = choose(runtime, order=AUTO_ORDER if oci else ("bwrap",))
+        plan_workdir = check_workdir(workdir, effective, found.runtime)
         bwrap = found.runtime == "bwrap"
         harden()  # this process is the agent for the job: undumpable, a subreaper
+        name = f"exec-{os.getpid()}-{secrets.token_hex(6)}"  # its cgroup's, its container's
         with prepare.ready(effective) if bwrap else nullcontext() as image:
+            if found.runtime in ENGINES:
+                image_in_store(effective, found.binary or found.runtime)
             plan = render(found.runtime, effective, command, workdir=plan_workdir,
-                          environ=dict(os.environ), binary=found.binary, image=image)  # fmt: skip
+                          environ=dict(os.environ), binary=found.binary, image=image,
+                          name=name)  # fmt: skip
             with stop_signals_raise():
-                result = session.run(plan, workdir=Path(plan_workdir))
+                result = session.run(plan, workdir=Path(plan_workdir), name=name)
     except Terminated as exc:
         fail(f"stopped by {exc}: the job was killed and its cgroup removed", 128 + exc.signum)
     except PolicyError as exc:
@@ -86,6 +94,8 @@ def sandbox_exec(
         fail(f"cannot enforce: {exc}", exitcodes.ENVIRONMENT)
     except subprocess.SubprocessError as exc:
         fail(f"cannot start the sandbox: {exc}", exitcodes.ENVIRONMENT)
+    except ContainerError as exc:
+        fail(f"the container engine: {exc}", exitcodes.ENVIRONMENT)
     except EgressError as exc:
         fail(f"cannot give the job its network: {exc}", exitcodes.ENVIRONMENT)
     _report(result)

@@ -14,12 +14,13 @@ import typer
 from sandbox_agent import exitcodes
 from sandbox_agent.agent.pilot import make_work_area, unreachable
 from sandbox_agent.cli.app import JsonOption, app, fail, home_of, printable
-from sandbox_agent.cli.pilot import PILOT_RUNTIMES
+from sandbox_agent.cli.pilot import RUNTIME_HELP, pilot_sandbox
 from sandbox_agent.images import ImageRefused
-from sandbox_agent.policy import PolicyError, PolicyRejection, load_policy, policy_dirs
+from sandbox_agent.policy import PolicyError, PolicyRejection
 from sandbox_agent.policy.gate import Unenforceable
 from sandbox_agent.runtime.agentproc import Terminated, harden, stop_signals_raise
-from sandbox_agent.runtime.choose import RuntimeUnavailable, choose
+from sandbox_agent.runtime.choose import RuntimeUnavailable
+from sandbox_agent.runtime.containers import ContainerError
 from sandbox_agent.runtime.launch import RuntimeMissing, WorkdirRefused
 from sandbox_agent.seccomp.compile import CompileError
 from sandbox_agent.selftest.probe_in_sandbox import (
@@ -44,7 +45,7 @@ def selftest(
         list[str] | None, typer.Argument(help="Attacks to run [default: every one].")
     ] = None,
     policy: Annotated[str, typer.Option("--policy", help="A policy name or path.")] = "default",
-    runtime: Annotated[str, typer.Option("--runtime", help="auto or bwrap.")] = "auto",
+    runtime: Annotated[str, typer.Option("--runtime", help=RUNTIME_HELP)] = "auto",
     work_area: Annotated[
         Path | None,
         typer.Option("--work-area", help="Where its work directory goes [default: HOME/work]."),
@@ -66,14 +67,10 @@ def selftest(
         for name, row in attack_table().items():
             typer.echo(f"{name:18} {row['mechanism']:12} {row['threat']}")
         return
-    if runtime not in PILOT_RUNTIMES:
-        fail(f"--runtime {runtime}: the pilot runs jobs on bwrap only for now, so that is the "
-             "sandbox to test; use --runtime bwrap (or auto)")  # fmt: skip
     home = home_of(ctx)
     area = (work_area or home / "work").absolute()
     try:
-        choose("bwrap")
-        loaded = load_policy(policy, policy_dirs(home))
+        found, loaded = pilot_sandbox(runtime, policy, home)
         problem = make_work_area(area) or (
             f"not reachable by the sandbox's uid ({blocked} is not searchable by others)"
             if (blocked := unreachable(area)) else None)  # fmt: skip
@@ -83,7 +80,8 @@ def selftest(
         with stop_signals_raise():  # SIGTERM/SIGHUP: the canaries are taken away first
             outcome = run_probe(loaded, certs=home / "certs",
                                 credentials=[str(home / "certs")], work_area=area,
-                                home_tag="selftest", attacks=attacks)  # fmt: skip
+                                home_tag="selftest", attacks=attacks,
+                                runtime=found.runtime, binary=found.binary)  # fmt: skip
     except Terminated as exc:
         fail(f"stopped by {exc}; the canaries were taken away", 128 + exc.signum)
     except RuntimeUnavailable as exc:
@@ -92,6 +90,8 @@ def selftest(
         fail(str(exc))
     except PolicyRejection as exc:
         fail(f"the policy rejects the selftest's job: {exc}", exitcodes.FAILED)
+    except ContainerError as exc:
+        fail(f"the container engine: {exc}", exitcodes.ENVIRONMENT)
     except SelftestError as exc:
         fail(f"selftest: {exc}", exitcodes.ENVIRONMENT)
     except ImageRefused as exc:

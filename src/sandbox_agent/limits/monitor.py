@@ -88,6 +88,9 @@ class Monitor:
         # The runtime's own processes (bwrap and the sandbox's pid 1): a graceful stop
         # spares them, since their death would kill the job without its grace.
         self.runtime_pids = {process.pid}
+        # Where the job's processes hang from: the runtime's, and a container's first
+        # process, which its engine started outside the runtime's tree (session.run)
+        self.roots = {process.pid}
         self.peaks: dict[str, int] = {}
         self.memory_seen = 0  # the most memory.current read while the job ran
         self.limits = dict(limits)  # monitored limit -> its value
@@ -210,11 +213,16 @@ class Monitor:
         self.peaks[name] = max(value, self.peaks.get(name, 0))
 
     def tree(self) -> list[psutil.Process]:
-        try:
-            root = psutil.Process(self.process.pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return []
+        """The job's processes: the runtime first (its status then shows a kill), then
+        everything under each root."""
+        out: list[psutil.Process] = []
+        for pid in sorted(self.roots, key=lambda pid: pid != self.process.pid):
+            try:
+                root = psutil.Process(pid)
+                out += [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+        return out
 
     def kill(self) -> None:
         if self.cgroup is not None:

@@ -131,14 +131,17 @@ def enforcer_exists(req: Requirement, carried: frozenset[str]) -> bool:
     the launcher always are; the agent holds limits (through limits.enforcement); the
     wrapper's confine step only where the plan carries it (``carried``: what the plan
     gives the sandbox, "confine" and "seccomp" among them); the agent's egress relay
-    where the sandbox waits for it to be plumbed ("block"). The payload's own session
-    under an engine and the agent's kill of an engine's container are not written yet."""
+    where the sandbox waits for it to be plumbed ("block", bwrap's pipe; "waits", a
+    JobWrapper given its job only once the agent is done); the removal of an engine's
+    container with the job where the plan names the container ("container")."""
     if req.by in ("runtime", "launcher"):
         return True
     if req.by == "agent" and req.key.startswith("limits."):
         return True
     if req.by == "agent" and req.key == "network.mode":  # egress: the sandbox waits for it
-        return "block" in carried
+        return "block" in carried or "waits" in carried
+    if req.by == "agent" and req.key == "process.die_with_parent":
+        return "container" in carried
     if req.key == "process.seccomp":  # a runtime that loads none: the step does
         return "confine" in carried and "seccomp" in carried
     return req.key == "process.landlock" and "confine" in carried

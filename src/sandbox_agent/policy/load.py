@@ -109,6 +109,17 @@ def load_policy(ref: str, dirs: list[Path] | None = None) -> Policy:
     return Policy(path.stem, tuple(f for f, _, _ in chain), path.parent, settings)
 
 
+def overridden(policy: Policy, key: str, raw: Any, origin: str) -> Policy:
+    """``policy`` with one scalar setting replaced by ``raw``, checked as a policy file's
+    value would be, its origin ``origin`` (a site's environment: JOB_CONTAINER_PATH for
+    filesystem.image). PolicyError names the origin."""
+    spec = FIELDS[key]
+    if spec.kind in LIST_KINDS or spec.kind is Kind.MAPPING:
+        raise ValueError(f"{key} is not a scalar setting")
+    setting = Setting(_scalar(spec, raw, origin), origin)
+    return Policy(policy.name, policy.files, policy.directory, {**policy.settings, key: setting})
+
+
 def _line(lines: dict[str, int], name: str) -> int:
     """The line of ``name``, or of the nearest enclosing table or inline table."""
     parts = name.split(".")

@@ -31,7 +31,6 @@ from sandbox_agent.runtime.plan import (
     COMPILED,
     SHIPPED,
     Carried,
-    EgressPlan,
     FdWord,
     HostView,
     LaunchPlan,
@@ -39,6 +38,7 @@ from sandbox_agent.runtime.plan import (
     Requirements,
     agent_limits,
     as_argv,
+    egress_plan,
     environment,
     from_policy,
     optional_keys,
@@ -223,7 +223,7 @@ def render(
     out += ["--remount-ro", "/", "--chdir", inside]
 
     # -- seccomp and the rest ------------------------------------------------------------
-    egress = _egress(effective, host, need)
+    egress = egress_plan(effective, host, need)
     if egress is not None:
         block = FdWord(BLOCK_FD, Carried.BLOCK, "the agent's word that the job's network is "
                        "plumbed: the sandbox waits for it (written by the agent)")  # fmt: skip
@@ -254,24 +254,6 @@ def render(
         egress=egress,
         **from_policy(effective),
     )
-
-
-def _egress(effective: EffectivePolicy, host: HostView, need: Requirements) -> EgressPlan | None:
-    """What the agent plumbs for an egress job, or None (another mode, or this host
-    cannot: then the namespace has its loopback only, if the site made it optional)."""
-    network = effective.view.network
-    if network.mode != "egress":
-        return None
-    why = host.egress_unmet(effective.view.namespaces.user != "off")
-    if why is not None:
-        need.unmet("network.mode", f"egress: {why}", by="agent")
-        return None
-    count = len(network.allow)
-    reach = f"{count} network.allow entr{'y' if count == 1 else 'ies'}"
-    reach += ", the proxy" if network.proxy else ""
-    need.met("network.mode", f"egress: the job's own network namespace, its TCP and DNS "
-             f"through the agent's relay ({reach}; never the node)", by="agent")  # fmt: skip
-    return EgressPlan(network.allow, network.deny, network.proxy)
 
 
 def _masks(host: HostView) -> list[str]:

@@ -125,6 +125,25 @@ def choose(
     raise RuntimeUnavailable(f"--runtime auto: no runtime works here ({'; '.join(tried)})")
 
 
+# What the JobWrapper runs in: the pilot's runtimes (it does not run in Apptainer yet).
+WRAPPER_RUNTIMES = ("bwrap", "podman", "docker")
+
+
+def for_wrapper(
+    requested: str, *, environ: Mapping[str, str] = os.environ, probe: Probe = available
+) -> Availability:
+    """The runtime the pilot runs the JobWrapper in, as choose picks it: ``--runtime``
+    wins, then USE_CONTAINERS (as JAliEn's JobAgent reads it: DOCKER, PODMAN), else
+    bwrap. RuntimeUnavailable for one that does not work here, or runs no JobWrapper."""
+    asked = requested if requested != "auto" else environ.get("USE_CONTAINERS", "").strip()
+    name = asked.lower() or "bwrap"
+    if name in RUNTIMES and name not in WRAPPER_RUNTIMES:
+        said = f"--runtime {requested}" if requested != "auto" else f"USE_CONTAINERS={asked}"
+        raise RuntimeUnavailable(f"{printable(said)}: the JobWrapper does not run in {name} "
+                                 f"yet; use one of {', '.join(WRAPPER_RUNTIMES)}")  # fmt: skip
+    return choose(requested, environ=environ, probe=probe, order=("bwrap",))
+
+
 def _explicit(runtime: str, asked: str, environ: Mapping[str, str], probe: Probe) -> Availability:
     found = probe(runtime, environ=environ)
     if not found.ok:
@@ -254,7 +273,10 @@ def _engine(runtime: str, env: dict[str, str]) -> Availability:
     if binary is None:
         return Availability(runtime, None, False, f"not on PATH ({_INSTALL[runtime]})")
     binary = os.path.abspath(binary)
-    done = _run([binary, "info", "--format", "{{.ServerVersion}}"], env, f"{runtime} info")
+    # both engines answer this (Podman's info has no ServerVersion); Docker's only with
+    # its daemon up, and Podman's only when it can read its storage as this user
+    done = _run([binary, "version", "--format", "{{.Server.Version}}"], env,
+                f"{runtime} version")  # fmt: skip
     if isinstance(done, str):
         return Availability(runtime, binary, False, done)
     version = _first_line(done.stdout)
@@ -268,7 +290,7 @@ def _engine(runtime: str, env: dict[str, str]) -> Availability:
         what = "the Docker engine is not running"
     else:
         what = "Podman cannot run containers here"
-    return Availability(runtime, binary, False, f"{what} ({runtime} info: {said})")
+    return Availability(runtime, binary, False, f"{what} ({runtime} version: {said})")
 
 
 # -- running the probes --------------------------------------------------------------------

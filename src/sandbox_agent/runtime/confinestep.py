@@ -53,15 +53,19 @@ def landlock_words(
 def step(
     path: str, words: Sequence[str], variables: Sequence[tuple[str, str]], *,
     confirm: str = "", in_process: bool = False, python: Sequence[str] = (PYTHON,),
+    clearenv: bool = False,
 ) -> list[str]:  # fmt: skip
     """The whole prefix before the payload's argv. The step starts with an empty
     environment and hands ``variables`` to the payload only: they could steer the
     loader of its interpreter (LD_PRELOAD). ``in_process``: the command is a Python
     script (the JobWrapper) the step runs in its own interpreter. ``python``: how the
-    sandbox starts that interpreter (inside an image, the host's, through its loader)."""
+    sandbox starts that interpreter (inside an image, the host's, through its loader).
+    ``clearenv``: the step's own environment (a container engine's) is not passed on."""
     prefix = [*python, "-I", "-S", path]
     if confirm:  # the descriptor's word (plan.FdWord)
         prefix += ["--confirm-fd", confirm]
+    if clearenv:
+        prefix.append("--clearenv")
     if in_process:
         prefix.append("--in-process")
     prefix += list(words)

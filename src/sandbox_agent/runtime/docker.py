@@ -1,28 +1,72 @@
-"""Docker and Podman: the effective policy as ``run`` flags (the two share them).
+"""Docker and Podman: the effective policy as ``run`` flags (the two share most).
 
-The engine brings the image, the PID, IPC, UTS, mount and network namespaces, the
-capability set, no_new_privs, the seccomp profile (the same OCI JSON file), the
-cgroup limits and the rlimits. Docker gives a container no user namespace of its own
-(that is the daemon's userns-remap), so a policy that requires one fails closed there;
-Podman makes one per container with ``--userns auto``.
+The engine brings the image, the PID, IPC, UTS, mount, cgroup and network namespaces,
+the capability set, no_new_privs, the seccomp profile (the same OCI JSON file), the
+cgroup limits and the rlimits. What each engine adds unasked is taken away: Podman's
+writable tmpfs at /run and /var/tmp under --read-only, /sys and /proc/sys (read-only,
+but the policy denies them), the engines' own variables (HOSTNAME, TERM, container=),
+Podman's default ulimits (replaced whole by any --ulimit: nproc is given too), the
+log file each engine keeps of a container's output.
+
+As for bwrap, the agent's own code runs inside on the host's python3, carried in
+read-only (images.hostpython): the confine step, which hands the payload only the
+policy's variables and applies landlock, and for a job the JobWrapper, which is the
+container's pid 1 (no --init): the status frames it writes on its stdout, and the
+handoff on its stdin, are held by no other process of the container, and an
+undumpable pid 1 is out of the payload's reach.
+
+Who runs as whom. Podman as root gives each container its own range of host uids
+(--userns auto, a range of the ``containers`` user's in /etc/subuid) and maps the work
+directory's owner onto the payload's uid (the volume's U option). Rootless Podman maps
+the agent's uid onto the payload's (keep-id), as bwrap does. Docker makes no user
+namespace per container, so the payload runs as host uid 65534, the uid bwrap runs a
+root agent's jobs as, never as a real user's.
+
+Limits. As root, the engine's own cgroup holds memory, swap, CPU and pids (--memory
+...), read back by the session before the job is let go. Rootless Podman ignores those
+flags on cgroup v1 (and without a delegated cgroup on v2) with only a warning, and
+leaves the container in its client's cgroup: the plan leaves the limits to the agent,
+whose job cgroup holds the client, and the session reads them back the same way.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
+from sandbox_agent.images.hostpython import NoHostPython
 from sandbox_agent.policy import gate
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.policy.schema import LIMITS
+from sandbox_agent.runtime import confinestep, containers
+from sandbox_agent.runtime.bwrap import MASKED_PROC, MASKED_PROC_DIRS
+from sandbox_agent.runtime.launch import SANDBOX_HOST_UID
 from sandbox_agent.runtime.plan import (
+    AGENT_FILES,
+    SHIPPED,
+    Carried,
+    HostView,
     LaunchPlan,
+    RealHost,
     Requirements,
+    agent_limits,
+    as_argv,
+    egress_plan,
     environment,
     from_policy,
     optional_keys,
 )
 
 ENGINES = ("docker", "podman")
+LIB = "/.sandbox-agent/lib"  # the confine step and the JobWrapper's files, read-only
+CONFINE = f"{LIB}/confine.py"
+# The container's name and label until the agent names them (policy render)
+NAME_SHOWN = "<the job's container>"
+LABEL_SHOWN = "<boot:pid:start of the agent>"
+ENGINE_LIMITS = ("memory", "swap", "cpu_cores", "pids")
+_WRAPPER_FILES = {os.path.basename(kind.module_file): kind
+                  for kind in (Carried.WRAPPER, Carried.HANDOFF, Carried.PACKAGING)}  # fmt: skip
+assert all(kind in SHIPPED for kind in _WRAPPER_FILES.values())
 
 
 def render(
@@ -32,101 +76,177 @@ def render(
     workdir: str,
     environ: Mapping[str, str] | None = None,
     engine: str = "docker",
+    host: HostView | None = None,
+    wrapper: bool = False,
+    name: str = "",
+    rootless: bool | None = None,
 ) -> LaunchPlan:
+    """``ENGINE run`` for ``argv`` (with ``wrapper``, the JobWrapper: ``argv`` is not
+    used). ``name``: the container's (containers.name_for), the label then this
+    agent's; ``rootless``: whether the engine runs as the agent's own user (Podman as
+    a user; by default, whether the agent is not root)."""
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}")
+    host = host or RealHost()
+    podman = engine == "podman"
+    rootless = podman and (os.geteuid() != 0 if rootless is None else rootless)
     need = Requirements(optional_keys(effective))
-    image_words = _image(effective.view.filesystem.image, engine)
-    out = [engine, "run", "--rm", "-i", "--init"]
+    view = effective.view
+    image_words = _image(view.filesystem.image, engine)
+    try:
+        carried = host.python()
+    except NoHostPython as error:
+        gate.refuse("filesystem.image", f"the confine step's interpreter: {error}")
+    label = containers.agent_label() if name else LABEL_SHOWN
+    out = [engine, "run", "--rm", "-i", "--pull", "never", "--log-driver", "none",
+           "--name", name or NAME_SHOWN, "--label", f"{containers.LABEL}={label}"]  # fmt: skip
+    if not wrapper:  # the payload is no init; the JobWrapper is, and holds its channel alone
+        out.append("--init")
+
+    # -- namespaces ----------------------------------------------------------------------
     for ns in ("pid", "ipc", "uts", "mount"):
         need.met(f"namespaces.{ns}", f"{engine} makes one per container")
     out += ["--ipc", "private", "--cgroupns", "private"]
     need.met("namespaces.cgroup", "--cgroupns private")
-    if effective.view.namespaces.user != "off":
-        if engine == "podman":
-            out += ["--userns", "auto"]
-            need.met("namespaces.user", "--userns auto")
-        else:
-            need.unmet(
-                "namespaces.user",
-                "Docker gives no container its own user namespace (only the daemon's "
-                "userns-remap); use Podman or Apptainer, or mark it optional",
-            )
-    network = effective.view.network.mode
+    uid, gid = view.process.uid, view.process.gid
+    work_option = ""
+    if rootless:  # the agent's uid is the payload's, as with bwrap
+        out += ["--userns", f"keep-id:uid={uid},gid={gid}"]
+        need.met("namespaces.user", "rootless Podman: --userns keep-id (the agent's uid)")
+    elif podman and view.namespaces.user != "off":
+        out += ["--userns", "auto"]
+        need.met("namespaces.user", "--userns auto (a host uid range of its own)")
+        work_option = ",U"  # the work directory's owner becomes the payload's uid
+    elif podman:
+        need.met("namespaces.user", "off: host uid 65534")
+    elif view.namespaces.user != "off":
+        need.unmet("namespaces.user", "Docker gives no container its own user namespace "
+                   "(only the daemon's userns-remap); use Podman, or mark it optional")  # fmt: skip
+    else:
+        need.met("namespaces.user", "off: host uid 65534")
+    if not rootless and not work_option:  # no user namespace: never a real user's uid
+        uid = gid = SANDBOX_HOST_UID
+    network = view.network.mode
     if network == "host":
+        if view.namespaces.net == "required":
+            gate.refuse("network.mode", "host shares the host's network namespace, which "
+                        'namespaces.net = "required" forbids; set it "off"')  # fmt: skip
         out += ["--network", "host"]
         need.met("namespaces.net", "off: --network host shares the host's")
     else:
+        if view.namespaces.net == "off":
+            gate.refuse("network.mode", f"{network} needs the job's own network namespace; "
+                        'set namespaces.net = "required"')  # fmt: skip
         out += ["--network", "none"]
-        need.met("namespaces.net", "--network none")
-    if network == "egress":  # the relay plumbs a namespace bwrap made; not an engine's yet
-        need.unmet("network.mode", "egress: the agent's relay runs with bwrap only for now; "
-                   "here the job gets --network none", by="agent")  # fmt: skip
+        need.met("namespaces.net", "--network none: loopback only")
+    egress = None
+    if network == "egress" and wrapper:  # the JobWrapper waits for the agent's plumbing
+        egress = egress_plan(effective, host, need)
+    elif network == "egress":
+        need.unmet("network.mode", "egress: here the payload starts with the container, "
+                   "before the agent could plumb its network (the pilot's JobWrapper "
+                   "waits for it); it gets --network none", by="agent")  # fmt: skip
+
+    # -- process ----------------------------------------------------------------------
     out += ["--cap-drop", "ALL"]
-    for capability in effective.view.process.capabilities:
+    for capability in view.process.capabilities:
         out += ["--cap-add", capability.removeprefix("CAP_")]
     need.met("process.capabilities", "--cap-drop ALL")
-    if effective.view.process.no_new_privs:
+    if view.process.no_new_privs:
         out += ["--security-opt", "no-new-privileges"]
         need.met("process.no_new_privs", "--security-opt no-new-privileges")
-    profile = str(effective.policy.directory / effective.view.process.seccomp)
+    profile = str(effective.policy.directory / view.process.seccomp)
     out += ["--security-opt", f"seccomp={profile}"]
     need.met("process.seccomp", f"--security-opt seccomp={profile}")
-    if effective.view.process.new_session:
-        need.met("process.new_session", "no terminal (-i without -t), in a new session",
-                 by="launcher")  # fmt: skip
-    # the container belongs to the engine, not to the agent's process tree or cgroup
-    need.met("process.die_with_parent", "the agent removes the container at teardown",
+    if view.process.new_session:
+        need.met("process.new_session", "no terminal (-i without -t): the payload runs in a "
+                 "session of its own", by="launcher")  # fmt: skip
+    need.met("process.die_with_parent", "the agent removes the container at teardown; a "
+             "killed agent's, the next agent sweeps (its label names the agent)",
              by="agent")  # fmt: skip
-    out += ["--user", f"{effective.view.process.uid}:{effective.view.process.gid}"]
-    variables = environment(effective, environ)
-    for name, value in variables:
-        out += ["--env", f"{name}={value}"]
+    out += ["--user", f"{uid}:{gid}"]
 
     # -- filesystem ----------------------------------------------------------------------
     out.append("--read-only")
-    for path, size in effective.view.filesystem.tmpfs:
-        out += ["--tmpfs", f"{path}:rw,nosuid,nodev,size={size},mode=1777"]
-    for path in effective.view.filesystem.read_only:
-        out += ["--volume", f"{path}:{path}:ro"]
-    for path in effective.view.filesystem.writable:
-        out += ["--volume", f"{path}:{path}:rw"]
-    for path in effective.view.devices.paths:
-        out += ["--device", path]
-    if effective.view.devices.gpu == "nvidia":
+    if podman:  # Podman's --read-only adds writable, unbounded tmpfs at /run and /var/tmp
+        out.append("--read-only-tmpfs=false")
+    for path, size in view.filesystem.tmpfs:  # exec as on bwrap (Docker's default: noexec)
+        out += ["--tmpfs", f"{path}:rw,nosuid,nodev,exec,size={size},mode=1777"]
+    # what the engines mount that the policy's sandbox has not: /sys and /proc/sys (the
+    # denied host paths), and the host-wide files of /proc that bwrap masks too
+    if podman:
+        masked = ["/sys", "/proc/sys", *MASKED_PROC, *MASKED_PROC_DIRS]
+        out += ["--security-opt", "mask=" + ":".join(masked)]
+    else:  # runc mounts nothing in /proc for Docker: /proc/sys stays read-only, as
+        # bwrap's own does, and Docker masks its own list of /proc files
+        out += ["--tmpfs", "/sys:ro,nosuid,nodev,noexec,size=4k"]
+    for path in view.filesystem.read_only:
+        if host.kind(path) != "missing":  # as bwrap: a bind whose source is absent is left
+            out += ["--volume", f"{path}:{path}:ro"]
+    for path in view.filesystem.writable:
+        if host.kind(path) != "missing":
+            out += ["--volume", f"{path}:{path}:rw"]
+    for path in view.devices.paths:
+        if host.kind(path) != "missing":
+            out += ["--device", path]
+    if view.devices.gpu == "nvidia":
         out += ["--gpus", "all"] if engine == "docker" else ["--device", "nvidia.com/gpu=all"]
-    inside = effective.view.filesystem.workdir
-    out += ["--volume", f"{workdir}:{inside}:rw", "--workdir", inside]
-    out += ["--env", f"HOME={inside}", "--env", f"TMPDIR={inside}"]
+    inside = view.filesystem.workdir
+    out += ["--volume", f"{workdir}:{inside}:rw{work_option}", "--workdir", inside]
+    out += ["--volume", f"{AGENT_FILES}:{LIB}:ro"]
+    for source, target in carried.binds:
+        out += ["--volume", f"{source}:{target}:ro"]
 
-    # -- limits ----------------------------------------------------------------------------
-    limits = effective.view.limits
-    memory = limits.memory.value
-    out += ["--memory", str(memory), "--memory-swap", str(memory + limits.swap.value)]
-    out += ["--cpus", str(limits.cpu_cores.value), "--pids-limit", str(limits.pids.value)]
-    for name, limit in effective.view.process.rlimits.items():
-        out += ["--ulimit", f"{name}={limit}:{limit}"]
-    need.met("process.rlimits", "--ulimit")
-    for name in LIMITS:
-        if name in ("memory", "swap", "cpu_cores", "pids"):
-            need.met(f"limits.{name}", f"the container's cgroup (--{name.replace('_', '-')})")
-        else:
-            need.met(f"limits.{name}", "monitored", by="agent")
-    if effective.view.process.landlock != "off":
-        need.met("process.landlock", "landlock, inside", by="wrapper")
+    # -- limits --------------------------------------------------------------------------
+    limits = view.limits
+    if rootless:  # the engine would ignore them: the agent's job cgroup holds the client
+        agent_limits(effective, need)
+    else:
+        memory = limits.memory.value
+        out += ["--memory", str(memory), "--memory-swap", str(memory + limits.swap.value)]
+        out += ["--cpus", str(limits.cpu_cores.value), "--pids-limit", str(limits.pids.value)]
+        for limit in LIMITS:
+            if limit in ENGINE_LIMITS:
+                flag = {"swap": "memory-swap", "cpu_cores": "cpus", "pids": "pids-limit"}
+                need.met(f"limits.{limit}", f"the container's cgroup (--{flag.get(limit, limit)}), "
+                         "read back before the job starts")  # fmt: skip
+            else:
+                need.met(f"limits.{limit}", "monitored", by="agent")
+    # any --ulimit replaces the engine's defaults whole (Podman's nproc would be 4 million)
+    for rlimit, value in (*view.process.rlimits.items(), ("nproc", limits.pids.value)):
+        out += ["--ulimit", f"{rlimit}={value}:{value}"]
+    need.met("process.rlimits", "--ulimit, nproc as the pids limit")
 
+    # -- what runs -----------------------------------------------------------------------
+    variables = [*environment(effective, environ), ("HOME", inside), ("TMPDIR", inside)]
+    writable = [inside, *(path for path, _ in view.filesystem.tmpfs),
+                *view.filesystem.writable, "/dev"]  # fmt: skip
+    landlock = confinestep.landlock_words(effective, host.landlock_abi(), writable, need) or []
+    python = list(carried.command)
     out += image_words
-    out += list(argv)
-    return LaunchPlan(engine, tuple(out), requirements=tuple(need.items), seccomp_profile=profile,
-                      **from_policy(effective))  # fmt: skip
+    # the step starts from an empty environment: the engine's own variables never reach
+    # the payload, whose are given to the step alone
+    out += confinestep.step(CONFINE, landlock, variables, in_process=wrapper, python=python,
+                            clearenv=True)  # fmt: skip
+    files = {"confine.py": Carried.CONFINE}
+    if wrapper:
+        argv = [*python, "-I", "-S", f"{LIB}/jobwrapper.py", "--status-fd", "1"]
+        files |= _WRAPPER_FILES
+    own, _, files_at = as_argv(out)
+    return LaunchPlan(
+        engine, (*own, *argv), requirements=tuple(need.items), seccomp_profile=profile,
+        agent_files=files, files_at=files_at, egress=egress, container=name or NAME_SHOWN,
+        waits_for_agent=wrapper, **from_policy(effective),
+    )  # fmt: skip
 
 
 def _image(image: str, engine: str) -> list[str]:
-    """The words that name the image: a reference, or Podman's --rootfs for a directory."""
+    """The words that name the image: a local reference, or Podman's --rootfs for a
+    directory (an overlay over it, so that nothing is written into the image)."""
     if image.startswith("docker://"):
         return [image.removeprefix("docker://")]
     if image.startswith("/") and engine == "podman":
-        return ["--rootfs", image]
+        return ["--rootfs", f"{image}:O"]
     where = "the host's userland" if image == "host" else "a directory image"
     hint = " (Podman also runs directories)" if engine == "docker" else ""
     gate.refuse(

@@ -9,20 +9,23 @@ claim, and frames that do not parse end the job in error.
 
 from __future__ import annotations
 
+import os
+import secrets
 import threading
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from subprocess import PIPE, Popen
 from typing import IO, Any
 
-from sandbox_agent.images import prepare
+from sandbox_agent.images import ImageRefused, prepare
 from sandbox_agent.jdl import JobSpec
 from sandbox_agent.limits.monitor import StopRequest
 from sandbox_agent.policy import gate
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.printable import clipped
-from sandbox_agent.runtime import bwrap, session
+from sandbox_agent.runtime import bwrap, containers, docker, render, session
 from sandbox_agent.wrapper import handoff
 
 MAX_FRAMES = 256  # a wrapper has a handful of states to report; more is misbehaviour
@@ -47,6 +50,7 @@ class JobResult:
     wrapper_log: bytes = b""  # the first LOG_CAP bytes the wrapper wrote on its stderr
     wrapper_log_size: int = 0  # how many it wrote in all
     argv: tuple[str, ...] = ()  # what the sandbox was started with (for the audit record)
+    runtime: str = "bwrap"  # what ran it
     image: dict[str, Any] | None = None  # the image it ran on (images.prepare); None: the host's
     # the gate's answer for each requirement of the plan that ran, once it ran
     answers: tuple[gate.Answer, ...] = ()
@@ -91,12 +95,21 @@ class _Conversation:
         self.threads: list[threading.Thread] = []
 
     def start(self, process: Popen[bytes]) -> None:
+        """Read the wrapper's frames and stderr from now on; the handoff waits for
+        release (a container's JobWrapper gets its job only once the agent is done)."""
         assert process.stdin and process.stdout and process.stderr
-        for target, stream in ((self._send, process.stdin), (self._receive, process.stdout),
-                               (self._log, process.stderr)):  # fmt: skip
-            thread = threading.Thread(target=target, args=(stream,), daemon=True)
-            thread.start()
-            self.threads.append(thread)
+        self.stdin = process.stdin
+        for target, stream in ((self._receive, process.stdout), (self._log, process.stderr)):
+            self._thread(target, stream)
+
+    def release(self) -> None:
+        """Write the handoff: the job may run."""
+        self._thread(self._send, self.stdin)
+
+    def _thread(self, target: Callable[[IO[bytes]], None], stream: IO[bytes]) -> None:
+        thread = threading.Thread(target=target, args=(stream,), daemon=True)
+        thread.start()
+        self.threads.append(thread)
 
     def _send(self, stream: IO[bytes]) -> None:
         try:
@@ -150,24 +163,46 @@ def run_job(
     on_frame: Callable[[dict[str, Any]], None] | None = None,
     name: str | None = None,
     held: frozenset[str] = frozenset(),
+    runtime: str = "bwrap",
+    binary: str | None = None,
 ) -> JobResult:
     """Run the job the handoff ``fields`` describe in the sandbox ``effective`` composes,
     ``workdir`` writable; ``on_frame`` sees each status frame as it comes (from another
-    thread); ``stop`` may end it early; ``held``: limits held already (session.run)."""
-    with prepare.ready(effective) as image:  # ImageRefused: the image must not be used
-        plan = bwrap.render(effective, bwrap.WRAPPER_ARGV, workdir=str(workdir),
-                            environ=dict(environ or {}), wrapper=True, image=image)  # fmt: skip
+    thread); ``stop`` may end it early; ``held``: limits held already (session.run).
+    ``runtime``: bwrap, docker or podman (``binary``: where it was found)."""
+    name = name or f"exec-{os.getpid()}-{secrets.token_hex(6)}"
+    engine = runtime in docker.ENGINES
+    # ImageRefused: the image must not be used (bwrap's made ready; an engine's looked up)
+    with nullcontext() if engine else prepare.ready(effective) as image:
+        if engine:
+            image_in_store(effective, binary or runtime)
+        plan = render.render(runtime, effective, bwrap.WRAPPER_ARGV, workdir=str(workdir),
+                             environ=dict(environ or {}), binary=binary, image=image,
+                             wrapper=True, name=name)  # fmt: skip
         talk = _Conversation(handoff.encode("handoff", fields), on_frame)
         outcome = session.run(plan, workdir=workdir, stdin=PIPE, stdout=PIPE,
-                              stderr=PIPE, interval=interval, on_start=talk.start, stop=stop,
-                              name=name, held=held)  # fmt: skip
+                              stderr=PIPE, interval=interval, on_start=talk.start,
+                              on_ready=talk.release, stop=stop, name=name,
+                              held=held)  # fmt: skip
         talk.join()
     result = decide(outcome, talk.frames, talk.problem)
     result.wrapper_log, result.wrapper_log_size = talk.log, talk.log_size
-    result.argv = plan.argv
+    result.argv, result.runtime = plan.argv, plan.runtime
     result.answers = tuple(gate.as_run(plan.answers(), outcome.unenforced, outcome.limits.answers))
     result.image = image.record() if image is not None else None
     return result
+
+
+def image_in_store(effective: EffectivePolicy, binary: str) -> None:
+    """An engine's image must be in its local store: no job waits on a registry, and
+    none may pull what the site did not put there (ImageRefused, one line)."""
+    image = effective.view.filesystem.image
+    if not image.startswith("docker://"):
+        return  # a directory (Podman's --rootfs), or what the renderer refuses
+    reference = image.removeprefix("docker://")
+    problem = containers.image_missing(binary, reference, environ=os.environ)
+    if problem is not None:
+        raise ImageRefused(problem, job=effective["filesystem.image"].origin.startswith("jdl:"))
 
 
 def decide(result: session.SessionResult, frames: list[dict[str, Any]], problem: str) -> JobResult:

@@ -39,7 +39,7 @@ from sandbox_agent.limits.cgroups import JobCgroup
 from sandbox_agent.policy import gate
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.policy.model import within
-from sandbox_agent.runtime import bwrap
+from sandbox_agent.runtime import bwrap, containers
 from sandbox_agent.runtime.plan import (
     AGENT_FILES,
     COMPILED,
@@ -87,9 +87,11 @@ def unenforced(plan: LaunchPlan) -> tuple[str, ...]:
     return gate.check(plan.requirements, plan.carried, plan.optional)
 
 
-def check_workdir(path: Path, effective: EffectivePolicy) -> str:
+def check_workdir(path: Path, effective: EffectivePolicy, runtime: str = "bwrap") -> str:
     """The work directory as the sandbox gets it: an existing directory reached without
-    any symlink, away from every denied path (the agent's credentials among them)."""
+    any symlink, away from every denied path (the agent's credentials among them), and
+    for a root agent writable by uid 65534, as which the sandbox runs; except on
+    Podman, which gives the directory to the container's own uid (the U option)."""
     absolute = os.path.abspath(path)
     if os.path.realpath(absolute) != absolute:
         raise WorkdirRefused(f"{path}: the work directory's path goes through a symlink")
@@ -107,7 +109,8 @@ def check_workdir(path: Path, effective: EffectivePolicy) -> str:
             f"{path}: a directory every user may write to (such as /tmp) is shared; give the "
             "job a directory of its own"
         )
-    if os.geteuid() == 0 and info.st_uid != SANDBOX_HOST_UID and not info.st_mode & 0o002:
+    if (os.geteuid() == 0 and runtime != "podman" and info.st_uid != SANDBOX_HOST_UID
+            and not info.st_mode & 0o002):  # fmt: skip
         raise WorkdirRefused(
             f"{path}: as root the sandbox runs as uid {SANDBOX_HOST_UID}, which cannot "
             f"write here; run: chown {SANDBOX_HOST_UID} {path}"
@@ -155,7 +158,9 @@ def start(
                 fd = data_fd(f"sandbox-agent-{carries}", _source(carries))
             fds.append(fd)
             argv[descriptor.at] = str(fd)  # the plan's number, as the agent has it
-        limits = [(_RLIMITS[name], value) for name, value in plan.rlimits]
+        # an engine's client is no sandbox: the engine sets the container's (--ulimit)
+        engine = plan.container != ""
+        limits = [] if engine else [(_RLIMITS[name], value) for name, value in plan.rlimits]
         files = _agent_files(plan, argv, compiled.bpf)
         if plan.runtime == "bwrap":
             fds.append(_options_on_descriptor(plan, argv))
@@ -186,7 +191,7 @@ def start(
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,
-            env={},
+            env=containers.client_environment() if engine else {},
             close_fds=True,
             pass_fds=tuple(fds),
             preexec_fn=before_exec,

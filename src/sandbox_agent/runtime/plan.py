@@ -252,6 +252,12 @@ class LaunchPlan:
     # egress: the session plumbs the job's network and runs its relay (the plan carries
     # a BLOCK pipe the sandbox waits on until then); None: no network to plumb
     egress: EgressPlan | None = None
+    # Docker and Podman: the container's name (the session finds it by it, and removes
+    # it at teardown); "" for runtimes the agent's process tree holds
+    container: str = ""
+    # the JobWrapper gets its handoff only once the session has found the container,
+    # read its limits back and plumbed its network: until then nothing of the job runs
+    waits_for_agent: bool = False
 
     def __post_init__(self) -> None:
         # every field the launcher reads comes from one policy (from_policy): a plan
@@ -270,8 +276,12 @@ class LaunchPlan:
 
     @property
     def carried(self) -> frozenset[str]:
-        """Everything the plan gives the sandbox (the gate asks for the confine step)."""
-        return frozenset({*self.fd_contents.values(), *self.agent_files.values()})
+        """Everything the plan gives the sandbox (the gate asks for the confine step),
+        and "container" and "waits" where the agent holds a container (plan.container,
+        plan.waits_for_agent)."""
+        held = {"container"} if self.container else set()
+        held |= {"waits"} if self.waits_for_agent else set()
+        return frozenset({*self.fd_contents.values(), *self.agent_files.values(), *held})
 
     def answers(
         self, found: Mapping[str, gate.Found] | None = None, *,
@@ -329,6 +339,28 @@ def agent_limits(effective: EffectivePolicy, need: Requirements) -> None:
         else:
             where = "the job's cgroup"
         need.met(f"limits.{name}", f"{how}: {where}", by="agent")
+
+
+def egress_plan(
+    effective: EffectivePolicy, host: HostView, need: Requirements
+) -> EgressPlan | None:
+    """What the agent plumbs for an egress job, or None (another mode, or this host
+    cannot: then the namespace has its loopback only, if the site made it optional).
+    The runtime must hold the payload until the agent has plumbed it (bwrap's
+    --block-fd; the JobWrapper waiting for its handoff in a container)."""
+    network = effective.view.network
+    if network.mode != "egress":
+        return None
+    why = host.egress_unmet(effective.view.namespaces.user != "off")
+    if why is not None:
+        need.unmet("network.mode", f"egress: {why}", by="agent")
+        return None
+    count = len(network.allow)
+    reach = f"{count} network.allow entr{'y' if count == 1 else 'ies'}"
+    reach += ", the proxy" if network.proxy else ""
+    need.met("network.mode", f"egress: the job's own network namespace, its TCP and DNS "
+             f"through the agent's relay ({reach}; never the node)", by="agent")  # fmt: skip
+    return EgressPlan(network.allow, network.deny, network.proxy)
 
 
 def as_argv(out: Sequence[str]) -> tuple[tuple[str, ...], tuple[Descriptor, ...], tuple[int, ...]]:

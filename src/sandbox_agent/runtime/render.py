@@ -7,8 +7,9 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from sandbox_agent.policy import gate
 from sandbox_agent.policy.compose import EffectivePolicy
-from sandbox_agent.runtime import apptainer, bwrap, docker
+from sandbox_agent.runtime import apptainer, bwrap, containers, docker
 from sandbox_agent.runtime.choose import RUNTIMES
 from sandbox_agent.runtime.plan import HostView, LaunchPlan
 
@@ -26,19 +27,29 @@ def render(
     binary: str | None = None,
     host: HostView | None = None,
     image: ReadyImage | None = None,
+    wrapper: bool = False,
+    name: str = "",
 ) -> LaunchPlan:
     """The plan of ``runtime`` (one of RUNTIMES); raises Unenforceable. ``binary``: the
     runtime's path when it was found; ``image``: the policy's image made ready, which
-    bwrap binds (the image runtimes take the path itself)."""
+    bwrap binds (the image runtimes take the path itself). ``wrapper``: the plan runs
+    the JobWrapper (``argv`` is bwrap.WRAPPER_ARGV); ``name``: the session's, which
+    names an engine's container."""
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}")
     if runtime == "bwrap":
         return bwrap.render(effective, argv, workdir=workdir, environ=environ,
-                            binary=binary or "bwrap", host=host, image=image)  # fmt: skip
+                            binary=binary or "bwrap", host=host, image=image,
+                            wrapper=wrapper)  # fmt: skip
     if runtime in ("apptainer", "singularity"):
+        if wrapper:
+            gate.refuse("runtime", f"the JobWrapper does not run in {runtime} yet; run the "
+                        "pilot with --runtime bwrap, podman or docker")  # fmt: skip
         return apptainer.render(effective, argv, workdir=workdir, environ=environ,
                                 binary=binary or runtime, host=host)  # fmt: skip
-    plan = docker.render(effective, argv, workdir=workdir, environ=environ, engine=runtime)
+    plan = docker.render(effective, argv, workdir=workdir, environ=environ, engine=runtime,
+                         host=host, wrapper=wrapper,
+                         name=containers.name_for(name) if name else "")  # fmt: skip
     if binary:
         plan = dataclasses.replace(plan, argv=(binary, *plan.argv[1:]))
     return plan

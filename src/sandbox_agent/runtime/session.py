@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from sandbox_agent.limits import readback
 from sandbox_agent.limits.cgroups import CgroupError, CgroupLimits, JobCgroup, Teardown, discover
 from sandbox_agent.limits.enforcement import LimitPlan, decide, wants_cgroup
 from sandbox_agent.limits.monitor import Monitor, Outcome, StopRequest
+from sandbox_agent.policy import gate
+from sandbox_agent.runtime import containers
 from sandbox_agent.runtime.agentproc import reap
 from sandbox_agent.runtime.egress import Egress, EgressError, Rules, Tally, open_egress, rules_for
 from sandbox_agent.runtime.launch import Started, start, unenforced
@@ -47,6 +50,8 @@ class SessionResult:
     landlock: str | None = None
     # egress: what the agent's relay let through and refused; None in other modes
     egress: Tally | None = None
+    # Docker and Podman: why the job's container could not be removed ("" once it is)
+    container_left: str = ""
 
     @property
     def payload_ran(self) -> bool:
@@ -135,12 +140,18 @@ def run(
     interval: float = 1.0,
     prefer_cgroup: str | None = None,
     on_start: Callable[[subprocess.Popen[bytes]], None] | None = None,
+    on_ready: Callable[[], None] | None = None,
     stop: StopRequest | None = None,
     held: frozenset[str] = frozenset(),
 ) -> SessionResult:
     """Run ``plan`` to the end (or until ``stop`` is requested). Raises Unenforceable
     (nothing started) when a required requirement cannot be held here. ``held``: limits
-    the caller holds already (workdir_size, by the work directory's own filesystem)."""
+    the caller holds already (workdir_size, by the work directory's own filesystem).
+    ``on_start`` sees the runtime's process once it is in the job's cgroup;
+    ``on_ready`` is called once the job may be given its work: at once for bwrap (it
+    waits on its own pipe); for a plan that waits for the agent (a container's
+    JobWrapper), once its container is found, its limits read back and its network
+    plumbed, and never when that fails (the container is removed)."""
     skipped = unenforced(plan)  # fail before making anything
     # names resolved, the node's addresses read: before anything is made (EgressError)
     rules = rules_for(plan.egress.allow, plan.egress.deny, plan.egress.proxy) \
@@ -151,6 +162,7 @@ def run(
     if wants_cgroup(plan):
         group, where = job_cgroup(name, plan, prefer=prefer_cgroup)
     teardown = None
+    left = ""
     report: dict[str, object] = {}
     confirmed = None
     started = None
@@ -165,6 +177,11 @@ def run(
         if started.block is not None:
             released = True  # plumb closes the pipe, whatever happens in it
             relay = plumb(started, report, rules)
+        container_pid = None
+        if plan.container:
+            container_pid, relay = hold(plan, started, rules, limits)
+        if on_ready is not None and (container_pid is not None or not plan.waits_for_agent):
+            on_ready()
         made = namespaces_made(report)
         # an optional namespace asked for with -try counts only once bwrap says it made it
         skipped = tuple(k for k in skipped if k.removeprefix("namespaces.") not in made)
@@ -175,6 +192,8 @@ def run(
                           interval=interval, stop=stop)  # fmt: skip
         if isinstance(report.get("child-pid"), int):  # the sandbox's pid 1, bwrap's own
             monitor.runtime_pids.add(report["child-pid"])  # type: ignore[arg-type]
+        if container_pid is not None:  # the engine's, not under its client: the job's own
+            monitor.roots.add(container_pid)
         try:
             outcome = monitor.run()
         finally:
@@ -189,6 +208,8 @@ def run(
             _kill_waiting(started, report.get("child-pid"))
         if relay is not None:  # every connection of the job's ends with it
             relay.close()
+        if plan.container and started is not None:  # the engine's: it outlives its client
+            left = remove_container(plan, started)
         if group is not None:
             teardown = group.teardown()
         if started is not None and started.files:
@@ -199,8 +220,62 @@ def run(
     return SessionResult(
         outcome, teardown, limits, skipped + limits.unenforced, started.seccomp_sha256, where,
         landlock=confirmed if started.confirm is not None else None,
-        egress=relay.tally if relay is not None else None,
+        egress=relay.tally if relay is not None else None, container_left=left,
     )  # fmt: skip
+
+
+def hold(
+    plan: LaunchPlan, started: Started, rules: Rules | None, limits: LimitPlan
+) -> tuple[int | None, Egress | None]:
+    """A container found (its first process's host pid), the limits its cgroups hold
+    read back against the plan's, and its network plumbed for egress: then its
+    JobWrapper may be given the job. (None, None) when the engine ended without
+    running it (its own words, on its stderr, say why). The gate refuses a container
+    that a limit the plan counts on does not hold; EgressError when the network
+    cannot be plumbed; ContainerError when the engine does not answer."""
+    try:
+        pid = containers.locate(plan.argv[0], plan.container, started.process,
+                                environ=os.environ)  # fmt: skip
+    except containers.ContainerError:
+        if started.process.poll() is not None:
+            return None, None
+        raise
+    counted = {r.key.removeprefix("limits.") for r in plan.requirements
+               if r.key.startswith("limits.") and r.met and r.by == "runtime"}  # fmt: skip
+    counted |= set(limits.kernel)
+    asked = {name: plan.limit(name) for name in ("memory", "pids", "cpu_cores")
+             if name in counted}  # fmt: skip
+    if asked:
+        found = readback.held(pid)
+        short = found.short_of(asked.get("memory", 1 << 62), asked.get("pids", 1 << 30),
+                               float(asked.get("cpu_cores", 1 << 20)))  # fmt: skip
+        if short:
+            gate.refuse(f"limits.{short[0].split()[0]}", "the container's cgroups do not hold "
+                        f"{'; '.join(short)}: the engine ignored the limit (rootless Podman "
+                        "does on cgroup v1 and without a delegated cgroup)")  # fmt: skip
+    relay = None
+    if rules is not None:
+        try:
+            netns = os.stat(f"/proc/{pid}/ns/net").st_ino
+        except OSError as error:
+            raise EgressError(f"the container's network namespace: {error.strerror}") from None
+        relay = open_egress(pid, rules, user=os.geteuid() != 0, netns=netns)
+    return pid, relay
+
+
+def remove_container(plan: LaunchPlan, started: Started) -> str:
+    """The container removed, its client ended: "" once it is gone, else why not."""
+    try:
+        problem = containers.remove(plan.argv[0], plan.container, environ=os.environ)
+    except containers.ContainerError as error:
+        problem = str(error)
+    if started.process.poll() is None:  # its container is gone: nothing left to attach to
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            started.process.wait(timeout=10)
+        if started.process.poll() is None:
+            started.process.kill()
+            started.process.wait()
+    return problem or ""
 
 
 def plumb(started: Started, report: dict[str, object], rules: Rules | None) -> Egress | None:

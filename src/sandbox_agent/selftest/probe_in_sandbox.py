@@ -126,12 +126,14 @@ def preflight_attacks() -> list[str]:
 
 def run_probe(policy: Policy, *, certs: Path, credentials: list[str], work_area: Path,
               home_tag: str, attacks: list[str] | None = None,
-              key_paths: list[str] | None = None) -> Outcome:  # fmt: skip
+              key_paths: list[str] | None = None, runtime: str = "bwrap",
+              binary: str | None = None) -> Outcome:  # fmt: skip
     """The probe's ``attacks`` (every one when None) as a job's payload in the sandbox
     ``policy`` composes; canaries planted in ``certs`` (the pilot's own credential
     directory) while it runs; ``key_paths``: the pilot's real key files elsewhere (a
     broker's --cert and --key), which the probe tries to open too. SelftestError when
-    it cannot be run, or its answer is not whole."""
+    it cannot be run, or its answer is not whole. ``runtime``: the pilot's (bwrap,
+    podman or docker; ``binary``, where it was found)."""
     if not Path(PYTHON).exists():
         raise SelftestError(f"{PYTHON} is not here: the probe runs on the sandbox's own "
                             "python3; install python3")  # fmt: skip
@@ -170,7 +172,7 @@ def run_probe(policy: Policy, *, certs: Path, credentials: list[str], work_area:
                                 site="selftest")  # fmt: skip
         name = f"job-{home_tag}-0-0-{secrets.token_hex(4)}"  # job 0: never a real job
         result = run_job(effective, fields, workdir, environ=host_env, name=name,
-                         held=workdisk.held(disk))  # fmt: skip
+                         held=workdisk.held(disk), runtime=runtime, binary=binary)  # fmt: skip
         landlock = next((a for a in result.answers if a.key == "process.landlock"), None)
         answer = _answer(workdir / "stdout")
         if answer is None:

@@ -8,7 +8,9 @@ domain, and with ``--no-tcp`` (ABI 4) it can neither bind nor connect a TCP sock
 With ``--seccomp FILE`` it also loads the agent's compiled seccomp program, for runtimes
 that apply none themselves (Apptainer as a user). With ``--confirm-fd FD`` it writes
 what it applied ("confined: landlock ABI 7, seccomp") there, closes it, and only then
-runs the command. With ``--in-process`` a command of the form ``PYTHON -I -S SCRIPT
+runs the command. With ``--clearenv`` the command gets the ``--env`` variables alone,
+none of the step's own (a container engine's HOSTNAME, TERM, container=). With
+``--in-process`` a command of the form ``PYTHON -I -S SCRIPT
 ARGS...`` (the JobWrapper) runs in this interpreter instead of a new one, saving the
 second interpreter's start.
 
@@ -72,7 +74,7 @@ EXIT_NOT_FOUND = 127
 
 _USAGE = (
     "usage: confine [--writable PATH]... [--no-tcp] [--seccomp FILE] [--env=NAME=VALUE]... "
-    "[--confirm-fd FD] [--in-process] -- COMMAND [ARG]..."
+    "[--confirm-fd FD] [--clearenv] [--in-process] -- COMMAND [ARG]..."
 )
 _PR_SET_SECCOMP = 22
 _SECCOMP_MODE_FILTER = 2
@@ -188,6 +190,7 @@ class Options:
         self.confirm_fd = -1  # where to say what was applied, before the command runs
         self.seccomp = ""  # a BPF program to load after landlock
         self.in_process = False  # run a Python command here rather than exec it
+        self.clearenv = False  # the command gets the --env variables alone
         self.command: list[str] = []
 
 
@@ -229,6 +232,8 @@ def _parse(argv: list[str]) -> Options:
             options.no_tcp = True
         elif arg == "--in-process":
             options.in_process = True
+        elif arg == "--clearenv":
+            options.clearenv = True
         elif arg.startswith("--env="):
             name, equals, value = arg[len("--env=") :].partition("=")
             if not name or not equals:
@@ -281,8 +286,10 @@ def main(argv: list[str]) -> int:
             except OSError:
                 pass
     command = options.command
-    # this step's own environment (empty under the launcher) plus the command's
-    environment = {**os.environ, **options.variables}
+    # this step's own environment (empty under bwrap) plus the command's
+    environment = (
+        dict(options.variables) if options.clearenv else {**os.environ, **options.variables}
+    )
     script = _python_script(command) if options.in_process else None
     if script is not None:
         return _run_here(script[0], script[1], environment)

@@ -1,0 +1,125 @@
+"""The limits the kernel holds a running process to, read back from its cgroups.
+
+A container engine makes the container's cgroup itself, out of the agent's hands, and
+some engines ignore a limit they were asked for and say so only in a warning (rootless
+Podman on cgroup v1 exits 0 with none of --memory, --cpus or --pids-limit set). The
+agent therefore reads what holds the process before the job is let go: for each limit,
+the tightest value on its cgroup and every ancestor the agent can see, in the hierarchy
+that has the controller (a v1 controller's own mount, or the unified v2 one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from sandbox_agent.limits.cgroup_base import Mount, located, membership, mounts, read_text
+
+_Value = TypeVar("_Value", int, float)
+# v1 reports "no limit" as a page-rounded huge number rather than "max"
+_UNLIMITED_V1 = 1 << 62
+
+
+@dataclass(frozen=True)
+class Held:
+    """What holds a process: None where nothing the agent can see limits it."""
+
+    memory: int | None  # bytes
+    pids: int | None
+    cpu_cores: float | None  # quota / period
+
+    def short_of(self, memory: int, pids: int, cpu_cores: float) -> list[str]:
+        """The limits not held at (or below) the values asked, each in words."""
+        out = []
+        if self.memory is None or self.memory > memory:
+            out.append(f"memory {_said(self.memory)} (asked {memory})")
+        if self.pids is None or self.pids > pids:
+            out.append(f"pids {_said(self.pids)} (asked {pids})")
+        if self.cpu_cores is None or self.cpu_cores > cpu_cores + 1e-6:
+            out.append(f"cpu_cores {_said(self.cpu_cores)} (asked {cpu_cores:g})")
+        return out
+
+
+def _said(value: int | float | None) -> str:
+    if value is None:
+        return "unlimited"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def held(pid: int, *, proc: Path = Path("/proc")) -> Held:
+    """The memory, pids and CPU limits on ``pid``'s cgroups, tightest first."""
+    where = membership(read_text(proc / str(pid) / "cgroup") or "")
+    found = mounts(read_text(proc / "self" / "mountinfo") or "")
+    memory = _tightest(where, found, "memory", _memory)
+    pids = _tightest(where, found, "pids", _pids)
+    cores = _tightest(where, found, "cpu", _cpu)
+    return Held(memory, pids, cores)
+
+
+def _tightest(
+    where: dict[str, str], found: list[Mount], controller: str,
+    read: Callable[[Path, int], _Value | None],
+) -> _Value | None:  # fmt: skip
+    for mount in found:
+        if mount.fstype == "cgroup" and controller in mount.controllers:
+            key = next((k for k in where if controller in k.split(",")), None)
+            version = 1
+        elif mount.fstype == "cgroup2" and controller in _v2_controllers(mount):
+            key, version = "", 2
+        else:
+            continue
+        if key is None or key not in where:
+            continue
+        directory = located(mount, where[key])
+        if directory is None:
+            continue
+        values = []
+        while True:
+            value = read(directory, version)
+            if value is not None:
+                values.append(value)
+            if directory == mount.point:
+                break
+            directory = directory.parent
+        return min(values) if values else None
+    return None
+
+
+def _v2_controllers(mount: Mount) -> set[str]:
+    return set((read_text(mount.point / "cgroup.controllers") or "").split())
+
+
+def _memory(directory: Path, version: int) -> int | None:
+    name = "memory.limit_in_bytes" if version == 1 else "memory.max"
+    value = _number(read_text(directory / name))
+    return None if value is None or value >= _UNLIMITED_V1 else value
+
+
+def _pids(directory: Path, version: int) -> int | None:
+    return _number(read_text(directory / "pids.max"))
+
+
+def _cpu(directory: Path, version: int) -> float | None:
+    if version == 1:
+        quota = _number(read_text(directory / "cpu.cfs_quota_us"))
+        period = _number(read_text(directory / "cpu.cfs_period_us"))
+    else:
+        words = (read_text(directory / "cpu.max") or "").split()
+        quota = _number(words[0]) if words else None
+        period = _number(words[1]) if len(words) > 1 else None
+    if quota is None or period is None or quota <= 0 or period <= 0:
+        return None
+    return quota / period
+
+
+def _number(text: str | None) -> int | None:
+    """An integer file's value; None for "max", -1 (v1's none) or nothing."""
+    if text is None:
+        return None
+    word = text.split()[0] if text.split() else ""
+    if not word.lstrip("-").isdigit():
+        return None
+    value = int(word)
+    return value if value >= 0 else None

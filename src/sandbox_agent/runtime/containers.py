@@ -1,0 +1,149 @@
+"""A job's container on Docker or Podman, from the agent's side: its name and label,
+finding it once it runs, removing it, and sweeping what a killed agent left.
+
+The container belongs to the engine, not to the agent's process tree: SIGKILL of the
+agent (or of the engine's client) leaves it running. So each one is named for its job
+and labelled with the agent that started it (the boot, its pid and the pid's start
+time, which a reused pid does not share); teardown removes it, and an agent starting
+removes every labelled container whose agent is no longer alive on this boot.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from sandbox_agent.printable import clipped
+from sandbox_agent.toolrun import run_tool
+
+LABEL = "io.sandbox-agent.agent"  # boot id, agent pid, the pid's start time
+PREFIX = "sandbox-agent-"  # every container's name starts so
+TIMEOUT = 30.0  # seconds for one engine command (an engine under load is slow)
+# What the engine's client needs of the agent's environment, and nothing else: a
+# rootless Podman its user's runtime directory and home, Docker its socket.
+CLIENT_VARIABLES = ("PATH", "HOME", "DOCKER_HOST", "XDG_RUNTIME_DIR", "CONTAINER_HOST")
+_PROC = Path("/proc")
+
+
+class ContainerError(RuntimeError):
+    """The engine did not run, show or remove a container as asked: one line."""
+
+
+def client_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The engine client's environment: CLIENT_VARIABLES the agent has (the payload's
+    variables reach the container by other means and never these)."""
+    return {name: environ[name] for name in CLIENT_VARIABLES if name in environ}
+
+
+def name_for(session: str) -> str:
+    """The container's name for a session (a job's cgroup name, or an exec's)."""
+    return PREFIX + session
+
+
+def agent_label(pid: int | None = None, *, proc: Path = _PROC) -> str:
+    """``BOOT:PID:START`` for the agent ``pid`` (this one by default)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{_boot(proc)}:{pid}:{_start_time(pid, proc)}"
+
+
+def alive(label: str, *, proc: Path = _PROC) -> bool:
+    """Whether the agent a label names still runs (on this boot, the same process)."""
+    boot, _, rest = label.partition(":")
+    pid, _, start = rest.partition(":")
+    if boot != _boot(proc) or not pid.isdigit():
+        return False
+    return start != "" and _start_time(int(pid), proc) == start
+
+
+def locate(binary: str, name: str, client: subprocess.Popen[bytes], *,
+           environ: Mapping[str, str], timeout: float = 120.0) -> int:  # fmt: skip
+    """The host pid of the container's first process, once it runs. ContainerError
+    when the client ends first (the engine refused the run) or time runs out."""
+    deadline = time.monotonic() + timeout
+    pause = 0.01
+    while True:
+        done = _engine([binary, "inspect", "--type", "container", "--format",
+                        "{{.State.Pid}}", name], environ)  # fmt: skip
+        word = done.stdout.strip() if done.returncode == 0 else ""
+        if word.isdigit() and int(word) > 0:
+            return int(word)
+        if client.poll() is not None:
+            raise ContainerError(f"the engine ended before {name} ran (exit {client.returncode})")
+        if time.monotonic() > deadline:
+            raise ContainerError(f"{name} was not running after {timeout:g} s")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
+
+
+def image_missing(binary: str, reference: str, *, environ: Mapping[str, str]) -> str | None:
+    """None when the engine has the image locally, else one line: what to do."""
+    done = _engine([binary, "image", "inspect", "--format", "{{.Id}}", reference], environ)
+    if done.returncode == 0:
+        return None
+    said = clipped(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "", 200)
+    name = os.path.basename(binary)
+    return (f"the image {clipped(reference, 200)} is not in {name}'s local store ({said}); "
+            f"jobs never pull: {name} pull or {name} load it on the node")
+
+
+def remove(binary: str, name: str, *, environ: Mapping[str, str]) -> str | None:
+    """Remove the container whatever its state; None once it is gone, else why not."""
+    done = _engine([binary, "rm", "-f", name], environ)
+    if done.returncode == 0 or _no_such(done.stderr):
+        return None
+    return f"{binary} rm -f {name}: {clipped(done.stderr.strip(), 300) or done.returncode}"
+
+
+def sweep(binary: str, *, environ: Mapping[str, str]) -> list[str]:
+    """Remove every labelled container whose agent is gone: the names removed (with
+    why not, for one that stays). Live agents' containers, and the engine's others,
+    are never touched. Nothing when the engine does not answer."""
+    listed = _engine([binary, "ps", "-a", "--filter", f"label={LABEL}", "--format",
+                      "{{.Names}}"], environ)  # fmt: skip
+    if listed.returncode != 0:
+        return []
+    names = [word for word in listed.stdout.split() if word.startswith(PREFIX)]
+    swept = []
+    for name in names:
+        shown = _engine([binary, "inspect", "--type", "container", "--format",
+                         f'{{{{index .Config.Labels "{LABEL}"}}}}', name], environ)  # fmt: skip
+        if shown.returncode != 0 or alive(shown.stdout.strip()):
+            continue
+        problem = remove(binary, name, environ=environ)
+        swept.append(name if problem is None else f"{name}: {problem}")
+    return swept
+
+
+def _engine(argv: Sequence[str], environ: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return run_tool(argv, env=client_environment(environ), capture_output=True, text=True,
+                        errors="replace", timeout=TIMEOUT)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise ContainerError(f"{' '.join(argv[:3])}: no answer within {TIMEOUT:g} s") from None
+    except OSError as error:
+        raise ContainerError(f"cannot run {argv[0]}: {error.strerror}") from None
+
+
+def _no_such(stderr: str) -> bool:
+    said = stderr.lower()
+    return "no such container" in said or "no container with name" in said
+
+
+def _boot(proc: Path) -> str:
+    try:
+        return (proc / "sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int, proc: Path) -> str:
+    """The pid's start time in clock ticks since boot (field 22 of its stat), or ""."""
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return ""
+    fields = stat.rpartition(")")[2].split()  # the name may hold spaces and parentheses
+    return fields[19] if len(fields) > 19 else ""

@@ -1,0 +1,150 @@
+"""Real container engines for the tests: Podman as installed, a Docker daemon (started
+here when none answers, and stopped again), and images made without a registry.
+
+- busybox: scripts/busybox-image.sh's root, imported (a second; no Python in it, so the
+  JobWrapper runs on the host's python3 carried in, as on bwrap).
+- python: Debian bookworm's minimal base with python3, from debootstrap (Debian's
+  package archive is reachable where no container registry is), built once into
+  CACHE and imported from there in later runs.
+
+Each helper skips its test with the reason when the engine or the image cannot be had.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("SANDBOX_AGENT_IMAGE_CACHE", "/var/cache/sandbox-agent-images"))
+BUSYBOX = "localhost/sandbox-agent-test/busybox:1"
+PYTHON = "localhost/sandbox-agent-test/bookworm-python3:1"
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+_made: dict[tuple[str, str], str | None] = {}  # (engine, image) -> why not, once tried
+
+
+def answers(engine: str) -> str | None:
+    """None when ``engine`` runs containers here, else why not."""
+    if os.geteuid() != 0:
+        return "the engine tests run as root (rootful Podman and Docker)"
+    if shutil.which(engine) is None:
+        return f"{engine} is not installed (make installs it)"
+    done = subprocess.run([engine, "version", "--format", "{{.Server.Version}}"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    if done.returncode != 0 or not done.stdout.strip():
+        return f"{engine} does not answer: {done.stderr.strip()[:200]}"
+    return None
+
+
+@contextlib.contextmanager
+def docker_daemon() -> Iterator[str | None]:
+    """A Docker daemon for the duration: the one running, or one started here (as the
+    reference machine needs it: no iptables, no bridge) and stopped after. Yields why
+    there is none, or None."""
+    if answers("docker") is None or shutil.which("dockerd") is None or os.geteuid() != 0:
+        yield answers("docker") if shutil.which("dockerd") else "dockerd is not installed"
+        return
+    log = tempfile.NamedTemporaryFile(prefix="sandbox-agent-dockerd-", suffix=".log",  # noqa: SIM115
+                                      delete=False)  # fmt: skip
+    daemon = subprocess.Popen(["dockerd", "--iptables=false", "--bridge=none"], stdout=log,
+                              stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    why = None
+    try:
+        for _ in range(300):
+            if answers("docker") is None:
+                break
+            if daemon.poll() is not None:
+                break
+            time.sleep(0.1)
+        why = answers("docker")
+        if why is not None:
+            tail = Path(log.name).read_text(errors="replace").strip().splitlines()[-3:]
+            why = f"dockerd did not start: {' | '.join(tail)}"
+        yield why
+    finally:
+        if daemon.poll() is None:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+        os.unlink(log.name)
+
+
+def image(engine: str, which: str) -> str:
+    """The image ``which`` (BUSYBOX or PYTHON) in ``engine``'s store; skips the test
+    when it cannot be made."""
+    why = answers(engine)
+    if why is None:
+        key = (engine, which)
+        if key not in _made:
+            _made[key] = _load(engine, which)
+        why = _made[key]
+    if why is not None:
+        pytest.skip(why)
+    return which
+
+
+def _load(engine: str, which: str) -> str | None:
+    present = subprocess.run([engine, "image", "inspect", which], capture_output=True)
+    if present.returncode == 0:
+        return None
+    archive = _busybox_tar() if which == BUSYBOX else _python_tar()
+    if isinstance(archive, str):
+        return archive
+    done = subprocess.run([engine, "import", str(archive), which], capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    if which == BUSYBOX:
+        archive.unlink()
+    if done.returncode != 0:
+        return f"{engine} import failed: {done.stderr.strip()[:300]}"
+    return None
+
+
+def _busybox_tar() -> Path | str:
+    with tempfile.TemporaryDirectory(prefix="sandbox-agent-busybox-") as where:
+        root = Path(where) / "root"
+        made = subprocess.run(["bash", str(ROOT / "scripts/busybox-image.sh"), str(root)],
+                              capture_output=True, text=True)  # fmt: skip
+        if made.returncode != 0:
+            return f"no busybox image: {made.stderr.strip()[:200]}"
+        # as in any distribution's image; runc keeps the image's mode of a directory it
+        # mounts a tmpfs on (the directory image for bwrap must not be writable by others)
+        (root / "tmp").chmod(0o1777)
+        archive = Path(tempfile.mkstemp(prefix="sandbox-agent-busybox-", suffix=".tar")[1])
+        subprocess.run(["tar", "-C", str(root), "-cf", str(archive), "."], check=True)
+        return archive
+
+
+def _python_tar() -> Path | str:
+    """Debian's minimal base with python3, as a tar in CACHE: built once (a minute)."""
+    archive = CACHE / f"{SUITE}-python3.tar"
+    if archive.is_file():
+        return archive
+    if shutil.which("debootstrap") is None:
+        return "debootstrap is not installed (make installs it)"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sandbox-agent-debootstrap-", dir=CACHE) as where:
+        root = Path(where) / "root"
+        made = subprocess.run(["debootstrap", "--variant=minbase", "--include=python3", SUITE,
+                               str(root), MIRROR], capture_output=True, text=True,
+                              timeout=1200)  # fmt: skip
+        if made.returncode != 0:
+            said = (made.stderr or made.stdout).strip().splitlines()[-1:]
+            return f"debootstrap of {SUITE} failed: {said}"
+        partial = archive.with_suffix(".partial")
+        subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(partial), "."],
+                       check=True)  # fmt: skip
+        partial.rename(archive)
+    return archive
