@@ -30,6 +30,9 @@ BUSYBOX = "localhost/sandbox-agent-test/busybox:1"
 PYTHON = "localhost/sandbox-agent-test/bookworm-python3:1"
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
+# What a site accepts to run jobs in Docker, which makes no user namespace per container
+# and cannot mask the node's /proc files (runtime/docker.py)
+DOCKER_ACCEPTS = '[optional]\nrequirements = { append = ["namespaces.user", "filesystem.proc"] }\n'
 _made: dict[tuple[str, str], str | None] = {}  # (engine, image) -> why not, once tried
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from cli_support import ROOT, SCRIPT, cli_env, run_cli
-from engine_support import BUSYBOX, image
+from engine_support import BUSYBOX, DOCKER_ACCEPTS, image
 
 from sandbox_agent.runtime import choose, containers
 
@@ -35,7 +35,7 @@ def site(engine: str) -> Iterator[tuple[dict[str, str], Path]]:
     base.chmod(0o711)
     home = base / "home"
     shutil.copytree(ROOT / "policies", home / "policies")
-    user = 'user = "optional"\n' if engine == "docker" else ""  # Docker has none
+    user = DOCKER_ACCEPTS if engine == "docker" else ""
     (home / "policies" / "eng.toml").write_text(
         f'extends = "default"\n[filesystem]\nimage = "docker://{image(engine, BUSYBOX)}"\n'
         f'[network]\nmode = "none"\n[namespaces]\n{user}'

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.policy.gate import Requirements
+from sandbox_agent.runtime.plan import SourceWord
 
 # The interpreter that runs the step: the sandbox's own. Without one (an image with no
 # Python), the step cannot run and its requirements say so.
@@ -61,7 +62,8 @@ def step(
     script (the JobWrapper) the step runs in its own interpreter. ``python``: how the
     sandbox starts that interpreter (inside an image, the host's, through its loader).
     ``clearenv``: the step's own environment (a container engine's) is not passed on."""
-    prefix = [*python, "-I", "-S", path]
+    # a SourceWord: the step's source itself, for runtimes that can carry no file in
+    prefix = [*python, "-I", "-S", *(["-c"] if isinstance(path, SourceWord) else []), path]
     if confirm:  # the descriptor's word (plan.FdWord)
         prefix += ["--confirm-fd", confirm]
     if clearenv:

@@ -32,6 +32,7 @@ whose job cgroup holds the client, and the session reads them back the same way.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping, Sequence
 
 from sandbox_agent.images.hostpython import NoHostPython
@@ -42,31 +43,47 @@ from sandbox_agent.runtime import confinestep, containers
 from sandbox_agent.runtime.bwrap import MASKED_PROC, MASKED_PROC_DIRS
 from sandbox_agent.runtime.launch import SANDBOX_HOST_UID
 from sandbox_agent.runtime.plan import (
-    AGENT_FILES,
     SHIPPED,
     Carried,
     HostView,
     LaunchPlan,
     RealHost,
     Requirements,
+    SourceWord,
     agent_limits,
     as_argv,
     egress_plan,
     environment,
     from_policy,
     optional_keys,
+    sources_in,
 )
 
 ENGINES = ("docker", "podman")
-LIB = "/.sandbox-agent/lib"  # the confine step and the JobWrapper's files, read-only
-CONFINE = f"{LIB}/confine.py"
+LIB = "/.sandbox-agent/lib"  # the JobWrapper's files: a tmpfs the confine step fills
+LIB_BYTES = 8 << 20
 # The container's name and label until the agent names them (policy render)
 NAME_SHOWN = "<the job's container>"
 LABEL_SHOWN = "<boot:pid:start of the agent>"
 ENGINE_LIMITS = ("memory", "swap", "cpu_cores", "pids")
-_WRAPPER_FILES = {os.path.basename(kind.module_file): kind
-                  for kind in (Carried.WRAPPER, Carried.HANDOFF, Carried.PACKAGING)}  # fmt: skip
-assert all(kind in SHIPPED for kind in _WRAPPER_FILES.values())
+# Of bwrap's masked /proc files: those runc lets Docker bind /dev/null over (lxcfs's), and
+# those neither Docker's own masks nor a bind can hide.
+DOCKER_MASKABLE = ("/proc/diskstats",)
+DOCKER_UNMASKED = ("/proc/cmdline", "/proc/config.gz", "/proc/kallsyms", "/proc/interrupts",
+                   "/proc/key-users", "/proc/sys/kernel/random/boot_id")  # fmt: skip
+# The JobWrapper's files as the confine step receives them on stdin: each module and its
+# bytecode for the agent's Python (the interpreter carried in).
+_WRAPPER_FILES: tuple[tuple[str, Carried], ...] = tuple(
+    (name, kind)
+    for source in (Carried.WRAPPER, Carried.HANDOFF, Carried.PACKAGING)
+    for name, kind in (
+        (os.path.basename(source.module_file), source),
+        (f"__pycache__/{os.path.basename(source.module_file)[:-3]}."
+         f"{sys.implementation.cache_tag}.pyc", Carried(f"{source}.pyc")),
+    )
+    if kind is source or sys.implementation.cache_tag
+)  # fmt: skip
+assert all(kind.source in SHIPPED for _, kind in _WRAPPER_FILES)
 
 
 def render(
@@ -170,16 +187,26 @@ def render(
     out.append("--read-only")
     if podman:  # Podman's --read-only adds writable, unbounded tmpfs at /run and /var/tmp
         out.append("--read-only-tmpfs=false")
+    # a tmpfs is the payload's: runc keeps the mode of the image's directory beneath it
+    # (a 0755 /tmp), and Podman's auto uids are not the image's
+    owned = "U" if podman else f"uid={uid},gid={gid}"
     for path, size in view.filesystem.tmpfs:  # exec as on bwrap (Docker's default: noexec)
-        out += ["--tmpfs", f"{path}:rw,nosuid,nodev,exec,size={size},mode=1777"]
+        out += ["--tmpfs", f"{path}:rw,nosuid,nodev,exec,size={size},mode=1777,{owned}"]
     # what the engines mount that the policy's sandbox has not: /sys and /proc/sys (the
     # denied host paths), and the host-wide files of /proc that bwrap masks too
     if podman:
         masked = ["/sys", "/proc/sys", *MASKED_PROC, *MASKED_PROC_DIRS]
         out += ["--security-opt", "mask=" + ":".join(masked)]
-    else:  # runc mounts nothing in /proc for Docker: /proc/sys stays read-only, as
-        # bwrap's own does, and Docker masks its own list of /proc files
+    else:
         out += ["--tmpfs", "/sys:ro,nosuid,nodev,noexec,size=4k"]
+        # runc mounts nothing inside /proc but over lxcfs's files, and Docker's CLI has
+        # no mask option: Docker masks its own list (keys, timers, kcore, acpi, scsi)
+        for path in DOCKER_MASKABLE:
+            out += ["--volume", f"/dev/null:{path}:ro"]
+        need.unmet("filesystem.proc", "Docker cannot mask " + ", ".join(DOCKER_UNMASKED) +
+                   " (runc mounts nothing inside /proc but over lxcfs's files, and Docker "
+                   "has no mask option); /proc/sys is read-only. Use Podman, or mark "
+                   "filesystem.proc optional")  # fmt: skip
     for path in view.filesystem.read_only:
         if host.kind(path) != "missing":  # as bwrap: a bind whose source is absent is left
             out += ["--volume", f"{path}:{path}:ro"]
@@ -193,7 +220,8 @@ def render(
         out += ["--gpus", "all"] if engine == "docker" else ["--device", "nvidia.com/gpu=all"]
     inside = view.filesystem.workdir
     out += ["--volume", f"{workdir}:{inside}:rw{work_option}", "--workdir", inside]
-    out += ["--volume", f"{AGENT_FILES}:{LIB}:ro"]
+    if wrapper:  # filled by the confine step from its stdin, then read-only
+        out += ["--tmpfs", f"{LIB}:rw,nosuid,nodev,noexec,size={LIB_BYTES},mode=0700,{owned}"]
     for source, target in carried.binds:
         out += ["--volume", f"{source}:{target}:ro"]
 
@@ -226,17 +254,20 @@ def render(
     out += image_words
     # the step starts from an empty environment: the engine's own variables never reach
     # the payload, whose are given to the step alone
-    out += confinestep.step(CONFINE, landlock, variables, in_process=wrapper, python=python,
-                            clearenv=True)  # fmt: skip
-    files = {"confine.py": Carried.CONFINE}
+    # the step comes as its source (python3 -c), the JobWrapper's files on its stdin
+    # before the handoff: a bind of the agent's files would name their host path
+    step = confinestep.step(SourceWord(Carried.CONFINE), landlock, variables,
+                            in_process=wrapper, python=python, clearenv=True)  # fmt: skip
     if wrapper:
+        step[step.index("--clearenv") : step.index("--clearenv")] = ["--files-from-stdin", LIB]
         argv = [*python, "-I", "-S", f"{LIB}/jobwrapper.py", "--status-fd", "1"]
-        files |= _WRAPPER_FILES
-    own, _, files_at = as_argv(out)
+    out += step
+    own, _, _ = as_argv(out)
     return LaunchPlan(
         engine, (*own, *argv), requirements=tuple(need.items), seccomp_profile=profile,
-        agent_files=files, files_at=files_at, egress=egress, container=name or NAME_SHOWN,
-        waits_for_agent=wrapper, **from_policy(effective),
+        egress=egress, container=name or NAME_SHOWN, waits_for_agent=wrapper,
+        sources_at=sources_in(out), stdin_files=_WRAPPER_FILES if wrapper else (),
+        **from_policy(effective),
     )  # fmt: skip
 
 

@@ -25,7 +25,7 @@ from sandbox_agent.limits.monitor import StopRequest
 from sandbox_agent.policy import gate
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.printable import clipped
-from sandbox_agent.runtime import bwrap, containers, docker, render, session
+from sandbox_agent.runtime import bwrap, containers, docker, launch, render, session
 from sandbox_agent.wrapper import handoff
 
 MAX_FRAMES = 256  # a wrapper has a handful of states to report; more is misbehaviour
@@ -179,7 +179,9 @@ def run_job(
         plan = render.render(runtime, effective, bwrap.WRAPPER_ARGV, workdir=str(workdir),
                              environ=dict(environ or {}), binary=binary, image=image,
                              wrapper=True, name=name)  # fmt: skip
-        talk = _Conversation(handoff.encode("handoff", fields), on_frame)
+        # an engine's JobWrapper gets its files on stdin first (launch.stdin_files)
+        first = launch.stdin_files(plan) if plan.stdin_files else b""
+        talk = _Conversation(first + handoff.encode("handoff", fields), on_frame)
         outcome = session.run(plan, workdir=workdir, stdin=PIPE, stdout=PIPE,
                               stderr=PIPE, interval=interval, on_start=talk.start,
                               on_ready=talk.release, stop=stop, name=name,

@@ -47,6 +47,7 @@ from sandbox_agent.runtime.plan import (
     LaunchPlan,
 )
 from sandbox_agent.seccomp.compile import bpf_fd, compile_profile, data_fd
+from sandbox_agent.wrapper import confine
 
 _RLIMITS = {
     "core": resource.RLIMIT_CORE,
@@ -162,6 +163,8 @@ def start(
         engine = plan.container != ""
         limits = [] if engine else [(_RLIMITS[name], value) for name, value in plan.rlimits]
         files = _agent_files(plan, argv, compiled.bpf)
+        for at, kind in plan.sources_at:  # python3 -c SOURCE: no file, no descriptor
+            argv[at] = _source(kind).decode()
         if plan.runtime == "bwrap":
             fds.append(_options_on_descriptor(plan, argv))
 
@@ -209,6 +212,19 @@ def start(
         for fd in fds:
             os.close(fd)
     return Started(process, compiled.sha256, skipped, info, confirm, files, block)
+
+
+def stdin_files(plan: LaunchPlan) -> bytes:
+    """What the runtime's first process reads on its stdin before anything else (the
+    confine step's --files-from-stdin): the plan's stdin files, bytecode made for the
+    agent's Python (the interpreter carried in is the agent's)."""
+    files = []
+    for name, kind in plan.stdin_files:
+        if kind.is_bytecode:
+            files.append((name, bytecode(_name(kind.source), _source(kind.source))))
+        else:
+            files.append((name, _source(kind)))
+    return confine.files_frame(files)
 
 
 def _options_on_descriptor(plan: LaunchPlan, argv: list[str]) -> int:

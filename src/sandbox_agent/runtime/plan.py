@@ -201,6 +201,19 @@ class FdWord(str):
         return word
 
 
+class SourceWord(str):
+    """A placeholder in argv for the source text of a shipped module, which the launcher
+    writes there (``python3 -c SOURCE``: an engine takes no descriptors, and a bind of
+    the agent's files would name their host path in the sandbox's mount table)."""
+
+    carries: Carried
+
+    def __new__(cls, carries: Carried) -> SourceWord:
+        word = super().__new__(cls, f"<the source of {os.path.basename(carries.module_file)}>")
+        word.carries = carries
+        return word
+
+
 @dataclass(frozen=True)
 class Descriptor:
     number: int  # as the plan's argv names it
@@ -258,6 +271,11 @@ class LaunchPlan:
     # the JobWrapper gets its handoff only once the session has found the container,
     # read its limits back and plumbed its network: until then nothing of the job runs
     waits_for_agent: bool = False
+    # argv index -> the module whose source the launcher writes there (SourceWord)
+    sources_at: tuple[tuple[int, Carried], ...] = ()
+    # files the runtime's first process reads from its stdin before the handoff (the
+    # confine step's --files-from-stdin), by name (__pycache__/NAME for bytecode)
+    stdin_files: tuple[tuple[str, Carried], ...] = ()
 
     def __post_init__(self) -> None:
         # every field the launcher reads comes from one policy (from_policy): a plan
@@ -281,7 +299,9 @@ class LaunchPlan:
         plan.waits_for_agent)."""
         held = {"container"} if self.container else set()
         held |= {"waits"} if self.waits_for_agent else set()
-        return frozenset({*self.fd_contents.values(), *self.agent_files.values(), *held})
+        given = {*(kind for _, kind in self.sources_at), *(kind for _, kind in self.stdin_files)}
+        return frozenset({*self.fd_contents.values(), *self.agent_files.values(), *held,
+                          *given})  # fmt: skip
 
     def answers(
         self, found: Mapping[str, gate.Found] | None = None, *,
@@ -361,6 +381,11 @@ def egress_plan(
     need.met("network.mode", f"egress: the job's own network namespace, its TCP and DNS "
              f"through the agent's relay ({reach}; never the node)", by="agent")  # fmt: skip
     return EgressPlan(network.allow, network.deny, network.proxy)
+
+
+def sources_in(argv: Sequence[str]) -> tuple[tuple[int, Carried], ...]:
+    """Where ``argv`` holds SourceWords, and what each carries."""
+    return tuple((at, word.carries) for at, word in enumerate(argv) if isinstance(word, SourceWord))
 
 
 def as_argv(out: Sequence[str]) -> tuple[tuple[str, ...], tuple[Descriptor, ...], tuple[int, ...]]:

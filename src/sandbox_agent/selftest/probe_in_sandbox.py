@@ -197,19 +197,32 @@ def run_probe(policy: Policy, *, certs: Path, credentials: list[str], work_area:
         rows = [replace(r, detail=f"{r.detail}; {note}") if r.attack == DENIAL_ATTACK and note
                 else r for r in rows]  # fmt: skip
         saw["network"] = saw.get("network", []) + relay_leaks
-    rows, host_saw, host_granted = judged(rows, saw, grants(effective))
+    rows, host_saw, host_granted = judged(rows, saw, grants(effective, result.answers))
     return Outcome(policy.name, rows, host_saw, time.monotonic() - started, host_granted,
                    note or None)  # fmt: skip
 
 
-def grants(effective: EffectivePolicy) -> dict[str, str]:
-    """The probe's mechanisms whose findings this policy grants a job, each with the
-    setting that grants it and where the policy set it. network.mode = "host" shares
-    the node's network: its loopback, its addresses, its abstract unix sockets."""
+# What a requirement the site marked optional lets through when the runtime cannot hold
+# it: the attack that then finds it (Docker cannot mask the node's /proc files).
+OPTIONAL_GRANTS = {"filesystem.proc": "host_wide_proc"}
+
+
+def grants(effective: EffectivePolicy, answers: Sequence[Answer] = ()) -> dict[str, str]:
+    """The probe's mechanisms (or single attacks) whose findings this policy grants a
+    job, each with the setting that grants it and where the policy set it.
+    network.mode = "host" shares the node's network: its loopback, its addresses, its
+    abstract unix sockets. A requirement the site marked optional, which the runtime
+    that ran did not hold (``answers``, the gate's), grants what it would have kept."""
+    out = {}
     mode = effective["network.mode"]
     if mode.value == "host":
-        return {"network": f'network.mode = "host" ({mode.origin})'}
-    return {}
+        out["network"] = f'network.mode = "host" ({mode.origin})'
+    optional = effective["optional.requirements"].origin
+    for answer in answers:
+        attack = OPTIONAL_GRANTS.get(answer.key)
+        if attack is not None and answer.verdict is Verdict.OPTIONAL:
+            out[attack] = f"{answer.key} optional ({optional}): {answer.how}"
+    return out
 
 
 def judged(rows: list[Row], saw: dict[str, list[str]],
@@ -219,7 +232,7 @@ def judged(rows: list[Row], saw: dict[str, list[str]],
     detail led by what grants it; every other sighting is a leak."""
     out = []
     for row in rows:
-        why = granted.get(row.mechanism)
+        why = granted.get(row.attack) or granted.get(row.mechanism)
         if why is not None and row.result == LEAKED:
             row = replace(row, result=GRANTED, detail=f"granted by {why}: {row.detail}")
         out.append(row)

@@ -8,7 +8,11 @@ domain, and with ``--no-tcp`` (ABI 4) it can neither bind nor connect a TCP sock
 With ``--seccomp FILE`` it also loads the agent's compiled seccomp program, for runtimes
 that apply none themselves (Apptainer as a user). With ``--confirm-fd FD`` it writes
 what it applied ("confined: landlock ABI 7, seccomp") there, closes it, and only then
-runs the command. With ``--clearenv`` the command gets the ``--env`` variables alone,
+runs the command. With ``--files-from-stdin DIR`` it first reads the files the
+command needs from its stdin (the agent's JobWrapper and its siblings, for a container
+engine that takes no descriptors: a bind of the agent's directory would show its host
+path in the mount table) into DIR, a tmpfs of its own, leaving the rest of stdin
+(the handoff) unread. With ``--clearenv`` the command gets the ``--env`` variables alone,
 none of the step's own (a container engine's HOSTNAME, TERM, container=). With
 ``--in-process`` a command of the form ``PYTHON -I -S SCRIPT
 ARGS...`` (the JobWrapper) runs in this interpreter instead of a new one, saving the
@@ -74,7 +78,7 @@ EXIT_NOT_FOUND = 127
 
 _USAGE = (
     "usage: confine [--writable PATH]... [--no-tcp] [--seccomp FILE] [--env=NAME=VALUE]... "
-    "[--confirm-fd FD] [--clearenv] [--in-process] -- COMMAND [ARG]..."
+    "[--confirm-fd FD] [--files-from-stdin DIR] [--clearenv] [--in-process] -- COMMAND [ARG]..."
 )
 _PR_SET_SECCOMP = 22
 _SECCOMP_MODE_FILTER = 2
@@ -191,6 +195,7 @@ class Options:
         self.seccomp = ""  # a BPF program to load after landlock
         self.in_process = False  # run a Python command here rather than exec it
         self.clearenv = False  # the command gets the --env variables alone
+        self.files_to = ""  # where the files read from stdin go (--files-from-stdin)
         self.command: list[str] = []
 
 
@@ -219,6 +224,69 @@ def load_seccomp(path: str) -> None:
         raise ConfineError(f"prctl(PR_SET_SECCOMP): {os.strerror(ctypes.get_errno())}")
 
 
+FILES_MAGIC = b"sandbox-agent-files\n"
+FILES_CAP = 8 << 20  # bytes of files in all: the JobWrapper's are about 200 KiB
+
+
+def files_frame(files: list[tuple[str, bytes]]) -> bytes:
+    """What the agent writes before the handoff for --files-from-stdin: the magic, then
+    each file as a 2-byte name length, the name, a 4-byte size and the bytes; a name
+    length of 0 ends it."""
+    out = [FILES_MAGIC]
+    for name, data in files:
+        encoded = name.encode()
+        out += [len(encoded).to_bytes(2, "big"), encoded, len(data).to_bytes(4, "big"), data]
+    out.append((0).to_bytes(2, "big"))
+    return b"".join(out)
+
+
+def receive_files(fd: int, directory: str) -> None:
+    """Read a files frame from ``fd``, byte for byte (what follows stays unread), into
+    ``directory`` (empty, ours): each file read-only, then the directories too.
+    A name is a plain file name, or one in __pycache__/."""
+
+    def exactly(count: int) -> bytes:
+        data = b""
+        while len(data) < count:
+            chunk = os.read(fd, count - len(data))
+            if not chunk:
+                raise ConfineError("stdin ended inside the agent's files")
+            data += chunk
+        return data
+
+    if exactly(len(FILES_MAGIC)) != FILES_MAGIC:
+        raise ConfineError("stdin does not start with the agent's files")
+    total = 0
+    made = [directory]
+    while True:
+        size = int.from_bytes(exactly(2), "big")
+        if size == 0:
+            break
+        name = exactly(size).decode("ascii", "replace")
+        parts = name.split("/")
+        if (len(parts) > 2 or (len(parts) == 2 and parts[0] != "__pycache__")
+                or any(not part or part.startswith(".") for part in parts)):  # fmt: skip
+            raise ConfineError(f"the agent's files name {name[:60]!r}")
+        length = int.from_bytes(exactly(4), "big")
+        total += length
+        if total > FILES_CAP:
+            raise ConfineError(f"the agent's files are over {FILES_CAP} bytes")
+        data = exactly(length)
+        if len(parts) == 2 and not os.path.isdir(os.path.join(directory, parts[0])):
+            os.mkdir(os.path.join(directory, parts[0]), 0o700)
+            made.append(os.path.join(directory, parts[0]))
+        path = os.path.join(directory, name)
+        out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(out, view) :]
+        finally:
+            os.close(out)
+    for path in reversed(made):  # read-only once whole
+        os.chmod(path, 0o500)
+
+
 def _parse(argv: list[str]) -> Options:
     options = Options()
     rest = iter(argv)
@@ -239,12 +307,14 @@ def _parse(argv: list[str]) -> Options:
             if not name or not equals:
                 raise ConfineError(f"--env needs NAME=VALUE, got {arg!r}; {_USAGE}")
             options.variables[name] = value
-        elif arg in ("--writable", "--confirm-fd", "--seccomp"):
+        elif arg in ("--writable", "--confirm-fd", "--seccomp", "--files-from-stdin"):
             given = next(rest, None)
             if given is None:
                 raise ConfineError(f"{arg} needs a value; {_USAGE}")
             if arg == "--writable":
                 options.writable.append(given)
+            elif arg == "--files-from-stdin":
+                options.files_to = given
             elif arg == "--seccomp":
                 options.seccomp = given
             elif given.isdigit():
@@ -267,6 +337,8 @@ def main(argv: list[str]) -> int:
     options = Options()
     try:
         options = _parse(argv)
+        if options.files_to:  # before landlock, which would forbid writing them
+            receive_files(0, options.files_to)
         applied = []
         if options.writable:
             applied.append(f"landlock ABI {confine(options.writable, no_tcp=options.no_tcp)}")
