@@ -36,7 +36,8 @@ test: lint typecheck unit
 # states, outputs, logs and the signed audit record of the image job. fail.jdl is
 # meant to fail: it shows ERROR_E and OutputErrorE. busybox.jdl runs on an image: a
 # busybox root built here, offered as Platform "busybox" by a site policy in the home
-# (the default, plus that one platform).
+# (the default, plus that one platform). Then, where Podman runs here, hello.jdl once
+# more with its JobWrapper in a Podman container (scripts/demo-podman.sh).
 demo: setup
 	$(BIN)/sandbox-agent jdl check samples/*.jdl samples/production/production.jdl > /dev/null
 	@base=$$(mktemp -d /tmp/sandbox-agent-demo.XXXXXX) && chmod 711 "$$base" && \
@@ -52,6 +53,7 @@ demo: setup
 	  sa submit samples/busybox.jdl --policy site && \
 	  sa run --policy site && sa jobs && sa status 2 && sa outputs 2 && sa logs 1 && \
 	  sa logs 5 && sa audit show 5 && \
+	  bash scripts/demo-podman.sh $(BIN)/sandbox-agent "$$home" "$$base/images/busybox" && \
 	  echo "the demo's state is in $$home (remove it with: rm -rf $$base)"
 
 clean:

@@ -86,6 +86,10 @@ def test_use_containers_runs_a_real_job_to_done_and_the_probe_finds_nothing(
     assert shown["runtime"]["name"] == engine
     assert shown["runtime"]["container"] == "removed"
     assert shown["runtime"]["argv"][:2] == [shutil.which(engine), "run"]
+    assert shown["image"]["named"] == image(engine, BUSYBOX)
+    assert shown["image"]["digest"].startswith("sha256:")
+    # the engine's cgroup held them, read back before the handoff
+    assert {"memory", "swap", "pids", "cpu_cores"} <= set(shown["enforcement"]["kernel"])
     assert not labelled(engine, home)
 
     probe = run_cli(env, "selftest", "--runtime", engine, "--policy", "eng", "--json")

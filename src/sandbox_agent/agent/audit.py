@@ -42,7 +42,7 @@ from sandbox_agent.audit.record import (  # noqa: F401
     write,
 )
 from sandbox_agent.policy.explain import rows
-from sandbox_agent.policy.gate import Answer
+from sandbox_agent.policy.gate import Answer, Verdict
 from sandbox_agent.tokens import fingerprint
 
 REDACTED = "<redacted>"
@@ -70,6 +70,13 @@ def runtime_view(runtime: str, argv: tuple[str, ...], session: Any) -> dict[str,
         view["container"] = ("removed" if not session.container_left
                              else f"left: {session.container_left}")  # fmt: skip
     return view
+
+
+def engine_held(answers: tuple[Answer, ...]) -> set[str]:
+    """The limits a container engine's own cgroup held (read back before the job ran)."""
+    return {a.key.removeprefix("limits.") for a in answers
+            if a.key.startswith("limits.") and a.by == "runtime"
+            and a.verdict is Verdict.ENFORCED}  # fmt: skip
 
 
 def host_summary() -> dict[str, Any]:
@@ -117,7 +124,8 @@ def build(*, job: dict[str, Any], agent_name: str, agent_token: x509.Certificate
         "landlock": session.landlock if session else None,
         "network": network_view(effective, session),
         "host": host_summary(),
-        "enforcement": {"kernel": sorted(limits.kernel) if limits else [],
+        "enforcement": {"kernel": sorted({*(limits.kernel if limits else ()),
+                                          *engine_held(answers)}),
                         "monitored": sorted(limits.monitored) if limits else [],
                         "unenforced": unenforced,
                         "notes": list(limits.notes) if limits else [],

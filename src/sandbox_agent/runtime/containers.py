@@ -78,15 +78,16 @@ def locate(binary: str, name: str, client: subprocess.Popen[bytes], *,
         pause = min(pause * 2, 0.2)
 
 
-def image_missing(binary: str, reference: str, *, environ: Mapping[str, str]) -> str | None:
-    """None when the engine has the image locally, else one line: what to do."""
+def image_id(binary: str, reference: str, *, environ: Mapping[str, str]) -> tuple[str, str]:
+    """(the image's id in the engine's local store, "") or ("", one line: what to do)."""
     done = _engine([binary, "image", "inspect", "--format", "{{.Id}}", reference], environ)
-    if done.returncode == 0:
-        return None
+    found = done.stdout.strip()
+    if done.returncode == 0 and found:
+        return (found if ":" in found else f"sha256:{found}"), ""
     said = clipped(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "", 200)
     name = os.path.basename(binary)
-    return (f"the image {clipped(reference, 200)} is not in {name}'s local store ({said}); "
-            f"jobs never pull: {name} pull or {name} load it on the node")
+    return "", (f"the image {clipped(reference, 200)} is not in {name}'s local store ({said}); "
+                f"jobs never pull: {name} pull or {name} load it on the node")
 
 
 def remove(binary: str, name: str, *, environ: Mapping[str, str]) -> str | None:

@@ -109,7 +109,8 @@ def render(
     rootless = podman and (os.geteuid() != 0 if rootless is None else rootless)
     need = Requirements(optional_keys(effective))
     view = effective.view
-    image_words = _image(view.filesystem.image, engine)
+    own_uids = not rootless and podman and view.namespaces.user != "off"
+    image_words = _image(view.filesystem.image, engine, own_uids)
     try:
         carried = host.python()
     except NoHostPython as error:
@@ -271,11 +272,16 @@ def render(
     )  # fmt: skip
 
 
-def _image(image: str, engine: str) -> list[str]:
+def _image(image: str, engine: str, own_uids: bool) -> list[str]:
     """The words that name the image: a local reference, or Podman's --rootfs for a
-    directory (an overlay over it, so that nothing is written into the image)."""
+    directory (an overlay over it, so that nothing is written into the image), which
+    Podman 4 cannot give a uid range of its own (--userns auto)."""
     if image.startswith("docker://"):
         return [image.removeprefix("docker://")]
+    if image.startswith("/") and engine == "podman" and own_uids:
+        gate.refuse("filesystem.image", f"Podman gives a directory image (--rootfs) no uid range "
+                    f"of its own (--userns auto); import it: tar -C {image:.80} -c . | podman "
+                    "import - NAME, and give docker://NAME")  # fmt: skip
     if image.startswith("/") and engine == "podman":
         return ["--rootfs", f"{image}:O"]
     where = "the host's userland" if image == "host" else "a directory image"

@@ -174,8 +174,7 @@ def run_job(
     engine = runtime in docker.ENGINES
     # ImageRefused: the image must not be used (bwrap's made ready; an engine's looked up)
     with nullcontext() if engine else prepare.ready(effective) as image:
-        if engine:
-            image_in_store(effective, binary or runtime)
+        stored = image_in_store(effective, binary or runtime) if engine else None
         plan = render.render(runtime, effective, bwrap.WRAPPER_ARGV, workdir=str(workdir),
                              environ=dict(environ or {}), binary=binary, image=image,
                              wrapper=True, name=name)  # fmt: skip
@@ -191,20 +190,25 @@ def run_job(
     result.wrapper_log, result.wrapper_log_size = talk.log, talk.log_size
     result.argv, result.runtime = plan.argv, plan.runtime
     result.answers = tuple(gate.as_run(plan.answers(), outcome.unenforced, outcome.limits.answers))
-    result.image = image.record() if image is not None else None
+    result.image = image.record() if image is not None else stored
     return result
 
 
-def image_in_store(effective: EffectivePolicy, binary: str) -> None:
+def image_in_store(effective: EffectivePolicy, binary: str) -> dict[str, Any] | None:
     """An engine's image must be in its local store: no job waits on a registry, and
-    none may pull what the site did not put there (ImageRefused, one line)."""
+    none may pull what the site did not put there (ImageRefused, one line). What the
+    audit record says of it: the reference, and its id in the engine's store."""
     image = effective.view.filesystem.image
     if not image.startswith("docker://"):
-        return  # a directory (Podman's --rootfs), or what the renderer refuses
+        return None  # a directory (Podman's --rootfs), or what the renderer refuses
     reference = image.removeprefix("docker://")
-    problem = containers.image_missing(binary, reference, environ=os.environ)
-    if problem is not None:
-        raise ImageRefused(problem, job=effective["filesystem.image"].origin.startswith("jdl:"))
+    found, problem = containers.image_id(binary, reference, environ=os.environ)
+    origin = effective["filesystem.image"].origin
+    if problem:
+        raise ImageRefused(problem, job=origin.startswith("jdl:"))
+    return {"path": image, "named": reference, "chosen_by": origin,
+            "kind": f"OCI image in {os.path.basename(binary)}'s store", "digest": found,
+            "size": None, "pinned": "@sha256:" in reference}  # fmt: skip
 
 
 def decide(result: session.SessionResult, frames: list[dict[str, Any]], problem: str) -> JobResult:
