@@ -27,6 +27,9 @@ HOST = FixedHost({"/usr": "dir", "/usr/bin/python3": "file"})
 CARRIED = HostPython(binds=(("/usr/bin/python3", "/.sandbox-agent/python/bin/python3"),),
                      command=("/.sandbox-agent/python/bin/python3",))  # fmt: skip
 ENGINE_HOST = FixedHost(HOST.table, interpreter=CARRIED)
+# an image for every runtime; what Docker cannot hold, accepted (docs/containers.md)
+IMAGE = ('[filesystem]\nimage = "docker://debian:12"\n[namespaces]\nuser = "optional"\n'
+         '[optional]\nrequirements = { append = ["filesystem.proc"] }\n')
 
 
 def policy(tmp_path: Path, network: str, extra: str = ""):  # type: ignore[no-untyped-def]
@@ -119,13 +122,13 @@ def test_a_payload_started_with_its_container_gets_no_egress_nor_the_host_networ
 ) -> None:
     """``sandbox exec`` on an image runtime starts the payload with its container: the
     agent cannot plumb the network first. Refused, or --network none where optional."""
-    image = '[filesystem]\nimage = "docker://debian:12"\n[namespaces]\nuser = "optional"\n'
+    image = IMAGE
     refused = policy(tmp_path, EGRESS, image)
     says = "before the agent could plumb" if runtime != "apptainer" else "bwrap only for now"
     with pytest.raises(Unenforceable, match=rf"network\.mode: egress: .*{says}"):
         render.render(runtime, refused, ["/bin/true"], workdir="/w", host=ENGINE_HOST)
-    optional = '[optional]\nrequirements = { append = ["network.mode"] }'
-    plan = render.render(runtime, policy(tmp_path, EGRESS, image + optional), ["/bin/true"],
+    optional = IMAGE.replace('["filesystem.proc"]', '["filesystem.proc", "network.mode"]')
+    plan = render.render(runtime, policy(tmp_path, EGRESS, optional), ["/bin/true"],
                          workdir="/w", host=ENGINE_HOST)  # fmt: skip
     assert "host" not in plan.argv and "none" in plan.argv
     assert plan.egress is None
@@ -137,7 +140,7 @@ def test_an_engine_s_jobwrapper_waits_for_the_agent_to_plumb_egress(
 ) -> None:
     """The pilot's JobWrapper in a container gets its job only once the agent has
     plumbed the container's network: the plan carries egress, and says it waits."""
-    image = '[filesystem]\nimage = "docker://debian:12"\n[namespaces]\nuser = "optional"\n'
+    image = IMAGE
     plan = render.render(engine, policy(tmp_path, EGRESS, image), ["/bin/true"], workdir="/w",
                          host=ENGINE_HOST, wrapper=True, name="job-1")  # fmt: skip
     assert plan.egress is not None and plan.waits_for_agent

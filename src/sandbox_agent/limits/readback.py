@@ -49,8 +49,12 @@ def _said(value: int | float | None) -> str:
 
 
 def held(pid: int, *, proc: Path = Path("/proc")) -> Held:
-    """The memory, pids and CPU limits on ``pid``'s cgroups, tightest first."""
-    where = membership(read_text(proc / str(pid) / "cgroup") or "")
+    """The memory, pids and CPU limits on ``pid``'s cgroups, tightest first.
+    ProcessLookupError when the process is gone (nothing of it can be read)."""
+    text = read_text(proc / str(pid) / "cgroup")
+    if text is None:
+        raise ProcessLookupError(pid)
+    where = membership(text)
     found = mounts(read_text(proc / "self" / "mountinfo") or "")
     memory = _tightest(where, found, "memory", _memory)
     pids = _tightest(where, found, "pids", _pids)

@@ -43,6 +43,7 @@ from sandbox_agent.runtime import confinestep, containers
 from sandbox_agent.runtime.bwrap import MASKED_PROC, MASKED_PROC_DIRS
 from sandbox_agent.runtime.launch import SANDBOX_HOST_UID
 from sandbox_agent.runtime.plan import (
+    AGENT_FILES,
     SHIPPED,
     Carried,
     HostView,
@@ -118,6 +119,8 @@ def render(
     label = containers.agent_label() if name else LABEL_SHOWN
     out = [engine, "run", "--rm", "-i", "--pull", "never", "--log-driver", "none",
            "--name", name or NAME_SHOWN, "--label", f"{containers.LABEL}={label}"]  # fmt: skip
+    if podman:  # where the session learns the container's pid without asking Podman
+        out += ["--pidfile", f"{AGENT_FILES}/{containers.PIDFILE}"]
     if not wrapper:  # the payload is no init; the JobWrapper is, and holds its channel alone
         out.append("--init")
 
@@ -263,10 +266,10 @@ def render(
         step[step.index("--clearenv") : step.index("--clearenv")] = ["--files-from-stdin", LIB]
         argv = [*python, "-I", "-S", f"{LIB}/jobwrapper.py", "--status-fd", "1"]
     out += step
-    own, _, _ = as_argv(out)
+    own, _, files_at = as_argv(out)
     return LaunchPlan(
         engine, (*own, *argv), requirements=tuple(need.items), seccomp_profile=profile,
-        egress=egress, container=name or NAME_SHOWN, waits_for_agent=wrapper,
+        egress=egress, container=name or NAME_SHOWN, waits_for_agent=wrapper, files_at=files_at,
         sources_at=sources_in(out), stdin_files=_WRAPPER_FILES if wrapper else (),
         **from_policy(effective),
     )  # fmt: skip

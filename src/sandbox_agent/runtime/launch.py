@@ -245,7 +245,7 @@ def _agent_files(plan: LaunchPlan, argv: list[str], bpf: bytes) -> str | None:
     """The plan's agent files (the confine step, the compiled seccomp program) in a new
     private directory, read-only, readable by the uid the runtime runs as; argv's
     placeholder for it replaced by its path."""
-    if not plan.agent_files:
+    if not plan.agent_files and not plan.files_at:
         return None
     directory = tempfile.mkdtemp(prefix="sandbox-agent-files-")
     os.chmod(directory, 0o755)  # noqa: S103 (the sandbox's uid reads it; nothing secret)

@@ -234,8 +234,10 @@ def hold(
     that a limit the plan counts on does not hold; EgressError when the network
     cannot be plumbed; ContainerError when the engine does not answer."""
     try:
+        pidfile = os.path.join(started.files, containers.PIDFILE) if started.files and \
+            plan.runtime == "podman" else None  # fmt: skip
         pid = containers.locate(plan.argv[0], plan.container, started.process,
-                                environ=os.environ)  # fmt: skip
+                                environ=os.environ, pidfile=pidfile)  # fmt: skip
     except containers.ContainerError:
         if started.process.poll() is not None:
             return None, None
@@ -245,8 +247,13 @@ def hold(
     counted |= set(limits.kernel)
     asked = {name: plan.limit(name) for name in ("memory", "pids", "cpu_cores")
              if name in counted}  # fmt: skip
-    if asked:
-        found = readback.held(pid)
+    try:
+        found = readback.held(pid) if asked else None
+    except ProcessLookupError:  # it ended: a payload that started with it (sandbox exec)
+        if plan.waits_for_agent:  # the JobWrapper never got its job: nothing of it ran
+            return None, None
+        found = None
+    if found is not None:
         short = found.short_of(asked.get("memory", 1 << 62), asked.get("pids", 1 << 30),
                                float(asked.get("cpu_cores", 1 << 20)))  # fmt: skip
         if short:
