@@ -172,3 +172,33 @@ def test_real_engine_accepts_the_flags() -> None:  # pragma: no cover - no engin
     out = subprocess.run([engine, "run", "--help"], capture_output=True, text=True)
     for flag in ("--cap-drop", "--security-opt", "--pids-limit", "--read-only", "--ulimit"):
         assert flag in out.stdout
+
+
+def test_policy_render_shows_the_pilot_s_plan_on_an_engine(tmp_path: Path) -> None:
+    """``policy render --pilot``: the JobWrapper as the container's pid 1, the files it
+    gets on stdin, the container's name; without it, the payload starts with the
+    container, so the shipped default's egress is refused (exit 3, one line)."""
+    from cli_support import cli_env, run_cli
+
+    home = tmp_path / "home"
+    shutil.copytree(ROOT / "policies", home / "policies")
+    (home / "policies" / "oci.toml").write_text(
+        'extends = "default"\n[filesystem]\nimage = "docker://localhost/el9:1"\n'
+    )
+    env = cli_env(home)
+    jdl = ROOT / "samples" / "hello.jdl"
+    shown = run_cli(env, "policy", "render", jdl, "--runtime", "podman", "--policy", "oci",
+                    "--pilot")  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "  /.sandbox-agent/lib/jobwrapper.py\n" in shown.stdout
+    assert "  --init\n" not in shown.stdout
+    assert "stdin, before the handoff: jobwrapper.py, " in shown.stdout
+    assert "container: <the job's container>, removed at teardown" in shown.stdout
+    assert "network.mode                 egress: the job's own network namespace" in shown.stdout
+    refused = run_cli(env, "policy", "render", jdl, "--runtime", "podman", "--policy", "oci")
+    assert refused.returncode == 3
+    assert refused.stderr.splitlines() == [
+        "cannot enforce with podman: network.mode: egress: here the payload starts with the "
+        "container, before the agent could plumb its network (the pilot's JobWrapper waits for "
+        "it); it gets --network none"
+    ]

@@ -26,6 +26,7 @@ from sandbox_agent.policy.diff import diff
 from sandbox_agent.policy.explain import explain_json, explain_text
 from sandbox_agent.policy.gate import Answer, Unenforceable, Verdict
 from sandbox_agent.policy.lint import lint
+from sandbox_agent.runtime import bwrap
 from sandbox_agent.runtime.choose import RUNTIMES
 from sandbox_agent.runtime.plan import AGENT_FILES, LaunchPlan
 from sandbox_agent.runtime.render import render
@@ -232,18 +233,24 @@ def _plan(
     spec: JobSpec | None,
     runtime: str,
     workdir: str,
+    pilot: bool = False,
 ) -> LaunchPlan:
-    """The launch plan of ``runtime``; raises Unenforceable."""
+    """The launch plan of ``runtime``; raises Unenforceable. ``pilot``: the plan the
+    pilot starts for the job (its JobWrapper, which then runs the executable), else
+    the one ``sandbox exec`` starts for the executable itself."""
     if runtime not in RUNTIMES:
         fail(f"--runtime {runtime}: use one of {', '.join(RUNTIMES)}")
     payload = [spec.executable, *spec.arguments] if spec else ["/bin/true"]
+    if pilot:
+        payload = list(bwrap.WRAPPER_ARGV)
     if runtime != "bwrap":
-        return render(runtime, effective, payload, workdir=workdir)
+        return render(runtime, effective, payload, workdir=workdir, wrapper=pilot)
     # bwrap binds the image's top level: a file image is mounted to read it (the plan
     # shows that mount point; every job gets its own)
     try:
         with prepare.ready(effective) as image:
-            return render(runtime, effective, payload, workdir=workdir, image=image)
+            return render(runtime, effective, payload, workdir=workdir, image=image,
+                          wrapper=pilot)  # fmt: skip
     except ImageRefused as exc:
         fail(f"the image cannot be used: {exc}", exitcodes.ENVIRONMENT)
 
@@ -259,15 +266,20 @@ def policy_render(
     workdir: Annotated[
         str, typer.Option("--workdir", help="The job's work directory on the host.")
     ] = "/var/lib/sandbox-agent/work/JOB",
+    pilot: Annotated[
+        bool, typer.Option("--pilot", help="The pilot's plan: its JobWrapper, not the executable.")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """The exact argv and files a runtime would get for a job; values from the agent's
     environment are shown as placeholders, never copied. Exit 3 when the runtime cannot
-    enforce a required setting (it is named)."""
+    enforce a required setting (it is named). With --pilot, the plan the pilot starts:
+    its JobWrapper, which runs the job's executable (on Podman and Docker it also
+    waits for the agent to plumb the job's network)."""
     spec = _job(job, None)
     effective = _effective(ctx, _policy(ctx, policy), spec, None)
     try:
-        plan = _plan(effective, spec, runtime, workdir)
+        plan = _plan(effective, spec, runtime, workdir, pilot)
     except Unenforceable as exc:
         typer.echo(f"cannot enforce with {runtime}: {exc}", err=True)
         raise typer.Exit(exitcodes.ENVIRONMENT) from None
@@ -278,6 +290,8 @@ def policy_render(
             "runtime": plan.runtime, "argv": list(plan.argv),
             "fds": {str(k): v for k, v in plan.fds.items()},
             "agent_files": plan.agent_files,
+            "stdin_files": [name for name, _ in plan.stdin_files],
+            "container": plan.container,
             "seccomp_profile": plan.seccomp_profile,
             "requirements": _requirements_json(plan, answers),
             "refused": refusal,
@@ -292,6 +306,14 @@ def policy_render(
     for name, kind in plan.agent_files.items():
         what = _AGENT_FILE.get(kind, kind)
         typer.echo(f"{AGENT_FILES}/{name}: {what} (a private read-only directory, per job)")
+    for at, kind in plan.sources_at:
+        typer.echo(f"argv word {at}: the source of {kind.module_file.rsplit('/', 1)[-1]}, "
+                   "written there at launch")  # fmt: skip
+    if plan.stdin_files:
+        names = ", ".join(name for name, _ in plan.stdin_files)
+        typer.echo(f"stdin, before the handoff: {names} (into a tmpfs of the container's)")
+    if plan.container:
+        typer.echo(f"container: {plan.container}, removed at teardown")
     typer.echo(f"seccomp profile: {plan.seccomp_profile}")
     typer.echo("requirements:")
     for answer in answers:

@@ -38,7 +38,6 @@ from collections.abc import Mapping, Sequence
 from sandbox_agent.images.hostpython import NoHostPython
 from sandbox_agent.policy import gate
 from sandbox_agent.policy.compose import EffectivePolicy
-from sandbox_agent.policy.schema import LIMITS
 from sandbox_agent.runtime import confinestep, containers
 from sandbox_agent.runtime.bwrap import MASKED_PROC, MASKED_PROC_DIRS
 from sandbox_agent.runtime.launch import SANDBOX_HOST_UID
@@ -237,13 +236,12 @@ def render(
         memory = limits.memory.value
         out += ["--memory", str(memory), "--memory-swap", str(memory + limits.swap.value)]
         out += ["--cpus", str(limits.cpu_cores.value), "--pids-limit", str(limits.pids.value)]
-        for limit in LIMITS:
-            if limit in ENGINE_LIMITS:
-                flag = {"swap": "memory-swap", "cpu_cores": "cpus", "pids": "pids-limit"}
-                need.met(f"limits.{limit}", f"the container's cgroup (--{flag.get(limit, limit)}), "
-                         "read back before the job starts")  # fmt: skip
-            else:
-                need.met(f"limits.{limit}", "monitored", by="agent")
+        flags = {"memory": "memory", "swap": "memory-swap", "cpu_cores": "cpus",
+                 "pids": "pids-limit"}  # fmt: skip
+        for limit in ENGINE_LIMITS:
+            need.met(f"limits.{limit}", f"the container's cgroup (--{flags[limit]}), read "
+                     "back before the job starts")  # fmt: skip
+        agent_limits(effective, need, skip=ENGINE_LIMITS)  # the wall time, the work disk
     # any --ulimit replaces the engine's defaults whole (Podman's nproc would be 4 million)
     for rlimit, value in (*view.process.rlimits.items(), ("nproc", limits.pids.value)):
         out += ["--ulimit", f"{rlimit}={value}:{value}"]

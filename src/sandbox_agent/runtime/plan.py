@@ -347,10 +347,15 @@ def from_policy(effective: EffectivePolicy) -> dict[str, Any]:
     }
 
 
-def agent_limits(effective: EffectivePolicy, need: Requirements) -> None:
+def agent_limits(
+    effective: EffectivePolicy, need: Requirements, skip: Sequence[str] = ()
+) -> None:
     """The limits the agent holds around a runtime that has none of its own (bwrap,
-    Apptainer): the job's cgroup, the work directory's own filesystem, or the monitor."""
+    Apptainer): the job's cgroup, the work directory's own filesystem, or the monitor.
+    ``skip``: those the runtime holds itself (a container engine's cgroup)."""
     for name, limit in effective.view.limits.items():
+        if name in skip:
+            continue
         how = limit.enforcement
         if how == "monitored":
             where = "the agent's monitor"
