@@ -108,6 +108,29 @@ def test_use_containers_runs_a_real_job_to_done_and_the_probe_finds_nothing(
         assert result["host_wide_proc"] == "granted"
 
 
+def test_the_site_s_image_comes_from_job_container_path(engine: str, home: Path) -> None:
+    """JAliEn's JOB_CONTAINER_PATH: the site's image for the pilot's jobs, over the
+    policy's; the audit record says where it came from. A bad one is one line."""
+    accepts = DOCKER_ACCEPTS if engine == "docker" else ""
+    (home / "policies" / "plain.toml").write_text(f'extends = "default"\n{accepts}')
+    reference = image(engine, BUSYBOX)
+    env = cli_env(home, USE_CONTAINERS=engine.upper(), JOB_CONTAINER_PATH=f"docker://{reference}")
+    submitted = run_cli(env, "submit", HELLO)
+    ran = run_cli(env, "run", "--json", "--policy", "plain", "--once")
+    assert ran.returncode == 0, ran.stderr
+    seen = {str(e["event"]): e for e in events(ran)}
+    assert seen["finished"]["state"] == "DONE", seen
+    shown = record(env, int(submitted.stdout))
+    assert (shown["image"]["named"], shown["image"]["chosen_by"]) == (
+        reference, "environment: JOB_CONTAINER_PATH")
+    bad = run_cli({**env, "JOB_CONTAINER_PATH": "docker://Not A Reference"}, "run", "--policy",
+                  "plain", "--once")  # fmt: skip
+    assert bad.returncode == 2
+    assert bad.stderr.splitlines() == ["sandbox-agent: environment: JOB_CONTAINER_PATH: "
+                                       "filesystem.image: 'docker://Not A Reference' is not an "
+                                       "image reference"]  # fmt: skip
+
+
 def test_a_job_on_the_image_s_python_fetches_its_input_through_the_relay(
     engine: str, home: Path, world: list[str]  # noqa: F811
 ) -> None:

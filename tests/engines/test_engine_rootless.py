@@ -118,5 +118,13 @@ def test_an_unprivileged_pilot_runs_jobs_in_rootless_podman_its_cgroup_holding_t
         assert {"memory", "pids", "cpu_cores"} <= set(shown["enforcement"]["kernel"])
         assert shown["runtime"]["container"] == "removed"
         assert shown["network"]["mode"] == "egress"  # plumbed from the user's namespace
+
+        # the whole hostile catalogue, through rootless Podman, as the unprivileged pilot
+        probe = run_cli(env, "selftest", "--runtime", "podman", "--policy", "eng", "--json",
+                        program=[*nobody.prefix, *nobody.program])  # fmt: skip
+        assert probe.returncode == 0, probe.stdout[-2000:] + probe.stderr
+        answer = json.loads(probe.stdout)
+        assert answer["leaked"] == [] and answer["host_saw"] == [], answer
+        assert not [r for r in answer["attacks"] if r["result"] == "LEAKED"]
     finally:
         nobody.remove()

@@ -202,3 +202,27 @@ def test_policy_render_shows_the_pilot_s_plan_on_an_engine(tmp_path: Path) -> No
         "container, before the agent could plumb its network (the pilot's JobWrapper waits for "
         "it); it gets --network none"
     ]
+
+
+def test_podman_without_a_uid_range_for_its_containers_is_refused_naming_the_fix(
+    policies: Path,
+) -> None:
+    """--userns auto takes each container's host uids from the user containers in
+    /etc/subuid and /etc/subgid; without a range every run fails with Podman's words
+    alone: refused first, naming the line to add."""
+    lacking = FixedHost(ENGINE_HOST.table, interpreter=CARRIED,
+                        uid_ranges="/etc/subuid gives the user containers no range")  # fmt: skip
+    with pytest.raises(Unenforceable, match=r"namespaces\.user: Podman: /etc/subuid gives"):
+        docker.render(effective(policies, "images"), ["/bin/true"], workdir="/w",
+                      engine="podman", host=lacking, rootless=False)  # fmt: skip
+
+
+def test_the_real_host_names_the_range_podman_needs(tmp_path: Path) -> None:
+    from sandbox_agent.runtime.plan import SUBORDINATE_RANGE, RealHost
+
+    said = RealHost().uid_ranges_unmet()
+    has = all(any(line.startswith("containers:") for line in Path(f).read_text().splitlines())
+              for f in ("/etc/subuid", "/etc/subgid") if Path(f).exists())  # fmt: skip
+    assert (said is None) is (has and Path("/etc/subuid").exists())
+    if said is not None:
+        assert SUBORDINATE_RANGE in said

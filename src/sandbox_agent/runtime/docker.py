@@ -134,6 +134,9 @@ def render(
         out += ["--userns", f"keep-id:uid={uid},gid={gid}"]
         need.met("namespaces.user", "rootless Podman: --userns keep-id (the agent's uid)")
     elif podman and view.namespaces.user != "off":
+        why = host.uid_ranges_unmet()
+        if why is not None:  # else every run fails, with Podman's words only
+            gate.refuse("namespaces.user", f"Podman: {why}")
         out += ["--userns", "auto"]
         need.met("namespaces.user", "--userns auto (a host uid range of its own)")
         work_option = ",U"  # the work directory's owner becomes the payload's uid

@@ -63,6 +63,17 @@ class HostView(Protocol):
         None. ``user_namespace``: whether the policy makes one."""
         ...
 
+    def uid_ranges_unmet(self) -> str | None:
+        """Why Podman as root cannot give a container its own host uids here
+        (``--userns auto`` takes them from the user ``containers`` in /etc/subuid and
+        /etc/subgid), or None."""
+        ...
+
+
+# What Podman's --userns auto needs (and make adds): the user and a range of 2^31 ids.
+SUBORDINATE_USER = "containers"
+SUBORDINATE_RANGE = "containers:2147483647:2147483648"
+
 
 class RealHost:
     def entries(self, directory: str) -> list[tuple[str, str]]:
@@ -87,6 +98,21 @@ class RealHost:
                     "namespace: namespaces.user must not be off")  # fmt: skip
         return None
 
+    def uid_ranges_unmet(self) -> str | None:
+        for name in ("/etc/subuid", "/etc/subgid"):
+            try:
+                with open(name) as file:
+                    lines = file.read(1 << 20).splitlines()
+            except OSError:
+                lines = []
+            mine = [line for line in lines if line.startswith(f"{SUBORDINATE_USER}:")]
+            sizes = [line.split(":")[2] for line in mine if line.count(":") == 2]
+            if not any(size.isdigit() and int(size) >= 65536 for size in sizes):
+                return (f"{name} gives the user {SUBORDINATE_USER} no range of ids, from which "
+                        f"Podman's --userns auto takes each container's: add "
+                        f"{SUBORDINATE_RANGE} to /etc/subuid and /etc/subgid")  # fmt: skip
+        return None
+
     def kind(self, path: str) -> str:
         try:
             if os.path.islink(path):
@@ -106,9 +132,13 @@ class FixedHost:
     landlock: int = 6
     interpreter: HostPython | None = None
     egress: str | None = None  # why egress cannot be had here, or None
+    uid_ranges: str | None = None  # why Podman's --userns auto cannot work here, or None
 
     def egress_unmet(self, user_namespace: bool) -> str | None:
         return self.egress
+
+    def uid_ranges_unmet(self) -> str | None:
+        return self.uid_ranges
 
     def landlock_abi(self) -> int:
         return self.landlock
