@@ -27,6 +27,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("SANDBOX_AGENT_IMAGE_CACHE", "/var/cache/sandbox-agent-images"))
 BUSYBOX = "localhost/sandbox-agent-test/busybox:1"
+# the same with an /etc/ld.so.preload naming a library: what an image may try on the
+# loader the agent's interpreter is started through
+PRELOADING = "localhost/sandbox-agent-test/busybox-preload:1"
+PRELOAD_LINE = "/lib/sandbox-agent-test-preload.so"
 PYTHON = "localhost/sandbox-agent-test/bookworm-python3:1"
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -103,19 +107,19 @@ def _load(engine: str, which: str) -> str | None:
     present = subprocess.run([engine, "image", "inspect", which], capture_output=True)
     if present.returncode == 0:
         return None
-    archive = _busybox_tar() if which == BUSYBOX else _python_tar()
+    archive = _python_tar() if which == PYTHON else _busybox_tar(which == PRELOADING)
     if isinstance(archive, str):
         return archive
     done = subprocess.run([engine, "import", str(archive), which], capture_output=True,
                           text=True, timeout=600)  # fmt: skip
-    if which == BUSYBOX:
+    if which != PYTHON:
         archive.unlink()
     if done.returncode != 0:
         return f"{engine} import failed: {done.stderr.strip()[:300]}"
     return None
 
 
-def _busybox_tar() -> Path | str:
+def _busybox_tar(preload: bool = False) -> Path | str:
     with tempfile.TemporaryDirectory(prefix="sandbox-agent-busybox-") as where:
         root = Path(where) / "root"
         made = subprocess.run(["bash", str(ROOT / "scripts/busybox-image.sh"), str(root)],
@@ -125,6 +129,8 @@ def _busybox_tar() -> Path | str:
         # as in any distribution's image; runc keeps the image's mode of a directory it
         # mounts a tmpfs on (the directory image for bwrap must not be writable by others)
         (root / "tmp").chmod(0o1777)
+        if preload:
+            (root / "etc" / "ld.so.preload").write_text(PRELOAD_LINE + "\n")
         archive = Path(tempfile.mkstemp(prefix="sandbox-agent-busybox-", suffix=".tar")[1])
         subprocess.run(["tar", "-C", str(root), "-cf", str(archive), "."], check=True)
         return archive

@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from cli_support import ROOT, SCRIPT, cli_env, run_cli
-from engine_support import BUSYBOX, DOCKER_ACCEPTS, image
+from engine_support import BUSYBOX, DOCKER_ACCEPTS, PRELOAD_LINE, PRELOADING, image
 
 from sandbox_agent.runtime import choose, containers
 
@@ -84,7 +85,7 @@ def test_the_payload_gets_only_what_the_policy_gives(
         "printf '#!/bin/sh\\necho ran from tmp\\n' > /tmp/s && chmod +x /tmp/s && /tmp/s; "
         "echo nproc $(ulimit -u); echo nofile $(ulimit -n); echo core $(ulimit -c); "
         "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\\t' ' '; "
-        "touch mine && echo workdir written"
+        "touch mine && echo workdir written; cat /etc/hosts 2>/dev/null; true"
     )
     shown = execute(env, engine, workdir, "sh", "-c", script)
     assert shown.returncode == 0, shown.stderr
@@ -97,9 +98,12 @@ def test_the_payload_gets_only_what_the_policy_gives(
     assert not [line for line in lines if line.startswith("wrote")]  # nothing but its own
     assert "run-mounts 0" in lines  # no unbounded tmpfs at /run or /var/tmp
     assert "ran from tmp" in lines  # /tmp allows exec, as on bwrap, on both engines
-    assert {f"nproc {PIDS}", f"nofile {NOFILE}", "core 0"} <= set(lines)
+    assert {f"nofile {NOFILE}", "core 0"} <= set(lines)
+    # RLIMIT_NPROC counts a host uid node-wide: the pids limit only on uids of its own
+    assert (f"nproc {PIDS}" in lines) is (engine == "podman")
     assert {"CapEff: 0000000000000000", "NoNewPrivs: 1", "Seccomp: 2"} <= set(lines)
     assert "workdir written" in lines
+    assert "containers.internal" not in shown.stdout  # the node is not named to the job
     owner = (workdir / "mine").stat().st_uid
     if engine == "podman":  # a host uid of its own range, never root's or a user's
         assert owner >= 2147483647, owner
@@ -120,6 +124,24 @@ def test_an_image_the_engine_does_not_have_is_refused_in_one_line(
     [line] = shown.stderr.splitlines()
     assert "localhost/sandbox-agent-test/absent:1 is not in " in line
     assert f"jobs never pull: {engine} pull or {engine} load it on the node" in line
+
+
+def test_an_image_s_ld_so_preload_never_reaches_the_agent_s_interpreter(
+    engine: str, site: tuple[dict[str, str], Path]
+) -> None:
+    """The confine step and the JobWrapper run on the host's python3 through its own
+    loader, inside the image: the image's /etc/ld.so.preload would load the image's
+    code into them before landlock. It is covered: the loader never reads it."""
+    env, workdir = site
+    policies = Path(env["SANDBOX_AGENT_HOME"]) / "policies"
+    (policies / "preload.toml").write_text(
+        f'extends = "eng"\n[filesystem]\nimage = "docker://{image(engine, PRELOADING)}"\n'
+    )
+    shown = execute(env, engine, workdir, "sh", "-c", "wc -c < /etc/ld.so.preload",
+                    policy="preload")  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == "0"  # empty: /dev/null over the image's
+    assert PRELOAD_LINE not in shown.stderr and "ld.so" not in shown.stderr, shown.stderr
 
 
 def running(engine: str, prefix: str) -> list[str]:
@@ -151,6 +173,14 @@ def test_a_killed_agent_leaves_a_container_the_next_agent_sweeps(
             if running(engine, mine) and running(engine, theirs):
                 break
             time.sleep(0.1)
+        assert running(engine, mine) and running(engine, theirs)
+        # an agent in another PID namespace cannot see these agents: it takes none for dead
+        elsewhere = subprocess.run(
+            ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c",
+             "import os; from sandbox_agent.runtime import containers; "
+             f"print(containers.sweep({shutil.which(engine)!r}, environ=os.environ))"],
+            capture_output=True, text=True, check=True)  # fmt: skip
+        assert elsewhere.stdout.strip() == "[]", elsewhere
         assert running(engine, mine) and running(engine, theirs)
         killed.send_signal(signal.SIGKILL)
         killed.wait()

@@ -460,6 +460,12 @@ class Attempt:
             left = outcome.teardown.summary()
             raise NodeProblem(f"job {self.job.id}: processes survived the kill ({left}); "
                               "this node needs a look")  # fmt: skip
+        if outcome is not None and outcome.container_left:  # its processes may run on
+            self.finish(State.FAILED, "its container could not be removed: "
+                        + outcome.container_left, started, workdir=workdir,
+                        result=result)  # fmt: skip
+            raise NodeProblem(f"job {self.job.id}: its container could not be removed "
+                              f"({outcome.container_left}); this node needs a look")  # fmt: skip
         if reason == "killed":  # the queue already says KILLED: keep the logs only
             return self.finish(State.KILLED, result.detail, started, workdir=workdir,
                                result=result, report=False)  # fmt: skip

@@ -342,10 +342,7 @@ def sweep_containers(agent: Agent) -> list[str]:
     them on); a live agent's, and the engine's others, are never touched."""
     if agent.runtime not in ("docker", "podman"):
         return []
-    try:
-        return containers.sweep(agent.runtime_binary or agent.runtime, environ=os.environ)
-    except containers.ContainerError as exc:
-        raise PilotError(f"cannot sweep the containers killed agents left: {exc}") from None
+    return containers.sweep(agent.runtime_binary or agent.runtime, environ=os.environ)
 
 
 def sweep_cgroups(agent: Agent) -> list[str]:

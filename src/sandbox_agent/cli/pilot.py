@@ -43,6 +43,9 @@ def pilot_sandbox(runtime: str, policy: str, home: Path) -> tuple[Availability, 
     found = for_wrapper(runtime)
     loaded = load_policy(policy, policy_dirs(home))
     image = os.environ.get("JOB_CONTAINER_PATH", "").strip()
+    if image and printable(image) != image:
+        raise PolicyError(f"environment: JOB_CONTAINER_PATH: {printable(image)[:80]}: control "
+                          "characters in an image reference")  # fmt: skip
     if image:
         loaded = overridden(loaded, "filesystem.image", image, "environment: JOB_CONTAINER_PATH")
     return found, loaded

@@ -2,10 +2,14 @@
 finding it once it runs, removing it, and sweeping what a killed agent left.
 
 The container belongs to the engine, not to the agent's process tree: SIGKILL of the
-agent (or of the engine's client) leaves it running. So each one is named for its job
-and labelled with the agent that started it (the boot, its pid and the pid's start
-time, which a reused pid does not share); teardown removes it, and an agent starting
-removes every labelled container whose agent is no longer alive on this boot.
+agent (or of the engine's client) leaves it running. Its JobWrapper ends it when its
+stdin, which the agent holds open, closes (the handoff's lifeline). Besides, each one
+is named for its job and labelled with the agent that started it (the boot, the PID
+namespace, its pid and the pid's start time, which a reused pid does not share);
+teardown removes it, and an agent starting removes every labelled container whose
+agent it can prove gone: on this boot, in its own PID namespace, no such process. An
+agent it cannot see (another PID namespace, another host on a shared engine, an
+unreadable /proc) is never taken for dead.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 from sandbox_agent.printable import clipped
 from sandbox_agent.toolrun import run_tool
 
-LABEL = "io.sandbox-agent.agent"  # boot id, agent pid, the pid's start time
+LABEL = "io.sandbox-agent.agent"  # boot id, PID namespace, agent pid, the pid's start time
 PREFIX = "sandbox-agent-"  # every container's name starts so
 PIDFILE = "container.pid"  # Podman's --pidfile, in the launch's private directory
 TIMEOUT = 30.0  # seconds for one engine command (an engine under load is slow)
@@ -45,18 +49,24 @@ def name_for(session: str) -> str:
 
 
 def agent_label(pid: int | None = None, *, proc: Path = _PROC) -> str:
-    """``BOOT:PID:START`` for the agent ``pid`` (this one by default)."""
+    """``BOOT:PIDNS:PID:START`` for the agent ``pid`` (this one by default)."""
     pid = os.getpid() if pid is None else pid
-    return f"{_boot(proc)}:{pid}:{_start_time(pid, proc)}"
+    return f"{_boot(proc)}:{_pid_namespace(proc)}:{pid}:{_start_time(pid, proc)}"
 
 
 def alive(label: str, *, proc: Path = _PROC) -> bool:
-    """Whether the agent a label names still runs (on this boot, the same process)."""
-    boot, _, rest = label.partition(":")
-    pid, _, start = rest.partition(":")
-    if boot != _boot(proc) or not pid.isdigit():
-        return False
-    return start != "" and _start_time(int(pid), proc) == start
+    """Whether the agent a label names may still run: False only when it is proven
+    gone (this boot, this PID namespace, and that pid is no process, or another one)."""
+    parts = label.split(":")
+    if len(parts) != 4 or not all(parts) or not parts[2].isdigit():
+        return True  # not a label this agent wrote: never taken for dead
+    boot, namespace, pid, start = parts
+    ours = _boot(proc), _pid_namespace(proc)
+    if "" in ours or (boot, namespace) != ours:
+        return True  # another boot, host or PID namespace: nothing here can tell
+    if not (proc / "self").exists() or _hides_pids(proc):
+        return True  # another user's agent would look gone
+    return _start_time(int(pid), proc) == start
 
 
 def locate(binary: str, name: str, client: subprocess.Popen[bytes], *,
@@ -111,21 +121,28 @@ def remove(binary: str, name: str, *, environ: Mapping[str, str]) -> str | None:
 
 
 def sweep(binary: str, *, environ: Mapping[str, str]) -> list[str]:
-    """Remove every labelled container whose agent is gone: the names removed (with
-    why not, for one that stays). Live agents' containers, and the engine's others,
-    are never touched. Nothing when the engine does not answer."""
-    listed = _engine([binary, "ps", "-a", "--filter", f"label={LABEL}", "--format",
-                      "{{.Names}}"], environ)  # fmt: skip
+    """Remove every labelled container whose agent is proven gone (alive): the names
+    removed (with why not, for one that stays). Live agents' containers, those this
+    agent cannot judge, and the engine's others are never touched. Never raises: an
+    engine that does not answer sweeps nothing (the lifeline ends such containers)."""
+    try:
+        listed = _engine([binary, "ps", "-a", "--filter", f"label={LABEL}", "--format",
+                          "{{.Names}}"], environ)  # fmt: skip
+    except ContainerError:
+        return []
     if listed.returncode != 0:
         return []
     names = [word for word in listed.stdout.split() if word.startswith(PREFIX)]
     swept = []
     for name in names:
-        shown = _engine([binary, "inspect", "--type", "container", "--format",
-                         f'{{{{index .Config.Labels "{LABEL}"}}}}', name], environ)  # fmt: skip
-        if shown.returncode != 0 or alive(shown.stdout.strip()):
-            continue
-        problem = remove(binary, name, environ=environ)
+        try:
+            shown = _engine([binary, "inspect", "--type", "container", "--format",
+                             f'{{{{index .Config.Labels "{LABEL}"}}}}', name], environ)  # fmt: skip
+            if shown.returncode != 0 or alive(shown.stdout.strip()):
+                continue
+            problem = remove(binary, name, environ=environ)
+        except ContainerError as error:
+            problem = str(error)
         swept.append(name if problem is None else f"{name}: {problem}")
     return swept
 
@@ -148,6 +165,29 @@ def _no_such(stderr: str) -> bool:
 def _boot(proc: Path) -> str:
     try:
         return (proc / "sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _hides_pids(proc: Path) -> bool:
+    """Whether this /proc may hide other users' processes from us (hidepid, not root)."""
+    if os.geteuid() == 0:
+        return False
+    try:
+        table = (proc / "self" / "mountinfo").read_text()
+    except OSError:
+        return True
+    for line in table.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] == str(proc) and "hidepid=" in line:
+            return "hidepid=0" not in line and "hidepid=off" not in line
+    return False
+
+
+def _pid_namespace(proc: Path) -> str:
+    """This process's PID namespace (its inode), or "" when it cannot be read."""
+    try:
+        return str(os.stat(proc / "self" / "ns" / "pid").st_ino)
     except OSError:
         return ""
 

@@ -32,6 +32,7 @@ whose job cgroup holds the client, and the session reads them back the same way.
 from __future__ import annotations
 
 import os
+import resource
 import sys
 from collections.abc import Mapping, Sequence
 
@@ -191,8 +192,12 @@ def render(
 
     # -- filesystem ----------------------------------------------------------------------
     out.append("--read-only")
-    if podman:  # Podman's --read-only adds writable, unbounded tmpfs at /run and /var/tmp
-        out.append("--read-only-tmpfs=false")
+    if podman:  # Podman's --read-only adds writable, unbounded tmpfs at /run and /var/tmp;
+        # and its /etc/hosts names the node (its own entries, host.containers.internal)
+        out += ["--read-only-tmpfs=false", "--no-hosts"]
+    # the image's /etc/ld.so.preload would load its code into the carried interpreter
+    # (the confine step, the JobWrapper: pid 1) before landlock and the handoff
+    out += ["--volume", "/dev/null:/etc/ld.so.preload:ro"]
     # a tmpfs is the payload's: runc keeps the mode of the image's directory beneath it
     # (a 0755 /tmp), and Podman's auto uids are not the image's
     owned = "U" if podman else f"uid={uid},gid={gid}"
@@ -241,14 +246,26 @@ def render(
         out += ["--cpus", str(limits.cpu_cores.value), "--pids-limit", str(limits.pids.value)]
         flags = {"memory": "memory", "swap": "memory-swap", "cpu_cores": "cpus",
                  "pids": "pids-limit"}  # fmt: skip
+        when = "before the job starts" if wrapper else "once the container runs"
         for limit in ENGINE_LIMITS:
-            need.met(f"limits.{limit}", f"the container's cgroup (--{flags[limit]}), read "
-                     "back before the job starts")  # fmt: skip
+            back = f", read back {when}" if limit != "swap" else ""  # swap is not read
+            need.met(f"limits.{limit}", f"the container's cgroup (--{flags[limit]}){back}")
         agent_limits(effective, need, skip=ENGINE_LIMITS)  # the wall time, the work disk
-    # any --ulimit replaces the engine's defaults whole (Podman's nproc would be 4 million)
-    for rlimit, value in (*view.process.rlimits.items(), ("nproc", limits.pids.value)):
+    # Any --ulimit replaces Podman's defaults whole (its nproc would be 4 million, above
+    # what a root without CAP_SYS_RESOURCE may set): Podman gets nproc too. RLIMIT_NPROC
+    # counts a host uid's processes node-wide: the pids limit only where the payload's
+    # uid is its own (--userns auto); else the agent's hard limit, or one job's
+    # processes would stop every other job of that uid forking. Docker keeps its own.
+    nproc = []
+    if work_option:
+        nproc = [("nproc", limits.pids.value)]
+    elif podman:
+        hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+        nproc = [("nproc", -1 if hard == resource.RLIM_INFINITY else hard)]
+    for rlimit, value in (*view.process.rlimits.items(), *nproc):
         out += ["--ulimit", f"{rlimit}={value}:{value}"]
-    need.met("process.rlimits", "--ulimit, nproc as the pids limit")
+    per_uid = "; nproc as the pids limit (the container's own uids)" if work_option else ""
+    need.met("process.rlimits", f"--ulimit{per_uid}")
 
     # -- what runs -----------------------------------------------------------------------
     variables = [*environment(effective, environ), ("HOME", inside), ("TMPDIR", inside)]
@@ -261,8 +278,11 @@ def render(
     # the payload, whose are given to the step alone
     # the step comes as its source (python3 -c), the JobWrapper's files on its stdin
     # before the handoff: a bind of the agent's files would name their host path
+    # the step says on stderr what it applied before the JobWrapper runs (an engine
+    # passes no descriptor): the agent learns the job's sandbox was made
     step = confinestep.step(SourceWord(Carried.CONFINE), landlock, variables,
-                            in_process=wrapper, python=python, clearenv=True)  # fmt: skip
+                            in_process=wrapper, python=python, clearenv=True,
+                            confirm="2" if wrapper else "")  # fmt: skip
     if wrapper:
         step[step.index("--clearenv") : step.index("--clearenv")] = ["--files-from-stdin", LIB]
         argv = [*python, "-I", "-S", f"{LIB}/jobwrapper.py", "--status-fd", "1"]

@@ -9,6 +9,8 @@ claim, and frames that do not parse end the job in error.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import secrets
 import threading
@@ -85,14 +87,17 @@ class _Conversation:
     """The handoff out, the status frames in, each on its own thread: a wrapper that
     neither reads nor writes must not stall the agent's monitor."""
 
-    def __init__(self, frame: bytes, on_frame: Callable[[dict[str, Any]], None] | None) -> None:
+    def __init__(self, frame: bytes, on_frame: Callable[[dict[str, Any]], None] | None,
+                 *, lifeline: bool = False) -> None:  # fmt: skip
         self.frame = frame
+        self.lifeline = lifeline  # stdin stays open while the job runs (handoff "lifeline")
         self.on_frame = on_frame
         self.frames: list[dict[str, Any]] = []
         self.problem = ""
         self.log = b""
         self.log_size = 0  # bytes the wrapper wrote on its stderr, kept or not
         self.threads: list[threading.Thread] = []
+        self.stdin: IO[bytes] | None = None
 
     def start(self, process: Popen[bytes]) -> None:
         """Read the wrapper's frames and stderr from now on; the handoff waits for
@@ -104,6 +109,7 @@ class _Conversation:
 
     def release(self) -> None:
         """Write the handoff: the job may run."""
+        assert self.stdin is not None, "release before start"
         self._thread(self._send, self.stdin)
 
     def _thread(self, target: Callable[[IO[bytes]], None], stream: IO[bytes]) -> None:
@@ -114,7 +120,10 @@ class _Conversation:
     def _send(self, stream: IO[bytes]) -> None:
         try:
             stream.write(self.frame)
-            stream.close()
+            if self.lifeline:  # its end, when this agent dies, ends the job
+                stream.flush()
+            else:
+                stream.close()
         except OSError:
             pass  # the wrapper is gone; its states (or their absence) say the rest
 
@@ -150,6 +159,9 @@ class _Conversation:
     def join(self) -> None:
         for thread in self.threads:
             thread.join(timeout=5)
+        if self.lifeline and self.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.stdin.close()
 
 
 def run_job(
@@ -178,14 +190,25 @@ def run_job(
         plan = render.render(runtime, effective, bwrap.WRAPPER_ARGV, workdir=str(workdir),
                              environ=dict(environ or {}), binary=binary, image=image,
                              wrapper=True, name=name)  # fmt: skip
-        # an engine's JobWrapper gets its files on stdin first (launch.stdin_files)
+        # an engine's JobWrapper gets its files on stdin first (launch.stdin_files), and
+        # keeps it open as its lifeline: the container is the engine's, and must end
+        # when its agent does
         first = launch.stdin_files(plan) if plan.stdin_files else b""
-        talk = _Conversation(first + handoff.encode("handoff", fields), on_frame)
+        lifeline = plan.container != ""
+        frame = handoff.encode("handoff", {**fields, "lifeline": 1} if lifeline else fields)
+        talk = _Conversation(first + frame, on_frame, lifeline=lifeline)
         outcome = session.run(plan, workdir=workdir, stdin=PIPE, stdout=PIPE,
                               stderr=PIPE, interval=interval, on_start=talk.start,
                               on_ready=talk.release, stop=stop, name=name,
                               held=held)  # fmt: skip
         talk.join()
+    if plan.container and plan.waits_for_agent:
+        # the confine step's word on the container's stderr, before anything of the
+        # job ran (after the engine's own warnings, if any): without it, nothing of the
+        # job ran (the engine failed), which is the node's fault, not the job's
+        lines = talk.log.decode("ascii", "replace").splitlines()
+        confined = next((line.strip() for line in lines if line.startswith("confined: ")), "")
+        outcome = dataclasses.replace(outcome, landlock=confined)
     result = decide(outcome, talk.frames, talk.problem)
     result.wrapper_log, result.wrapper_log_size = talk.log, talk.log_size
     result.argv, result.runtime = plan.argv, plan.runtime

@@ -352,7 +352,7 @@ def main(argv: list[str]) -> int:
     except OSError as error:  # unforeseen: still no command and no traceback
         return _fail(EXIT_CONFINE, f"{error.strerror or error}")
     finally:
-        if options.confirm_fd >= 0:  # never inherited by the command
+        if options.confirm_fd > 2:  # never inherited by the command (stderr stays its own)
             try:  # noqa: SIM105 (contextlib costs milliseconds at every job's start)
                 os.close(options.confirm_fd)
             except OSError:

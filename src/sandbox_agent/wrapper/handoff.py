@@ -66,6 +66,10 @@ KINDS: dict[str, tuple[Table, int]] = {
             "token": TOKEN,
             "environment": STR_MAP,
             "limits": INT_MAP,
+            # 1: the agent keeps the wrapper's stdin open while the job runs, and its end
+            # means the agent is gone (a container the engine would run on): the wrapper
+            # ends the job at once
+            "lifeline?": INT,
         },
         1024 * 1024,
     ),

@@ -37,6 +37,7 @@ to this file: the agent copies them into the sandbox, where start-up time counts
 
 from __future__ import annotations
 
+import _thread  # the C module: threading costs milliseconds at every job's start
 import os
 import select
 import stat
@@ -380,6 +381,32 @@ def undumpable() -> None:
         raise OSError(ctypes.get_errno(), "cannot make the wrapper undumpable")
 
 
+EXIT_AGENT_GONE = 137  # the lifeline ended: the job was killed, as by its agent
+
+
+def watch_lifeline(fd: int, proc: str = "/proc") -> None:
+    """Block until ``fd`` (the wrapper's stdin, which the agent keeps open while the job
+    runs) ends, then end the job: every other process of the sandbox killed, and the
+    wrapper with them. A container belongs to its engine, not to the agent's process
+    tree, and would run on after the agent was killed; this is what ends it then."""
+    while True:
+        try:
+            if not os.read(fd, 4096):
+                break
+        except InterruptedError:
+            continue
+        except OSError:
+            break
+    print("sandbox-agent wrapper: the agent is gone (its end of stdin closed): the job is "
+          "killed", file=sys.stderr)  # fmt: skip
+    if own_pid_namespace(proc) is None:  # else kill(-1) would reach the host's processes
+        try:  # noqa: SIM105 (contextlib costs milliseconds at start)
+            os.kill(-1, signal.SIGKILL)
+        except OSError:
+            pass
+    os._exit(EXIT_AGENT_GONE)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != "--status-fd" or not argv[1].isdigit():
         print("sandbox-agent wrapper: usage: jobwrapper.py --status-fd N < handoff",
@@ -395,12 +422,17 @@ def main(argv: list[str]) -> int:
         return EXIT_BAD_HANDOFF
     children = Children()
     signal.signal(signal.SIGTERM, children.on_sigterm)  # from here on, never fatal
+    # the payload may signal the wrapper (a container's pid 1 gets only the signals it
+    # handles, and Python handles SIGINT): its own error must not become FAILED
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with os.fdopen(status_fd, "wb") as status:
         try:
             frame = handoff.read_frame(sys.stdin.buffer, "handoff")
         except handoff.FrameError as exc:
             print(f"sandbox-agent wrapper: {exc}", file=sys.stderr)
             return EXIT_BAD_HANDOFF
+        if frame.get("lifeline"):
+            _thread.start_new_thread(watch_lifeline, (sys.stdin.fileno(),))
         return run_job(frame, os.getcwd(), Reporter(status), children)
 
 
