@@ -133,6 +133,30 @@ def test_the_site_s_image_comes_from_job_container_path(engine: str, home: Path)
                                        "image reference"]  # fmt: skip
 
 
+def test_a_pinned_site_image_runs_and_an_unpinned_one_is_refused(engine: str, home: Path) -> None:
+    """images.require_pin holds for an engine's images too: a docker:// image is pinned by
+    its id in the engine's store; without a pin the pilot refuses in one line."""
+    reference = image(engine, BUSYBOX)
+    found = subprocess.run([engine, "image", "inspect", "--format", "{{.Id}}", reference],
+                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    found = found if found.startswith("sha256:") else f"sha256:{found}"
+    pins = home / "policies" / "pinned.toml"
+    pins.write_text('extends = "eng"\n[images]\nrequire_pin = true\n')
+    env = cli_env(home)
+    submitted = run_cli(env, "submit", HELLO)
+    refused = run_cli(env, "run", "--runtime", engine, "--policy", "pinned", "--once")
+    assert refused.returncode == 3, refused.stderr
+    [line] = refused.stderr.splitlines()
+    assert f"docker://{reference}: images.require_pin is set and no pin names this image" in line
+    pins.write_text(f'extends = "eng"\n[images]\nrequire_pin = true\n'
+                    f'pins = {{ "docker://{reference}" = "{found}" }}\n')  # fmt: skip
+    ran = run_cli(env, "run", "--json", "--runtime", engine, "--policy", "pinned", "--once")
+    assert ran.returncode == 0, ran.stderr
+    assert {str(e["event"]): e for e in events(ran)}["finished"]["state"] == "DONE"
+    shown = record(env, int(submitted.stdout))
+    assert (shown["image"]["digest"], shown["image"]["pinned"]) == (found, True)
+
+
 def test_a_job_on_the_image_s_python_fetches_its_input_through_the_relay(
     engine: str, home: Path, world: list[str]  # noqa: F811
 ) -> None:

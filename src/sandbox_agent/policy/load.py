@@ -323,7 +323,12 @@ def _mapping_item(spec: Field, key: str, value: Any, where: str) -> tuple[str, s
                               "like el9-x86_64")  # fmt: skip
         return key, _path(spec, value, where, colon=True)
     if spec.path == "images.pins":
-        path = _path(spec, key, where, colon=True)
+        if key.startswith("docker://"):  # an engine's image, pinned by its id in the store
+            if not _IMAGE_REF.fullmatch(key.removeprefix("docker://")):
+                raise PolicyError(f"{where}: images.pins: {key:.60!r} is not an image reference")
+            path = key
+        else:
+            path = _path(spec, key, where, colon=True)
         if not isinstance(value, str) or not _DIGEST.fullmatch(value):
             raise PolicyError(f"{where}: images.pins: the pin of {path:.60} must be "
                               '"sha256:" and 64 hex digits (image pin prints it)')  # fmt: skip

@@ -112,7 +112,8 @@ def _fields() -> dict[str, Field]:
             Kind.MAPPING,
             (),
             'Image paths and the digest each must have ("sha256:..."; `image pin PATH` prints '
-            "the line); a job on an image whose digest differs does not run.",
+            "the line), or docker:// images and their id in the engine's store; a job on an "
+            "image whose digest differs does not run.",
         ),
         Field(
             "filesystem.host_userland",

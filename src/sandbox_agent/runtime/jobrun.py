@@ -184,9 +184,10 @@ def run_job(
     ``runtime``: bwrap, docker or podman (``binary``: where it was found)."""
     name = name or f"exec-{os.getpid()}-{secrets.token_hex(6)}"
     engine = runtime in docker.ENGINES
-    # ImageRefused: the image must not be used (bwrap's made ready; an engine's looked up)
-    with nullcontext() if engine else prepare.ready(effective) as image:
-        stored = image_in_store(effective, binary or runtime) if engine else None
+    # ImageRefused: the image must not be used (a directory made ready and checked, as
+    # for bwrap; an engine's reference looked up in its store)
+    stored = image_in_store(effective, binary or runtime) if engine else None
+    with nullcontext() if stored else prepare.ready(effective) as image:
         plan = render.render(runtime, effective, bwrap.WRAPPER_ARGV, workdir=str(workdir),
                              environ=dict(environ or {}), binary=binary, image=image,
                              wrapper=True, name=name)  # fmt: skip
@@ -219,19 +220,35 @@ def run_job(
 
 def image_in_store(effective: EffectivePolicy, binary: str) -> dict[str, Any] | None:
     """An engine's image must be in its local store: no job waits on a registry, and
-    none may pull what the site did not put there (ImageRefused, one line). What the
-    audit record says of it: the reference, and its id in the engine's store."""
-    image = effective.view.filesystem.image
+    none may pull what the site did not put there; and pinned where the policy asks
+    (images.pins names a docker:// image by its id in the store; images.require_pin).
+    ImageRefused, one line, the job's fault when its JDL chose the image. What the
+    audit record says of it: the reference, and its id. None for a directory (checked
+    and made ready as for bwrap, then run by Podman's --rootfs, or refused)."""
+    choice = effective.image_choice()
+    image, origin = choice.image, choice.origin
+    chosen = origin.startswith("jdl:")
+    name = os.path.basename(binary)
+    if image.startswith("/") and (name != "podman" or effective.view.namespaces.user != "off"):
+        raise ImageRefused(f"{image:.120}: {name} runs images from its store (docker://NAME), "
+                           f"not a directory; import it: tar -C DIR -c . | {name} import - NAME "
+                           f"({origin})", job=chosen, node=not chosen)  # fmt: skip
     if not image.startswith("docker://"):
-        return None  # a directory (Podman's --rootfs), or what the renderer refuses
+        return None
     reference = image.removeprefix("docker://")
     found, problem = containers.image_id(binary, reference, environ=os.environ)
-    origin = effective["filesystem.image"].origin
     if problem:
-        raise ImageRefused(problem, job=origin.startswith("jdl:"))
+        raise ImageRefused(f"{problem} ({origin})", job=chosen)
+    pin = choice.pins.get(image, choice.pins.get(reference))
+    if pin is None and choice.require_pin and "@sha256:" not in reference:
+        raise ImageRefused(f"{image:.120}: images.require_pin is set and no pin names this "
+                           f"image ({origin})", job=chosen)  # fmt: skip
+    if pin is not None and pin != found:
+        raise ImageRefused(f"{image:.120}: its id in {name}'s store is {found}, but images.pins "
+                           f"pins it to {pin} ({origin})", job=chosen)  # fmt: skip
     return {"path": image, "named": reference, "chosen_by": origin,
-            "kind": f"OCI image in {os.path.basename(binary)}'s store", "digest": found,
-            "size": None, "pinned": "@sha256:" in reference}  # fmt: skip
+            "kind": f"OCI image in {name}'s store", "digest": found, "size": None,
+            "pinned": pin is not None or "@sha256:" in reference}  # fmt: skip
 
 
 def decide(result: session.SessionResult, frames: list[dict[str, Any]], problem: str) -> JobResult:
