@@ -225,6 +225,32 @@ def test_a_killed_pilot_s_container_ends_with_it_and_its_job_runs_again(
     assert labelled(engine, home) == []
 
 
+def test_what_the_container_used_is_recorded_and_its_memory_kill_said(
+    engine: str, home: Path
+) -> None:
+    """The usage in the record is the container's own cgroup's (the engine made it; the
+    job's cgroup holds only the client): a payload killed by the kernel at the memory
+    limit ends as the agent says such a kill, with the kill counted."""
+    limits = "[limits]\nmemory = { default = \"64MB\", max = \"64MB\" }\n"
+    site(home, engine, BUSYBOX, "small", limits)
+    env = cli_env(home)
+    hog = home.parent / "hog"
+    hog.mkdir()
+    (hog / "hog.sh").write_text("#!/bin/sh\nawk 'BEGIN { s = \"x\"; while (1) s = s s }'\n")
+    (hog / "hog.sh").chmod(0o755)
+    (hog / "hog.jdl").write_text('Executable = "hog.sh";\nTTL = 120;\n')
+    submitted = run_cli(env, "submit", hog / "hog.jdl")
+    assert submitted.returncode == 0, submitted.stderr
+    ran = run_cli(env, "run", "--json", "--runtime", engine, "--policy", "small", "--once")
+    assert ran.returncode == 0, ran.stderr
+    finished = {str(e["event"]): e for e in events(ran)}["finished"]
+    assert finished["state"] == "ERROR_E", finished
+    assert "used more memory than its limit" in finished["detail"], finished
+    usage = record(env, int(submitted.stdout))["usage"]
+    assert usage["oom_kills"] >= 1, usage
+    assert usage["memory_peak_bytes"] > 48 << 20, usage  # near the limit: not the client's
+
+
 def test_a_limit_the_container_does_not_hold_is_refused_before_the_job_runs(
     engine: str, home: Path
 ) -> None:
@@ -239,12 +265,17 @@ def test_a_limit_the_container_does_not_hold_is_refused_before_the_job_runs(
     name = f"limits-{os.getpid()}"
     plan = render.render(engine, effective, ["sleep", "60"], workdir=str(workdir),
                          binary=shutil.which(engine), name=name)  # fmt: skip
-    # the flags an engine ignores, gone
+    # the flags an engine ignores, gone (the words the launcher fills, found again)
     argv = list(plan.argv)
     for flag in ("--memory", "--memory-swap", "--pids-limit"):
         at = argv.index(flag)
         del argv[at : at + 2]
-    unheld = dataclasses.replace(plan, argv=tuple(argv))
+    moved = {plan.argv[at]: argv.index(plan.argv[at]) for at, _ in plan.sources_at}
+    unheld = dataclasses.replace(
+        plan, argv=tuple(argv),
+        sources_at=tuple((moved[plan.argv[at]], kind) for at, kind in plan.sources_at),
+        files_at=tuple(argv.index(plan.argv[at]) for at in plan.files_at),
+    )  # fmt: skip
     released = []
     with pytest.raises(Unenforceable, match=r"limits\.memory: the container's cgroups do not "
                        r"hold memory unlimited \(asked \d+\); pids"):  # fmt: skip

@@ -196,3 +196,23 @@ def test_a_killed_agent_leaves_a_container_the_next_agent_sweeps(
         for name in running(engine, mine) + running(engine, theirs):
             subprocess.run([engine, "rm", "-f", name], capture_output=True)
     assert not running(engine, theirs)  # its own agent removed it at teardown
+
+
+def test_podman_is_not_given_a_work_directory_holding_a_hard_link(
+    site: tuple[dict[str, str], Path], engine: str
+) -> None:
+    """Podman's U option chowns every inode of the work directory to the container's
+    uid, following hard links: a root-only file linked in would be the payload's."""
+    if engine != "podman":
+        pytest.skip("only Podman gives the work directory away (the U option)")
+    env, workdir = site
+    outside = workdir.parent / "root-only"
+    outside.write_text("root's\n")
+    outside.chmod(0o600)
+    os.link(outside, workdir / "innocent")
+    shown = execute(env, engine, workdir, "cat", "innocent")
+    assert shown.returncode == 2, shown.stdout
+    [line] = shown.stderr.splitlines()
+    assert line.endswith("innocent: a hard link; Podman would give it to the container's uid "
+                         "(the work directory's U option): remove it")  # fmt: skip
+    assert (outside.stat().st_uid, outside.stat().st_mode & 0o777) == (0, 0o600)

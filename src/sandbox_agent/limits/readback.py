@@ -15,7 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from sandbox_agent.limits.cgroup_base import Mount, located, membership, mounts, read_text
+from sandbox_agent.limits.cgroup_base import (
+    JobCgroup,
+    Mount,
+    located,
+    membership,
+    mounts,
+    read_text,
+)
+from sandbox_agent.limits.cgroup_v1 import V1Cgroup
+from sandbox_agent.limits.cgroup_v2 import V2Cgroup
 
 _Value = TypeVar("_Value", int, float)
 # v1 reports "no limit" as a page-rounded huge number rather than "max"
@@ -60,6 +69,32 @@ def held(pid: int, *, proc: Path = Path("/proc")) -> Held:
     pids = _tightest(where, found, "pids", _pids)
     cores = _tightest(where, found, "cpu", _cpu)
     return Held(memory, pids, cores)
+
+
+def cgroup_of(pid: int, *, proc: Path = Path("/proc")) -> JobCgroup | None:
+    """A view of the cgroup ``pid`` is in (a container's, made by its engine), to read
+    what the kernel counted for it (usage()) once it ended: the memory, cpuacct and
+    pids directories on v1, the unified directory on v2. None when it cannot be seen.
+    Nothing is written through it."""
+    text = read_text(proc / str(pid) / "cgroup")
+    if text is None:
+        return None
+    where = membership(text)
+    found = mounts(read_text(proc / "self" / "mountinfo") or "")
+    if "" in where and all(m.fstype == "cgroup2" for m in found):  # a pure v2 host
+        mount = next((m for m in found if m.fstype == "cgroup2"), None)
+        directory = located(mount, where[""]) if mount else None
+        return V2Cgroup(directory, set()) if directory else None
+    directories = {}
+    for controller in ("memory", "cpuacct", "pids"):
+        mount = next((m for m in found if m.fstype == "cgroup" and controller in m.controllers),
+                     None)  # fmt: skip
+        key = next((k for k in where if controller in k.split(",")), None)
+        if mount is not None and key is not None:
+            directory = located(mount, where[key])
+            if directory is not None:
+                directories[controller] = directory
+    return V1Cgroup(directories, frozenset()) if directories else None
 
 
 def _tightest(

@@ -255,11 +255,12 @@ def render(
     # what a root without CAP_SYS_RESOURCE may set): Podman gets nproc too. RLIMIT_NPROC
     # counts a host uid's processes node-wide: the pids limit only where the payload's
     # uid is its own (--userns auto); else the agent's hard limit, or one job's
-    # processes would stop every other job of that uid forking. Docker keeps its own.
+    # processes would stop every other job of that uid forking. Docker, and rootless
+    # Podman (which cannot raise it), keep their own.
     nproc = []
     if work_option:
         nproc = [("nproc", limits.pids.value)]
-    elif podman:
+    elif podman and not rootless:  # rootless Podman keeps the user's own
         hard = resource.getrlimit(resource.RLIMIT_NPROC)[1]
         nproc = [("nproc", -1 if hard == resource.RLIM_INFINITY else hard)]
     for rlimit, value in (*view.process.rlimits.items(), *nproc):

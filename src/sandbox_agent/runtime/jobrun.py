@@ -88,10 +88,14 @@ class _Conversation:
     neither reads nor writes must not stall the agent's monitor."""
 
     def __init__(self, frame: bytes, on_frame: Callable[[dict[str, Any]], None] | None,
-                 *, lifeline: bool = False) -> None:  # fmt: skip
+                 *, lifeline: bool = False,
+                 on_final: Callable[[], None] | None = None) -> None:  # fmt: skip
         self.frame = frame
-        self.lifeline = lifeline  # stdin stays open while the job runs (handoff "lifeline")
         self.on_frame = on_frame
+        # stdin stays open while the job runs (the handoff's "lifeline"); closed once the
+        # final state came and ``on_final`` has run (the container's usage read)
+        self.lifeline = lifeline
+        self.on_final = on_final
         self.frames: list[dict[str, Any]] = []
         self.problem = ""
         self.log = b""
@@ -139,11 +143,21 @@ class _Conversation:
                 self.frames.append(frame)
                 if self.on_frame is not None:
                     self.on_frame(frame)
+                if frame["state"] in FINAL_FRAME_STATES and self.on_final is not None:
+                    self.on_final()  # the engine relays the end of stdout only at exit:
+                    self._let_go()  # the wrapper waits for this, not the other way round
             self.problem = f"the wrapper sent more than {MAX_FRAMES} frames"
         except handoff.FrameError as exc:
             self.problem = f"the wrapper sent a bad frame: {exc}"
         finally:
             stream.close()
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """The end of the lifeline: the JobWrapper exits (or, before its end, is killed)."""
+        if self.lifeline and self.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.stdin.close()
 
     def _log(self, stream: IO[bytes]) -> None:
         """The wrapper's stderr: kept up to LOG_CAP, the rest read and dropped."""
@@ -159,9 +173,7 @@ class _Conversation:
     def join(self) -> None:
         for thread in self.threads:
             thread.join(timeout=5)
-        if self.lifeline and self.stdin is not None:
-            with contextlib.suppress(OSError):
-                self.stdin.close()
+        self._let_go()
 
 
 def run_job(
@@ -197,11 +209,13 @@ def run_job(
         first = launch.stdin_files(plan) if plan.stdin_files else b""
         lifeline = plan.container != ""
         frame = handoff.encode("handoff", {**fields, "lifeline": 1} if lifeline else fields)
-        talk = _Conversation(first + frame, on_frame, lifeline=lifeline)
+        count = session.ContainerCount() if lifeline else None
+        talk = _Conversation(first + frame, on_frame, lifeline=lifeline,
+                             on_final=count.take if count else None)  # fmt: skip
         outcome = session.run(plan, workdir=workdir, stdin=PIPE, stdout=PIPE,
                               stderr=PIPE, interval=interval, on_start=talk.start,
-                              on_ready=talk.release, stop=stop, name=name,
-                              held=held)  # fmt: skip
+                              on_ready=talk.release, stop=stop, name=name, held=held,
+                              count=count)  # fmt: skip
         talk.join()
     if plan.container and plan.waits_for_agent:
         # the confine step's word on the container's stderr, before anything of the

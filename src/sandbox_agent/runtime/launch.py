@@ -45,6 +45,7 @@ from sandbox_agent.runtime.plan import (
     COMPILED,
     Carried,
     LaunchPlan,
+    SourceWord,
 )
 from sandbox_agent.seccomp.compile import bpf_fd, compile_profile, data_fd
 from sandbox_agent.wrapper import confine
@@ -105,6 +106,8 @@ def check_workdir(path: Path, effective: EffectivePolicy, runtime: str = "bwrap"
                 f"{path}: the work directory reaches the denied path {denied} ({item.origin})"
             )
     info = os.stat(absolute)
+    if runtime == "podman":
+        _givable(absolute)
     if info.st_mode & stat.S_ISVTX and info.st_mode & 0o002:
         raise WorkdirRefused(
             f"{path}: a directory every user may write to (such as /tmp) is shared; give the "
@@ -117,6 +120,31 @@ def check_workdir(path: Path, effective: EffectivePolicy, runtime: str = "bwrap"
             f"write here; run: chown {SANDBOX_HOST_UID} {path}"
         )
     return absolute
+
+
+GIVABLE_ENTRIES = 100_000  # what a work directory given to Podman is checked for, at most
+
+
+def _givable(directory: str) -> None:
+    """Podman gives the work directory to the container's uid (the volume's U option),
+    chowning every inode in it: a hard link would give away the file it links, wherever
+    that is, and a device node the device. Only directories, symlinks (Podman chowns the
+    link itself) and files with one link may be there."""
+    count = 0
+    for parent, directories, files in os.walk(directory):
+        for name in directories + files:
+            count += 1
+            if count > GIVABLE_ENTRIES:
+                raise WorkdirRefused(f"{directory}: more than {GIVABLE_ENTRIES} entries to check "
+                                     "before Podman may own them; give a fresh one")  # fmt: skip
+            path = os.path.join(parent, name)
+            info = os.lstat(path)
+            if stat.S_ISDIR(info.st_mode) or stat.S_ISLNK(info.st_mode):
+                continue
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+                what = "a hard link" if stat.S_ISREG(info.st_mode) else "not a file"
+                raise WorkdirRefused(f"{path}: {what}; Podman would give it to the container's "
+                                     "uid (the work directory's U option): remove it")  # fmt: skip
 
 
 def start(
@@ -164,6 +192,8 @@ def start(
         limits = [] if engine else [(_RLIMITS[name], value) for name, value in plan.rlimits]
         files = _agent_files(plan, argv, compiled.bpf)
         for at, kind in plan.sources_at:  # python3 -c SOURCE: no file, no descriptor
+            if argv[at] != SourceWord(kind):  # a plan whose argv moved: run nothing of it
+                raise ValueError(f"the plan's argv holds no {kind} source at word {at}")
             argv[at] = _source(kind).decode()
         if plan.runtime == "bwrap":
             fds.append(_options_on_descriptor(plan, argv))

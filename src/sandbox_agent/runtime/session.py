@@ -10,6 +10,7 @@ even when the agent is interrupted.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -18,15 +19,23 @@ import select
 import shutil
 import signal
 import subprocess
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from sandbox_agent.limits import readback
-from sandbox_agent.limits.cgroups import CgroupError, CgroupLimits, JobCgroup, Teardown, discover
+from sandbox_agent.limits.cgroups import (
+    CgroupError,
+    CgroupLimits,
+    JobCgroup,
+    Teardown,
+    Usage,
+    discover,
+)
 from sandbox_agent.limits.enforcement import LimitPlan, decide, wants_cgroup
-from sandbox_agent.limits.monitor import Monitor, Outcome, StopRequest
+from sandbox_agent.limits.monitor import KILL_REASONS, Monitor, Outcome, StopRequest
 from sandbox_agent.policy import gate
 from sandbox_agent.runtime import containers
 from sandbox_agent.runtime.agentproc import reap
@@ -143,6 +152,7 @@ def run(
     on_ready: Callable[[], None] | None = None,
     stop: StopRequest | None = None,
     held: frozenset[str] = frozenset(),
+    count: ContainerCount | None = None,
 ) -> SessionResult:
     """Run ``plan`` to the end (or until ``stop`` is requested). Raises Unenforceable
     (nothing started) when a required requirement cannot be held here. ``held``: limits
@@ -151,7 +161,8 @@ def run(
     ``on_ready`` is called once the job may be given its work: at once for bwrap (it
     waits on its own pipe); for a plan that waits for the agent (a container's
     JobWrapper), once its container is found, its limits read back and its network
-    plumbed, and never when that fails (the container is removed)."""
+    plumbed, and never when that fails (the container is removed). ``count``: where
+    the container's own cgroup is found, for its usage (ContainerCount)."""
     skipped = unenforced(plan)  # fail before making anything
     # names resolved, the node's addresses read: before anything is made (EgressError)
     rules = rules_for(plan.egress.allow, plan.egress.deny, plan.egress.proxy) \
@@ -180,6 +191,8 @@ def run(
         container_pid = None
         if plan.container:
             container_pid, relay = hold(plan, started, rules, limits)
+            if count is not None and container_pid is not None:
+                count.group = readback.cgroup_of(container_pid)
         if on_ready is not None and (container_pid is not None or not plan.waits_for_agent):
             on_ready()
         made = namespaces_made(report)
@@ -202,6 +215,8 @@ def run(
                 started.process.wait()
         if started.confirm is not None:  # every writer has exited with the job
             confirmed = read_confirmation(started.confirm)
+        if count is not None:  # what the kernel counted is the container's, not its client's
+            outcome = count.applied(outcome)
     finally:
         if started is not None and started.block is not None and not released:
             # the agent failed between start and plumbing: the payload must never run
@@ -222,6 +237,35 @@ def run(
         landlock=confirmed if started.confirm is not None else None,
         egress=relay.tally if relay is not None else None, container_left=left,
     )  # fmt: skip
+
+
+class ContainerCount:
+    """What a container's own cgroup (its engine's, not the job's) counted for the job.
+    Its engine removes the cgroup with the container, so it is read while the container
+    still lives: once the JobWrapper has reported its final state, it waits for the
+    agent's word (the end of its lifeline) before it exits (take, then the agent lets
+    it go)."""
+
+    def __init__(self) -> None:
+        self.group: JobCgroup | None = None
+        self.usage: Usage | None = None
+        self._lock = threading.Lock()
+
+    def take(self) -> None:
+        with self._lock:
+            if self.group is not None and self.usage is None:
+                self.usage = self.group.usage()
+
+    def applied(self, outcome: Outcome) -> Outcome:
+        """``outcome`` with the container's usage, if it was taken; a kill by the kernel
+        there at the memory limit said as the monitor says it for the job's cgroup."""
+        usage, group = self.usage, self.group
+        if usage is None or group is None:
+            return outcome
+        if outcome.reason is None and usage.oom_kills:
+            detail = f"killed: {KILL_REASONS['memory']}; {group.memory_kill}"
+            return dataclasses.replace(outcome, usage=usage, reason="memory", detail=detail)
+        return dataclasses.replace(outcome, usage=usage)
 
 
 def hold(

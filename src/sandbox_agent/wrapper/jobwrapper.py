@@ -382,13 +382,16 @@ def undumpable() -> None:
 
 
 EXIT_AGENT_GONE = 137  # the lifeline ended: the job was killed, as by its agent
+_FINISHED: list[int] = []  # the job's exit code, once its final state is reported
 
 
 def watch_lifeline(fd: int, proc: str = "/proc") -> None:
     """Block until ``fd`` (the wrapper's stdin, which the agent keeps open while the job
     runs) ends, then end the job: every other process of the sandbox killed, and the
     wrapper with them. A container belongs to its engine, not to the agent's process
-    tree, and would run on after the agent was killed; this is what ends it then."""
+    tree, and would run on after the agent was killed; this is what ends it then. Once
+    the job has reported its final state, the end is the agent's word that it has read
+    what the container's cgroup counted: the wrapper exits with the job's code."""
     while True:
         try:
             if not os.read(fd, 4096):
@@ -397,6 +400,8 @@ def watch_lifeline(fd: int, proc: str = "/proc") -> None:
             continue
         except OSError:
             break
+    if _FINISHED:
+        os._exit(_FINISHED[0])
     print("sandbox-agent wrapper: the agent is gone (its end of stdin closed): the job is "
           "killed", file=sys.stderr)  # fmt: skip
     if own_pid_namespace(proc) is None:  # else kill(-1) would reach the host's processes
@@ -431,9 +436,13 @@ def main(argv: list[str]) -> int:
         except handoff.FrameError as exc:
             print(f"sandbox-agent wrapper: {exc}", file=sys.stderr)
             return EXIT_BAD_HANDOFF
-        if frame.get("lifeline"):
-            _thread.start_new_thread(watch_lifeline, (sys.stdin.fileno(),))
-        return run_job(frame, os.getcwd(), Reporter(status), children)
+        if not frame.get("lifeline"):
+            return run_job(frame, os.getcwd(), Reporter(status), children)
+        _thread.start_new_thread(watch_lifeline, (sys.stdin.fileno(),))
+        code = run_job(frame, os.getcwd(), Reporter(status), children)
+    _FINISHED.append(code)  # the final state is out: the container ends when the agent says
+    while True:
+        time.sleep(3600)
 
 
 if __name__ == "__main__":
