@@ -453,3 +453,66 @@ def test_a_proc_of_another_namespace_proves_nothing(tmp_path: Path) -> None:
     (fake / "self" / "status").write_text(f"Name:\tx\nNSpid:\t{os.getpid() + 1}\t2\n")
     assert jobwrapper.own_pid_namespace(str(fake)) is not None  # not pid 1's child here
     assert "no PID namespace of its own" in str(jobwrapper.end_other_processes(proc=str(fake)))
+
+
+def lifeline_frame(script: str) -> bytes:
+    fields = handoff.read_frame(io.BytesIO(frame(arguments=["-c", script])), "handoff")
+    fields.pop("schema"), fields.pop("version")
+    return handoff.encode("handoff", {**fields, "lifeline": 1})
+
+
+@needs_bwrap
+def test_the_end_of_the_lifeline_kills_the_job_and_the_wrapper(workdir: Path) -> None:
+    """Under a lifeline (a container the engine would run on after its agent died) the
+    end of the wrapper's stdin ends the job: every process of its PID namespace killed,
+    the wrapper exiting 137."""
+    marker = f"{60 + os.getpid() % 1000 / 1000:.3f}"  # a sleep this run alone starts
+    script = f"sleep {marker} & echo $! > sleeper; wait"
+    read_end, write_end = os.pipe()
+    process = start_wrapper(workdir, write_end, own_pids=True)
+    os.close(write_end)
+    assert process.stdin is not None
+    process.stdin.write(lifeline_frame(script))
+    process.stdin.flush()  # the agent holds it open
+    with os.fdopen(read_end, "rb") as status:
+        frames = [handoff.read_frame(status, "status") for _ in range(2)]
+        assert [f["state"] for f in frames] == ["STARTED", "RUNNING"]
+        written(workdir / "sleeper")
+        process.stdin.close()  # the agent is gone
+        assert process.wait(timeout=30) == 137
+    left = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, text=True)
+    assert left.stdout == ""  # its pid is the namespace's: looked for by what it runs
+    assert b"the agent is gone" in (process.stderr.read() if process.stderr else b"")
+
+
+@needs_bwrap
+def test_after_its_final_state_the_wrapper_waits_for_the_agent_to_let_it_go(
+    workdir: Path,
+) -> None:
+    """The final state is out, and the wrapper (a container's pid 1) still runs: its
+    engine keeps the container's cgroup, which the agent reads, until the agent closes
+    the lifeline; then it exits with the job's code."""
+    read_end, write_end = os.pipe()
+    process = start_wrapper(workdir, write_end, own_pids=True)
+    os.close(write_end)
+    assert process.stdin is not None
+    process.stdin.write(lifeline_frame("exit 3"))
+    process.stdin.flush()
+    with os.fdopen(read_end, "rb") as status:
+        frames = statuses(status.read())  # the wrapper closed its status channel
+    assert frames[-1]["state"] == "ERROR_E"
+    time.sleep(0.5)
+    assert process.poll() is None  # held until the agent says
+    process.stdin.close()
+    assert process.wait(timeout=30) == 3
+
+
+def test_sigint_from_the_payload_does_not_end_the_wrapper(workdir: Path) -> None:
+    """A container's pid 1 gets only the signals it handles, and Python handles SIGINT:
+    the wrapper ignores it, so a payload cannot turn its own error into FAILED."""
+    script = "kill -INT $PPID; sleep 0.2; echo after; exit 3"
+    _code, frames, stderr = run_wrapper(workdir, frame(arguments=["-c", script]))
+    assert "KeyboardInterrupt" not in stderr
+    assert [f["state"] for f in frames] == [*SAVED, "ERROR_E"]
+    assert frames[-1]["exit_code"] == 3
+    assert (workdir / "stdout").read_bytes() == b"after\n"
