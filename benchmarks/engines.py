@@ -29,7 +29,7 @@ from timing import median_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from engine_support import BUSYBOX, DOCKER_ACCEPTS, _load, answers, docker_daemon  # noqa: E402
+from engine_support import BUSYBOX, _load, accepted, answers, docker_daemon  # noqa: E402
 
 from sandbox_agent.queue import Store  # noqa: E402
 
@@ -43,7 +43,7 @@ def pilot_per_job(engine: str, jobs: int) -> float:
         base.chmod(0o711)
         home = base / "home"
         shutil.copytree(ROOT / "policies", home / "policies")
-        accepts = DOCKER_ACCEPTS if engine == "docker" else ""
+        accepts = accepted(engine)
         (home / "policies" / "eng.toml").write_text(
             f'extends = "default"\n[filesystem]\nimage = "docker://{BUSYBOX}"\n{accepts}'
         )

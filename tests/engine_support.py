@@ -36,7 +36,17 @@ SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 # What a site accepts to run jobs in Docker, which makes no user namespace per container
 # and cannot mask the node's /proc files (runtime/docker.py)
-DOCKER_ACCEPTS = '[optional]\nrequirements = { append = ["namespaces.user", "filesystem.proc"] }\n'
+DOCKER_ACCEPTS = ["namespaces.user", "filesystem.proc"]
+
+
+def accepted(engine: str, *also: str) -> str:
+    """The policy lines by which a site accepts what ``engine`` cannot hold (and
+    ``also``): an [optional] table, or nothing."""
+    keys = [*(DOCKER_ACCEPTS if engine == "docker" else []), *also]
+    if not keys:
+        return ""
+    listed = ", ".join(f'"{key}"' for key in keys)
+    return f"[optional]\nrequirements = {{ append = [{listed}] }}\n"
 _made: dict[tuple[str, str], str | None] = {}  # (engine, image) -> why not, once tried
 
 

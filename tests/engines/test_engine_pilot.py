@@ -21,7 +21,7 @@ from subprocess import PIPE
 
 import pytest
 from cli_support import ROOT, SCRIPT, cli_env, run_cli
-from engine_support import BUSYBOX, DOCKER_ACCEPTS, PYTHON, image
+from engine_support import BUSYBOX, PYTHON, accepted, image
 from pilot_support import FETCH, INPUT, REACH, job, pilot, record, world  # noqa: F401
 
 from sandbox_agent.jdl import load_job
@@ -47,7 +47,7 @@ def home(engine: str) -> Iterator[Path]:
 
 
 def site(home: Path, engine: str, which: str, name: str, extra: str = "") -> None:
-    user = DOCKER_ACCEPTS if engine == "docker" else ""
+    user = accepted(engine)
     (home / "policies" / f"{name}.toml").write_text(
         f'extends = "default"\n[filesystem]\nimage = "docker://{image(engine, which)}"\n'
         f"{user}{extra}"
@@ -113,7 +113,7 @@ def test_use_containers_runs_a_real_job_to_done_and_the_probe_finds_nothing(
 def test_the_site_s_image_comes_from_job_container_path(engine: str, home: Path) -> None:
     """JAliEn's JOB_CONTAINER_PATH: the site's image for the pilot's jobs, over the
     policy's; the audit record says where it came from. A bad one is one line."""
-    accepts = DOCKER_ACCEPTS if engine == "docker" else ""
+    accepts = accepted(engine)
     (home / "policies" / "plain.toml").write_text(f'extends = "default"\n{accepts}')
     reference = image(engine, BUSYBOX)
     env = cli_env(home, USE_CONTAINERS=engine.upper(), JOB_CONTAINER_PATH=f"docker://{reference}")
@@ -263,8 +263,8 @@ def test_a_limit_the_container_does_not_hold_is_refused_before_the_job_runs(
     workdir.mkdir()
     os.chown(workdir, 65534, 65534)
     name = f"limits-{os.getpid()}"
-    plan = render.render(engine, effective, ["sleep", "60"], workdir=str(workdir),
-                         binary=shutil.which(engine), name=name)  # fmt: skip
+    plan = render.render(engine, effective, ["unused"], workdir=str(workdir),
+                         binary=shutil.which(engine), name=name, wrapper=True)  # fmt: skip
     # the flags an engine ignores, gone (the words the launcher fills, found again)
     argv = list(plan.argv)
     for flag in ("--memory", "--memory-swap", "--pids-limit"):
@@ -279,7 +279,8 @@ def test_a_limit_the_container_does_not_hold_is_refused_before_the_job_runs(
     released = []
     with pytest.raises(Unenforceable, match=r"limits\.memory: the container's cgroups do not "
                        r"hold memory unlimited \(asked \d+\); pids"):  # fmt: skip
-        session.run(unheld, workdir=workdir, name=name, on_ready=lambda: released.append(1))
+        session.run(unheld, workdir=workdir, name=name, stdin=PIPE,
+                    on_ready=lambda: released.append(1))  # fmt: skip
     assert released == []  # the job was never handed over
     gone = subprocess.run([engine, "ps", "-aq", "--filter", f"name={containers.name_for(name)}"],
                           capture_output=True, text=True, check=True)  # fmt: skip

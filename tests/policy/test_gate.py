@@ -200,11 +200,11 @@ ALL_HELD = CGROUP_LIMITS | {"workdir_size"}
 
 
 def test_an_engine_holds_its_own_limits_whatever_the_agents_cgroup(tmp_path: Path) -> None:
-    # no network: engines refuse egress for now, and this is about limits
+    # no network (this is about limits); the pilot's plan, as Podman as root runs it
     text = 'extends = "default"\n[filesystem]\nimage = "docker://debian:12"\n'
     text += '[network]\nmode = "none"\nallow = []\n'
     plan = docker.render(effective_of(tmp_path, text), ["/bin/true"], workdir="/w",
-                         engine="podman")  # fmt: skip
+                         engine="podman", wrapper=True, rootless=False)  # fmt: skip
     found = {"limits.memory": Fact(False, "no job cgroup: not delegated")}
     (memory,) = [a for a in plan.answers(found, held=frozenset(), where="x")
                  if a.key == "limits.memory"]  # fmt: skip

@@ -130,8 +130,23 @@ def test_docker_fails_closed_when_a_user_namespace_is_required(policies: Path) -
         docker.render(effective(policies, "images"), ["/bin/true"], workdir="/w",
                       host=ENGINE_HOST)  # fmt: skip
     plan = docker.render(effective(policies, "images"), ["/bin/true"], workdir="/w",
-                         engine="podman", host=ENGINE_HOST)  # fmt: skip
+                         engine="podman", host=ENGINE_HOST, wrapper=True)  # fmt: skip
     assert "--userns" in plan.argv
+
+
+def test_a_payload_started_with_its_container_does_not_die_with_its_agent(
+    policies: Path,
+) -> None:
+    """sandbox exec: the payload owns the container's stdin, so nothing inside learns
+    that the agent is gone, and the engine runs the container on: die_with_parent is
+    not met (the pilot's JobWrapper holds it, through its lifeline)."""
+    with pytest.raises(Unenforceable, match=r"process\.die_with_parent: here the payload"):
+        docker.render(effective(policies, "images"), ["/bin/true"], workdir="/w",
+                      engine="podman", host=ENGINE_HOST)  # fmt: skip
+    plan = docker.render(effective(policies, "images"), ["/bin/true"], workdir="/w",
+                         engine="podman", host=ENGINE_HOST, wrapper=True)  # fmt: skip
+    held = next(r for r in plan.requirements if r.key == "process.die_with_parent")
+    assert (held.met, held.by) == (True, "agent") and "lifeline" in held.how
 
 
 @pytest.mark.parametrize("runtime", ["apptainer", "docker"])

@@ -29,7 +29,7 @@ CARRIED = HostPython(binds=(("/usr/bin/python3", "/.sandbox-agent/python/bin/pyt
 ENGINE_HOST = FixedHost(HOST.table, interpreter=CARRIED)
 # an image for every runtime; what Docker cannot hold, accepted (docs/containers.md)
 IMAGE = ('[filesystem]\nimage = "docker://debian:12"\n[namespaces]\nuser = "optional"\n'
-         '[optional]\nrequirements = { append = ["filesystem.proc"] }\n')
+         '[optional]\nrequirements = { append = ["filesystem.proc", "process.die_with_parent"] }\n')
 
 
 def policy(tmp_path: Path, network: str, extra: str = ""):  # type: ignore[no-untyped-def]
@@ -127,7 +127,8 @@ def test_a_payload_started_with_its_container_gets_no_egress_nor_the_host_networ
     says = "before the agent could plumb" if runtime != "apptainer" else "bwrap only for now"
     with pytest.raises(Unenforceable, match=rf"network\.mode: egress: .*{says}"):
         render.render(runtime, refused, ["/bin/true"], workdir="/w", host=ENGINE_HOST)
-    optional = IMAGE.replace('["filesystem.proc"]', '["filesystem.proc", "network.mode"]')
+    optional = IMAGE.replace('"process.die_with_parent"]', '"process.die_with_parent", '
+                             '"network.mode"]')
     plan = render.render(runtime, policy(tmp_path, EGRESS, optional), ["/bin/true"],
                          workdir="/w", host=ENGINE_HOST)  # fmt: skip
     assert "host" not in plan.argv and "none" in plan.argv

@@ -185,9 +185,14 @@ def render(
     if view.process.new_session:
         need.met("process.new_session", "no terminal (-i without -t): the payload runs in a "
                  "session of its own", by="launcher")  # fmt: skip
-    need.met("process.die_with_parent", "the agent removes the container at teardown; a "
-             "killed agent's, the next agent sweeps (its label names the agent)",
-             by="agent")  # fmt: skip
+    if wrapper:
+        need.met("process.die_with_parent", "the JobWrapper (pid 1) kills the container "
+                 "when the agent's end of its stdin closes (the lifeline); the agent removes "
+                 "it at teardown", by="agent")  # fmt: skip
+    else:  # the payload owns stdin: nothing inside learns that the agent is gone
+        need.unmet("process.die_with_parent", "here the payload starts with the container, "
+                   "which its engine runs on if the agent is killed (until the next agent "
+                   "sweeps it); the pilot's JobWrapper ends with its agent", by="agent")  # fmt: skip
     out += ["--user", f"{uid}:{gid}"]
 
     # -- filesystem ----------------------------------------------------------------------
