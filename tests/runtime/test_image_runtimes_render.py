@@ -241,3 +241,27 @@ def test_the_real_host_names_the_range_podman_needs(tmp_path: Path) -> None:
     assert (said is None) is (has and Path("/etc/subuid").exists())
     if said is not None:
         assert SUBORDINATE_RANGE in said
+
+
+def test_apptainer_jobwrapper_golden(policies: Path) -> None:
+    """The pilot's plan on Apptainer: the JobWrapper on the host's python3 carried in,
+    the confine step as its source, the wrapper's files and the compiled seccomp program
+    on stdin into a scratch directory; nothing of the agent's bound (no <agent files>)."""
+    plan = apptainer.render(effective(policies, "images"), ["unused"], workdir="/srv/work/7",
+                            host=ENGINE_HOST, wrapper=True)  # fmt: skip
+    expected = (GOLDEN / "apptainer-wrapper.argv").read_text().splitlines()
+    assert words(plan.argv, policies) == expected
+    assert not [word for word in plan.argv if AGENT_FILES in word]
+    assert plan.agent_files == {} and [k for _, k in plan.sources_at] == ["confine"]
+    names = [name for name, _ in plan.stdin_files]
+    assert "seccomp.bpf" in names and "jobwrapper.py" in names
+    step = list(plan.argv[plan.argv.index("-c") : plan.argv.index("--")])
+
+    def given(option: str) -> str:
+        return step[step.index(option) + 1]
+
+    assert given("--files-from-stdin") == "/.sandbox-agent/lib"
+    assert given("--seccomp") == "/.sandbox-agent/lib/seccomp.bpf"
+    assert given("--confirm-fd") == "2"  # its word on stderr, before the JobWrapper
+    assert plan.argv[-3:] == ("/.sandbox-agent/lib/jobwrapper.py", "--status-fd", "1")
+    assert plan.confirm_on_stderr and not plan.container

@@ -32,8 +32,8 @@ from sandbox_agent.runtime.choose import Availability, RuntimeUnavailable, for_w
 from sandbox_agent.runtime.launch import RuntimeMissing
 from sandbox_agent.seccomp.compile import CompileError
 
-RUNTIME_HELP = ("auto (USE_CONTAINERS=PODMAN|DOCKER if set, else bwrap), bwrap, podman or "
-                "docker.")  # fmt: skip
+RUNTIME_HELP = ("auto (USE_CONTAINERS=PODMAN|DOCKER|APPTAINER|SINGULARITY if set, else bwrap), "
+                "bwrap, podman, docker, apptainer or singularity.")  # fmt: skip
 
 
 def pilot_sandbox(runtime: str, policy: str, home: Path) -> tuple[Availability, Policy]:

@@ -11,24 +11,29 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from sandbox_agent.images.hostpython import NoHostPython
 from sandbox_agent.policy import gate
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.runtime import confinestep
 from sandbox_agent.runtime.plan import (
     AGENT_FILES,
+    WRAPPER_STDIN_FILES,
     Carried,
     HostView,
     LaunchPlan,
     RealHost,
     Requirements,
+    SourceWord,
     agent_limits,
     as_argv,
     environment,
     from_policy,
     optional_keys,
+    sources_in,
 )
 
 STEP_DIR = "/.sandbox-agent"  # where the container sees the agent's files
+LIB = "/.sandbox-agent/lib"  # the JobWrapper's files: a scratch directory the step fills
 
 
 def render(
@@ -39,9 +44,16 @@ def render(
     environ: Mapping[str, str] | None = None,
     binary: str = "apptainer",
     host: HostView | None = None,
+    wrapper: bool = False,
 ) -> LaunchPlan:
     """``apptainer exec`` for ``argv``, as the launcher starts it: never as root (a root
-    agent starts it as uid 65534, as for bwrap), so Apptainer runs unprivileged."""
+    agent starts it as uid 65534, as for bwrap), so Apptainer runs unprivileged.
+
+    With ``wrapper``, the JobWrapper (``argv`` is not used), as on Podman: on the host's
+    python3 carried in read-only, the confine step given as its source, and the
+    wrapper's files and the compiled seccomp program read from stdin into a scratch
+    directory of the container's before the handoff: nothing of the agent's is bound."""
+    host = host or RealHost()
     need = Requirements(optional_keys(effective))
     image = effective.view.filesystem.image
     if image == "host":
@@ -97,7 +109,18 @@ def render(
     if effective.view.devices.gpu == "nvidia":
         out.append("--nv")
     out += ["--bind", f"{workdir}:{inside}", "--pwd", inside]
-    out += ["--bind", f"{AGENT_FILES}:{STEP_DIR}:ro"]
+    python = [confinestep.PYTHON]
+    if wrapper:  # the JobWrapper on the agent's own interpreter, its files from stdin
+        try:
+            carried = host.python()
+        except NoHostPython as error:
+            gate.refuse("filesystem.image", f"the JobWrapper's interpreter: {error}")
+        for source, target in carried.binds:
+            out += ["--bind", f"{source}:{target}:ro"]
+        out += ["--scratch", LIB]
+        python = list(carried.command)
+    else:
+        out += ["--bind", f"{AGENT_FILES}:{STEP_DIR}:ro"]
     for path, _size in effective.view.filesystem.tmpfs:
         # Apptainer cannot size a tmpfs: a scratch directory on the work area instead,
         # counted in the work directory's monitored size.
@@ -114,10 +137,21 @@ def render(
     # run fail before the payload (not known here: the image is not opened to render).
     writable = [inside, *(path for path, _ in effective.view.filesystem.tmpfs),
                 *effective.view.filesystem.writable, "/dev"]  # fmt: skip
-    abi = (host or RealHost()).landlock_abi()
-    landlock = confinestep.landlock_words(effective, abi, writable, need) or []
-    words = [*landlock, "--seccomp", f"{STEP_DIR}/seccomp.bpf"]
+    landlock = confinestep.landlock_words(effective, host.landlock_abi(), writable, need) or []
     out.append(image)  # Apptainer takes directories, files and docker:// references as they are
+    if wrapper:
+        words = ["--files-from-stdin", LIB, *landlock, "--seccomp", f"{LIB}/seccomp.bpf"]
+        out += confinestep.step(SourceWord(Carried.CONFINE), words, variables, confirm="2",
+                                in_process=True, python=python)  # fmt: skip
+        argv = [*python, "-I", "-S", f"{LIB}/jobwrapper.py", "--status-fd", "1"]
+        own, _, files_at = as_argv(out)
+        return LaunchPlan(
+            "apptainer", (*own, *argv), requirements=tuple(need.items),
+            seccomp_profile=profile, files_at=files_at, sources_at=sources_in(out),
+            stdin_files=(*WRAPPER_STDIN_FILES, ("seccomp.bpf", Carried.SECCOMP)),
+            confirm_on_stderr=True, **from_policy(effective),
+        )  # fmt: skip
+    words = [*landlock, "--seccomp", f"{STEP_DIR}/seccomp.bpf"]
     out += confinestep.step(f"{STEP_DIR}/confine.py", words, variables)
     own, _, files_at = as_argv(out)  # before the payload's words, which nothing replaces
     return LaunchPlan(

@@ -125,22 +125,14 @@ def choose(
     raise RuntimeUnavailable(f"--runtime auto: no runtime works here ({'; '.join(tried)})")
 
 
-# What the JobWrapper runs in: the pilot's runtimes (it does not run in Apptainer yet).
-WRAPPER_RUNTIMES = ("bwrap", "podman", "docker")
-
-
 def for_wrapper(
     requested: str, *, environ: Mapping[str, str] = os.environ, probe: Probe = available
 ) -> Availability:
     """The runtime the pilot runs the JobWrapper in, as choose picks it: ``--runtime``
-    wins, then USE_CONTAINERS (as JAliEn's JobAgent reads it: DOCKER, PODMAN), else
-    bwrap. RuntimeUnavailable for one that does not work here, or runs no JobWrapper."""
-    asked = requested if requested != "auto" else environ.get("USE_CONTAINERS", "").strip()
-    name = asked.lower() or "bwrap"
-    if name in RUNTIMES and name not in WRAPPER_RUNTIMES:
-        said = f"--runtime {requested}" if requested != "auto" else f"USE_CONTAINERS={asked}"
-        raise RuntimeUnavailable(f"{printable(said)}: the JobWrapper does not run in {name} "
-                                 f"yet; use one of {', '.join(WRAPPER_RUNTIMES)}")  # fmt: skip
+    wins, then USE_CONTAINERS (as JAliEn's JobAgent reads it: APPTAINER, SINGULARITY,
+    DOCKER, PODMAN), else bwrap (not Apptainer first, as ``sandbox exec`` does: the
+    pilot's own sandbox stays bwrap unless the site asks). RuntimeUnavailable for one
+    that does not work here."""
     return choose(requested, environ=environ, probe=probe, order=("bwrap",))
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import resource
-import sys
 from collections.abc import Mapping, Sequence
 
 from sandbox_agent.images.hostpython import NoHostPython
@@ -44,7 +43,7 @@ from sandbox_agent.runtime.bwrap import MASKED_PROC, MASKED_PROC_DIRS
 from sandbox_agent.runtime.launch import SANDBOX_HOST_UID
 from sandbox_agent.runtime.plan import (
     AGENT_FILES,
-    SHIPPED,
+    WRAPPER_STDIN_FILES,
     Carried,
     HostView,
     LaunchPlan,
@@ -72,19 +71,6 @@ ENGINE_LIMITS = ("memory", "swap", "cpu_cores", "pids")
 DOCKER_MASKABLE = ("/proc/diskstats",)
 DOCKER_UNMASKED = ("/proc/cmdline", "/proc/config.gz", "/proc/kallsyms", "/proc/interrupts",
                    "/proc/key-users", "/proc/sys/kernel/random/boot_id")  # fmt: skip
-# The JobWrapper's files as the confine step receives them on stdin: each module and its
-# bytecode for the agent's Python (the interpreter carried in).
-_WRAPPER_FILES: tuple[tuple[str, Carried], ...] = tuple(
-    (name, kind)
-    for source in (Carried.WRAPPER, Carried.HANDOFF, Carried.PACKAGING)
-    for name, kind in (
-        (os.path.basename(source.module_file), source),
-        (f"__pycache__/{os.path.basename(source.module_file)[:-3]}."
-         f"{sys.implementation.cache_tag}.pyc", Carried(f"{source}.pyc")),
-    )
-    if kind is source or sys.implementation.cache_tag
-)  # fmt: skip
-assert all(kind.source in SHIPPED for _, kind in _WRAPPER_FILES)
 
 
 def render(
@@ -192,7 +178,8 @@ def render(
     else:  # the payload owns stdin: nothing inside learns that the agent is gone
         need.unmet("process.die_with_parent", "here the payload starts with the container, "
                    "which its engine runs on if the agent is killed (until the next agent "
-                   "sweeps it); the pilot's JobWrapper ends with its agent", by="agent")  # fmt: skip
+                   "sweeps it); the pilot's JobWrapper ends with its agent",
+                   by="agent")  # fmt: skip
     out += ["--user", f"{uid}:{gid}"]
 
     # -- filesystem ----------------------------------------------------------------------
@@ -297,8 +284,8 @@ def render(
     return LaunchPlan(
         engine, (*own, *argv), requirements=tuple(need.items), seccomp_profile=profile,
         egress=egress, container=name or NAME_SHOWN, waits_for_agent=wrapper, files_at=files_at,
-        sources_at=sources_in(out), stdin_files=_WRAPPER_FILES if wrapper else (),
-        **from_policy(effective),
+        sources_at=sources_in(out), stdin_files=WRAPPER_STDIN_FILES if wrapper else (),
+        confirm_on_stderr=wrapper, **from_policy(effective),
     )  # fmt: skip
 
 

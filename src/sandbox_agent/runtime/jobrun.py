@@ -217,7 +217,7 @@ def run_job(
                               on_ready=talk.release, stop=stop, name=name, held=held,
                               count=count)  # fmt: skip
         talk.join()
-    if plan.container and plan.waits_for_agent:
+    if plan.confirm_on_stderr:
         # the confine step's word on the container's stderr, before anything of the
         # job ran (after the engine's own warnings, if any): without it, nothing of the
         # job ran (the engine failed), which is the node's fault, not the job's

@@ -250,7 +250,9 @@ def stdin_files(plan: LaunchPlan) -> bytes:
     agent's Python (the interpreter carried in is the agent's)."""
     files = []
     for name, kind in plan.stdin_files:
-        if kind.is_bytecode:
+        if kind is Carried.SECCOMP:  # compiled once per profile and content
+            files.append((name, compile_profile(Path(plan.seccomp_profile)).bpf))
+        elif kind.is_bytecode:
             files.append((name, bytecode(_name(kind.source), _source(kind.source))))
         else:
             files.append((name, _source(kind)))

@@ -11,6 +11,7 @@ optional).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -216,6 +217,19 @@ SHIPPED: Mapping[Carried, ModuleType] = {
 # Those the sandbox imports, or runs in the confine step's interpreter: they get a
 # ready .pyc. The step itself runs as a script, which Python never caches.
 COMPILED = frozenset({Carried.WRAPPER, Carried.HANDOFF, Carried.PACKAGING})
+# The JobWrapper's files as the confine step receives them on its stdin, for runtimes
+# that take no descriptors (--files-from-stdin): each module, and its bytecode for the
+# agent's Python (the interpreter carried in).
+WRAPPER_STDIN_FILES: tuple[tuple[str, Carried], ...] = tuple(
+    (name, kind)
+    for source in (Carried.WRAPPER, Carried.HANDOFF, Carried.PACKAGING)
+    for name, kind in (
+        (os.path.basename(source.module_file), source),
+        (f"__pycache__/{os.path.basename(source.module_file)[:-3]}."
+         f"{sys.implementation.cache_tag}.pyc", Carried(f"{source}.pyc")),
+    )
+    if kind is source or sys.implementation.cache_tag
+)  # fmt: skip
 
 
 class FdWord(str):
@@ -306,6 +320,9 @@ class LaunchPlan:
     # files the runtime's first process reads from its stdin before the handoff (the
     # confine step's --files-from-stdin), by name (__pycache__/NAME for bytecode)
     stdin_files: tuple[tuple[str, Carried], ...] = ()
+    # the confine step says what it applied on the runtime's stderr, before the
+    # JobWrapper runs (a runtime that passes no descriptor for it)
+    confirm_on_stderr: bool = False
 
     def __post_init__(self) -> None:
         # every field the launcher reads comes from one policy (from_policy): a plan

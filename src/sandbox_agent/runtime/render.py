@@ -7,7 +7,6 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from sandbox_agent.policy import gate
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.runtime import apptainer, bwrap, containers, docker
 from sandbox_agent.runtime.choose import RUNTIMES
@@ -42,11 +41,8 @@ def render(
                             binary=binary or "bwrap", host=host, image=image,
                             wrapper=wrapper)  # fmt: skip
     if runtime in ("apptainer", "singularity"):
-        if wrapper:
-            gate.refuse("runtime", f"the JobWrapper does not run in {runtime} yet; run the "
-                        "pilot with --runtime bwrap, podman or docker")  # fmt: skip
         return apptainer.render(effective, argv, workdir=workdir, environ=environ,
-                                binary=binary or runtime, host=host)  # fmt: skip
+                                binary=binary or runtime, host=host, wrapper=wrapper)  # fmt: skip
     plan = docker.render(effective, argv, workdir=workdir, environ=environ, engine=runtime,
                          host=host, wrapper=wrapper,
                          name=containers.name_for(name) if name else "")  # fmt: skip
