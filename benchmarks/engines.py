@@ -29,7 +29,7 @@ from timing import median_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from engine_support import BUSYBOX, _load, accepted, answers, docker_daemon  # noqa: E402
+from engine_support import BUSYBOX, _load, accepted, answers, ensure_docker  # noqa: E402
 
 from sandbox_agent.queue import Store  # noqa: E402
 
@@ -79,19 +79,19 @@ def main() -> None:
     args = parser.parse_args()
     print(f"{args.jobs} jobs of /bin/true through `sandbox-agent run --runtime ENGINE` "
           f"(the shipped default: egress), uid {os.geteuid()}")  # fmt: skip
-    with docker_daemon():
-        for engine in args.engines.split(","):
-            why = answers(engine) or _load(engine, BUSYBOX)
-            if why is not None:
-                print(f"  {engine}: skipped ({why})")
-                continue
-            bare = median_ms(lambda e=engine: subprocess.run(  # type: ignore[misc]
-                [e, "run", "--rm", "--network", "none", BUSYBOX, "true"], check=True,
-                capture_output=True), 10)  # fmt: skip
-            per_job = pilot_per_job(engine, args.jobs)
-            print(f"  {engine:7} pilot {per_job:8.1f} ms per job; bare `{engine} run --rm "
-                  f"IMAGE true` {bare:7.1f} ms (median of 10); {per_job / bare:.2f}x, "
-                  f"{per_job - bare:.0f} ms on top")  # fmt: skip
+    ensure_docker()
+    for engine in args.engines.split(","):
+        why = answers(engine) or _load(engine, BUSYBOX)
+        if why is not None:
+            print(f"  {engine}: skipped ({why})")
+            continue
+        bare = median_ms(lambda e=engine: subprocess.run(  # type: ignore[misc]
+            [e, "run", "--rm", "--network", "none", BUSYBOX, "true"], check=True,
+            capture_output=True), 10)  # fmt: skip
+        per_job = pilot_per_job(engine, args.jobs)
+        print(f"  {engine:7} pilot {per_job:8.1f} ms per job; bare `{engine} run --rm "
+              f"IMAGE true` {bare:7.1f} ms (median of 10); {per_job / bare:.2f}x, "
+              f"{per_job - bare:.0f} ms on top")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Each helper skips its test with the reason when the engine or the image cannot b
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -19,7 +20,6 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -47,6 +47,8 @@ def accepted(engine: str, *also: str) -> str:
         return ""
     listed = ", ".join(f'"{key}"' for key in keys)
     return f"[optional]\nrequirements = {{ append = [{listed}] }}\n"
+
+
 _made: dict[tuple[str, str], str | None] = {}  # (engine, image) -> why not, once tried
 
 
@@ -63,40 +65,46 @@ def answers(engine: str) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def docker_daemon() -> Iterator[str | None]:
-    """A Docker daemon for the duration: the one running, or one started here (as the
-    reference machine needs it: no iptables, no bridge) and stopped after. Yields why
-    there is none, or None."""
-    if answers("docker") is None or shutil.which("dockerd") is None or os.geteuid() != 0:
-        yield answers("docker") if shutil.which("dockerd") else "dockerd is not installed"
-        return
+_daemon: list[subprocess.Popen[bytes]] = []  # the dockerd this process started, if any
+
+
+def ensure_docker() -> str | None:
+    """A Docker daemon for the rest of this process: the one running, or one started
+    here once (as the reference machine needs it: no iptables, no bridge) and stopped
+    when the process ends. Why there is none, or None."""
+    if answers("docker") is None:
+        return None
+    if shutil.which("dockerd") is None:
+        return "dockerd is not installed (make installs docker.io)"
+    if os.geteuid() != 0 or _daemon:
+        return answers("docker")
     log = tempfile.NamedTemporaryFile(prefix="sandbox-agent-dockerd-", suffix=".log",  # noqa: SIM115
                                       delete=False)  # fmt: skip
     daemon = subprocess.Popen(["dockerd", "--iptables=false", "--bridge=none"], stdout=log,
                               stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    why = None
-    try:
-        for _ in range(300):
-            if answers("docker") is None:
-                break
-            if daemon.poll() is not None:
-                break
-            time.sleep(0.1)
-        why = answers("docker")
-        if why is not None:
-            tail = Path(log.name).read_text(errors="replace").strip().splitlines()[-3:]
-            why = f"dockerd did not start: {' | '.join(tail)}"
-        yield why
-    finally:
-        if daemon.poll() is None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
-        os.unlink(log.name)
+    _daemon.append(daemon)
+    atexit.register(_stop, daemon, log.name)
+    for _ in range(300):
+        if answers("docker") is None or daemon.poll() is not None:
+            break
+        time.sleep(0.1)
+    why = answers("docker")
+    if why is not None:
+        tail = Path(log.name).read_text(errors="replace").strip().splitlines()[-3:]
+        why = f"dockerd did not start: {' | '.join(tail)}"
+    return why
+
+
+def _stop(daemon: subprocess.Popen[bytes], log: str) -> None:
+    if daemon.poll() is None:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+    with contextlib.suppress(OSError):
+        os.unlink(log)
 
 
 def image(engine: str, which: str) -> str:

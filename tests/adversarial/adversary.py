@@ -1,7 +1,8 @@
 """The stage for the hostile-payload catalogue: canaries planted, the host listening,
 and the probe (``src/sandbox_agent/probe/``: ``run.py`` and its ``attack_*.py``
 modules) run inside the real sandbox through the real console script (``sandbox
-exec``), as root and as an unprivileged agent in a delegated cgroup.
+exec``), as root and as an unprivileged agent in a delegated cgroup, and (for the attack
+tests) in a real Podman and a real Docker container as root (ENGINE_PROFILES).
 
 What is planted for every run, and where a leak would show:
 
@@ -56,11 +57,21 @@ from cli_support import (
     run_cli,
     shared_workdir,
 )
+from engine_support import BUSYBOX, accepted, answers, ensure_docker, image
 
+from sandbox_agent.images import hostpython
 from sandbox_agent.selftest.stage import Decoy, Listeners, SysvSegment, hexed, sandbox_host_uid
 from sandbox_agent.wrapper.probe import PROBE_DIR, RUNNER, probe_files
 
 PROFILES = ["agent-as-root", "agent-as-nobody"]
+# The same catalogue with the sandbox a container of a real engine (sandbox exec, as root;
+# the policy: the default on a busybox image, no network, what the engine cannot hold
+# accepted), for the attack tests. The controls stay on bwrap: they prove the probe.
+ENGINE_PROFILES = ["podman-as-root", "docker-as-root"]
+ATTACK_PROFILES = [*PROFILES, *ENGINE_PROFILES]
+# What a site accepts on an engine and the probe then finds (docs/containers.md)
+ACCEPTED = {("docker-as-root", "host_wide_proc"): "Docker cannot mask the node's /proc files "
+            "(filesystem.proc optional)"}  # fmt: skip
 PYTHON = "/usr/bin/python3"  # the sandbox's interpreter (the host's, bound read-only)
 SANDBOX_HOST_UID = 65534  # who the sandbox (and the decoy) are on the host when root runs
 CANARY_FD = 9  # a shell redirection can open at most fd 9 portably
@@ -176,6 +187,9 @@ class Report:
 
     def assert_blocked(self, name: str) -> None:
         got = self.results[name]
+        accepted = ACCEPTED.get((self.profile, name))
+        if accepted is not None and got["result"] == "LEAKED":
+            pytest.skip(f"{name}: accepted by the site's policy here: {accepted}")
         if got["result"] == "n/a":
             pytest.skip(f"{name} cannot be tried here: {got['detail']}")
         assert got["result"] == "blocked", f"{name} ({self.profile}, {self.policy}): {got}"
@@ -229,8 +243,21 @@ class _Skip(Exception):
     pass
 
 
+def _engine_policy(engine: str, policies: Path) -> str:
+    """The site policy of an engine profile, written beside the shipped ones: its name."""
+    why = answers(engine) if engine == "podman" else ensure_docker()
+    if why is not None:
+        raise _Skip(why)
+    (policies / f"adv-{engine}.toml").write_text(
+        f'extends = "default"\n[filesystem]\nimage = "docker://{image(engine, BUSYBOX)}"\n'
+        '[network]\nmode = "none"\n' + accepted(engine, "process.die_with_parent")
+    )
+    return f"adv-{engine}"
+
+
 def _run(profile: str, policy: str, names: list[str], host_uid: int | None) -> Report:
     as_nobody = profile == "agent-as-nobody"
+    engine = profile.split("-")[0] if profile in ENGINE_PROFILES else None
     sandboxed = host_uid is None
     program: list[str] = [str(SCRIPT)]
     extra: dict[str, str] = {}
@@ -313,9 +340,15 @@ def _run(profile: str, policy: str, names: list[str], host_uid: int | None) -> R
         front = ["setsid", "--ctty", "--wait",
                  "/bin/sh", "-c", f'exec {CANARY_FD}<"$0"; exec "$@"', str(fd_file)]  # fmt: skip
         probe_argv = [PYTHON, "-I", "-S"]
+        runtime: list[str] = []
+        if engine is not None:  # the interpreter the container carries in (the agent's)
+            policy = _engine_policy(engine, policies) if policy == "default" else policy
+            probe_argv = [*hostpython.find().command, "-I", "-S"]
+            runtime = ["--runtime", engine]
         if host_uid is None:
-            command: list[object] = ["sandbox", "exec", "--policy", policy, "--workdir",
-                                     workdir, "--", *probe_argv, f"{PROBE}/{RUNNER}"]  # fmt: skip
+            command: list[object] = ["sandbox", "exec", *runtime, "--policy", policy,
+                                     "--workdir", workdir, "--", *probe_argv,
+                                     f"{PROBE}/{RUNNER}"]  # fmt: skip
             program = front + program
         else:
             switch = ["setpriv", f"--reuid={host_uid}", f"--regid={host_uid}", "--clear-groups"]

@@ -9,7 +9,7 @@ import json
 import os
 
 import pytest
-from adversary import PROFILES, attack, names_of, requirements, unsandboxed
+from adversary import ATTACK_PROFILES, PROFILES, attack, names_of, requirements, unsandboxed
 
 pytestmark = requirements
 
@@ -17,7 +17,7 @@ NAMES = names_of("credentials")
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("profile", ATTACK_PROFILES)
 def test_attack_is_blocked(profile: str, name: str) -> None:
     attack(profile).assert_blocked(name)
 

@@ -5,7 +5,7 @@ control binds a host directory writable and the same probe writes there."""
 from __future__ import annotations
 
 import pytest
-from adversary import PROFILES, attack, names_of, requirements, unsandboxed
+from adversary import ATTACK_PROFILES, PROFILES, attack, names_of, requirements, unsandboxed
 
 pytestmark = requirements
 
@@ -13,7 +13,7 @@ NAMES = names_of("filesystem")
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("profile", ATTACK_PROFILES)
 def test_attack_is_blocked(profile: str, name: str) -> None:
     attack(profile).assert_blocked(name)
 

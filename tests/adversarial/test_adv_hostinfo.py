@@ -15,7 +15,16 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from adversary import PROBE, PROFILES, PYTHON, attack, names_of, requirements, unsandboxed
+from adversary import (
+    ATTACK_PROFILES,
+    PROBE,
+    PROFILES,
+    PYTHON,
+    attack,
+    names_of,
+    requirements,
+    unsandboxed,
+)
 from cli_support import (
     ROOT,
     SCRIPT,
@@ -39,7 +48,7 @@ NAMES = names_of("hostinfo")
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("profile", ATTACK_PROFILES)
 def test_attack_is_blocked(profile: str, name: str) -> None:
     attack(profile).assert_blocked(name)
 

@@ -6,7 +6,7 @@ host's network, with landlock and then without it."""
 from __future__ import annotations
 
 import pytest
-from adversary import PROFILES, attack, names_of, requirements
+from adversary import ATTACK_PROFILES, PROFILES, attack, names_of, requirements
 
 from sandbox_agent.wrapper.confine import abi
 
@@ -17,7 +17,7 @@ ATTACKS = [n for n in NAMES if n != "listen_inside"]  # listening is reported, n
 
 
 @pytest.mark.parametrize("name", ATTACKS)
-@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("profile", ATTACK_PROFILES)
 def test_attack_is_blocked(profile: str, name: str) -> None:
     attack(profile).assert_blocked(name)
 

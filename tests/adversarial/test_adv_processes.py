@@ -6,7 +6,7 @@ not steer either. The controls take the PID namespace away, then the sandbox."""
 from __future__ import annotations
 
 import pytest
-from adversary import PROFILES, attack, names_of, requirements, unsandboxed
+from adversary import ATTACK_PROFILES, PROFILES, attack, names_of, requirements, unsandboxed
 
 pytestmark = requirements
 
@@ -14,7 +14,7 @@ NAMES = names_of("processes")
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("profile", ATTACK_PROFILES)
 def test_attack_is_blocked(profile: str, name: str) -> None:
     attack(profile).assert_blocked(name)
 

@@ -1,18 +1,15 @@
 """The engines the tests in this folder run jobs in: Podman as installed, and a Docker
-daemon for the session (started here when none runs, then stopped)."""
+daemon (started when none runs, and stopped when the tests end)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-from engine_support import answers, docker_daemon
+from engine_support import answers, ensure_docker
 
 
 @pytest.fixture(scope="session")
-def docker_up() -> Iterator[str | None]:
-    with docker_daemon() as why:
-        yield why
+def docker_up() -> str | None:
+    return ensure_docker()
 
 
 @pytest.fixture(params=["podman", "docker"])
