@@ -149,7 +149,9 @@ def _busybox_tar(preload: bool = False) -> Path | str:
         (root / "tmp").chmod(0o1777)
         if preload:
             (root / "etc" / "ld.so.preload").write_text(PRELOAD_LINE + "\n")
-        archive = Path(tempfile.mkstemp(prefix="sandbox-agent-busybox-", suffix=".tar")[1])
+        fd, name = tempfile.mkstemp(prefix="sandbox-agent-busybox-", suffix=".tar")
+        os.close(fd)  # tar writes it by name; an open descriptor would outlive its unlink
+        archive = Path(name)
         subprocess.run(["tar", "-C", str(root), "-cf", str(archive), "."], check=True)
         return archive
 

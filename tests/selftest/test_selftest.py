@@ -143,7 +143,7 @@ def test_a_leak_is_shown_in_the_table_with_what_got_out(home: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (("--runtime", "apptainer"), 2, "the pilot runs jobs on bwrap only for now"),
+        (("--runtime", "no-such-runtime"), 3, "--runtime no-such-runtime: unknown runtime"),
         (("no_such_attack",), 3, "selftest: no such attack: no_such_attack"),
         (("--policy", "missing"), 2, "missing"),
     ],
