@@ -16,16 +16,14 @@ without a registry, as the tests do: tests/engine_support.py).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from timing import median_ms
+from timing import jobs_span, median_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -54,22 +52,14 @@ def pilot_per_job(engine: str, jobs: int) -> float:
         process = subprocess.Popen([str(SCRIPT), "run", "--json", "--runtime", engine,
                                     "--policy", "eng", "--max-jobs", str(jobs)], env=env,
                                    stdout=subprocess.PIPE, text=True)  # fmt: skip
-        times: dict[str, float] = {}
-        states: dict[str, int] = {}
         assert process.stdout is not None
-        for line in process.stdout:
-            event = json.loads(line)
-            if event["event"] == "matched" and "first" not in times:
-                times["first"] = time.perf_counter()
-            if event["event"] == "finished":
-                times["last"] = time.perf_counter()
-                states[event["state"]] = states.get(event["state"], 0) + 1
+        first, last, states = jobs_span(process.stdout)
         process.wait()
     finally:
         shutil.rmtree(base, ignore_errors=True)
     if states != {"DONE": jobs}:
         raise SystemExit(f"{engine}: not every job ended DONE: {states}")
-    return (times["last"] - times["first"]) * 1000 / jobs
+    return (last - first) * 1000 / jobs
 
 
 def main() -> None:

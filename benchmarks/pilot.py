@@ -13,17 +13,15 @@ from /proc (VmHWM) while it runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
-from timing import median_ms
+from timing import jobs_span, median_ms
 
 from sandbox_agent.queue import Store
 
@@ -63,16 +61,8 @@ def main() -> None:
         done = threading.Event()
         sampler = threading.Thread(target=peak_rss, args=(process.pid, seen, done))
         sampler.start()
-        times: dict[str, float] = {}
-        states: dict[str, int] = {}
         assert process.stdout is not None
-        for line in process.stdout:
-            event = json.loads(line)
-            if event["event"] == "matched" and "first" not in times:
-                times["first"] = time.perf_counter()
-            if event["event"] == "finished":
-                times["last"] = time.perf_counter()
-                states[event["state"]] = states.get(event["state"], 0) + 1
+        first, last, states = jobs_span(process.stdout)
         process.wait()
         done.set()
         sampler.join()
@@ -82,7 +72,7 @@ def main() -> None:
     if states != {"DONE": jobs}:
         raise SystemExit(f"not every job ended DONE: {states}")
     # the first job's time (from its match) is inside the span; N-1 intervals follow it
-    per_job = (times["last"] - times["first"]) * 1000 / jobs
+    per_job = (last - first) * 1000 / jobs
     print(f"{jobs} jobs of /bin/true through `sandbox-agent run`, uid {os.geteuid()}")
     print(f"  pilot       {per_job:8.2f} ms per job")
     print(f"  bare bwrap  {bare:8.2f} ms per run (median of 30)")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from sandbox_agent.printable import printable
+from sandbox_agent.runtime.containers import client_environment
 from sandbox_agent.runtime.launch import SANDBOX_HOST_UID
 from sandbox_agent.toolrun import run_tool
 
@@ -45,7 +46,6 @@ BWRAP_MINIMUM = (0, 8, 0)  # --disable-userns
 TIMEOUT = 5.0  # seconds, for every probe
 _REASON_LIMIT = 300  # characters of a tool's message kept in a reason
 
-_ENGINE_VARIABLES = ("HOME", "DOCKER_HOST", "XDG_RUNTIME_DIR", "CONTAINER_HOST")
 _INSTALL = {
     "bwrap": "Debian/Ubuntu: apt-get install bubblewrap; EL: dnf install bubblewrap",
     "apptainer": "install apptainer, or mount CVMFS",
@@ -86,7 +86,7 @@ def available(runtime: str, *, environ: Mapping[str, str] = os.environ) -> Avail
         return _bwrap(path)
     if runtime in ("apptainer", "singularity"):
         return _apptainer(runtime, path)
-    env = {"PATH": path} | {name: environ[name] for name in _ENGINE_VARIABLES if name in environ}
+    env = client_environment(environ) | {"PATH": path}
     return _engine(runtime, env)
 
 
