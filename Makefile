@@ -36,14 +36,14 @@ test: lint typecheck unit
 # states, outputs, logs and the signed audit record of the image job. fail.jdl is
 # meant to fail: it shows ERROR_E and OutputErrorE. busybox.jdl runs on an image: a
 # busybox root built here, offered as Platform "busybox" by a site policy in the home
-# (the default, plus that one platform). Then, where Podman runs here, hello.jdl once
-# more with its JobWrapper in a Podman container (scripts/demo-podman.sh).
+# (the shipped default, extended by name, plus that one platform). Then, where Podman
+# runs here, hello.jdl once more with its JobWrapper in a Podman container
+# (scripts/demo-podman.sh).
 demo: setup
 	$(BIN)/sandbox-agent jdl check samples/*.jdl samples/production/production.jdl > /dev/null
 	@base=$$(mktemp -d /tmp/sandbox-agent-demo.XXXXXX) && chmod 711 "$$base" && \
 	  home="$$base/home" && mkdir -p "$$home/policies" && cp samples/slot.toml "$$home/slot.toml" && \
 	  bash scripts/busybox-image.sh "$$base/images/busybox" && chmod 755 "$$base/images" && \
-	  cp -r policies/base.toml policies/default.toml policies/seccomp "$$home/policies/" && \
 	  printf 'extends = "default"\n[images]\nplatforms = { busybox = "%s" }\n' \
 	    "$$base/images/busybox" > "$$home/policies/site.toml" && \
 	  sa() { echo "$$ sandbox-agent $$*"; $(BIN)/sandbox-agent --home "$$home" "$$@"; } && \

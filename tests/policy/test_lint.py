@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sandbox_agent.policy import load_policy
+from sandbox_agent.policy import load, load_policy
 from sandbox_agent.policy.lint import Finding, lint
 
 SHIPPED = Path(__file__).resolve().parents[2] / "policies"
@@ -624,12 +624,14 @@ def test_seccomp_profile_not_oci(pdir: Path) -> None:
 
 
 def test_seccomp_profile_builtin_path(tmp_path: Path) -> None:
-    """A policy that never names a profile gets the builtin path, found or not."""
+    """A policy that never names a profile gets the shipped one, wherever the policy is;
+    a file of the same name beside it is not read."""
     directory = tmp_path / "pol"
     directory.mkdir()
     write(directory, 'description = "no profile next to me"\n')
-    assert triples(directory) == [("error", "seccomp-profile", "builtin")]
-    write_profile(directory, "default.json", GOOD)
+    write_profile(directory, "default.json", "{not json")
+    policy = load_policy("site", [directory])
+    assert policy.seccomp_path() == load.SHIPPED / "seccomp" / "default.json"
     assert findings(directory) == []
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox_agent.policy import PolicyError, load_policy
+from sandbox_agent.policy import PolicyError, load, load_policy
 from sandbox_agent.policy.lines import key_lines
 from sandbox_agent.policy.load import policy_dirs
 from sandbox_agent.policy.model import BUILTIN
@@ -158,8 +158,7 @@ def test_extends_itself(tmp_path: Path) -> None:
 def test_extends_takes_names_only(tmp_path: Path, target: str) -> None:
     message = refused(tmp_path, f'extends = "{target}"\n')
     assert message == (
-        f"{tmp_path}/site.toml:1: extends takes a policy name from the same directory, "
-        "like \"base\" (no paths, no '..')"
+        f"{tmp_path}/site.toml:1: extends takes a policy name, like \"base\" (no paths, no '..')"
     )
 
 
@@ -215,3 +214,49 @@ def test_huge_rlimit_and_deep_nesting_are_refused(tmp_path: Path) -> None:
     )
     deep = "a = " + "[" * 100_000 + "]" * 100_000 + "\n"
     assert "nested too deeply" in refused(tmp_path, deep)
+
+
+# -- a site policy outside the shipped directory ------------------------------------------
+
+
+def test_a_site_policy_anywhere_extends_the_shipped_ones_by_name(tmp_path: Path) -> None:
+    """/etc/sandbox-agent/site.toml, alone in its directory, extends "default": the
+    chain runs through the installed package's default and base, and the seccomp
+    profile base names is read from the package, not from the site's directory."""
+    site = write(
+        tmp_path / "etc", "site", 'extends = "default"\n[limits.memory]\ndefault = "1 GB"\n'
+    )
+    policy = load_policy(str(site), policy_dirs())
+    assert [p.name for p in policy.files] == ["base.toml", "default.toml", "site.toml"]
+    assert policy.files[0].parent.resolve() == load.SHIPPED
+    assert policy.seccomp_path() == load.SHIPPED / "seccomp" / "default.json"
+    assert policy["process.seccomp"].origin.startswith("policies/base.toml:")
+    assert policy.value("limits.memory.default") == 1 << 30
+
+
+def test_a_site_profile_is_read_beside_the_file_that_names_it(tmp_path: Path) -> None:
+    site = write(
+        tmp_path / "etc", "site", 'extends = "default"\n[process]\nseccomp = "sec/mine.json"\n'
+    )
+    policy = load_policy(str(site), policy_dirs())
+    assert policy.seccomp_path() == (tmp_path / "etc" / "sec" / "mine.json").resolve()
+
+
+def test_a_site_default_extends_the_shipped_default(tmp_path: Path) -> None:
+    """A site's own default.toml in HOME/policies may extend "default": a file never
+    extends itself, so the name goes on to the shipped one."""
+    home_policies = tmp_path / "home" / "policies"
+    write(home_policies, "default", 'extends = "default"\n[limits.memory]\ndefault = "3 GB"\n')
+    policy = load_policy("default", policy_dirs(tmp_path / "home"))
+    assert policy.files[-1] == home_policies / "default.toml"
+    assert policy.files[-2].resolve() == load.SHIPPED / "default.toml"
+    assert policy.value("limits.memory.default") == 3 << 30
+
+
+def test_a_name_nowhere_says_where_it_looked(tmp_path: Path) -> None:
+    site = write(tmp_path / "etc", "site", 'extends = "nosuch"\n')
+    with pytest.raises(PolicyError) as info:
+        load_policy(str(site), policy_dirs())
+    assert str(info.value) == (
+        f"{site}:1: extends 'nosuch', but no nosuch.toml is in {tmp_path / 'etc'}, {load.SHIPPED}"
+    )

@@ -251,8 +251,8 @@ def _images(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
 
 
 def _seccomp(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
-    before_path = base.policy.directory / base["process.seccomp"].value
-    after_path = other.policy.directory / other["process.seccomp"].value
+    before_path = base.policy.seccomp_path()
+    after_path = other.policy.seccomp_path()
     if before_path.resolve() == after_path.resolve():
         return []  # one profile: nothing to compare
     try:

@@ -324,7 +324,7 @@ def limits(policy: Policy) -> list[Finding]:
 @rule
 def seccomp(policy: Policy) -> list[Finding]:
     setting = policy["process.seccomp"]
-    path = policy.directory / setting.value
+    path = policy.seccomp_path()
     try:
         profile = SeccompProfile.load(path)
     except ProfileError as exc:

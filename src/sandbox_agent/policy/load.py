@@ -1,6 +1,8 @@
 """Reading site policies: TOML validated against the schema, ``extends`` followed.
 
-A file may say ``extends = "base"`` (a policy name from its own directory). Later files
+A file may say ``extends = "base"``: a policy name, looked up in the file's own directory,
+then where named policies are (``policy_dirs``), so a site policy anywhere extends the
+shipped ones by name. Later files
 override earlier ones key by key; a list written as a plain array replaces, a list
 written as ``{ append = [...] }`` adds to what it extends. Every refusal names the file
 and line: unknown keys, wrong types, relative or ``..`` paths, cycles in ``extends``.
@@ -8,6 +10,7 @@ and line: unknown keys, wrong types, relative or ``..`` paths, cycles in ``exten
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import posixpath
@@ -44,15 +47,19 @@ _IMAGE_REF = re.compile(
 )
 
 
+# The policies and seccomp profiles installed with the package (package data).
+SHIPPED = Path(__file__).resolve().parent.parent / "policies"
+
+
 def policy_dirs(home: Path | None = None) -> list[Path]:
     """Where named policies are looked up: ``$SANDBOX_AGENT_POLICIES``, ``HOME/policies``,
-    then the ``policies/`` directory that ships with the source tree."""
+    then the ``policies/`` directory installed with the package."""
     dirs: list[Path] = []
     if os.environ.get("SANDBOX_AGENT_POLICIES"):
         dirs.append(Path(os.environ["SANDBOX_AGENT_POLICIES"]))
     if home is not None:
         dirs.append(home / "policies")
-    dirs.append(Path(__file__).resolve().parents[3] / "policies")
+    dirs.append(SHIPPED)
     return dirs
 
 
@@ -82,7 +89,8 @@ def _is_file(path: Path) -> bool:
 
 def load_policy(ref: str, dirs: list[Path] | None = None) -> Policy:
     """The policy ``ref`` with everything it extends, every schema key set."""
-    path = find_policy(ref, dirs if dirs is not None else policy_dirs())
+    dirs = dirs if dirs is not None else policy_dirs()
+    path = find_policy(ref, dirs)
     chain: list[tuple[Path, dict[str, Any], dict[str, int]]] = []
     seen: list[Path] = []
     current: Path | None = path
@@ -98,14 +106,15 @@ def load_policy(ref: str, dirs: list[Path] | None = None) -> Policy:
         seen.append(resolved)
         data, lines = _read(current)
         chain.append((current, data, lines))
-        current = _parent(current, data, lines)
+        current = _parent(current, data, lines, dirs)
     chain.reverse()
     settings = {name: _builtin(spec) for name, spec in FIELDS.items()}
     for file, data, lines in chain:
         for name, raw in _flatten(file, data, lines):
             spec = FIELDS[name]
             origin = f"{_show(file)}:{_line(lines, name)}"
-            settings[name] = _merge(settings[name], spec, raw, file, origin)
+            merged = _merge(settings[name], spec, raw, file, origin)
+            settings[name] = dataclasses.replace(merged, directory=file.parent.resolve())
     return Policy(path.stem, tuple(f for f, _, _ in chain), path.parent, settings)
 
 
@@ -155,20 +164,32 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     return data, key_lines(text)
 
 
-def _parent(path: Path, data: dict[str, Any], lines: dict[str, int]) -> Path | None:
+def _parent(
+    path: Path, data: dict[str, Any], lines: dict[str, int], dirs: list[Path]
+) -> Path | None:
+    """The file ``path`` extends: the name in its own directory, else in ``dirs`` (a
+    site's ``default.toml`` may extend the shipped ``default``: a file never extends
+    itself)."""
     if "extends" not in data:
         return None
     name = data["extends"]
     where = f"{path}:{lines.get('extends', 1)}"
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise PolicyError(
-            f'{where}: extends takes a policy name from the same directory, like "base" '
-            "(no paths, no '..')"
+            f"{where}: extends takes a policy name, like \"base\" (no paths, no '..')"
         )
-    parent = path.parent / f"{name}.toml"
-    if not parent.is_file():
-        raise PolicyError(f"{where}: extends '{name}', but {parent} does not exist")
-    return parent
+    places = [path.parent, *(d for d in dirs if d.resolve() != path.parent.resolve())]
+    itself = False
+    for directory in places:
+        candidate = directory / f"{name}.toml"
+        if _is_file(candidate):
+            if candidate.resolve() != path.resolve():
+                return candidate
+            itself = True
+    if itself:
+        raise PolicyError(f"{where}: extends makes a cycle ({path.stem} -> {name})")
+    where_looked = ", ".join(str(d) for d in places)
+    raise PolicyError(f"{where}: extends '{name}', but no {name}.toml is in {where_looked}")
 
 
 def _flatten(file: Path, data: dict[str, Any], lines: dict[str, int]) -> list[tuple[str, Any]]:
@@ -195,9 +216,10 @@ def _flatten(file: Path, data: dict[str, Any], lines: dict[str, int]) -> list[tu
 
 
 def _builtin(spec: Field) -> Setting:
+    """The schema's default; a path in it is the shipped one (the builtin profile)."""
     if spec.kind in LIST_KINDS or spec.kind is Kind.MAPPING:
-        return Setting(tuple(Item(v, BUILTIN) for v in spec.default), BUILTIN)
-    return Setting(spec.default, BUILTIN)
+        return Setting(tuple(Item(v, BUILTIN) for v in spec.default), BUILTIN, SHIPPED)
+    return Setting(spec.default, BUILTIN, SHIPPED)
 
 
 def _merge(old: Setting, spec: Field, raw: Any, file: Path, origin: str) -> Setting:

@@ -34,6 +34,9 @@ class Item:
 class Setting:
     value: Any  # scalars as they are; lists and mappings as tuples of Item
     origin: str
+    # The directory of the file that set it: a path value (process.seccomp) is read there,
+    # so a site policy anywhere keeps the profile of the shipped policy it extends.
+    directory: Path | None = field(default=None, compare=False)
 
     def plain(self) -> Any:
         """The value without origins (a list's items as a tuple)."""
@@ -48,11 +51,16 @@ class Policy:
 
     name: str
     files: tuple[Path, ...]  # the chain, the root ancestor first
-    directory: Path  # where the named files (and the seccomp profile) live
+    directory: Path  # the named policy's own directory
     settings: dict[str, Setting] = field(default_factory=dict)
 
     def __getitem__(self, path: str) -> Setting:
         return self.settings[path]
+
+    def seccomp_path(self) -> Path:
+        """The seccomp profile's file: beside the policy file that named it."""
+        setting = self.settings["process.seccomp"]
+        return (setting.directory or self.directory) / str(setting.value)
 
     def value(self, path: str) -> Any:
         """The plain value of ``path``; a mapping (environment.set) as a dict."""

@@ -212,7 +212,8 @@ def _fields() -> dict[str, Field]:
             "process.seccomp",
             Kind.STRING,
             "seccomp/default.json",
-            "The system-call profile (OCI JSON), relative to the policy directory.",
+            "The system-call profile (OCI JSON), relative to the directory of the policy file "
+            "that sets it (the builtin: the shipped policies' directory).",
         ),
         Field(
             "process.new_session",

@@ -86,7 +86,7 @@ def render(
     if network == "egress":  # the relay plumbs a namespace bwrap made; not Apptainer's yet
         need.unmet("network.mode", "egress: the agent's relay runs with bwrap only for now; "
                    "here the job gets --network none", by="agent")  # fmt: skip
-    profile = str(effective.policy.directory / effective.view.process.seccomp)
+    profile = str(effective.policy.seccomp_path())
     # Apptainer applies a seccomp profile only when run as root, and root Apptainer gives a
     # root agent's payload host uid 0: the confine step loads the agent's compiled program.
     need.met("process.seccomp", "Apptainer applies seccomp only as root: the confine step "

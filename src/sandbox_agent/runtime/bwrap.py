@@ -250,7 +250,7 @@ def render(
         argv=(*own, *argv),
         descriptors=descriptors,
         requirements=tuple(need.items),
-        seccomp_profile=str(effective.policy.directory / profile),
+        seccomp_profile=str(effective.policy.seccomp_path()),
         egress=egress,
         **from_policy(effective),
     )

@@ -165,7 +165,7 @@ def render(
     if view.process.no_new_privs:
         out += ["--security-opt", "no-new-privileges"]
         need.met("process.no_new_privs", "--security-opt no-new-privileges")
-    profile = str(effective.policy.directory / view.process.seccomp)
+    profile = str(effective.policy.seccomp_path())
     out += ["--security-opt", f"seccomp={profile}"]
     need.met("process.seccomp", f"--security-opt seccomp={profile}")
     if view.process.new_session:
