@@ -3,10 +3,12 @@ what it names: for a job its scope, for a person their user name.
 
 The agent holds a jobagent token; each job gets a token for its own job id, signed from
 a CSR the agent makes with a fresh key; only the job token enters the sandbox. People
-hold user tokens (their own jobs) or admin tokens (every job) for the broker.
+hold user tokens (their own jobs) or admin tokens (every job) for the broker. A pilot
+renews its jobagent token from the broker before it expires; the renewal names the first
+token of its line (its origin), so that revoking that token revokes every renewal.
 """
 
-from sandbox_agent.tokens.authority import Issued, TokenAuthority
+from sandbox_agent.tokens.authority import Issued, RenewalPolicy, TokenAuthority, origin_of
 from sandbox_agent.tokens.errors import (
     InsecureKeyFile,
     IssuanceRefused,
@@ -23,7 +25,7 @@ from sandbox_agent.tokens.errors import (
 from sandbox_agent.tokens.files import Token, load_token, write_token
 from sandbox_agent.tokens.keys import KeyType, fingerprint, new_key
 from sandbox_agent.tokens.request import job_request, new_job_request
-from sandbox_agent.tokens.roles import Identity, JobScope, Role, identity_of
+from sandbox_agent.tokens.roles import Identity, JobScope, Origin, Role, identity_of
 from sandbox_agent.tokens.verify import TokenVerifier, VerifiedToken
 
 __all__ = [
@@ -35,6 +37,8 @@ __all__ = [
     "KeyMismatch",
     "KeyType",
     "MalformedToken",
+    "Origin",
+    "RenewalPolicy",
     "Role",
     "Token",
     "TokenAuthority",
@@ -53,5 +57,6 @@ __all__ = [
     "load_token",
     "new_job_request",
     "new_key",
+    "origin_of",
     "write_token",
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -31,7 +31,7 @@ from sandbox_agent.tokens.keys import (
     write_private_key,
     write_public_file,
 )
-from sandbox_agent.tokens.roles import Identity, JobScope, Role, identity_of
+from sandbox_agent.tokens.roles import Identity, JobScope, Origin, Role, identity_of
 from sandbox_agent.tokens.verify import TokenVerifier, utcnow
 
 # Longest lifetime of each kind of token.
@@ -50,11 +50,44 @@ DEFAULT_LIFETIME = {
     Role.ADMIN: timedelta(hours=1),
 }
 JOB_GRACE = timedelta(minutes=15)  # a job token outlives the job's TTL by this much
+# How long after a node's first jobagent token its renewals may go on, by default: a
+# stolen token is no longer renewable past it, and the site issues the node a new one.
+RENEWAL_LIMIT = timedelta(days=7)
 ROOT_LIFETIME = timedelta(days=3650)
 SIGNING_LIFETIME = timedelta(days=365)
 
 # Answers "is this job leased to the agent with this certificate fingerprint?"
 LeaseCheck = Callable[[str, JobScope], bool]
+
+
+@dataclass(frozen=True)
+class RenewalPolicy:
+    """How the authority renews jobagent tokens: each renewal lives ``lifetime``, and
+    none lives past ``limit`` after the first token of its line was issued (a zero
+    limit renews nothing)."""
+
+    lifetime: timedelta = DEFAULT_LIFETIME[Role.JOBAGENT]
+    limit: timedelta = RENEWAL_LIMIT
+
+    def __post_init__(self) -> None:
+        maximum = MAX_LIFETIME[Role.JOBAGENT]
+        if not timedelta(0) < self.lifetime <= maximum:
+            given = self.lifetime.total_seconds()
+            raise ValueError(
+                f"a renewed jobagent token lives more than 0 and at most {_hours(maximum)}, "
+                f"not {given:g} s"
+            )
+        if self.limit < timedelta(0):
+            raise ValueError("the renewal limit must be 0 or more seconds")
+
+
+def origin_of(certificate: x509.Certificate, identity: Identity) -> Origin:
+    """The first token of ``certificate``'s line: the one its origin URI names, or
+    itself when it was never renewed (issued CLOCK_SKEW after its notBefore)."""
+    if identity.origin is not None:
+        return identity.origin
+    issued = certificate.not_valid_before_utc + CLOCK_SKEW
+    return Origin(certificate.serial_number, int(issued.timestamp()))
 
 
 @dataclass(frozen=True)
@@ -225,6 +258,54 @@ class TokenAuthority:
         lifetime = min(timedelta(seconds=ttl_seconds) + JOB_GRACE, MAX_LIFETIME[Role.JOB])
         return self.issue(Identity(Role.JOB, scope), public_key, lifetime=lifetime)
 
+    def renew_jobagent_token(
+        self,
+        agent: x509.Certificate,
+        agent_chain: tuple[x509.Certificate, ...],
+        *,
+        policy: RenewalPolicy,
+        crl: x509.CertificateRevocationList | None = None,
+    ) -> Issued:
+        """A new jobagent token for the key of ``agent``, a valid, unexpired and
+        unrevoked jobagent token (its holder proved the key in the TLS handshake). It
+        names the same origin, lives ``policy.lifetime``, never past the line's limit,
+        and must outlive the token it replaces.
+
+        Raises ``IssuanceRefused`` with the reason."""
+        try:
+            verified = self.verifier(crl).verify(agent, agent_chain, role=Role.JOBAGENT)
+            public_key = check_public_key(agent.public_key(), "token key")
+        except TokenError as exc:
+            raise IssuanceRefused(f"this token cannot be renewed: {exc}") from None
+        now = self.clock()
+        if now >= agent.not_valid_after_utc:  # the verifier's clock skew is no extension
+            raise IssuanceRefused(
+                f"this token expired at {_stamp(agent.not_valid_after_utc)}; an expired token "
+                "is never renewed: give the node a new one"
+            )
+        if policy.limit <= timedelta(0):
+            raise IssuanceRefused("this site renews no jobagent token: give the node a new one")
+        origin = origin_of(agent, verified.identity)
+        began = datetime.fromtimestamp(origin.issued, UTC)
+        deadline = began + policy.limit
+        line = (
+            f"the first token of its line (serial {origin.serial:x}) was issued at {_stamp(began)}"
+        )
+        if now >= deadline:
+            raise IssuanceRefused(
+                f"{line}; this site renews a jobagent token for {_hours(policy.limit)} after "
+                "that at most: give the node a new token"
+            )
+        not_after = min(now + policy.lifetime, deadline, self.signer.not_valid_after_utc)
+        if not_after <= agent.not_valid_after_utc:
+            raise IssuanceRefused(
+                f"a renewal would expire at {_stamp(not_after)}, no later than this token "
+                f"({_stamp(agent.not_valid_after_utc)}): {line}, and renewals end "
+                f"{_hours(policy.limit)} after that"
+            )
+        identity = Identity(Role.JOBAGENT, origin=origin)
+        return self.issue(identity, public_key, lifetime=not_after - now)
+
     # -- revoking ---------------------------------------------------------------------
 
     def revocation_list(
@@ -255,5 +336,14 @@ class TokenAuthority:
 
 
 def _hours(delta: timedelta) -> str:
-    hours = delta.total_seconds() / 3600
+    seconds = delta.total_seconds()
+    if seconds < 3600:
+        return f"{seconds:g} seconds"
+    hours = seconds / 3600
+    if hours == 1:
+        return "1 hour"
     return f"{hours:g} hours" if hours < 48 else f"{hours / 24:g} days"
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ")

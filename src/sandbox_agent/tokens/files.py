@@ -13,6 +13,10 @@ issued it) and ``NAME.key`` (its private key, mode 0600).  An authority director
 
 from __future__ import annotations
 
+import contextlib
+import os
+import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,3 +102,37 @@ def write_token(directory: Path, name: str, token: Token) -> tuple[Path, Path]:
     write_private_key(key_file, token.key)
     write_public_file(certificate_file, pem_bundle([token.certificate, *token.chain]))
     return certificate_file, key_file
+
+
+def replace_certificate(path: Path, previous: x509.Certificate, token: Token) -> None:
+    """Put ``token``'s certificate and chain in ``path`` in place of ``previous`` (a
+    renewed token: its key, and so its key file, are the same). The new file is whole
+    before it takes the name (a temporary file, 0600 from its creation, synced, then
+    renamed over it), with the old file's owner; no partial file is ever left. Refused
+    (TokenError, OSError) when ``path`` is no longer a regular file holding ``previous``:
+    a link is never followed, and a token the site put there meanwhile is never
+    overwritten."""
+    info = path.lstat()
+    if not stat.S_ISREG(info.st_mode):
+        raise MalformedToken(f"{path}: not a regular file (a link is not followed)")
+    if load_certificates(path)[0] != previous:
+        raise MalformedToken(f"{path}: changed since the pilot read it; left as it is")
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(pem_bundle([token.certificate, *token.chain]))
+            file.flush()
+            if (info.st_uid, info.st_gid) != (os.geteuid(), os.getegid()):
+                os.fchown(file.fileno(), info.st_uid, info.st_gid)
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself on disk (best effort)
+        directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)

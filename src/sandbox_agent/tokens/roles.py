@@ -8,6 +8,8 @@ that code reads::
     urn:sandbox-agent:role:jobagent | job | broker | user | admin
     urn:sandbox-agent:job:<id>:<resubmission>     (job tokens)
     urn:sandbox-agent:user:<user>                 (job, user and admin tokens)
+    urn:sandbox-agent:origin:<serial hex>:<unix>  (a renewed jobagent token: the first
+                                                  token of its line, and when it was issued)
 
 Decisions are taken from the URIs only; the subject is never parsed.
 """
@@ -76,6 +78,21 @@ class JobScope:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """The first token of a renewed jobagent token's line: its serial (revoking it
+    revokes every renewal) and when it was issued (renewals end a site's limit after)."""
+
+    serial: int
+    issued: int  # seconds since the epoch
+
+    def __post_init__(self) -> None:
+        if not 0 < self.serial < 1 << 160:
+            raise ValueError(f"origin serial must be 1 to 2**160 - 1, not {self.serial}")
+        if self.issued < 0:
+            raise ValueError(f"origin time must be 0 or more, not {self.issued}")
+
+
+@dataclass(frozen=True)
 class Identity:
     """The role a certificate carries and what it names: the scope of a job token, the
     person of a user or admin token (a job token's user is ``job.user``, never ``user``)."""
@@ -83,9 +100,12 @@ class Identity:
     role: Role
     job: JobScope | None = None
     user: str | None = None
+    origin: Origin | None = None  # a renewed jobagent token's line (Origin)
 
     def __post_init__(self) -> None:
         # Refuse here what identity_of() would refuse, so no such token is ever signed.
+        if self.origin is not None and self.role is not Role.JOBAGENT:
+            raise ValueError("only a jobagent token is renewed and names its origin")
         if self.role in PERSON_ROLES:
             if self.user is None or self.job is not None:
                 raise ValueError(f"{self.role.with_article} token names one user and no job")
@@ -125,12 +145,18 @@ def user_urn(user: str) -> str:
     return f"{URN_PREFIX}user:{user}"
 
 
+def origin_urn(origin: Origin) -> str:
+    return f"{URN_PREFIX}origin:{origin.serial:x}:{origin.issued}"
+
+
 def identity_urns(identity: Identity) -> list[str]:
     urns = [role_urn(identity.role)]
     if identity.job is not None:
         urns += [job_urn(identity.job), user_urn(identity.job.user)]
     elif identity.user is not None:
         urns.append(user_urn(identity.user))
+    if identity.origin is not None:
+        urns.append(origin_urn(identity.origin))
     return urns
 
 
@@ -173,7 +199,7 @@ def identity_of(cert_or_csr: x509.Certificate | x509.CertificateSigningRequest) 
         raise MalformedToken("no subjectAltName: this is not a sandbox-agent token") from None
     ours = [u for u in san.value.get_values_for_type(x509.UniformResourceIdentifier)
             if u.startswith(URN_PREFIX)]  # fmt: skip
-    roles, jobs, users = [], [], []
+    roles, jobs, users, origins = [], [], [], []
     for urn in ours:
         kind, _, rest = urn[len(URN_PREFIX) :].partition(":")
         if kind == "role":
@@ -182,6 +208,8 @@ def identity_of(cert_or_csr: x509.Certificate | x509.CertificateSigningRequest) 
             jobs.append(rest)
         elif kind == "user":
             users.append(rest)
+        elif kind == "origin":
+            origins.append(rest)
         else:
             raise MalformedToken(f"unknown sandbox-agent URI '{urn}' in subjectAltName")
     if len(roles) != 1:
@@ -192,6 +220,8 @@ def identity_of(cert_or_csr: x509.Certificate | x509.CertificateSigningRequest) 
         role = Role(roles[0])
     except ValueError:
         raise MalformedToken(f"unknown role '{roles[0]}' in subjectAltName") from None
+    if origins and role is not Role.JOBAGENT:
+        raise MalformedToken(f"{role.with_article} token must not name an origin")
     if role in PERSON_ROLES:
         if jobs:
             raise MalformedToken(f"{role.with_article} token must not name a job")
@@ -208,7 +238,7 @@ def identity_of(cert_or_csr: x509.Certificate | x509.CertificateSigningRequest) 
         # jobagent and broker, and any role added later until it is given a rule here
         if jobs or users:
             raise MalformedToken(f"a {role.value} token must not name a job or a user")
-        return Identity(role)
+        return Identity(role, origin=_origin(origins))
     if len(jobs) != 1 or len(users) != 1:
         raise MalformedToken("a job token names exactly one job and one user in subjectAltName")
     match = re.fullmatch(r"([0-9]{1,18}):([0-9]{1,9})", jobs[0])
@@ -219,3 +249,20 @@ def identity_of(cert_or_csr: x509.Certificate | x509.CertificateSigningRequest) 
     except ValueError as exc:
         raise MalformedToken(f"job token scope: {exc}") from None
     return Identity(role, scope)
+
+
+def _origin(found: list[str]) -> Origin | None:
+    """A jobagent token's origin URI (at most one), or None for a first token."""
+    if not found:
+        return None
+    if len(found) > 1:
+        raise MalformedToken(
+            f"a jobagent token names at most one origin, this one names {len(found)}"
+        )
+    match = re.fullmatch(r"([0-9a-f]{1,40}):([0-9]{1,12})", found[0])
+    if not match:
+        raise MalformedToken(f"malformed origin URI '{URN_PREFIX}origin:{found[0]}'")
+    try:
+        return Origin(int(match.group(1), 16), int(match.group(2)))
+    except ValueError as exc:
+        raise MalformedToken(f"origin: {exc}") from None

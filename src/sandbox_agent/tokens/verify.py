@@ -108,7 +108,7 @@ class TokenVerifier:
                     f"this token is for resubmission {scope.resubmission} of job "
                     f"{scope.job_id}, not resubmission {resubmission}"
                 )
-        self._check_revocation(cert, chain)
+        self._check_revocation(cert, chain, identity)
         return VerifiedToken(identity, cert, chain, fingerprint(cert))
 
     def _check_validity(self, cert: x509.Certificate, now: datetime, what: str) -> None:
@@ -124,7 +124,7 @@ class TokenVerifier:
             )
 
     def _check_revocation(
-        self, cert: x509.Certificate, chain: tuple[x509.Certificate, ...]
+        self, cert: x509.Certificate, chain: tuple[x509.Certificate, ...], identity: Identity
     ) -> None:
         if self.crl is None:
             return
@@ -147,6 +147,15 @@ class TokenVerifier:
         if self.crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
             raise TokenRevoked(
                 f"token serial {cert.serial_number:x} is revoked by the configured CRL"
+            )
+        # A renewed jobagent token falls with the first token of its line: revoking the
+        # token a site issued revokes every renewal of it.
+        origin = identity.origin
+        revoked = self.crl.get_revoked_certificate_by_serial_number
+        if origin is not None and revoked(origin.serial) is not None:
+            raise TokenRevoked(
+                f"token serial {cert.serial_number:x} renews serial {origin.serial:x}, "
+                "which is revoked by the configured CRL"
             )
 
 
