@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import classad2
@@ -199,6 +200,14 @@ def test_an_oversized_ad_file_is_refused_in_one_line(tmp_path: Path) -> None:
     ad.write_text(DYNAMIC_GPU.read_text() + padding)
     assert classad2.parseOne(ad.read_text())["Cpus"] == 8  # a valid ad, only too big
     assert "more than 1 MiB" in refusal(ad)
+
+
+def test_a_long_line_of_spaces_is_read_in_linear_time(tmp_path: Path) -> None:
+    # a backtracking pattern over "Name = value   ...   x" takes hours on a line this long
+    ad = with_line(tmp_path, "Cpus", "Cpus = 8" + " " * 900_000 + "9")
+    started = time.monotonic()
+    assert "not a literal" in refusal(ad)
+    assert time.monotonic() - started < 2
 
 
 def test_a_fifo_as_the_ad_is_refused_without_waiting(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ NVIDIA_SHARED = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools")
 
 _KIB_PER_MIB = 1024
 _INT64 = 1 << 63
-_LINE = re.compile(r" *([A-Za-z_][A-Za-z0-9_]*) *= *(.*?) *")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)")
 _REAL = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+(?:[eE][-+]?[0-9]+)?|[eE][-+]?[0-9]+)")
 _STRING = re.compile(r'"([ !#-\[\]-~]*)"')  # printable ASCII without '"' and '\'
@@ -252,16 +252,17 @@ def _literals(path: Path, wanted: tuple[str, ...]) -> tuple[dict[str, Literal], 
     values: dict[str, Literal] = {}
     lines: dict[str, int] = {}
     for number, raw in enumerate(data.decode("utf-8", "replace").split("\n"), start=1):
-        line = raw.removesuffix("\r")
-        match = _LINE.fullmatch(line)
-        if match is None or match.group(1).casefold() not in names:
+        left, equals, right = raw.removesuffix("\r").partition("=")  # no regex: linear
+        if not equals or not _NAME.fullmatch(left.strip(" ")):
             continue
-        name = names[match.group(1).casefold()]
+        name = names.get(left.strip(" ").casefold())
+        if name is None:
+            continue
         if name in lines:
             raise CondorError(f"{path}:{number}: {name} is given again (first at line "
                               f"{lines[name]}); which one holds is unknown")  # fmt: skip
         lines[name] = number
-        values[name] = _literal(path, number, name, match.group(2))
+        values[name] = _literal(path, number, name, right.strip(" "))
     return values, lines
 
 
