@@ -68,6 +68,12 @@ ROUTES: tuple[Route, ...] = (
           "sign a job token from the agent's certificate request",
           {"agent": _AGENT, "resubmission": _RESUB,
            "csr": Field("str", cap=16384, doc="PEM certificate request for this job")}),
+    # The broker decides: a refusal (revoked, past the site's renewal limit, nothing
+    # longer to give) is 403 with why; an expired token never gets past the handshake.
+    Route("renew", "POST", "/v1/agent/token", frozenset({JOBAGENT}),
+          "a jobagent, for its own key, while its token is valid and not revoked",
+          "a new jobagent token for the caller's key and line (the same origin), as long "
+          "as the site renews (broker serve --agent-token-lifetime, --renew-limit)"),
     Route("heartbeat", "POST", "/v1/jobs/{id}/heartbeat", frozenset({JOBAGENT, JOB}),
           "the jobagent holding the lease, or the job's own token (resource use only: it "
           "never extends the lease)",

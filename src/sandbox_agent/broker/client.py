@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import ssl
+import tempfile
 import threading
 import time
 import uuid
@@ -32,11 +34,15 @@ REPLY_CAP = FILE_CAP + (1 << 20)  # bytes of an answer: a kept file at most, and
 
 class BrokerError(Exception):
     """The broker refused (``status`` its HTTP status), or could not be reached
-    (``status`` None): one line."""
+    (``status`` None): one line. ``transient``: it could not be reached, or was busy,
+    so the same call may be carried out later; a refusal (an HTTP status, a TLS alert
+    about this caller's certificate) is not."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, *,
+                 transient: bool = False) -> None:  # fmt: skip
         super().__init__(message)
         self.status = status
+        self.transient = transient
 
 
 class BrokerClient:
@@ -54,16 +60,25 @@ class BrokerClient:
         self.attempts = max(1, attempts)
         self.backoff = backoff  # seconds before the first retry, doubled each time
         self.max_backoff = max_backoff  # ... up to this: 8 attempts span about 20 s
-        try:
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.load_verify_locations(cafile=str(ca))
-            context.load_cert_chain(str(cert), str(key))
-        except (OSError, ssl.SSLError) as exc:
-            raise BrokerError(f"cannot use {cert}, {key} and {ca} for TLS: {_why(exc)}") from None
-        self.context = context
+        self.ca = ca
+        self.context = _context(cert, key, ca)
         self._connection: http.client.HTTPSConnection | None = None
         self._lock = threading.Lock()  # one request at a time on the kept connection
+
+    def present(self, certificate_pem: bytes, key_pem: bytes) -> None:
+        """Show another token from the next request on (a renewed one): the kept
+        connection, which showed the old one, is closed. The TLS library reads a token
+        from files only: they are written to a private directory and removed at once."""
+        with tempfile.TemporaryDirectory(prefix="sandbox-agent-token-") as private:
+            cert, key = Path(private) / "token.pem", Path(private) / "token.key"
+            cert.write_bytes(certificate_pem)
+            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as file:
+                file.write(key_pem)
+            context = _context(cert, key, self.ca)
+        with self._lock:
+            self.context = context
+            self._drop()
 
     def close(self) -> None:
         with self._lock:
@@ -155,10 +170,11 @@ class BrokerClient:
                     if once and sent and not stale:
                         raise BrokerError(f"{self.url} gave no answer to a request it may have "
                                           f"carried out ({_why(exc)}); check before trying "
-                                          "again") from None  # fmt: skip
+                                          "again", transient=True) from None  # fmt: skip
             else:
                 raise BrokerError(f"{self.url} cannot be reached after {self.attempts} "
-                                  f"attempts: {_why(failure or OSError())}") from None  # fmt: skip
+                                  f"attempts: {_why(failure or OSError())}",
+                                  transient=True) from None  # fmt: skip
         return response.status, response.headers, raw
 
     @staticmethod
@@ -181,6 +197,11 @@ class BrokerClient:
     def job_token(self, job_id: int, agent: str, resubmission: int, csr: str) -> dict[str, Any]:
         return self.call("POST", f"/v1/jobs/{job_id}/token",
                          {"agent": agent, "resubmission": resubmission, "csr": csr})  # fmt: skip
+
+    def renew(self) -> dict[str, Any]:
+        """A new jobagent token for this client's key: its certificate, chain (PEM) and
+        not_after; BrokerError with the broker's one line when it will not."""
+        return self.call("POST", "/v1/agent/token")
 
     def heartbeat(self, job_id: int, resubmission: int, lease: int, *, agent: str | None = None,
                   usage: dict[str, Any] | None = None) -> bool:  # fmt: skip
@@ -275,6 +296,18 @@ class BrokerClient:
     def kill(self, job_id: int, reason: str = "") -> None:
         self.call("POST", f"/v1/jobs/{job_id}/kill", {"reason": reason} if reason else {},
                   once=True)  # fmt: skip
+
+
+def _context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    """TLS 1.2 or newer, the broker checked against ``ca``, ``cert``/``key`` shown."""
+    try:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_verify_locations(cafile=str(ca))
+        context.load_cert_chain(str(cert), str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise BrokerError(f"cannot use {cert}, {key} and {ca} for TLS: {_why(exc)}") from None
+    return context
 
 
 def _error_of(raw: bytes, status: int) -> str:

@@ -36,9 +36,18 @@ from sandbox_agent.queue import (
     TransitionError,
     states,
 )
-from sandbox_agent.tokens import IssuanceRefused, JobScope, TokenAuthority, TokenError, files
+from sandbox_agent.tokens import (
+    IssuanceRefused,
+    JobScope,
+    RenewalPolicy,
+    TokenAuthority,
+    TokenError,
+    files,
+    fingerprint,
+)
 
 SPEC_CACHE = 10_000  # parsed JDLs kept between matches
+LOGGED = "_log"  # an answer's entry the service writes to its log line, never sends
 ANSWERS_KEPT = 600.0  # seconds a keyed request's answer is kept for its repeats
 MAX_LEASE = 3600  # seconds: a lease longer than this would hide a dead agent for too long
 
@@ -49,9 +58,11 @@ Handler = Callable[["Endpoints", Caller, int | None, dict[str, Any], Mapping[str
 
 class Endpoints(Transfers):
     def __init__(self, store: Store, authority: TokenAuthority, certs: Path,
-                 files: FileStore | None = None, inputs: Inputs | None = None) -> None:  # fmt: skip
+                 files: FileStore | None = None, inputs: Inputs | None = None,
+                 renewal: RenewalPolicy | None = None) -> None:  # fmt: skip
         self.store = store
         self.authority = authority
+        self.renewal = renewal or RenewalPolicy()
         self.certs = certs
         self.files = files or FileStore(certs.parent / "broker-files")
         self.inputs = inputs or Inputs(Catalogue(certs.parent / "catalogue", max_file=FILE_CAP))
@@ -258,6 +269,27 @@ class Endpoints(Transfers):
         return {"certificate": issued.certificate.public_bytes(pem).decode(),
                 "chain": [c.public_bytes(pem).decode() for c in issued.chain]}  # fmt: skip
 
+    def do_renew(self, caller: Caller, _id: int | None, _body: dict[str, Any],
+                 _query: Mapping[str, str]) -> dict[str, Any]:  # fmt: skip
+        """A new token for the caller's own key (proved in the handshake), its line's
+        origin kept: no lease, no job, no key travels. The caller's token was verified
+        for this request (revocation included); the authority checks it again, with
+        what the site allows (RenewalPolicy)."""
+        try:
+            issued = self.authority.renew_jobagent_token(
+                caller.token.certificate, caller.token.chain[1:], policy=self.renewal,
+                crl=self.crl())  # fmt: skip
+        except (IssuanceRefused, TokenError) as exc:
+            raise Refused(403, str(exc)) from None
+        pem = serialization.Encoding.PEM
+        certificate = issued.certificate
+        return {"certificate": certificate.public_bytes(pem).decode(),
+                "chain": [c.public_bytes(pem).decode() for c in issued.chain],
+                "not_after": certificate.not_valid_after_utc.isoformat(),
+                LOGGED: {"issued": fingerprint(certificate).removeprefix("sha256:")[:16],
+                         "serial": f"{certificate.serial_number:x}",
+                         "not_after": certificate.not_valid_after_utc.isoformat()}}  # fmt: skip
+
     def do_heartbeat(self, caller: Caller, job_id: int | None, body: dict[str, Any],
                      _query: Mapping[str, str]) -> dict[str, Any]:  # fmt: skip
         """A jobagent's heartbeat extends its lease. A job token's (the payload holds it)
@@ -305,8 +337,13 @@ class Endpoints(Transfers):
                    _query: Mapping[str, str]) -> dict[str, Any]:  # fmt: skip
         job = self.job(job_id)
         holder = self.holder_of(caller, body)
-        self.store.release(job.id, holder, int(body["resubmission"]), str(body["reason"]),
-                           fault=bool(body.get("fault", True)))
+        self.store.release(
+            job.id,
+            holder,
+            int(body["resubmission"]),
+            str(body["reason"]),
+            fault=bool(body.get("fault", True)),
+        )
         return {"state": str(self.store.get(job.id).state)}
 
     # -- people --------------------------------------------------------------------------

@@ -34,11 +34,11 @@ from cryptography import x509
 
 from sandbox_agent.broker import api
 from sandbox_agent.broker.caller import Caller, Refused
-from sandbox_agent.broker.endpoints import Endpoints
+from sandbox_agent.broker.endpoints import LOGGED, Endpoints
 from sandbox_agent.broker.schema import BadRequest, check
 from sandbox_agent.printable import clipped
 from sandbox_agent.queue import open_queue
-from sandbox_agent.tokens import Role, TokenAuthority, TokenError, files
+from sandbox_agent.tokens import RenewalPolicy, Role, TokenAuthority, TokenError, files
 from sandbox_agent.tokens.errors import StaleRevocationList
 from sandbox_agent.tokens.verify import TokenVerifier
 from sandbox_agent.wrapper.handoff import strict_loads
@@ -335,9 +335,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise Refused(503, "the broker is stopping; retry")
         try:
-            return 200, self.server.endpoints.handle(route.name, caller, job_id, body, query)
+            answer = self.server.endpoints.handle(route.name, caller, job_id, body, query)
         finally:
             self.server.leave()
+        logged = answer.pop(LOGGED, None)  # what the log keeps of it (a renewal's new token)
+        if isinstance(logged, dict):
+            entry.update(logged)
+        return 200, answer
 
     def caller(self, entry: dict[str, Any]) -> Caller:
         der = self.connection.getpeercert(binary_form=True)
@@ -452,12 +456,14 @@ def _tls_reason(exc: BaseException) -> str:
 
 
 def make_server(certs: Path, queue: Path | str, listen: tuple[str, int], cert: Path,
-                key: Path, log: Callable[[dict[str, Any]], None]) -> BrokerServer:  # fmt: skip
+                key: Path, log: Callable[[dict[str, Any]], None],
+                renewal: RenewalPolicy | None = None) -> BrokerServer:  # fmt: skip
     """The broker of the authority in ``certs`` and the queue in ``queue`` (a directory,
     or a postgresql:// DSN), listening on ``listen`` with the broker token
-    ``cert``/``key``; serve_forever() runs it."""
+    ``cert``/``key``, renewing jobagent tokens as ``renewal`` says; serve_forever() runs
+    it."""
     authority = TokenAuthority.load(certs)
-    endpoints = Endpoints(open_queue(queue), authority, certs)
+    endpoints = Endpoints(open_queue(queue), authority, certs, renewal=renewal)
     context = server_context(cert, key, certs / files.CA_CERT)
     server = BrokerServer(listen, endpoints, context,
                           lambda: authority.verifier(endpoints.crl()), log)  # fmt: skip

@@ -8,6 +8,7 @@ import signal
 import ssl
 import sys
 import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +17,8 @@ import typer
 from sandbox_agent import exitcodes
 from sandbox_agent.broker.service import DRAIN_TIMEOUT, make_server
 from sandbox_agent.cli.app import fail, home_of
-from sandbox_agent.tokens import TokenError
+from sandbox_agent.tokens import RenewalPolicy, Role, TokenError
+from sandbox_agent.tokens.authority import DEFAULT_LIFETIME, RENEWAL_LIMIT
 from sandbox_agent.tokens.keys import load_private_key
 
 broker_app = typer.Typer(help="The broker service: one queue and authority for many pilots.",
@@ -53,6 +55,23 @@ def serve(
             "[default: HOME/queue, SQLite].",
         ),
     ] = None,
+    agent_token_lifetime: Annotated[
+        int,
+        typer.Option(
+            "--agent-token-lifetime",
+            min=1,
+            help="Seconds a jobagent token the broker renews lives (at most 2 days).",
+        ),
+    ] = int(DEFAULT_LIFETIME[Role.JOBAGENT].total_seconds()),
+    renew_limit: Annotated[
+        int,
+        typer.Option(
+            "--renew-limit",
+            min=0,
+            help="Seconds after a node's first jobagent token was issued that the broker "
+            "renews it; 0: never.",
+        ),
+    ] = int(RENEWAL_LIMIT.total_seconds()),
 ) -> None:
     """Serve the queue and the token authority of --home over HTTPS with mutual TLS.
     One JSON line per request on stderr; SIGTERM or SIGINT stops it."""
@@ -68,6 +87,11 @@ def serve(
         load_private_key(key)
     except TokenError as exc:
         fail(str(exc))
+    try:
+        renewal = RenewalPolicy(timedelta(seconds=agent_token_lifetime),
+                                timedelta(seconds=renew_limit))  # fmt: skip
+    except ValueError as exc:
+        fail(f"--agent-token-lifetime {agent_token_lifetime}: {exc}")
     lock = threading.Lock()
 
     def log(entry: dict[str, Any]) -> None:
@@ -78,7 +102,8 @@ def serve(
     try:
         if db is not None and not db.startswith(("postgresql://", "postgres://")):
             fail(f"--db {db[:40]}: give a postgresql://USER@HOST:PORT/DATABASE DSN")
-        server = make_server(certs, db or home / "queue", _address(listen), cert, key, log)
+        server = make_server(certs, db or home / "queue", _address(listen), cert, key, log,
+                             renewal)  # fmt: skip
     except TokenError as exc:
         fail(str(exc), exitcodes.ENVIRONMENT)
     except ssl.SSLError as exc:
