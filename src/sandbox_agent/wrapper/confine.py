@@ -26,14 +26,13 @@ The launcher passes this file into the sandbox on a descriptor (bwrap's
 
 with an empty environment: the command's variables come as ``--env`` arguments and
 reach the command only, never the loader of this interpreter (LD_PRELOAD there would
-run code before landlock). It uses the standard library only (and syntax an older
-image's Python 3.7 reads).
+run code before landlock). It uses the standard library only, and runs on the node's
+python3 from 3.6 on (EL8's): no ``from __future__ import annotations``, so every
+annotation Python evaluates is a string.
 It fails closed: when a restriction cannot be applied it prints one line and exits 125
 without running the command; 127 or 126 when the command cannot be executed, as a
 shell does.
 """
-
-from __future__ import annotations
 
 import ctypes
 import os
@@ -89,7 +88,7 @@ class ConfineError(Exception):
     """A restriction that could not be applied: the command must not run."""
 
 
-def _call(what: str, function: str, *args: int | bytes | None) -> int:
+def _call(what: str, function: str, *args: "int | bytes | None") -> int:
     """Call a libc function; a negative result raises ConfineError with the errno text."""
     try:
         entry = getattr(ctypes.CDLL(None, use_errno=True), function)
@@ -145,7 +144,7 @@ def _allow(ruleset: int, path: str, access: int) -> None:
         os.close(fd)
 
 
-def confine(writable: list[str], *, no_tcp: bool = False) -> int:
+def confine(writable: "list[str]", *, no_tcp: bool = False) -> int:
     """Restrict this process (and what it executes); return the ABI version used."""
     version = _version()
     # Handle every right this ABI knows: a right left unhandled is a right allowed.
@@ -228,7 +227,7 @@ FILES_MAGIC = b"sandbox-agent-files\n"
 FILES_CAP = 8 << 20  # bytes of files in all: the JobWrapper's are about 200 KiB
 
 
-def files_frame(files: list[tuple[str, bytes]]) -> bytes:
+def files_frame(files: "list[tuple[str, bytes]]") -> bytes:
     """What the agent writes before the handoff for --files-from-stdin: the magic, then
     each file as a 2-byte name length, the name, a 4-byte size and the bytes; a name
     length of 0 ends it."""
@@ -287,7 +286,7 @@ def receive_files(fd: int, directory: str) -> None:
         os.chmod(path, 0o500)
 
 
-def _parse(argv: list[str]) -> Options:
+def _parse(argv: "list[str]") -> Options:
     options = Options()
     rest = iter(argv)
     for arg in rest:
@@ -332,7 +331,7 @@ def _fail(code: int, message: str) -> int:
     return code
 
 
-def main(argv: list[str]) -> int:
+def main(argv: "list[str]") -> int:
     """Confine, then exec the command; an exit code only when that cannot happen."""
     options = Options()
     try:
@@ -373,7 +372,7 @@ def main(argv: list[str]) -> int:
         return _fail(EXIT_CANNOT_EXECUTE, f"cannot run {command[0]}: {error.strerror}")
 
 
-def _python_script(command: list[str]) -> tuple[str, list[str]] | None:
+def _python_script(command: "list[str]") -> "tuple[str, list[str]] | None":
     """The script and its arguments when ``command`` is this interpreter, run as this
     step is (directly, or through the loader inside an image), on a script."""
     words = command[3:] if len(command) > 3 and command[1] == "--library-path" else command
@@ -383,7 +382,7 @@ def _python_script(command: list[str]) -> tuple[str, list[str]] | None:
     return None
 
 
-def _cached_code(script: str) -> CodeType | None:
+def _cached_code(script: str) -> "CodeType | None":
     """The script's code from the .pyc the agent put beside it (hash-based, unchecked),
     or None when there is none this Python can read."""
     magic = getattr(sys.modules.get("_frozen_importlib_external"), "MAGIC_NUMBER", None)
@@ -408,7 +407,7 @@ def _cached_code(script: str) -> CodeType | None:
         return None
 
 
-def _run_here(script: str, args: list[str], environment: dict[str, str]) -> int:
+def _run_here(script: str, args: "list[str]", environment: "dict[str, str]") -> int:
     """Run ``script`` as __main__ in this confined interpreter."""
     try:
         code = _cached_code(script)

@@ -12,17 +12,18 @@ raise FrameError with one line saying what. No pickle, no eval.
 The wrapper imports this module, so it uses the standard library only, and of JSON only
 its C half: the json package imports re, enum and functools, which cost the sandbox's
 Python more than ten milliseconds at every job's start. Where the C half is missing the
-json package does the same work.
+json package does the same work. It runs on the node's python3 from 3.6 on (EL8's), as
+the JobWrapper does: every annotation Python evaluates is a string.
 """
-
-from __future__ import annotations
 
 import struct
 
 TYPE_CHECKING = False  # typing costs milliseconds at every job's start; only mypy needs it
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from typing import IO, Any, TypeAlias
+    from typing import IO, Any
+
+    Table = Mapping[str, Any]  # novm (a table of fields, below; never run: mypy only)
 
 VERSION = 1
 HEADER = struct.Struct(">I")
@@ -34,13 +35,12 @@ class FrameError(ValueError):
 
 # Field kinds: a Python type, a tuple marking "list of", "map of str to", or a nested
 # table of fields (an object). A name ending in "?" is optional.
-Table: TypeAlias = "Mapping[str, Any]"
 STR, INT, BOOL = str, int, bool
 STRINGS = ("list", str)
 STR_MAP = ("map", str)
 INT_MAP = ("map", int)
 
-SPEC: Table = {
+SPEC: "Table" = {
     "executable": STR,
     "arguments": STRINGS,
     "input_files": STRINGS,
@@ -49,12 +49,12 @@ SPEC: Table = {
     "validation?": STRINGS,
     "variables": STR_MAP,  # JDLVariables: name -> value, exported as ALIEN_JDL_<name>
 }
-TOKEN: Table = {
+TOKEN: "Table" = {
     "certificate": STR,  # PEM of the job token
     "key": STR,  # PEM of its private key: the wrapper writes it 0600 and exports the path
     "chain": STRINGS,  # PEM of the issuing CAs
 }
-KINDS: dict[str, tuple[Table, int]] = {
+KINDS: "dict[str, tuple[Table, int]]" = {
     # kind -> (fields, size cap in bytes)
     "handoff": (
         {
@@ -88,7 +88,7 @@ def schema_name(kind: str) -> str:
     return f"sandbox-agent/{kind}"
 
 
-def encode(kind: str, fields: Mapping[str, Any]) -> bytes:
+def encode(kind: str, fields: "Mapping[str, Any]") -> bytes:
     """The frame of ``kind`` holding ``fields``; raises FrameError if they do not fit."""
     table, cap = _kind(kind)
     message = {"schema": schema_name(kind), "version": VERSION, **fields}
@@ -102,12 +102,12 @@ def encode(kind: str, fields: Mapping[str, Any]) -> bytes:
     return HEADER.pack(len(data)) + data
 
 
-def write_frame(stream: IO[bytes], kind: str, fields: Mapping[str, Any]) -> None:
+def write_frame(stream: "IO[bytes]", kind: str, fields: "Mapping[str, Any]") -> None:
     stream.write(encode(kind, fields))
     stream.flush()
 
 
-def read_frame(stream: IO[bytes], kind: str) -> dict[str, Any]:
+def read_frame(stream: "IO[bytes]", kind: str) -> "dict[str, Any]":
     """The next frame of ``kind`` from ``stream``, checked; FrameError otherwise. None
     of a body over the cap is read."""
     cap = _kind(kind)[1]
@@ -118,7 +118,7 @@ def read_frame(stream: IO[bytes], kind: str) -> dict[str, Any]:
     return decode(kind, _read_exactly(stream, length, f"{kind} frame of {length} bytes"))
 
 
-def decode(kind: str, body: bytes) -> dict[str, Any]:
+def decode(kind: str, body: bytes) -> "dict[str, Any]":
     """A frame body (without its header), checked against ``kind``."""
     table, _cap = _kind(kind)
     try:
@@ -145,17 +145,17 @@ def decode(kind: str, body: bytes) -> dict[str, Any]:
     return message
 
 
-def _kind(kind: str) -> tuple[Table, int]:
+def _kind(kind: str) -> "tuple[Table, int]":
     if kind not in KINDS:
         raise ValueError(f"unknown frame kind {kind!r}")
     return KINDS[kind]
 
 
-def _with_header(table: Table) -> Table:
+def _with_header(table: "Table") -> "Table":
     return {"schema": STR, "version": INT, **table}
 
 
-def _check(value: Mapping[str, Any], table: Table, where: str) -> None:
+def _check(value: "Mapping[str, Any]", table: "Table", where: str) -> None:
     names = {name.rstrip("?"): name.endswith("?") for name in table}
     for key in value:
         if key not in names:
@@ -168,7 +168,7 @@ def _check(value: Mapping[str, Any], table: Table, where: str) -> None:
         _check_value(value[name], table[name + ("?" if optional else "")], f"{where}.{name}")
 
 
-def _check_value(value: Any, kind: Any, where: str) -> None:
+def _check_value(value: "Any", kind: "Any", where: str) -> None:
     if isinstance(kind, dict):
         if not isinstance(value, dict):
             raise FrameError(f"{where} must be an object")
@@ -191,14 +191,14 @@ def _check_value(value: Any, kind: Any, where: str) -> None:
         raise FrameError(f"{where} must be {kind.__name__}, not {type(value).__name__}")
 
 
-def _is(value: Any, kind: type) -> bool:
+def _is(value: "Any", kind: type) -> bool:
     # bool is an int to Python, never to the protocol
     if kind is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, kind)
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def _no_duplicates(pairs: "list[tuple[str, Any]]") -> "dict[str, Any]":
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
@@ -207,7 +207,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _no_nan(constant: str) -> Any:
+def _no_nan(constant: str) -> "Any":
     raise ValueError(f"{constant} is not a number JSON allows")
 
 
@@ -226,7 +226,7 @@ class _Decoding:
 _WHITESPACE = " \t\n\r"  # what JSON allows around a value
 
 
-def strict_loads(text: str) -> Any:
+def strict_loads(text: str) -> "Any":
     """One JSON value, nothing but whitespace around it, duplicate keys and NaN refused
     (ValueError): json.loads with our hooks. The broker reads request bodies with it too."""
     try:
@@ -248,7 +248,7 @@ def strict_loads(text: str) -> Any:
     return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_nan)
 
 
-def _dumps(message: Mapping[str, Any]) -> str:
+def _dumps(message: "Mapping[str, Any]") -> str:
     """Compact JSON, UTF-8 kept as is, NaN refused: json.dumps by its C half."""
     try:
         import _json
@@ -261,11 +261,11 @@ def _dumps(message: Mapping[str, Any]) -> str:
     return "".join(encode(message, 0))
 
 
-def _unencodable(value: Any) -> Any:
+def _unencodable(value: "Any") -> "Any":
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
-def _read_exactly(stream: IO[bytes], size: int, what: str) -> bytes:
+def _read_exactly(stream: "IO[bytes]", size: int, what: str) -> bytes:
     data = b""
     while len(data) < size:
         chunk = stream.read(size - len(data))

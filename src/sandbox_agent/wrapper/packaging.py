@@ -13,10 +13,9 @@ and so never follows a symlink: the work directory is walked without following l
 only regular files are taken, and each is opened one component at a time with
 O_NOFOLLOW. Names the wrapper keeps private (the token directory) are never packaged.
 
-Standard library only: the agent copies this file next to jobwrapper.py.
+Standard library only: the agent copies this file next to jobwrapper.py, and it runs
+on the node's python3 from 3.6 on (EL8's): every annotation Python evaluates is a string.
 """
-
-from __future__ import annotations
 
 import errno
 import os
@@ -37,7 +36,7 @@ _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip member can carry
 
 
-def parse(entry: str) -> tuple[str | None, list[str]]:
+def parse(entry: str) -> "tuple[str | None, list[str]]":
     """``archive.zip:pat,pat@options`` -> (archive or None, patterns)."""
     files = entry.partition("@")[0].strip()
     archive = None
@@ -60,7 +59,7 @@ def matches(path: str, pattern: str) -> bool:
     return all(map(fnmatch.fnmatchcase, parts, wanted))
 
 
-def regular_files(workdir: str, private: Collection[str]) -> list[str]:
+def regular_files(workdir: str, private: "Collection[str]") -> "list[str]":
     """The regular files under ``workdir`` as sorted relative paths; symlinks are neither
     followed nor listed, and the top-level names in ``private`` are left out. Iterative
     and at most MAX_DEPTH levels down: the payload made the tree, perhaps to exhaust
@@ -88,8 +87,8 @@ def regular_files(workdir: str, private: Collection[str]) -> list[str]:
     return sorted(found)
 
 
-def save(workdir: str, entries: list[str], private: Collection[str], *,
-         no_archives: str = "") -> tuple[list[str], list[str]]:  # fmt: skip
+def save(workdir: str, entries: "list[str]", private: "Collection[str]", *,
+         no_archives: str = "") -> "tuple[list[str], list[str]]":  # fmt: skip
     """Make the archives ``entries`` name and check their plain files: (errors, warnings).
     A missing literal file or an archive that cannot be written is an error; a
     wildcard, or an archive, that matches nothing is a warning. ``no_archives`` says why
@@ -133,7 +132,7 @@ def save(workdir: str, entries: list[str], private: Collection[str], *,
     return errors, warnings
 
 
-def write_archive(workdir: str, archive: str, members: list[str]) -> None:
+def write_archive(workdir: str, archive: str, members: "list[str]") -> None:
     """Zip ``members`` (relative paths, in order) into ``workdir/archive``: written to a
     new file beside it, then renamed over the name, so a symlink left there is
     replaced, never written through."""
@@ -166,7 +165,7 @@ def _part(archive: str) -> str:
     return f".{archive}.part"
 
 
-def _add(zipped: zipfile.ZipFile, root: int, member: str) -> None:
+def _add(zipped: "zipfile.ZipFile", root: int, member: str) -> None:
     import zipfile
 
     try:
