@@ -32,10 +32,12 @@ off: kill(-1) would reach the host's processes of the same uid, the pilot's incl
 it kills nothing and makes no archive: ERROR_S, with the reason.
 
 Standard library only, and the sibling modules handoff.py and packaging.py found next
-to this file: the agent copies them into the sandbox, where start-up time counts.
+to this file: the agent copies them into the sandbox, where start-up time counts. It
+runs on the node's python3 from 3.6 on (EL8's; images.hostpython.OLDEST): every
+annotation Python evaluates is a string, and what a newer Python added (posix_spawn,
+pidfd_open, waitstatus_to_exitcode) is used where it is there, with the same work done
+by fork and exec, and by polling waitpid, where it is not.
 """
-
-from __future__ import annotations
 
 import _thread  # the C module: threading costs milliseconds at every job's start
 import os
@@ -72,10 +74,10 @@ ALONE_TIME = 10.0  # seconds the job's other processes get to vanish after SIGKI
 class Reporter:
     """Status frames to the agent, on a descriptor the payload does not inherit."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: "IO[bytes]") -> None:
         self.stream = stream
 
-    def state(self, state: str, detail: str = "", exit_code: int | None = None) -> None:
+    def state(self, state: str, detail: str = "", exit_code: "int | None" = None) -> None:
         fields: dict[str, Any] = {"state": state}
         if detail:
             fields["detail"] = detail[:4000]
@@ -84,7 +86,7 @@ class Reporter:
         handoff.write_frame(self.stream, "status", fields)
 
 
-def write_token(workdir: str, token: dict[str, Any]) -> dict[str, str]:
+def write_token(workdir: str, token: "dict[str, Any]") -> "dict[str, str]":
     """The job token's files, 0600 in a 0700 directory; the variables naming them."""
     directory = os.path.join(workdir, TOKEN_DIR)
     os.mkdir(directory, 0o700)
@@ -111,7 +113,7 @@ def temporary_directory(workdir: str) -> str:
     return path
 
 
-def environment(frame: dict[str, Any], workdir: str, token: dict[str, str]) -> dict[str, str]:
+def environment(frame: "dict[str, Any]", workdir: str, token: "dict[str, str]") -> "dict[str, str]":
     """The payload's environment, JAliEn's JobWrapper's variables last so that nothing
     the policy passes on can replace them. ALIEN_MASTERJOB_ID is the job's own id: no
     job here is split into subjobs, and a MasterJobID the JDL writes is not believed."""
@@ -120,8 +122,15 @@ def environment(frame: dict[str, Any], workdir: str, token: dict[str, str]) -> d
         env[f"ALIEN_JDL_{name.upper()}"] = value
     tmp = temporary_directory(workdir)
     job_id = str(frame["job_id"])
-    env.update(HOME=workdir, TMP=tmp, TMPDIR=tmp, ALIEN_PROC_ID=job_id,
-               ALIEN_MASTERJOB_ID=job_id, ALIEN_USER=frame["user"], ALIEN_SITE=frame["site"])
+    env.update(
+        HOME=workdir,
+        TMP=tmp,
+        TMPDIR=tmp,
+        ALIEN_PROC_ID=job_id,
+        ALIEN_MASTERJOB_ID=job_id,
+        ALIEN_USER=frame["user"],
+        ALIEN_SITE=frame["site"],
+    )
     env.update(token)
     return env
 
@@ -130,37 +139,131 @@ class Child:
     """A started program: what the wrapper needs of subprocess.Popen, without importing
     subprocess (tens of milliseconds of every job's start on a slow node)."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], stdout: IO[bytes],
-                 stderr: IO[bytes]) -> None:  # fmt: skip
+    def __init__(self, argv: "list[str]", env: "dict[str, str]", stdout: "IO[bytes]",
+                 stderr: "IO[bytes]") -> None:  # fmt: skip
         program = _which(argv[0], env.get("PATH", os.defpath))
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            # Python ignores SIGPIPE and SIGXFSZ for itself; the payload gets the
-            # defaults back, as subprocess gives them (a write past RLIMIT_FSIZE kills)
-            self.pid = os.posix_spawn(program, argv, env, setsid=True,
-                                      setsigdef=(signal.SIGPIPE, signal.SIGXFSZ), file_actions=[
-                (os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, stdout.fileno(), 1),
-                (os.POSIX_SPAWN_DUP2, stderr.fileno(), 2)])  # fmt: skip
+            self.pid = _spawn(program, argv, env, (null, stdout.fileno(), stderr.fileno()))
         finally:
             os.close(null)
         self.returncode: int | None = None
 
-    def wait(self, timeout: float | None = None) -> int:
+    def wait(self, timeout: "float | None" = None) -> int:
         """The exit code (negative: the signal); TimeoutError past ``timeout`` seconds."""
-        if self.returncode is None and timeout is not None:
-            pidfd = os.pidfd_open(self.pid)
-            try:
-                if not select.select([pidfd], [], [], timeout)[0]:
-                    raise TimeoutError(self.pid)
-            finally:
-                os.close(pidfd)
+        if self.returncode is None and timeout is not None and not self._ends_within(timeout):
+            raise TimeoutError(self.pid)
         while self.returncode is None:
             try:
                 _, status = os.waitpid(self.pid, 0)
             except InterruptedError:  # pragma: no cover (PEP 475 retries for us)
                 continue
-            self.returncode = os.waitstatus_to_exitcode(status)
+            self.returncode = exit_code(status)
         return self.returncode
+
+    def _ends_within(self, timeout: float) -> bool:
+        """Whether the program ends within ``timeout`` seconds: its pidfd polled, where
+        Python (3.9) and the kernel (5.3) have pidfd_open; else waitpid polled, which
+        reaps it."""
+        if _PIDFD:
+            try:
+                pidfd = os.pidfd_open(self.pid)  # novm (guarded by _PIDFD)
+            except OSError:  # ENOSYS: an older kernel
+                pidfd = -1
+            if pidfd >= 0:
+                try:
+                    return bool(select.select([pidfd], [], [], timeout)[0])
+                finally:
+                    os.close(pidfd)
+        deadline = time.monotonic() + timeout
+        pause = 0.001
+        while True:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = exit_code(status)
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(pause, left))
+            pause = min(pause * 2, 0.05)
+
+
+# What Python 3.8 and 3.9 added, where this Python has it (EL8's 3.6 has neither)
+_POSIX_SPAWN = hasattr(os, "posix_spawn")
+_PIDFD = hasattr(os, "pidfd_open")
+
+
+def exit_code(status: int) -> int:
+    """A waitpid status as an exit code, negative for the signal that ended the process
+    (os.waitstatus_to_exitcode, which Python has from 3.9)."""
+    if hasattr(os, "waitstatus_to_exitcode"):
+        return os.waitstatus_to_exitcode(status)  # novm (guarded)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    raise ValueError(f"invalid wait status: {status}")
+
+
+def _spawn(program: str, argv: "list[str]", env: "dict[str, str]",
+           fds: "tuple[int, int, int]") -> int:  # fmt: skip
+    """Start ``program`` in a session of its own, ``fds`` as its stdin, stdout and
+    stderr, SIGPIPE and SIGXFSZ at their defaults (Python ignores them for itself; a
+    write past RLIMIT_FSIZE must kill, as subprocess gives them back); its pid. By
+    posix_spawn where Python (3.8) and the C library (POSIX_SPAWN_SETSID) have it."""
+    if _POSIX_SPAWN:
+        try:
+            return os.posix_spawn(program, argv, env, setsid=True,  # novm (guarded)
+                                  setsigdef=(signal.SIGPIPE, signal.SIGXFSZ), file_actions=[
+                (os.POSIX_SPAWN_DUP2, fds[0], 0), (os.POSIX_SPAWN_DUP2, fds[1], 1),  # novm
+                (os.POSIX_SPAWN_DUP2, fds[2], 2)])  # novm  # fmt: skip
+        except NotImplementedError:  # no POSIX_SPAWN_SETSID in this C library
+            pass
+    return fork_exec(program, argv, env, fds)
+
+
+def fork_exec(program: str, argv: "list[str]", env: "dict[str, str]",
+              fds: "tuple[int, int, int]") -> int:  # fmt: skip
+    """posix_spawn's work by fork and exec, as the C library does it: the signals this
+    process handles are blocked across the fork and reset to their defaults in the
+    child (none of the wrapper's handlers ever runs there), the session made, the
+    descriptors duplicated in the same order, the mask restored, then exec. A failed
+    exec is raised here as posix_spawn raises it (OSError naming ``program``), its
+    errno told on a pipe that a successful exec closes."""
+    handled = [number for number in range(1, signal.NSIG)
+               if callable(signal.getsignal(number))]  # fmt: skip
+    readable, writable = os.pipe()  # both close on exec
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, handled)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: it never returns from here
+            error = 0
+            try:
+                for number in (*handled, signal.SIGPIPE, signal.SIGXFSZ):
+                    signal.signal(number, signal.SIG_DFL)
+                os.setsid()
+                for target, fd in enumerate(fds):
+                    os.dup2(fd, target)
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+                os.execve(program, argv, env)  # noqa: S606 (an argv list, no shell)
+            except OSError as exc:
+                error = exc.errno or 0
+            finally:
+                try:
+                    os.write(writable, str(error).encode())
+                finally:
+                    os._exit(127)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        os.close(writable)
+    with os.fdopen(readable, "rb") as pipe:
+        said = pipe.read()  # nothing once exec has closed it
+    if not said:
+        return pid
+    os.waitpid(pid, 0)
+    number = int(said)
+    raise OSError(number, os.strerror(number) if number else "failed before exec", program)
 
 
 def _which(name: str, path: str) -> str:
@@ -195,8 +298,8 @@ class Children:
             except OSError:
                 pass  # the group is already gone
 
-    def start(self, argv: list[str], *, cwd: str, env: dict[str, str], stdout: IO[bytes],
-              stderr: IO[bytes]) -> Child:  # fmt: skip
+    def start(self, argv: "list[str]", *, cwd: str, env: "dict[str, str]",
+              stdout: "IO[bytes]", stderr: "IO[bytes]") -> "Child":  # fmt: skip
         if cwd != os.getcwd():  # the wrapper runs in the work directory; tests may not
             os.chdir(cwd)
         child = Child(argv, env, stdout, stderr)
@@ -209,14 +312,14 @@ class Children:
         self._forward(signal.SIGKILL)
 
 
-def create(workdir: str, name: str) -> IO[bytes]:
+def create(workdir: str, name: str) -> "IO[bytes]":
     """A fresh output file of the wrapper's; a symlink left in its place is refused,
     not written through."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
     return os.fdopen(os.open(os.path.join(workdir, name), flags, 0o644), "wb")
 
 
-def missing_inputs(workdir: str, names: list[str]) -> list[str]:
+def missing_inputs(workdir: str, names: "list[str]") -> "list[str]":
     """The inputs that are not a regular file directly in the work directory (a symlink
     is not one: the agent places real files)."""
     missing = []
@@ -231,8 +334,8 @@ def missing_inputs(workdir: str, names: list[str]) -> list[str]:
     return missing
 
 
-def validate(argv: list[str], workdir: str, env: dict[str, str], timeout: int,
-             children: Children) -> tuple[str, str] | None:  # fmt: skip
+def validate(argv: "list[str]", workdir: str, env: "dict[str, str]", timeout: int,
+             children: "Children") -> "tuple[str, str] | None":  # fmt: skip
     """None when the validation command passes, else its error state and why."""
     try:
         with create(workdir, "validation.out") as out, create(workdir, "validation.err") as err:
@@ -252,7 +355,7 @@ def validate(argv: list[str], workdir: str, env: dict[str, str], timeout: int,
     return None
 
 
-def own_pid_namespace(proc: str = "/proc") -> str | None:
+def own_pid_namespace(proc: str = "/proc") -> "str | None":
     """None when the wrapper can show it is in a PID namespace of the sandbox's own, seen
     whole in ``proc``; else why not, in words. Its own pid is 1, or its parent's is (the
     runtime's init: bwrap's, docker's): outside such a namespace the wrapper's parent is
@@ -273,7 +376,7 @@ def own_pid_namespace(proc: str = "/proc") -> str | None:
     return None
 
 
-def others(proc: str = "/proc") -> list[int]:
+def others(proc: str = "/proc") -> "list[int]":
     """The pids ``proc`` lists besides pid 1 and the wrapper (zombies included)."""
     mine = os.getpid()
     return [int(name) for name in os.listdir(proc)
@@ -291,7 +394,7 @@ def _reap() -> None:
             return
 
 
-def end_other_processes(timeout: float = ALONE_TIME, proc: str = "/proc") -> str | None:
+def end_other_processes(timeout: float = ALONE_TIME, proc: str = "/proc") -> "str | None":
     """Kill every process of the job but the wrapper and its namespace's init, and wait
     until they are gone; None once they are, else why not (then no archive is made).
     kill(-1) is sent only inside the sandbox's own PID namespace (own_pid_namespace):
@@ -315,8 +418,8 @@ def end_other_processes(timeout: float = ALONE_TIME, proc: str = "/proc") -> str
         time.sleep(0.005)
 
 
-def run_job(frame: dict[str, Any], workdir: str, report: Reporter,
-            children: Children | None = None) -> int:  # fmt: skip
+def run_job(frame: "dict[str, Any]", workdir: str, report: Reporter,
+            children: "Children | None" = None) -> int:  # fmt: skip
     """Run the job the frame describes; report its states; return its exit code."""
     spec = frame["spec"]
     children = children or Children()
@@ -382,7 +485,7 @@ def undumpable() -> None:
 
 
 EXIT_AGENT_GONE = 137  # the lifeline ended: the job was killed, as by its agent
-_FINISHED: list[int] = []  # the job's exit code, once its final state is reported
+_FINISHED: "list[int]" = []  # the job's exit code, once its final state is reported
 
 
 def watch_lifeline(fd: int, proc: str = "/proc") -> None:
@@ -412,7 +515,7 @@ def watch_lifeline(fd: int, proc: str = "/proc") -> None:
     os._exit(EXIT_AGENT_GONE)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: "list[str]") -> int:
     if len(argv) != 2 or argv[0] != "--status-fd" or not argv[1].isdigit():
         print("sandbox-agent wrapper: usage: jobwrapper.py --status-fd N < handoff",
               file=sys.stderr)  # fmt: skip
