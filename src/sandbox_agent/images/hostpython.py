@@ -10,6 +10,10 @@ libraries it and its extension modules need, and the loader, all bound read-only
 search path is the loader's own, not an environment variable, so the payload the
 wrapper then execs loads the image's libraries, not ours. This is what Apptainer does
 with its own helpers.
+
+The confine step and the JobWrapper run on that interpreter from Python 3.6 on (EL8's
+python3; EL9's is 3.9): OLDEST. An older one is refused with one line (too_old), here
+and wherever the agent learns the sandbox interpreter's version.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from sandbox_agent.toolrun import run_tool
 
 PYTHON = "/usr/bin/python3"  # the host interpreter the sandbox runs the wrapper on
 PRIVATE = "/.sandbox-agent/python"  # where the sandbox sees it
+# The oldest Python the modules the sandbox runs (runtime.plan.SHIPPED) run on: EL8's.
+OLDEST = (3, 6)
 _PT_INTERP = 3
 _LISTED = re.compile(r"=>\s+(/\S+)")
 
@@ -57,8 +63,12 @@ def find(python: str = PYTHON) -> HostPython:
             capture_output=True, text=True, timeout=30, check=True, env={},
         )  # fmt: skip
         stdlib, version = done.stdout.split()
+        numbers = tuple(int(part) for part in version.split("."))
     except (OSError, subprocess.SubprocessError, ValueError) as error:
         raise NoHostPython(f"{real} did not say where its standard library is: {error}") from None
+    old = too_old(numbers, python)
+    if old is not None:
+        raise NoHostPython(old)
     libraries: dict[str, str] = {}
     if not _needs(loader, real):
         raise NoHostPython(f"{loader} --list {real} named no libraries; cannot carry it")
@@ -72,6 +82,32 @@ def find(python: str = PYTHON) -> HostPython:
     binds += [(host, f"{so}/{name}") for name, host in sorted(libraries.items())]
     command = (inside_loader, "--library-path", so, f"{PRIVATE}/bin/python3")
     return HostPython(tuple(binds), command)
+
+
+def too_old(version: tuple[int, ...], python: str = PYTHON) -> str | None:
+    """Why ``python``, whose version is ``version`` (sys.version_info's first numbers),
+    cannot run the confine step and the JobWrapper, in one line with the fix; None
+    when it is OLDEST or newer."""
+    if tuple(version[:2]) >= OLDEST:
+        return None
+    shown, oldest = ".".join(map(str, version[:2])), ".".join(map(str, OLDEST))
+    return (f"{python} is Python {shown}: the confine step and the JobWrapper run on it "
+            f"and need Python {oldest} or later (install python3 {oldest} or later as "
+            f"{PYTHON})")  # fmt: skip
+
+
+@functools.cache
+def version(python: str = PYTHON) -> tuple[int, int]:
+    """``python``'s (major, minor), read by running it once; NoHostPython when it does
+    not run or does not say. For what runs the interpreter in place (the host's
+    userland) and so needs no find()."""
+    try:
+        done = run_tool([python, "-I", "-S", "-c", "import sys; print(*sys.version_info[:2])"],
+                        capture_output=True, text=True, timeout=30, check=True, env={})  # fmt: skip
+        major, minor = (int(part) for part in done.stdout.split())
+    except (OSError, subprocess.SubprocessError, ValueError) as error:
+        raise NoHostPython(f"{python} did not say its version: {error}") from None
+    return major, minor
 
 
 def interpreter(path: str) -> str | None:
