@@ -177,3 +177,34 @@ def _python_tar() -> Path | str:
                        check=True)  # fmt: skip
         partial.rename(archive)
     return archive
+
+
+OLD_SUITE = "bullseye"  # Debian 11: python3 is 3.9, as on an EL9 node
+
+
+def old_python_tree() -> Path | str:
+    """Debian 11's minimal base with its python3 (3.9), as a directory in CACHE, built
+    once with debootstrap (a minute): a node's userland whose /usr/bin/python3 is older
+    than the agent's, for the confine step and the JobWrapper to run on. Why not, when
+    it cannot be had."""
+    tree = CACHE / f"{OLD_SUITE}-python3"
+    if (tree / "usr" / "bin" / "python3").exists():
+        return tree
+    if os.geteuid() != 0:
+        return "debootstrap runs as root"
+    if shutil.which("debootstrap") is None:
+        return "debootstrap is not installed (make installs it)"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sandbox-agent-debootstrap-", dir=CACHE) as where:
+        root = Path(where) / "root"
+        made = subprocess.run(["debootstrap", "--variant=minbase", "--include=python3",
+                               OLD_SUITE, str(root), MIRROR], capture_output=True, text=True,
+                              timeout=1200)  # fmt: skip
+        if made.returncode != 0 or not (root / "usr" / "bin" / "python3").exists():
+            said = (made.stderr or made.stdout).strip().splitlines()[-1:]
+            return f"debootstrap of {OLD_SUITE} failed: {said}"
+        try:
+            root.rename(tree)  # whole or not at all
+        except OSError as error:
+            return f"cannot keep the {OLD_SUITE} tree in {tree}: {error.strerror}"
+    return tree
