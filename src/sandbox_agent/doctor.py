@@ -20,6 +20,7 @@ from typing import Any
 
 from sandbox_agent import hostfacts
 from sandbox_agent.images import ImageRefused, kinds, mount, prepare
+from sandbox_agent.limits import rlimits
 from sandbox_agent.limits.cgroups import (
     CGROUP_LIMITS,
     CgroupError,
@@ -29,6 +30,7 @@ from sandbox_agent.limits.cgroups import (
 )
 from sandbox_agent.policy import compose, load_policy
 from sandbox_agent.policy.explain import host_rows
+from sandbox_agent.runtime import binds
 from sandbox_agent.runtime.choose import RUNTIMES, available
 from sandbox_agent.toolrun import run_tool
 
@@ -301,10 +303,48 @@ def images(policy_name: str, dirs: list[Path]) -> list[Check]:
     return out
 
 
+def node_paths(policy_name: str, dirs: list[Path]) -> list[Check]:
+    """Each path the policy requires of this node (filesystem.required: missing, the
+    pilot hands its jobs back and waits or stops), and each bind it names that this
+    node lacks (the sandbox leaves it out)."""
+    policy = load_policy(policy_name, dirs)
+    out = []
+    for item in policy["filesystem.required"].value:
+        path, why = str(item.value), binds.answer(str(item.value))
+        name = f"policy {policy_name}: required {path}"
+        out.append(Check(name, OK, "there") if why is None else
+                   Check(name, MISSING, f"{path}: {why} ({item.origin})", "mount it (CVMFS: "
+                         "cvmfs_config probe); until then the pilot takes no job",
+                         blocking=True))  # fmt: skip
+    required = {str(i.value) for i in policy["filesystem.required"].value}
+    for key in binds.NAMED_BINDS:
+        for item in policy[key].value:
+            path = str(item.value)
+            if path not in required and not os.path.lexists(path):
+                out.append(Check(f"policy {policy_name}: {key} {path}", WEAK,
+                                 f"missing ({item.origin}): jobs run without it",
+                                 "mount it, or add it to filesystem.required if jobs need "
+                                 "it"))  # fmt: skip
+    return out
+
+
+def rlimits_here(policy_name: str, dirs: list[Path]) -> list[Check]:
+    """Whether this agent can give the payload the policy's rlimits (a pool account
+    cannot raise a hard limit)."""
+    view = compose(load_policy(policy_name, dirs)).view
+    beyond = rlimits.above(view.process.rlimits.items())
+    if not beyond:
+        return [Check(f"policy {policy_name}: process.rlimits", OK,
+                      "each within what this agent may set")]  # fmt: skip
+    return [Check(f"policy {policy_name}: process.rlimits", MISSING, line.split(": ", 1)[0],
+                  line.split(": ", 1)[1], blocking=True) for line in beyond]  # fmt: skip
+
+
 def checks(policy_name: str, dirs: list[Path]) -> list[Check]:
     """Every check, in the order a site admin reads them."""
     found = [kernel(), *user_namespaces(), *cgroups(), seccomp(), landlock(), *sysctls(),
              python(), *runtimes(), *policy_fallbacks(policy_name, dirs),
+             *rlimits_here(policy_name, dirs), *node_paths(policy_name, dirs),
              *images(policy_name, dirs)]  # fmt: skip
     return overruled(found)
 

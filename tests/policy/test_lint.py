@@ -1009,3 +1009,21 @@ def test_proxy_on_the_node_is_fine_in_host_mode(pdir: Path) -> None:
         proxy = "http://127.0.0.1:3128"
     """)  # fmt: skip
     assert network_findings(pdir) == []
+
+
+# -- required-not-bound ------------------------------------------------------------------
+
+
+def test_a_required_path_no_bind_reaches_is_a_warning(pdir: Path) -> None:
+    text = write(
+        pdir,
+        """
+        extends = "default"
+        [filesystem]
+        required = ["/cvmfs/alice.cern.ch", "/opt/site-tools"]
+        """,
+    )
+    (finding,) = findings(pdir)  # /cvmfs is a JDL root of default's: only /opt is unbound
+    assert (finding.severity, finding.rule) == ("warning", "required-not-bound")
+    assert finding.where == at(text, "required =")
+    assert "'/opt/site-tools' is under no bind" in finding.message

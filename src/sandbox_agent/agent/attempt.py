@@ -38,6 +38,7 @@ from sandbox_agent.limits.cgroups import CgroupError
 from sandbox_agent.limits.monitor import StopRequest
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.queue import Job, LeaseError, State, StoreError, TransitionError, states
+from sandbox_agent.runtime import binds
 from sandbox_agent.runtime.containers import ContainerError
 from sandbox_agent.runtime.egress import EgressError
 from sandbox_agent.runtime.jobrun import (
@@ -163,6 +164,16 @@ class NodeProblem(Exception):
     disk is full, processes outlive their kill): the job was handed back; stop."""
 
 
+class NodeUnhealthy(NodeProblem):
+    """A path the policy requires (filesystem.required) is missing: the job was handed
+    back untouched, before anything of it was made; the site chooses whether the
+    pilot waits for the path or stops."""
+
+    def __init__(self, message: str, absent: list[binds.Absent]) -> None:
+        super().__init__(message)
+        self.absent = absent
+
+
 # What makes a node unfit rather than a job bad.
 NODE_ERRORS = (OSError, Unenforceable, RuntimeMissing, CompileError, SubprocessError,
                CgroupError, WorkdirRefused, EgressError, ContainerError)  # fmt: skip
@@ -192,6 +203,7 @@ class Attempt:
         self.disk: workdisk.WorkDisk | None = None  # the work directory's own filesystem
         # the states this agent reported to the queue, with when (the audit record's)
         self.history: list[dict[str, Any]] = [{"state": str(job.state), "time": None}]
+        self.dropped: list[binds.Absent] = []  # binds left out: this node lacks them
 
     # -- the queue ---------------------------------------------------------------------
 
@@ -340,6 +352,11 @@ class Attempt:
         workdir: Path | None = None
         report: Report | None = None
         try:
+            absent = binds.unhealthy(self.effective)
+            if absent:  # before the job's token or directory: nothing of it is made
+                why = binds.unhealthy_line(absent)
+                self.hand_back_unfit(f"the agent could not run it: {why}", fault=False)
+                raise NodeUnhealthy(f"job {job.id} was handed back: {why}", absent)
             try:
                 token = self.token = self.job_token()
             except (IssuanceRefused, TokenError) as exc:
@@ -362,8 +379,10 @@ class Attempt:
             env = dict(environment(self.effective, os.environ))
             fields = handoff_fields(spec, job.id, job.resubmission, token, env, self.effective,
                                     user=job.owner, site=self.site)  # fmt: skip
+            self.dropped = binds.dropped(self.effective)
             emit({"event": "started", "job": job.id, "resubmission": job.resubmission,
-                  "workdir": str(workdir)})  # fmt: skip
+                  "workdir": str(workdir),
+                  "dropped_binds": [a.as_dict() for a in self.dropped]})  # fmt: skip
             cgroup = cgroup_name(self.agent.home_tag, job.id, job.resubmission)
             try:
                 result = run_job(self.effective, fields, workdir, environ=os.environ,
@@ -422,6 +441,7 @@ class Attempt:
                 manifest=manifest, workdir=workdir,
                 image=result.image if result else None,
                 answers=result.answers if result else (),
+                dropped=[a.as_dict() for a in self.dropped],
                 runtime=result.runtime if result else self.agent.runtime)  # fmt: skip
             signed = records.sign(record, token.key, token.certificate, token.chain)
             where = agent.storage.attempt(job.id, job.resubmission)

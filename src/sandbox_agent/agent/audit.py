@@ -4,10 +4,10 @@ jobagent token's key, for a reviewer to check afterwards.
 A record (schema ``sandbox-agent/audit-record``, version 1; docs/audit.md) holds the
 job and its final state, the agent's and the job token's fingerprints (never a key),
 the effective policy with the origin of every value, the runtime's argv (variable
-values redacted), the image it ran on with its digest, the seccomp program's hash,
-the host's posture, what the kernel enforced and what the agent only monitored,
-resource use, the states the wrapper reported, the outputs with their SHA-256, and
-the teardown report.
+values redacted), the image it ran on with its digest, the binds this node lacked
+(left out), the seccomp program's hash, the host's posture, what the kernel enforced
+and what the agent only monitored, resource use, the states the wrapper reported,
+the outputs with their SHA-256, and the teardown report.
 
 Building it is the pilot's: this module. Its format (signing, writing, reading back,
 verifying) is ``sandbox_agent.audit.record``, shared with the broker and the CLI.
@@ -101,8 +101,10 @@ def build(*, job: dict[str, Any], agent_name: str, agent_token: x509.Certificate
           job_token_pem: str | None, effective: Any, session: Any, argv: tuple[str, ...],
           states: list[str], history: list[dict[str, Any]], usage: dict[str, Any], manifest: Any,
           workdir: str, image: dict[str, Any] | None = None,
-          answers: tuple[Answer, ...] = (), runtime: str = "bwrap") -> dict[str, Any]:  # fmt: skip
-    """The unsigned record of one attempt (see the module's docstring)."""
+          answers: tuple[Answer, ...] = (), runtime: str = "bwrap",
+          dropped: list[dict[str, str]] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The unsigned record of one attempt (see the module's docstring). ``dropped``: the
+    binds left out because this node lacks them (runtime.binds)."""
     job_fp = None
     if job_token_pem:
         job_fp = fingerprint(x509.load_pem_x509_certificate(job_token_pem.encode()))
@@ -120,6 +122,7 @@ def build(*, job: dict[str, Any], agent_name: str, agent_token: x509.Certificate
                    "settings": [_redacted_row(r) for r in rows(effective)]},
         "runtime": runtime_view(runtime, argv, session),
         "image": image,
+        "dropped_binds": list(dropped or []),
         "seccomp_sha256": session.seccomp_sha256 if session else None,
         "landlock": session.landlock if session else None,
         "network": network_view(effective, session),

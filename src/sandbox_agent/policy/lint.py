@@ -36,6 +36,14 @@ class Finding:
 
 
 Rule = Callable[[Policy], list[Finding]]
+# The keys whose paths are bound into a sandbox (a JDL's binds lie under the roots).
+BOUND_KEYS = (
+    "filesystem.host_userland",
+    "filesystem.read_only",
+    "filesystem.writable",
+    "filesystem.jdl_read_only_roots",
+    "devices.paths",
+)
 _RULES: list[Rule] = []
 
 
@@ -57,16 +65,24 @@ def _place(where: str) -> tuple[str, int]:
 
 
 @rule
+def required_not_bound(policy: Policy) -> list[Finding]:
+    """A required path that no bind, device or JDL root reaches guards nothing a job
+    sees: probably a typo."""
+    bound = [str(i.value) for key in BOUND_KEYS for i in policy[key].value]
+    return [
+        Finding("warning", "required-not-bound", item.origin,
+                f"filesystem.required '{item.value}' is under no bind, device or "
+                "jdl_read_only_roots entry: no job would see it")
+        for item in policy["filesystem.required"].value
+        if not any(within(str(item.value), root) for root in bound)
+    ]  # fmt: skip
+
+
+@rule
 def bind_reaches_deny(policy: Policy) -> list[Finding]:
     deny = [i for i in policy["filesystem.deny"].value]
     out = []
-    for key in (
-        "filesystem.host_userland",
-        "filesystem.read_only",
-        "filesystem.writable",
-        "filesystem.jdl_read_only_roots",
-        "devices.paths",
-    ):
+    for key in BOUND_KEYS:
         for item in policy[key].value:
             for denied in deny:
                 if within(item.value, denied.value) or within(denied.value, item.value):

@@ -147,6 +147,13 @@ def _fields() -> dict[str, Field]:
             "Roots under which a JDL may ask for extra read-only binds (ReadOnlyBinds).",
         ),
         Field(
+            "filesystem.required",
+            Kind.PATHS,
+            (),
+            "Host paths this node must have (CVMFS repositories, GPU devices): one missing "
+            "makes the node unhealthy, and no job starts here until it is back.",
+        ),
+        Field(
             "filesystem.deny",
             Kind.PATHS,
             (),

@@ -51,6 +51,7 @@ class Filesystem:
     read_only: Paths
     writable: Paths
     jdl_read_only_roots: Paths
+    required: Paths
     deny: Paths
     tmpfs: tuple[tuple[str, int], ...]  # (path, bytes)
     proc: str

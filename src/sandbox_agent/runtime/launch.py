@@ -35,6 +35,7 @@ from typing import IO
 
 import prctl
 
+from sandbox_agent.limits import rlimits
 from sandbox_agent.limits.cgroups import JobCgroup
 from sandbox_agent.policy import gate
 from sandbox_agent.policy.compose import EffectivePolicy
@@ -50,12 +51,7 @@ from sandbox_agent.runtime.plan import (
 from sandbox_agent.seccomp.compile import bpf_fd, compile_profile, data_fd
 from sandbox_agent.wrapper import confine
 
-_RLIMITS = {
-    "core": resource.RLIMIT_CORE,
-    "nofile": resource.RLIMIT_NOFILE,
-    "stack": resource.RLIMIT_STACK,
-    "fsize": resource.RLIMIT_FSIZE,
-}
+_RLIMITS = rlimits.RLIMITS
 
 
 # When the agent is root, the sandbox is started as this host user, never as root: a
@@ -164,6 +160,13 @@ def start(
         raise RuntimeMissing(
             f"{argv[0]} is not installed or not on PATH (Debian/Ubuntu: apt-get install "
             f"{'bubblewrap' if argv[0] == 'bwrap' else argv[0]})"
+        )
+    # an engine sets the container's rlimits itself; else the child sets them, where a
+    # failure can say nothing useful ("Exception occurred in preexec_fn")
+    beyond = [] if plan.container else rlimits.above(plan.rlimits)
+    if beyond:
+        gate.refuse(
+            "process.rlimits", "; ".join(b.removeprefix("process.rlimits.") for b in beyond)
         )
     compiled = compile_profile(Path(plan.seccomp_profile))
     fds: list[int] = []
