@@ -167,3 +167,17 @@ def test_the_cgroup_remedy_is_for_this_hosts_cgroup_version() -> None:
     assert "subtree_control" not in v1 and "no memory hierarchy" in v1
     v2 = doctor._cgroup_remedy("v2", ["memory", "swap", "pids"])
     assert "delegate the memory, pids controller(s)" in v2 and "subtree_control" in v2
+
+
+def test_a_python_older_than_the_wrappers_oldest_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An EL7-like node whose python3 says 3.5: one line naming it and the oldest."""
+    old = tmp_path / "python3"
+    old.write_text("#!/bin/sh\necho 3 5\n")
+    old.chmod(0o755)
+    monkeypatch.setattr(doctor, "PYTHON", str(old))
+    found = doctor.python()
+    assert (found.status, found.blocking) == (MISSING, True)
+    assert found.found == f"{old} is Python 3.5"
+    assert "need Python 3.6 or later" in found.advice

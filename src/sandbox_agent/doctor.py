@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox_agent import hostfacts
-from sandbox_agent.images import ImageRefused, kinds, mount, prepare
+from sandbox_agent.images import ImageRefused, hostpython, kinds, mount, prepare
 from sandbox_agent.limits import rlimits
 from sandbox_agent.limits.cgroups import (
     CGROUP_LIMITS,
@@ -32,7 +32,6 @@ from sandbox_agent.policy import compose, load_policy
 from sandbox_agent.policy.explain import host_rows
 from sandbox_agent.runtime import binds
 from sandbox_agent.runtime.choose import RUNTIMES, available
-from sandbox_agent.toolrun import run_tool
 
 OK, WEAK, MISSING = "OK", "WEAK", "MISSING"
 LANDLOCK_KERNEL = (5, 13)  # the first kernel with landlock
@@ -249,20 +248,20 @@ def policy_fallbacks(policy_name: str, dirs: list[Path]) -> list[Check]:
 
 
 def python() -> Check:
-    """The sandbox's interpreter, which runs the JobWrapper and the landlock step."""
-    import subprocess
-
-    name, fix = "python3 in the sandbox", "install python3 3.9 or later: the JobWrapper runs on it"
+    """The sandbox's interpreter, which runs the JobWrapper and the landlock step (the
+    oldest it may be: images.hostpython.OLDEST)."""
+    name = "python3 in the sandbox"
+    oldest = ".".join(map(str, hostpython.OLDEST))
     try:
-        said = run_tool([PYTHON, "-I", "-S", "-c", "import sys; print(*sys.version_info)"],
-                        capture_output=True, text=True, timeout=10, check=True)  # fmt: skip
-        version = tuple(int(part) for part in said.stdout.split()[:2])
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return Check(name, MISSING, f"{PYTHON} does not run", fix, blocking=True)
-    found = f"{PYTHON} is Python {'.'.join(map(str, version))}"
-    if version < (3, 9):
+        version = hostpython.version(PYTHON)
+    except hostpython.NoHostPython as exc:
+        return Check(name, MISSING, str(exc), f"install python3 {oldest} or later: the "
+                     "JobWrapper runs on it", blocking=True)  # fmt: skip
+    too_old = hostpython.too_old(version, PYTHON)
+    if too_old is not None:
+        found, fix = too_old.split(": ", 1)
         return Check(name, MISSING, found, fix, blocking=True)
-    return Check(name, OK, found)
+    return Check(name, OK, f"{PYTHON} is Python {version[0]}.{version[1]}")
 
 
 def images(policy_name: str, dirs: list[Path]) -> list[Check]:
