@@ -130,6 +130,7 @@ def build(*, job: dict[str, Any], agent_name: str, agent_token: x509.Certificate
         "enforcement": {"kernel": sorted({*(limits.kernel if limits else ()),
                                           *engine_held(answers)}),
                         "monitored": sorted(limits.monitored) if limits else [],
+                        "held_by_slot": sorted(limits.by_slot) if limits else [],
                         "unenforced": unenforced,
                         "notes": list(limits.notes) if limits else [],
                         "requirements": [{"key": a.key, "verdict": str(a.verdict), "how": a.how,

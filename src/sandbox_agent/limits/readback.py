@@ -38,6 +38,7 @@ class Held:
     memory: int | None  # bytes
     pids: int | None
     cpu_cores: float | None  # quota / period
+    swap: int | None = None  # bytes of swap (v2 memory.swap.max; v1 memsw less memory)
 
     def short_of(self, memory: int, pids: int, cpu_cores: float) -> list[str]:
         """The limits not held at (or below) the values asked, each in words."""
@@ -68,7 +69,8 @@ def held(pid: int, *, proc: Path = Path("/proc")) -> Held:
     memory = _tightest(where, found, "memory", _memory)
     pids = _tightest(where, found, "pids", _pids)
     cores = _tightest(where, found, "cpu", _cpu)
-    return Held(memory, pids, cores)
+    swap = _tightest(where, found, "memory", _swap)
+    return Held(memory, pids, cores, swap)
 
 
 def cgroup_of(pid: int, *, proc: Path = Path("/proc")) -> JobCgroup | None:
@@ -134,6 +136,16 @@ def _memory(directory: Path, version: int) -> int | None:
     name = "memory.limit_in_bytes" if version == 1 else "memory.max"
     value = _number(read_text(directory / name))
     return None if value is None or value >= _UNLIMITED_V1 else value
+
+
+def _swap(directory: Path, version: int) -> int | None:
+    if version == 2:
+        return _number(read_text(directory / "memory.swap.max"))
+    both = _number(read_text(directory / "memory.memsw.limit_in_bytes"))
+    memory = _memory(directory, 1)
+    if both is None or both >= _UNLIMITED_V1 or memory is None:
+        return None
+    return max(0, both - memory)
 
 
 def _pids(directory: Path, version: int) -> int | None:

@@ -34,7 +34,12 @@ from sandbox_agent.limits.cgroups import (
     Usage,
     discover,
 )
-from sandbox_agent.limits.enforcement import LimitPlan, decide, wants_cgroup
+from sandbox_agent.limits.enforcement import (
+    LimitPlan,
+    decide,
+    held_by_slot,
+    wants_cgroup,
+)
 from sandbox_agent.limits.monitor import KILL_REASONS, Monitor, Outcome, StopRequest
 from sandbox_agent.policy import gate
 from sandbox_agent.runtime import containers
@@ -138,6 +143,16 @@ def _own_namespace(name: str) -> int | None:
         return None
 
 
+def slot_holds(plan: LaunchPlan) -> dict[str, str]:
+    """The limits the cgroup this agent runs in holds at or below the plan's values
+    (enforcement.held_by_slot), read back now; none when it cannot be read."""
+    try:
+        found = readback.held(os.getpid())
+    except (ProcessLookupError, OSError):
+        return {}
+    return held_by_slot(plan.limit_values, found)
+
+
 def run(
     plan: LaunchPlan,
     *,
@@ -170,8 +185,11 @@ def run(
     # unique across agents, pid namespaces included: two jobs never share a cgroup
     name = name or f"exec-{os.getpid()}-{next(_serial)}-{secrets.token_hex(4)}"
     group, where = None, "no limit asked for the kernel"
+    slot: dict[str, str] = {}
     if wants_cgroup(plan):
         group, where = job_cgroup(name, plan, prefer=prefer_cgroup)
+        if group is None:  # a batch slot delegates nothing: what does its cgroup hold?
+            slot = slot_holds(plan)
     teardown = None
     left = ""
     report: dict[str, object] = {}
@@ -180,7 +198,7 @@ def run(
     relay: Egress | None = None
     released = False  # the pipe the sandbox waits on (egress) is closed
     try:
-        limits = decide(plan, (group.enforced if group else frozenset()) | held, where)
+        limits = decide(plan, (group.enforced if group else frozenset()) | held, where, slot)
         started = start(plan, stdin=stdin, stdout=stdout, stderr=stderr, cgroup=group)
         if on_start is not None:  # placed in its cgroup already: the job may be told now
             on_start(started.process)
