@@ -19,8 +19,12 @@ import classad2
 import psutil
 import pytest
 
-from sandbox_agent.agent import condor, slot
+from sandbox_agent.agent import condor, gpus, slot
 from sandbox_agent.agent.condor import CondorError
+from sandbox_agent.images.hostpython import HostPython
+from sandbox_agent.policy import compose, load, load_policy
+from sandbox_agent.runtime import apptainer, docker
+from sandbox_agent.runtime.plan import FixedHost
 
 ADS = Path(__file__).parent / "condor"
 DYNAMIC_GPU = ADS / "dynamic-gpu.ad"
@@ -459,3 +463,75 @@ def test_a_slot_that_counts_more_gpus_than_it_names(driver: tuple[Path, Path],
     assert found.unmapped == (f"{ad}: GPUs = 2 but AssignedGPUs names 1: the others' "
                               "devices are unknown",)  # fmt: skip
     assert condor.read_machine_ad(ADS / "dynamic-cpu.ad").devices(proc, dev).paths == ()
+
+
+# --- the GPUs a job is given: the slot's, never the node's ------------------------------------
+
+
+def test_a_gpu_policy_binds_exactly_the_assigned_gpus(driver: tuple[Path, Path]) -> None:
+    """gpu.toml names /dev/nvidia0 and lets runtimes add every GPU; in this slot the
+    job gets the nodes of GPU-6b3a1e2f (minor 3) and GPU-9c0d4a71 (minor 0) alone, with
+    the shared nodes the node has, each required, and no runtime's all-GPU flag."""
+    proc, dev = driver
+    policy = load_policy("gpu")
+    got = gpus.assigned(policy, started_by_condor(DYNAMIC_GPU), proc, dev)
+    paths = got.value("devices.paths")
+    assert f"{dev}/nvidia3" in paths and f"{dev}/nvidia0" in paths
+    assert "/dev/nvidia0" not in paths  # the policy's fixed one is gone
+    assert [p for p in paths if re.fullmatch(r".*/nvidia[0-9]+", p)] == [
+        f"{dev}/nvidia3",
+        f"{dev}/nvidia0",
+    ]
+    assert "/dev/nvidiactl" in paths  # the policy's shared nodes stay
+    assert got.value("devices.gpu") == "assigned"
+    assert got["devices.gpu"].origin == f"slot: AssignedGPUs ({DYNAMIC_GPU})"
+    assert set(got.value("filesystem.required")) >= {f"{dev}/nvidia3", f"{dev}/nvidia0"}
+
+
+def test_an_unmappable_gpu_refuses_the_slot(tmp_path: Path, driver: tuple[Path, Path]) -> None:
+    proc, dev = driver
+    ad = with_line(tmp_path, "AssignedGPUs", 'AssignedGPUs = "CUDA0"')
+    with pytest.raises(CondorError) as info:
+        gpus.assigned(load_policy("gpu"), started_by_condor(ad), proc, dev)
+    assert str(info.value).startswith(f"{ad}: cannot bind the GPUs HTCondor assigned: CUDA0: ")
+
+
+def test_no_slot_or_no_gpu_policy_changes_nothing(driver: tuple[Path, Path]) -> None:
+    proc, dev = driver
+    policy = load_policy("gpu")
+    assert gpus.assigned(policy, {}, proc, dev) is policy
+    default = load_policy("default")
+    assert gpus.assigned(default, started_by_condor(DYNAMIC_GPU), proc, dev) is default
+
+
+def test_no_runtime_adds_gpus_of_its_own_to_the_assigned(
+    tmp_path: Path, driver: tuple[Path, Path]
+) -> None:
+    """Docker's --gpus all and Apptainer's --nv bind every GPU of the node: with the
+    slot's GPUs assigned, neither is given, and each assigned node is bound alone."""
+    proc, dev = driver
+    tests_policies = Path(__file__).resolve().parents[1] / "runtime" / "policies"
+    for name in ("images.toml", "docker.toml"):
+        shutil.copy(tests_policies / name, tmp_path / name)
+    (tmp_path / "gpudocker.toml").write_text(
+        'extends = "docker"\n[devices]\ngpu = "nvidia"\n'
+        'paths = ["/dev/nvidiactl", "/dev/nvidia0"]\n'
+    )
+    policy = load_policy("gpudocker", [tmp_path, load.SHIPPED])
+    host = FixedHost({f"{dev}/nvidia3": "file", f"{dev}/nvidia0": "file",
+                      f"{dev}/nvidiactl": "file", "/dev/nvidiactl": "file",
+                      "/dev/nvidia0": "file"}, landlock=6,
+                     interpreter=HostPython(binds=(), command=("/usr/bin/python3",)))  # fmt: skip
+    for given, gpu_flags in (
+        (policy, True),
+        (gpus.assigned(policy, started_by_condor(DYNAMIC_GPU), proc, dev), False),
+    ):
+        effective = compose(given)
+        plan = docker.render(effective, ["true"], workdir="/srv/w", engine="docker", host=host,
+                             rootless=False)  # fmt: skip
+        assert ("--gpus" in plan.argv) is gpu_flags
+        devices = [plan.argv[n + 1] for n, w in enumerate(plan.argv) if w == "--device"]
+        if not gpu_flags:
+            assert f"{dev}/nvidia3" in devices and "/dev/nvidia0" not in devices
+        plan = apptainer.render(effective, ["true"], workdir="/srv/w", host=host)
+        assert ("--nv" in plan.argv) is gpu_flags

@@ -129,6 +129,20 @@ def overridden(policy: Policy, key: str, raw: Any, origin: str) -> Policy:
     return Policy(policy.name, policy.files, policy.directory, {**policy.settings, key: setting})
 
 
+def replaced(policy: Policy, key: str, values: list[str], origin: str) -> Policy:
+    """``policy`` with the path list ``key`` replaced: ``values`` kept from the policy
+    keep their items (and origins), the others are given ``origin`` (what the node's
+    batch system assigned: the GPUs of an HTCondor slot). Each is checked as a policy
+    file's would be."""
+    spec = FIELDS[key]
+    if spec.kind is not Kind.PATHS:
+        raise ValueError(f"{key} is not a list of paths")
+    had = {str(i.value): i for i in policy[key].value}
+    items = tuple(had.get(v) or Item(_list_item(spec, v, origin), origin) for v in values)
+    setting = Setting(items, origin, policy[key].directory)
+    return Policy(policy.name, policy.files, policy.directory, {**policy.settings, key: setting})
+
+
 def _line(lines: dict[str, int], name: str) -> int:
     """The line of ``name``, or of the nearest enclosing table or inline table."""
     parts = name.split(".")

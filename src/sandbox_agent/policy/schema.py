@@ -178,8 +178,10 @@ def _fields() -> dict[str, Field]:
             "devices.gpu",
             Kind.CHOICE,
             "none",
-            "none, or nvidia: the NVIDIA device nodes and driver libraries (Apptainer --nv).",
-            ("none", "nvidia"),
+            "none; nvidia: the NVIDIA device nodes and driver libraries (Apptainer --nv, "
+            "Docker --gpus all); assigned: only the GPU nodes in devices.paths, as the pilot "
+            "sets it under a batch system that assigned the slot's GPUs.",
+            ("none", "nvidia", "assigned"),
         ),
         Field(
             "devices.paths",
