@@ -8,7 +8,7 @@ import pytest
 
 from sandbox_agent.jdl import load_job
 from sandbox_agent.jdl.units import GIB, MIB
-from sandbox_agent.policy import PolicyRejection, compose, load_policy
+from sandbox_agent.policy import PolicyRejection, compose, load, load_policy
 from sandbox_agent.policy.schema import FIELDS
 
 SHIPPED = Path(__file__).resolve().parents[2] / "policies"
@@ -207,3 +207,33 @@ def test_a_jdl_cannot_touch_the_network(tmp_path: Path) -> None:
     assert effective.view.network.mode == "egress"
     assert effective.view.network.allow == ("xrootd.example.org:1094",)
     assert effective.view.network.proxy == "http://squid.example.org:3128"
+
+
+def per_core_policy(tmp_path: Path, switch: str = "true"):  # type: ignore[no-untyped-def]
+    (tmp_path / "site.toml").write_text(
+        'extends = "default"\n[limits]\n'
+        'memory = { default = "2GB", max = "4GB", enforcement = "kernel" }\n'
+        f"memory_per_core = {switch}\n"
+    )
+    return load_policy("site", [tmp_path, load.SHIPPED])
+
+
+def test_memory_per_core_scales_the_default_and_the_maximum(tmp_path: Path) -> None:
+    """CPUCores = 8 with 2 GB per core gets 16 GB, not 2 GB in all; a MemorySize asked
+    is the job's whole, held to 4 GB per core; a slot caps as before."""
+    policy = per_core_policy(tmp_path)
+    eight = compose(policy, job('CPUCores = "8";'))
+    assert eight["limits.memory"].value == 16 * GIB
+    assert "x 8 cores (memory_per_core, " in eight["limits.memory"].origin
+    assert compose(policy, job(""))["limits.memory"].value == 2 * GIB
+    asked = compose(policy, job('CPUCores = "8"; MemorySize = "24GB";'))
+    assert (asked["limits.memory"].value, asked["limits.memory"].origin) == (
+        24 * GIB,
+        "jdl:MemorySize",
+    )
+    with pytest.raises(PolicyRejection, match="above the site maximum 32"):
+        compose(policy, job('CPUCores = "8"; MemorySize = "40GB";'))
+    slot = compose(policy, job('CPUCores = "8";'), {"Memory": 10 * 1024, "CPUCores": 8})
+    assert slot["limits.memory"].value == 10 * GIB
+    off = per_core_policy(tmp_path, "false")
+    assert compose(off, job('CPUCores = "8";'))["limits.memory"].value == 2 * GIB

@@ -34,7 +34,7 @@ def test_the_view_holds_every_key_of_the_schema_and_no_other() -> None:
 
 def _get(view: Any, key: str) -> Any:
     parts = key.split(".")
-    if parts[0] == "limits" and len(parts) == 2:
+    if parts[0] == "limits" and len(parts) == 2 and parts[1] in LIMITS:
         parts.append("value")
     return functools.reduce(getattr, parts, view)
 

@@ -104,8 +104,9 @@ def compose(
     ``credentials`` are the agent's own paths (its token and key directory): they join
     the deny list, so no bind can ever reach them. Raises ``PolicyRejection``."""
     settings = dict(policy.settings)
-    for name in LIMITS:
-        settings[f"limits.{name}"] = _limit(policy, name, spec, slot or {})
+    for name in LIMITS:  # cpu_cores first: memory may be per core
+        cores = settings["limits.cpu_cores"].value if name == "memory" else 1
+        settings[f"limits.{name}"] = _limit(policy, name, spec, slot or {}, cores)
     deny = list(settings["filesystem.deny"].value)
     for path in credentials:
         deny.append(Item(os.path.abspath(path), "agent:credentials"))
@@ -122,9 +123,20 @@ def compose(
     return EffectivePolicy(policy, settings)
 
 
-def _limit(policy: Policy, name: str, spec: JobSpec | None, slot: Mapping[str, object]) -> Setting:
+def _limit(
+    policy: Policy, name: str, spec: JobSpec | None, slot: Mapping[str, object], cores: int = 1
+) -> Setting:
+    """One limit's value for the job: what it asked (at most the maximum and the slot),
+    else the default. ``cores``: the job's, by which memory's default and maximum are
+    multiplied when limits.memory_per_core is true."""
     kind, _default, _maximum, jdl_key = LIMITS[name]
     default, maximum = policy["limits." + name + ".default"], policy["limits." + name + ".max"]
+    if name == "memory" and policy.value("limits.memory_per_core") and cores > 1:
+        per_core = policy["limits.memory_per_core"].origin
+        default, maximum = (
+            Setting(s.value * cores, f"{s.origin} x {cores} cores (memory_per_core, {per_core})")
+            for s in (default, maximum)
+        )
     asked = _requested(name, spec)
     slot_cap = _slot_cap(name, slot)
     show = _shower(kind)

@@ -288,6 +288,16 @@ def _fields() -> dict[str, Field]:
                 ENFORCEMENT,
             ),
         ]
+    out.append(
+        Field(
+            "limits.memory_per_core",
+            Kind.BOOL,
+            False,
+            "true: limits.memory's default and max are per core, multiplied by the job's "
+            "cpu_cores (CPUCores = 8 with 2 GB per core gets 16 GB; a MemorySize asked is "
+            "the job's whole).",
+        )
+    )
     out += [
         Field("outputs.max_file", Kind.SIZE, 1024**3,
               "The most one kept output may hold, counted by its apparent size (a sparse "

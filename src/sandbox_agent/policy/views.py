@@ -120,10 +120,14 @@ class Limits:
     pids: Limit
     wall_time: Limit
     workdir_size: Limit
+    memory_per_core: bool  # memory's default and max scale with the job's cores
 
     def items(self) -> Iterator[tuple[str, Limit]]:
+        """Each limit (the per-core switch is not one)."""
         for name in (f.name for f in dataclasses.fields(self)):
-            yield name, getattr(self, name)
+            value = getattr(self, name)
+            if isinstance(value, Limit):
+                yield name, value
 
 
 @dataclass(frozen=True)
