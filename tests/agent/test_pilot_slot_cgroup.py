@@ -44,7 +44,7 @@ def slot_cgroups(memory: int) -> list[Path]:
     if not all((root / "cgroup.procs").exists() for root in roots.values()):
         pytest.skip("no cgroup v1 memory, pids and cpu hierarchies here")
     made = []
-    for controller, root in roots.items():
+    for root in roots.values():
         directory = root / tag
         directory.mkdir(exist_ok=True)
         made.append(directory)
