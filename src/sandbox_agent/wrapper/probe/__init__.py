@@ -19,15 +19,13 @@ adversarial tests (``tests/adversarial/``) and the agent's start-up self-test sh
 same files.
 """
 
-from __future__ import annotations
-
 from pathlib import Path
 
 PROBE_DIR = Path(__file__).parent
 RUNNER = "run.py"  # run from the directory the files were copied to
 
 
-def probe_files() -> list[Path]:
+def probe_files() -> "list[Path]":
     """Every file of the probe, to copy into one directory (this ``__init__.py`` is the
     package's, no part of the probe)."""
     return sorted(p for p in PROBE_DIR.glob("*.py") if p.name != "__init__.py")

@@ -3,21 +3,26 @@ system call wrapper, and how the probe tells a host process or a secret when it 
 one. No attack lives here; ``attack_table`` lists them all.
 
 Standard library only: ``run.py`` imports this module by its plain name inside the
-sandbox (see there why).
+sandbox (see there why). Like every file of the probe it runs on the sandbox's python3
+from 3.6 on (EL8's): no ``from __future__ import annotations``, so every annotation
+Python evaluates is a string, and the types named only in them are mypy's alone.
 """
-
-from __future__ import annotations
 
 import ctypes
 import errno
 import os
 import platform
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:  # never run: a subscripted dict is no runtime value before 3.9
+    from collections.abc import Callable
+    from typing import Any
+
+    Result = dict[str, str]  # novm (an attack's answer)
+    Config = dict[str, Any]  # novm (what the probe was told to look for)
+    SyscallArg = int | bytes | ctypes.Array[Any] | None  # novm
 
 BLOCKED, LEAKED, NA = "blocked", "LEAKED", "n/a"
-Result = dict[str, str]
-Config = dict[str, Any]
 
 # x86_64 system call numbers (arch/x86/entry/syscalls/syscall_64.tbl) for calls the C
 # library has no wrapper for, or whose wrapper would hide the raw answer.
@@ -55,7 +60,7 @@ class Attack(NamedTuple):
     mechanism: str  # which test file covers it: credentials, processes, ...
     threat: str
     defence: str
-    run: Callable[[Config], Result]
+    run: "Callable[[Config], Result]"
     # False: a success would change the host (plant files, signal processes, set the
     # clock), so the attack is refused outside a user namespace (a test's control run
     # on the host, a mistaken run by hand).
@@ -65,23 +70,23 @@ class Attack(NamedTuple):
 # -- results ----------------------------------------------------------------------------
 
 
-def res(result: str, detail: str) -> Result:
+def res(result: str, detail: str) -> "Result":
     return {"result": result, "detail": detail[:600]}
 
 
-def blocked(detail: str) -> Result:
+def blocked(detail: str) -> "Result":
     return res(BLOCKED, detail)
 
 
-def leaked(detail: str) -> Result:
+def leaked(detail: str) -> "Result":
     return res(LEAKED, detail)
 
 
-def na(detail: str) -> Result:
+def na(detail: str) -> "Result":
     return res(NA, detail)
 
 
-def either(got_through: list[str], seen: list[str]) -> Result:
+def either(got_through: "list[str]", seen: "list[str]") -> "Result":
     """LEAKED with what got through when anything did, else BLOCKED with what was seen."""
     return leaked("; ".join(got_through)) if got_through else blocked("; ".join(seen))
 
@@ -97,16 +102,12 @@ def oserror(what: str, exc: OSError) -> str:
 # -- system calls -----------------------------------------------------------------------
 
 
-if TYPE_CHECKING:  # only for mypy: a union of types is no runtime value before 3.10
-    SyscallArg = int | bytes | ctypes.Array[Any] | None
-
-
-def syscall(name: str, *args: SyscallArg) -> tuple[int, int]:
+def syscall(name: str, *args: "SyscallArg") -> "tuple[int, int]":
     """A raw x86_64 system call by name: (return value, errno)."""
     return raw_syscall(NR[name], *args)
 
 
-def raw_syscall(number: int, *args: SyscallArg) -> tuple[int, int]:
+def raw_syscall(number: int, *args: "SyscallArg") -> "tuple[int, int]":
     """A raw system call by number: (return value, errno). Integers go as full longs."""
     wrapped = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
     ctypes.set_errno(0)
@@ -114,13 +115,13 @@ def raw_syscall(number: int, *args: SyscallArg) -> tuple[int, int]:
     return value, (ctypes.get_errno() if value < 0 else 0)
 
 
-def not_x86_64() -> str | None:
+def not_x86_64() -> "str | None":
     """Why raw x86_64 system call numbers cannot be used here, or None."""
     machine = platform.machine()
     return None if machine == "x86_64" else f"system call numbers are x86_64's, this is {machine}"
 
 
-def ns_inode(kind: str) -> int | None:
+def ns_inode(kind: str) -> "int | None":
     try:
         return os.stat(f"/proc/self/ns/{kind}").st_ino
     except OSError:
@@ -130,11 +131,11 @@ def ns_inode(kind: str) -> int | None:
 # -- what the probe looks for -----------------------------------------------------------
 
 
-def unhex(config: Config, key: str) -> list[str]:
+def unhex(config: "Config", key: str) -> "list[str]":
     return [bytes.fromhex(s).decode() for s in config.get(key, [])]
 
 
-def _secrets(config: Config) -> list[bytes]:
+def _secrets(config: "Config") -> "list[bytes]":
     """Everything that must not be seen inside: the secrets, and the credential paths."""
     paths = unhex(config, "key_paths") + unhex(config, "cert_dirs")
     return [bytes.fromhex(s) for s in config.get("secrets", [])] + [p.encode() for p in paths]
@@ -145,13 +146,13 @@ def read(path: str, limit: int = 1 << 20) -> bytes:
         return file.read(limit)
 
 
-def found(data: bytes, config: Config) -> bool:
+def found(data: bytes, config: "Config") -> bool:
     return any(secret and secret in data for secret in _secrets(config))
 
 
 def secret_in_files(
-    config: Config, key: str, none_given: str, other: Callable[[str, int], str]
-) -> Result:
+    config: "Config", key: str, none_given: str, other: "Callable[[str, int], str]"
+) -> "Result":
     """Read each file of ``config[key]`` (hex paths): LEAKED at the first that holds a
     secret. ``other(path, size)`` describes a readable file without one."""
     paths = unhex(config, key)
@@ -175,12 +176,12 @@ def first_mapping(pid: int) -> int:
     return int(read(f"/proc/{pid}/maps", 4096).split(b"-", 1)[0], 16)
 
 
-def host_pid(config: Config) -> int | None:
+def host_pid(config: "Config") -> "int | None":
     pid = config.get("host_pid")
     return int(pid) if pid else None
 
 
-def is_host_target(pid: int, config: Config) -> bool:
+def is_host_target(pid: int, config: "Config") -> bool:
     """Whether ``pid`` as seen here is the host's target process, not a sandbox process
     that happens to have the same number. Unreadable counts as the host's (when in
     doubt, the probe says LEAKED rather than blocked)."""
@@ -191,6 +192,6 @@ def is_host_target(pid: int, config: Config) -> bool:
         return True
 
 
-def sandbox_pid(pid: int) -> Result:
+def sandbox_pid(pid: int) -> "Result":
     """The answer when ``pid`` turned out to be a sandbox process, not the host's."""
     return blocked(f"pid {pid} here is a sandbox process")

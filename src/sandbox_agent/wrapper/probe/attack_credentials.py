@@ -8,8 +8,6 @@ bound), bwrap --clearenv with an allowlist of variables, the PID namespace with 
 private /proc, and the user namespace.
 """
 
-from __future__ import annotations
-
 import os
 from typing import TYPE_CHECKING
 
@@ -22,7 +20,7 @@ else:
 MECHANISM = "credentials"
 
 
-def key_file(config: Config) -> Result:
+def key_file(config: "Config") -> "Result":
     """Read the agent's key file by its host path."""
     return common.secret_in_files(
         config, "key_paths", "no key path given",
@@ -30,7 +28,7 @@ def key_file(config: Config) -> Result:
     )  # fmt: skip
 
 
-def cert_dir(config: Config) -> Result:
+def cert_dir(config: "Config") -> "Result":
     """List the agent's certificate directory."""
     paths = common.unhex(config, "cert_dirs")
     if not paths:
@@ -48,7 +46,7 @@ def cert_dir(config: Config) -> Result:
     return common.blocked("; ".join(seen))
 
 
-def env_self(config: Config) -> Result:
+def env_self(config: "Config") -> "Result":
     """Find a secret variable (by name or by value) in the payload's own environment."""
     names = [n for n in config.get("env_names", []) if n in os.environ]
     values = [k for k, v in os.environb.items() if common.found(v, config)]
@@ -57,7 +55,7 @@ def env_self(config: Config) -> Result:
     return common.blocked(f"not among the {len(os.environ)} variables: {sorted(os.environ)}")
 
 
-def env_procs(config: Config) -> Result:
+def env_procs(config: "Config") -> "Result":
     """Find a secret in the environment or command line of every visible process (the
     runtime's helpers included: bwrap's argv holds every --setenv value)."""
     names = [n.encode() + b"=" for n in config.get("env_names", [])]
@@ -82,7 +80,7 @@ def env_procs(config: Config) -> Result:
     return common.blocked(f"not in {scanned} environ/cmdline files ({unreadable} unreadable)")
 
 
-def host_environ(config: Config) -> Result:
+def host_environ(config: "Config") -> "Result":
     """Read /proc/<host pid>/environ: the host process holds a secret variable."""
     pid = common.host_pid(config)
     if pid is None:
@@ -96,7 +94,7 @@ def host_environ(config: Config) -> Result:
     return common.blocked(f"/proc/{pid}/environ is a sandbox process's, without the secret")
 
 
-def root_home(config: Config) -> Result:
+def root_home(config: "Config") -> "Result":
     """List /root, the home of the host's root (where agents often keep tokens)."""
     try:
         names = os.listdir("/root")
@@ -107,7 +105,7 @@ def root_home(config: Config) -> Result:
     return common.blocked("/root is an empty directory")
 
 
-def host_fd(config: Config) -> Result:
+def host_fd(config: "Config") -> "Result":
     """List /proc/<host pid>/fd (and read a link: what files the host process holds)."""
     pid = common.host_pid(config)
     if pid is None:
@@ -122,7 +120,7 @@ def host_fd(config: Config) -> Result:
     return common.leaked(f"/proc/{pid}/fd lists {fds[:10]} -> {links}")
 
 
-def host_mem(config: Config) -> Result:
+def host_mem(config: "Config") -> "Result":
     """Read the host process's memory through /proc/<host pid>/mem."""
     pid = common.host_pid(config)
     if pid is None:
@@ -144,7 +142,7 @@ def host_mem(config: Config) -> Result:
         os.close(fd)
 
 
-def init_environ(config: Config) -> Result:
+def init_environ(config: "Config") -> "Result":
     """Read the environment and argv of the sandbox's pid 1 (bwrap's init)."""
     found: list[str] = []
     seen: list[str] = []

@@ -9,8 +9,6 @@ The runner calls ``record_start`` before anything else opens a descriptor, and r
 this attack first, so that nothing the probe opens itself is taken for inherited.
 """
 
-from __future__ import annotations
-
 import os
 import stat
 from typing import TYPE_CHECKING
@@ -22,7 +20,7 @@ else:
     import attack_common as common
 
 MECHANISM = "descriptors"
-_AT_START: list[int] = []  # the descriptors the probe was started with
+_AT_START: "list[int]" = []  # the descriptors the probe was started with
 
 
 def _open(fd: int) -> bool:
@@ -39,7 +37,7 @@ def record_start() -> None:
     _AT_START[:] = sorted(int(fd) for fd in os.listdir("/proc/self/fd") if _open(int(fd)))
 
 
-def inherited_fds(config: Config) -> Result:
+def inherited_fds(config: "Config") -> "Result":
     """Use a descriptor the agent left open (a token file, a socket): every descriptor
     the probe started with beyond 0-2 is one, and is read."""
     extra = [fd for fd in _AT_START if fd > 2]

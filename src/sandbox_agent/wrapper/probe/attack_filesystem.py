@@ -8,8 +8,6 @@ Defences: the root and /dev remounted read-only, read-only binds, /sys denied an
 mounted, /proc/sys owned by the unmapped host root, no capabilities, landlock.
 """
 
-from __future__ import annotations
-
 import contextlib
 import os
 from typing import TYPE_CHECKING
@@ -23,7 +21,7 @@ else:
 MECHANISM = "filesystem"
 
 
-def _plant(path: str) -> tuple[bool, str]:
+def _plant(path: str) -> "tuple[bool, str]":
     """Try to change ``path``: create it, or open an existing file for writing (that is
     the leak) and write back what it holds, if it can be read, so that a sysctl stays
     as it was. (got through, description)."""
@@ -48,35 +46,35 @@ def _plant(path: str) -> tuple[bool, str]:
         return False, common.oserror(path, exc)
 
 
-def _plant_all(paths: list[str]) -> Result:
+def _plant_all(paths: "list[str]") -> "Result":
     if not paths:
         return common.na("no path to try")
     outcomes = [_plant(p) for p in paths]
     return common.either([d for changed, d in outcomes if changed], [d for _, d in outcomes])
 
 
-def write_root_fs(config: Config) -> Result:
+def write_root_fs(config: "Config") -> "Result":
     """Create files in /, /etc, /usr (the host's, bound), /dev, /var: plant binaries or
     configuration for the next job or the host."""
     places = ("", "/etc", "/usr", "/usr/bin", "/dev", "/var")
     return _plant_all([f"{d}/probe-planted-{os.getpid()}" for d in places])
 
 
-def write_sysctl(config: Config) -> Result:
+def write_sysctl(config: "Config") -> "Result":
     """Write kernel settings: /proc/sys/kernel/core_pattern (a host-root command on the
     next crash), hostname. The probe writes back the value it read."""
     return _plant_all(["/proc/sys/kernel/core_pattern", "/proc/sys/kernel/hostname",
                        "/proc/sys/vm/drop_caches"])  # fmt: skip
 
 
-def write_sys(config: Config) -> Result:
+def write_sys(config: "Config") -> "Result":
     """Write /sys: uevent_helper (a host-root command on the next device event), power
     and module settings. The probe writes back the value it read."""
     return _plant_all(["/sys/kernel/uevent_helper", "/sys/kernel/mm/ksm/run",
                        "/sys/module/printk/parameters/time"])  # fmt: skip
 
 
-def cgroup_escape(config: Config) -> Result:
+def cgroup_escape(config: "Config") -> "Result":
     """Leave the job's cgroup (its limits, the agent's teardown): make a cgroup, or
     write the probe's pid into a cgroup.procs under /sys/fs/cgroup."""
     roots = ["/sys/fs/cgroup"]
@@ -112,7 +110,7 @@ def cgroup_escape(config: Config) -> Result:
     return common.either(leaked, seen)
 
 
-def overwrite_runtime(config: Config) -> Result:
+def overwrite_runtime(config: "Config") -> "Result":
     """Open the binaries that run the sandbox for writing through /proc (/proc/1/exe:
     bwrap; /proc/self/exe: the interpreter), as in runc's CVE-2019-5736: the magic link
     reaches the host's file past the read-only bind. Nothing is written."""
@@ -128,7 +126,7 @@ def overwrite_runtime(config: Config) -> Result:
     return common.blocked("; ".join(seen))
 
 
-def write_extra(config: Config) -> Result:
+def write_extra(config: "Config") -> "Result":
     """Create files at further host paths a site (or a test's control) names."""
     return _plant_all([f"{p}/probe-planted-{os.getpid()}" for p in config.get("write_paths", [])])
 

@@ -12,8 +12,6 @@ docs/threat-model.md: the work directory's own mount shows its source, and the
 host's userland and a directory image theirs.
 """
 
-from __future__ import annotations
-
 import os
 from typing import TYPE_CHECKING
 
@@ -41,7 +39,7 @@ HOST_WIDE = (
 HOST_WIDE_DIRS = ("/proc/acpi", "/proc/asound", "/proc/scsi")
 
 
-def agent_paths(config: Config) -> list[str]:
+def agent_paths(config: "Config") -> "list[str]":
     """Host paths that name the agent: its home (the parent of its certificate
     directory), its credentials, and what the caller adds (``agent_paths``: its work
     area, its temporary directory)."""
@@ -51,7 +49,7 @@ def agent_paths(config: Config) -> list[str]:
     return sorted({path.rstrip("/") for path in paths if path.strip("/")})
 
 
-def _tails(path: str) -> list[str]:
+def _tails(path: str) -> "list[str]":
     """``path`` and the same path seen from a filesystem mounted below its first parts
     (a bind's source in mountinfo is relative to its filesystem's root), down to its
     last two components: /var/tmp/x/home, /tmp/x/home, /x/home."""
@@ -59,7 +57,7 @@ def _tails(path: str) -> list[str]:
     return ["/" + "/".join(parts[at:]) for at in range(max(1, len(parts) - 1))]
 
 
-def _names_agent(text: str, paths: list[str]) -> str | None:
+def _names_agent(text: str, paths: "list[str]") -> "str | None":
     """The agent's path (or its own temporary directory) ``text`` names, or None."""
     for path in paths:
         if path in text:
@@ -70,7 +68,7 @@ def _names_agent(text: str, paths: list[str]) -> str | None:
     return None
 
 
-def runtime_argv(config: Config) -> Result:
+def runtime_argv(config: "Config") -> "Result":
     """Read the command line of every visible process (bwrap's own included) for a host
     path of the agent's, or a bind of a host path at another place inside."""
     paths = agent_paths(config)
@@ -111,14 +109,14 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def _workdir_mount(points: list[str]) -> str | None:
+def _workdir_mount(points: "list[str]") -> "str | None":
     """The mount the payload's work directory (its cwd) is on, unless that is /."""
     cwd = os.getcwd()
     under = [p for p in points if p != "/" and (cwd == p or cwd.startswith(p.rstrip("/") + "/"))]
     return max(under, key=len) if under else None
 
 
-def mount_sources(config: Config) -> Result:
+def mount_sources(config: "Config") -> "Result":
     """Read the sandbox's mount table (/proc/self/mountinfo) for a mount whose source
     names a host path of the agent's (its home, its files for the sandbox)."""
     paths = agent_paths(config)
@@ -155,7 +153,7 @@ def _directory_listed(path: str) -> str:
     return f"{path} lists {sorted(names)[:5]}" if names else ""
 
 
-def host_wide_proc(config: Config) -> Result:
+def host_wide_proc(config: "Config") -> "Result":
     """Read the host-wide files of /proc that describe the node (its kernel's command
     line and configuration, its boot id, disk and interrupt counters, keys, timer and
     scheduler lists naming host processes) and list its hardware directories."""

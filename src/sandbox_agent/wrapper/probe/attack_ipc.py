@@ -5,8 +5,6 @@ in the host's /dev/shm.
 Defences: the IPC namespace, and the sandbox's own tmpfs on /dev/shm.
 """
 
-from __future__ import annotations
-
 import ctypes
 from typing import TYPE_CHECKING
 
@@ -20,7 +18,7 @@ MECHANISM = "ipc"
 SHM_RDONLY = 0o10000
 
 
-def sysv_shm(config: Config) -> Result:
+def sysv_shm(config: "Config") -> "Result":
     """Attach the host's SysV shared memory segment (mode 0666, holding a secret): SysV
     IPC keys are global to an IPC namespace, not to a uid."""
     key = config.get("sysv_key")
@@ -40,7 +38,7 @@ def sysv_shm(config: Config) -> Result:
     return common.leaked(f"attached the host's segment {ident}: {what}")
 
 
-def host_shm(config: Config) -> Result:
+def host_shm(config: "Config") -> "Result":
     """Read a host file in /dev/shm (POSIX shared memory of host processes)."""
     return common.secret_in_files(
         config, "shm_paths", "no /dev/shm path given",

@@ -13,8 +13,6 @@ connection and resets those it refuses. What got through is a byte from the far 
 (and the host's listeners, and the relay's tally, say what reached them).
 """
 
-from __future__ import annotations
-
 import socket
 from typing import TYPE_CHECKING
 
@@ -27,7 +25,7 @@ else:
 MECHANISM = "network"
 
 
-def _connect_each(targets: list[tuple[str, int]], greeting: bytes, said: str) -> Result:
+def _connect_each(targets: "list[tuple[str, int]]", greeting: bytes, said: str) -> "Result":
     """TCP to each target, ``greeting`` sent if any: a leak when the far side says a
     byte (``said`` names it); refused, reset or closed with no byte is blocked (the
     relay accepts, then resets; the host's listeners record any real connection)."""
@@ -55,7 +53,7 @@ def _connect_each(targets: list[tuple[str, int]], greeting: bytes, said: str) ->
     return common.either(leaked, seen)
 
 
-def tcp_connect(config: Config) -> Result:
+def tcp_connect(config: "Config") -> "Result":
     """TCP connect to where the host listens: on its loopback (the agent's broker, local
     services) and on its own non-loopback address."""
     targets = config.get("tcp", [])
@@ -64,7 +62,7 @@ def tcp_connect(config: Config) -> Result:
     return _connect_each(targets, b"probe\n", "connected, the host said")
 
 
-def egress_denied(config: Config) -> Result:
+def egress_denied(config: "Config") -> "Result":
     """In egress mode, TCP to what the agent's relay must refuse whatever network.allow
     says: one address of each numeric network.deny entry (``denied``, given by the
     selftest in that mode only; never the metadata address, which a broken relay would
@@ -77,7 +75,7 @@ def egress_denied(config: Config) -> Result:
     return _connect_each(targets, b"", "the far side said")
 
 
-def udp_send(config: Config) -> Result:
+def udp_send(config: "Config") -> "Result":
     """UDP to where the host listens (it echoes). The host also counts what arrives:
     a datagram may get out even when no answer gets back."""
     targets = config.get("udp", [])
@@ -93,14 +91,16 @@ def udp_send(config: Config) -> Result:
                 sock.sendto(b"probe", (address, port))
                 answer = sock.recv(64)
             leaked.append(f"{label}: the host echoed {answer!r}")
-        except TimeoutError as exc:
+        # socket.timeout is TimeoutError from 3.10 on; before, an OSError of its own,
+        # which ``except TimeoutError`` alone would let through to the next clause
+        except (socket.timeout, TimeoutError) as exc:  # noqa: UP041
             seen.append(common.oserror(f"{label} (sent, no echo)", exc))
         except OSError as exc:
             seen.append(common.oserror(label, exc))
     return common.either(leaked, seen)
 
 
-def unix_abstract(config: Config) -> Result:
+def unix_abstract(config: "Config") -> "Result":
     """Connect to an abstract unix socket of the host (no file, no permissions: X11,
     dbus, containerd shims listen on them)."""
     name = config.get("abstract")
@@ -117,7 +117,7 @@ def unix_abstract(config: Config) -> Result:
     return common.leaked(f"@{name}: connected, the host said {answer!r}")
 
 
-def listen_inside(config: Config) -> Result:
+def listen_inside(config: "Config") -> "Result":
     """Bind and listen on a TCP port inside. Not an attack by itself (the network
     namespace has only its own loopback): reported, not judged."""
     try:

@@ -7,8 +7,6 @@ mounts, host root unmapped in the user namespace (and the payload's user namespa
 nested, owning no network namespace), the seccomp profile.
 """
 
-from __future__ import annotations
-
 import contextlib
 import ctypes
 import os
@@ -30,7 +28,7 @@ else:
 MECHANISM = "privilege"
 
 
-def _status() -> dict[str, str]:
+def _status() -> "dict[str, str]":
     fields = {}
     for line in common.read("/proc/self/status").decode().splitlines():
         key, _, value = line.partition(":")
@@ -38,7 +36,7 @@ def _status() -> dict[str, str]:
     return fields
 
 
-def capabilities(config: Config) -> Result:
+def capabilities(config: "Config") -> "Result":
     """Keep a capability: CapInh/CapPrm/CapEff/CapBnd/CapAmb must all be zero."""
     fields = _status()
     names = ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
@@ -48,7 +46,7 @@ def capabilities(config: Config) -> Result:
     return common.blocked("all capability sets are empty")
 
 
-def no_new_privs(config: Config) -> Result:
+def no_new_privs(config: "Config") -> "Result":
     """Run without no_new_privs or without a seccomp filter."""
     fields = _status()
     nnp, mode = fields.get("NoNewPrivs"), fields.get("Seccomp")
@@ -83,7 +81,7 @@ def _dynamic(path: str) -> bool:
     return 3 in kinds  # PT_INTERP
 
 
-def _secure_execs(paths: list[str]) -> dict[str, bool | None]:
+def _secure_execs(paths: "list[str]") -> "dict[str, bool | None]":
     """For each binary, whether the kernel ran it as a privilege-raising (secure) exec.
     A dynamically linked program's ld.so says at once, before main, that it cannot
     preload an LD_PRELOAD path with a slash, unless the exec is secure: then it ignores
@@ -138,7 +136,7 @@ def _mount_options(path: str) -> str:
     return options
 
 
-def setuid_exec(config: Config) -> Result:
+def setuid_exec(config: "Config") -> "Result":
     """Run the setuid-root and file-capability binaries bound into the sandbox (su,
     passwd, mount, ping...) and see whether any exec raised privilege."""
     candidates = []
@@ -182,7 +180,7 @@ def setuid_exec(config: Config) -> Result:
     return common.blocked(detail)
 
 
-def raw_socket(config: Config) -> Result:
+def raw_socket(config: "Config") -> "Result":
     """Open raw sockets (AF_INET SOCK_RAW, AF_PACKET): needs CAP_NET_RAW; sniffing or
     forging packets."""
     tried = []
@@ -199,7 +197,7 @@ def raw_socket(config: Config) -> Result:
     return common.blocked("; ".join(tried))
 
 
-def mount_tmpfs(config: Config) -> Result:
+def mount_tmpfs(config: "Config") -> "Result":
     """mount a tmpfs (needs CAP_SYS_ADMIN): reshaping the filesystem under the payload."""
     target = os.path.abspath(f"probe-mnt-{os.getpid()}")
     try:
@@ -218,7 +216,7 @@ def mount_tmpfs(config: Config) -> Result:
         os.rmdir(target)
 
 
-def chown_root(config: Config) -> Result:
+def chown_root(config: "Config") -> "Result":
     """chown a file the payload owns to uid 0 (then a setuid-root file for host users)."""
     path = os.path.abspath(f"probe-chown-{os.getpid()}")
     try:
@@ -235,7 +233,7 @@ def chown_root(config: Config) -> Result:
         os.unlink(path)
 
 
-def mknod_char(config: Config) -> Result:
+def mknod_char(config: "Config") -> "Result":
     """mknod a character device (1,3: /dev/null's numbers); with a device of its own a
     payload reaches hardware (a disk's device, /dev/mem)."""
     path = os.path.abspath(f"probe-dev-{os.getpid()}")

@@ -7,8 +7,6 @@ namespace (and bwrap --disable-userns nesting the payload below bwrap's), landlo
 ptrace and signal scoping.
 """
 
-from __future__ import annotations
-
 import contextlib
 import ctypes
 import errno
@@ -26,10 +24,11 @@ MECHANISM = "processes"
 PTRACE_ATTACH, PTRACE_DETACH = 16, 17
 
 
-def _ptrace_attach(pid: int | None, config: Config, who: str) -> Result:
+def _ptrace_attach(pid: "int | None", config: "Config", who: str) -> "Result":
     if pid is None:
         return common.na("no host pid given")
-    if reason := common.not_x86_64():
+    reason = common.not_x86_64()
+    if reason:
         return common.na(reason)
     value, number = common.syscall("ptrace", PTRACE_ATTACH, pid, None, None)
     if value < 0:
@@ -42,12 +41,12 @@ def _ptrace_attach(pid: int | None, config: Config, who: str) -> Result:
     return common.leaked(f"PTRACE_ATTACH {who} ({pid}) succeeded")
 
 
-def ptrace_host(config: Config) -> Result:
+def ptrace_host(config: "Config") -> "Result":
     """ptrace(PTRACE_ATTACH) the host process."""
     return _ptrace_attach(common.host_pid(config), config, "host")
 
 
-def ptrace_init(config: Config) -> Result:
+def ptrace_init(config: "Config") -> "Result":
     """ptrace(PTRACE_ATTACH) the sandbox's pid 1: a tracer could run code in bwrap's
     init, outside the payload's own restrictions."""
     return _ptrace_attach(1, config, "init")
@@ -57,10 +56,11 @@ class _IoVec(ctypes.Structure):
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
 
-def _vm_read(pid: int | None, config: Config, who: str) -> Result:
+def _vm_read(pid: "int | None", config: "Config", who: str) -> "Result":
     if pid is None:
         return common.na("no host pid given")
-    if reason := common.not_x86_64():
+    reason = common.not_x86_64()
+    if reason:
         return common.na(reason)
     buffer = ctypes.create_string_buffer(16)
     try:
@@ -80,17 +80,17 @@ def _vm_read(pid: int | None, config: Config, who: str) -> Result:
     return common.leaked(f"{label}: read {value} bytes at {start:#x}")
 
 
-def vm_read_host(config: Config) -> Result:
+def vm_read_host(config: "Config") -> "Result":
     """process_vm_readv from the host process."""
     return _vm_read(common.host_pid(config), config, "host")
 
 
-def vm_read_init(config: Config) -> Result:
+def vm_read_init(config: "Config") -> "Result":
     """process_vm_readv from the sandbox's pid 1."""
     return _vm_read(1, config, "init")
 
 
-def _signalled(pid: int, config: Config, prefix: str, reached: str) -> Result:
+def _signalled(pid: int, config: "Config", prefix: str, reached: str) -> "Result":
     """kill(pid, 0): LEAKED with ``reached`` when the host process can be signalled;
     ``prefix`` goes before the other answers."""
     try:
@@ -102,7 +102,7 @@ def _signalled(pid: int, config: Config, prefix: str, reached: str) -> Result:
     return common.leaked(reached)
 
 
-def signal_host(config: Config) -> Result:
+def signal_host(config: "Config") -> "Result":
     """kill(host pid, 0): can the payload signal a process outside the sandbox?"""
     pid = common.host_pid(config)
     if pid is None:
@@ -111,7 +111,7 @@ def signal_host(config: Config) -> Result:
     return _signalled(pid, config, "", reached)
 
 
-def kill_all(config: Config) -> Result:
+def kill_all(config: "Config") -> "Result":
     """kill(-1, SIGURG): signal every process the payload may. In a PID namespace that
     is the sandbox's only, and the host process must stay out of reach (the caller also
     asks it whether a SIGURG arrived). SIGURG is ignored by default, so even where the
@@ -135,12 +135,13 @@ def kill_all(config: Config) -> Result:
     return _signalled(pid, config, f"{sent}; ", f"{sent}; the host process {pid} is within reach")
 
 
-def pidfd_host(config: Config) -> Result:
+def pidfd_host(config: "Config") -> "Result":
     """pidfd_open(host pid): a handle on a host process (to signal or wait on it)."""
     pid = common.host_pid(config)
     if pid is None:
         return common.na("no host pid given")
-    if reason := common.not_x86_64():
+    reason = common.not_x86_64()
+    if reason:
         return common.na(reason)
     value, number = common.syscall("pidfd_open", pid, 0)
     if value < 0:

@@ -8,8 +8,6 @@ Defences: the seccomp profile (EPERM), compiled for every ABI; bwrap --disable-u
 no capabilities; the launcher's new session (no controlling terminal).
 """
 
-from __future__ import annotations
-
 import ctypes
 import mmap
 import os
@@ -41,7 +39,7 @@ X32_BIT = 0x40000000
 NR_X32 = {"unshare": 272, "keyctl": 250, "bpf": 321, "ptrace": 521}
 
 
-def _verdict(name: str, value: int, number: int) -> Result:
+def _verdict(name: str, value: int, number: int) -> "Result":
     """A call the sandbox must deny: LEAKED when it succeeded. The errno says who refused
     it (the shipped filter answers EPERM; the kernel itself may say EPERM, EINVAL, ENOSPC):
     the tests check it, the probe only reports it."""
@@ -50,7 +48,7 @@ def _verdict(name: str, value: int, number: int) -> Result:
     return common.blocked(f"{name}: {common.err(number)}")
 
 
-def _in_child(call: Callable[[], tuple[int, int]]) -> tuple[str, int]:
+def _in_child(call: "Callable[[], tuple[int, int]]") -> "tuple[str, int]":
     """Run a call whose success would change the probe (a namespace, a root, a tracer)
     in a forked child: ("ok", value), ("errno", number) or ("signal", number)."""
     read_end, write_end = os.pipe()
@@ -73,7 +71,7 @@ def _in_child(call: Callable[[], tuple[int, int]]) -> tuple[str, int]:
     return ("ok", value) if value >= 0 else ("errno", number)
 
 
-def _child_verdict(name: str, outcome: tuple[str, int]) -> tuple[bool, str]:
+def _child_verdict(name: str, outcome: "tuple[str, int]") -> "tuple[bool, str]":
     """(got through, description) for an ``_in_child`` outcome."""
     kind, value = outcome
     if kind == "signal":
@@ -83,7 +81,7 @@ def _child_verdict(name: str, outcome: tuple[str, int]) -> tuple[bool, str]:
     return True, f"{name} succeeded ({value})"
 
 
-def tiocsti(config: Config) -> Result:
+def tiocsti(config: "Config") -> "Result":
     """TIOCSTI: push characters into the terminal's input, for the agent's or the
     admin's shell to read as commands. Both encodings of the request (the upper 32 bits
     set too, which the kernel ignores and a careless filter does not)."""
@@ -115,8 +113,9 @@ def tiocsti(config: Config) -> Result:
     return common.either(leaked, seen)
 
 
-def _denied_call(name: str, *args: common.SyscallArg) -> Result:
-    if reason := common.not_x86_64():
+def _denied_call(name: str, *args: "common.SyscallArg") -> "Result":
+    reason = common.not_x86_64()
+    if reason:
         return common.na(reason)
     value, number = common.syscall(name, *args)
     if value >= 0 and name in ("bpf", "perf_event_open", "userfaultfd", "io_uring_setup"):
@@ -124,28 +123,30 @@ def _denied_call(name: str, *args: common.SyscallArg) -> Result:
     return _verdict(name, value, number)
 
 
-def _denied_in_child(name: str, *args: int | bytes | None) -> Result:
-    if reason := common.not_x86_64():
+def _denied_in_child(name: str, *args: "int | bytes | None") -> "Result":
+    reason = common.not_x86_64()
+    if reason:
         return common.na(reason)
     through, detail = _child_verdict(name, _in_child(lambda: common.syscall(name, *args)))
     return common.res(common.LEAKED if through else common.BLOCKED, detail)
 
 
-def unshare_user(config: Config) -> Result:
+def unshare_user(config: "Config") -> "Result":
     """unshare(CLONE_NEWUSER): a user namespace of its own, where the payload is root
     and reaches the kernel's namespaced-root attack surface."""
     return _denied_in_child("unshare", CLONE_NEWUSER)
 
 
-def unshare_mount(config: Config) -> Result:
+def unshare_mount(config: "Config") -> "Result":
     """unshare(CLONE_NEWNS): a mount namespace of its own, to remount what it sees."""
     return _denied_in_child("unshare", CLONE_NEWNS)
 
 
-def setns_host(config: Config) -> Result:
+def setns_host(config: "Config") -> "Result":
     """setns into the host's network namespace: open /proc/<host pid>/ns/net (must not
     be reachable), and setns even into its own (must be refused)."""
-    if reason := common.not_x86_64():
+    reason = common.not_x86_64()
+    if reason:
         return common.na(reason)
     pid = common.host_pid(config)
     notes = []
@@ -174,18 +175,18 @@ def setns_host(config: Config) -> Result:
     return common.res(common.LEAKED if through else common.BLOCKED, "; ".join(notes))
 
 
-def keyctl(config: Config) -> Result:
+def keyctl(config: "Config") -> "Result":
     """keyctl: the kernel keyring (not namespaced: other jobs' and the agent's keys)."""
     return _denied_call("keyctl", KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0)
 
 
-def bpf(config: Config) -> Result:
+def bpf(config: "Config") -> "Result":
     """bpf: load programs into the kernel (a large attack surface)."""
     attr = ctypes.create_string_buffer(struct.pack("=IIII", 2, 4, 4, 1), 72)  # a tiny array map
     return _denied_call("bpf", 0, attr, 72)
 
 
-def perf_event_open(config: Config) -> Result:
+def perf_event_open(config: "Config") -> "Result":
     """perf_event_open on itself (user-space cpu clock): side channels, kernel bugs."""
     # perf_event_attr, PERF_ATTR_SIZE_VER0 (64 bytes): software event, cpu clock,
     # disabled, exclude_kernel and exclude_hv (what paranoid level 2 lets anyone do).
@@ -195,22 +196,23 @@ def perf_event_open(config: Config) -> Result:
     return _denied_call("perf_event_open", attr, 0, -1, -1, 0)
 
 
-def userfaultfd(config: Config) -> Result:
+def userfaultfd(config: "Config") -> "Result":
     """userfaultfd (user-mode only, what unprivileged users may): stalls kernel copies,
     the usual way to win races in kernel exploits."""
     return _denied_call("userfaultfd", 1 | os.O_CLOEXEC)  # UFFD_USER_MODE_ONLY
 
 
-def io_uring_setup(config: Config) -> Result:
+def io_uring_setup(config: "Config") -> "Result":
     """io_uring_setup: a second system call interface seccomp cannot see into."""
     params = ctypes.create_string_buffer(120)  # struct io_uring_params, zeroed
     return _denied_call("io_uring_setup", 1, params)
 
 
-def open_by_handle_at(config: Config) -> Result:
+def open_by_handle_at(config: "Config") -> "Result":
     """open_by_handle_at with a forged handle for inode 2 (the filesystem's root): the
     'shocker' escape, which opens any file of a bound filesystem, outside the binds."""
-    if reason := common.not_x86_64():
+    reason = common.not_x86_64()
+    if reason:
         return common.na(reason)
     try:
         mount_fd = os.open("/usr", os.O_RDONLY | os.O_DIRECTORY)
@@ -232,15 +234,16 @@ def open_by_handle_at(config: Config) -> Result:
         os.close(mount_fd)
 
 
-def chroot(config: Config) -> Result:
+def chroot(config: "Config") -> "Result":
     """chroot (needs CAP_SYS_CHROOT): the first step of the classic chroot escape."""
     return _denied_in_child("chroot", b"/tmp")
 
 
-def settimeofday(config: Config) -> Result:
+def settimeofday(config: "Config") -> "Result":
     """settimeofday (needs CAP_SYS_TIME): the host's clock (tokens' validity, logs). The
     probe asks for the current time, so even a success changes next to nothing."""
-    if reason := common.not_x86_64():
+    reason = common.not_x86_64()
+    if reason:
         return common.na(reason)
     now = time.time()
     timeval = ctypes.create_string_buffer(struct.pack("=qq", int(now), int(now % 1 * 1e6)), 16)
@@ -248,14 +251,14 @@ def settimeofday(config: Config) -> Result:
     return _verdict("settimeofday", value, number)
 
 
-def sethostname(config: Config) -> Result:
+def sethostname(config: "Config") -> "Result":
     """sethostname: the payload owns its UTS namespace, but without capabilities and
     with the filter it may not even change that (nothing to gain, less to audit)."""
     name = socket.gethostname().encode()
     return _denied_in_child("sethostname", name, len(name))
 
 
-def _int80_stub() -> tuple[Callable[..., int], mmap.mmap] | str:
+def _int80_stub() -> "tuple[Callable[..., int], mmap.mmap] | str":
     """A function that makes a 32-bit system call with ``int 0x80``, as machine code in
     an executable mapping: stub(nr, a1, a2, a3, a4, a5) -> eax, sign-extended.
     Or why there is none (mmap with PROT_EXEC may be refused)."""
@@ -292,13 +295,15 @@ _ABI_CALLS = {
 }
 
 
-def _abi_result(label: str, call: Callable[[str, tuple[int, int, int]], tuple[int, int]]) -> Result:
+def _abi_result(
+    label: str, call: "Callable[[str, tuple[int, int, int]], tuple[int, int]]"
+) -> "Result":
     """Each of _ABI_CALLS through ``call``, in a child (a success must not stay)."""
     leaked: list[str] = []
     seen: list[str] = []
     for name, args in _ABI_CALLS.items():
 
-        def attempt(name: str = name, args: tuple[int, int, int] = args) -> tuple[int, int]:
+        def attempt(name: str = name, args: "tuple[int, int, int]" = args) -> "tuple[int, int]":
             return call(name, args)
 
         through, detail = _child_verdict(f"{label} {name}", _in_child(attempt))
@@ -308,29 +313,31 @@ def _abi_result(label: str, call: Callable[[str, tuple[int, int, int]], tuple[in
     return common.blocked("; ".join(seen))
 
 
-def int80_x86(config: Config) -> Result:
+def int80_x86(config: "Config") -> "Result":
     """unshare, keyctl, bpf and ptrace through the 32-bit ABI (int 0x80): a filter
     written for x86_64 numbers alone would let them through."""
-    if reason := common.not_x86_64():
+    reason = common.not_x86_64()
+    if reason:
         return common.na(reason)
     stub = _int80_stub()
     if isinstance(stub, str):
         return common.na(f"no executable memory for an int 0x80 stub: {stub}")
     function, _memory = stub
 
-    def call(name: str, args: tuple[int, int, int]) -> tuple[int, int]:
+    def call(name: str, args: "tuple[int, int, int]") -> "tuple[int, int]":
         value = int(function(NR_I386[name], *args, 0, 0))
         return (value, 0) if value >= 0 else (value, -value)
 
     return _abi_result("int 0x80", call)
 
 
-def x32(config: Config) -> Result:
+def x32(config: "Config") -> "Result":
     """unshare, keyctl, bpf and ptrace through the x32 ABI (number | 0x40000000)."""
-    if reason := common.not_x86_64():
+    reason = common.not_x86_64()
+    if reason:
         return common.na(reason)
 
-    def call(name: str, args: tuple[int, int, int]) -> tuple[int, int]:
+    def call(name: str, args: "tuple[int, int, int]") -> "tuple[int, int]":
         return common.raw_syscall(X32_BIT | NR_X32[name], *args)
 
     return _abi_result("x32", call)

@@ -3,8 +3,6 @@ the loop that runs them. The one guard every attack shares is here: an attack wh
 success would change the host (``host_safe`` False) is refused outside a user namespace.
 """
 
-from __future__ import annotations
-
 import time
 from typing import TYPE_CHECKING
 
@@ -49,12 +47,12 @@ _TABLES = (
     attack_network.ATTACKS,
     attack_hostinfo.ATTACKS,
 )
-ATTACKS: dict[str, common.Attack] = {name: a for table in _TABLES for name, a in table.items()}
+ATTACKS: "dict[str, common.Attack]" = {name: a for table in _TABLES for name, a in table.items()}
 if len(ATTACKS) != sum(len(table) for table in _TABLES):  # a name in two modules
     raise RuntimeError("an attack name is used twice: one would hide the other")
 
 
-def run(names: list[str], config: Config) -> dict[str, Result]:
+def run(names: "list[str]", config: "Config") -> "dict[str, Result]":
     """Run the named attacks (all when none) in the table's order."""
     out = {}
     for name, attack in ATTACKS.items():
@@ -72,6 +70,6 @@ def run(names: list[str], config: Config) -> dict[str, Result]:
     return out
 
 
-def table() -> dict[str, dict[str, str]]:
+def table() -> "dict[str, dict[str, str]]":
     return {name: {"mechanism": a.mechanism, "threat": a.threat, "defence": a.defence}
             for name, a in ATTACKS.items()}  # fmt: skip

@@ -6,7 +6,9 @@
 
 DIR holds this runner and the attack modules beside it (``attack_*.py``), copied
 together into the work directory. Standard library only, and no import of
-sandbox_agent: the sandbox's own interpreter (Python 3.9 or later) runs them.
+sandbox_agent: the sandbox's own interpreter runs them, the node's python3 from 3.6 on
+(EL8's; images.hostpython.OLDEST): no ``from __future__ import annotations``, every
+annotation Python evaluates a string, nothing newer than 3.6 without a guard.
 
 Every attack really tries (opens the file, makes the system call, connects the
 socket) and answers ``{"result": "blocked" | "LEAKED" | "n/a", "detail": "...",
@@ -41,8 +43,6 @@ both visible in /proc inside) never holds them:
     write_paths  more host paths to try to create (site-specific, or a test control)
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import os
@@ -67,7 +67,7 @@ else:
     import attack_table
 
 
-def main(argv: list[str]) -> int:
+def main(argv: "list[str]") -> int:
     # Before anything opens a descriptor: what the probe was given.
     attack_descriptors.record_start()
     parser = argparse.ArgumentParser(prog="run.py", description=__doc__.split("\n")[0])
