@@ -1,5 +1,6 @@
 """The modules the sandbox runs (runtime.plan.SHIPPED: the confine step, the JobWrapper and
-its siblings) run on the node's own python3, which is older than the agent's: EL9's 3.9,
+its siblings; and the attack probe's files, as the selftest copies them into the work
+directory) run on the node's own python3, which is older than the agent's: EL9's 3.9,
 EL8's 3.6 (images.hostpython.OLDEST). Read for what an older Python lacks (vermin, and
 the annotations Python evaluates); run on the fallbacks the JobWrapper takes where os
 lacks posix_spawn, pidfd_open and waitstatus_to_exitcode; run for real in a sandbox
@@ -19,6 +20,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,9 +31,26 @@ import pytest
 from sandbox_agent.images import hostpython
 from sandbox_agent.runtime.launch import bytecode
 from sandbox_agent.runtime.plan import SHIPPED, WRAPPER_STDIN_FILES
+from sandbox_agent.selftest import probe_in_sandbox
 from sandbox_agent.wrapper import confine, handoff, jobwrapper
+from sandbox_agent.wrapper.probe import PROBE_DIR
 
-CARRIED = sorted(Path(str(module.__file__)) for module in SHIPPED.values())
+
+def probe_shipped() -> list[Path]:
+    """The probe's files as the selftest gives them to the sandbox: what its copy puts
+    in a work directory (probe_in_sandbox._copy_probe), each the source it came from."""
+    with tempfile.TemporaryDirectory() as where:
+        probe_in_sandbox._copy_probe(Path(where), {})
+        copied = sorted(p.name for p in (Path(where) / probe_in_sandbox.PROBE).iterdir())
+    assert probe_in_sandbox.RUNNER in copied and probe_in_sandbox.CONFIG in copied
+    modules = [PROBE_DIR / name for name in copied if name != probe_in_sandbox.CONFIG]
+    assert all(path.suffix == ".py" and path.is_file() for path in modules), copied
+    return modules
+
+
+WRAPPER = sorted(Path(str(module.__file__)) for module in SHIPPED.values())
+PROBE = probe_shipped()
+CARRIED = sorted(WRAPPER + PROBE)
 OLDEST = ".".join(map(str, hostpython.OLDEST))
 
 
@@ -39,10 +58,11 @@ OLDEST = ".".join(map(str, hostpython.OLDEST))
 
 
 def test_vermin_finds_nothing_newer_than_the_oldest_python_in_what_the_sandbox_runs() -> None:
-    """vermin on exactly the files the launcher carries in: every module, function and
-    syntax they use is in OLDEST (what a newer Python added is used behind a guard,
-    marked ``# novm`` on its line)."""
-    assert len(CARRIED) == len(SHIPPED) >= 4
+    """vermin on exactly the files the launcher carries in and the selftest copies: every
+    module, function and syntax they use is in OLDEST (what a newer Python added is used
+    behind a guard, marked ``# novm`` on its line)."""
+    assert len(WRAPPER) == len(SHIPPED) >= 4
+    assert len(PROBE) >= 10 and not set(PROBE) & set(WRAPPER)
     vermin = [sys.executable, "-c", "import sys, vermin; sys.exit(vermin.main())"]
     done = subprocess.run([*vermin, "--no-tips", f"-t={OLDEST}-",
                            "--violations", *map(str, CARRIED)],
