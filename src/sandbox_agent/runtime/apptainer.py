@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from sandbox_agent.images import hostpython
 from sandbox_agent.images.hostpython import NoHostPython
 from sandbox_agent.policy import gate
 from sandbox_agent.policy.compose import EffectivePolicy
@@ -120,6 +121,9 @@ def render(
         out += ["--scratch", LIB]
         python = list(carried.command)
     else:
+        old = _too_old(host, image)
+        if old:  # the image's own runs the step, which loads the seccomp program: no run
+            gate.refuse("filesystem.image", old)
         out += ["--bind", f"{AGENT_FILES}:{STEP_DIR}:ro"]
     for path, _size in effective.view.filesystem.tmpfs:
         # Apptainer cannot size a tmpfs: a scratch directory on the work area instead,
@@ -134,7 +138,8 @@ def render(
     agent_limits(effective, need)
     need.met("process.rlimits", "set before exec, inherited", by="launcher")
     # The image's own Python runs the step; an image without /usr/bin/python3 makes the
-    # run fail before the payload (not known here: the image is not opened to render).
+    # run fail before the payload (not known here: the image is not opened to render;
+    # only a directory's is read, for its version: _too_old).
     writable = [inside, *(path for path, _ in effective.view.filesystem.tmpfs),
                 *effective.view.filesystem.writable, "/dev"]  # fmt: skip
     landlock = confinestep.landlock_words(effective, host.landlock_abi(), writable, need) or []
@@ -159,3 +164,17 @@ def render(
         agent_files={"confine.py": Carried.CONFINE, "seccomp.bpf": Carried.SECCOMP},
         files_at=files_at, **from_policy(effective),
     )  # fmt: skip
+
+
+def _too_old(host: HostView, image: str) -> str:
+    """hostpython.too_old's line when the image's own /usr/bin/python3, which runs the
+    confine step without the JobWrapper, is older than OLDEST, as far as the host can
+    tell without running it: in a directory image, from the name it leads to; "" when
+    it is not, or that cannot be told (a SIF file or a docker:// image is not opened to
+    render; a python3 that names no version)."""
+    if host.kind(image) != "dir":
+        return ""
+    version = host.python_version(confinestep.PYTHON, root=image)
+    if version is None:
+        return ""
+    return hostpython.too_old(version, f"the image's {confinestep.PYTHON}") or ""

@@ -23,6 +23,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from sandbox_agent.images import hostpython
 from sandbox_agent.policy import gate
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.policy.model import within
@@ -151,15 +152,20 @@ def render(
     # tmpfs (/tmp/data under /tmp) must come after it, or the tmpfs would hide it.
     mounts: list[tuple[str, list[str]]] = []
     python = [confinestep.PYTHON]  # how the sandbox starts the wrapper's interpreter
+    no_python = ""  # why the sandbox has no interpreter for the confine step, if it has none
     if effective.view.filesystem.image == "host":
         userland = effective.view.filesystem.host_userland
-        has_python = host.kind(confinestep.PYTHON) != "missing" and any(
+        if host.kind(confinestep.PYTHON) == "missing" or not any(
             within(confinestep.PYTHON, root) for root in userland
-        )
+        ):
+            no_python = f"the sandbox has no {confinestep.PYTHON} to apply landlock with"
+        else:  # the host's own, run in place: no hostpython.find() refused an older one
+            no_python = _too_old(host, confinestep.PYTHON)
+            if no_python and wrapper:  # the JobWrapper runs on it too: never, landlock or not
+                gate.refuse("filesystem.image", no_python)
     else:
         userland = ()
         python = imageroot.mounts(effective, image, host, mounts, need)
-        has_python = True
         if wrapper:  # the agent's interpreter, not one the image may lack
             argv = [*python, *argv[1:]]
     for path in userland + effective.view.filesystem.read_only:
@@ -192,11 +198,8 @@ def render(
                 *effective.view.filesystem.writable]  # fmt: skip
     if effective.view.filesystem.dev == "minimal":
         writable.append("/dev")  # read-only mount; its devices (/dev/null) stay usable
-    landlock = confinestep.landlock_words(
-        effective, host.landlock_abi(), writable, need,
-        no_python="" if has_python else f"the sandbox has no {confinestep.PYTHON} to apply "
-        "landlock with",
-    )  # fmt: skip
+    landlock = confinestep.landlock_words(effective, host.landlock_abi(), writable, need,
+                                          no_python=no_python)  # fmt: skip
     confine: list[str] = []
     if landlock is not None:
         step = FdWord(
@@ -254,6 +257,14 @@ def render(
         egress=egress,
         **from_policy(effective),
     )
+
+
+def _too_old(host: HostView, python: str) -> str:
+    """hostpython.too_old's line when the host's ``python``, which the sandbox runs in
+    place, is older than OLDEST; "" when it is not, or its version cannot be read (then
+    what runs on it fails in the sandbox, as where there is none)."""
+    version = host.python_version(python)
+    return (hostpython.too_old(version, python) or "") if version is not None else ""
 
 
 def _masks(host: HostView) -> list[str]:

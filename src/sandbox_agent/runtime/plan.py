@@ -11,6 +11,7 @@ optional).
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,14 @@ class HostView(Protocol):
         """The host interpreter the wrapper runs on inside an image; NoHostPython."""
         ...
 
+    def python_version(self, path: str, root: str | None = None) -> tuple[int, int] | None:
+        """The (major, minor) of the interpreter the sandbox runs in place, without
+        hostpython.find(): the host's own at ``path`` (its userland), read by running it
+        once; or, with ``root``, the one at ``path`` inside the directory image at
+        ``root``, read from the name it leads to (python3.6), never run (no program of
+        an image runs on the host). None when that cannot be told."""
+        ...
+
     def resolve(self, root: str, path: str) -> str | None:
         """The host path of ``path`` inside the image at ``root``, its symlinks followed
         inside the image; None when it leads nowhere."""
@@ -71,6 +80,10 @@ class HostView(Protocol):
         ...
 
 
+# An interpreter's file named for its version, as distributions name the one python3
+# leads to (python3.6 on EL8, through /etc/alternatives; python3.9 on EL9 and Debian 11).
+_VERSIONED = re.compile(r"python(\d+)\.(\d+)")
+
 # What Podman's --userns auto needs (and make adds): the user and a range of 2^31 ids.
 SUBORDINATE_USER = "containers"
 SUBORDINATE_RANGE = "containers:2147483647:2147483648"
@@ -83,6 +96,16 @@ class RealHost:
 
     def python(self) -> HostPython:
         return hostpython.find()
+
+    def python_version(self, path: str, root: str | None = None) -> tuple[int, int] | None:
+        if root is not None:
+            found = tree.resolve(root, path)
+            named = _VERSIONED.fullmatch(os.path.basename(found)) if found else None
+            return (int(named[1]), int(named[2])) if named else None
+        try:
+            return hostpython.version(path)
+        except hostpython.NoHostPython:  # does not run: what runs on it fails, as without one
+            return None
 
     def resolve(self, root: str, path: str) -> str | None:
         return tree.resolve(root, path)
@@ -134,6 +157,9 @@ class FixedHost:
     interpreter: HostPython | None = None
     egress: str | None = None  # why egress cannot be had here, or None
     uid_ranges: str | None = None  # why Podman's --userns auto cannot work here, or None
+    # python_version's answers: by the interpreter's host path, or its image's root and
+    # its path inside joined (root + path); unknown (None) for any other
+    versions: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
     def egress_unmet(self, user_namespace: bool) -> str | None:
         return self.egress
@@ -157,6 +183,9 @@ class FixedHost:
         if self.interpreter is None:
             raise hostpython.NoHostPython("this fixed host has no python3")
         return self.interpreter
+
+    def python_version(self, path: str, root: str | None = None) -> tuple[int, int] | None:
+        return self.versions.get(path if root is None else root.rstrip("/") + path)
 
     def kind(self, path: str) -> str:
         return self.table.get(path, "missing")
@@ -394,9 +423,7 @@ def from_policy(effective: EffectivePolicy) -> dict[str, Any]:
     }
 
 
-def agent_limits(
-    effective: EffectivePolicy, need: Requirements, skip: Sequence[str] = ()
-) -> None:
+def agent_limits(effective: EffectivePolicy, need: Requirements, skip: Sequence[str] = ()) -> None:
     """The limits the agent holds around a runtime that has none of its own (bwrap,
     Apptainer): the job's cgroup, the work directory's own filesystem, or the monitor.
     ``skip``: those the runtime holds itself (a container engine's cgroup)."""

@@ -41,7 +41,7 @@ from sandbox_agent.printable import clipped
 from sandbox_agent.runtime.egress import Tally
 from sandbox_agent.runtime.jobrun import handoff_fields, run_job
 from sandbox_agent.runtime.launch import SANDBOX_HOST_UID, check_workdir
-from sandbox_agent.runtime.plan import environment
+from sandbox_agent.runtime.plan import HostView, RealHost, environment
 from sandbox_agent.runtime.workdir import remove_workdir
 from sandbox_agent.selftest.stage import Stage, hexed
 from sandbox_agent.wrapper import confine
@@ -127,14 +127,15 @@ def preflight_attacks() -> list[str]:
 def run_probe(policy: Policy, *, certs: Path, credentials: list[str], work_area: Path,
               home_tag: str, attacks: list[str] | None = None,
               key_paths: list[str] | None = None, runtime: str = "bwrap",
-              binary: str | None = None) -> Outcome:  # fmt: skip
+              binary: str | None = None, host: HostView | None = None) -> Outcome:  # fmt: skip
     """The probe's ``attacks`` (every one when None) as a job's payload in the sandbox
     ``policy`` composes; canaries planted in ``certs`` (the pilot's own credential
     directory) while it runs; ``key_paths``: the pilot's real key files elsewhere (a
     broker's --cert and --key), which the probe tries to open too. SelftestError when
     it cannot be run, or its answer is not whole. ``runtime``: the pilot's (bwrap,
-    podman or docker; ``binary``, where it was found)."""
-    if not Path(PYTHON).exists():
+    podman or docker; ``binary``, where it was found). ``host``: what is known of this
+    host (its python3)."""
+    if not Path(PYTHON).exists():  # the decoy runs on it outside too: the real one
         raise SelftestError(f"{PYTHON} is not here: the probe runs on the sandbox's own "
                             "python3; install python3")  # fmt: skip
     table = attack_table()
@@ -143,7 +144,7 @@ def run_probe(policy: Policy, *, certs: Path, credentials: list[str], work_area:
         raise SelftestError(f"no such attack: {', '.join(unknown)}; `selftest --list` "
                             "lists them")  # fmt: skip
     started = time.monotonic()
-    interpreter = _interpreter(policy)
+    interpreter = _interpreter(policy, host or RealHost())
     arguments = [*interpreter[1:], "-I", "-S", f"{PROBE}/{RUNNER}", "--config",
                  f"{PROBE}/{CONFIG}", *(attacks or ())]  # fmt: skip
     disk_size = min(PROBE_DISK, int(policy["limits.workdir_size.max"].value))
@@ -351,10 +352,16 @@ def defence_here(defence: str, landlock: Answer | None, abi: int) -> str:
     return "; ".join(parts)
 
 
-def _interpreter(policy: Policy) -> list[str]:
+def _interpreter(policy: Policy, host: HostView) -> list[str]:
     """How the probe's payload starts Python: the host's, from the host's userland, or
-    inside an image the one the wrapper runs on (an image may have none of its own)."""
+    inside an image the one the wrapper runs on (an image may have none of its own).
+    SelftestError, in hostpython.too_old's line, for a host's python3 older than
+    OLDEST: the probe and the JobWrapper run on it in place, no find() refused it."""
     if policy["filesystem.image"].value == "host":
+        version = host.python_version(PYTHON)
+        old = hostpython.too_old(version, PYTHON) if version is not None else None
+        if old is not None:
+            raise SelftestError(old)
         return [PYTHON]
     try:
         return list(hostpython.find().command)
