@@ -29,8 +29,19 @@ from typing import Any
 import pytest
 
 from sandbox_agent.images import hostpython
+from sandbox_agent.policy import compose, load_policy
+from sandbox_agent.policy.compose import EffectivePolicy
+from sandbox_agent.runtime import apptainer, bwrap
 from sandbox_agent.runtime.launch import bytecode
-from sandbox_agent.runtime.plan import SHIPPED, WRAPPER_STDIN_FILES
+from sandbox_agent.runtime.plan import (
+    SHIPPED,
+    WRAPPER_STDIN_FILES,
+    FixedHost,
+    LaunchPlan,
+    RealHost,
+    Requirement,
+    Unenforceable,
+)
 from sandbox_agent.selftest import probe_in_sandbox
 from sandbox_agent.wrapper import confine, handoff, jobwrapper
 from sandbox_agent.wrapper.probe import PROBE_DIR
@@ -336,6 +347,163 @@ def test_find_refuses_an_interpreter_older_than_the_oldest(
     with pytest.raises(hostpython.NoHostPython) as refused:
         hostpython.find.__wrapped__(python)
     assert str(refused.value) == hostpython.too_old((3, 5), python)
+
+
+# -- the sandbox's python3 run in place, with no find(): refused when older -------------
+
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
+LINE = hostpython.too_old((3, 5), hostpython.PYTHON)
+# A merged-/usr host, its /usr/bin/python3 the userland's (the sandbox runs it in place).
+USERLAND = {"/usr": "dir", "/bin": "symlink:usr/bin", "/lib": "symlink:usr/lib",
+            "/lib64": "symlink:usr/lib64", "/etc/ld.so.cache": "file",
+            "/usr/bin/python3": "symlink:python3"}  # fmt: skip
+IMAGE = "/cvmfs/images/el"  # a directory image, for Apptainer
+
+
+def answering(version: tuple[int, int] | None, where: str = hostpython.PYTHON) -> FixedHost:
+    """A host whose interpreter at ``where`` says it is ``version`` (None: cannot tell)."""
+    return FixedHost({**USERLAND, IMAGE: "dir"}, versions={where: version} if version else {})
+
+
+def policy(tmp_path: Path, text: str) -> EffectivePolicy:
+    shutil.copytree(POLICIES, tmp_path, dirs_exist_ok=True)
+    (tmp_path / "site.toml").write_text(text)
+    return compose(load_policy("site", [tmp_path]))
+
+
+LANDLOCK_OPTIONAL = 'extends = "default"\n'
+# Apptainer's: an image, and no network (egress is bwrap's for now)
+ON_IMAGE = 'extends = "default"\n[filesystem]\nimage = "{}"\n[network]\nmode = "none"\nallow = []\n'
+LANDLOCK_REQUIRED = ('extends = "default"\n[optional]\n'
+                     'requirements = ["namespaces.cgroup", "limits.workdir_size"]\n')  # fmt: skip
+
+
+def landlock(plan: LaunchPlan) -> Requirement:
+    return next(r for r in plan.requirements if r.key == "process.landlock")
+
+
+@pytest.mark.parametrize(
+    "text", [LANDLOCK_OPTIONAL, LANDLOCK_REQUIRED], ids=["optional", "required"]
+)
+def test_the_jobwrapper_on_the_hosts_older_python3_is_refused_in_too_olds_line(
+    tmp_path: Path, text: str
+) -> None:
+    """bwrap on the host's userland: the JobWrapper runs on the host's /usr/bin/python3
+    in place. An older one is refused whatever landlock is, in too_old's line."""
+    effective = policy(tmp_path, text)
+    with pytest.raises(Unenforceable) as refused:
+        bwrap.render(effective, list(bwrap.WRAPPER_ARGV), workdir="/srv/w",
+                     host=answering((3, 5)), wrapper=True)  # fmt: skip
+    assert str(refused.value) == f"filesystem.image: {LINE}"
+    assert LINE is not None and "\n" not in LINE
+
+
+def test_a_command_on_the_hosts_older_python3_goes_without_the_confine_step(
+    tmp_path: Path,
+) -> None:
+    """Without the JobWrapper (sandbox exec) only the confine step runs on it: landlock
+    is then refused where required, and noted as not met where optional, in too_old's
+    line, as where the sandbox has no python3 at all."""
+    with pytest.raises(Unenforceable) as refused:
+        bwrap.render(policy(tmp_path, LANDLOCK_REQUIRED), ["/bin/true"], workdir="/srv/w",
+                     host=answering((3, 5)))  # fmt: skip
+    assert str(refused.value) == f"process.landlock: {LINE}"
+    plan = bwrap.render(policy(tmp_path, LANDLOCK_OPTIONAL), ["/bin/true"], workdir="/srv/w",
+                        host=answering((3, 5)))  # fmt: skip
+    assert bwrap.CONFINE_PATH not in plan.argv
+    assert not landlock(plan).met and landlock(plan).how == LINE
+
+
+@pytest.mark.parametrize(
+    "version", [hostpython.OLDEST, (3, 9), None], ids=["3.6", "3.9", "unknown"]
+)
+@pytest.mark.parametrize(
+    "text", [LANDLOCK_OPTIONAL, LANDLOCK_REQUIRED], ids=["optional", "required"]
+)
+def test_the_oldest_python3_and_newer_run_the_step_and_the_jobwrapper(
+    tmp_path: Path, text: str, version: tuple[int, int] | None
+) -> None:
+    """OLDEST is taken; so is a python3 whose version cannot be read (what runs on it
+    then fails in the sandbox, as it would without the check)."""
+    effective = policy(tmp_path, text)
+    for wrapper in (False, True):
+        argv = list(bwrap.WRAPPER_ARGV) if wrapper else ["/bin/true"]
+        plan = bwrap.render(effective, argv, workdir="/srv/w", host=answering(version),
+                            wrapper=wrapper)  # fmt: skip
+        assert bwrap.CONFINE_PATH in plan.argv and landlock(plan).met
+
+
+def test_apptainer_refuses_a_directory_image_whose_python3_is_older(tmp_path: Path) -> None:
+    """Without the JobWrapper, Apptainer runs the confine step (which loads the seccomp
+    program) on the image's own python3: a directory image's, older than OLDEST as its
+    name says, is refused; OLDEST is taken, and so is one that cannot be told."""
+    effective = policy(tmp_path, ON_IMAGE.format(IMAGE))
+    inside = IMAGE + hostpython.PYTHON
+    with pytest.raises(Unenforceable) as refused:
+        apptainer.render(effective, ["/bin/true"], workdir="/srv/w",
+                         host=answering((3, 5), inside))  # fmt: skip
+    line = hostpython.too_old((3, 5), f"the image's {hostpython.PYTHON}")
+    assert str(refused.value) == f"filesystem.image: {line}"
+    for version in (hostpython.OLDEST, None):
+        plan = apptainer.render(effective, ["/bin/true"], workdir="/srv/w",
+                                host=answering(version, inside))  # fmt: skip
+        assert "--no-privs" in plan.argv
+    # a host interpreter's answer is no image's: the image's own is asked for
+    plan = apptainer.render(effective, ["/bin/true"], workdir="/srv/w", host=answering((3, 5)))
+    assert "--no-privs" in plan.argv
+
+
+def test_the_real_host_reads_an_images_python3_by_name_and_never_runs_it(
+    tmp_path: Path,
+) -> None:
+    image = tmp_path / "image"
+    (image / "usr" / "bin").mkdir(parents=True)
+    (image / "etc" / "alternatives").mkdir(parents=True)
+    ran = tmp_path / "ran"
+    for name in ("python3.5", "python3.6"):
+        program = image / "usr" / "bin" / name
+        program.write_text(f"#!/bin/sh\ntouch {ran}\necho 3 5\n")
+        program.chmod(0o755)
+    python3 = image / "usr" / "bin" / "python3"
+    python3.symlink_to("python3.5")
+    host = RealHost()
+    assert host.python_version(hostpython.PYTHON, root=str(image)) == (3, 5)
+    python3.unlink()  # EL8's: through /etc/alternatives, links absolute inside the image
+    python3.symlink_to("/etc/alternatives/python3")
+    (image / "etc" / "alternatives" / "python3").symlink_to("/usr/bin/python3.6")
+    assert host.python_version(hostpython.PYTHON, root=str(image)) == (3, 6)
+    python3.unlink()
+    shutil.copy(image / "usr" / "bin" / "python3.5", python3)  # a name that says nothing
+    assert host.python_version(hostpython.PYTHON, root=str(image)) is None
+    python3.unlink()
+    python3.symlink_to("python3.5")
+    effective = policy(tmp_path / "policies", ON_IMAGE.format(image))
+    with pytest.raises(Unenforceable) as refused:
+        apptainer.render(effective, ["/bin/true"], workdir="/srv/w", host=host)
+    line = hostpython.too_old((3, 5), f"the image's {hostpython.PYTHON}")
+    assert str(refused.value) == f"filesystem.image: {line}"
+    assert not ran.exists()  # no program of the image ran on the host
+
+
+def test_the_real_host_runs_its_own_python3_once_for_its_version(tmp_path: Path) -> None:
+    assert RealHost().python_version(sys.executable) == sys.version_info[:2]
+    assert RealHost().python_version(str(tmp_path / "missing")) is None
+
+
+def test_the_selftest_refuses_the_hosts_older_python3_in_too_olds_line(tmp_path: Path) -> None:
+    """On the host's userland the probe runs on its /usr/bin/python3 in place: an older
+    one is refused before anything is planted; OLDEST is taken. In an image the probe
+    runs on the carried interpreter, which find() refuses already."""
+    shipped = load_policy("default", [POLICIES])
+    old = answering((3, 5))
+    with pytest.raises(probe_in_sandbox.SelftestError) as refused:
+        probe_in_sandbox.run_probe(shipped, certs=tmp_path / "certs", credentials=[],
+                                   work_area=tmp_path, home_tag="t", host=old)  # fmt: skip
+    assert str(refused.value) == LINE
+    assert list(tmp_path.iterdir()) == []  # nothing planted, no work directory made
+    for version in (hostpython.OLDEST, None):
+        got = probe_in_sandbox._interpreter(shipped, answering(version))
+        assert got == [probe_in_sandbox.PYTHON]
 
 
 # -- a real run on Debian 11's python3.9 -----------------------------------------------
