@@ -23,6 +23,9 @@ else:
     import attack_common as common
 
 MECHANISM = "network"
+# A socket's timeout: socket.timeout is TimeoutError from 3.10 on; before, an OSError of
+# its own, which ``except TimeoutError`` alone would let through to the next clause.
+TIMEOUTS = (socket.timeout, TimeoutError)
 
 
 def _connect_each(targets: "list[tuple[str, int]]", greeting: bytes, said: str) -> "Result":
@@ -91,9 +94,7 @@ def udp_send(config: "Config") -> "Result":
                 sock.sendto(b"probe", (address, port))
                 answer = sock.recv(64)
             leaked.append(f"{label}: the host echoed {answer!r}")
-        # socket.timeout is TimeoutError from 3.10 on; before, an OSError of its own,
-        # which ``except TimeoutError`` alone would let through to the next clause
-        except (socket.timeout, TimeoutError) as exc:  # noqa: UP041
+        except TIMEOUTS as exc:
             seen.append(common.oserror(f"{label} (sent, no echo)", exc))
         except OSError as exc:
             seen.append(common.oserror(label, exc))
