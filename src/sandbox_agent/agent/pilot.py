@@ -6,6 +6,11 @@ what every waiting job needs, after --max-jobs or --once, or on SIGTERM/SIGINT: 
 running job then gets SIGTERM, a grace period and the kill, and is handed back to the
 queue unless it had already finished. A second signal stops at once (the job is
 killed and its cgroup removed; the lease returns the job).
+
+The time left is capped by the jobagent token's validity (less a margin for a job's
+end): a pilot on a broker renews its token there between jobs, never during one (its
+leases are held in the name of its certificate), and says so when its token is why it
+takes no work.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from sandbox_agent.agent import slot as slots
 from sandbox_agent.agent.attempt import (
     CGROUP_NAME,
@@ -38,7 +45,7 @@ from sandbox_agent.agent.attempt import (
 )
 from sandbox_agent.agent.backends import Backend, BrokerQueue, LocalQueue
 from sandbox_agent.agent.storage import Storage
-from sandbox_agent.broker.client import BrokerClient
+from sandbox_agent.broker.client import BrokerClient, BrokerError
 from sandbox_agent.catalogue import Catalogue, CatalogueError
 from sandbox_agent.images import prepare
 from sandbox_agent.jdl import JDLError, JobSpec, Slot, load_job
@@ -64,10 +71,20 @@ from sandbox_agent.tokens import (
     files,
     fingerprint,
 )
+from sandbox_agent.tokens.certificates import CLOCK_SKEW
+from sandbox_agent.tokens.keys import key_pem, same_key
 from sandbox_agent.tokens.local import ensure_authority
 
 EMPTY_MATCHES_TO_STOP = 2
 SPEC_CACHE = 10_000  # parsed JDLs kept between matches
+RENEW_FRACTION = 0.5  # a token with less than this part of its lifetime left is renewed
+# ... and one with less than this left when no job fits the time it leaves (a fresher one
+# would gain little from a renewal)
+RENEW_IF_SHORT = 0.9
+# The token limits the slot when it leaves less than this part of the pilot's own time
+# (a fresh token as long-lived as the pilot's --ttl is no limit worth naming)
+TOKEN_SHORT = 0.9
+RENEW_RETRY = 60.0  # seconds before a renewal the broker could not answer is tried again
 
 
 @dataclass
@@ -88,6 +105,19 @@ class PilotConfig:
     broker_token: tuple[Path, Path, Path] | None = None  # cert, key, CA
     runtime: str = "bwrap"  # what runs the JobWrapper: bwrap, podman or docker
     runtime_binary: str | None = None  # where it was found (runtime.choose)
+    # seconds of the jobagent token's validity kept back from every slot: a job's end,
+    # its outputs and its reports are the agent's, with its token, after the job's TTL
+    token_margin: int = slots.TOKEN_MARGIN
+
+
+@dataclass(frozen=True)
+class RenewalFailure:
+    """Why the broker did not renew a token (said once per token)."""
+
+    fingerprint: str  # of the token it was asked for
+    reason: str
+    final: bool  # the broker refused (not asked again for this token); else retried
+    when: float  # time.monotonic()
 
 
 class PilotError(Exception):
@@ -105,6 +135,7 @@ class Pilot:
         self._specs: dict[tuple[int, str], JobSpec | str] = {}
         # job id -> the policy's refusal, or the job's effective policy
         self._rejected: dict[int, str | EffectivePolicy] = {}
+        self.renewal_failure: RenewalFailure | None = None
 
     # -- set-up ------------------------------------------------------------------------
 
@@ -149,9 +180,21 @@ class Pilot:
 
     def ttl_left(self, token: Token) -> int:
         """The configured lifetime left, capped by the jobagent token's validity."""
+        mine, token_left = self.time_left(token)
+        return int(max(0.0, min(mine, token_left)))
+
+    def time_left(self, token: Token) -> tuple[float, float]:
+        """Seconds this pilot may still run jobs for, and seconds its token leaves a
+        job (its validity less the margin kept back for a job's end)."""
         mine = self.config.ttl - (time.monotonic() - self.started)
         valid = (token.certificate.not_valid_after_utc - datetime.now(UTC)).total_seconds()
-        return int(max(0.0, min(mine, valid - slots.TOKEN_MARGIN)))
+        return mine, valid - self.config.token_margin
+
+    def token_file(self) -> Path:
+        """Where the pilot's jobagent token came from."""
+        if self.config.broker_token is not None:
+            return self.config.broker_token[0]
+        return files.cert_path(self.config.home / "certs", "jobagent")
 
     def job_spec(self, job: Job) -> JobSpec | str:
         """The job's spec, or why it cannot be read (cached: match asks again)."""
@@ -240,31 +283,49 @@ class Pilot:
     def loop(self, agent: Agent) -> str:
         """Match and run jobs while there is time and work; why it stopped."""
         self.emit({"event": "agent", "name": agent.name, "home": str(self.config.home),
-                   "work_area": str(agent.work_area),
+                   "work_area": str(agent.work_area), "token": str(self.token_file()),
+                   "token_expires": agent.token.certificate.not_valid_after_utc.isoformat(),
                    "runtime": agent.runtime,
                    "swept_containers": sweep_containers(agent),
                    "swept_cgroups": sweep_cgroups(agent),
                    "swept_workdirs": sweep_workdirs(agent)})  # fmt: skip
         self.preflight(agent)
         ran = empty = 0
+        forced = False  # a renewal was asked for since the last match that found a job
         while True:
             if self.stopping:
                 return f"stopped by {self.stopping}"
             if self.config.max_jobs is not None and ran >= self.config.max_jobs:
                 return f"ran {ran} job(s), the --max-jobs given"
-            left = self.ttl_left(agent.token)
+            if renewal_due(agent.token.certificate, datetime.now(UTC)):
+                self.renew(agent)  # between jobs: no lease is held in the old token's name
+            mine, token_left = self.time_left(agent.token)
+            left = int(max(0.0, min(mine, token_left)))
             try:
                 offered = slots.describe(self.config.home, agent.work_area, left)
             except ValueError as exc:  # the site's slot.toml, edited while we run
                 raise PilotError(str(exc)) from None
+            # the token, not the pilot's --ttl or the site's TTL, is what limits the slot
+            capped = token_left < mine * TOKEN_SHORT and offered.get("TTL") == left
+            if capped and left == 0 and (forced or not self.renew(agent)):
+                return self.token_line(agent, offered, "no job can run in the time")
+            if capped and left == 0:
+                forced = True
+                continue
             job = agent.queue.match(offered, self.fits(offered, agent), agent.lease)
             if job is None:
+                worn = renewal_due(agent.token.certificate, datetime.now(UTC), RENEW_IF_SHORT)
+                if capped and worn and not forced:  # a job may need more time: a fresh token
+                    forced = True
+                    if self.renew(agent):
+                        continue
                 empty += 1
                 if empty >= EMPTY_MATCHES_TO_STOP or self.config.once:
-                    return self.nothing_to_do(agent, offered)
+                    return self.nothing_to_do(agent, offered, capped=capped)
                 self.woken.wait(self.config.poll)
                 continue
             empty = 0
+            forced = False
             self.emit({"event": "matched", "job": job.id, "resubmission": job.resubmission,
                        "ttl_left": left})  # fmt: skip
             report = self.run_one(agent, job, offered)
@@ -324,17 +385,118 @@ class Pilot:
             self.current = None
             attempt.stop.close()
 
-    def nothing_to_do(self, agent: Agent, offered: Slot) -> str:
+    def nothing_to_do(self, agent: Agent, offered: Slot, *, capped: bool = False) -> str:
+        """Why the pilot stops for want of work, in one line; when its token's time
+        left is the cause (``capped``: the token limits the slot's TTL), the line names
+        the token, when it expires and the fix."""
         queue = agent.queue
         waiting = queue.waiting()
         if waiting is None:
+            if capped:  # the broker's queue is hidden: the token may be why
+                return self.token_line(agent, offered,
+                                       f"the broker {queue.where} has no job this slot can "
+                                       "run in the time")  # fmt: skip
             return f"the broker {queue.where} has no job this slot can run"
         if not waiting:
             return "the queue has no waiting job"
         reasons = [f"job {j.id}: {self.refusal(j, offered, agent)}" for j in waiting[:3]]
         more = f" (and {len(waiting) - 3} more)" if len(waiting) > 3 else ""
-        return (f"{len(waiting)} waiting job(s) this slot cannot run{more}: "
+        line = (f"{len(waiting)} waiting job(s) this slot cannot run{more}: "
                 + "; ".join(reasons))  # fmt: skip
+        if capped and self.token_is_why(agent, offered, waiting):
+            return self.token_line(agent, offered, f"{line}; they could run, but not in the time")
+        return line
+
+    def token_is_why(self, agent: Agent, offered: Slot, waiting: list[Job]) -> bool:
+        """Whether a waiting job would fit the slot if the token did not cap its TTL."""
+        mine, _token_left = self.time_left(agent.token)
+        try:
+            uncapped = slots.describe(self.config.home, agent.work_area, int(max(0.0, mine)))
+        except ValueError:
+            return False
+        return any(self.refusal(job, offered, agent) is not None
+                   and self.refusal(job, uncapped, agent) is None
+                   for job in waiting)  # fmt: skip
+
+    def token_line(self, agent: Agent, offered: Slot, lead: str) -> str:
+        """``lead`` (ending in "the time"), then which token limits the slot, when it
+        expires, and the fix: one line."""
+        certificate = agent.token.certificate
+        subject = certificate.subject.rfc4514_string() or "no subject"
+        line = (f"{lead} the jobagent token {self.token_file()} leaves ({offered.get('TTL')} s): "
+                f"it ({subject}, serial {certificate.serial_number:x}) expires at "
+                f"{_stamp(certificate.not_valid_after_utc)}, and {self.config.token_margin} s "
+                "of it are kept back for a job's end")  # fmt: skip
+        failure = self.renewal_failure
+        if self.config.broker is None:
+            return (f"{line}; give this pilot a new or longer-lived one in its place (remove "
+                    "the old pair, then: sandbox-agent certs issue --role jobagent --ttl SECONDS "
+                    f"--out {self.token_file().parent})")  # fmt: skip
+        if failure is not None and failure.fingerprint == fingerprint(certificate):
+            return (f"{line}; the broker did not renew it ({failure.reason}); give this pilot "
+                    "a new or longer-lived jobagent token")  # fmt: skip
+        return (
+            f"{line}; the broker renews it for as long as it renews tokens (broker serve "
+            "--agent-token-lifetime): a longer lifetime there, or a longer-lived token, lets "
+            "longer jobs run"
+        )
+
+    # -- renewal ---------------------------------------------------------------------------
+
+    def renew(self, agent: Agent) -> bool:
+        """Ask the broker for a new jobagent token (between jobs only: a lease is held
+        in the name of the token that matched it). On success the pilot shows the new
+        token from its next request on and writes it back to its file; on failure it
+        keeps its token and says so once for that token. Whether it has a new token."""
+        client, given = self.config.broker, self.config.broker_token
+        if client is None or given is None:
+            return False  # the home's own queue: its token is the site's to replace
+        old = agent.token
+        failure = self.renewal_failure
+        if failure is not None and failure.fingerprint == fingerprint(old.certificate) and \
+                (failure.final or time.monotonic() - failure.when < RENEW_RETRY):  # fmt: skip
+            return False
+        try:
+            token = renewed_token(old, client.renew(), given[2])
+            client.present(files.pem_bundle([token.certificate, *token.chain]),
+                           key_pem(token.key))  # fmt: skip
+        except BrokerError as exc:  # unreachable or busy: tried again later; else refused
+            return self.renewal_failed(old, clipped(str(exc), 300), final=not exc.transient)
+        except (TokenError, ValueError, KeyError, TypeError) as exc:
+            return self.renewal_failed(old, f"the broker's answer is not a usable jobagent "
+                                       f"token: {clipped(str(exc), 300)}", final=True)  # fmt: skip
+        try:
+            files.replace_certificate(given[0], old.certificate, token)
+            unwritten = ""
+        except (TokenError, OSError) as exc:  # the pilot goes on with it in memory
+            unwritten = clipped(str(exc) if isinstance(exc, TokenError) else
+                                f"{given[0]}: {exc.strerror or exc}", 300)  # fmt: skip
+        agent.token = token
+        self.renewal_failure = None
+        certificate = token.certificate
+        event: dict[str, Any] = {
+            "event": "renewed", "token": str(given[0]), "serial": f"{certificate.serial_number:x}",
+            "fingerprint": fingerprint(certificate), "replaces": fingerprint(old.certificate),
+            "expires": certificate.not_valid_after_utc.isoformat(),
+            "was_to_expire": old.certificate.not_valid_after_utc.isoformat(),
+            "written": not unwritten,
+        }  # fmt: skip
+        if unwritten:
+            event["not_written"] = unwritten
+        self.emit(event)
+        return True
+
+    def renewal_failed(self, old: Token, reason: str, *, final: bool) -> bool:
+        """Keep the old token; say why once for it. Always False."""
+        known = self.renewal_failure
+        said = known is not None and known.fingerprint == fingerprint(old.certificate)
+        self.renewal_failure = RenewalFailure(fingerprint(old.certificate), reason, final,
+                                              time.monotonic())  # fmt: skip
+        if not said:
+            self.emit({"event": "renewal_failed", "token": str(self.token_file()),
+                       "reason": reason, "final": final,
+                       "expires": old.certificate.not_valid_after_utc.isoformat()})  # fmt: skip
+        return False
 
 
 def sweep_containers(agent: Agent) -> list[str]:
@@ -386,6 +548,35 @@ def sweep_workdirs(agent: Agent) -> list[str]:
         if workdir.name not in swept:
             swept.append(workdir.name if problem is None else f"{workdir.name}: {problem}")
     return swept
+
+
+def renewal_due(
+    certificate: x509.Certificate, now: datetime, fraction: float = RENEW_FRACTION
+) -> bool:
+    """Whether a token has less than ``fraction`` of its lifetime left. Its lifetime
+    runs from when it was issued: the authority sets notBefore CLOCK_SKEW earlier."""
+    issued = min(certificate.not_valid_before_utc + CLOCK_SKEW, now)
+    end = certificate.not_valid_after_utc
+    return end - now < (end - issued) * fraction
+
+
+def renewed_token(old: Token, answer: dict[str, Any], ca: Path) -> Token:
+    """The broker's renewal of ``old`` as a token, checked as the pilot checked its
+    first: a jobagent token of the CA for the same key, and one that lives longer.
+    Raises TokenError, ValueError, KeyError or TypeError."""
+    certificate = x509.load_pem_x509_certificate(str(answer["certificate"]).encode())
+    chain = tuple(x509.load_pem_x509_certificate(str(c).encode()) for c in answer["chain"])
+    TokenVerifier(files.load_certificates(ca)).verify(certificate, chain, role=Role.JOBAGENT)
+    if not same_key(old.key, certificate):
+        raise ValueError("it is not for this pilot's key")
+    if certificate.not_valid_after_utc <= old.certificate.not_valid_after_utc:
+        raise ValueError(f"it expires at {_stamp(certificate.not_valid_after_utc)}, no later "
+                         "than the token it would replace")  # fmt: skip
+    return Token(certificate, chain, old.key)
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def broker_token(files_given: tuple[Path, Path, Path] | None) -> Token:

@@ -74,6 +74,15 @@ def run(
         typer.Option("--work-area", help="Where job work directories go [default: HOME/work]."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of text.")] = False,
+    token_margin: Annotated[
+        int,
+        typer.Option(
+            "--token-margin",
+            min=0,
+            help="Seconds of the jobagent token's validity kept back from every slot's TTL, "
+            "for a job's end and its reports.",
+        ),
+    ] = slots.TOKEN_MARGIN,
     broker: BrokerOption = None,
     cert: CertOption = None,
     key: KeyOption = None,
@@ -82,7 +91,8 @@ def run(
     """Run jobs from the embedded queue in the sandbox until there is nothing to do:
     the queue gives nothing twice in a row, the time left is under what every waiting
     job needs, or SIGTERM (the running job is handed back unless it had finished).
-    With --broker, the jobs come from that broker, --cert being a jobagent token."""
+    With --broker, the jobs come from that broker, --cert being a jobagent token, which
+    the pilot renews there between jobs and writes back to --cert."""
     home = home_of(ctx)
     try:
         found, loaded = pilot_sandbox(runtime, policy, home)
@@ -95,7 +105,7 @@ def run(
     config = PilotConfig(home=home, policy=loaded, ttl=ttl, max_jobs=max_jobs, once=once,
                          lease=lease, grace=grace, work_area=work_area, broker=client,
                          broker_token=token_files, runtime=found.runtime,
-                         runtime_binary=found.binary)  # fmt: skip
+                         runtime_binary=found.binary, token_margin=token_margin)  # fmt: skip
     emit = _json_line if as_json else _text_line
     try:
         why = Pilot(config, emit).run()
@@ -137,6 +147,15 @@ def _text_line(event: dict[str, Any]) -> None:
                 f"{event['ttl_left']} s of TTL left)")  # fmt: skip
     elif kind == "started":
         return
+    elif kind == "renewed":
+        line = f"token {event['token']}: renewed by the broker, now expires at {event['expires']}"
+        line += (
+            " (written back)" if event["written"] else f" (kept in memory: {event['not_written']})"
+        )
+    elif kind == "renewal_failed":
+        again = "" if event["final"] else "; tried again between jobs"
+        line = (f"token {event['token']}: not renewed ({event['reason']}); the pilot keeps it "
+                f"(it expires at {event['expires']}){again}")  # fmt: skip
     elif kind == "preflight":
         granted = event.get("granted") or []
         # what the policy grants (network.mode = "host") is said, never hidden
