@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cli_support import ROOT, close_scopes, delegated_cgroup, nobody_program
+from cli_support import ROOT, SLOW, close_scopes, delegated_cgroup, nobody_program
 
 DEPLOY = ROOT / "deploy"
 UNIT = DEPLOY / "systemd" / "sandbox-agent@.service"
@@ -57,7 +57,7 @@ NOBODY = 65534
 AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SCRIPT_PREFIX = "sandbox-agent-pilot: "
-WAIT = 300  # seconds any one pilot run may take here: a bound, never a measurement
+WAIT = 300 * SLOW  # seconds any one pilot run may take here: a bound, never a measurement
 _pools = itertools.count(1)
 # A site policy: the default, with a work directory of 64 MB (a filesystem of the job's
 # size is allocated in full where FUSE works: not the default's 10 GB on a test machine)
@@ -542,6 +542,10 @@ def test_the_pilot_script_is_posix_sh() -> None:
     text = SCRIPT.read_text()
     assert text.startswith("#!/bin/sh\n") and "\nset -eu\n" in text
     assert re.search(r'^exec "\$agent" --home "\$home" run ', text, re.M)
+    # the leaf the script steps into before doctor is the one the pilot moves itself into
+    from sandbox_agent.limits.cgroup_v2 import AGENT_LEAF
+
+    assert text.count(AGENT_LEAF) >= 2
 
 
 @dataclass
