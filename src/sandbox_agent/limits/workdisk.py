@@ -118,7 +118,20 @@ def mechanism() -> tuple[str | None, str]:
         return None, "an unprivileged pilot needs fuse2fs (install the fuse2fs package)"
     if not os.access("/dev/fuse", os.R_OK | os.W_OK) or _fusermount() is None:
         return None, "an unprivileged pilot needs /dev/fuse and fusermount for fuse2fs"
+    if _no_new_privs():
+        return None, ("the agent runs with no_new_privs (NoNewPrivileges= or a setting that "
+                      "implies it in its unit, DISABLE_SETUID in HTCondor): the setuid "
+                      "fusermount cannot mount fuse2fs")  # fmt: skip
     return "fuse2fs", "an ext4 image of the job's size, mounted with fuse2fs"
+
+
+def _no_new_privs() -> bool:
+    """Whether this process has PR_SET_NO_NEW_PRIVS (setuid programs gain nothing)."""
+    try:
+        with open("/proc/self/status") as status:
+            return any(line.split() == ["NoNewPrivs:", "1"] for line in status)
+    except OSError:
+        return False
 
 
 def prepare(workdir: Path, effective: EffectivePolicy, owner: tuple[int, int] | None
@@ -176,6 +189,10 @@ def make(workdir: Path, workdir_size: int, owner: tuple[int, int] | None, *,
             failed = _run(["fuse2fs", str(image), str(workdir), "-o", "fakeroot,nosuid,nodev"])
         if failed:
             raise DiskError(errno.EIO, f"cannot mount {image} on {workdir}: {failed}")
+        if not _mounted(workdir):  # fuse2fs under no_new_privs says 0 and mounts nothing
+            raise DiskError(errno.EIO, f"{kind} reported success but nothing is mounted on "
+                            f"{workdir} (no_new_privs keeps fusermount from mounting: "
+                            "NoNewPrivileges= in a unit, DISABLE_SETUID in HTCondor)")  # fmt: skip
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             image.unlink()
