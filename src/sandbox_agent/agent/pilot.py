@@ -40,6 +40,7 @@ from sandbox_agent.agent.attempt import (
     Agent,
     Attempt,
     NodeProblem,
+    NodeUnhealthy,
     Report,
     disk_shortfall,
 )
@@ -57,7 +58,7 @@ from sandbox_agent.policy import Policy, PolicyRejection, compose
 from sandbox_agent.policy.compose import EffectivePolicy
 from sandbox_agent.printable import clipped
 from sandbox_agent.queue import Job, Store
-from sandbox_agent.runtime import containers
+from sandbox_agent.runtime import binds, containers
 from sandbox_agent.runtime.agentproc import harden, raise_terminated, signals_handled
 from sandbox_agent.runtime.launch import SANDBOX_HOST_UID
 from sandbox_agent.runtime.workdir import remove_workdir
@@ -108,6 +109,9 @@ class PilotConfig:
     # seconds of the jobagent token's validity kept back from every slot: a job's end,
     # its outputs and its reports are the agent's, with its token, after the job's TTL
     token_margin: int = slots.TOKEN_MARGIN
+    # a path filesystem.required names is missing: "stop" (exit 3, for a batch slot
+    # or a unit that restarts) or "wait" until it is back (a long-lived pilot)
+    when_unhealthy: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -297,6 +301,9 @@ class Pilot:
                 return f"stopped by {self.stopping}"
             if self.config.max_jobs is not None and ran >= self.config.max_jobs:
                 return f"ran {ran} job(s), the --max-jobs given"
+            waited = self.until_healthy(agent)
+            if waited is not None:
+                return waited
             if renewal_due(agent.token.certificate, datetime.now(UTC)):
                 self.renew(agent)  # between jobs: no lease is held in the old token's name
             mine, token_left = self.time_left(agent.token)
@@ -329,6 +336,8 @@ class Pilot:
             self.emit({"event": "matched", "job": job.id, "resubmission": job.resubmission,
                        "ttl_left": left})  # fmt: skip
             report = self.run_one(agent, job, offered)
+            if report is None:  # handed back untouched: the node is unhealthy; wait
+                continue
             self.emit(report_event(report))
             ran += 1
             if self.config.once:
@@ -368,7 +377,33 @@ class Pilot:
                              "pilot takes no work until that is fixed; `sandbox-agent selftest "
                              f"--policy {self.config.policy.name}` shows every attack")  # fmt: skip
 
-    def run_one(self, agent: Agent, job: Job, offered: Slot) -> Report:
+    def until_healthy(self, agent: Agent) -> str | None:
+        """None once every path the policy requires (filesystem.required) is here. While
+        one is missing: with --when-unhealthy stop, PilotError (exit 3) naming it; with
+        wait, one event, the paths looked at again every poll, and another event when
+        they are back; why the pilot stopped instead (a signal, its time)."""
+        absent = binds.unhealthy(self.config.policy)
+        if not absent:
+            return None
+        line = binds.unhealthy_line(absent)
+        if self.config.when_unhealthy != "wait":
+            raise PilotError(f"{line}; the pilot stops (--when-unhealthy stop)")
+        self.emit({"event": "unhealthy", "reason": line,
+                   "absent": [a.as_dict() for a in absent]})  # fmt: skip
+        began = time.monotonic()
+        while absent:
+            if self.stopping:
+                return f"stopped by {self.stopping} while the node was unhealthy"
+            if self.time_left(agent.token)[0] <= 0:
+                return f"its time ran out while the node was unhealthy ({line})"
+            self.woken.wait(self.config.poll)
+            absent = binds.unhealthy(self.config.policy)
+        self.emit({"event": "healthy", "waited_seconds": round(time.monotonic() - began, 1)})
+        return None
+
+    def run_one(self, agent: Agent, job: Job, offered: Slot) -> Report | None:
+        """The job's attempt to its end; None when it went back untouched because the
+        node is unhealthy and the pilot waits (until_healthy)."""
         spec = self.job_spec(job)
         assert not isinstance(spec, str)  # match only hands out jobs that parse
         site = offered.get("Site", "local")
@@ -379,6 +414,10 @@ class Pilot:
             if self.stopping:  # the signal came between the match and now
                 attempt.stopping()
             return attempt.run(self.emit)
+        except NodeUnhealthy as exc:  # back untouched; the site chose to wait or stop
+            if self.config.when_unhealthy != "wait":
+                raise PilotError(f"{exc}; the pilot stops (--when-unhealthy stop)") from None
+            return None
         except NodeProblem as exc:  # the job went back at once; this node stops
             raise PilotError(str(exc)) from None
         finally:

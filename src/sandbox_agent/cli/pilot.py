@@ -12,7 +12,9 @@ from typing import Annotated, Any
 import typer
 
 from sandbox_agent import exitcodes
+from sandbox_agent.agent import condor, gpus
 from sandbox_agent.agent import slot as slots
+from sandbox_agent.agent.condor import CondorError
 from sandbox_agent.agent.pilot import Pilot, PilotConfig, PilotError
 from sandbox_agent.cli.app import app, fail, home_of
 from sandbox_agent.cli.remote import (
@@ -39,9 +41,11 @@ RUNTIME_HELP = ("auto (USE_CONTAINERS=PODMAN|DOCKER|APPTAINER|SINGULARITY if set
 def pilot_sandbox(runtime: str, policy: str, home: Path) -> tuple[Availability, Policy]:
     """The runtime the JobWrapper runs in (runtime.choose.for_wrapper) and the pilot's
     policy, its image the site's JOB_CONTAINER_PATH when that is set (as JAliEn's
-    JobAgent takes its container from it). Raises RuntimeUnavailable, PolicyError."""
+    JobAgent takes its container from it), its GPUs those an HTCondor slot assigned.
+    Raises RuntimeUnavailable, PolicyError, CondorError."""
     found = for_wrapper(runtime)
     loaded = load_policy(policy, policy_dirs(home))
+    loaded = gpus.assigned(loaded)  # under HTCondor: the slot's GPUs, no other (CondorError)
     image = os.environ.get("JOB_CONTAINER_PATH", "").strip()
     if image and printable(image) != image:
         raise PolicyError(f"environment: JOB_CONTAINER_PATH: {printable(image)[:80]}: control "
@@ -71,7 +75,11 @@ def run(
     ] = 10.0,
     work_area: Annotated[
         Path | None,
-        typer.Option("--work-area", help="Where job work directories go [default: HOME/work]."),
+        typer.Option(
+            "--work-area",
+            help="Where job work directories go [default: under HTCondor's scratch "
+            "directory in an HTCondor job, else HOME/work].",
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of text.")] = False,
     token_margin: Annotated[
@@ -83,6 +91,14 @@ def run(
             "for a job's end and its reports.",
         ),
     ] = slots.TOKEN_MARGIN,
+    when_unhealthy: Annotated[
+        str,
+        typer.Option(
+            "--when-unhealthy",
+            help="stop (exit 3) or wait when a path the policy requires "
+            "(filesystem.required: CVMFS, GPUs) is missing; its job goes back untouched.",
+        ),
+    ] = "stop",
     broker: BrokerOption = None,
     cert: CertOption = None,
     key: KeyOption = None,
@@ -100,12 +116,22 @@ def run(
         fail(f"cannot run jobs here: {exc}", exitcodes.ENVIRONMENT)
     except PolicyError as exc:
         fail(str(exc))
+    except CondorError as exc:  # the batch system's slot, not the command line
+        fail(str(exc), exitcodes.ENVIRONMENT)
+    if when_unhealthy not in ("stop", "wait"):
+        fail(f"--when-unhealthy {printable(when_unhealthy)[:40]}: say stop or wait")
+    if work_area is None:  # under HTCondor: in the job's scratch directory
+        try:
+            work_area = condor.work_area()
+        except CondorError as exc:
+            fail(str(exc), exitcodes.ENVIRONMENT)
     client = broker_client(broker, cert, key, ca)
     token_files = (cert, key, ca) if client and cert and key and ca else None
     config = PilotConfig(home=home, policy=loaded, ttl=ttl, max_jobs=max_jobs, once=once,
                          lease=lease, grace=grace, work_area=work_area, broker=client,
                          broker_token=token_files, runtime=found.runtime,
-                         runtime_binary=found.binary, token_margin=token_margin)  # fmt: skip
+                         runtime_binary=found.binary, token_margin=token_margin,
+                         when_unhealthy=when_unhealthy)  # fmt: skip
     emit = _json_line if as_json else _text_line
     try:
         why = Pilot(config, emit).run()
@@ -146,7 +172,16 @@ def _text_line(event: dict[str, Any]) -> None:
         line = (f"job {event['job']}: matched (resubmission {event['resubmission']}, "
                 f"{event['ttl_left']} s of TTL left)")  # fmt: skip
     elif kind == "started":
-        return
+        dropped = event.get("dropped_binds") or []
+        if not dropped:
+            return
+        listed = ", ".join(f"{printable(d['path'])} ({printable(d['answer'])}; "
+                           f"{printable(d['origin'])})" for d in dropped)  # fmt: skip
+        line = f"job {event['job']}: left out, this node lacks them: {listed}"
+    elif kind == "unhealthy":
+        line = f"{event['reason']}; waiting for it (--when-unhealthy wait)"
+    elif kind == "healthy":
+        line = f"the node is healthy again after {event['waited_seconds']} s; taking work"
     elif kind == "renewed":
         line = f"token {event['token']}: renewed by the broker, now expires at {event['expires']}"
         line += (

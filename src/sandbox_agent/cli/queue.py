@@ -12,6 +12,7 @@ import typer
 
 from sandbox_agent import exitcodes
 from sandbox_agent.agent import slot
+from sandbox_agent.agent.condor import CondorError
 from sandbox_agent.agent.staging import StagingError, stage
 from sandbox_agent.agent.storage import Storage, StorageError
 from sandbox_agent.broker.client import BrokerError
@@ -120,6 +121,8 @@ def _refuse_unrunnable(ctx: typer.Context, spec: JobSpec, policy: str) -> None:
     home = home_of(ctx)
     try:
         offered = slot.describe(home, home / "work", ttl_left=slot.DEFAULT_TTL)
+    except CondorError as exc:  # the batch system's machine ad, not the command line
+        fail(str(exc), exitcodes.ENVIRONMENT)
     except ValueError as exc:  # the site file HOME/slot.toml
         fail(str(exc))
     except OSError as exc:

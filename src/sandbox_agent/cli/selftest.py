@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from sandbox_agent import exitcodes
+from sandbox_agent.agent import condor
 from sandbox_agent.agent.pilot import make_work_area, unreachable
 from sandbox_agent.cli.app import JsonOption, app, fail, home_of, printable
 from sandbox_agent.cli.pilot import RUNTIME_HELP, pilot_sandbox
@@ -68,8 +69,8 @@ def selftest(
             typer.echo(f"{name:18} {row['mechanism']:12} {row['threat']}")
         return
     home = home_of(ctx)
-    area = (work_area or home / "work").absolute()
     try:
+        area = (work_area or condor.work_area() or home / "work").absolute()
         found, loaded = pilot_sandbox(runtime, policy, home)
         problem = make_work_area(area) or (
             f"not reachable by the sandbox's uid ({blocked} is not searchable by others)"
