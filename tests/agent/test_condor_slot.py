@@ -535,3 +535,21 @@ def test_no_runtime_adds_gpus_of_its_own_to_the_assigned(
             assert f"{dev}/nvidia3" in devices and "/dev/nvidia0" not in devices
         plan = apptainer.render(effective, ["true"], workdir="/srv/w", host=host)
         assert ("--nv" in plan.argv) is gpu_flags
+
+
+def test_per_gpu_nodes_are_narrowed_whatever_devices_gpu_says(
+    tmp_path: Path, driver: tuple[Path, Path]
+) -> None:
+    """A site policy that lists /dev/nvidia0 and /dev/nvidia1 in devices.paths with no
+    devices.gpu still gets only the slot's GPUs under HTCondor."""
+    proc, dev = driver
+    (tmp_path / "site.toml").write_text(
+        'extends = "default"\n[devices]\n'
+        'paths = ["/dev/nvidiactl", "/dev/nvidia0", "/dev/nvidia1"]\n'
+    )
+    policy = load_policy("site", [tmp_path, load.SHIPPED])
+    got = gpus.assigned(policy, started_by_condor(DYNAMIC_GPU), proc, dev)
+    paths = got.value("devices.paths")
+    assert "/dev/nvidia0" not in paths and "/dev/nvidia1" not in paths
+    assert f"{dev}/nvidia3" in paths and f"{dev}/nvidia0" in paths and "/dev/nvidiactl" in paths
+    assert got.value("devices.gpu") == "none"  # no runtime flag was asked, none is added

@@ -719,3 +719,30 @@ def test_init_replaces_a_revoked_token(cli, authority: Path) -> None:
     assert json.loads(again.stdout)["made"] == ["jobagent"]
     check = cli("certs", "verify", authority / "jobagent.pem", "--dir", authority)
     assert check.returncode == 0, check.stderr
+
+
+def test_revoking_a_renewed_token_revokes_its_whole_line(cli, authority: Path) -> None:
+    """The node's file holds a renewal after the first write-back; a thief who copied
+    it and the key renewed it too. Revoking the node's file must end the thief's as
+    well: the line's first token (the origin) joins the list."""
+    from sandbox_agent.tokens import (
+        RenewalPolicy,
+        TokenAuthority,
+        TokenRevoked,
+        TokenVerifier,
+        files,
+    )
+
+    loaded = TokenAuthority.load(authority)
+    first = files.load_token(authority / "jobagent.pem", authority / "jobagent.key")
+    node = loaded.renew_jobagent_token(first.certificate, first.chain, policy=RenewalPolicy())
+    thief = loaded.renew_jobagent_token(node.certificate, first.chain, policy=RenewalPolicy())
+    on_node = authority / "node.pem"
+    on_node.write_bytes(node.certificate.public_bytes(serialization.Encoding.PEM))
+    result = cli("certs", "revoke", on_node, "--dir", authority)
+    assert result.returncode == 0, result.stderr
+    assert crl_serials(authority) == {node.certificate.serial_number,
+                                      first.certificate.serial_number}  # fmt: skip
+    crl = files.load_crl(authority / "crl.pem")
+    with pytest.raises(TokenRevoked, match=f"renews serial {first.certificate.serial_number:x}"):
+        TokenVerifier([loaded.root], crl=crl).verify(thief.certificate, first.chain)

@@ -33,7 +33,7 @@ import stat
 import subprocess
 import tempfile
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -385,11 +385,13 @@ def fuse_as_on_el9(base: Path) -> Path | None:
 
 
 def hardening_mounts(settings: list[tuple[str, str, str]], private: Path,
-                     fuse: Path | None) -> str:  # fmt: skip
+                     fuse: Path | None, keep: Sequence[str] = ()) -> str:  # fmt: skip
     """The shell commands that make, in a new mount namespace, what the unit's
     sandboxing settings make (systemd.exec(5)): read-only /usr, /boot, /efi and /etc
     (ProtectSystem=full), empty inaccessible /home, /root and /run/user (ProtectHome=yes),
-    a /tmp and /var/tmp of the unit's own (PrivateTmp=yes)."""
+    a /tmp and /var/tmp of the unit's own (PrivateTmp=yes). ``keep``: the agent's code
+    where this test runs it from; one under /tmp or /var/tmp (a clone there) is bound
+    back into the private one, as a site's /opt/sandbox-agent would simply be there."""
     service = {k: v for s, k, v in settings if s == "Service"}
     commands = ["set -e"]
     if service.get("ProtectSystem") == "full":
@@ -402,10 +404,17 @@ def hardening_mounts(settings: list[tuple[str, str, str]], private: Path,
             if Path(path).is_dir():
                 commands.append(f"mount -t tmpfs -o ro,mode=000 inaccessible {path}")
     if service.get("PrivateTmp") == "yes":
+        kept = [p for p in keep if p.startswith(("/tmp/", "/var/tmp/"))]
+        for number, path in enumerate(kept):
+            (private / "keep" / str(number)).mkdir(parents=True)
+            commands.append(f"mount --bind {path} {private / 'keep' / str(number)}")
         for path, own in (("/tmp", private / "tmp"), ("/var/tmp", private / "var-tmp")):
             own.mkdir(mode=0o1777)
             own.chmod(0o1777)
             commands.append(f"mount --bind {own} {path}")
+        for number, path in enumerate(kept):
+            held = private / "keep" / str(number)
+            commands.append(f"mkdir -p {path}; mount --bind {held} {path}")
     if fuse is not None:
         commands.append(f"mount --bind {fuse} /dev/fuse")
     return "; ".join(commands) + '; exec "$@"'
@@ -432,7 +441,8 @@ def run_as_the_unit(pool: Pool, *, no_new_privs: bool = False
     settings = unit_settings(UNIT)
     how = nobody_program()
     assert not isinstance(how, str)
-    hidden = hidden_by_protect_home([str(ROOT), *how[1]["PYTHONPATH"].split(":")])
+    code = [str(ROOT), *how[1]["PYTHONPATH"].split(":")]
+    hidden = hidden_by_protect_home(code)
     if hidden:
         pytest.skip(f"the agent's sources are where ProtectHome= hides them: {hidden}")
     state = pool.base / "state"
@@ -455,7 +465,7 @@ def run_as_the_unit(pool: Pool, *, no_new_privs: bool = False
     private = pool.base / "private"
     private.mkdir(mode=0o700)
     fuse = fuse_as_on_el9(pool.base)
-    mounts = hardening_mounts(settings, private, fuse)
+    mounts = hardening_mounts(settings, private, fuse, code)
     soft, hard = (int(n) for n in last(settings, "Service", "LimitNOFILE").split(":"))  # type: ignore[union-attr]
     # systemd (PID 1) may raise the hard limit; a test in a container may not: the soft
     # limit is the unit's, the hard one what this machine lets us have of it

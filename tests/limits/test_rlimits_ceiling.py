@@ -89,3 +89,23 @@ def test_doctor_finds_it_before_any_job(pool_account) -> None:  # type: ignore[n
     assert len(lines) == 1 and "process.rlimits" in lines[0], done.stdout
     assert "the pilot cannot run jobs here: policy site: process.rlimits" in done.stdout
     assert f"process.rlimits.nofile = 65536 is above this agent's hard limit ({HARD})" in lines[0]
+
+
+def test_root_of_a_user_namespace_is_held_to_its_hard_limit() -> None:
+    """CAP_SYS_RESOURCE counts for a hard limit only in the initial user namespace: a
+    pilot that is root inside a namespace of its own cannot raise one."""
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is missing")
+    script = ("from sandbox_agent.limits import rlimits; import resource\n"
+              "hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+              "print(rlimits.ceiling('nofile'), hard)")  # fmt: skip
+    done = subprocess.run(["unshare", "--user", "--map-root-user", sys.executable, "-c", script],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"no user namespace here: {done.stderr.strip()[-200:]}")
+    said = done.stdout.split()
+    assert said[-1] in said[0], done.stdout  # (hard, "this agent's hard limit")
+    assert "this agent's hard limit" in done.stdout

@@ -104,8 +104,10 @@ def test_the_image_is_sized_so_the_job_gets_what_it_asked_for() -> None:
         assert size % MIB == 0 and size >= asked + asked // 64 + 4 * MIB
 
 
-@pytest.mark.skipif(shutil.which("fuse2fs") is None or not os.path.exists("/dev/fuse"),
-                    reason="fuse2fs or /dev/fuse is missing (apt-get install fuse2fs)")
+@pytest.mark.skipif(
+    shutil.which("fuse2fs") is None or not os.path.exists("/dev/fuse"),
+    reason="fuse2fs or /dev/fuse is missing (apt-get install fuse2fs)",
+)
 def test_the_unprivileged_pilots_way_holds_the_size_too(small_disk: Path) -> None:
     """fuse2fs is how a pilot without root mounts the image; here as root, which may
     open /dev/fuse on any host (an unprivileged user may not, on this one)."""
@@ -119,3 +121,19 @@ def test_the_unprivileged_pilots_way_holds_the_size_too(small_disk: Path) -> Non
         problem = disk.release()
     assert problem is None
     assert not mounted(workdir) and not disk.image.exists()
+
+
+def test_a_work_area_reached_through_a_symlink_gets_its_filesystem(small_disk: Path) -> None:
+    """The mount table names the real path: a work area behind a link (an execute
+    directory, a home) is mounted, found mounted, and released."""
+    (small_disk / "real").mkdir()
+    link = small_disk / "link"
+    link.symlink_to(small_disk / "real")
+    workdir = link / "work"
+    workdir.mkdir()
+    disk = workdisk.make(workdir, 20 * MIB, None, kind="loop")
+    try:
+        assert mounted(small_disk / "real" / "work")
+    finally:
+        assert disk.release() is None
+    assert not mounted(small_disk / "real" / "work")

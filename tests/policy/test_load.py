@@ -260,3 +260,12 @@ def test_a_name_nowhere_says_where_it_looked(tmp_path: Path) -> None:
     assert str(info.value) == (
         f"{site}:1: extends 'nosuch', but no nosuch.toml is in {tmp_path / 'etc'}, {load.SHIPPED}"
     )
+
+
+def test_a_symlink_loop_among_the_policy_directories_is_one_line(tmp_path: Path) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    site = write(tmp_path / "etc", "site", 'extends = "default"\n')
+    with pytest.raises(PolicyError) as info:
+        load_policy(str(site), [loop, load.SHIPPED])
+    assert str(info.value).startswith(f"{site}:1: cannot look for 'default': ")

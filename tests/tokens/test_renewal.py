@@ -260,3 +260,21 @@ def test_a_failed_replacement_leaves_the_old_file_and_no_partial_one(
         files.replace_certificate(path, first.certificate, renewed)
     assert path.read_bytes() == before
     assert sorted(p.name for p in (tmp_path / "node").iterdir()) == ["jobagent.key", "jobagent.pem"]
+
+
+def test_a_certificate_file_that_holds_the_key_too_is_never_rewritten(
+    authority: TokenAuthority, mint: Callable[..., Token], tmp_path: Path
+) -> None:
+    """A grid-style combined PEM (certificate and key in one file) given as both --cert
+    and --key: the renewal would drop the key, so the file is left whole."""
+    first = mint(Identity(Role.JOBAGENT), lifetime=timedelta(hours=1))
+    path = written(tmp_path / "node", first)
+    combined = tmp_path / "node" / "combined.pem"
+    combined.write_bytes(path.read_bytes() + (tmp_path / "node" / "jobagent.key").read_bytes())
+    combined.chmod(0o600)
+    before = combined.read_bytes()
+    renewed = Token(renew(authority, first), first.chain, first.key)
+    with pytest.raises(MalformedToken, match="holds the key too"):
+        files.replace_certificate(combined, first.certificate, renewed)
+    assert combined.read_bytes() == before
+    assert files.load_token(combined, combined).certificate == first.certificate

@@ -35,11 +35,14 @@ def assigned(
     proc: Path | None = None,
     dev: Path | None = None,
 ) -> Policy:
-    """``policy`` with exactly the assigned GPUs bound, when it binds NVIDIA GPUs and the
-    pilot runs in an HTCondor slot; else ``policy``. CondorError (one line) when an
+    """``policy`` with exactly the assigned GPUs bound, when it binds NVIDIA GPUs (by
+    devices.gpu, or a per-GPU node in devices.paths) and the pilot runs in an HTCondor
+    slot; else ``policy``. CondorError (one line) when an
     assigned GPU cannot be mapped to its device node. ``proc`` and ``dev``: the
     driver's /proc directory and /dev (condor.gpu_devices)."""
-    if policy.value("devices.gpu") != "nvidia":
+    gpu_kind = policy.value("devices.gpu")
+    named = any(_one_gpu(str(i.value)) for i in policy["devices.paths"].value)
+    if gpu_kind != "nvidia" and not named:
         return policy
     ad = condor.machine_ad(environ)
     if ad is None:
@@ -55,4 +58,6 @@ def assigned(
     required = [str(i.value) for i in policy["filesystem.required"].value]
     policy = replaced(policy, "devices.paths", paths, origin)
     policy = replaced(policy, "filesystem.required", [*required, *gpu_nodes], origin)
-    return overridden(policy, "devices.gpu", "assigned", origin)
+    if gpu_kind == "nvidia":  # "assigned": no runtime adds GPUs of its own
+        policy = overridden(policy, "devices.gpu", "assigned", origin)
+    return policy

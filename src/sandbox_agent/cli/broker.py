@@ -18,7 +18,7 @@ from sandbox_agent import exitcodes
 from sandbox_agent.broker.service import DRAIN_TIMEOUT, make_server
 from sandbox_agent.cli.app import fail, home_of
 from sandbox_agent.tokens import RenewalPolicy, Role, TokenError
-from sandbox_agent.tokens.authority import DEFAULT_LIFETIME, RENEWAL_LIMIT
+from sandbox_agent.tokens.authority import DEFAULT_LIFETIME, MAX_LIFETIME, RENEWAL_LIMIT
 from sandbox_agent.tokens.keys import load_private_key
 
 broker_app = typer.Typer(help="The broker service: one queue and authority for many pilots.",
@@ -60,6 +60,7 @@ def serve(
         typer.Option(
             "--agent-token-lifetime",
             min=1,
+            max=int(MAX_LIFETIME[Role.JOBAGENT].total_seconds()),  # the role's cap
             help="Seconds a jobagent token the broker renews lives (at most 2 days).",
         ),
     ] = int(DEFAULT_LIFETIME[Role.JOBAGENT].total_seconds()),
@@ -68,8 +69,9 @@ def serve(
         typer.Option(
             "--renew-limit",
             min=0,
+            max=366 * 86400,  # a year: a line of renewals longer than that is a mistake
             help="Seconds after a node's first jobagent token was issued that the broker "
-            "renews it; 0: never.",
+            "renews it (at most a year); 0: never.",
         ),
     ] = int(RENEWAL_LIMIT.total_seconds()),
 ) -> None:

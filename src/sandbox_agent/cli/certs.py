@@ -391,10 +391,21 @@ def certs_revoke(
     ] = None,
     directory: DirOption = None,
 ) -> None:
-    """Add tokens to the authority's revocation list (crl.pem), which verifiers honour."""
+    """Add tokens to the authority's revocation list (crl.pem), which verifiers honour.
+    A renewed jobagent token revokes its whole line: the first token it names (its
+    origin) too, so no other renewal of it, a thief's included, stays valid."""
     target = _authority_dir(ctx, directory)
     authority = _load_authority(target)
-    serials = {_read_token(path)[0].serial_number for path in tokens or ()}
+    serials = set()
+    for path in tokens or ():
+        certificate = _read_token(path)[0]
+        serials.add(certificate.serial_number)
+        try:
+            origin = identity_of(certificate).origin
+        except (TokenError, ValueError):  # not one of ours in shape: its serial alone
+            origin = None
+        if origin is not None:
+            serials.add(origin.serial)
     try:
         previous = files.load_crl(target / files.CRL) if (target / files.CRL).exists() else None
         crl = authority.revocation_list(serials, previous=previous)

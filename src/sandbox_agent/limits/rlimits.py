@@ -27,7 +27,10 @@ _SYSTEMD = {"core": "LimitCORE", "nofile": "LimitNOFILE", "stack": "LimitSTACK",
 
 
 def _capable() -> bool:
-    """Whether this process holds CAP_SYS_RESOURCE (root, normally)."""
+    """Whether this process holds CAP_SYS_RESOURCE where it counts for a hard limit: in
+    the initial user namespace (root, normally; a namespace's root cannot raise one)."""
+    if not _initial_user_namespace():
+        return False
     try:
         with open("/proc/self/status") as status:
             for line in status:
@@ -36,6 +39,16 @@ def _capable() -> bool:
     except (OSError, ValueError, IndexError):
         pass
     return False
+
+
+def _initial_user_namespace() -> bool:
+    """Whether this process's uid map is the whole identity map (the initial user
+    namespace's); unknown counts as not."""
+    try:
+        with open("/proc/self/uid_map") as file:
+            return file.read(256).split() == ["0", "0", "4294967295"]
+    except OSError:
+        return False
 
 
 def _nr_open() -> int | None:

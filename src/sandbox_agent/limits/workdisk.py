@@ -189,10 +189,12 @@ def make(workdir: Path, workdir_size: int, owner: tuple[int, int] | None, *,
             failed = _run(["fuse2fs", str(image), str(workdir), "-o", "fakeroot,nosuid,nodev"])
         if failed:
             raise DiskError(errno.EIO, f"cannot mount {image} on {workdir}: {failed}")
-        if not _mounted(workdir):  # fuse2fs under no_new_privs says 0 and mounts nothing
+        if not _mounted(Path(os.path.realpath(workdir))):  # fuse2fs under no_new_privs
+            why = (" (no_new_privs keeps fusermount from mounting: NoNewPrivileges= in a "
+                   "unit, DISABLE_SETUID in HTCondor)") if kind == "fuse2fs" else ""  # fmt: skip
+            _run(["umount", "-l", str(workdir)])  # whatever it did mount goes with the image
             raise DiskError(errno.EIO, f"{kind} reported success but nothing is mounted on "
-                            f"{workdir} (no_new_privs keeps fusermount from mounting: "
-                            "NoNewPrivileges= in a unit, DISABLE_SETUID in HTCondor)")  # fmt: skip
+                            f"{workdir}{why}")  # fmt: skip
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             image.unlink()

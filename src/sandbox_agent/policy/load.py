@@ -192,7 +192,10 @@ def _parent(
         raise PolicyError(
             f"{where}: extends takes a policy name, like \"base\" (no paths, no '..')"
         )
-    places = [path.parent, *(d for d in dirs if d.resolve() != path.parent.resolve())]
+    try:
+        places = [path.parent, *(d for d in dirs if d.resolve() != path.parent.resolve())]
+    except (OSError, RuntimeError) as exc:  # a symlink loop among the directories
+        raise PolicyError(f"{where}: cannot look for '{name}': {exc}") from None
     itself = False
     for directory in places:
         candidate = directory / f"{name}.toml"

@@ -18,6 +18,7 @@ and the audit record still show the whole argv, which is what bwrap runs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import marshal
@@ -58,6 +59,8 @@ _RLIMITS = rlimits.RLIMITS
 # user namespace maps the payload onto the uid that starts it, and host uid 0 may write
 # sysctls and device nodes whatever the capabilities.
 SANDBOX_HOST_UID = 65534
+OOM_SCORE_ADJ = 1000  # the sandbox's processes are the OOM killer's first choice
+OOM_TRAMPOLINE = f'echo {OOM_SCORE_ADJ} > /proc/self/oom_score_adj 2>/dev/null; exec "$@"'
 
 
 class RuntimeMissing(RuntimeError):
@@ -214,6 +217,9 @@ def start(
                     file.write(str(os.getpid()))
             for which, value in limits:
                 resource.setrlimit(which, (value, value))
+            if not trampoline:  # root: straight away (raising one's score needs nothing)
+                with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as adj:
+                    adj.write(str(OOM_SCORE_ADJ))
             if drop:
                 os.setgroups([])
                 os.setresgid(SANDBOX_HOST_UID, SANDBOX_HOST_UID, SANDBOX_HOST_UID)
@@ -221,9 +227,14 @@ def start(
             # after the uid change, which clears it: the runtime dies with the agent
             prctl.set_pdeathsig(signal.SIGKILL)
 
+        # the sandbox, never the agent, is the OOM killer's first choice when a cgroup it
+        # shares with the agent (a batch slot's) runs out of memory. An undumpable
+        # unprivileged agent's /proc files are root's until exec: a shell writes the
+        # score after its exec, then execs the runtime (same pid, descriptors kept).
+        trampoline = not engine and os.geteuid() != 0
         process = subprocess.Popen(
-            argv,
-            executable=binary,
+            ["/bin/sh", "-c", OOM_TRAMPOLINE, "sh", binary, *argv[1:]] if trampoline else argv,
+            executable="/bin/sh" if trampoline else binary,
             stdin=stdin,
             stdout=stdout,
             stderr=stderr,

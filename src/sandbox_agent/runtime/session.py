@@ -306,7 +306,7 @@ def hold(
         raise
     counted = {r.key.removeprefix("limits.") for r in plan.requirements
                if r.key.startswith("limits.") and r.met and r.by == "runtime"}  # fmt: skip
-    counted |= set(limits.kernel)
+    counted |= set(limits.kernel) | set(limits.by_slot)  # the container must be in the slot
     asked = {name: plan.limit(name) for name in ("memory", "pids", "cpu_cores")
              if name in counted}  # fmt: skip
     try:

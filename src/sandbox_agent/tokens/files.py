@@ -115,6 +115,11 @@ def replace_certificate(path: Path, previous: x509.Certificate, token: Token) ->
     info = path.lstat()
     if not stat.S_ISREG(info.st_mode):
         raise MalformedToken(f"{path}: not a regular file (a link is not followed)")
+    if b"PRIVATE KEY" in path.read_bytes():
+        raise MalformedToken(
+            f"{path}: holds the key too; a renewal would lose it, so the file is left as "
+            "it is (give the key in a file of its own)"
+        )
     if load_certificates(path)[0] != previous:
         raise MalformedToken(f"{path}: changed since the pilot read it; left as it is")
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)
