@@ -539,3 +539,14 @@ def test_from_host_egress_reaches_nothing_new(pdir: Path) -> None:
     b_allows, a_allows = diff(effective(pdir, "a"), effective(pdir, "b"))
     assert b_allows == []
     assert ("network.mode", "reaches the host's network") in pairs(a_allows)
+
+
+def test_memory_per_core_is_a_widening(pdir: Path) -> None:
+    """Turning it on multiplies every job's memory by its cores: 16 GB and 8 cores at
+    most in default become 128 GB for an 8-core job."""
+    write_b(pdir, "default", "[limits]\nmemory_per_core = true\n")
+    wider, narrower = diff(effective(pdir, "default"), effective(pdir, "b"))
+    (found,) = [w for w in wider if w.key == "limits.memory_per_core"]
+    assert "a job of 8 cores may have 128" in found.message, found.message
+    assert found.origin.endswith("b.toml:3")
+    assert not [w for w in narrower if w.key == "limits.memory_per_core"]

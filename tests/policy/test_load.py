@@ -269,3 +269,26 @@ def test_a_symlink_loop_among_the_policy_directories_is_one_line(tmp_path: Path)
     with pytest.raises(PolicyError) as info:
         load_policy(str(site), [loop, load.SHIPPED])
     assert str(info.value).startswith(f"{site}:1: cannot look for 'default': ")
+
+
+def test_a_policy_file_every_user_may_write_is_refused(tmp_path: Path) -> None:
+    site = write(tmp_path / "etc", "site", 'extends = "default"\n')
+    site.chmod(0o666)
+    with pytest.raises(PolicyError) as info:
+        load_policy(str(site), policy_dirs())
+    assert str(info.value) == (
+        f"{site}: writable by every user; a policy must be the site's alone (chmod o-w)"
+    )
+
+
+def test_a_name_is_never_looked_up_where_every_user_may_write(tmp_path: Path) -> None:
+    """A site policy left in a shared directory (sticky, like /tmp): a default.toml
+    anyone planted beside it is not what it extends; the shipped one is."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    site = write(shared, "site", 'extends = "default"\n')
+    write(shared, "default", '[network]\nmode = "host"\n[namespaces]\nnet = "off"\n')
+    policy = load_policy(str(site), policy_dirs())
+    assert policy.files[-2].resolve() == load.SHIPPED / "default.toml"
+    assert policy.value("network.mode") == "egress"

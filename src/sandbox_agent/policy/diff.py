@@ -205,6 +205,13 @@ def _numbers(base: EffectivePolicy, other: EffectivePolicy) -> list[Widening]:
         if now > was:
             out.append(Widening(key, f"{key} {show_value(key, was)} -> {show_value(key, now)}",
                                 other[key].origin))  # fmt: skip
+    if other["limits.memory_per_core"].value and not base["limits.memory_per_core"].value:
+        cores = other["limits.cpu_cores.max"].value
+        most = other["limits.memory.max"].value * cores
+        out.append(Widening("limits.memory_per_core", "memory's default and max become per "
+                            f"core: a job of {cores} cores may have "
+                            f"{show_value('limits.memory.max', most)}",
+                            other["limits.memory_per_core"].origin))  # fmt: skip
     for name in LIMITS:
         key = f"limits.{name}.enforcement"
         if _ENFORCEMENT[other[key].value] > _ENFORCEMENT[base[key].value]:

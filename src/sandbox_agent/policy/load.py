@@ -15,6 +15,7 @@ import difflib
 import os
 import posixpath
 import re
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,13 @@ def find_policy(ref: str, dirs: list[Path]) -> Path:
             return candidate
     where = ", ".join(str(d) for d in dirs)
     raise PolicyError(f"no policy named '{ref}' in {where}; give a path or one of those names")
+
+
+def _everyones(directory: Path) -> bool:
+    try:
+        return bool(os.stat(directory).st_mode & stat.S_IWOTH)
+    except OSError:
+        return False
 
 
 def _is_file(path: Path) -> bool:
@@ -161,6 +169,9 @@ def _show(path: Path) -> str:
 
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     try:
+        if os.stat(path).st_mode & stat.S_IWOTH:
+            raise PolicyError(f"{path}: writable by every user; a policy must be the site's "
+                              "alone (chmod o-w)")  # fmt: skip
         raw = read_capped(path, MAX_FILE_BYTES)
     except OSError as exc:
         raise PolicyError(f"{path}: cannot read ({exc.strerror})") from None
@@ -196,6 +207,9 @@ def _parent(
         places = [path.parent, *(d for d in dirs if d.resolve() != path.parent.resolve())]
     except (OSError, RuntimeError) as exc:  # a symlink loop among the directories
         raise PolicyError(f"{where}: cannot look for '{name}': {exc}") from None
+    # a directory every user may write (/tmp) is never searched by name: anyone could
+    # put a default.toml there for a policy beside it to extend
+    places = [d for d in places if not _everyones(d)]
     itself = False
     for directory in places:
         candidate = directory / f"{name}.toml"
