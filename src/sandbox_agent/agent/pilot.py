@@ -310,6 +310,8 @@ class Pilot:
             left = int(max(0.0, min(mine, token_left)))
             try:
                 offered = slots.describe(self.config.home, agent.work_area, left)
+                if "GPUs" in offered and not binds_gpus(self.config.policy):
+                    offered = Slot({**offered, "GPUs": 0})  # none reaches a job here
             except ValueError as exc:  # the site's slot.toml, edited while we run
                 raise PilotError(str(exc)) from None
             # the token, not the pilot's --ttl or the site's TTL, is what limits the slot
@@ -536,6 +538,13 @@ class Pilot:
                        "reason": reason, "final": final,
                        "expires": old.certificate.not_valid_after_utc.isoformat()})  # fmt: skip
         return False
+
+
+def binds_gpus(policy: Policy) -> bool:
+    """Whether jobs under ``policy`` get GPUs: a slot offers none it never binds."""
+    return policy.value("devices.gpu") != "none" or any(
+        os.path.basename(str(i.value)).startswith("nvidia") for i in policy["devices.paths"].value
+    )
 
 
 def sweep_containers(agent: Agent) -> list[str]:

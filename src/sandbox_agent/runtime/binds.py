@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -47,8 +48,24 @@ class Absent:
         return {"path": self.path, "origin": self.origin, "answer": self.answer}
 
 
-def answer(path: str) -> str | None:
-    """Why ``path`` cannot be used here ("missing", or the mount's error), or None."""
+ANSWER_SECONDS = 10.0  # a hung FUSE mount (CVMFS without its server) blocks stat
+
+
+def answer(path: str, timeout: float = ANSWER_SECONDS) -> str | None:
+    """Why ``path`` cannot be used here ("missing", the mount's error, or no answer
+    within ``timeout``: a hung mount), or None. The look runs on a thread of its own: a
+    stat stuck in the kernel is left there, not the pilot."""
+    said: list[str | None] = []
+    looking = threading.Thread(target=lambda: said.append(_look(path)), daemon=True,
+                               name=f"look at {path[:64]}")  # fmt: skip
+    looking.start()
+    looking.join(timeout)
+    if not said:
+        return f"no answer in {timeout:g} s (a hung mount)"
+    return said[0]
+
+
+def _look(path: str) -> str | None:
     try:
         if stat.S_ISDIR(os.stat(path).st_mode):
             with os.scandir(path) as entries:
