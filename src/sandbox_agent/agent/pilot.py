@@ -501,8 +501,10 @@ class Pilot:
             token = renewed_token(old, client.renew(), given[2])
             client.present(files.pem_bundle([token.certificate, *token.chain]),
                            key_pem(token.key))  # fmt: skip
-        except BrokerError as exc:  # unreachable or busy: tried again later; else refused
-            return self.renewal_failed(old, clipped(str(exc), 300), final=not exc.transient)
+        except BrokerError as exc:  # a refusal (4xx, a TLS alert about this token) is final
+            # for this token; unreachable, busy or its own failure (5xx): tried again later
+            refused = not exc.transient and not (exc.status is not None and exc.status >= 500)
+            return self.renewal_failed(old, clipped(str(exc), 300), final=refused)
         except (TokenError, ValueError, KeyError, TypeError) as exc:
             return self.renewal_failed(old, f"the broker's answer is not a usable jobagent "
                                        f"token: {clipped(str(exc), 300)}", final=True)  # fmt: skip
