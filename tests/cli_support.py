@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -250,3 +251,20 @@ def running(marker: str) -> list[int]:
             except OSError:
                 pass
     return found
+
+
+def tracked_tree(target: Path) -> None:
+    """A copy of the files git tracks, as a fresh clone has them (a wheel is built from
+    it: the source tree's caches and untracked files play no part)."""
+    listed = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=True
+    ).stdout.split(b"\0")
+    for name in filter(None, (n.decode() for n in listed)):
+        source = ROOT / name
+        if not source.exists() and not source.is_symlink():
+            continue  # deleted in the work tree, not yet committed
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        if source.is_symlink():
+            os.symlink(os.readlink(source), target / name)
+        else:
+            shutil.copy2(source, target / name)

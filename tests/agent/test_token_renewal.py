@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from cli_support import SCRIPT, cli_env, run_cli
+from token_support import aged
 
 from sandbox_agent.agent.pilot import renewal_due
 from sandbox_agent.broker.client import BrokerClient
@@ -60,16 +61,8 @@ class Site:
         """A jobagent token of the site's authority for one node, issued ``issued_ago``
         seconds ago (its notBefore CLOCK_SKEW earlier, as the authority sets it), that
         expires ``left`` seconds from now (negative: expired)."""
-        authority = TokenAuthority.load(self.certs)
-        key = new_key()
-        now = datetime.now(UTC)
-        certificate = sign_certificate(
-            identity=Identity(Role.JOBAGENT), public_key=key.public_key(),
-            issuer_key=authority.signer_key, issuer_cert=authority.signer,
-            not_before=now - timedelta(seconds=issued_ago) - CLOCK_SKEW,
-            not_after=now + timedelta(seconds=left),
-        )  # fmt: skip
-        token = Token(certificate, authority.chain, key)
+        token = aged(TokenAuthority.load(self.certs), issued_ago=timedelta(seconds=issued_ago),
+                     left=timedelta(seconds=left))  # fmt: skip
         cert, key_file = files.write_token(self.base / "node-token", "node-017", token)
         return cert, key_file, token
 

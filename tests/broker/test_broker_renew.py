@@ -15,10 +15,10 @@ import pytest
 from broker_support import SLOT, Broker, refused, running_broker
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from token_support import aged
 
 from sandbox_agent.broker.client import BrokerClient
 from sandbox_agent.tokens import (
-    Identity,
     RenewalPolicy,
     Role,
     Token,
@@ -26,9 +26,7 @@ from sandbox_agent.tokens import (
     files,
     fingerprint,
     identity_of,
-    new_key,
 )
-from sandbox_agent.tokens.certificates import CLOCK_SKEW, sign_certificate
 from sandbox_agent.tokens.keys import key_pem, same_key
 
 
@@ -45,15 +43,7 @@ def agent_token(broker: Broker, name: str, *, issued_ago: timedelta = timedelta(
                 left: timedelta = timedelta(hours=1)) -> tuple[Token, BrokerClient]:  # fmt: skip
     """A jobagent token of the broker's authority, issued ``issued_ago``, expiring
     ``left`` from now, in a private directory; and a client showing it."""
-    signer = authority(broker)
-    key = new_key()
-    now = datetime.now(UTC)
-    certificate = sign_certificate(
-        identity=Identity(Role.JOBAGENT), public_key=key.public_key(),
-        issuer_key=signer.signer_key, issuer_cert=signer.signer,
-        not_before=now - issued_ago - CLOCK_SKEW, not_after=now + left,
-    )  # fmt: skip
-    token = Token(certificate, signer.chain, key)
+    token = aged(authority(broker), issued_ago=issued_ago, left=left)
     cert, key_file = files.write_token(broker.keys.parent / "agents", name, token)
     return token, broker.client_from(cert, key_file)
 

@@ -55,6 +55,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_support import tracked_tree
 
 from sandbox_agent.agent import condor
 
@@ -119,22 +120,6 @@ def the_tree() -> Path:
     wrong = tree_state()
     assert built.returncode == 0 and wrong is None, (wrong, built.stderr[-3000:])
     return TREE
-
-
-def tracked_tree(target: Path) -> None:
-    """A copy of the files git tracks, as a fresh clone has them (test_wheel_install)."""
-    listed = subprocess.run(
-        ["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=True
-    ).stdout.split(b"\0")
-    for name in filter(None, (n.decode() for n in listed)):
-        source = ROOT / name
-        if not source.exists() and not source.is_symlink():
-            continue  # deleted in the work tree, not yet committed
-        (target / name).parent.mkdir(parents=True, exist_ok=True)
-        if source.is_symlink():
-            os.symlink(os.readlink(source), target / name)
-        else:
-            shutil.copy2(source, target / name)
 
 
 def build_wheel(base: Path) -> Path:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_support import ROOT, close_scopes, delegated_cgroup
+from cli_support import ROOT, close_scopes, delegated_cgroup, tracked_tree
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -34,22 +34,6 @@ pytestmark = [
     pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason="no system python3"),
     pytest.mark.skipif(shutil.which("git") is None, reason="git lists the tracked files"),
 ]
-
-
-def tracked_tree(target: Path) -> None:
-    """A copy of the files git tracks, as a fresh clone has them."""
-    listed = subprocess.run(
-        ["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=True
-    ).stdout.split(b"\0")
-    for name in filter(None, (n.decode() for n in listed)):
-        source = ROOT / name
-        if not source.exists() and not source.is_symlink():
-            continue  # deleted in the work tree, not yet committed
-        (target / name).parent.mkdir(parents=True, exist_ok=True)
-        if source.is_symlink():
-            os.symlink(os.readlink(source), target / name)
-        else:
-            shutil.copy2(source, target / name)
 
 
 @pytest.fixture(scope="module")

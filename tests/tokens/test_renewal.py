@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
+from token_support import aged
 
 from sandbox_agent.tokens import (
     Identity,
@@ -33,7 +34,7 @@ from sandbox_agent.tokens import (
     new_key,
     origin_of,
 )
-from sandbox_agent.tokens.certificates import CLOCK_SKEW, sign_certificate
+from sandbox_agent.tokens.certificates import CLOCK_SKEW
 from sandbox_agent.tokens.keys import same_key
 
 R = "urn:sandbox-agent:role:"
@@ -48,19 +49,6 @@ def csr(*uris: str) -> x509.CertificateSigningRequest:
         .add_extension(san, critical=False)
         .sign(new_key(), hashes.SHA256())
     )
-
-
-def aged(authority: TokenAuthority, *, issued_ago: timedelta, left: timedelta) -> Token:
-    """A jobagent token issued ``issued_ago`` (its notBefore CLOCK_SKEW earlier, as the
-    authority sets it) that expires ``left`` from now."""
-    key = new_key()
-    now = datetime.now(UTC)
-    certificate = sign_certificate(
-        identity=Identity(Role.JOBAGENT), public_key=key.public_key(),
-        issuer_key=authority.signer_key, issuer_cert=authority.signer,
-        not_before=now - issued_ago - CLOCK_SKEW, not_after=now + left,
-    )  # fmt: skip
-    return Token(certificate, authority.chain, key)
 
 
 def renew(authority: TokenAuthority, token: Token, **policy: timedelta) -> x509.Certificate:
